@@ -1,0 +1,1 @@
+"""thinktank: many LLM providers behind one OpenAI-compatible endpoint."""

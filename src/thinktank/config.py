@@ -1,0 +1,233 @@
+"""Settings from the environment and the YAML gateway configuration.
+
+``Settings`` (``THINKTANK_*`` variables) say where thinktank runs; the YAML file says which
+models it serves. Errors in the YAML name the file, the entry and the field.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+
+__all__ = [
+    "DeploymentConfig",
+    "GatewayConfig",
+    "GroupConfig",
+    "RouterConfig",
+    "Settings",
+    "Strategy",
+    "default_data_dir",
+    "load_config",
+    "parse_config",
+]
+
+Strategy = Literal["weighted", "least_busy", "lowest_latency", "cheapest"]
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "thinktank"
+
+
+class Settings(BaseSettings):
+    """Process settings, from ``THINKTANK_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="THINKTANK_", extra="ignore")
+
+    config: Path | None = None
+    data_dir: Path = Field(default_factory=default_data_dir)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    admin_key: SecretStr | None = None
+    demo: bool = False
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    upstream_connections: int = Field(default=1000, ge=1)
+    log_level: str = "info"
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeploymentConfig(_In):
+    """One upstream model that can answer under a public name."""
+
+    name: str = Field(min_length=1, max_length=256)
+    provider: str = Field(min_length=1)
+    model: str | None = None
+    """The upstream's model id (defaults to ``name``)."""
+    id: str | None = None
+    """A unique id for this deployment (defaults to ``name``, numbered when a name repeats)."""
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    api_key_env: str | None = None
+    api_version: str | None = None
+    mode: Literal["chat", "embedding"] = "chat"
+    input_price: float | None = Field(default=None, ge=0)
+    """USD per million input tokens."""
+    output_price: float | None = Field(default=None, ge=0)
+    """USD per million output tokens."""
+    context_window: int | None = Field(default=None, ge=1)
+    weight: float = Field(default=1.0, gt=0)
+    tags: list[str] = Field(default_factory=list)
+    timeout: float | None = Field(default=None, gt=0)
+    """Per-try timeout in seconds for this deployment (overrides ``router.timeout``)."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Provider-specific options (e.g. scripted replies for ``mock``)."""
+    description: str | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> DeploymentConfig:
+        if self.api_key is not None and self.api_key_env is not None:
+            raise ValueError("give api_key or api_key_env, not both")
+        return self
+
+    @property
+    def upstream_model(self) -> str:
+        return self.model or self.name
+
+    def resolve_api_key(self, environ: dict[str, str] | None = None) -> str | None:
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_env is not None:
+            env = os.environ if environ is None else environ
+            value = env.get(self.api_key_env)
+            if not value:
+                raise ConfigError(
+                    f"model '{self.name}': api_key_env: environment variable {self.api_key_env} is not set"
+                )
+            return value
+        return None
+
+
+class GroupConfig(_In):
+    """A public model name served by several deployments, with a strategy and fallbacks."""
+
+    name: str = Field(min_length=1, max_length=256)
+    models: list[str] = Field(default_factory=list)
+    """Deployment names (or ids) in the group; empty means the deployments named like the group."""
+    strategy: Strategy | None = None
+    fallbacks: list[str] = Field(default_factory=list)
+    context_window_fallbacks: list[str] = Field(default_factory=list)
+
+
+class RouterConfig(_In):
+    num_retries: int = Field(default=2, ge=0, le=10)
+    timeout: float = Field(default=60.0, gt=0)
+    """Per-try timeout in seconds (for streams: time to the first chunk, then between chunks)."""
+    deadline: float = Field(default=300.0, gt=0)
+    """Overall seconds for a request, retries and fallbacks included."""
+    backoff_base: float = Field(default=0.5, ge=0)
+    backoff_max: float = Field(default=8.0, ge=0)
+    retry_after_max: float = Field(default=60.0, ge=0)
+    allowed_fails: int = Field(default=3, ge=1)
+    """Consecutive failures after which a deployment cools down."""
+    cooldown: float = Field(default=30.0, ge=0)
+    strategy: Strategy = "weighted"
+
+
+class GatewayConfig(_In):
+    models: list[DeploymentConfig] = Field(default_factory=list)
+    groups: list[GroupConfig] = Field(default_factory=list)
+    aliases: dict[str, str] = Field(default_factory=dict)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+
+    @model_validator(mode="after")
+    def _references(self) -> GatewayConfig:
+        names = {d.name for d in self.models} | {d.id for d in self.models if d.id}
+        groups = {g.name for g in self.groups}
+        ids: set[str] = set()
+        for d in self.models:
+            if d.id is not None:
+                if d.id in ids:
+                    raise ValueError(f"duplicate deployment id '{d.id}'")
+                ids.add(d.id)
+        for g in self.groups:
+            if not g.models and g.name not in names:
+                raise ValueError(f"group '{g.name}': no models listed and no model is named '{g.name}'")
+            for m in g.models:
+                if m not in names:
+                    raise ValueError(f"group '{g.name}': unknown model '{m}'")
+            for f in [*g.fallbacks, *g.context_window_fallbacks]:
+                if f not in names and f not in groups and f not in self.aliases:
+                    raise ValueError(f"group '{g.name}': unknown fallback '{f}'")
+        for alias, target in self.aliases.items():
+            if target not in names and target not in groups:
+                raise ValueError(f"alias '{alias}': unknown model '{target}'")
+        return self
+
+
+def _describe_location(data: Any, loc: tuple[int | str, ...]) -> str:
+    """``models[1] ('gpt-4o'): base_url`` for a pydantic error location."""
+    parts: list[str] = []
+    node: Any = data
+    field_parts: list[str] = []
+    entry_done = False
+    for item in loc:
+        if not entry_done and isinstance(item, int) and parts:
+            parts[-1] = f"{parts[-1]}[{item}]"
+            node = node[item] if isinstance(node, list) and item < len(node) else None
+            if isinstance(node, dict) and isinstance(node.get("name"), str):
+                parts[-1] += f" ('{node['name']}')"
+            entry_done = True
+            continue
+        if entry_done:
+            field_parts.append(str(item))
+        else:
+            parts.append(str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    where = parts[0] if parts else "top level"
+    if len(parts) > 1:
+        where = ".".join(parts)
+    if field_parts:
+        return f"{where}: {'.'.join(field_parts)}"
+    return where
+
+
+def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
+    """Validate a parsed YAML document; errors name ``source``, the entry and the field."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with a 'models' list")
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False, include_input=False):
+            where = _describe_location(data, tuple(err["loc"]))
+            lines.append(f"{source}: {where}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_config(path: Path) -> GatewayConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+    return parse_config(data, str(path))

@@ -1,0 +1,192 @@
+"""One error hierarchy.
+
+``ThinktankError`` carries the HTTP status, the OpenAI error ``type`` and ``code`` a client sees.
+Client and configuration mistakes derive from :class:`ClientError` / :class:`ConfigError`;
+failures of an upstream derive from :class:`ProviderError` and say whether a retry may help.
+Messages never contain secrets: provider errors scrub the deployment's key before they are built.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AuthenticationError",
+    "ClientError",
+    "ConfigError",
+    "ContextWindowExceededError",
+    "DeadlineExceededError",
+    "InvalidRequestError",
+    "ModelNotFoundError",
+    "NoDeploymentError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "ProviderError",
+    "RateLimitError",
+    "ThinktankError",
+    "UnsupportedMediaTypeError",
+    "UpstreamAuthError",
+    "UpstreamBadRequestError",
+    "UpstreamBadResponseError",
+    "UpstreamConnectionError",
+    "UpstreamRateLimitError",
+    "UpstreamServerError",
+    "UpstreamTimeoutError",
+]
+
+
+class ThinktankError(Exception):
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def to_body(self) -> dict[str, Any]:
+        """The OpenAI error shape."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class ConfigError(ThinktankError):
+    """The configuration is wrong; the message names the file, the entry and the field."""
+
+    status = 500
+    type = "config_error"
+
+
+class ClientError(ThinktankError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class InvalidRequestError(ClientError):
+    pass
+
+
+class AuthenticationError(ClientError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDeniedError(ClientError):
+    status = 403
+    type = "permission_error"
+
+
+class ModelNotFoundError(ClientError):
+    status = 404
+    code = "model_not_found"
+
+
+class PayloadTooLargeError(ClientError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaTypeError(ClientError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class RateLimitError(ClientError):
+    status = 429
+    type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after: float, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, int(self.retry_after + 0.999)))}
+
+
+class ProviderError(ThinktankError):
+    """An upstream call failed. ``retryable`` says whether the router may try again."""
+
+    status = 502
+    type = "upstream_error"
+    retryable = False
+    #: Whether another deployment (a fallback) might succeed where this one failed.
+    fallback_ok = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        deployment: str | None = None,
+        upstream_status: int | None = None,
+        retry_after: float | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code)
+        self.deployment = deployment
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+
+
+class UpstreamRateLimitError(ProviderError):
+    status = 429
+    type = "rate_limit_error"
+    retryable = True
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, int(self.retry_after + 0.999)))}
+
+
+class UpstreamServerError(ProviderError):
+    retryable = True
+
+
+class UpstreamConnectionError(ProviderError):
+    retryable = True
+
+
+class UpstreamTimeoutError(ProviderError):
+    status = 504
+    type = "timeout_error"
+    retryable = True
+
+
+class UpstreamBadResponseError(ProviderError):
+    """The upstream answered something that is not its wire format."""
+
+
+class UpstreamAuthError(ProviderError):
+    """The upstream refused thinktank's credentials: a configuration problem, not the client's."""
+
+
+class UpstreamBadRequestError(ProviderError):
+    """The upstream rejected the request itself; another deployment would too."""
+
+    status = 400
+    type = "invalid_request_error"
+    fallback_ok = False
+
+
+class ContextWindowExceededError(ProviderError):
+    status = 400
+    type = "invalid_request_error"
+    code = "context_length_exceeded"
+    fallback_ok = False
+
+
+class DeadlineExceededError(ProviderError):
+    status = 504
+    type = "timeout_error"
+    code = "deadline_exceeded"
+
+
+class NoDeploymentError(ProviderError):
+    status = 503
+    code = "no_deployment_available"

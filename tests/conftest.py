@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+
+from thinktank.providers._http import HttpClient
+from thinktank.providers.base import ProviderContext
+
+from .fakes import openai as openai_fmt
+from .fakes.clock import FakeClock
+from .fakes.upstream import FakeUpstream
+
+
+@pytest.fixture(autouse=True)
+def _no_internet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refuse any connection that is not to loopback: no test reaches the internet."""
+    real_connect = socket.socket.connect
+
+    def guarded(self: socket.socket, address: object) -> object:
+        host = address[0] if isinstance(address, tuple) else None
+        if host is not None and host not in ("127.0.0.1", "::1", "localhost"):
+            raise OSError(f"test tried to reach {host}: only loopback is allowed")
+        return real_connect(self, address)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[HttpClient]:
+    client = HttpClient()
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+def ctx(http: HttpClient, clock: FakeClock) -> ProviderContext:
+    return ProviderContext(http=http, clock=clock)
+
+
+@pytest.fixture
+async def fake_openai() -> AsyncIterator[FakeUpstream]:
+    fake = FakeUpstream(openai_fmt.default_handler)
+    await fake.start()
+    yield fake
+    await fake.close()

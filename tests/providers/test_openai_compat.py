@@ -1,0 +1,157 @@
+from __future__ import annotations
+
+import pytest
+
+from thinktank.config import DeploymentConfig
+from thinktank.errors import (
+    ConfigError,
+    ContextWindowExceededError,
+    UpstreamAuthError,
+    UpstreamBadRequestError,
+    UpstreamBadResponseError,
+    UpstreamConnectionError,
+    UpstreamRateLimitError,
+    UpstreamServerError,
+)
+from thinktank.providers.base import ProviderContext
+from thinktank.providers.openai_compat import AzureOpenAIProvider, OllamaProvider, OpenAIProvider
+from thinktank.types import ChatRequest, EmbeddingRequest
+
+from ..fakes import openai as fmt
+from ..fakes.upstream import FakeUpstream, Reply
+
+
+def deployment(url: str, **kw: object) -> DeploymentConfig:
+    return DeploymentConfig.model_validate(
+        {"name": "gpt", "provider": "openai", "model": "fake-model", "base_url": url + "/v1",
+         "api_key": "sk-secret-canary-123", **kw}
+    )
+
+
+def req(**kw: object) -> ChatRequest:
+    return ChatRequest.model_validate({"model": "gpt", "messages": [{"role": "user", "content": "hi"}], **kw})
+
+
+async def test_complete_passes_parameters_through(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:
+    p = OpenAIProvider(deployment(fake_openai.url), ctx)
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    resp = await p.complete(req(temperature=0.2, max_tokens=5, n=2, seed=7, stop=["x"], tools=tools,
+                                tool_choice="auto", response_format={"type": "json_object"}, logprobs=True))
+    sent = fake_openai.requests[-1]
+    assert sent.path == "/v1/chat/completions"
+    assert sent.headers["Authorization"] == "Bearer sk-secret-canary-123"
+    assert sent.json["model"] == "fake-model"
+    for k, v in {"temperature": 0.2, "max_tokens": 5, "n": 2, "seed": 7, "stop": ["x"], "tools": tools,
+                 "tool_choice": "auto", "response_format": {"type": "json_object"}, "logprobs": True}.items():
+        assert sent.json[k] == v
+    assert "stream" not in sent.json
+    assert resp.choices[0].message.content == "echo: hi"
+    assert resp.usage is not None and resp.usage.prompt_tokens == 12 and resp.usage.completion_tokens == 8
+    # unknown upstream fields survive
+    assert resp.model_dump()["system_fingerprint"] == "fp_fake"
+
+
+async def test_tool_calls_come_back(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    fake_openai.queue(Reply(json=fmt.completion(tool_calls=[call])))
+    resp = await OpenAIProvider(deployment(fake_openai.url), ctx).complete(req())
+    tc = resp.choices[0].message.tool_calls
+    assert tc is not None and tc[0].function.name == "get_weather" and tc[0].function.arguments == '{"city":"Paris"}'
+    assert resp.choices[0].finish_reason == "tool_calls"
+
+
+async def test_stream_yields_chunks_and_usage(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:
+    p = OpenAIProvider(deployment(fake_openai.url), ctx)
+    chunks = [c async for c in p.stream(req(stream=True))]
+    sent = fake_openai.requests[-1].json
+    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "echo:hi"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 2
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        (fmt.error(429, "slow down", headers={"retry-after": "7"}), UpstreamRateLimitError),
+        (fmt.error(500, "boom", type_="server_error"), UpstreamServerError),
+        (fmt.error(503, "overloaded"), UpstreamServerError),
+        (fmt.error(401, "Incorrect API key provided: sk-secret-canary-123"), UpstreamAuthError),
+        (fmt.error(400, "This model's maximum context length is 8192 tokens", code="context_length_exceeded"),
+         ContextWindowExceededError),
+        (fmt.error(400, "bad temperature"), UpstreamBadRequestError),
+        (Reply(body=b"<html>gateway exploded</html>"), UpstreamBadResponseError),
+        (Reply(json={"hello": "world"}), UpstreamBadResponseError),
+        (Reply(drop=True), UpstreamConnectionError),
+    ],
+)
+async def test_error_mapping(fake_openai: FakeUpstream, ctx: ProviderContext, reply: Reply,
+                             error: type[Exception]) -> None:
+    fake_openai.queue(reply)
+    with pytest.raises(error) as info:
+        await OpenAIProvider(deployment(fake_openai.url), ctx).complete(req())
+    assert "sk-secret-canary-123" not in str(info.value)
+    if isinstance(info.value, UpstreamRateLimitError):
+        assert info.value.retry_after == 7
+
+
+async def test_stream_error_before_first_chunk(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:
+    fake_openai.queue(fmt.error(500, "boom"))
+    with pytest.raises(UpstreamServerError):
+        async for _ in OpenAIProvider(deployment(fake_openai.url), ctx).stream(req(stream=True)):
+            pass
+
+
+async def test_stream_garbage_event(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:
+    fake_openai.queue(Reply(sse=["data: {not json\n\n"]))
+    with pytest.raises(UpstreamBadResponseError):
+        async for _ in OpenAIProvider(deployment(fake_openai.url), ctx).stream(req(stream=True)):
+            pass
+
+
+async def test_stream_broken_connection(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:
+    fake_openai.queue(Reply(sse=fmt.stream_events(["a", "b", "c"]), drop_after=2))
+    got = []
+    with pytest.raises(UpstreamConnectionError):
+        async for c in OpenAIProvider(deployment(fake_openai.url), ctx).stream(req(stream=True)):
+            got.append(c)
+    assert len(got) == 2
+
+
+async def test_embeddings(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:
+    p = OpenAIProvider(deployment(fake_openai.url), ctx)
+    resp = await p.embed(EmbeddingRequest(model="gpt", input=["a", "b"]))
+    assert fake_openai.requests[-1].path == "/v1/embeddings"
+    assert [d.index for d in resp.data] == [0, 1]
+    assert resp.usage.prompt_tokens == 10
+
+
+async def test_check_lists_models(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:
+    assert await OpenAIProvider(deployment(fake_openai.url), ctx).check() == "ok"
+
+
+async def test_azure_url_and_header(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:
+    d = DeploymentConfig(name="az", provider="azure", model="my-deploy", base_url=fake_openai.url,
+                         api_key="k-azure-1", api_version="2024-06-01")  # type: ignore[arg-type]
+    await AzureOpenAIProvider(d, ctx).complete(req())
+    sent = fake_openai.requests[-1]
+    assert sent.path == "/openai/deployments/my-deploy/chat/completions"
+    assert sent.query == {"api-version": "2024-06-01"}
+    assert sent.headers["api-key"] == "k-azure-1"
+    assert "Authorization" not in sent.headers
+
+
+async def test_ollama_needs_no_key(fake_openai: FakeUpstream, ctx: ProviderContext,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OLLAMA_HOST", fake_openai.url)
+    d = DeploymentConfig(name="llama3", provider="ollama")
+    resp = await OllamaProvider(d, ctx).complete(req())
+    assert fake_openai.requests[-1].path == "/v1/chat/completions"
+    assert "Authorization" not in fake_openai.requests[-1].headers
+    assert resp.choices[0].message.content == "echo: hi"
+
+
+def test_missing_key_names_the_fix(ctx: ProviderContext) -> None:
+    d = DeploymentConfig(name="gpt-4o", provider="openai")
+    with pytest.raises(ConfigError, match="api_key_env: OPENAI_API_KEY"):
+        OpenAIProvider(d, ctx)
