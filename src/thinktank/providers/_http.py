@@ -7,7 +7,6 @@ loop is the only one.
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -142,7 +141,7 @@ def map_status_error(
     lowered = message.lower() + body[:2000].decode("utf-8", "replace").lower()
     if status == 429:
         return UpstreamRateLimitError(text, retry_after=parse_retry_after(headers, now), **kw)
-    if status >= 500 or status == 408 or status == 409:
+    if status >= 500 or status in {408, 409}:
         # 529 is Anthropic's "overloaded"; 408/409 are worth another try too.
         return UpstreamServerError(text, retry_after=parse_retry_after(headers, now), **kw)
     if status in (401, 403):
@@ -240,7 +239,7 @@ async def raise_for_status(
         return
     try:
         body = await resp.read()
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         body = b""
     raise map_status_error(
         resp.status, resp.headers, body, deployment=deployment, secrets=secrets, now=now()

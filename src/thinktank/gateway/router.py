@@ -1,0 +1,372 @@
+"""The Router: a ChatModel made of deployments.
+
+A public model name resolves (through aliases) to a group of deployments. A request tries the
+group with its strategy, retrying retryable failures (429, 5xx, connection errors, timeouts)
+with backoff, then the group's fallbacks in order; a request too long for the group goes to its
+context-window fallbacks. Everything runs under a per-try timeout and one overall deadline.
+This is the only retry loop: provider clients never retry on their own.
+
+Cost is computed here, once, for every answer; observers receive a UsageRecord per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+from ..clock import Clock
+from ..config import GatewayConfig, Strategy
+from ..errors import (
+    ContextWindowExceededError,
+    DeadlineExceededError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ProviderError,
+    UpstreamBadRequestError,
+    UpstreamBadResponseError,
+    UpstreamTimeoutError,
+)
+from ..providers.base import EmbeddingModel, ProviderContext
+from ..providers.registry import ProviderRegistry
+from ..types import ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Usage
+from .health import Cooldowns
+from .pricing import price_for
+from .retry import Backoff
+from .strategies import Deployment, pick
+from .tokens import estimate_request_tokens, estimate_text_tokens
+
+__all__ = ["Group", "ModelInfo", "Router", "UsageRecord"]
+
+T = TypeVar("T")
+
+
+@dataclass
+class Group:
+    name: str
+    deployments: list[Deployment]
+    strategy: Strategy
+    fallbacks: list[str]
+    context_window_fallbacks: list[str]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    kind: Literal["model", "group", "alias"]
+    owned_by: str
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """One answered (or failed) request, as the router accounted it."""
+
+    model: str
+    deployment: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    latency: float
+    status: int
+    stream: bool
+    attempts: int
+
+
+Observer = Callable[[UsageRecord], None]
+
+
+@dataclass
+class _Attempt:
+    deployment: Deployment
+    started: float
+
+
+class Router:
+    """Implements ChatModel and EmbeddingModel for every configured public name."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        ctx: ProviderContext,
+        registry: ProviderRegistry | None = None,
+        *,
+        rng: random.Random | None = None,
+        observers: list[Observer] | None = None,
+    ) -> None:
+        self.config = config
+        self._clock: Clock = ctx.clock
+        self._rng = rng or random.Random()
+        self._registry = registry or ProviderRegistry()
+        rc = config.router
+        self._backoff = Backoff(rc.backoff_base, rc.backoff_max, rc.retry_after_max)
+        self.cooldowns = Cooldowns(ctx.clock, rc.allowed_fails, rc.cooldown)
+        self.observers: list[Observer] = list(observers or [])
+        self.deployments: list[Deployment] = []
+        seen: dict[str, int] = {}
+        for d in config.models:
+            count = seen.get(d.name, 0)
+            seen[d.name] = count + 1
+            dep_id = d.id or (d.name if count == 0 else f"{d.name}#{count + 1}")
+            factory = self._registry.get(d.provider)
+            model = factory(d.model_copy(update={"id": dep_id}), ctx)
+            self.deployments.append(
+                Deployment(dep_id, d, model, price_for(d), d.timeout or rc.timeout)
+            )
+        self._groups: dict[str, Group] = {}
+        by_name: dict[str, list[Deployment]] = {}
+        for dep in self.deployments:
+            by_name.setdefault(dep.name, []).append(dep)
+            if dep.config.id:
+                by_name.setdefault(dep.config.id, []).append(dep)
+        for name, deps in by_name.items():
+            self._groups[name] = Group(name, deps, rc.strategy, [], [])
+        for g in config.groups:
+            members = [dep for m in (g.models or [g.name]) for dep in by_name.get(m, [])]
+            self._groups[g.name] = Group(
+                g.name, members, g.strategy or rc.strategy, g.fallbacks, g.context_window_fallbacks
+            )
+        self._aliases = dict(config.aliases)
+
+    # -- names -----------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return "router"
+
+    def models(self) -> list[ModelInfo]:
+        out: list[ModelInfo] = []
+        explicit = {g.name for g in self.config.groups}
+        listed: set[str] = set()
+        for dep in self.deployments:
+            if dep.name not in listed:
+                listed.add(dep.name)
+                out.append(ModelInfo(dep.name, "model", dep.config.provider, dep.config.description))
+        for g in self.config.groups:
+            if g.name not in listed:
+                listed.add(g.name)
+                out.append(ModelInfo(g.name, "group", "thinktank"))
+        for alias in self._aliases:
+            if alias not in listed and alias not in explicit:
+                out.append(ModelInfo(alias, "alias", "thinktank"))
+        return out
+
+    def resolve(self, name: str) -> Group:
+        for _ in range(8):
+            if name in self._aliases and name not in self._groups:
+                name = self._aliases[name]
+                continue
+            break
+        group = self._groups.get(name)
+        if group is None or not group.deployments:
+            raise ModelNotFoundError(
+                f"The model '{name}' does not exist here. GET /v1/models lists the models you can use.",
+                param="model",
+            )
+        return group
+
+    # -- the loop --------------------------------------------------------------------------------
+    async def _run(
+        self,
+        request_model: str,
+        prompt_tokens: int,
+        output_tokens: int | None,
+        call: Callable[[Deployment, float], Awaitable[T]],
+    ) -> tuple[T, _Attempt, int]:
+        deadline = self._clock.monotonic() + self.config.router.deadline
+        queue: list[str] = [request_model]
+        visited: set[str] = set()
+        last: ProviderError | None = None
+        counter = [0]
+        while queue:
+            group = self.resolve(queue.pop(0))
+            if group.name in visited:
+                continue
+            visited.add(group.name)
+            try:
+                result, attempt = await self._try_group(group, prompt_tokens, output_tokens, deadline, call, counter)
+                return result, attempt, counter[0]
+            except ContextWindowExceededError as exc:
+                last = exc
+                queue = [*group.context_window_fallbacks, *group.fallbacks, *queue]
+            except DeadlineExceededError:
+                raise
+            except ProviderError as exc:
+                if not exc.fallback_ok:
+                    raise
+                last = exc
+                queue.extend(group.fallbacks)
+        assert last is not None
+        raise last
+
+    async def _try_group(
+        self,
+        group: Group,
+        prompt_tokens: int,
+        output_tokens: int | None,
+        deadline: float,
+        call: Callable[[Deployment, float], Awaitable[T]],
+        counter: list[int],
+    ) -> tuple[T, _Attempt]:
+        needed = prompt_tokens + (output_tokens or 0)
+        fitting = [d for d in group.deployments if d.fits(needed)]
+        if not fitting:
+            largest = max((d.config.context_window or 0) for d in group.deployments)
+            raise ContextWindowExceededError(
+                f"The request needs about {needed} tokens; the largest context window of "
+                f"'{group.name}' is {largest}. Shorten the messages or lower max_tokens."
+            )
+        tried: set[str] = set()
+        retries = self.config.router.num_retries
+        attempt_no = 0
+        while True:
+            fresh = [d for d in fitting if d.id not in tried] or fitting
+            usable = self.cooldowns.usable(fresh, lambda d: d.id)
+            dep = pick(group.strategy, usable, self._rng, prompt_tokens, output_tokens)
+            remaining = deadline - self._clock.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceededError(
+                    f"No answer from '{group.name}' within the {self.config.router.deadline:g} s deadline",
+                    deployment=dep.id,
+                )
+            timeout = min(dep.timeout, remaining)
+            started = self._clock.monotonic()
+            attempt_no += 1
+            counter[0] += 1
+            dep.stats.in_flight += 1
+            try:
+                async with asyncio.timeout(timeout):
+                    result = await call(dep, timeout)
+            except TimeoutError:
+                if timeout < dep.timeout:
+                    raise DeadlineExceededError(
+                        f"No answer from '{group.name}' within the {self.config.router.deadline:g} s deadline",
+                        deployment=dep.id,
+                    ) from None
+                err: ProviderError = UpstreamTimeoutError(
+                    f"upstream {dep.id} gave no answer within {timeout:g} s", deployment=dep.id
+                )
+            except ProviderError as exc:
+                err = exc
+            else:
+                self.cooldowns.success(dep.id)
+                return result, _Attempt(dep, started)
+            finally:
+                dep.stats.in_flight -= 1
+            tried.add(dep.id)
+            if isinstance(err, ContextWindowExceededError | UpstreamBadRequestError):
+                raise err
+            self.cooldowns.failure(dep.id, err.retry_after)
+            untried = [d for d in fitting if d.id not in tried]
+            if not err.retryable:
+                if untried and not isinstance(err, UpstreamBadResponseError):
+                    continue  # a misconfigured deployment: try a sibling at once
+                raise err
+            if attempt_no > retries:
+                raise err
+            delay = self._backoff.delay(attempt_no - 1, self._rng, err.retry_after)
+            if self._clock.monotonic() + delay >= deadline:
+                raise err
+            if delay > 0:
+                await self._clock.sleep(delay)
+
+    # -- ChatModel -------------------------------------------------------------------------------
+    def _account(self, attempt: _Attempt, usage: Usage | None, stream: bool, n: int, model: str) -> Usage:
+        usage = usage or Usage()
+        usage.cost = attempt.deployment.price.cost(usage.prompt_tokens, usage.completion_tokens)
+        if usage.total_tokens == 0:
+            usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+        latency = self._clock.monotonic() - attempt.started
+        attempt.deployment.stats.observe(latency)
+        record = UsageRecord(
+            model, attempt.deployment.id, usage.prompt_tokens, usage.completion_tokens, usage.cost,
+            latency, 200, stream, n,
+        )
+        for observe in self.observers:
+            observe(record)
+        return usage
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        async def call(dep: Deployment, _timeout: float) -> ChatResponse:
+            return await dep.model.complete(request)
+
+        prompt = estimate_request_tokens(request)
+        response, attempt, n = await self._run(request.model, prompt, request.output_limit(), call)
+        if response.usage is None:
+            text = "".join(c.message.content or "" for c in response.choices)
+            ct = estimate_text_tokens(text)
+            response.usage = Usage(prompt_tokens=prompt, completion_tokens=ct, total_tokens=prompt + ct)
+        response.usage = self._account(attempt, response.usage, False, n, request.model)
+        response._served_by = attempt.deployment.id
+        return response
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        async def call(dep: Deployment, _timeout: float) -> tuple[AsyncIterator[ChatChunk], ChatChunk | None]:
+            it = aiter(dep.model.stream(request))
+            try:
+                first = await anext(it)
+            except StopAsyncIteration:
+                return it, None
+            except BaseException:
+                await _close(it)
+                raise
+            return it, first
+
+        prompt = estimate_request_tokens(request)
+        (it, first), attempt, n = await self._run(request.model, prompt, request.output_limit(), call)
+        dep = attempt.deployment
+        dep.stats.in_flight += 1
+        usage: Usage | None = None
+        text_len = 0
+        last: ChatChunk | None = first
+        try:
+            chunk = first
+            while chunk is not None:
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                    usage = self._account(attempt, usage, True, n, request.model)
+                    chunk.usage = usage
+                for c in chunk.choices:
+                    text_len += len(c.delta.content or "")
+                yield chunk
+                last = chunk
+                try:
+                    async with asyncio.timeout(dep.timeout):
+                        chunk = await anext(it)
+                except StopAsyncIteration:
+                    chunk = None
+                except TimeoutError:
+                    raise UpstreamTimeoutError(
+                        f"upstream {dep.id} stopped sending for {dep.timeout:g} s", deployment=dep.id
+                    ) from None
+            if usage is None:
+                ct = (text_len + 3) // 4
+                estimated = Usage(prompt_tokens=prompt, completion_tokens=ct, total_tokens=prompt + ct)
+                estimated = self._account(attempt, estimated, True, n, request.model)
+                ref = last
+                yield ChatChunk(
+                    id=ref.id if ref else "chatcmpl-thinktank", created=ref.created if ref else 0,
+                    model=ref.model if ref else request.model, choices=[], usage=estimated,
+                )
+        finally:
+            dep.stats.in_flight -= 1
+            await _close(it)
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        async def call(dep: Deployment, _timeout: float) -> EmbeddingResponse:
+            if not isinstance(dep.model, EmbeddingModel):
+                raise InvalidRequestError(f"'{dep.name}' cannot make embeddings", param="model")
+            return await dep.model.embed(request)
+
+        prompt = sum(estimate_text_tokens(t) for t in request.texts())
+        response, attempt, n = await self._run(request.model, prompt, None, call)
+        usage = Usage(prompt_tokens=response.usage.prompt_tokens or prompt)
+        response.usage.cost = self._account(attempt, usage, False, n, request.model).cost
+        return response
+
+
+async def _close(it: AsyncIterator[ChatChunk]) -> None:
+    aclose = getattr(it, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -1,0 +1,163 @@
+"""A scripted model for tests and the offline demo.
+
+Options (the deployment's ``options`` mapping)::
+
+    replies: ["first answer", "second answer"]   # cycled; default: echo the last user message
+    latency: 0.2          # seconds before the answer (through the injected clock)
+    chunk_delay: 0.02     # seconds between streamed words
+    fail_first: 2         # the first N calls fail ...
+    fail_rate: 0.1        # ... or this share of calls fails (seeded, reproducible)
+    fail_status: 503      # how they fail (429 and 5xx are retryable)
+    retry_after: 1.5      # Retry-After carried by a failing 429
+    seed: 0
+
+Every request is recorded in ``requests`` so a test can assert exactly what the model was sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import random
+import struct
+import uuid
+from collections.abc import AsyncIterator
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..config import DeploymentConfig
+from ..errors import ConfigError
+from ..gateway.tokens import estimate_request_tokens, estimate_text_tokens
+from ..types import (
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    Choice,
+    ChunkChoice,
+    Delta,
+    EmbeddingData,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
+    ResponseMessage,
+    Usage,
+    message_text,
+)
+from . import _http
+from .base import ProviderContext
+
+__all__ = ["MockOptions", "MockProvider"]
+
+
+class MockOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    replies: list[str] = Field(default_factory=list)
+    latency: float = Field(default=0.0, ge=0)
+    chunk_delay: float = Field(default=0.0, ge=0)
+    fail_first: int = Field(default=0, ge=0)
+    fail_rate: float = Field(default=0.0, ge=0, le=1)
+    fail_status: int = Field(default=503, ge=400, le=599)
+    retry_after: float | None = Field(default=None, ge=0)
+    embedding_dimensions: int = Field(default=16, ge=1, le=4096)
+    seed: int = 0
+
+
+class MockProvider:
+    def __init__(self, deployment: DeploymentConfig, ctx: ProviderContext) -> None:
+        self.deployment = deployment
+        self._ctx = ctx
+        self._id = deployment.id or deployment.name
+        try:
+            self.options = MockOptions.model_validate(deployment.options)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            field = ".".join(str(x) for x in first["loc"])
+            raise ConfigError(f"model '{deployment.name}': options.{field}: {first['msg']}") from None
+        self._replies = itertools.cycle(self.options.replies) if self.options.replies else None
+        self._rng = random.Random(self.options.seed)
+        self.calls = 0
+        self.requests: list[ChatRequest] = []
+
+    @property
+    def name(self) -> str:
+        return self.deployment.name
+
+    async def _before(self, request: ChatRequest) -> None:
+        self.calls += 1
+        self.requests.append(request)
+        if self.options.latency:
+            await self._ctx.clock.sleep(self.options.latency)
+        failing = self.calls <= self.options.fail_first or (
+            self.options.fail_rate > 0 and self._rng.random() < self.options.fail_rate
+        )
+        if failing:
+            headers = {}
+            if self.options.retry_after is not None:
+                headers["retry-after"] = str(self.options.retry_after)
+            body = b'{"error": {"message": "mock failure (failure injection)"}}'
+            raise _http.map_status_error(
+                self.options.fail_status, headers, body, deployment=self._id, secrets=(),
+                now=self._ctx.clock.time(),
+            )
+
+    def _reply_text(self, request: ChatRequest) -> str:
+        if self._replies is not None:
+            return next(self._replies)
+        last = next((m for m in reversed(request.messages) if m.role == "user"), request.messages[-1])
+        return f"[mock {self.deployment.upstream_model}] You said: {message_text(last)[:500]}"
+
+    def _usage(self, request: ChatRequest, text: str) -> Usage:
+        p, c = estimate_request_tokens(request), estimate_text_tokens(text)
+        return Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c)
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        await self._before(request)
+        text = self._reply_text(request)
+        n = request.n or 1
+        return ChatResponse(
+            id=f"chatcmpl-mock-{uuid.uuid4().hex[:12]}",
+            created=int(self._ctx.clock.time()),
+            model=self.deployment.upstream_model,
+            choices=[
+                Choice(index=i, message=ResponseMessage(content=text), finish_reason="stop") for i in range(n)
+            ],
+            usage=self._usage(request, text),
+        )
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        await self._before(request)
+        text = self._reply_text(request)
+        cid = f"chatcmpl-mock-{uuid.uuid4().hex[:12]}"
+        created, model = int(self._ctx.clock.time()), self.deployment.upstream_model
+        words = text.split(" ")
+        for i, word in enumerate(words):
+            if i and self.options.chunk_delay:
+                await self._ctx.clock.sleep(self.options.chunk_delay)
+            piece = word if i == 0 else " " + word
+            delta = Delta(role="assistant", content=piece) if i == 0 else Delta(content=piece)
+            yield ChatChunk(id=cid, created=created, model=model, choices=[ChunkChoice(delta=delta)])
+        yield ChatChunk(id=cid, created=created, model=model, choices=[ChunkChoice(finish_reason="stop")])
+        yield ChatChunk(id=cid, created=created, model=model, choices=[], usage=self._usage(request, text))
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        """Deterministic unit vectors from a hash of each text (similar texts are not similar)."""
+        texts = request.texts()
+        dim = request.dimensions or self.options.embedding_dimensions
+        data = []
+        for i, text in enumerate(texts):
+            raw = b"".join(
+                hashlib.sha256(f"{k}:{text}".encode()).digest() for k in range(math.ceil(dim * 4 / 32))
+            )
+            vec = [((x % 2000) - 1000) / 1000 for x in struct.unpack(f"<{dim}I", raw[: dim * 4])]
+            norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+            data.append(EmbeddingData(index=i, embedding=[v / norm for v in vec]))
+        tokens = sum(estimate_text_tokens(t) for t in texts)
+        return EmbeddingResponse(
+            data=data, model=self.deployment.upstream_model,
+            usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
+        )
+
+    async def check(self) -> str:
+        return "ok (mock, answers offline)"
