@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
 
 __all__ = [
     "ChatChunk",
@@ -162,6 +170,13 @@ class ChunkChoice(_Open):
     index: int = 0
     delta: Delta = Field(default_factory=Delta)
     finish_reason: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _keep_finish_reason(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # OpenAI always sends finish_reason (null until the end), even when None values are dropped.
+        data: dict[str, Any] = handler(self)
+        data.setdefault("finish_reason", None)
+        return data
 
 
 class ChatChunk(_Open):

@@ -33,6 +33,8 @@ class Reply:
     """Close the connection without an answer."""
     drop_after: int | None = None
     """With ``sse``: break the connection after this many events."""
+    gate: asyncio.Event | None = None
+    """With ``sse``: send the first event, then wait for this event before the rest."""
 
 
 @dataclass
@@ -66,7 +68,7 @@ class FakeUpstream:
     async def start(self) -> str:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -124,6 +126,8 @@ class FakeUpstream:
                     if transport is not None:
                         transport.close()
                     return resp
+                if i == 1 and reply.gate is not None:
+                    await reply.gate.wait()
                 if i and reply.chunk_delay:
                     await asyncio.sleep(reply.chunk_delay)
                 await resp.write(event.encode())

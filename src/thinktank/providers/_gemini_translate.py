@@ -114,6 +114,13 @@ def _tool_result(message: Message) -> Any:
         return text
 
 
+def _signature(call: ToolCall) -> str | None:
+    extra = (call.model_extra or {}).get("extra_content")
+    google = extra.get("google") if isinstance(extra, dict) else None
+    signature = google.get("thought_signature") if isinstance(google, dict) else None
+    return signature if isinstance(signature, str) else None
+
+
 def _contents(messages: list[Message]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     system: list[dict[str, Any]] = []
     contents: list[dict[str, Any]] = []
@@ -148,17 +155,16 @@ def _contents(messages: list[Message]) -> tuple[list[dict[str, Any]], list[dict[
                 name = tc.function.name or ""
                 call_names[tc.id] = name
                 part: dict[str, Any] = {"functionCall": {"name": name, "args": args}}
-                extra = (tc.model_extra or {}).get("extra_content")
-                signature = extra.get("google", {}).get("thought_signature") if isinstance(extra, dict) else None
-                if isinstance(signature, str):
+                signature = _signature(tc)
+                if signature:
                     part["thoughtSignature"] = signature
                 parts.append(part)
             add("model", parts)
         else:  # tool, or the legacy function role
-            name = m.name if m.role == "function" else call_names.get(m.tool_call_id or "")
-            if not name:
+            fn_name = m.name if m.role == "function" else call_names.get(m.tool_call_id or "")
+            if not fn_name:
                 raise _bad(f"tool_call_id {m.tool_call_id!r} matches no earlier assistant tool call", where)
-            add("user", [{"functionResponse": {"name": name, "response": {"content": _tool_result(m)}}}])
+            add("user", [{"functionResponse": {"name": fn_name, "response": {"content": _tool_result(m)}}}])
     return system, contents
 
 

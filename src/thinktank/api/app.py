@@ -1,0 +1,189 @@
+"""The app factory.
+
+``create_app(settings)`` returns an ASGI app: the OpenAI endpoints are raw ASGI handlers (the
+hot path), everything else is a FastAPI app behind them. No global state: the one AppState is
+built here and handed to whoever needs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..auth import AdminKey
+from ..clock import Clock, SystemClock
+from ..config import GatewayConfig, Settings, load_config
+from ..discovery import NO_MODELS_HELP, demo_config, discover, merge
+from ..errors import ConfigError, ThinktankError
+from ..gateway.router import Router
+from ..providers._http import HttpClient
+from ..providers.base import ProviderContext
+from ..providers.registry import ProviderRegistry
+from .asgi import Receive, Scope, Send, send_error, send_json
+from .openai import OpenAIHandlers
+from .state import AppState
+
+__all__ = ["ThinktankApp", "app_from_env", "build_config", "create_app"]
+
+log = logging.getLogger("thinktank")
+
+Handler = Callable[[Scope, Receive, Send], Any]
+
+
+def build_config(settings: Settings, environ: Mapping[str, str]) -> GatewayConfig:
+    """The config file if one is given, else models found from the environment; plus demo models."""
+    config = load_config(settings.config) if settings.config else discover(environ)
+    if settings.demo:
+        config = merge(config, demo_config())
+    return config
+
+
+def _announce_key(key: str) -> None:
+    print(
+        "\n  thinktank generated an admin API key. It is shown only this once; store it now:\n\n"
+        f"      {key}\n\n  (Only its hash is kept. Set THINKTANK_ADMIN_KEY to choose your own.)\n",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def create_app(
+    settings: Settings | None = None,
+    config: GatewayConfig | None = None,
+    *,
+    clock: Clock | None = None,
+    registry: ProviderRegistry | None = None,
+    announce_key: Callable[[str], None] = _announce_key,
+) -> ThinktankApp:
+    settings = settings or Settings()
+    if config is None:
+        config = build_config(settings, os.environ)
+    clock = clock or SystemClock()
+    http = HttpClient(settings.upstream_connections)
+    try:
+        router = Router(config, ProviderContext(http, clock), registry)
+    except ConfigError as exc:
+        if settings.config is not None:
+            raise ConfigError(f"{settings.config}: {exc.message}") from None
+        raise
+    if not router.deployments:
+        log.warning(NO_MODELS_HELP)
+    admin_key, new_key = AdminKey.from_settings(settings)
+    if new_key is not None:
+        announce_key(new_key)
+    state = AppState(settings=settings, router=router, admin_key=admin_key, http=http, clock=clock)
+    return ThinktankApp(state, _fastapi_app(state))
+
+
+def app_from_env() -> ThinktankApp:
+    """Factory for ``uvicorn --factory`` and for each worker process of ``thinktank serve --workers``."""
+    return create_app(Settings())
+
+
+def _error_body(status: int, message: str, type_: str = "invalid_request_error") -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": None, "code": None}}
+
+
+def _fastapi_app(state: AppState) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        state.started_at = state.clock.time()
+        state.ready = True
+        try:
+            yield
+        finally:
+            state.ready = False
+            await state.http.close()
+
+    app = FastAPI(title="thinktank", version=__version__, lifespan=lifespan, redoc_url=None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(_error_body(exc.status_code, str(exc.detail)), exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        return JSONResponse(_error_body(422, f"{where}: {first.get('msg')}"), 422)
+
+    @app.exception_handler(ThinktankError)
+    async def thinktank_error(_request: Request, exc: ThinktankError) -> JSONResponse:
+        return JSONResponse(exc.to_body(), exc.status, headers=exc.headers())
+
+    @app.get("/health", tags=["ops"])
+    async def health() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["ops"])
+    async def ready() -> JSONResponse:
+        """Readiness: started, with the number of models it serves."""
+        if not state.ready:
+            return JSONResponse({"status": "starting"}, 503)
+        body: dict[str, Any] = {"status": "ready", "models": len(state.router.models())}
+        if not state.router.deployments:
+            body["hint"] = NO_MODELS_HELP
+        return JSONResponse(body)
+
+    return app
+
+
+class ThinktankApp:
+    """Dispatches the OpenAI endpoints to raw handlers and the rest to FastAPI."""
+
+    def __init__(self, state: AppState, fastapi: FastAPI) -> None:
+        self.state = state
+        self.fastapi = fastapi
+        h = OpenAIHandlers(state)
+        self._routes: dict[str, dict[str, Handler]] = {
+            "/v1/chat/completions": {"POST": h.chat_completions},
+            "/chat/completions": {"POST": h.chat_completions},
+            "/v1/embeddings": {"POST": h.embeddings},
+            "/embeddings": {"POST": h.embeddings},
+            "/v1/models": {"GET": h.models},
+            "/models": {"GET": h.models},
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            methods = self._routes.get(path) or (self._routes.get(path.rstrip("/")) if len(path) > 1 else None)
+            if methods is not None:
+                handler = methods.get(scope["method"])
+                if handler is None:
+                    allow = ", ".join(methods)
+                    await send_json(
+                        send, 405, _error_body(405, f"Method not allowed; use {allow}."),
+                        [(b"allow", allow.encode())],
+                    )
+                    return
+                await self._guarded(handler, scope, receive, send)
+                return
+        await self.fastapi(scope, receive, send)
+
+    async def _guarded(self, handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await handler(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unhandled error in %s", scope["path"])
+            if not started:
+                await send_error(send, ThinktankError("Internal server error; see the server log."))

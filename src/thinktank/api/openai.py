@@ -1,0 +1,214 @@
+"""``/v1/chat/completions``, ``/v1/embeddings`` and ``/v1/models`` as raw ASGI handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from ..errors import AuthenticationError, InvalidRequestError, ProviderError, ThinktankError
+from ..types import ChatChunk, ChatRequest, EmbeddingRequest
+from .asgi import Receive, Scope, Send, header, read_body, send_bytes, send_error, send_json
+from .state import AppState
+
+__all__ = ["FORBIDDEN_KEYS", "OpenAIHandlers", "parse_body"]
+
+log = logging.getLogger("thinktank.api")
+
+#: Keys that would let a caller choose the upstream or its credentials. Never honoured.
+FORBIDDEN_KEYS = frozenset({"api_base", "base_url", "api_key", "azure_endpoint", "api_url", "azure_ad_token"})
+#: Subtrees that are JSON schemas describing the caller's data, not settings.
+_SCHEMA_PATHS = (("tools", "*", "function", "parameters"), ("response_format", "json_schema", "schema"))
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _find_forbidden(node: Any, path: tuple[str, ...]) -> str | None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in FORBIDDEN_KEYS:
+                return ".".join((*path, key))
+            if isinstance(value, dict | list):
+                sub = (*path, str(key))
+                if _is_schema(sub):
+                    continue
+                found = _find_forbidden(value, sub)
+                if found:
+                    return found
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            if isinstance(item, dict | list):
+                found = _find_forbidden(item, (*path, str(i)))
+                if found:
+                    return found
+    return None
+
+
+def _is_schema(path: tuple[str, ...]) -> bool:
+    for pattern in _SCHEMA_PATHS:
+        if len(path) == len(pattern) and all(p in ("*", q) for p, q in zip(pattern, path, strict=True)):
+            return True
+    return False
+
+
+def parse_body(body: bytes, model: type[M]) -> M:
+    """Validate a JSON body: 400 with a precise message for every kind of malformed input."""
+    if not body:
+        raise InvalidRequestError("The request body is empty; send a JSON object.")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(f"The request body is not valid JSON ({exc.msg} at position {exc.pos}).") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError("The request body must be a JSON object.")
+    found = _find_forbidden(data, ())
+    if found:
+        raise InvalidRequestError(
+            f"'{found}' is not accepted in a request body: thinktank takes upstream URLs and keys only from "
+            "its own configuration.",
+            param=found,
+            code="forbidden_parameter",
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(x) for x in err["loc"])
+        more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+        raise InvalidRequestError(f"{where}: {err['msg']}{more}", param=where or None) from None
+
+
+class OpenAIHandlers:
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    def authenticate(self, scope: Scope) -> None:
+        raw = header(scope, b"authorization")
+        key: str | None = None
+        if raw is not None:
+            text = raw.decode("latin-1")
+            scheme, _, value = text.partition(" ")
+            if scheme.lower() == "bearer":
+                key = value.strip()
+        else:
+            alt = header(scope, b"x-api-key") or header(scope, b"api-key")
+            key = alt.decode("latin-1").strip() if alt is not None else None
+        if not key:
+            raise AuthenticationError(
+                "No API key: send 'Authorization: Bearer <key>' (the admin key, or a key made for you)."
+            )
+        if not self.state.admin_key.verify(key):
+            raise AuthenticationError("The API key is not valid.")
+
+    async def chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            self.authenticate(scope)
+            body = await read_body(scope, receive, self.state.settings.max_body_bytes)
+            request = parse_body(body, ChatRequest)
+            if request.stream:
+                await self._stream(request, receive, send)
+                return
+            response = await self.state.router.complete(request)
+        except ThinktankError as exc:
+            await send_error(send, exc)
+            return
+        cost = response.usage.cost if response.usage is not None and response.usage.cost is not None else 0.0
+        headers = [(b"x-thinktank-cost-usd", f"{cost:.10f}".encode())]
+        if response.served_by:
+            headers.append((b"x-thinktank-deployment", response.served_by.encode()))
+        await send_bytes(send, 200, response.__pydantic_serializer__.to_json(response), headers)
+
+    async def _stream(self, request: ChatRequest, receive: Receive, send: Send) -> None:
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        chunks = aiter(self.state.router.stream(request))
+        try:
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            first = None
+        # Errors before the first chunk propagate to the caller: a normal JSON error response.
+        pump = asyncio.ensure_future(self._pump(first, chunks, include_usage, send))
+        watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            done, _ = await asyncio.wait({pump, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not pump.done():
+                pump.cancel()  # the client went away: cancel the upstream request
+                log.info("client disconnected mid-stream; upstream request cancelled")
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _pump(
+        self, first: ChatChunk | None, chunks: AsyncIterator[ChatChunk], include_usage: bool, send: Send
+    ) -> None:
+        await send({
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"text/event-stream; charset=utf-8"),
+                (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no"),
+            ],
+        })
+        try:
+            chunk = first
+            while chunk is not None:
+                if chunk.usage is not None and not include_usage:
+                    if not chunk.choices:
+                        chunk = await anext(chunks, None)
+                        continue
+                    chunk.usage = None
+                data = chunk.__pydantic_serializer__.to_json(chunk, exclude_none=True)
+                await send({"type": "http.response.body", "body": b"data: " + data + b"\n\n", "more_body": True})
+                chunk = await anext(chunks, None)
+        except ProviderError as exc:
+            event = b"data: " + orjson.dumps(exc.to_body()) + b"\n\n"
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+    async def embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            self.authenticate(scope)
+            body = await read_body(scope, receive, self.state.settings.max_body_bytes)
+            request = parse_body(body, EmbeddingRequest)
+            response = await self.state.router.embed(request)
+        except ThinktankError as exc:
+            await send_error(send, exc)
+            return
+        cost = response.usage.cost or 0.0
+        await send_bytes(
+            send, 200, response.__pydantic_serializer__.to_json(response),
+            [(b"x-thinktank-cost-usd", f"{cost:.10f}".encode())],
+        )
+
+    async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            self.authenticate(scope)
+        except ThinktankError as exc:
+            await send_error(send, exc)
+            return
+        created = int(self.state.started_at)
+        data = [
+            {"id": m.id, "object": "model", "created": created, "owned_by": m.owned_by, "thinktank_kind": m.kind,
+             **({"description": m.description} if m.description else {})}
+            for m in self.state.router.models()
+        ]
+        await send_json(send, 200, {"object": "list", "data": data})
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return

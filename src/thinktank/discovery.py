@@ -1,0 +1,93 @@
+"""Models from the environment when there is no config file, and the offline demo models."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+from .config import DeploymentConfig, GatewayConfig, GroupConfig
+
+__all__ = ["NO_MODELS_HELP", "demo_config", "discover", "merge"]
+
+NO_MODELS_HELP = (
+    "No models are configured. Add one of:\n"
+    "  - a config file:     thinktank serve --config thinktank.yaml   (see README: 'Configuration')\n"
+    "  - a provider key:    export OPENAI_API_KEY=... (or ANTHROPIC_API_KEY, GEMINI_API_KEY, ...)\n"
+    "  - a local Ollama:    ollama serve   (thinktank looks at OLLAMA_HOST or 127.0.0.1:11434)\n"
+    "  - offline mock models to try everything: thinktank serve --demo"
+)
+
+# (environment variable, provider, models registered when it is set)
+_KEYED: list[tuple[tuple[str, ...], str, list[str]]] = [
+    (("OPENAI_API_KEY",), "openai", ["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "o4-mini"]),
+    (("ANTHROPIC_API_KEY",), "anthropic", ["claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1"]),
+    (("GEMINI_API_KEY", "GOOGLE_API_KEY"), "gemini", ["gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.0-flash"]),
+    (("MISTRAL_API_KEY",), "mistral", ["mistral-large-latest", "mistral-small-latest"]),
+    (("GROQ_API_KEY",), "groq", ["llama-3.3-70b-versatile", "llama-3.1-8b-instant"]),
+    (("DEEPSEEK_API_KEY",), "deepseek", ["deepseek-chat", "deepseek-reasoner"]),
+    (("OPENROUTER_API_KEY",), "openrouter", ["openai/gpt-4o-mini", "anthropic/claude-sonnet-4.5"]),
+]
+_EMBEDDINGS = {"openai": ["text-embedding-3-small", "text-embedding-3-large"]}
+
+
+def _ollama_models(environ: Mapping[str, str], timeout: float) -> list[str]:
+    host = environ.get("OLLAMA_HOST", "127.0.0.1:11434")
+    if not host.startswith(("http://", "https://")):
+        host = "http://" + host
+    try:
+        with urllib.request.urlopen(host.rstrip("/") + "/api/tags", timeout=timeout) as resp:  # noqa: S310
+            data: Any = json.loads(resp.read())
+    except (OSError, ValueError):
+        return []
+    models = data.get("models", []) if isinstance(data, dict) else []
+    return [m["name"] for m in models if isinstance(m, dict) and isinstance(m.get("name"), str)]
+
+
+def discover(environ: Mapping[str, str], *, probe_ollama: bool = True, timeout: float = 0.3) -> GatewayConfig:
+    """Register the common models of every provider whose usual environment variable is set."""
+    models: list[DeploymentConfig] = []
+    for env_names, provider, names in _KEYED:
+        var = next((v for v in env_names if environ.get(v)), None)
+        if var is None:
+            continue
+        for name in names:
+            models.append(DeploymentConfig(name=name, provider=provider, api_key_env=var))
+        for name in _EMBEDDINGS.get(provider, []):
+            models.append(DeploymentConfig(name=name, provider=provider, api_key_env=var, mode="embedding"))
+    if probe_ollama:
+        for name in _ollama_models(environ, timeout):
+            models.append(DeploymentConfig(name=f"ollama/{name}", provider="ollama", model=name))
+    return GatewayConfig(models=models)
+
+
+def demo_config() -> GatewayConfig:
+    """Clearly labelled mock models that answer offline, to try every feature without a key."""
+
+    def mock(name: str, description: str, **options: Any) -> DeploymentConfig:
+        return DeploymentConfig(
+            name=name, provider="mock", model=name, description=f"MOCK (offline demo): {description}",
+            context_window=32000, options=options,
+        )
+
+    models = [
+        mock("demo/echo", "echoes your last message"),
+        mock("demo/fast", "answers at once", replies=["This is a scripted demo answer from demo/fast."]),
+        mock("demo/slow", "answers after 1.5 s, streams word by word", latency=1.5, chunk_delay=0.05),
+        mock("demo/flaky", "fails half of the time (retries and fallbacks at work)", fail_rate=0.5, seed=7),
+        mock("demo/embed", "deterministic hash embeddings", embedding_dimensions=16).model_copy(
+            update={"mode": "embedding"}
+        ),
+    ]
+    groups = [GroupConfig(name="demo/auto", models=["demo/flaky"], fallbacks=["demo/fast"])]
+    return GatewayConfig(models=models, groups=groups)
+
+
+def merge(base: GatewayConfig, extra: GatewayConfig) -> GatewayConfig:
+    return GatewayConfig(
+        models=[*base.models, *extra.models],
+        groups=[*base.groups, *extra.groups],
+        aliases={**base.aliases, **extra.aliases},
+        router=base.router,
+    )

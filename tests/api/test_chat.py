@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from ..fakes import openai as fmt
+from ..fakes.upstream import FakeUpstream, Reply
+from .conftest import ADMIN, AUTH, Start
+
+CANARY = "sk-canary-provider-key-XYZZY"
+
+
+def cfg(url: str, **kw: Any) -> dict[str, Any]:
+    return {"models": [{"name": "gpt", "provider": "openai", "model": "fake-model", "base_url": url + "/v1",
+                        "api_key": CANARY, "input_price": 1, "output_price": 2, **kw}]}
+
+
+BODY = {"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def test_openai_sdk_non_streaming(gateway: Start, fake_openai: FakeUpstream) -> None:
+    url = await gateway(cfg(fake_openai.url))
+    sdk = openai.AsyncOpenAI(base_url=url + "/v1", api_key=ADMIN, max_retries=0)
+    raw = await sdk.chat.completions.with_raw_response.create(
+        model="gpt", messages=[{"role": "user", "content": "hello"}], temperature=0.3
+    )
+    resp = raw.parse()
+    assert resp.choices[0].message.content == "echo: hello"
+    assert resp.usage is not None and resp.usage.prompt_tokens == 12
+    cost = (12 * 1 + 8 * 2) / 1e6
+    assert float(raw.headers["x-thinktank-cost-usd"]) == pytest.approx(cost)
+    assert resp.model_dump()["usage"]["cost"] == pytest.approx(cost)
+    assert raw.headers["x-thinktank-deployment"] == "gpt"
+    # the upstream got thinktank's key, not the client's
+    assert fake_openai.requests[-1].headers["Authorization"] == f"Bearer {CANARY}"
+    assert fake_openai.requests[-1].json["temperature"] == 0.3
+
+
+async def test_openai_sdk_streaming_with_usage(gateway: Start, fake_openai: FakeUpstream) -> None:
+    url = await gateway(cfg(fake_openai.url))
+    sdk = openai.AsyncOpenAI(base_url=url + "/v1", api_key=ADMIN, max_retries=0)
+    stream = await sdk.chat.completions.create(
+        model="gpt", messages=[{"role": "user", "content": "a b c"}], stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [c async for c in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "echo:abc"
+    assert chunks[-1].usage is not None and chunks[-1].choices == []
+    assert chunks[-1].model_dump()["usage"]["cost"] == pytest.approx((12 + 4 * 2) / 1e6)
+
+
+async def test_stream_wire_format_without_usage(gateway: Start, fake_openai: FakeUpstream,
+                                                client: httpx.AsyncClient) -> None:
+    url = await gateway(cfg(fake_openai.url))
+    resp = await client.post(url + "/v1/chat/completions", headers=AUTH, json={**BODY, "stream": True})
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    events = [e for e in resp.text.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+    objs = [orjson.loads(e[6:]) for e in events[:-1]]
+    assert all(o["object"] == "chat.completion.chunk" and "usage" not in o for o in objs)
+    assert all("finish_reason" in o["choices"][0] for o in objs)
+    assert objs[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_chunks_are_forwarded_as_they_arrive(gateway: Start, fake_openai: FakeUpstream,
+                                                   client: httpx.AsyncClient) -> None:
+    gate = asyncio.Event()
+    fake_openai.queue(Reply(sse=fmt.stream_events(["first", "second"]), gate=gate))
+    url = await gateway(cfg(fake_openai.url))
+    async with client.stream("POST", url + "/v1/chat/completions", headers=AUTH,
+                             json={**BODY, "stream": True}) as resp:
+        lines = resp.aiter_lines()
+        first = await asyncio.wait_for(anext(lines), 5)  # arrives while the upstream is still held
+        assert first.startswith("data: ") and '"role":"assistant"' in first
+        gate.set()
+        rest = [line async for line in lines]
+    assert "data: [DONE]" in rest
+
+
+async def test_client_disconnect_cancels_upstream(gateway: Start, fake_openai: FakeUpstream) -> None:
+    never = asyncio.Event()
+    fake_openai.queue(Reply(sse=fmt.stream_events(["first", "second"]), gate=never))
+    url = await gateway(cfg(fake_openai.url))
+    async with httpx.AsyncClient(timeout=10) as c, c.stream(
+        "POST", url + "/v1/chat/completions", headers=AUTH, json={**BODY, "stream": True}
+    ) as resp:
+        await anext(resp.aiter_lines())
+    # the client is gone: thinktank must drop the upstream request
+    await asyncio.wait_for(fake_openai.cancel_event.wait(), 5)
+    assert fake_openai.cancelled == 1
+
+
+async def test_stream_error_before_first_chunk_is_a_json_error(gateway: Start, fake_openai: FakeUpstream,
+                                                               client: httpx.AsyncClient) -> None:
+    fake_openai.queue(*[fmt.error(500, "boom")] * 3)
+    url = await gateway(cfg(fake_openai.url), )
+    resp = await client.post(url + "/v1/chat/completions", headers=AUTH, json={**BODY, "stream": True})
+    assert resp.status_code == 502
+    assert resp.json()["error"]["type"] == "upstream_error"
+
+
+async def test_stream_error_midway_is_an_error_event(gateway: Start, fake_openai: FakeUpstream,
+                                                     client: httpx.AsyncClient) -> None:
+    fake_openai.queue(Reply(sse=fmt.stream_events(["a", "b", "c"]), drop_after=2))
+    url = await gateway(cfg(fake_openai.url))
+    resp = await client.post(url + "/v1/chat/completions", headers=AUTH, json={**BODY, "stream": True})
+    events = [e for e in resp.text.split("\n\n") if e]
+    assert '"error"' in events[-2] and events[-1] == "data: [DONE]"
+
+
+async def test_models_endpoint(gateway: Start, fake_openai: FakeUpstream, client: httpx.AsyncClient) -> None:
+    url = await gateway(cfg(fake_openai.url))
+    sdk = openai.AsyncOpenAI(base_url=url + "/v1", api_key=ADMIN, max_retries=0)
+    models = [m.id async for m in sdk.models.list()]
+    assert models == ["gpt"]
+
+
+async def test_embeddings_endpoint(gateway: Start, fake_openai: FakeUpstream) -> None:
+    url = await gateway({"models": [{"name": "emb", "provider": "openai", "model": "text-embedding-3-small",
+                                     "base_url": fake_openai.url + "/v1", "api_key": "k", "mode": "embedding"}]})
+    sdk = openai.AsyncOpenAI(base_url=url + "/v1", api_key=ADMIN, max_retries=0)
+    resp = await sdk.embeddings.create(model="emb", input=["x", "y"])
+    assert len(resp.data) == 2 and resp.data[1].index == 1
+    assert fake_openai.requests[-1].json["model"] == "text-embedding-3-small"
+
+
+async def test_health_and_ready(gateway: Start, client: httpx.AsyncClient) -> None:
+    url = await gateway({"models": []})
+    assert (await client.get(url + "/health")).json() == {"status": "ok"}
+    ready = (await client.get(url + "/ready")).json()
+    assert ready["status"] == "ready" and ready["models"] == 0 and "--demo" in ready["hint"]
+
+
+async def test_provider_key_never_leaks(gateway: Start, fake_openai: FakeUpstream, client: httpx.AsyncClient,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    fake_openai.queue(fmt.error(401, f"Incorrect API key provided: {CANARY}"),
+                      fmt.error(400, f"bad request for key {CANARY}"),
+                      Reply(body=f"<html>{CANARY}</html>".encode()))
+    url = await gateway(cfg(fake_openai.url))
+    for _ in range(3):
+        resp = await client.post(url + "/v1/chat/completions", headers=AUTH, json=BODY)
+        assert resp.status_code >= 400
+        assert CANARY not in resp.text
+    assert CANARY not in caplog.text
