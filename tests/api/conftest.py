@@ -20,7 +20,7 @@ Start = Callable[..., Any]
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", admin_key=ADMIN)  # type: ignore[arg-type]
+    return Settings(data_dir=tmp_path / "data", admin_key=ADMIN)
 
 
 @pytest.fixture

@@ -118,7 +118,8 @@ class FakeUpstream:
                 transport.close()
             raise ConnectionResetError("dropped on purpose")
         if reply.sse is not None:
-            resp = web.StreamResponse(status=reply.status, headers={"content-type": "text/event-stream", **reply.headers})
+            headers = {"content-type": "text/event-stream", **reply.headers}
+            resp = web.StreamResponse(status=reply.status, headers=headers)
             await resp.prepare(request)
             for i, event in enumerate(reply.sse):
                 if reply.drop_after is not None and i >= reply.drop_after:

@@ -132,7 +132,7 @@ async def test_check_lists_models(fake_openai: FakeUpstream, ctx: ProviderContex
 
 async def test_azure_url_and_header(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:
     d = DeploymentConfig(name="az", provider="azure", model="my-deploy", base_url=fake_openai.url,
-                         api_key="k-azure-1", api_version="2024-06-01")  # type: ignore[arg-type]
+                         api_key="k-azure-1", api_version="2024-06-01")
     await AzureOpenAIProvider(d, ctx).complete(req())
     sent = fake_openai.requests[-1]
     assert sent.path == "/openai/deployments/my-deploy/chat/completions"

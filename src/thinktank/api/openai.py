@@ -134,7 +134,7 @@ class OpenAIHandlers:
         pump = asyncio.ensure_future(self._pump(first, chunks, include_usage, send))
         watcher = asyncio.ensure_future(_wait_disconnect(receive))
         try:
-            done, _ = await asyncio.wait({pump, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({pump, watcher}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not pump.done():
                 pump.cancel()  # the client went away: cancel the upstream request
