@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -50,3 +50,28 @@ async def fake_openai() -> AsyncIterator[FakeUpstream]:
     await fake.start()
     yield fake
     await fake.close()
+
+
+@pytest.fixture
+def fake_ollama_url() -> Iterator[str]:
+    """A thread-served fake of Ollama's /api/tags (discovery probes it synchronously)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"models": [{"name": "llama3.2:latest", "size": 1}]}).encode()
+            self.send_response(200 if self.path == "/api/tags" else 404)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
