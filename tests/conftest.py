@@ -75,3 +75,32 @@ def fake_ollama_url() -> Iterator[str]:
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
+
+
+@pytest.fixture
+def fake_upstream_thread() -> Iterator[str]:
+    """The OpenAI fake served from its own thread and loop, for tests that run thinktank as a process."""
+    import asyncio
+    import threading
+
+    started = threading.Event()
+    holder: dict[str, object] = {}
+
+    def serve() -> None:
+        loop = asyncio.new_event_loop()
+        fake = FakeUpstream(openai_fmt.default_handler)
+        holder["url"] = loop.run_until_complete(fake.start())
+        holder["loop"] = loop
+        started.set()
+        loop.run_forever()
+        loop.run_until_complete(fake.close())
+        loop.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    started.wait(10)
+    yield str(holder["url"])
+    loop = holder["loop"]
+    assert isinstance(loop, asyncio.AbstractEventLoop)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)

@@ -1,0 +1,160 @@
+"""The ``thinktank`` command, run as a real process."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items()
+             if not k.endswith("_API_KEY") and not k.startswith("THINKTANK_")}
+    return {**clean, "THINKTANK_DATA_DIR": str(tmp_path / "data"), "OLLAMA_HOST": "127.0.0.1:9",
+            "HOME": str(tmp_path)}
+
+
+def run(args: list[str], env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "thinktank", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+class Server:
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "thinktank", "serve", "--port", str(self.port), *args],
+                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {self.proc.stderr.read() if self.proc.stderr else ''}")
+            try:
+                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise AssertionError("server did not become ready")
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        _, err = self.proc.communicate(timeout=15)
+        return err
+
+
+@pytest.fixture
+def server(env: dict[str, str]) -> Iterator[type[Server]]:
+    started: list[Server] = []
+
+    class Tracked(Server):
+        def __init__(self, args: list[str], env: dict[str, str]) -> None:
+            super().__init__(args, env)
+            started.append(self)
+
+    yield Tracked
+    for s in started:
+        if s.proc.poll() is None:
+            s.stop()
+
+
+def test_serve_generates_admin_key_once_and_stores_only_its_hash(server: type[Server], env: dict[str, str],
+                                                                   tmp_path: Path) -> None:
+    s = server(["--demo"], env)
+    err = s.stop()
+    key = next(line.strip() for line in err.splitlines() if line.strip().startswith("tt-admin-"))
+    stored = (tmp_path / "data" / "admin_key.sha256").read_text().strip()
+    assert stored == hashlib.sha256(key.encode()).hexdigest()
+    assert key not in stored
+    s2 = server(["--demo"], env)
+    body = {"model": "demo/echo", "messages": [{"role": "user", "content": "ping"}]}
+    assert httpx.post(s2.url + "/v1/chat/completions", json=body,
+                      headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    assert httpx.post(s2.url + "/v1/chat/completions", json=body,
+                      headers={"Authorization": "Bearer tt-admin-wrong"}).status_code == 401
+    assert "tt-admin-" not in s2.stop()  # not printed again
+
+
+def test_serve_without_models_starts_and_says_how_to_add_one(server: type[Server], env: dict[str, str]) -> None:
+    s = server([], {**env, "THINKTANK_ADMIN_KEY": "k"})
+    assert httpx.get(s.url + "/v1/models", headers={"Authorization": "Bearer k"}).json()["data"] == []
+    err = s.stop()
+    assert "No models are configured" in err and "--demo" in err and "OPENAI_API_KEY" in err
+
+
+def test_serve_with_workers(server: type[Server], env: dict[str, str], fake_upstream_thread: str,
+                            tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"models:\n  - {{name: m, provider: openai, base_url: '{fake_upstream_thread}/v1', api_key: x}}\n")
+    s = server(["--config", str(cfg), "--workers", "2"], {**env, "THINKTANK_ADMIN_KEY": "k"})
+    children = Path(f"/proc/{s.proc.pid}/task/{s.proc.pid}/children").read_text().split()
+    assert len(children) >= 2
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    for _ in range(10):
+        r = httpx.post(s.url + "/v1/chat/completions", json=body, headers={"Authorization": "Bearer k"})
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "echo: hi"
+
+
+def test_serve_config_error_exits_2_naming_the_file(env: dict[str, str], tmp_path: Path) -> None:
+    cfg = tmp_path / "broken.yaml"
+    cfg.write_text("models:\n  - {name: a, provider: openai, base_url: nope}\n")
+    r = run(["serve", "--config", str(cfg)], env)
+    assert r.returncode == 2
+    assert f"{cfg}: models[0] ('a'): base_url" in r.stderr
+
+
+def test_chat_streams_to_the_terminal(env: dict[str, str]) -> None:
+    r = run(["chat", "hello there", "-m", "demo/echo", "--demo"], env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[mock demo/echo] You said: hello there"
+    assert "in," in r.stderr and "$" in r.stderr
+
+
+def test_chat_unknown_model(env: dict[str, str]) -> None:
+    r = run(["chat", "hi", "-m", "nope", "--demo"], env)
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_models_checks_each_upstream(env: dict[str, str], tmp_path: Path, fake_upstream_thread: str) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"models:\n  - {{name: good, provider: openai, model: fake-model, base_url: '{fake_upstream_thread}/v1',"
+        " api_key: x}\n  - {name: dead, provider: openai, base_url: 'http://127.0.0.1:9/v1', api_key: x}\n")
+    r = run(["models", "--config", str(cfg)], env)
+    assert r.returncode == 0, r.stderr
+    lines = {line.split()[0]: line for line in r.stdout.splitlines()[1:]}
+    assert lines["good"].rstrip().endswith("ok")
+    assert "cannot reach" in lines["dead"]
+
+
+def test_mock_upstream_answers(env: dict[str, str]) -> None:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "thinktank", "mock-upstream", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                               json={"model": "x", "messages": [{"role": "user", "content": "yo"}]})
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert r.json()["choices"][0]["message"]["content"] == "Mock answer to: yo"
+    finally:
+        proc.terminate()
+        proc.wait(10)
