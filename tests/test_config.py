@@ -87,7 +87,7 @@ def test_unknown_provider_and_missing_key_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"thinktank.yaml: unknown provider 'nosuch'; known providers: .*anthropic"):
         create_app(settings.model_copy(update={"config": bad}))
     bad = write(tmp_path, "models:\n  - {name: gpt-4o, provider: openai, api_key_env: NOPE_NOT_SET}\n")
-    with pytest.raises(ConfigError, match="thinktank.yaml: model 'gpt-4o': api_key_env: .*NOPE_NOT_SET"):
+    with pytest.raises(ConfigError, match=r"thinktank\.yaml: model 'gpt-4o': api_key_env: .*NOPE_NOT_SET"):
         create_app(settings.model_copy(update={"config": bad}))
 
 

@@ -81,7 +81,8 @@ def serve(
         uvicorn.run(application, **common)
         return
     # Each worker builds its own app from the same settings, passed through the environment.
-    os.environ.update({"THINKTANK_DATA_DIR": str(settings.data_dir), "THINKTANK_DEMO": "true" if settings.demo else "false"})
+    os.environ["THINKTANK_DATA_DIR"] = str(settings.data_dir)
+    os.environ["THINKTANK_DEMO"] = "true" if settings.demo else "false"
     if settings.config is not None:
         os.environ["THINKTANK_CONFIG"] = str(settings.config.resolve())
     uvicorn.run("thinktank.api.app:app_from_env", factory=True, workers=settings.workers, **common)
@@ -94,7 +95,7 @@ def models(config: ConfigOpt = None, demo: DemoOpt = False,
     from .api.app import build_config
     from .gateway.router import Router
     from .providers._http import HttpClient
-    from .providers.base import ProviderContext, Probe
+    from .providers.base import Probe, ProviderContext
 
     settings = _settings(config, demo)
 

@@ -43,7 +43,7 @@ async def test_latency_goes_through_the_clock(ctx: ProviderContext, clock: FakeC
     await m.complete(req())
     assert clock.sleeps == [2.5]
     [c async for c in m.stream(req("a b c"))]
-    words = len("[mock m] You said: a b c".split())
+    words = len(["[mock", "m]", "You", "said:", "a", "b", "c"])
     assert clock.sleeps[1:] == [2.5] + [0.1] * (words - 1)
 
 
