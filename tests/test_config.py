@@ -82,7 +82,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_unknown_provider_and_missing_key_name_the_file(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, admin_key="k")  # type: ignore[arg-type]
+    settings = Settings(data_dir=tmp_path, admin_key="k")
     bad = write(tmp_path, "models:\n  - {name: a, provider: nosuch}\n")
     with pytest.raises(ConfigError, match=r"thinktank.yaml: unknown provider 'nosuch'; known providers: .*anthropic"):
         create_app(settings.model_copy(update={"config": bad}))
