@@ -5,13 +5,19 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from .config import Settings
 from .errors import ThinktankError
+
+if TYPE_CHECKING:
+    from .gateway.router import Router
+
+T = TypeVar("T")
 
 __all__ = ["app", "main"]
 
@@ -37,6 +43,26 @@ def _settings(config: Path | None, demo: bool, **overrides: Any) -> Settings:
     if demo:
         update["demo"] = True
     return settings.model_copy(update=update)
+
+
+def _with_router(settings: Settings, work: Callable[[Router], Awaitable[T]]) -> T:
+    """Build the router from the settings, run ``work`` with it, close the HTTP client; errors exit 2."""
+    from .api.app import build_config
+    from .gateway.router import Router
+    from .providers._http import HttpClient
+    from .providers.base import ProviderContext
+
+    async def run() -> T:
+        http = HttpClient()
+        try:
+            return await work(Router(build_config(settings, os.environ), ProviderContext(http)))
+        finally:
+            await http.close()
+
+    try:
+        return asyncio.run(run())
+    except ThinktankError as exc:
+        raise _fail(exc) from None
 
 
 def _fail(exc: ThinktankError) -> typer.Exit:
@@ -92,46 +118,33 @@ def serve(
 def models(config: ConfigOpt = None, demo: DemoOpt = False,
            timeout: Annotated[float, typer.Option(help="Seconds to wait for each upstream.")] = 5.0) -> None:
     """List the configured models and whether each upstream answers."""
-    from .api.app import build_config
-    from .gateway.router import Router
-    from .providers._http import HttpClient
-    from .providers.base import Probe, ProviderContext
+    from .providers.base import Probe
 
-    settings = _settings(config, demo)
-
-    async def run() -> list[tuple[str, str, str, str]]:
-        http = HttpClient()
+    async def probe(model: Any) -> str:
+        if not isinstance(model, Probe):
+            return "? (no check for this provider)"
         try:
-            router = Router(build_config(settings, os.environ), ProviderContext(http))
+            async with asyncio.timeout(timeout):
+                return await model.check()
+        except TimeoutError:
+            return f"no answer within {timeout:g} s"
+        except ThinktankError as exc:
+            return f"error: {exc.message}"
 
-            async def probe(model: Any) -> str:
-                if not isinstance(model, Probe):
-                    return "? (no check for this provider)"
-                try:
-                    async with asyncio.timeout(timeout):
-                        return await model.check()
-                except TimeoutError:
-                    return f"no answer within {timeout:g} s"
-                except ThinktankError as exc:
-                    return f"error: {exc.message}"
+    async def run(router: Router) -> list[tuple[str, str, str, str]]:
+        statuses = await asyncio.gather(*(probe(d.model) for d in router.deployments))
+        return [(d.name, d.config.provider, d.config.upstream_model, s)
+                for d, s in zip(router.deployments, statuses, strict=True)]
 
-            statuses = await asyncio.gather(*(probe(d.model) for d in router.deployments))
-            return [(d.name, d.config.provider, d.config.upstream_model, s)
-                    for d, s in zip(router.deployments, statuses, strict=True)]
-        finally:
-            await http.close()
-
-    try:
-        rows = asyncio.run(run())
-    except ThinktankError as exc:
-        raise _fail(exc) from None
+    rows = _with_router(_settings(config, demo), run)
     if not rows:
         from .discovery import NO_MODELS_HELP
 
         typer.echo(NO_MODELS_HELP)
         return
-    widths = [max(len(r[i]) for r in [("MODEL", "PROVIDER", "UPSTREAM", "STATUS"), *rows]) for i in range(3)]
-    for r in [("MODEL", "PROVIDER", "UPSTREAM", "STATUS"), *rows]:
+    table = [("MODEL", "PROVIDER", "UPSTREAM", "STATUS"), *rows]
+    widths = [max(len(r[i]) for r in table) for i in range(3)]
+    for r in table:
         typer.echo("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3])
 
 
@@ -145,40 +158,27 @@ def chat(
     no_stream: Annotated[bool, typer.Option("--no-stream", help="Wait for the whole answer.")] = False,
 ) -> None:
     """Ask a model and stream its answer to the terminal."""
-    from .api.app import build_config
-    from .gateway.router import Router
-    from .providers._http import HttpClient
-    from .providers.base import ProviderContext
     from .types import ChatRequest, Message, Usage
 
-    settings = _settings(config, demo)
     messages = ([Message(role="system", content=system)] if system else []) + [Message(role="user", content=prompt)]
     request = ChatRequest(model=model, messages=messages, stream=not no_stream)
 
-    async def run() -> Usage | None:
-        http = HttpClient()
-        try:
-            router = Router(build_config(settings, os.environ), ProviderContext(http))
-            if no_stream:
-                resp = await router.complete(request)
-                typer.echo(resp.choices[0].message.content or "")
-                return resp.usage
-            usage = None
-            async for chunk in router.stream(request):
-                for c in chunk.choices:
-                    if c.delta.content:
-                        sys.stdout.write(c.delta.content)
-                        sys.stdout.flush()
-                usage = chunk.usage or usage
-            sys.stdout.write("\n")
-            return usage
-        finally:
-            await http.close()
+    async def run(router: Router) -> Usage | None:
+        if no_stream:
+            resp = await router.complete(request)
+            typer.echo(resp.choices[0].message.content or "")
+            return resp.usage
+        usage = None
+        async for chunk in router.stream(request):
+            for c in chunk.choices:
+                if c.delta.content:
+                    sys.stdout.write(c.delta.content)
+                    sys.stdout.flush()
+            usage = chunk.usage or usage
+        sys.stdout.write("\n")
+        return usage
 
-    try:
-        usage = asyncio.run(run())
-    except ThinktankError as exc:
-        raise _fail(exc) from None
+    usage = _with_router(_settings(config, demo), run)
     if usage is not None:
         typer.secho(f"[{usage.prompt_tokens} in, {usage.completion_tokens} out, ${usage.cost or 0:.6f}]",
                     fg=typer.colors.BRIGHT_BLACK, err=True)

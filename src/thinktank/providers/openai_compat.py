@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ..config import DeploymentConfig
 from ..errors import ConfigError, UpstreamBadResponseError
 from ..types import ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse
 from . import _http
 from .base import ProviderContext
+
+R = TypeVar("R", bound=BaseModel)
 
 __all__ = [
     "AzureOpenAIProvider",
@@ -84,21 +86,22 @@ class OpenAIProvider:
     def _secrets(self) -> tuple[str | None]:
         return (self._key,)
 
-    async def complete(self, request: ChatRequest) -> ChatResponse:
-        payload = self._payload(request, stream=False)
-        async with _http.post(
-            self._ctx.http, self._url("chat/completions"), payload, self._headers, deployment=self._id
-        ) as resp:
+    async def _post_json(self, path: str, payload: dict[str, Any], model: type[R], what: str) -> R:
+        async with _http.post(self._ctx.http, self._url(path), payload, self._headers, deployment=self._id) as resp:
             await _http.raise_for_status(
                 resp, deployment=self._id, secrets=self._secrets(), now=self._ctx.clock.time
             )
             data = await _http.read_json(resp, deployment=self._id)
         try:
-            return ChatResponse.model_validate(data)
+            return model.model_validate(data)
         except ValidationError:
             raise UpstreamBadResponseError(
-                f"upstream {self._id} answered JSON that is not a chat completion", deployment=self._id
+                f"upstream {self._id} answered JSON that is not {what}", deployment=self._id
             ) from None
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        payload = self._payload(request, stream=False)
+        return await self._post_json("chat/completions", payload, ChatResponse, "a chat completion")
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         payload = self._payload(request, stream=True)
@@ -129,19 +132,7 @@ class OpenAIProvider:
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
         payload = request.model_dump(exclude_none=True)
         payload["model"] = self._model
-        async with _http.post(
-            self._ctx.http, self._url("embeddings"), payload, self._headers, deployment=self._id
-        ) as resp:
-            await _http.raise_for_status(
-                resp, deployment=self._id, secrets=self._secrets(), now=self._ctx.clock.time
-            )
-            data = await _http.read_json(resp, deployment=self._id)
-        try:
-            return EmbeddingResponse.model_validate(data)
-        except ValidationError:
-            raise UpstreamBadResponseError(
-                f"upstream {self._id} answered JSON that is not an embedding list", deployment=self._id
-            ) from None
+        return await self._post_json("embeddings", payload, EmbeddingResponse, "an embedding list")
 
     # -- Probe ----------------------------------------------------------------------------------
     async def check(self) -> str:
