@@ -99,6 +99,8 @@ async def test_body_over_the_limit(url: str, client: httpx.AsyncClient, fake_ope
     resp = await client.post(url + "/v1/chat/completions", headers=AUTH, content=chunked())
     assert_error(resp, 413, "limit")
     assert fake_openai.requests == []
+    # the limit holds for every route, not only the OpenAI ones
+    assert_error(await client.post(url + "/api/v1/anything", headers=AUTH, content=b"x" * 10_000), 413, "limit")
 
 
 @pytest.mark.parametrize(

@@ -122,6 +122,9 @@ async def test_models_endpoint(gateway: Start, fake_openai: FakeUpstream, client
     sdk = openai.AsyncOpenAI(base_url=url + "/v1", api_key=ADMIN, max_retries=0)
     models = [m.id async for m in sdk.models.list()]
     assert models == ["gpt"]
+    assert (await sdk.models.retrieve("gpt")).id == "gpt"
+    with pytest.raises(openai.NotFoundError):
+        await sdk.models.retrieve("nope/not-here")
 
 
 async def test_embeddings_endpoint(gateway: Start, fake_openai: FakeUpstream) -> None:

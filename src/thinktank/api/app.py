@@ -24,12 +24,12 @@ from ..auth import AdminKey
 from ..clock import Clock, SystemClock
 from ..config import GatewayConfig, Settings, load_config
 from ..discovery import NO_MODELS_HELP, demo_config, discover, merge
-from ..errors import ConfigError, ThinktankError
+from ..errors import ConfigError, PayloadTooLargeError, ThinktankError
 from ..gateway.router import Router
 from ..providers._http import HttpClient
 from ..providers.base import ProviderContext
 from ..providers.registry import ProviderRegistry
-from .asgi import Receive, Scope, Send, send_error, send_json
+from .asgi import Receive, Scope, Send, header, send_error, send_json
 from .openai import OpenAIHandlers
 from .state import AppState
 
@@ -159,6 +159,8 @@ class ThinktankApp:
         if scope["type"] == "http":
             path: str = scope["path"]
             methods = self._routes.get(path) or (self._routes.get(path.rstrip("/")) if len(path) > 1 else None)
+            if methods is None and path.startswith(("/v1/models/", "/models/")):
+                methods = self._routes["/v1/models"]
             if methods is not None:
                 handler = methods.get(scope["method"])
                 if handler is None:
@@ -169,6 +171,11 @@ class ThinktankApp:
                     )
                     return
                 await self._guarded(handler, scope, receive, send)
+                return
+            length = header(scope, b"content-length")
+            if length is not None and length.isdigit() and int(length) > self.state.settings.max_body_bytes:
+                limit = self.state.settings.max_body_bytes
+                await send_error(send, PayloadTooLargeError(f"The request body is larger than the {limit} byte limit."))
                 return
         await self.fastapi(scope, receive, send)
 

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from ..errors import AuthenticationError, InvalidRequestError, ProviderError, ThinktankError
+from ..errors import AuthenticationError, InvalidRequestError, ModelNotFoundError, ProviderError, ThinktankError
 from ..types import ChatChunk, ChatRequest, EmbeddingRequest
 from .asgi import Receive, Scope, Send, header, read_body, send_bytes, send_error, send_json
 from .state import AppState
@@ -192,19 +192,30 @@ class OpenAIHandlers:
             [(b"x-thinktank-cost-usd", f"{cost:.10f}".encode())],
         )
 
-    async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            self.authenticate(scope)
-        except ThinktankError as exc:
-            await send_error(send, exc)
-            return
+    def _model_objects(self) -> list[dict[str, Any]]:
         created = int(self.state.started_at)
-        data = [
+        return [
             {"id": m.id, "object": "model", "created": created, "owned_by": m.owned_by, "thinktank_kind": m.kind,
              **({"description": m.description} if m.description else {})}
             for m in self.state.router.models()
         ]
-        await send_json(send, 200, {"object": "list", "data": data})
+
+    async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /v1/models`` and ``GET /v1/models/{id}`` (ids may contain slashes)."""
+        try:
+            self.authenticate(scope)
+            objects = self._model_objects()
+            path: str = scope["path"]
+            wanted = path.split("/models/", 1)[1] if "/models/" in path else ""
+            if not wanted:
+                await send_json(send, 200, {"object": "list", "data": objects})
+                return
+            found = next((o for o in objects if o["id"] == wanted), None)
+            if found is None:
+                raise ModelNotFoundError(f"The model '{wanted}' does not exist here.", param="model")
+            await send_json(send, 200, found)
+        except ThinktankError as exc:
+            await send_error(send, exc)
 
 
 async def _wait_disconnect(receive: Receive) -> None:
