@@ -200,27 +200,39 @@ async def read_json(resp: aiohttp.ClientResponse, *, deployment: str) -> Any:
         ) from None
 
 
-async def iter_sse(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str | None, str]]:
-    """Server-sent events as ``(event, data)`` pairs, yielded as soon as each is complete."""
+def _parse_event(block: bytes) -> tuple[str | None, str] | None:
     event: str | None = None
     data: list[str] = []
-    async for raw in resp.content:
-        line = raw.decode("utf-8", "replace").rstrip("\r\n")
-        if not line:
-            if data:
-                yield event, "\n".join(data)
-            event, data = None, []
+    for raw in block.split(b"\n"):
+        if not raw or raw.startswith(b":"):
             continue
-        if line.startswith(":"):
-            continue
+        line = raw.decode("utf-8", "replace")
         fieldname, _, value = line.partition(":")
         value = value.removeprefix(" ")
         if fieldname == "data":
             data.append(value)
         elif fieldname == "event":
             event = value
-    if data:
-        yield event, "\n".join(data)
+    return (event, "\n".join(data)) if data else None
+
+
+async def iter_sse(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str | None, str]]:
+    """Server-sent events as ``(event, data)`` pairs, yielded as soon as each is complete.
+
+    Reads whatever bytes have arrived (not line by line), so a burst of events costs one wait.
+    """
+    buf = b""
+    async for data in resp.content.iter_any():
+        buf = (buf + data).replace(b"\r\n", b"\n") if buf or b"\r" in data else data
+        *blocks, buf = buf.split(b"\n\n")
+        for block in blocks:
+            parsed = _parse_event(block)
+            if parsed is not None:
+                yield parsed
+    if buf.strip():
+        parsed = _parse_event(buf)
+        if parsed is not None:
+            yield parsed
 
 
 def loads_event(data: str, *, deployment: str) -> Any:
