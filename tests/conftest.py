@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from thinktank.providers._http import HttpClient
+from thinktank.store.db import Database
 from thinktank.providers.base import ProviderContext
 
 from .fakes import openai as openai_fmt
@@ -104,3 +108,62 @@ def fake_upstream_thread() -> Iterator[str]:
     assert isinstance(loop, asyncio.AbstractEventLoop)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
+
+
+def _run_in_thread(coro: Any) -> Any:
+    """Run a coroutine to completion on a loop of its own (callable from inside a running loop)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    from .fakes.databases import drop_pg, make_pg_template
+
+    name: str = _run_in_thread(make_pg_template())
+    yield name
+    _run_in_thread(drop_pg(name))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A migrated, empty database: SQLite file, then a real PostgreSQL database."""
+    from .fakes.databases import clone_pg, drop_pg, make_sqlite
+
+    if request.param == "sqlite":
+        import asyncio
+
+        yield await asyncio.to_thread(make_sqlite, tmp_path)
+        return
+    template = request.getfixturevalue("pg_template")
+    name, url = await clone_pg(template)
+    try:
+        yield url
+    finally:
+        await drop_pg(name)
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    database = Database(db_url)
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+async def redis_url() -> AsyncIterator[str]:
+    """The local Redis, with a key prefix of this test's own (it is shared with other tests)."""
+    import redis.asyncio as aioredis
+
+    url = os.environ.get("THINKTANK_TEST_REDIS", "redis://127.0.0.1:6379/0")
+    client = aioredis.from_url(url)
+    try:
+        await client.ping()
+    except OSError as exc:
+        raise RuntimeError(f"Redis is needed for these tests and does not answer at {url} ({exc})") from exc
+    finally:
+        await client.aclose()
+    yield url

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from sqlalchemy import inspect, select, text
+
+from thinktank.store.db import Database
+from thinktank.store.migrate import upgrade_async
+from thinktank.store.tables import SYSTEM_USER_ID, User
+
+
+async def test_migrations_create_every_table_and_are_idempotent(db: Database, db_url: str) -> None:
+    await upgrade_async(db_url)  # a second run changes nothing
+    async with db.engine.connect() as conn:
+        tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+    assert {"users", "teams", "sessions", "api_keys", "budgets", "usage", "alembic_version"} <= tables
+    async with db.session() as s:
+        system = (await s.execute(select(User).where(User.id == SYSTEM_USER_ID))).scalar_one()
+    assert system.password_hash is None and system.role == "admin"
+
+
+async def test_sqlite_runs_in_wal_mode(tmp_path: object) -> None:
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    await upgrade_async(url)
+    db = Database(url)
+    async with db.engine.connect() as conn:
+        mode = (await conn.execute(text("PRAGMA journal_mode"))).scalar_one()
+        fk = (await conn.execute(text("PRAGMA foreign_keys"))).scalar_one()
+    await db.close()
+    assert (mode, fk) == ("wal", 1)
