@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from thinktank.providers._http import HttpClient
-from thinktank.store.db import Database
 from thinktank.providers.base import ProviderContext
+from thinktank.store.db import Database
 
 from .fakes import openai as openai_fmt
 from .fakes.clock import FakeClock
@@ -154,7 +154,7 @@ async def db(db_url: str) -> AsyncIterator[Database]:
 
 
 @pytest.fixture
-async def redis_url() -> AsyncIterator[str]:
+async def redis_url() -> str:
     """The local Redis, with a key prefix of this test's own (it is shared with other tests)."""
     import redis.asyncio as aioredis
 
@@ -166,4 +166,4 @@ async def redis_url() -> AsyncIterator[str]:
         raise RuntimeError(f"Redis is needed for these tests and does not answer at {url} ({exc})") from exc
     finally:
         await client.aclose()
-    yield url
+    return url
