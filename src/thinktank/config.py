@@ -23,6 +23,7 @@ __all__ = [
     "RouterConfig",
     "Settings",
     "Strategy",
+    "TierConfig",
     "default_data_dir",
     "load_config",
     "parse_config",
@@ -47,6 +48,15 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
     admin_key: SecretStr | None = None
+    admin_email: str | None = None
+    admin_password: SecretStr | None = None
+    database_url: str | None = None
+    """Default: a SQLite file in the data directory. PostgreSQL: postgresql://user@host/db."""
+    redis_url: str | None = None
+    """Shared rate-limit (and budget) counters for several workers or hosts."""
+    auth_cache_ttl: float = Field(default=5.0, ge=0)
+    """Seconds a resolved key or session is trusted before it is looked up again."""
+    global_daily_budget_usd: float | None = Field(default=None, ge=0)
     demo: bool = False
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     upstream_connections: int = Field(default=1000, ge=1)
@@ -144,8 +154,20 @@ class RouterConfig(_In):
     strategy: Strategy = "weighted"
 
 
+class TierConfig(_In):
+    """A rate-limit tier users can be put in (``users.tier``), e.g. free: {requests_per_day: 10}."""
+
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    requests_per_day: int | None = Field(default=None, ge=1)
+    tokens_per_day: int | None = Field(default=None, ge=1)
+
+
 class GatewayConfig(_In):
     models: list[DeploymentConfig] = Field(default_factory=list)
+    tiers: dict[str, TierConfig] = Field(default_factory=dict)
+    ip_rpm: int | None = Field(default=None, ge=1)
+    """Requests per minute from one client address (all credentials together)."""
     groups: list[GroupConfig] = Field(default_factory=list)
     aliases: dict[str, str] = Field(default_factory=dict)
     router: RouterConfig = Field(default_factory=RouterConfig)

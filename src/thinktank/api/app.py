@@ -81,8 +81,61 @@ def create_app(
     admin_key, new_key = AdminKey.from_settings(settings)
     if new_key is not None:
         announce_key(new_key)
-    state = AppState(settings=settings, router=router, admin_key=admin_key, http=http, clock=clock)
+    state = build_state(settings, router, admin_key, http, clock)
     return ThinktankApp(state, _fastapi_app(state))
+
+
+def build_state(settings: Settings, router: Router, admin_key: AdminKey, http: HttpClient, clock: Clock) -> AppState:
+    from ..accounts.budget_stores import BudgetStore, RedisBudgetStore, SqlBudgetStore
+    from ..accounts.budgets import BudgetLedger
+    from ..accounts.gate import Gate
+    from ..accounts.keys import KeyService
+    from ..accounts.principal import Authenticator
+    from ..accounts.ratelimit import RateLimiter
+    from ..accounts.secrets import PasswordHashing
+    from ..accounts.usage import UsageQuery, UsageWriter
+    from ..accounts.users import UserService
+    from ..store.db import Database, default_database_url
+
+    db = Database(settings.database_url or default_database_url(settings.data_dir))
+    auth = Authenticator(db, admin_key, clock, cache_ttl=settings.auth_cache_ttl)
+    limiter = RateLimiter(settings.redis_url, router.config.tiers, ip_rpm=router.config.ip_rpm)
+    store: BudgetStore
+    if settings.redis_url:
+        import redis.asyncio as aioredis
+
+        store = RedisBudgetStore(aioredis.from_url(settings.redis_url), clock)
+    else:
+        store = SqlBudgetStore(db, clock)
+    ledger = BudgetLedger(store, clock)
+    usage_writer = UsageWriter(db, clock)
+    gate = Gate(limiter, ledger, usage_writer, clock, global_daily_budget=settings.global_daily_budget_usd)
+    return AppState(
+        settings=settings, router=router, admin_key=admin_key, http=http, db=db, auth=auth,
+        users=UserService(db, clock, PasswordHashing(), auth), keys=KeyService(db, clock, auth),
+        usage_writer=usage_writer, usage_query=UsageQuery(db), limiter=limiter, ledger=ledger, gate=gate,
+        clock=clock,
+    )
+
+
+async def _start(state: AppState) -> None:
+    from ..store.migrate import upgrade_async
+
+    await upgrade_async(state.db.url)
+    s = state.settings
+    if s.admin_email and s.admin_password and await state.users.ensure_admin(
+        s.admin_email, s.admin_password.get_secret_value()
+    ):
+        log.info("created the admin user %s", s.admin_email)
+    state.usage_writer.start()
+    state.ledger.start()
+
+
+async def _stop(state: AppState) -> None:
+    await state.ledger.close()
+    await state.usage_writer.close()
+    await state.limiter.close()
+    await state.db.close()
 
 
 def app_from_env() -> ThinktankApp:
@@ -98,14 +151,21 @@ def _fastapi_app(state: AppState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         state.started_at = state.clock.time()
+        await _start(state)
         state.ready = True
         try:
             yield
         finally:
             state.ready = False
+            await _stop(state)
             await state.http.close()
 
     app = FastAPI(title="thinktank", version=__version__, lifespan=lifespan, redoc_url=None)
+    app.state.thinktank = state
+    from .routes import accounts, keys, usage
+
+    for module in (accounts, keys, usage):
+        app.include_router(module.router)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

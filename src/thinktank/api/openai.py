@@ -11,7 +11,10 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from ..errors import AuthenticationError, InvalidRequestError, ModelNotFoundError, ProviderError, ThinktankError
+from ..accounts.gate import Admission
+from ..accounts.principal import Principal
+from ..errors import InvalidRequestError, ModelNotFoundError, ProviderError, ThinktankError
+from ..gateway.tokens import estimate_request_tokens
 from ..types import ChatChunk, ChatRequest, EmbeddingRequest
 from .asgi import Receive, Scope, Send, header, read_body, send_bytes, send_error, send_json
 from .state import AppState
@@ -87,45 +90,45 @@ class OpenAIHandlers:
     def __init__(self, state: AppState) -> None:
         self.state = state
 
-    def authenticate(self, scope: Scope) -> None:
+    async def principal(self, scope: Scope) -> Principal:
         raw = header(scope, b"authorization")
-        key: str | None = None
         if raw is not None:
-            text = raw.decode("latin-1")
-            scheme, _, value = text.partition(" ")
-            if scheme.lower() == "bearer":
-                key = value.strip()
+            scheme, _, value = raw.decode("latin-1").partition(" ")
+            token = value.strip() if scheme.lower() == "bearer" else ""
         else:
             alt = header(scope, b"x-api-key") or header(scope, b"api-key")
-            key = alt.decode("latin-1").strip() if alt is not None else None
-        if not key:
-            raise AuthenticationError(
-                "No API key: send 'Authorization: Bearer <key>' (the admin key, or a key made for you)."
-            )
-        if not self.state.admin_key.verify(key):
-            raise AuthenticationError("The API key is not valid.")
+            token = alt.decode("latin-1").strip() if alt is not None else ""
+        client = scope.get("client")
+        return await self.state.authenticate(token, client[0] if client else "unknown")
 
     async def chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        admission: Admission | None = None
         try:
-            self.authenticate(scope)
+            principal = await self.principal(scope)
             body = await read_body(scope, receive, self.state.settings.max_body_bytes)
             request = parse_body(body, ChatRequest)
+            principal.check_model(request.model)
+            estimate = estimate_request_tokens(request) + (request.output_limit() or 0)
+            admission = await self.state.gate.admit(principal, _ip(scope), request.model, estimate)
             if request.stream:
-                await self._stream(request, receive, send)
+                await self._stream(request, admission, receive, send)
                 return
-            response = await self.state.router.complete(request)
+            response = await self.state.router.complete(request, admission.ctx)
         except ThinktankError as exc:
+            if admission is not None:
+                await admission.finish(exc.status)
             await send_error(send, exc)
             return
+        await admission.finish(200)
         cost = response.usage.cost if response.usage is not None and response.usage.cost is not None else 0.0
         headers = [(b"x-thinktank-cost-usd", f"{cost:.10f}".encode())]
         if response.served_by:
             headers.append((b"x-thinktank-deployment", response.served_by.encode()))
         await send_bytes(send, 200, response.__pydantic_serializer__.to_json(response), headers)
 
-    async def _stream(self, request: ChatRequest, receive: Receive, send: Send) -> None:
+    async def _stream(self, request: ChatRequest, admission: Admission, receive: Receive, send: Send) -> None:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        chunks = aiter(self.state.router.stream(request))
+        chunks = aiter(self.state.router.stream(request, admission.ctx))
         try:
             first = await anext(chunks)
         except StopAsyncIteration:
@@ -133,21 +136,28 @@ class OpenAIHandlers:
         # Errors before the first chunk propagate to the caller: a normal JSON error response.
         pump = asyncio.ensure_future(self._pump(first, chunks, include_usage, send))
         watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        status = 200
         try:
             await asyncio.wait({pump, watcher}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not pump.done():
                 pump.cancel()  # the client went away: cancel the upstream request
+                status = 499
                 log.info("client disconnected mid-stream; upstream request cancelled")
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await pump
+                failed = await pump
+                if failed is not None:
+                    status = failed
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            await admission.finish(status, stream=True)
 
     async def _pump(
         self, first: ChatChunk | None, chunks: AsyncIterator[ChatChunk], include_usage: bool, send: Send
-    ) -> None:
+    ) -> int | None:
+        """Send the stream; the status of an upstream failure midway, else None."""
+        failed: int | None = None
         await send({
             "type": "http.response.start",
             "status": 200,
@@ -169,6 +179,7 @@ class OpenAIHandlers:
                 await send({"type": "http.response.body", "body": b"data: " + data + b"\n\n", "more_body": True})
                 chunk = await anext(chunks, None)
         except ProviderError as exc:
+            failed = exc.status
             event = b"data: " + orjson.dumps(exc.to_body()) + b"\n\n"
             await send({"type": "http.response.body", "body": event, "more_body": True})
         finally:
@@ -176,35 +187,43 @@ class OpenAIHandlers:
             if aclose is not None:
                 await aclose()
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+        return failed
 
     async def embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
+        admission: Admission | None = None
         try:
-            self.authenticate(scope)
+            principal = await self.principal(scope)
             body = await read_body(scope, receive, self.state.settings.max_body_bytes)
             request = parse_body(body, EmbeddingRequest)
-            response = await self.state.router.embed(request)
+            principal.check_model(request.model)
+            estimate = sum(len(t) for t in request.texts()) // 4 + 1
+            admission = await self.state.gate.admit(principal, _ip(scope), request.model, estimate)
+            response = await self.state.router.embed(request, admission.ctx)
         except ThinktankError as exc:
+            if admission is not None:
+                await admission.finish(exc.status)
             await send_error(send, exc)
             return
+        await admission.finish(200)
         cost = response.usage.cost or 0.0
         await send_bytes(
             send, 200, response.__pydantic_serializer__.to_json(response),
             [(b"x-thinktank-cost-usd", f"{cost:.10f}".encode())],
         )
 
-    def _model_objects(self) -> list[dict[str, Any]]:
+    def _model_objects(self, principal: Principal) -> list[dict[str, Any]]:
         created = int(self.state.started_at)
         return [
             {"id": m.id, "object": "model", "created": created, "owned_by": m.owned_by, "thinktank_kind": m.kind,
              **({"description": m.description} if m.description else {})}
             for m in self.state.router.models()
+            if principal.may_use(m.id)
         ]
 
     async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``GET /v1/models`` and ``GET /v1/models/{id}`` (ids may contain slashes)."""
         try:
-            self.authenticate(scope)
-            objects = self._model_objects()
+            objects = self._model_objects(await self.principal(scope))
             path: str = scope["path"]
             wanted = path.split("/models/", 1)[1] if "/models/" in path else ""
             if not wanted:
@@ -216,6 +235,11 @@ class OpenAIHandlers:
             await send_json(send, 200, found)
         except ThinktankError as exc:
             await send_error(send, exc)
+
+
+def _ip(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
 
 
 async def _wait_disconnect(receive: Receive) -> None:

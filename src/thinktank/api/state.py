@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..auth import AdminKey
 from ..clock import Clock, SystemClock
 from ..config import Settings
 from ..gateway.router import Router
 from ..providers._http import HttpClient
+
+if TYPE_CHECKING:
+    from ..accounts.budgets import BudgetLedger
+    from ..accounts.gate import Gate
+    from ..accounts.keys import KeyService
+    from ..accounts.principal import Authenticator, Principal
+    from ..accounts.ratelimit import RateLimiter
+    from ..accounts.usage import UsageQuery, UsageWriter
+    from ..accounts.users import UserService
+    from ..store.db import Database
 
 __all__ = ["AppState"]
 
@@ -19,6 +30,40 @@ class AppState:
     router: Router
     admin_key: AdminKey
     http: HttpClient
+    db: Database
+    auth: Authenticator
+    users: UserService
+    keys: KeyService
+    usage_writer: UsageWriter
+    usage_query: UsageQuery
+    limiter: RateLimiter
+    ledger: BudgetLedger
+    gate: Gate
     clock: Clock = field(default_factory=SystemClock)
     started_at: float = 0.0
     ready: bool = False
+
+    async def check_auth_allowed(self, ip: str, account: str | None = None) -> None:
+        """429 with Retry-After after too many failed logins or keys from this address."""
+        await self.limiter.check_auth_allowed(ip, account)
+
+    async def record_auth_failure(self, ip: str, account: str | None = None) -> None:
+        await self.limiter.record_auth_failure(ip, account)
+
+    async def authenticate(self, token: str, ip: str) -> Principal:
+        from ..errors import AuthenticationError
+
+        known = self.auth.known(token)
+        if known is not None:
+            return known
+        if not token:
+            raise AuthenticationError(
+                "No API key: send 'Authorization: Bearer <key>' (the admin key, a key made for you, or a session)."
+            )
+        # Only lookups of tokens not seen recently can be guesses: those pass the throttle.
+        await self.check_auth_allowed(ip)
+        try:
+            return await self.auth.resolve(token)
+        except AuthenticationError:
+            await self.record_auth_failure(ip)
+            raise

@@ -32,6 +32,7 @@ from ..errors import (
 from ..providers.base import EmbeddingModel, ProviderContext
 from ..providers.registry import ProviderRegistry
 from ..types import ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Usage
+from .context import CallContext, Hold
 from .health import Cooldowns
 from .pricing import price_for
 from .retry import Backoff
@@ -82,6 +83,13 @@ Observer = Callable[[UsageRecord], None]
 class _Attempt:
     deployment: Deployment
     started: float
+    hold: Hold | None = None
+    settled: bool = False
+
+    async def settle(self, cost: float) -> None:
+        if self.hold is not None and not self.settled:
+            self.settled = True
+            await self.hold.settle(cost)
 
 
 class Router:
@@ -173,6 +181,7 @@ class Router:
         prompt_tokens: int,
         output_tokens: int | None,
         call: Callable[[Deployment, float], Awaitable[T]],
+        ctx: CallContext | None = None,
     ) -> tuple[T, _Attempt, int]:
         deadline = self._clock.monotonic() + self.config.router.deadline
         queue: list[str] = [request_model]
@@ -185,7 +194,9 @@ class Router:
                 continue
             visited.add(group.name)
             try:
-                result, attempt = await self._try_group(group, prompt_tokens, output_tokens, deadline, call, counter)
+                result, attempt = await self._try_group(
+                    group, prompt_tokens, output_tokens, deadline, call, counter, ctx
+                )
                 return result, attempt, counter[0]
             except ContextWindowExceededError as exc:
                 last = exc
@@ -208,6 +219,7 @@ class Router:
         deadline: float,
         call: Callable[[Deployment, float], Awaitable[T]],
         counter: list[int],
+        ctx: CallContext | None = None,
     ) -> tuple[T, _Attempt]:
         needed = prompt_tokens + (output_tokens or 0)
         fitting = [d for d in group.deployments if d.fits(needed)]
@@ -231,6 +243,8 @@ class Router:
                     deployment=dep.id,
                 )
             timeout = min(dep.timeout, remaining)
+            # Budgets see the worst case of this attempt before any money is spent (may raise).
+            hold = await ctx.meter.reserve(dep, prompt_tokens, output_tokens) if ctx and ctx.meter else None
             started = self._clock.monotonic()
             attempt_no += 1
             counter[0] += 1
@@ -249,11 +263,17 @@ class Router:
                 )
             except ProviderError as exc:
                 err = exc
+            except BaseException:
+                if hold is not None:
+                    await hold.release()
+                raise
             else:
                 self.cooldowns.success(dep.id)
-                return result, _Attempt(dep, started)
+                return result, _Attempt(dep, started, hold)
             finally:
                 dep.stats.in_flight -= 1
+            if hold is not None:
+                await hold.release()  # a failed attempt costs nothing
             tried.add(dep.id)
             if isinstance(err, ContextWindowExceededError | UpstreamBadRequestError):
                 raise err
@@ -272,36 +292,42 @@ class Router:
                 await self._clock.sleep(delay)
 
     # -- ChatModel -------------------------------------------------------------------------------
-    def _account(self, attempt: _Attempt, usage: Usage | None, stream: bool, n: int, model: str) -> Usage:
+    async def _account(
+        self, attempt: _Attempt, usage: Usage | None, stream: bool, n: int, model: str, ctx: CallContext | None
+    ) -> Usage:
+        """The one place cost is computed; settles the attempt's budget hold and tells observers."""
         usage = usage or Usage()
         usage.cost = attempt.deployment.price.cost(usage.prompt_tokens, usage.completion_tokens)
         if usage.total_tokens == 0:
             usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
         latency = self._clock.monotonic() - attempt.started
         attempt.deployment.stats.observe(latency)
+        await attempt.settle(usage.cost)
         record = UsageRecord(
             model, attempt.deployment.id, usage.prompt_tokens, usage.completion_tokens, usage.cost,
             latency, 200, stream, n,
         )
+        if ctx is not None:
+            ctx.records.append(record)
         for observe in self.observers:
             observe(record)
         return usage
 
-    async def complete(self, request: ChatRequest) -> ChatResponse:
+    async def complete(self, request: ChatRequest, ctx: CallContext | None = None) -> ChatResponse:
         async def call(dep: Deployment, _timeout: float) -> ChatResponse:
             return await dep.model.complete(request)
 
         prompt = estimate_request_tokens(request)
-        response, attempt, n = await self._run(request.model, prompt, request.output_limit(), call)
+        response, attempt, n = await self._run(request.model, prompt, request.output_limit(), call, ctx)
         if response.usage is None:
             text = "".join(c.message.content or "" for c in response.choices)
             ct = estimate_text_tokens(text)
             response.usage = Usage(prompt_tokens=prompt, completion_tokens=ct, total_tokens=prompt + ct)
-        response.usage = self._account(attempt, response.usage, False, n, request.model)
+        response.usage = await self._account(attempt, response.usage, False, n, request.model, ctx)
         response._served_by = attempt.deployment.id
         return response
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+    async def stream(self, request: ChatRequest, ctx: CallContext | None = None) -> AsyncIterator[ChatChunk]:
         async def call(dep: Deployment, _timeout: float) -> tuple[AsyncIterator[ChatChunk], ChatChunk | None]:
             it = aiter(dep.model.stream(request))
             try:
@@ -314,7 +340,7 @@ class Router:
             return it, first
 
         prompt = estimate_request_tokens(request)
-        (it, first), attempt, n = await self._run(request.model, prompt, request.output_limit(), call)
+        (it, first), attempt, n = await self._run(request.model, prompt, request.output_limit(), call, ctx)
         dep = attempt.deployment
         dep.stats.in_flight += 1
         usage: Usage | None = None
@@ -324,8 +350,7 @@ class Router:
             chunk = first
             while chunk is not None:
                 if chunk.usage is not None:
-                    usage = chunk.usage
-                    usage = self._account(attempt, usage, True, n, request.model)
+                    usage = await self._account(attempt, chunk.usage, True, n, request.model, ctx)
                     chunk.usage = usage
                 for c in chunk.choices:
                     text_len += len(c.delta.content or "")
@@ -341,29 +366,35 @@ class Router:
                         f"upstream {dep.id} stopped sending for {dep.timeout:g} s", deployment=dep.id
                     ) from None
             if usage is None:
-                ct = (text_len + 3) // 4
-                estimated = Usage(prompt_tokens=prompt, completion_tokens=ct, total_tokens=prompt + ct)
-                estimated = self._account(attempt, estimated, True, n, request.model)
-                ref = last
+                estimated = await self._account(attempt, _estimate(prompt, text_len), True, n, request.model, ctx)
                 yield ChatChunk(
-                    id=ref.id if ref else "chatcmpl-thinktank", created=ref.created if ref else 0,
-                    model=ref.model if ref else request.model, choices=[], usage=estimated,
+                    id=last.id if last else "chatcmpl-thinktank", created=last.created if last else 0,
+                    model=last.model if last else request.model, choices=[], usage=estimated,
                 )
         finally:
             dep.stats.in_flight -= 1
+            if usage is None and not attempt.settled:
+                # Cut short (client gone, upstream error): charge what was produced, estimated.
+                partial = _estimate(prompt, text_len)
+                await attempt.settle(dep.price.cost(partial.prompt_tokens, partial.completion_tokens))
             await _close(it)
 
-    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+    async def embed(self, request: EmbeddingRequest, ctx: CallContext | None = None) -> EmbeddingResponse:
         async def call(dep: Deployment, _timeout: float) -> EmbeddingResponse:
             if not isinstance(dep.model, EmbeddingModel):
                 raise InvalidRequestError(f"'{dep.name}' cannot make embeddings", param="model")
             return await dep.model.embed(request)
 
         prompt = sum(estimate_text_tokens(t) for t in request.texts())
-        response, attempt, n = await self._run(request.model, prompt, None, call)
+        response, attempt, n = await self._run(request.model, prompt, None, call, ctx)
         usage = Usage(prompt_tokens=response.usage.prompt_tokens or prompt)
-        response.usage.cost = self._account(attempt, usage, False, n, request.model).cost
+        response.usage.cost = (await self._account(attempt, usage, False, n, request.model, ctx)).cost
         return response
+
+
+def _estimate(prompt_tokens: int, text_len: int) -> Usage:
+    ct = (text_len + 3) // 4
+    return Usage(prompt_tokens=prompt_tokens, completion_tokens=ct, total_tokens=prompt_tokens + ct)
 
 
 async def _close(it: AsyncIterator[ChatChunk]) -> None:

@@ -112,6 +112,8 @@ class UsageRow(Base):
                                     autoincrement=True)
     request_id: Mapped[str] = mapped_column(String(40))
     ts: Mapped[float] = mapped_column(Float)
+    day: Mapped[int] = mapped_column(Integer)
+    """Days since 1970-01-01 (UTC), for grouping by day the same way on every database."""
     user_id: Mapped[str | None] = mapped_column(String(32))
     key_id: Mapped[str | None] = mapped_column(String(32))
     model: Mapped[str] = mapped_column(String(256))

@@ -45,6 +45,7 @@ def upgrade() -> None:
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
         sa.Column("request_id", sa.String(length=40), nullable=False),
         sa.Column("ts", sa.Float(), nullable=False),
+        sa.Column("day", sa.Integer(), nullable=False),
         sa.Column("user_id", sa.String(length=32), nullable=True),
         sa.Column("key_id", sa.String(length=32), nullable=True),
         sa.Column("model", sa.String(length=256), nullable=False),

@@ -1,0 +1,1 @@
+"""Accounts: users, API keys, sessions, budgets and rate limits."""

@@ -1,0 +1,385 @@
+"""Budgets that cannot be overspent: reserve before a request, settle after it.
+
+The store (SQL or Redis, see :mod:`.budget_stores`) only ever grants money that fits under the
+limit. A :class:`BudgetLedger` leases a slice of each budget from the store and serves
+reservations from that slice in memory, so the hot path rarely touches the store; spend is
+flushed and idle leases handed back every ``flush_interval`` seconds. Lease = money set aside, so
+whatever the processes hold, ``spent + leased <= limit`` holds in the store, and a request is
+admitted only if its worst-case cost fits.
+
+Only a settle whose actual cost exceeds what was reserved can push a budget past its limit (the
+money was spent; it is charged, never dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..clock import Clock
+from ..errors import RateLimitError
+from .budget_stores import (
+    EPSILON,
+    BudgetSpec,
+    BudgetStore,
+    Period,
+    RedisBudgetStore,
+    Scope,
+    SqlBudgetStore,
+    period_key,
+    period_reset_in,
+)
+
+__all__ = [
+    "BudgetExceededError",
+    "BudgetLedger",
+    "BudgetSpec",
+    "BudgetStore",
+    "Period",
+    "RedisBudgetStore",
+    "Reservation",
+    "Scope",
+    "SqlBudgetStore",
+    "period_key",
+    "period_reset_in",
+]
+
+log = logging.getLogger(__name__)
+
+_PER = {"day": "per day", "month": "per month", "total": "in total"}
+
+
+class BudgetExceededError(RateLimitError):
+    """429: the request's worst-case cost does not fit in a budget; Retry-After = when it resets."""
+
+    code = "budget_exceeded"
+
+    def __init__(self, spec: BudgetSpec, *, amount: float, remaining: float, retry_after: float) -> None:
+        limit = spec.limit_usd or 0.0
+        remaining = max(remaining, 0.0)
+        super().__init__(
+            f"Budget exceeded: {spec.label} may spend ${limit:.2f} {_PER[spec.period]} and this request "
+            f"could cost up to ${amount:.4f} (remaining ${remaining:.4f}).",
+            retry_after=retry_after,
+        )
+        self.spec = spec
+        self.amount = amount
+        self.remaining = remaining
+
+
+_BudgetId = tuple[str, str, str, str]  # scope, scope_id, period, period key
+
+
+@dataclass(eq=False)
+class _Budget:
+    """This process's share of one budget in one period."""
+
+    spec: BudgetSpec
+    pkey: str
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    leased: float = 0.0
+    """Leased from the store by this ledger (covers ``reserved`` and ``pending``)."""
+    reserved: float = 0.0
+    """Held by outstanding reservations."""
+    pending: float = 0.0
+    """Settled spend not yet written to the store."""
+    users: int = 0
+    """Coroutines working on this entry; flush forgets an entry only when none is."""
+
+    @property
+    def free(self) -> float:
+        return self.leased - self.reserved - self.pending
+
+
+@dataclass(eq=False)
+class _Part:
+    budget: _Budget
+    amount: float
+
+
+class Reservation:
+    """Money set aside for one request in each of its budgets. Settle or release it exactly once."""
+
+    def __init__(self, amount: float, parts: tuple[_Part, ...]) -> None:
+        self.amount = amount
+        self._parts = parts
+        self.state: Literal["active", "settled", "released"] = "active"
+        self.charged = 0.0
+
+    @property
+    def specs(self) -> tuple[BudgetSpec, ...]:
+        return tuple(p.budget.spec for p in self._parts)
+
+    def __repr__(self) -> str:
+        return f"Reservation(amount={self.amount!r}, state={self.state!r}, budgets={len(self._parts)})"
+
+
+def _budget_id(spec: BudgetSpec, pkey: str) -> _BudgetId:
+    return (spec.scope, spec.scope_id, spec.period, pkey)
+
+
+class BudgetLedger:
+    """The per-process fast path in front of a :class:`BudgetStore`.
+
+    ``lease_fraction`` of a budget's limit is leased at a time (at least what a request needs);
+    ``flush_interval`` is how often :meth:`start`'s background task writes spend and hands back
+    idle leases. Other processes see this process's unspent lease as used until then.
+    """
+
+    def __init__(self, store: BudgetStore, clock: Clock, *, lease_fraction: float = 0.05,
+                 flush_interval: float = 1.0) -> None:
+        if not 0 <= lease_fraction <= 1:
+            raise ValueError("lease_fraction must be between 0 and 1")
+        self._store = store
+        self._clock = clock
+        self._lease_fraction = lease_fraction
+        self._flush_interval = flush_interval
+        self._budgets: dict[_BudgetId, _Budget] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._flushing: asyncio.Future[None] | None = None
+        self._stray: set[asyncio.Future[None]] = set()
+        self._closed = False
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _entry(self, spec: BudgetSpec, pkey: str) -> _Budget:
+        bid = _budget_id(spec, pkey)
+        budget = self._budgets.get(bid)
+        if budget is None:
+            budget = self._budgets[bid] = _Budget(spec, pkey)
+        return budget
+
+    @contextlib.asynccontextmanager
+    async def _using(self, budget: _Budget) -> AsyncIterator[_Budget]:
+        budget.users += 1  # before any await: flush must not forget an entry someone waits on
+        try:
+            async with budget.lock:
+                yield budget
+        finally:
+            budget.users -= 1
+
+    async def _take(self, budget: _Budget, amount: float) -> bool:
+        """Under the budget's lock: set ``amount`` aside, leasing more from the store if needed."""
+        if amount <= 0:
+            budget.reserved += amount
+            return True
+        if amount <= budget.free + EPSILON:
+            budget.reserved += amount
+            return True
+        limit = budget.spec.limit_usd or 0.0
+        shortfall = amount - budget.free
+        want = max(shortfall, limit * self._lease_fraction)
+        for ask in (want, shortfall) if want > shortfall else (shortfall,):
+            if await self._lease(budget, ask):
+                budget.reserved += amount
+                return True
+        return False
+
+    async def _lease(self, budget: _Budget, ask: float) -> bool:
+        """Lease ``ask`` from the store. If the caller is cancelled meanwhile, a grant still counts."""
+        task = asyncio.ensure_future(self._store.acquire(budget.spec, budget.pkey, ask))
+        try:
+            granted = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(functools.partial(self._late_lease, budget, ask))
+            raise
+        if granted:
+            budget.leased += ask
+        return granted
+
+    def _late_lease(self, budget: _Budget, ask: float, task: asyncio.Future[bool]) -> None:
+        if task.cancelled() or task.exception() is not None or not task.result():
+            return
+        if self._closed:  # nobody will flush it: hand it straight back
+            self._background(self._store.commit(budget.spec, budget.pkey, 0.0, ask))
+            return
+        self._budgets.setdefault(_budget_id(budget.spec, budget.pkey), budget).leased += ask
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._stray.add(task)
+        task.add_done_callback(self._stray.discard)
+
+    async def _exceeded(self, budget: _Budget, amount: float, now: float) -> BudgetExceededError:
+        try:
+            remaining = await self._remaining(budget.spec, budget.pkey)
+        except Exception:  # the message is best effort; the refusal is not
+            log.exception("reading %s for the budget message failed", budget.spec.label)
+            remaining = 0.0
+        return BudgetExceededError(budget.spec, amount=amount, remaining=remaining,
+                                   retry_after=period_reset_in(budget.spec.period, now))
+
+    async def _remaining(self, spec: BudgetSpec, pkey: str) -> float:
+        _, spent, leased = await self._store.read(spec, pkey)
+        own = self._budgets.get(_budget_id(spec, pkey))
+        free_here = max(own.free, 0.0) if own is not None else 0.0
+        return max((spec.limit_usd or 0.0) - spent - leased + free_here, 0.0)
+
+    async def _give_back(self, parts: Sequence[_Part]) -> None:
+        for part in parts:
+            async with self._using(part.budget) as budget:
+                budget.reserved -= part.amount
+
+    # -- the API --------------------------------------------------------------------------------
+
+    async def reserve(self, specs: Sequence[BudgetSpec], amount: float) -> Reservation:
+        """Set ``amount`` aside in every budget of ``specs``, all or nothing.
+
+        Raises :class:`BudgetExceededError` naming the first budget it does not fit in; what was
+        already set aside in the others is released. Unlimited specs are skipped; an amount of 0
+        never touches the store.
+        """
+        if not (amount >= 0 and amount != float("inf")):
+            raise ValueError(f"a reservation must be a finite amount >= 0, not {amount!r}")
+        if self._closed:
+            raise RuntimeError("the budget ledger is closed")
+        now = self._clock.time()
+        done: list[_Part] = []
+        try:
+            for spec in specs:
+                if spec.limit_usd is None:
+                    continue
+                budget = self._entry(spec, period_key(spec.period, now))
+                async with self._using(budget):
+                    budget.spec = spec  # the newest limit wins
+                    if not await self._take(budget, amount):
+                        raise await self._exceeded(budget, amount, now)
+                done.append(_Part(budget, amount))
+        except BaseException:
+            await asyncio.shield(self._give_back(done))
+            raise
+        return Reservation(amount, tuple(done))
+
+    async def settle(self, reservation: Reservation, actual_cost: float) -> None:
+        """Free the reservation and charge ``actual_cost`` to each of its budgets (once).
+
+        A cost above the reservation is charged in full: more lease is taken if the budget has
+        it, and the spend is recorded even if it has not.
+        """
+        if not (actual_cost >= 0 and actual_cost != float("inf")):
+            raise ValueError(f"a cost must be a finite amount >= 0, not {actual_cost!r}")
+        if reservation.state != "active":
+            return
+        reservation.state = "settled"
+        reservation.charged = actual_cost
+        for part in reservation._parts:
+            async with self._using(part.budget) as budget:
+                budget.reserved -= part.amount
+                budget.pending += actual_cost
+                deficit = -budget.free
+                if deficit > EPSILON and not self._closed:
+                    try:
+                        await self._lease(budget, deficit)
+                    except Exception:
+                        log.exception("leasing the overrun of %s failed; it is charged at flush", budget.spec.label)
+                if self._closed:
+                    await self._flush_one(budget, return_all=True)
+
+    async def release(self, reservation: Reservation) -> None:
+        """Free the reservation, charging nothing (the request failed or never ran). Idempotent."""
+        if reservation.state != "active":
+            return
+        reservation.state = "released"
+        await self._give_back(reservation._parts)
+        if self._closed:
+            for part in reservation._parts:
+                async with self._using(part.budget) as budget:
+                    await self._flush_one(budget, return_all=True)
+
+    async def remaining(self, spec: BudgetSpec) -> float:
+        """What a new request could still reserve in ``spec``'s current period (inf: unlimited)."""
+        if spec.limit_usd is None:
+            return float("inf")
+        return await self._remaining(spec, period_key(spec.period, self._clock.time()))
+
+    # -- flushing -------------------------------------------------------------------------------
+
+    async def _flush_one(self, budget: _Budget, *, return_all: bool) -> None:
+        """Under the budget's lock: write pending spend, hand back the lease it used and idle lease."""
+        spent = budget.pending
+        if return_all or budget.reserved <= EPSILON:
+            give = budget.leased
+        else:
+            give = min(spent, budget.leased - budget.reserved)
+        give = max(give, 0.0)
+        if spent <= 0 and give <= 0:
+            return
+        task = asyncio.ensure_future(self._store.commit(budget.spec, budget.pkey, spent, give))
+        apply = functools.partial(self._committed, budget, spent, give)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(apply)  # if the store took it, so must we
+            raise
+        apply(task)
+
+    @staticmethod
+    def _committed(budget: _Budget, spent: float, give: float, task: asyncio.Future[None]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        budget.pending -= spent
+        budget.leased -= give
+        if abs(budget.leased) <= EPSILON:
+            budget.leased = 0.0
+        if abs(budget.pending) <= EPSILON:
+            budget.pending = 0.0
+
+    async def flush(self, *, return_all: bool = False) -> None:
+        """Write accumulated spend to the store and hand back leases no reservation is using.
+
+        ``return_all`` hands back every lease, even those backing outstanding reservations (their
+        settles are then written by later flushes). Every budget is tried; the first failure is
+        raised after the others were flushed.
+        """
+        error: Exception | None = None
+        for bid, budget in list(self._budgets.items()):
+            async with self._using(budget):
+                try:
+                    await self._flush_one(budget, return_all=return_all)
+                except Exception as exc:
+                    error = error or exc
+                    continue
+                idle = budget.leased == 0 and budget.pending == 0 and abs(budget.reserved) <= EPSILON
+                if idle and budget.users == 1 and self._budgets.get(bid) is budget:
+                    del self._budgets[bid]  # nobody refers to it: forget it (old periods go this way)
+        if error is not None:
+            raise error
+
+    async def _run(self) -> None:
+        while True:
+            await self._clock.sleep(self._flush_interval)
+            self._flushing = asyncio.ensure_future(self.flush())
+            try:
+                await asyncio.shield(self._flushing)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("flushing budgets failed; retrying in %ss", self._flush_interval)
+
+    def start(self) -> None:
+        """Flush every ``flush_interval`` seconds (on the injected clock) in the background until :meth:`close`."""
+        if self._task is None and not self._closed:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="budget-flush")
+
+    async def close(self) -> None:
+        """Stop the background flush, write all spend and hand back every lease.
+
+        Reservations still outstanding may be settled or released afterwards; each is then written
+        to the store at once.
+        """
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._flushing is not None:
+            with contextlib.suppress(Exception):
+                await self._flushing  # a flush the cancel interrupted finishes first
+            self._flushing = None
+        await self.flush(return_all=True)

@@ -1,0 +1,128 @@
+"""The governance of one request: rate limits before it, budget holds around every upstream
+attempt, usage recorded after it. The OpenAI endpoints (and later ensembles and debates) pass
+every request through a Gate."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..clock import Clock
+from ..gateway.context import CallContext, Hold
+from ..gateway.strategies import Deployment
+from .budgets import BudgetLedger, BudgetSpec, Reservation
+from .principal import Principal
+from .ratelimit import RateLimiter, Subject
+from .usage import UsageEvent, UsageWriter
+
+__all__ = ["Admission", "BudgetMeter", "Gate"]
+
+#: The prompt estimate (about 4 characters a token) is inflated for holds, so that a text that
+#: tokenizes badly still fits inside what was reserved.
+PROMPT_SAFETY = 1.5
+
+
+class _LedgerHold:
+    def __init__(self, ledger: BudgetLedger, reservation: Reservation) -> None:
+        self._ledger = ledger
+        self._reservation = reservation
+
+    async def settle(self, cost: float) -> None:
+        await self._ledger.settle(self._reservation, cost)
+
+    async def release(self) -> None:
+        await self._ledger.release(self._reservation)
+
+
+class _NoHold:
+    async def settle(self, cost: float) -> None:
+        return None
+
+    async def release(self) -> None:
+        return None
+
+
+class BudgetMeter:
+    """Holds the worst-case cost of an attempt on every budget that applies to the caller."""
+
+    def __init__(self, ledger: BudgetLedger, specs: Sequence[BudgetSpec], default_output: int) -> None:
+        self._ledger = ledger
+        self._specs = list(specs)
+        self._default_output = default_output
+
+    async def reserve(self, deployment: Deployment, prompt_tokens: int, output_tokens: int | None) -> Hold:
+        worst = deployment.price.cost(
+            math.ceil(prompt_tokens * PROMPT_SAFETY), output_tokens or self._default_output
+        )
+        if worst <= 0:
+            return _NoHold()
+        return _LedgerHold(self._ledger, await self._ledger.reserve(self._specs, worst))
+
+
+@dataclass
+class Admission:
+    """A request let in; ``finish`` records it."""
+
+    gate: Gate
+    principal: Principal
+    subject: Subject
+    model: str
+    estimated_tokens: int
+    ctx: CallContext
+    started: float
+    request_id: str
+
+    async def finish(self, status: int, *, stream: bool = False) -> None:
+        gate = self.gate
+        record = self.ctx.records[-1] if self.ctx.records else None
+        tokens = (record.prompt_tokens + record.completion_tokens) if record else 0
+        gate.usage.record(UsageEvent(
+            request_id=self.request_id, ts=gate.clock.time(), user_id=self.principal.user_id,
+            key_id=self.principal.key_id, model=self.model, deployment=record.deployment if record else None,
+            prompt_tokens=record.prompt_tokens if record else 0,
+            completion_tokens=record.completion_tokens if record else 0,
+            cost_usd=sum(r.cost for r in self.ctx.records),
+            latency_ms=(gate.clock.monotonic() - self.started) * 1000, status=status, stream=stream,
+        ))
+        if tokens > self.estimated_tokens:
+            await gate.limiter.add_tokens(self.subject, tokens - self.estimated_tokens)
+
+
+class Gate:
+    def __init__(
+        self, limiter: RateLimiter, ledger: BudgetLedger, usage: UsageWriter, clock: Clock,
+        *, global_daily_budget: float | None = None, default_output_tokens: int = 4096,
+    ) -> None:
+        self.limiter = limiter
+        self.ledger = ledger
+        self.usage = usage
+        self.clock = clock
+        self._global = (
+            BudgetSpec("global", "all", global_daily_budget, "day", "the global daily cap")
+            if global_daily_budget is not None else None
+        )
+        self._default_output = default_output_tokens
+
+    def _specs(self, principal: Principal) -> list[BudgetSpec]:
+        specs = [BudgetSpec(b.scope, b.scope_id, b.limit_usd, b.period, b.label) for b in principal.budgets]
+        if self._global is not None:
+            specs.append(self._global)
+        return specs
+
+    async def admit(self, principal: Principal, ip: str | None, model: str, estimated_tokens: int) -> Admission:
+        """Check the rate limits (429 with Retry-After) and prepare the budget meter."""
+        subject = Subject(
+            key_id=principal.key_id, user_id=None if principal.is_admin_key else principal.user_id, ip=ip,
+            key_rpm=principal.key_rpm, key_tpm=principal.key_tpm, user_rpm=principal.user_rpm,
+            user_tpm=principal.user_tpm, tier=principal.tier,
+        )
+        await self.limiter.hit_request(subject, estimated_tokens)
+        specs = self._specs(principal)
+        meter = BudgetMeter(self.ledger, specs, self._default_output) if specs else None
+        return Admission(
+            gate=self, principal=principal, subject=subject, model=model, estimated_tokens=estimated_tokens,
+            ctx=CallContext(meter=meter, principal=principal), started=self.clock.monotonic(),
+            request_id=uuid.uuid4().hex,
+        )

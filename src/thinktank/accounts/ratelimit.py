@@ -1,0 +1,245 @@
+"""Request and token rate limits, shared by every process through Redis (or in memory for one process).
+
+Strategies, all from the ``limits`` library:
+
+* **request counts** (key/user/ip requests per minute, tier requests per minute/day) and **failed
+  authentications** use the *moving window*: exact, no span of the window's length ever admits more
+  than the limit. It keeps one timestamp per admitted request, so its storage is O(limit).
+* **token counts** (key/user tokens per minute, tier tokens per minute/day) use the *sliding window
+  counter*. The moving window accepts a ``cost`` too, but stores one entry *per token* (100k tokens a
+  minute would be a 100k-element Redis list); the sliding window counter keeps two counters per
+  limit and weights the previous window by the time left in it: O(1), cost-aware, approximate at a
+  window's edge (it assumes the previous window's tokens were spread evenly).
+
+Admission is two-phase: every applicable limit is *tested*, and only if all have room is each one
+*hit*. Every hit is atomic (a Lua script in Redis, a lock in memory), so no limit ever admits more
+than it allows, whatever the number of processes. The race this leaves: two requests may both pass
+the tests, then one takes the last slot of limit B after the other already hit limit A; the loser
+is refused yet keeps the slot it took in A (``limits`` cannot give an entry back). That is
+over-counting, never over-admitting, and only under contention at the edge of a limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from limits import RateLimitItem, RateLimitItemPerDay, RateLimitItemPerMinute, RateLimitItemPerSecond
+from limits.aio import strategies
+from limits.aio.storage import Storage
+from limits.errors import ConfigurationError
+from limits.storage import storage_from_string
+from redis.asyncio import BlockingConnectionPool
+
+from ..config import TierConfig
+from ..errors import ConfigError, RateLimitError
+
+__all__ = ["RateLimiter", "Subject", "TierConfig"]
+
+_REDIS_SCHEMES = frozenset({"redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster"})
+#: Single-server schemes, and the scheme redis-py expects for each.
+_BASIC_REDIS = {"redis": "redis", "rediss": "rediss", "redis+unix": "unix"}
+#: Connections per process; when all are busy a call waits (up to _REDIS_POOL_WAIT s) instead of failing.
+_REDIS_POOL_SIZE = 100
+_REDIS_POOL_WAIT = 10.0
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Who is calling, and the per-key / per-user limits that apply (None: no such limit)."""
+
+    key_id: str | None = None
+    user_id: str | None = None
+    ip: str | None = None
+    key_rpm: int | None = None
+    key_tpm: int | None = None
+    user_rpm: int | None = None
+    user_tpm: int | None = None
+    tier: str | None = None
+
+
+@dataclass(frozen=True)
+class _Check:
+    strategy: strategies.RateLimiter
+    item: RateLimitItem
+    ids: tuple[str, ...]
+    cost: int
+    who: str
+    unit: str
+
+    def describe(self) -> str:
+        return f"{self.who} allows {self.item.amount} {self.unit} per {self.item.GRANULARITY.name}"
+
+
+def _open_storage(uri: str | None) -> tuple[Storage, BlockingConnectionPool | None]:
+    """None or ``memory://``: this process only; ``redis://…``: shared, through redis-py."""
+    scheme, sep, rest = (uri or "memory://").partition("://")
+    base = scheme.removeprefix("async+")
+    if not sep:
+        raise ConfigError("rate limit storage: expected a URI such as redis://host:6379 or memory://")
+    options: dict[str, Any] = {"implementation": "redispy"} if base in _REDIS_SCHEMES else {}
+    pool = None
+    try:
+        if base in _BASIC_REDIS:  # redis-py's default pool raises once it has 100 connections in use
+            pool = BlockingConnectionPool.from_url(
+                f"{_BASIC_REDIS[base]}://{rest}", max_connections=_REDIS_POOL_SIZE, timeout=_REDIS_POOL_WAIT
+            )
+            options["connection_pool"] = pool
+        storage = storage_from_string(f"async+{base}://{rest}", **options)
+    except (ConfigurationError, ValueError) as exc:  # their messages may carry the URI, password included
+        raise ConfigError(f"rate limit storage: unsupported or malformed URI (scheme {base!r})") from exc
+    if not isinstance(storage, Storage):  # pragma: no cover - async+ always yields an async storage
+        raise ConfigError(f"rate limit storage: {base!r} has no asynchronous implementation")
+    return storage, pool
+
+
+def _retry_after(reset_time: float) -> float:
+    return max(1.0, reset_time - time.time())
+
+
+class RateLimiter:
+    """Per-key, per-user, per-address and per-tier limits, plus failed-authentication throttling.
+
+    ``auth_max_failures`` failures per ``auth_window_seconds`` are allowed for one address (or one
+    address and account); once that many are recorded, further attempts are refused until the
+    oldest failure leaves the window.
+    """
+
+    def __init__(
+        self,
+        storage_uri: str | None = None,
+        tiers: Mapping[str, TierConfig] | None = None,
+        *,
+        ip_rpm: int | None = None,
+        key_prefix: str = "tt",
+        auth_max_failures: int = 10,
+        auth_window_seconds: int = 300,
+    ) -> None:
+        if auth_max_failures < 1 or auth_window_seconds < 1:
+            raise ConfigError("rate limits: auth_max_failures and auth_window_seconds must be at least 1")
+        self._storage, self._pool = _open_storage(storage_uri)
+        self._moving = strategies.MovingWindowRateLimiter(self._storage)
+        self._sliding = strategies.SlidingWindowCounterRateLimiter(self._storage)
+        self._tiers = dict(tiers or {})
+        self._ip_rpm = ip_rpm
+        self._prefix = key_prefix
+        self._auth_item = RateLimitItemPerSecond(auth_max_failures, auth_window_seconds, namespace=key_prefix)
+
+    # -- requests and tokens -------------------------------------------------------------------
+
+    def _checks(self, s: Subject, tokens: int) -> list[_Check]:
+        """Every limit that applies to ``s``: requests cost 1, token limits cost ``tokens`` (if > 0)."""
+        out: list[_Check] = []
+
+        def add(amount: int | None, per: type[RateLimitItem], who: str, ids: tuple[str, ...], *, tok: bool) -> None:
+            if amount is None or (tok and tokens <= 0):
+                return
+            item = per(amount, namespace=self._prefix)
+            if tok:
+                out.append(_Check(self._sliding, item, (*ids, "tokens"), tokens, who, "tokens"))
+            else:
+                out.append(_Check(self._moving, item, (*ids, "requests"), 1, who, "requests"))
+
+        minute, day = RateLimitItemPerMinute, RateLimitItemPerDay
+        if s.key_id is not None:
+            add(s.key_rpm, minute, f"key {s.key_id}", ("key", s.key_id), tok=False)
+            add(s.key_tpm, minute, f"key {s.key_id}", ("key", s.key_id), tok=True)
+        if s.user_id is not None:
+            add(s.user_rpm, minute, f"user {s.user_id}", ("user", s.user_id), tok=False)
+            add(s.user_tpm, minute, f"user {s.user_id}", ("user", s.user_id), tok=True)
+        if s.ip is not None:
+            add(self._ip_rpm, minute, f"address {s.ip}", ("ip", s.ip), tok=False)
+        if s.tier is not None:
+            tier = self._tiers.get(s.tier)
+            if tier is None:
+                known = ", ".join(sorted(self._tiers)) or "none"
+                raise ConfigError(f"rate limits: tier {s.tier!r} is not configured (configured: {known})")
+            scope = next(((k, v) for k, v in (("user", s.user_id), ("key", s.key_id), ("ip", s.ip)) if v), None)
+            if scope is not None:
+                who, ids = f"tier {s.tier!r} ({scope[0]} {scope[1]})", ("tier", s.tier, *scope)
+                add(tier.requests_per_minute, minute, who, ids, tok=False)
+                add(tier.requests_per_day, day, who, ids, tok=False)
+                add(tier.tokens_per_minute, minute, who, ids, tok=True)
+                add(tier.tokens_per_day, day, who, ids, tok=True)
+        return out
+
+    async def _refusal(self, check: _Check) -> RateLimitError:
+        stats = await check.strategy.get_window_stats(check.item, *check.ids)
+        retry = _retry_after(stats.reset_time)
+        message = f"Rate limit: {check.describe()}; try again in {math.ceil(retry)}s"
+        return RateLimitError(message, retry_after=retry, code="rate_limit_exceeded")
+
+    async def hit_request(self, subject: Subject, estimated_tokens: int) -> None:
+        """Admit one request costing ``estimated_tokens``, or raise :class:`RateLimitError` (429).
+
+        A refused request consumes none of the limits (up to the race described in the module doc).
+        """
+        checks = self._checks(subject, estimated_tokens)
+        for c in checks:
+            if c.cost > c.item.amount:  # could never pass: say so instead of a misleading Retry-After
+                raise RateLimitError(
+                    f"Rate limit: this request needs about {c.cost} tokens but {c.describe()}",
+                    retry_after=c.item.get_expiry(),
+                    code="request_too_large",
+                )
+        passed = await asyncio.gather(*(c.strategy.test(c.item, *c.ids, cost=c.cost) for c in checks))
+        for c, ok in zip(checks, passed, strict=True):
+            if not ok:
+                raise await self._refusal(c)
+        for c in checks:
+            if not await c.strategy.hit(c.item, *c.ids, cost=c.cost):
+                raise await self._refusal(c)
+
+    async def add_tokens(self, subject: Subject, tokens: int) -> None:
+        """Charge ``tokens`` more (actual minus estimated) to the token limits; no-op if not positive.
+
+        The tokens were spent already, so this never refuses; a window that cannot hold them all is
+        filled to its limit (the excess is not carried into the next window).
+        """
+        if tokens <= 0:
+            return
+        for c in self._checks(subject, tokens):
+            if c.unit != "tokens" or await c.strategy.hit(c.item, *c.ids, cost=min(c.cost, c.item.amount)):
+                continue
+            remaining = (await c.strategy.get_window_stats(c.item, *c.ids)).remaining
+            if remaining > 0:
+                await c.strategy.hit(c.item, *c.ids, cost=remaining)
+
+    # -- failed authentication -----------------------------------------------------------------
+
+    @staticmethod
+    def _auth_ids(ip: str, account: str | None) -> tuple[str, ...]:
+        return ("auth", ip) if account is None else ("auth", ip, account)
+
+    async def check_auth_allowed(self, ip: str, account: str | None = None) -> None:
+        """Raise :class:`RateLimitError` (``too_many_failed_attempts``) if too many failures were recorded."""
+        ids = self._auth_ids(ip, account)
+        if await self._moving.test(self._auth_item, *ids):
+            return
+        stats = await self._moving.get_window_stats(self._auth_item, *ids)
+        raise RateLimitError(
+            "Too many failed authentication attempts; try again later",
+            retry_after=_retry_after(stats.reset_time),
+            code="too_many_failed_attempts",
+        )
+
+    async def record_auth_failure(self, ip: str, account: str | None = None) -> None:
+        await self._moving.hit(self._auth_item, *self._auth_ids(ip, account))
+
+    async def close(self) -> None:
+        """Close the Redis connections (or stop the in-memory expiry task)."""
+        client = getattr(getattr(self._storage, "bridge", None), "storage", None)
+        if client is not None and hasattr(client, "aclose"):
+            await client.aclose()
+        if self._pool is not None:
+            await self._pool.aclose()
+        timer = getattr(self._storage, "timer", None)
+        if isinstance(timer, asyncio.Task) and not timer.done():
+            timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await timer

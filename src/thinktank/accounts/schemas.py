@@ -1,0 +1,119 @@
+"""Input and public models of the accounts API (input models forbid unknown fields)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+
+__all__ = [
+    "KeyCreate",
+    "KeyCreated",
+    "KeyPublic",
+    "LoginIn",
+    "LoginOut",
+    "TeamCreate",
+    "TeamPublic",
+    "UserCreate",
+    "UserPublic",
+]
+
+Period = Literal["day", "month", "total"]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoginIn(_In):
+    email: str = Field(min_length=3, max_length=320)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class UserCreate(_In):
+    email: EmailStr
+    password: str = Field(min_length=8, max_length=1024)
+    role: Literal["admin", "member"] = "member"
+    team_id: str | None = Field(default=None, max_length=32)
+    tier: str | None = Field(default=None, max_length=50)
+    models: list[str] | None = Field(default=None, max_length=1000)
+    budget_usd: float | None = Field(default=None, ge=0)
+    budget_period: Period = "month"
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+
+
+class UserPublic(BaseModel):
+    id: str
+    email: str
+    role: str
+    team_id: str | None
+    tier: str | None
+    models: list[str] | None
+    budget_usd: float | None
+    budget_period: str
+    rpm: int | None
+    tpm: int | None
+    created_at: float
+    revoked_at: float | None
+
+
+class LoginOut(BaseModel):
+    token: str
+    expires_at: float
+    user: UserPublic
+
+
+class TeamCreate(_In):
+    name: str = Field(min_length=1, max_length=200)
+    budget_usd: float | None = Field(default=None, ge=0)
+    budget_period: Period = "month"
+
+
+class TeamPublic(BaseModel):
+    id: str
+    name: str
+    budget_usd: float | None
+    budget_period: str
+    created_at: float
+
+
+class KeyCreate(_In):
+    name: str = Field(default="", max_length=200)
+    models: list[str] | None = Field(default=None, max_length=1000)
+    """Models the key may call (default: all its creator may call)."""
+    budget_usd: float | None = Field(default=None, ge=0)
+    budget_period: Period = "month"
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    expires_at: float | None = Field(default=None, gt=0)
+    """Unix seconds."""
+    metadata: dict[str, str | int | float | bool | None] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _small(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None and (len(v) > 50 or any(len(k) > 100 for k in v)):
+            raise ValueError("at most 50 metadata entries with names of at most 100 characters")
+        return v
+
+
+class KeyPublic(BaseModel):
+    id: str
+    name: str
+    prefix: str
+    owner_id: str
+    models: list[str] | None
+    budget_usd: float | None
+    budget_period: str
+    rpm: int | None
+    tpm: int | None
+    expires_at: float | None
+    metadata: dict[str, Any] | None
+    created_at: float
+    revoked_at: float | None
+
+
+class KeyCreated(KeyPublic):
+    key: str
+    """The full key: shown this once, never again."""

@@ -1,0 +1,55 @@
+"""FastAPI dependencies: the app state and who is calling (authentication happens here, per route)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from ..accounts.principal import Principal
+from ..errors import AuthenticationError, PermissionDeniedError
+from .state import AppState
+
+__all__ = ["AdminDep", "PrincipalDep", "StateDep", "bearer_token", "client_ip"]
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.thinktank
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def bearer_token(authorization: str | None, x_api_key: str | None) -> str:
+    if authorization is not None:
+        scheme, _, value = authorization.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" else ""
+    return (x_api_key or "").strip()
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def current_principal(request: Request, state: StateDep) -> Principal:
+    token = bearer_token(request.headers.get("authorization"), request.headers.get("x-api-key"))
+    return await state.authenticate(token, client_ip(request))
+
+
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
+
+
+async def admin_principal(principal: PrincipalDep) -> Principal:
+    if not principal.is_admin:
+        raise PermissionDeniedError("Only admins may use this route.")
+    return principal
+
+
+AdminDep = Annotated[Principal, Depends(admin_principal)]
+
+
+def session_of(principal: Principal) -> str:
+    if principal.session_id is None:
+        raise AuthenticationError("Log out needs the session token from /api/v1/auth/login.")
+    return principal.session_id

@@ -1,0 +1,76 @@
+"""``/api/v1/auth``, ``/api/v1/me``, ``/api/v1/users``, ``/api/v1/teams``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from ...accounts.schemas import LoginIn, LoginOut, TeamCreate, TeamPublic, UserCreate, UserPublic
+from ...accounts.users import NotFoundError, team_public, user_public
+from ...errors import AuthenticationError
+from ..deps import AdminDep, PrincipalDep, StateDep, client_ip, session_of
+
+router = APIRouter(prefix="/api/v1", tags=["accounts"])
+
+
+@router.post("/auth/login")
+async def login(body: LoginIn, request: Request, state: StateDep) -> LoginOut:
+    """Email and password in, a session token out (send it as ``Authorization: Bearer``)."""
+    ip = client_ip(request)
+    await state.check_auth_allowed(ip, body.email.lower())
+    try:
+        token, session, user = await state.users.login(body.email, body.password)
+    except AuthenticationError:
+        await state.record_auth_failure(ip, body.email.lower())
+        raise
+    return LoginOut(token=token, expires_at=session.expires_at, user=user_public(user))
+
+
+@router.post("/auth/logout", status_code=204)
+async def logout(principal: PrincipalDep, state: StateDep) -> Response:
+    await state.users.logout(session_of(principal))
+    return Response(status_code=204)
+
+
+@router.get("/me")
+async def me(principal: PrincipalDep, state: StateDep) -> dict[str, object]:
+    info: dict[str, object] = {
+        "user_id": principal.user_id, "role": principal.role, "key_id": principal.key_id,
+        "team_id": principal.team_id, "admin_key": principal.is_admin_key,
+        "models": sorted(principal.allowed_models) if principal.allowed_models is not None else None,
+    }
+    if not principal.is_admin_key:
+        info["user"] = user_public(await state.users.get_user(principal.user_id)).model_dump()
+    return info
+
+
+@router.post("/users", status_code=201)
+async def create_user(body: UserCreate, _admin: AdminDep, state: StateDep) -> UserPublic:
+    return user_public(await state.users.create_user(body))
+
+
+@router.get("/users")
+async def list_users(_admin: AdminDep, state: StateDep) -> list[UserPublic]:
+    return [user_public(u) for u in await state.users.list_users()]
+
+
+@router.get("/users/{user_id}")
+async def get_user(user_id: str, principal: PrincipalDep, state: StateDep) -> UserPublic:
+    if not principal.is_admin and user_id != principal.user_id:
+        raise NotFoundError("No such user.")
+    return user_public(await state.users.get_user(user_id))
+
+
+@router.post("/users/{user_id}/revoke")
+async def revoke_user(user_id: str, _admin: AdminDep, state: StateDep) -> UserPublic:
+    """Revoke a user and every session and key they hold."""
+    return user_public(await state.users.revoke_user(user_id))
+
+
+@router.post("/teams", status_code=201)
+async def create_team(body: TeamCreate, _admin: AdminDep, state: StateDep) -> TeamPublic:
+    return team_public(await state.users.create_team(body))
+
+
+@router.get("/teams")
+async def list_teams(_admin: AdminDep, state: StateDep) -> list[TeamPublic]:
+    return [team_public(t) for t in await state.users.list_teams()]

@@ -1,0 +1,27 @@
+"""``/api/v1/usage``: totals by model, key, user, deployment or day (members see their own)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from ...accounts.usage import GroupBy, SortBy
+from ..deps import PrincipalDep, StateDep
+
+router = APIRouter(prefix="/api/v1/usage", tags=["usage"])
+
+
+@router.get("")
+async def usage(
+    principal: PrincipalDep,
+    state: StateDep,
+    group_by: GroupBy = "model",
+    start: Annotated[float | None, Query(ge=0, description="Unix seconds, inclusive")] = None,
+    end: Annotated[float | None, Query(ge=0, description="Unix seconds, exclusive")] = None,
+    sort: SortBy = "cost",
+    limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+) -> dict[str, Any]:
+    await state.usage_writer.flush()  # what was just answered is in the report
+    rows = await state.usage_query.aggregate(principal, group_by, start, end, sort, limit)
+    return {"group_by": group_by, "start": start, "end": end, "data": rows}
