@@ -143,7 +143,7 @@ class SqlBudgetStore:
         stmt = (
             update(BudgetRow)
             .where(self._row(spec, period_key),
-                   BudgetRow.spent_usd >= 0)
+                   BudgetRow.spent_usd + BudgetRow.leased_usd + amount <= BudgetRow.limit_usd + EPSILON)
             .values(leased_usd=BudgetRow.leased_usd + amount, updated_at=self._clock.time())
         )
         async with self._db.session() as session:
