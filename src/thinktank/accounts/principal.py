@@ -96,6 +96,7 @@ class Authenticator:
         self._clock = clock
         self._ttl = cache_ttl
         self._cache: dict[str, tuple[Principal, float]] = {}
+        self._admin = Principal(user_id=SYSTEM_USER_ID, role="admin", is_admin_key=True)
 
     def _cached(self, digest: str) -> Principal | None:
         hit = self._cache.get(digest)
@@ -125,7 +126,7 @@ class Authenticator:
         if not token:
             return None
         if self._admin_key.verify(token):
-            return Principal(user_id=SYSTEM_USER_ID, role="admin", is_admin_key=True)
+            return self._admin
         principal = self._cached(token_hash(token))
         return None if principal is None else self._check_expiry(principal)
 

@@ -7,6 +7,7 @@ built here and handed to whoever needs it.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -129,6 +130,10 @@ async def _start(state: AppState) -> None:
         log.info("created the admin user %s", s.admin_email)
     state.usage_writer.start()
     state.ledger.start()
+    # Everything loaded so far lives as long as the process: keep it out of the garbage
+    # collector's way (a full collection would otherwise walk ~130k objects again and again).
+    gc.collect()
+    gc.freeze()
 
 
 async def _stop(state: AppState) -> None:
