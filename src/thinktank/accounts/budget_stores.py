@@ -8,6 +8,7 @@ fast path is :class:`thinktank.accounts.budgets.BudgetLedger`.
 from __future__ import annotations
 
 import calendar
+import functools
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -63,8 +64,14 @@ def period_key(period: Period, now_wall: float) -> str:
     """The UTC period containing ``now_wall``: "2026-11-21" (day), "2026-11" (month) or "total"."""
     if period == "total":
         return "total"
-    now = datetime.fromtimestamp(now_wall, UTC)
-    return now.strftime("%Y-%m-%d") if period == "day" else now.strftime("%Y-%m")
+    return _day_keys(int(now_wall // 86400))[0 if period == "day" else 1]
+
+
+@functools.lru_cache(maxsize=64)
+def _day_keys(day: int) -> tuple[str, str]:
+    # Every request asks for its period; formatting a date each time measured at ~8 µs.
+    date = datetime.fromtimestamp(day * 86400, UTC)
+    return date.strftime("%Y-%m-%d"), date.strftime("%Y-%m")
 
 
 def period_reset_in(period: Period, now_wall: float) -> float:

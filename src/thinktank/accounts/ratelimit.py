@@ -2,14 +2,12 @@
 
 Strategies, all from the ``limits`` library:
 
-* **request counts** (key/user/ip requests per minute, tier requests per minute/day) and **failed
-  authentications** use the *moving window*: exact, no span of the window's length ever admits more
-  than the limit. It keeps one timestamp per admitted request, so its storage is O(limit).
-* **token counts** (key/user tokens per minute, tier tokens per minute/day) use the *sliding window
-  counter*. The moving window accepts a ``cost`` too, but stores one entry *per token* (100k tokens a
-  minute would be a 100k-element Redis list); the sliding window counter keeps two counters per
-  limit and weights the previous window by the time left in it: O(1), cost-aware, approximate at a
-  window's edge (it assumes the previous window's tokens were spread evenly).
+* **request and token counts** (key/user/ip requests per minute, key/user tokens per minute, tier
+  requests and tokens per minute/day) use the *fixed window*: one counter per limit and window,
+  cost-aware (a request adds its tokens), and the cheapest check — it runs on every request, and
+  measured at a third of the sliding window counter's cost. A window never admits more than its
+  limit, though a burst can straddle two windows (up to twice the limit across a boundary).
+* **failed authentications** use the *moving window*: exact, one timestamp per failure (rare).
 
 Admission is two-phase: every applicable limit is *tested*, and only if all have room is each one
 *hit*. Every hit is atomic (a Lua script in Redis, a lock in memory), so no limit ever admits more
@@ -124,7 +122,8 @@ class RateLimiter:
             raise ConfigError("rate limits: auth_max_failures and auth_window_seconds must be at least 1")
         self._storage, self._pool = _open_storage(storage_uri)
         self._moving = strategies.MovingWindowRateLimiter(self._storage)
-        self._sliding = strategies.SlidingWindowCounterRateLimiter(self._storage)
+        self._fixed = strategies.FixedWindowRateLimiter(self._storage)
+        self._items: dict[tuple[type[RateLimitItem], int], RateLimitItem] = {}
         self._tiers = dict(tiers or {})
         self._ip_rpm = ip_rpm
         self._prefix = key_prefix
@@ -139,11 +138,13 @@ class RateLimiter:
         def add(amount: int | None, per: type[RateLimitItem], who: str, ids: tuple[str, ...], *, tok: bool) -> None:
             if amount is None or (tok and tokens <= 0):
                 return
-            item = per(amount, namespace=self._prefix)
+            item = self._items.get((per, amount))
+            if item is None:
+                item = self._items[(per, amount)] = per(amount, namespace=self._prefix)
             if tok:
-                out.append(_Check(self._sliding, item, (*ids, "tokens"), tokens, who, "tokens"))
+                out.append(_Check(self._fixed, item, (*ids, "tokens"), tokens, who, "tokens"))
             else:
-                out.append(_Check(self._moving, item, (*ids, "requests"), 1, who, "requests"))
+                out.append(_Check(self._fixed, item, (*ids, "requests"), 1, who, "requests"))
 
         minute, day = RateLimitItemPerMinute, RateLimitItemPerDay
         if s.key_id is not None:
@@ -189,9 +190,12 @@ class RateLimiter:
                     retry_after=c.item.get_expiry(),
                     code="request_too_large",
                 )
-        for c in checks:  # one at a time: gather() would cost a task per check on the hot path
-            if not await c.strategy.test(c.item, *c.ids, cost=c.cost):
-                raise await self._refusal(c)
+        # A fixed window's hit adds before it compares, so a refused hit still counts: test first,
+        # unless the one limit is a request count (a refused request then only fills a full window).
+        if len(checks) > 1 or checks[0].cost > 1:
+            for c in checks:  # one at a time: gather() would cost a task per check on the hot path
+                if not await c.strategy.test(c.item, *c.ids, cost=c.cost):
+                    raise await self._refusal(c)
         for c in checks:
             if not await c.strategy.hit(c.item, *c.ids, cost=c.cost):
                 raise await self._refusal(c)
