@@ -14,6 +14,7 @@ from thinktank.store.db import Database
 
 from .fakes import openai as openai_fmt
 from .fakes.clock import FakeClock
+from .fakes.process import Server
 from .fakes.upstream import FakeUpstream
 
 
@@ -167,3 +168,28 @@ async def redis_url() -> str:
     finally:
         await client.aclose()
     return url
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items()
+             if not k.endswith("_API_KEY") and not k.startswith("THINKTANK_")}
+    return {**clean, "THINKTANK_DATA_DIR": str(tmp_path / "data"), "OLLAMA_HOST": "127.0.0.1:9",
+            "HOME": str(tmp_path)}
+
+
+@pytest.fixture
+def server(env: dict[str, str]) -> Iterator[type[Server]]:
+    started: list[Server] = []
+
+    class Tracked(Server):
+        def __init__(self, args: list[str], env: dict[str, str]) -> None:
+            super().__init__(args, env)
+            started.append(self)
+
+    yield Tracked
+    for s in started:
+        if s.proc.poll() is None:
+            s.stop()
+
+

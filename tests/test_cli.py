@@ -3,73 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items()
-             if not k.endswith("_API_KEY") and not k.startswith("THINKTANK_")}
-    return {**clean, "THINKTANK_DATA_DIR": str(tmp_path / "data"), "OLLAMA_HOST": "127.0.0.1:9",
-            "HOME": str(tmp_path)}
-
-
-def run(args: list[str], env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "thinktank", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
-
-
-class Server:
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "thinktank", "serve", "--port", str(self.port), *args],
-                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited: {self.proc.stderr.read() if self.proc.stderr else ''}")
-            try:
-                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise AssertionError("server did not become ready")
-
-    def stop(self) -> str:
-        self.proc.terminate()
-        _, err = self.proc.communicate(timeout=15)
-        return err
-
-
-@pytest.fixture
-def server(env: dict[str, str]) -> Iterator[type[Server]]:
-    started: list[Server] = []
-
-    class Tracked(Server):
-        def __init__(self, args: list[str], env: dict[str, str]) -> None:
-            super().__init__(args, env)
-            started.append(self)
-
-    yield Tracked
-    for s in started:
-        if s.proc.poll() is None:
-            s.stop()
+from .fakes.process import Server, free_port, run
 
 
 def test_serve_generates_admin_key_once_and_stores_only_its_hash(server: type[Server], env: dict[str, str],
@@ -157,3 +98,35 @@ def test_mock_upstream_answers(env: dict[str, str]) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_admin_commands_and_a_cli_key_on_the_server(server: type[Server], env: dict[str, str],
+                                                   tmp_path: Path) -> None:
+    r = run(["db", "upgrade"], env)
+    assert r.returncode == 0 and "up to date" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "thinktank", "users", "create", "root@example.com", "--admin"],
+                       env=env, input="s3cret-pass\ns3cret-pass\n", capture_output=True, text=True, timeout=60,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    assert "created admin root@example.com" in r.stdout
+    assert "s3cret-pass" not in r.stdout + r.stderr
+    r = run(["users", "create", "root@example.com", "--password", "another-pass"], env)
+    assert r.returncode == 2 and "exists already" in r.stderr
+    r = run(["keys", "create", "--name", "ci", "--user", "root@example.com", "--budget", "5", "--period", "day",
+             "--rpm", "100"], env)
+    assert r.returncode == 0, r.stderr
+    key = r.stdout.strip()
+    assert key.startswith("tt-")
+    listed = run(["keys", "list"], env).stdout
+    assert "ci" in listed and "$5/day" in listed and key not in listed
+
+    s = server(["--demo"], {**env, "THINKTANK_ADMIN_KEY": "k"})
+    body = {"model": "demo/echo", "messages": [{"role": "user", "content": "ping"}]}
+    assert httpx.post(s.url + "/v1/chat/completions", json=body,
+                      headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    s.stop()  # flushes the usage rows
+    table = run(["usage", "--by", "key"], env).stdout
+    assert "ci" not in table and any(line.split()[1] == "1" for line in table.splitlines()[1:])
+    key_id = next(line.split()[0] for line in listed.splitlines() if " ci " in line)
+    assert run(["keys", "revoke", key_id], env).returncode == 0
+    assert run(["keys", "revoke", "key_nope"], env).returncode == 2

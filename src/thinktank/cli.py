@@ -106,6 +106,11 @@ def serve(
     if settings.workers == 1:
         uvicorn.run(application, **common)
         return
+    # Migrate once, here, before the workers start (each would otherwise race to do it).
+    from .store.db import default_database_url
+    from .store.migrate import upgrade
+
+    upgrade(settings.database_url or default_database_url(settings.data_dir))
     # Each worker builds its own app from the same settings, passed through the environment.
     os.environ["THINKTANK_DATA_DIR"] = str(settings.data_dir)
     os.environ["THINKTANK_DEMO"] = "true" if settings.demo else "false"
@@ -196,6 +201,18 @@ def mock_upstream(
 
     typer.echo(f"mock upstream on http://{host}:{port}/v1 (model: any name)", err=True)
     run(host, port, latency, stream_delay)
+
+
+def _register_admin_commands() -> None:
+    from .cli_accounts import db_app, keys_app, usage_command, users_app
+
+    app.add_typer(db_app, name="db")
+    app.add_typer(users_app, name="users")
+    app.add_typer(keys_app, name="keys")
+    app.command("usage")(usage_command)
+
+
+_register_admin_commands()
 
 
 def main() -> None:

@@ -121,6 +121,10 @@ class Authenticator:
             raise AuthenticationError("The API key or session has expired.", code="expired")
         return principal
 
+    def known_admin(self) -> Principal:
+        """The admin principal (what the admin key acts as)."""
+        return self._admin
+
     def known(self, token: str) -> Principal | None:
         """The principal for the admin key or a recently seen token, without touching the database."""
         if not token:
@@ -146,6 +150,22 @@ class Authenticator:
             raise AuthenticationError("The API key is not valid.")
         self._cache[digest] = (principal, self._clock.monotonic() + self._ttl)
         return self._check_expiry(principal)
+
+    async def principal_of(self, user_id: str) -> Principal | None:
+        """The principal of a user acting directly (the CLI, acting for them)."""
+        async with self._db.session() as s:
+            row = (await s.execute(
+                select(User, Team).outerjoin(Team, User.team_id == Team.id)
+                .where(User.id == user_id, User.revoked_at.is_(None))
+            )).first()
+        if row is None:
+            return None
+        user, team = row
+        return Principal(
+            user_id=user.id, role=user.role, email=user.email, team_id=user.team_id, tier=user.tier,
+            allowed_models=_intersect(user.allowed_models, None), user_rpm=user.rpm, user_tpm=user.tpm,
+            budgets=tuple(_user_budgets(user, team)),
+        )
 
     async def _session(self, digest: str) -> Principal | None:
         async with self._db.session() as s:
