@@ -234,3 +234,64 @@ async def test_canary_secrets_never_in_logs_or_errors(api: str, client: httpx.As
     for secret in (canary_pw, key, PROVIDER_CANARY, ADMIN):
         assert all(secret not in b for b in bodies)
         assert secret not in caplog.text
+
+
+async def test_repeated_wrong_keys_are_throttled(api: str, client: httpx.AsyncClient) -> None:
+    codes = []
+    for i in range(15):
+        r = await client.post(api + "/v1/chat/completions", headers=bearer(f"tt-wrong-{i}"), json=BODY)
+        codes.append(r.status_code)
+        if r.status_code == 429:
+            assert int(r.headers["retry-after"]) >= 1
+            break
+    assert codes[0] == 401 and codes[-1] == 429
+    # a valid key seen before keeps working from that address; the admin key too
+    assert (await client.post(api + "/v1/chat/completions", headers=AUTH, json=BODY)).status_code == 200
+
+
+async def test_team_user_and_global_budgets(gateway: Start, fake_openai: FakeUpstream, db_url: str,
+                                            client: httpx.AsyncClient) -> None:
+    api = await gateway(cfg(fake_openai.url), database_url=db_url, global_daily_budget_usd=0.3)
+    team = (await client.post(api + "/api/v1/teams", headers=AUTH,
+                              json={"name": "ml", "budget_usd": 0.05, "budget_period": "month"})).json()
+    _, token = await make_user(client, api, "team@example.com", team_id=team["id"])
+    codes = [(await client.post(api + "/v1/chat/completions", headers=bearer(token), json=BODY)) for _ in range(4)]
+    assert [c.status_code for c in codes][:1] == [200] and codes[-1].status_code == 429
+    assert "team 'ml'" in codes[-1].json()["error"]["message"]
+    _, solo = await make_user(client, api, "solo@example.com", budget_usd=0.03, budget_period="day")
+    first = await client.post(api + "/v1/chat/completions", headers=bearer(solo), json=BODY)
+    second = await client.post(api + "/v1/chat/completions", headers=bearer(solo), json=BODY)
+    assert first.status_code == 200 and second.status_code == 429
+    assert "solo@example.com" in second.json()["error"]["message"]
+    # the global daily cap binds the admin key too
+    statuses = []
+    for _ in range(20):
+        r = await client.post(api + "/v1/chat/completions", headers=AUTH, json=BODY)
+        statuses.append(r.status_code)
+        if r.status_code == 429:
+            assert "global daily cap" in r.json()["error"]["message"]
+            break
+    assert statuses[-1] == 429
+
+
+async def test_cancelled_stream_is_recorded_and_charged_once(api: str, client: httpx.AsyncClient,
+                                                             fake_openai: FakeUpstream) -> None:
+    import asyncio
+
+    from ..fakes import openai as fmt
+    from ..fakes.upstream import Reply
+
+    never = asyncio.Event()
+    fake_openai.queue(Reply(sse=fmt.stream_events(["first", "second"]), gate=never))
+    async with httpx.AsyncClient(timeout=10) as c, c.stream(
+        "POST", api + "/v1/chat/completions", headers=AUTH, json={**BODY, "stream": True}
+    ) as resp:
+        await anext(resp.aiter_lines())
+    await asyncio.wait_for(fake_openai.cancel_event.wait(), 5)
+    for _ in range(50):
+        data = (await client.get(api + "/api/v1/usage", headers=AUTH, params={"group_by": "model"})).json()["data"]
+        if data:
+            break
+        await asyncio.sleep(0.05)
+    assert data[0]["requests"] == 1 and data[0]["errors"] == 1  # recorded as 499 (client closed)
+    assert 0 < data[0]["cost_usd"] < 0.03  # the prompt and the words produced, estimated; charged once

@@ -282,3 +282,55 @@ async def test_alias_and_models_listing(ctx: ProviderContext) -> None:
                      "aliases": {"fast": "g"}})
     assert (await r.complete(req("fast"))).served_by == "m"
     assert [(m.id, m.kind) for m in r.models()] == [("m", "model"), ("g", "group"), ("fast", "alias")]
+
+
+class RecordingMeter:
+    """A meter that records what the router holds, settles and releases."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, float]] = []
+
+    async def reserve(self, deployment: Any, prompt_tokens: int, output_tokens: int | None) -> Any:
+        meter, dep = self, deployment.id
+        meter.events.append(("reserve", dep, 0.0))
+
+        class Hold:
+            async def settle(self, cost: float) -> None:
+                meter.events.append(("settle", dep, cost))
+
+            async def release(self) -> None:
+                meter.events.append(("release", dep, 0.0))
+
+        return Hold()
+
+
+async def test_retries_and_fallbacks_release_their_holds_and_charge_once(ctx: ProviderContext) -> None:
+    from thinktank.gateway.context import CallContext
+
+    cfg = {"models": [
+        {"name": "a", "provider": "mock", "input_price": 1, "options": {"fail_first": 99, "fail_status": 500}},
+        {"name": "b", "provider": "mock", "input_price": 1, "options": {"replies": ["from b"]}},
+    ], "groups": [{"name": "a", "fallbacks": ["b"]}], "router": {"num_retries": 1}}
+    meter = RecordingMeter()
+    call = CallContext(meter=meter)
+    resp = await router(ctx, cfg).complete(req("a"), call)
+    assert resp.choices[0].message.content == "from b"
+    kinds = [(k, d) for k, d, _ in meter.events]
+    assert kinds == [("reserve", "a"), ("release", "a"), ("reserve", "a"), ("release", "a"),
+                     ("reserve", "b"), ("settle", "b")]
+    assert meter.events[-1][2] == resp.usage.cost if resp.usage else False
+    assert len(call.records) == 1 and call.records[0].deployment == "b"
+
+
+async def test_a_stream_cut_short_settles_what_was_produced(ctx: ProviderContext) -> None:
+    from thinktank.gateway.context import CallContext
+
+    cfg = {"models": [{"name": "m", "provider": "mock", "input_price": 1000, "output_price": 1000,
+                       "options": {"replies": ["one two three four five six"]}}]}
+    meter = RecordingMeter()
+    stream = router(ctx, cfg).stream(req("m", stream=True), CallContext(meter=meter))
+    first = await anext(aiter(stream))
+    assert first.choices[0].delta.content == "one"
+    await stream.aclose()  # the client went away
+    assert [k for k, _, _ in meter.events] == ["reserve", "settle"]
+    assert meter.events[-1][2] > 0  # the prompt and the words produced, never the whole hold twice

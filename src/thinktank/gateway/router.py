@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -327,7 +327,7 @@ class Router:
         response._served_by = attempt.deployment.id
         return response
 
-    async def stream(self, request: ChatRequest, ctx: CallContext | None = None) -> AsyncIterator[ChatChunk]:
+    async def stream(self, request: ChatRequest, ctx: CallContext | None = None) -> AsyncGenerator[ChatChunk, None]:
         async def call(dep: Deployment, _timeout: float) -> tuple[AsyncIterator[ChatChunk], ChatChunk | None]:
             it = aiter(dep.model.stream(request))
             try:
@@ -374,9 +374,8 @@ class Router:
         finally:
             dep.stats.in_flight -= 1
             if usage is None and not attempt.settled:
-                # Cut short (client gone, upstream error): charge what was produced, estimated.
-                partial = _estimate(prompt, text_len)
-                await attempt.settle(dep.price.cost(partial.prompt_tokens, partial.completion_tokens))
+                # Cut short (client gone, upstream error): account what was produced, estimated.
+                await self._account(attempt, _estimate(prompt, text_len), True, n, request.model, ctx)
             await _close(it)
 
     async def embed(self, request: EmbeddingRequest, ctx: CallContext | None = None) -> EmbeddingResponse:
