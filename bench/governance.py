@@ -6,7 +6,9 @@ usage recording (issue 3), on SQLite and on PostgreSQL, and whether every usage 
     python bench/governance.py --backends sqlite --seconds 4
 
 The nginx fake upstream of ../shared/bench/gateway_bench.py answers at once; wrk drives c=32.
-Admin and virtual-key runs alternate (A B A B ...) so that drift of the machine hits both alike.
+Admin and virtual-key runs alternate (A B A B ...) so that drift of the machine hits both alike,
+and medians are reported. Besides requests per second, the server's CPU time per request is
+measured (from /proc), which the load of other tenants of a shared machine disturbs much less.
 After the runs the server is stopped (it flushes its buffer) and the usage rows are counted
 against the number of requests wrk completed.
 """
@@ -72,6 +74,11 @@ def start(db_url: str, data_dir: Path) -> subprocess.Popen[bytes]:
     raise SystemExit(f"thinktank did not start; see {data_dir / 'server.log'}")
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wrk(lua: Path, seconds: int, conc: int) -> tuple[float, int, int]:
     out = subprocess.run(
         ["wrk", "-t1", f"-c{conc}", f"-d{seconds}s", "-s", str(lua), f"http://127.0.0.1:{PORT}/v1/chat/completions"],
@@ -118,31 +125,37 @@ def run_backend(
         luas = {"admin": shared.lua_script([f"Authorization: Bearer {ADMIN}"], "fake-model", False),
                 "virtual key": shared.lua_script([f"Authorization: Bearer {key}"], "fake-model", False)}
         rps: dict[str, list[float]] = {k: [] for k in luas}
+        cpu: dict[str, list[float]] = {k: [] for k in luas}
         bad = 0
         for lua in luas.values():  # warm-up, counted too
             _, total, b = wrk(lua, 2, 32)
             completed, bad = completed + total, bad + b
         for _ in range(rounds):
             for who, lua in luas.items():
+                c0 = cpu_seconds(proc.pid)
                 r, total, b = wrk(lua, seconds, 32)
+                cpu[who].append((cpu_seconds(proc.pid) - c0) / total * 1e6)
                 rps[who].append(r)
                 completed, bad = completed + total, bad + b
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # a clean stop flushes the usage buffer
         proc.wait(30)
     rows = asyncio.run(count_rows(db_url))
-    admin, vkey = statistics.mean(rps["admin"]), statistics.mean(rps["virtual key"])
+    admin, vkey = statistics.median(rps["admin"]), statistics.median(rps["virtual key"])
+    cpu_admin, cpu_vkey = statistics.median(cpu["admin"]), statistics.median(cpu["virtual key"])
     return {"backend": name, "admin_rps": admin, "vkey_rps": vkey, "loss": 1 - vkey / admin,
+            "cpu_us_admin": cpu_admin, "cpu_us_vkey": cpu_vkey, "cpu_loss": 1 - cpu_admin / cpu_vkey,
             "requests": completed, "usage_rows": rows, "non2xx": bad,
-            "runs": {k: [round(x) for x in v] for k, v in rps.items()}}
+            "runs": {k: [round(x) for x in v] for k, v in rps.items()},
+            "cpu_runs": {k: [round(x) for x in v] for k, v in cpu.items()}}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gateway-bench", type=Path, default=ROOT.parent / "shared" / "bench" / "gateway_bench.py")
     ap.add_argument("--backends", default="sqlite,postgres")
-    ap.add_argument("--seconds", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7)
     a = ap.parse_args()
     shared = shared_bench(a.gateway_bench)
     shared.need("wrk", "wrk")
@@ -160,9 +173,11 @@ def main() -> int:
             print(json.dumps(res), flush=True)
     finally:
         shared.stop_upstream()
-    print(f"\n{'backend':<10} {'admin req/s':>12} {'vkey req/s':>11} {'loss':>7} {'requests':>9} {'usage rows':>11}")
+    print(f"\n{'backend':<10} {'admin req/s':>12} {'vkey req/s':>11} {'loss':>7} {'cpu/req admin':>14} "
+          f"{'cpu/req vkey':>13} {'cpu loss':>9} {'requests':>9} {'usage rows':>11}")
     for r in results:
         print(f"{r['backend']:<10} {r['admin_rps']:>12.0f} {r['vkey_rps']:>11.0f} {r['loss']:>7.1%} "
+              f"{r['cpu_us_admin']:>11.0f} us {r['cpu_us_vkey']:>10.0f} us {r['cpu_loss']:>9.1%} "
               f"{r['requests']:>9} {r['usage_rows']:>11}")
     return 0
 

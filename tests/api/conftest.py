@@ -29,7 +29,7 @@ async def gateway(settings: Settings) -> AsyncIterator[Start]:
     stack: list[Any] = []
 
     async def start(cfg: dict[str, Any], **overrides: Any) -> str:
-        s = settings.model_copy(update=overrides)
+        s = Settings.model_validate({**settings.model_dump(), **overrides})
         app = create_app(s, parse_config(cfg))
         cm = serving(app)
         url = await cm.__aenter__()

@@ -295,3 +295,35 @@ async def test_cancelled_stream_is_recorded_and_charged_once(api: str, client: h
         await asyncio.sleep(0.05)
     assert data[0]["requests"] == 1 and data[0]["errors"] == 1  # recorded as 499 (client closed)
     assert 0 < data[0]["cost_usd"] < 0.03  # the prompt and the words produced, estimated; charged once
+
+
+async def test_sessions_are_listed_and_only_their_owner_can_end_them(api: str, client: httpx.AsyncClient) -> None:
+    _, alice = await make_user(client, api, "sess-a@example.com")
+    _, bob = await make_user(client, api, "sess-b@example.com")
+    sessions = (await client.get(api + "/api/v1/sessions", headers=bearer(alice))).json()
+    assert len(sessions) == 1 and sessions[0]["current"] is True and alice not in str(sessions)
+    sid = sessions[0]["id"]
+    assert (await client.delete(api + f"/api/v1/sessions/{sid}", headers=bearer(bob))).status_code == 404
+    assert (await client.get(api + "/api/v1/me", headers=bearer(alice))).status_code == 200
+    assert (await client.delete(api + f"/api/v1/sessions/{sid}", headers=bearer(alice))).status_code == 204
+    assert (await client.get(api + "/api/v1/me", headers=bearer(alice))).status_code == 401
+
+
+async def test_expired_key_is_refused(api: str, client: httpx.AsyncClient) -> None:
+    import time
+
+    _, token = await make_user(client, api, "exp@example.com")
+    past = (await client.post(api + "/api/v1/keys", headers=bearer(token), json={"expires_at": time.time() - 1})).json()
+    r = await client.post(api + "/v1/chat/completions", headers=bearer(past["key"]), json=BODY)
+    assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
+
+
+async def test_first_admin_from_the_environment(gateway: Start, fake_openai: FakeUpstream, db_url: str,
+                                                client: httpx.AsyncClient) -> None:
+    api = await gateway(cfg(fake_openai.url), database_url=db_url, admin_email="Boss@Example.com",
+                        admin_password="boss-password-123")
+    login = await client.post(api + "/api/v1/auth/login", json={"email": "boss@example.com",
+                                                                "password": "boss-password-123"})
+    assert login.status_code == 200 and login.json()["user"]["role"] == "admin"
+    assert (await client.get(api + "/api/v1/users", headers=bearer(login.json()["token"]))).status_code == 200
+    assert (await client.get(api + "/api/v1/users", headers=AUTH)).status_code == 200  # the admin key still works

@@ -122,6 +122,22 @@ class UserService:
                             .values(revoked_at=self._clock.time()))
         self._auth.forget(session_id=session_id)
 
+    async def list_sessions(self, user_id: str) -> list[Session]:
+        async with self._db.session() as s:
+            rows = await s.execute(select(Session).where(
+                Session.user_id == user_id, Session.revoked_at.is_(None), Session.expires_at > self._clock.time()
+            ).order_by(Session.created_at))
+            return list(rows.scalars())
+
+    async def revoke_session(self, user_id: str, session_id: str) -> None:
+        """End one of the user's sessions; another user's session is 'not found'."""
+        async with self._db.session() as s:
+            session = await s.get(Session, session_id)
+            if session is None or session.user_id != user_id or session.revoked_at is not None:
+                raise NotFoundError("No such session.")
+            session.revoked_at = self._clock.time()
+        self._auth.forget(session_id=session_id)
+
     async def create_team(self, data: TeamCreate) -> Team:
         team = Team(id=new_id("team"), name=data.name, budget_usd=data.budget_usd, budget_period=data.budget_period,
                     created_at=self._clock.time())

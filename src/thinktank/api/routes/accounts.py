@@ -31,6 +31,19 @@ async def logout(principal: PrincipalDep, state: StateDep) -> Response:
     return Response(status_code=204)
 
 
+@router.get("/sessions")
+async def list_sessions(principal: PrincipalDep, state: StateDep) -> list[dict[str, object]]:
+    """The caller's live sessions (ids only; tokens are never shown again)."""
+    return [{"id": x.id, "created_at": x.created_at, "expires_at": x.expires_at,
+             "current": x.id == principal.session_id} for x in await state.users.list_sessions(principal.user_id)]
+
+
+@router.delete("/sessions/{session_id}", status_code=204)
+async def revoke_session(session_id: str, principal: PrincipalDep, state: StateDep) -> Response:
+    await state.users.revoke_session(principal.user_id, session_id)
+    return Response(status_code=204)
+
+
 @router.get("/me")
 async def me(principal: PrincipalDep, state: StateDep) -> dict[str, object]:
     info: dict[str, object] = {
