@@ -27,6 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -89,8 +90,7 @@ async def ttfb(url: str, headers: dict[str, str], model: str, n: int) -> list[fl
     return times
 
 
-def ttfb_peers(bench: Path, n: int) -> None:
-    """Portkey and LiteLLM started by the shared benchmark's own helpers, timed the same way."""
+def shared_module(bench: Path) -> Any:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("gateway_bench", bench)
@@ -98,6 +98,12 @@ def ttfb_peers(bench: Path, n: int) -> None:
     assert spec.loader is not None
     shared = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(shared)
+    return shared
+
+
+def ttfb_peers(bench: Path, n: int) -> None:
+    """Portkey and LiteLLM started by the shared benchmark's own helpers, timed the same way."""
+    shared = shared_module(bench)
     for name, start, model in (("portkey", lambda: shared.start_portkey(True), "fake-model"),
                                ("litellm", shared.start_litellm, "fake-stream")):
         proc, url, header_lines = start()
@@ -126,6 +132,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1)
     a = ap.parse_args()
 
+    # The fake upstream must answer before a cold start can end with an answered request.
+    shared_module(a.gateway_bench).start_upstream()
     colds = []
     for _ in range(3):
         proc, cold = start_thinktank(a.workers)

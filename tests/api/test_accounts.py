@@ -327,3 +327,13 @@ async def test_first_admin_from_the_environment(gateway: Start, fake_openai: Fak
     assert login.status_code == 200 and login.json()["user"]["role"] == "admin"
     assert (await client.get(api + "/api/v1/users", headers=bearer(login.json()["token"]))).status_code == 200
     assert (await client.get(api + "/api/v1/users", headers=AUTH)).status_code == 200  # the admin key still works
+
+
+async def test_requests_per_minute_per_client_address(gateway: Start, fake_openai: FakeUpstream, db_url: str,
+                                                      client: httpx.AsyncClient) -> None:
+    api = await gateway({**cfg(fake_openai.url), "ip_rpm": 3}, database_url=db_url)
+    _, token = await make_user(client, api, "ip@example.com")
+    answers = [await client.post(api + "/v1/chat/completions", headers=bearer(token), json=BODY) for _ in range(2)]
+    answers += [await client.post(api + "/v1/chat/completions", headers=AUTH, json=BODY) for _ in range(2)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]  # every credential from one address counts
+    assert "address 127.0.0.1" in answers[-1].json()["error"]["message"]

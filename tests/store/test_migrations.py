@@ -29,3 +29,23 @@ async def test_sqlite_runs_in_wal_mode(tmp_path: object) -> None:
         fk = (await conn.execute(text("PRAGMA foreign_keys"))).scalar_one()
     await db.close()
     assert (mode, fk) == ("wal", 1)
+
+
+def test_head_constant_matches_alembic() -> None:
+    from alembic.script import ScriptDirectory
+
+    from thinktank.store.migrate import HEAD, alembic_config
+
+    assert ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head() == HEAD
+
+
+async def test_at_head(db: Database, tmp_path: object) -> None:
+    from pathlib import Path
+
+    from thinktank.store.migrate import at_head
+
+    assert await at_head(db)
+    assert isinstance(tmp_path, Path)
+    fresh = Database(f"sqlite:///{tmp_path / 'fresh.db'}")
+    assert not await at_head(fresh)
+    await fresh.close()

@@ -32,7 +32,6 @@ from limits.aio import strategies
 from limits.aio.storage import Storage
 from limits.errors import ConfigurationError
 from limits.storage import storage_from_string
-from redis.asyncio import BlockingConnectionPool
 
 from ..config import TierConfig
 from ..errors import ConfigError, RateLimitError
@@ -74,7 +73,7 @@ class _Check:
         return f"{self.who} allows {self.item.amount} {self.unit} per {self.item.GRANULARITY.name}"
 
 
-def _open_storage(uri: str | None) -> tuple[Storage, BlockingConnectionPool | None]:
+def _open_storage(uri: str | None) -> tuple[Storage, Any]:
     """None or ``memory://``: this process only; ``redis://…``: shared, through redis-py."""
     scheme, sep, rest = (uri or "memory://").partition("://")
     base = scheme.removeprefix("async+")
@@ -84,6 +83,8 @@ def _open_storage(uri: str | None) -> tuple[Storage, BlockingConnectionPool | No
     pool = None
     try:
         if base in _BASIC_REDIS:  # redis-py's default pool raises once it has 100 connections in use
+            from redis.asyncio import BlockingConnectionPool  # only when Redis is used: it is slow to import
+
             pool = BlockingConnectionPool.from_url(
                 f"{_BASIC_REDIS[base]}://{rest}", max_connections=_REDIS_POOL_SIZE, timeout=_REDIS_POOL_WAIT
             )

@@ -120,9 +120,10 @@ def build_state(settings: Settings, router: Router, admin_key: AdminKey, http: H
 
 
 async def _start(state: AppState) -> None:
-    from ..store.migrate import upgrade_async
+    from ..store.migrate import at_head, upgrade_async
 
-    await upgrade_async(state.db.url)
+    if not await at_head(state.db):
+        await upgrade_async(state.db.url)
     s = state.settings
     if s.admin_email and s.admin_password and await state.users.ensure_admin(
         s.admin_email, s.admin_password.get_secret_value()
@@ -132,7 +133,6 @@ async def _start(state: AppState) -> None:
     state.ledger.start()
     # Everything loaded so far lives as long as the process: keep it out of the garbage
     # collector's way (a full collection would otherwise walk ~130k objects again and again).
-    gc.collect()
     gc.freeze()
 
 

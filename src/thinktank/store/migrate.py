@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
+if TYPE_CHECKING:
+    from alembic.config import Config
 
-__all__ = ["alembic_config", "upgrade", "upgrade_async"]
+    from .db import Database
+
+__all__ = ["HEAD", "alembic_config", "at_head", "upgrade", "upgrade_async"]
+
+#: The newest migration. A test checks it against Alembic's own view, so it cannot go stale.
+HEAD = "0001"
 
 
 def alembic_config(url: str) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", "thinktank.store:migrations")
     cfg.attributes["url"] = url
@@ -19,7 +27,22 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Bring the database at ``url`` to ``revision`` (idempotent)."""
+    from alembic import command
+
     command.upgrade(alembic_config(url), revision)
+
+
+async def at_head(db: Database) -> bool:
+    """True when the database is already migrated to HEAD (then Alembic need not even be loaded)."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        async with db.engine.connect() as conn:
+            version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one_or_none()
+    except DBAPIError:
+        return False
+    return version == HEAD
 
 
 async def upgrade_async(url: str, revision: str = "head") -> None:
