@@ -337,3 +337,13 @@ async def test_requests_per_minute_per_client_address(gateway: Start, fake_opena
     answers += [await client.post(api + "/v1/chat/completions", headers=AUTH, json=BODY) for _ in range(2)]
     assert [a.status_code for a in answers] == [200, 200, 200, 429]  # every credential from one address counts
     assert "address 127.0.0.1" in answers[-1].json()["error"]["message"]
+
+
+async def test_one_password_over_many_accounts_is_throttled(api: str, client: httpx.AsyncClient) -> None:
+    codes = []
+    for i in range(15):
+        r = await client.post(api + "/api/v1/auth/login", json={"email": f"nobody{i}@example.com", "password": "x"})
+        codes.append(r.status_code)
+        if r.status_code == 429:
+            break
+    assert codes[0] == 401 and codes[-1] == 429

@@ -153,3 +153,13 @@ async def test_embeddings_bad_input(url: str, client: httpx.AsyncClient) -> None
     assert_error(await client.post(url + "/v1/embeddings", headers=AUTH, json={"model": "gpt", "input": []}),
                  400, "empty")
     assert_error(await client.post(url + "/v1/embeddings", headers=AUTH, json={"model": "gpt"}), 400, "input")
+
+
+async def test_chunked_body_over_the_limit_on_an_api_route(url: str, client: httpx.AsyncClient) -> None:
+    async def chunked() -> Any:
+        for _ in range(10):
+            yield b"x" * 1000
+
+    resp = await client.post(url + "/api/v1/keys", headers={**AUTH, "content-type": "application/json"},
+                             content=chunked())
+    assert_error(resp, 413, "limit")

@@ -30,7 +30,7 @@ from ..gateway.router import Router
 from ..providers._http import HttpClient
 from ..providers.base import ProviderContext
 from ..providers.registry import ProviderRegistry
-from .asgi import Receive, Scope, Send, header, send_error, send_json
+from .asgi import Receive, Scope, Send, header, read_body, send_error, send_json
 from .openai import OpenAIHandlers
 from .state import AppState
 
@@ -204,6 +204,19 @@ def _fastapi_app(state: AppState) -> FastAPI:
     return app
 
 
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Any:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 class ThinktankApp:
     """Dispatches the OpenAI endpoints to raw handlers and the rest to FastAPI."""
 
@@ -237,11 +250,19 @@ class ThinktankApp:
                     return
                 await self._guarded(handler, scope, receive, send)
                 return
+            limit = self.state.settings.max_body_bytes
             length = header(scope, b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.state.settings.max_body_bytes:
-                limit = self.state.settings.max_body_bytes
+            if length is not None and length.isdigit() and int(length) > limit:
                 await send_error(send, PayloadTooLargeError(f"The request body is larger than the {limit} byte limit."))
                 return
+            if length is None and scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
+                # A body without a length: read it here, within the limit, and hand it on whole.
+                try:
+                    body = await read_body(scope, receive, limit)
+                except PayloadTooLargeError as exc:
+                    await send_error(send, exc)
+                    return
+                receive = _replay(body, receive)
         await self.fastapi(scope, receive, send)
 
     async def _guarded(self, handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:

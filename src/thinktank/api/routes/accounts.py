@@ -15,12 +15,16 @@ router = APIRouter(prefix="/api/v1", tags=["accounts"])
 @router.post("/auth/login")
 async def login(body: LoginIn, request: Request, state: StateDep) -> LoginOut:
     """Email and password in, a session token out (send it as ``Authorization: Bearer``)."""
-    ip = client_ip(request)
-    await state.check_auth_allowed(ip, body.email.lower())
+    ip, account = client_ip(request), body.email.lower()
+    # Throttled per address and account (guessing one password) and per address alone
+    # (trying one password on many accounts).
+    await state.check_auth_allowed(ip)
+    await state.check_auth_allowed(ip, account)
     try:
         token, session, user = await state.users.login(body.email, body.password)
     except AuthenticationError:
-        await state.record_auth_failure(ip, body.email.lower())
+        await state.record_auth_failure(ip)
+        await state.record_auth_failure(ip, account)
         raise
     return LoginOut(token=token, expires_at=session.expires_at, user=user_public(user))
 
