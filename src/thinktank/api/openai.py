@@ -145,13 +145,18 @@ class OpenAIHandlers:
                 status = 499
                 log.info("client disconnected mid-stream; upstream request cancelled")
             watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                failed = await pump
-                if failed is not None:
-                    status = failed
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-            await admission.finish(status, stream=True)
+            try:
+                with contextlib.suppress(asyncio.CancelledError):
+                    failed = await pump
+                    if failed is not None:
+                        status = failed
+            except Exception:
+                status = 500
+                raise
+            finally:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+                await admission.finish(status, stream=True)  # recorded whatever happened
 
     async def _pump(
         self, first: ChatChunk | None, chunks: AsyncIterator[ChatChunk], include_usage: bool, send: Send
