@@ -132,7 +132,7 @@ def users_revoke(user_id: str) -> None:
 async def _owner(services: Any, email: str | None) -> Any:
     from sqlalchemy import select
 
-    from .accounts.users import NotFoundError
+    from .errors import NotFoundError
     from .store.tables import User
 
     if email is None:

@@ -14,11 +14,13 @@ __all__ = [
     "AuthenticationError",
     "ClientError",
     "ConfigError",
+    "ConflictError",
     "ContextWindowExceededError",
     "DeadlineExceededError",
     "InvalidRequestError",
     "ModelNotFoundError",
     "NoDeploymentError",
+    "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "ProviderError",
@@ -85,6 +87,18 @@ class PermissionDeniedError(ClientError):
 class ModelNotFoundError(ClientError):
     status = 404
     code = "model_not_found"
+
+
+class NotFoundError(ClientError):
+    """A stored object that does not exist, or that the caller may not see (never 'forbidden')."""
+
+    status = 404
+    code = "not_found"
+
+
+class ConflictError(ClientError):
+    status = 409
+    code = "conflict"
 
 
 class PayloadTooLargeError(ClientError):

@@ -5,13 +5,12 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from ..clock import Clock
-from ..errors import PermissionDeniedError
+from ..errors import NotFoundError, PermissionDeniedError
 from ..store.db import Database
 from ..store.tables import ApiKey, new_id
 from .principal import Authenticator, Principal
 from .schemas import KeyCreate, KeyCreated, KeyPublic
 from .secrets import KEY_PREFIX, new_token, token_hash
-from .users import NotFoundError
 
 __all__ = ["KeyService", "key_public"]
 

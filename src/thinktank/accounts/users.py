@@ -6,24 +6,14 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..clock import Clock
-from ..errors import AuthenticationError, ClientError, InvalidRequestError
+from ..errors import AuthenticationError, ConflictError, InvalidRequestError, NotFoundError
 from ..store.db import Database
 from ..store.tables import SYSTEM_USER_ID, ApiKey, Session, Team, User, new_id
 from .principal import Authenticator
 from .schemas import TeamCreate, TeamPublic, UserCreate, UserPublic
 from .secrets import SESSION_PREFIX, PasswordHashing, new_token, token_hash
 
-__all__ = ["ConflictError", "NotFoundError", "UserService", "team_public", "user_public"]
-
-
-class NotFoundError(ClientError):
-    status = 404
-    code = "not_found"
-
-
-class ConflictError(ClientError):
-    status = 409
-    code = "conflict"
+__all__ = ["UserService", "team_public", "user_public"]
 
 
 def user_public(u: User) -> UserPublic:

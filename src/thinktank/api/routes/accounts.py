@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from ...accounts.schemas import LoginIn, LoginOut, TeamCreate, TeamPublic, UserCreate, UserPublic
-from ...accounts.users import NotFoundError, team_public, user_public
-from ...errors import AuthenticationError
+from ...accounts.users import team_public, user_public
+from ...errors import AuthenticationError, NotFoundError
 from ..deps import AdminDep, PrincipalDep, StateDep, client_ip, session_of
 
 router = APIRouter(prefix="/api/v1", tags=["accounts"])
