@@ -136,8 +136,10 @@ class Authenticator:
 
     async def resolve(self, token: str) -> Principal:
         known = self.known(token)
-        if known is not None:
-            return known
+        return known if known is not None else await self.lookup(token)
+
+    async def lookup(self, token: str) -> Principal:
+        """Look a token up in the database (after ``known`` missed) and cache what it finds."""
         if not token:
             raise AuthenticationError("No API key: send 'Authorization: Bearer <key>'.")
         digest = token_hash(token)

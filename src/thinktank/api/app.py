@@ -148,7 +148,7 @@ def app_from_env() -> ThinktankApp:
     return create_app(Settings())
 
 
-def _error_body(status: int, message: str, type_: str = "invalid_request_error") -> dict[str, Any]:
+def _error_body(message: str, type_: str = "invalid_request_error") -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": None, "code": None}}
 
 
@@ -174,13 +174,13 @@ def _fastapi_app(state: AppState) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(_error_body(exc.status_code, str(exc.detail)), exc.status_code, headers=exc.headers)
+        return JSONResponse(_error_body(str(exc.detail)), exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(x) for x in first.get("loc", ()))
-        return JSONResponse(_error_body(422, f"{where}: {first.get('msg')}"), 422)
+        return JSONResponse(_error_body(f"{where}: {first.get('msg')}"), 422)
 
     @app.exception_handler(ThinktankError)
     async def thinktank_error(_request: Request, exc: ThinktankError) -> JSONResponse:
@@ -244,7 +244,7 @@ class ThinktankApp:
                 if handler is None:
                     allow = ", ".join(methods)
                     await send_json(
-                        send, 405, _error_body(405, f"Method not allowed; use {allow}."),
+                        send, 405, _error_body(f"Method not allowed; use {allow}."),
                         [(b"allow", allow.encode())],
                     )
                     return

@@ -8,9 +8,10 @@ from fastapi import Depends, Request
 
 from ..accounts.principal import Principal
 from ..errors import AuthenticationError, PermissionDeniedError
+from .asgi import bearer_token
 from .state import AppState
 
-__all__ = ["AdminDep", "PrincipalDep", "StateDep", "bearer_token", "client_ip"]
+__all__ = ["AdminDep", "PrincipalDep", "StateDep", "client_ip"]
 
 
 def get_state(request: Request) -> AppState:
@@ -19,13 +20,6 @@ def get_state(request: Request) -> AppState:
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
-
-
-def bearer_token(authorization: str | None, x_api_key: str | None) -> str:
-    if authorization is not None:
-        scheme, _, value = authorization.partition(" ")
-        return value.strip() if scheme.lower() == "bearer" else ""
-    return (x_api_key or "").strip()
 
 
 def client_ip(request: Request) -> str:

@@ -16,7 +16,7 @@ from ..accounts.principal import Principal
 from ..errors import InvalidRequestError, ModelNotFoundError, ProviderError, ThinktankError
 from ..gateway.tokens import estimate_request_tokens
 from ..types import ChatChunk, ChatRequest, EmbeddingRequest
-from .asgi import Receive, Scope, Send, header, read_body, send_bytes, send_error, send_json
+from .asgi import Receive, Scope, Send, bearer_token, header, read_body, send_bytes, send_error, send_json
 from .state import AppState
 
 __all__ = ["FORBIDDEN_KEYS", "OpenAIHandlers", "parse_body"]
@@ -92,14 +92,10 @@ class OpenAIHandlers:
 
     async def principal(self, scope: Scope) -> Principal:
         raw = header(scope, b"authorization")
-        if raw is not None:
-            scheme, _, value = raw.decode("latin-1").partition(" ")
-            token = value.strip() if scheme.lower() == "bearer" else ""
-        else:
-            alt = header(scope, b"x-api-key") or header(scope, b"api-key")
-            token = alt.decode("latin-1").strip() if alt is not None else ""
-        client = scope.get("client")
-        return await self.state.authenticate(token, client[0] if client else "unknown")
+        alt = header(scope, b"x-api-key") or header(scope, b"api-key")
+        token = bearer_token(raw.decode("latin-1") if raw is not None else None,
+                             alt.decode("latin-1") if alt is not None else None)
+        return await self.state.authenticate(token, _ip(scope) or "unknown")
 
     async def chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
         admission: Admission | None = None

@@ -63,7 +63,7 @@ class AppState:
         # Only lookups of tokens not seen recently can be guesses: those pass the throttle.
         await self.check_auth_allowed(ip)
         try:
-            return await self.auth.resolve(token)
+            return await self.auth.lookup(token)
         except AuthenticationError:
             await self.record_auth_failure(ip)
             raise
