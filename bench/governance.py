@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import os
 import re
@@ -31,20 +30,13 @@ import urllib.request
 from pathlib import Path
 from types import ModuleType
 
+from gateway import shared_module  # bench/gateway.py, beside this script
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "bench" / "thinktank-bench.yaml"
 ADMIN = "sk-bench-admin-0123456789"
 PORT = 18410
 PG_ADMIN = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def shared_bench(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gateway_bench", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def api(method: str, path: str, body: object | None = None) -> dict[str, object]:
@@ -157,7 +149,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=7)
     a = ap.parse_args()
-    shared = shared_bench(a.gateway_bench)
+    shared = shared_module(a.gateway_bench)
     shared.need("wrk", "wrk")
     shared.start_upstream()
     results = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import orjson
@@ -29,6 +29,7 @@ FORBIDDEN_KEYS = frozenset({"api_base", "base_url", "api_key", "azure_endpoint",
 _SCHEMA_PATHS = (("tools", "*", "function", "parameters"), ("response_format", "json_schema", "schema"))
 
 M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R", ChatRequest, EmbeddingRequest)
 
 
 def _find_forbidden(node: Any, path: tuple[str, ...]) -> str | None:
@@ -97,23 +98,33 @@ class OpenAIHandlers:
                              alt.decode("latin-1") if alt is not None else None)
         return await self.state.authenticate(token, _ip(scope) or "unknown")
 
+    async def _admit(
+        self, scope: Scope, receive: Receive, model: type[R], estimate: Callable[[R], int]
+    ) -> tuple[R, Admission]:
+        """Authenticate, read and validate the body, check the model, pass the rate limits."""
+        principal = await self.principal(scope)
+        request = parse_body(await read_body(scope, receive, self.state.settings.max_body_bytes), model)
+        principal.check_model(request.model)
+        return request, await self.state.gate.admit(principal, _ip(scope), request.model, estimate(request))
+
+    @staticmethod
+    async def _refuse(send: Send, exc: ThinktankError, admission: Admission | None) -> None:
+        if admission is not None:
+            await admission.finish(exc.status)
+        await send_error(send, exc)
+
     async def chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
         admission: Admission | None = None
         try:
-            principal = await self.principal(scope)
-            body = await read_body(scope, receive, self.state.settings.max_body_bytes)
-            request = parse_body(body, ChatRequest)
-            principal.check_model(request.model)
-            estimate = estimate_request_tokens(request) + (request.output_limit() or 0)
-            admission = await self.state.gate.admit(principal, _ip(scope), request.model, estimate)
+            request, admission = await self._admit(
+                scope, receive, ChatRequest, lambda r: estimate_request_tokens(r) + (r.output_limit() or 0)
+            )
             if request.stream:
                 await self._stream(request, admission, receive, send)
                 return
             response = await self.state.router.complete(request, admission.ctx)
         except ThinktankError as exc:
-            if admission is not None:
-                await admission.finish(exc.status)
-            await send_error(send, exc)
+            await self._refuse(send, exc, admission)
             return
         await admission.finish(200)
         cost = response.usage.cost if response.usage is not None and response.usage.cost is not None else 0.0
@@ -193,17 +204,12 @@ class OpenAIHandlers:
     async def embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
         admission: Admission | None = None
         try:
-            principal = await self.principal(scope)
-            body = await read_body(scope, receive, self.state.settings.max_body_bytes)
-            request = parse_body(body, EmbeddingRequest)
-            principal.check_model(request.model)
-            estimate = sum(len(t) for t in request.texts()) // 4 + 1
-            admission = await self.state.gate.admit(principal, _ip(scope), request.model, estimate)
+            request, admission = await self._admit(
+                scope, receive, EmbeddingRequest, lambda r: sum(len(t) for t in r.texts()) // 4 + 1
+            )
             response = await self.state.router.embed(request, admission.ctx)
         except ThinktankError as exc:
-            if admission is not None:
-                await admission.finish(exc.status)
-            await send_error(send, exc)
+            await self._refuse(send, exc, admission)
             return
         await admission.finish(200)
         cost = response.usage.cost or 0.0
