@@ -111,7 +111,7 @@ class Gate:
         self._ids = itertools.count(1)
 
     def _specs(self, principal: Principal) -> list[BudgetSpec]:
-        specs = [BudgetSpec(b.scope, b.scope_id, b.limit_usd, b.period, b.label) for b in principal.budgets]
+        specs = list(principal.budgets)
         if self._global is not None:
             specs.append(self._global)
         return specs

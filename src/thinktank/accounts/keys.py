@@ -35,14 +35,15 @@ def _bounded(data: KeyCreate, creator: Principal) -> KeyCreate:
             extra = ", ".join(sorted(set(data.models) - creator.allowed_models))
             raise PermissionDeniedError(f"A key cannot allow models its creator may not use: {extra}.",
                                         param="models")
-    if creator.budgets:
-        tightest = min(creator.budgets, key=lambda b: b.limit_usd)
+    limited = [(b.limit_usd, b) for b in creator.budgets if b.limit_usd is not None]
+    if limited:
+        limit, tightest = min(limited, key=lambda pair: pair[0])
         if data.budget_usd is None:
-            update["budget_usd"], update["budget_period"] = tightest.limit_usd, tightest.period
-        elif data.budget_usd > tightest.limit_usd:
+            update["budget_usd"], update["budget_period"] = limit, tightest.period
+        elif data.budget_usd > limit:
             raise PermissionDeniedError(
                 f"A key cannot have a larger budget than its creator's {tightest.label} "
-                f"(${tightest.limit_usd:g} per {tightest.period}).", param="budget_usd")
+                f"(${limit:g} per {tightest.period}).", param="budget_usd")
     for field, held in (("rpm", creator.key_rpm or creator.user_rpm), ("tpm", creator.key_tpm or creator.user_tpm)):
         wanted = getattr(data, field)
         if held is not None:

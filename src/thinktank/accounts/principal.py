@@ -17,20 +17,12 @@ from ..clock import Clock
 from ..errors import AuthenticationError, ModelNotFoundError
 from ..store.db import Database
 from ..store.tables import SYSTEM_USER_ID, ApiKey, Session, Team, User
+from .budget_stores import BudgetSpec
 from .secrets import KEY_PREFIX, SESSION_PREFIX, token_hash
 
-__all__ = ["Authenticator", "BudgetGrant", "Principal"]
+__all__ = ["Authenticator", "Principal"]
 
 Period = Literal["day", "month", "total"]
-
-
-@dataclass(frozen=True)
-class BudgetGrant:
-    scope: Literal["key", "user", "team"]
-    scope_id: str
-    limit_usd: float
-    period: Period
-    label: str
 
 
 @dataclass(frozen=True)
@@ -50,7 +42,8 @@ class Principal:
     user_rpm: int | None = None
     user_tpm: int | None = None
     expires_at: float | None = None
-    budgets: tuple[BudgetGrant, ...] = field(default_factory=tuple)
+    budgets: tuple[BudgetSpec, ...] = field(default_factory=tuple)
+    """The key's, the user's and the team's budgets (each with a limit)."""
 
     @property
     def is_admin(self) -> bool:
@@ -78,13 +71,13 @@ def _intersect(a: list[str] | None, b: list[str] | None) -> frozenset[str] | Non
     return frozenset(a) & frozenset(b)
 
 
-def _user_budgets(user: User, team: Team | None) -> list[BudgetGrant]:
+def _user_budgets(user: User, team: Team | None) -> list[BudgetSpec]:
     out = []
     if user.budget_usd is not None:
-        out.append(BudgetGrant("user", user.id, user.budget_usd, user.budget_period,  # type: ignore[arg-type]
+        out.append(BudgetSpec("user", user.id, user.budget_usd, user.budget_period,  # type: ignore[arg-type]
                                f"user {user.email}"))
     if team is not None and team.budget_usd is not None:
-        out.append(BudgetGrant("team", team.id, team.budget_usd, team.budget_period,  # type: ignore[arg-type]
+        out.append(BudgetSpec("team", team.id, team.budget_usd, team.budget_period,  # type: ignore[arg-type]
                                f"team '{team.name}'"))
     return out
 
@@ -197,7 +190,7 @@ class Authenticator:
         key, user, team = row
         budgets = []
         if key.budget_usd is not None:
-            budgets.append(BudgetGrant("key", key.id, key.budget_usd, key.budget_period,  # type: ignore[arg-type]
+            budgets.append(BudgetSpec("key", key.id, key.budget_usd, key.budget_period,  # type: ignore[arg-type]
                                        f"key '{key.name or key.id}' ({key.prefix}…)"))
         budgets += _user_budgets(user, team)
         return Principal(

@@ -8,11 +8,12 @@ loop keeps serving while a hash is computed.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import secrets
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from ..auth import hash_key
 
 __all__ = ["PasswordHashing", "new_token", "token_hash"]
 
@@ -25,7 +26,7 @@ def new_token(prefix: str) -> str:
 
 
 def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    return hash_key(token).hex()
 
 
 class PasswordHashing:

@@ -320,9 +320,7 @@ class Router:
         prompt = estimate_request_tokens(request)
         response, attempt, n = await self._run(request.model, prompt, request.output_limit(), call, ctx)
         if response.usage is None:
-            text = "".join(c.message.content or "" for c in response.choices)
-            ct = estimate_text_tokens(text)
-            response.usage = Usage(prompt_tokens=prompt, completion_tokens=ct, total_tokens=prompt + ct)
+            response.usage = _estimate(prompt, sum(len(c.message.content or "") for c in response.choices))
         response.usage = await self._account(attempt, response.usage, False, n, request.model, ctx)
         response._served_by = attempt.deployment.id
         return response

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import email.utils
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -33,6 +33,7 @@ __all__ = [
     "parse_retry_after",
     "post",
     "read_json",
+    "request",
     "scrub",
 ]
 
@@ -154,17 +155,12 @@ def map_status_error(
 
 
 @asynccontextmanager
-async def post(
-    http: HttpClient,
-    url: str,
-    payload: Any,
-    headers: Mapping[str, str],
-    *,
-    deployment: str,
+async def request(
+    http: HttpClient, method: str, url: str, headers: Mapping[str, str], *, deployment: str, data: bytes | None = None
 ) -> AsyncIterator[aiohttp.ClientResponse]:
-    """POST JSON; connection failures become UpstreamConnectionError."""
+    """Send a request; a connection that fails or breaks off becomes UpstreamConnectionError."""
     try:
-        async with http.session.post(url, data=orjson.dumps(payload), headers=headers) as resp:
+        async with http.session.request(method, url, data=data, headers=headers) as resp:
             yield resp
     except aiohttp.ClientConnectionError as exc:
         raise UpstreamConnectionError(
@@ -176,17 +172,17 @@ async def post(
         ) from None
 
 
-@asynccontextmanager
-async def get(
+def post(
+    http: HttpClient, url: str, payload: Any, headers: Mapping[str, str], *, deployment: str
+) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+    """POST ``payload`` as JSON (see :func:`request`)."""
+    return request(http, "POST", url, headers, deployment=deployment, data=orjson.dumps(payload))
+
+
+def get(
     http: HttpClient, url: str, headers: Mapping[str, str], *, deployment: str
-) -> AsyncIterator[aiohttp.ClientResponse]:
-    try:
-        async with http.session.get(url, headers=headers) as resp:
-            yield resp
-    except aiohttp.ClientConnectionError as exc:
-        raise UpstreamConnectionError(
-            f"cannot reach upstream {deployment}: {type(exc).__name__}", deployment=deployment
-        ) from None
+) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+    return request(http, "GET", url, headers, deployment=deployment)
 
 
 async def read_json(resp: aiohttp.ClientResponse, *, deployment: str) -> Any:
