@@ -19,14 +19,12 @@ __all__ = [
     "DeadlineExceededError",
     "InvalidRequestError",
     "ModelNotFoundError",
-    "NoDeploymentError",
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "ProviderError",
     "RateLimitError",
     "ThinktankError",
-    "UnsupportedMediaTypeError",
     "UpstreamAuthError",
     "UpstreamBadRequestError",
     "UpstreamBadResponseError",
@@ -104,11 +102,6 @@ class ConflictError(ClientError):
 class PayloadTooLargeError(ClientError):
     status = 413
     code = "payload_too_large"
-
-
-class UnsupportedMediaTypeError(ClientError):
-    status = 415
-    code = "unsupported_media_type"
 
 
 class RateLimitError(ClientError):
@@ -199,8 +192,3 @@ class DeadlineExceededError(ProviderError):
     status = 504
     type = "timeout_error"
     code = "deadline_exceeded"
-
-
-class NoDeploymentError(ProviderError):
-    status = 503
-    code = "no_deployment_available"

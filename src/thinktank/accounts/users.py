@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..clock import Clock
@@ -141,9 +141,3 @@ class UserService:
     async def list_teams(self) -> list[Team]:
         async with self._db.session() as s:
             return list((await s.execute(select(Team).order_by(Team.created_at))).scalars())
-
-    async def count_admins(self) -> int:
-        async with self._db.session() as s:
-            n = await s.scalar(select(func.count()).select_from(User).where(
-                User.role == "admin", User.id != SYSTEM_USER_ID, User.revoked_at.is_(None)))
-        return int(n or 0)
