@@ -17,9 +17,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .errors import ConfigError
 
 __all__ = [
+    "DebateConfig",
     "DeploymentConfig",
+    "EnsembleConfig",
     "GatewayConfig",
     "GroupConfig",
+    "PersonaConfig",
     "RouterConfig",
     "Settings",
     "Strategy",
@@ -163,6 +166,119 @@ class TierConfig(_In):
     tokens_per_day: int | None = Field(default=None, ge=1)
 
 
+RankingStrategy = Literal["heuristic", "rubric", "peer_review", "pairwise"]
+Aggregation = Literal["borda", "bradley_terry"]
+RUBRIC = ("relevance", "completeness", "clarity", "accuracy")
+
+
+def _judge_shortcut(data: Any) -> Any:
+    """``judge: m`` is ``judges: [m]``."""
+    if isinstance(data, dict) and "judge" in data:
+        data = dict(data)
+        judge = data.pop("judge")
+        if judge is not None:
+            if data.get("judges"):
+                raise ValueError("give judge or judges, not both")
+            data["judges"] = [judge] if isinstance(judge, str) else judge
+    return data
+
+
+class EnsembleConfig(_In):
+    """Several models answer at once; the answers are ranked; the best one or a synthesis comes back."""
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")
+    members: list[str] = Field(min_length=1, max_length=16)
+    strategy: RankingStrategy = "peer_review"
+    judges: list[str] = Field(default_factory=list, max_length=8)
+    """Judge models for ``rubric`` and ``pairwise`` (``judge: m`` is a shortcut for one)."""
+    aggregate: Aggregation = "borda"
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"relevance": 0.3, "completeness": 0.25, "clarity": 0.2, "accuracy": 0.25}
+    )
+    """Rubric weights; keys among relevance, completeness, clarity, accuracy."""
+    synthesis: Literal["chairman", "best"] | None = None
+    """``chairman`` fuses the top answers, ``best`` returns the top one unchanged (default: chairman if set)."""
+    chairman: str | None = None
+    top_k: int = Field(default=3, ge=1, le=16)
+    member_timeout: float = Field(default=120.0, gt=0, le=3600)
+    judge_timeout: float = Field(default=120.0, gt=0, le=3600)
+    max_tokens: int | None = Field(default=None, ge=1)
+    """max_tokens for each member's answer (the request's own max_tokens wins)."""
+    cache_ttl: float = Field(default=3600.0, ge=0)
+    """Seconds an identical request may be served from an earlier run, when the caller allows it."""
+    description: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _judge(cls, data: Any) -> Any:
+        return _judge_shortcut(data)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EnsembleConfig:
+        if self.strategy in ("rubric", "pairwise") and not self.judges:
+            raise ValueError(f"strategy '{self.strategy}' needs a judge model (judge: or judges:)")
+        unknown = set(self.weights) - set(RUBRIC)
+        if unknown:
+            raise ValueError(f"weights: unknown criterion {sorted(unknown)[0]!r}; use {', '.join(RUBRIC)}")
+        if any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
+            raise ValueError("weights: must be non-negative with a positive total")
+        if self.synthesis == "chairman" and not self.chairman:
+            raise ValueError("synthesis 'chairman' needs a chairman model")
+        if self.synthesis is None:
+            self.synthesis = "chairman" if self.chairman else "best"
+        return self
+
+    def models(self) -> list[str]:
+        return [*self.members, *self.judges, *([self.chairman] if self.chairman else [])]
+
+
+class PersonaConfig(_In):
+    """A debate expert of your own (beside the shipped library)."""
+
+    name: str = Field(min_length=1, max_length=100)
+    domain: str = Field(min_length=1, max_length=200)
+    backstory: str = Field(min_length=1, max_length=4000)
+    stance: str = Field(default="balanced", max_length=500)
+    model: str | None = None
+    keywords: list[str] = Field(default_factory=list)
+
+
+class DebateConfig(_In):
+    """A panel of expert personas argues over rounds; a moderator synthesises."""
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")
+    models: list[str] = Field(min_length=1, max_length=16)
+    """The models the experts run on, assigned in turn (a persona's own model wins)."""
+    moderator: str | None = None
+    """Synthesis and follow-up questions (default: the first model)."""
+    analyst: str | None = None
+    """Classifies the question and recruits (default: the moderator)."""
+    judge: str | None = None
+    """Scores agreement after each round (default: the moderator)."""
+    experts: int | None = Field(default=None, ge=1, le=8)
+    """Panel size; default: 3 to 5, one per domain the analysis finds plus a sceptic."""
+    rounds: int = Field(default=3, ge=1, le=10)
+    convergence: float = Field(default=0.8, gt=0, le=1)
+    """Agreement score (0-1) at which the debate stops as converged."""
+    recruit: Literal["library", "model"] = "library"
+    personas: list[str] = Field(default_factory=list)
+    """Restrict the panel to these personas (names from the library or ``personas:``)."""
+    follow_up: bool = True
+    """The moderator poses a follow-up question between rounds."""
+    plan: bool = False
+    """Write plan.md and tasks.md from the outcome."""
+    expert_timeout: float = Field(default=120.0, gt=0, le=3600)
+    cache_ttl: float = Field(default=3600.0, ge=0)
+    description: str | None = None
+
+    @property
+    def moderator_model(self) -> str:
+        return self.moderator or self.models[0]
+
+    def models_used(self) -> list[str]:
+        return [*self.models, *(m for m in (self.moderator, self.analyst, self.judge) if m)]
+
+
 class GatewayConfig(_In):
     models: list[DeploymentConfig] = Field(default_factory=list)
     tiers: dict[str, TierConfig] = Field(default_factory=dict)
@@ -171,6 +287,9 @@ class GatewayConfig(_In):
     groups: list[GroupConfig] = Field(default_factory=list)
     aliases: dict[str, str] = Field(default_factory=dict)
     router: RouterConfig = Field(default_factory=RouterConfig)
+    ensembles: list[EnsembleConfig] = Field(default_factory=list)
+    debates: list[DebateConfig] = Field(default_factory=list)
+    personas: list[PersonaConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _references(self) -> GatewayConfig:
@@ -194,6 +313,20 @@ class GatewayConfig(_In):
         for alias, target in self.aliases.items():
             if target not in names and target not in groups:
                 raise ValueError(f"alias '{alias}': unknown model '{target}'")
+        known = names | groups | set(self.aliases)
+        seen: set[tuple[str, str]] = set()
+        for kind, name, used in [
+            *(("ensemble", e.name, e.models()) for e in self.ensembles),
+            *(("debate", d.name, d.models_used()) for d in self.debates),
+            *(("persona", p.name, [p.model] if p.model else []) for p in self.personas),
+        ]:
+            if kind != "persona":
+                if (kind, name) in seen:
+                    raise ValueError(f"duplicate {kind} '{name}'")
+                seen.add((kind, name))
+            for m in used:
+                if m not in known:
+                    raise ValueError(f"{kind} '{name}': unknown model '{m}'")
         return self
 
 

@@ -7,7 +7,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from .config import DeploymentConfig, GatewayConfig, GroupConfig
+from .config import DebateConfig, DeploymentConfig, EnsembleConfig, GatewayConfig, GroupConfig
 
 __all__ = ["NO_MODELS_HELP", "demo_config", "discover", "merge"]
 
@@ -81,13 +81,55 @@ def demo_config() -> GatewayConfig:
         ),
     ]
     groups = [GroupConfig(name="demo/auto", models=["demo/flaky"], fallbacks=["demo/fast"])]
-    return GatewayConfig(models=models, groups=groups)
+    panel = [
+        mock(f"demo/{name}", f"a scripted panelist ({view})", latency=latency, chunk_delay=0.01,
+             replies=[answer], rules=_DEMO_RULES)
+        for name, view, latency, answer in _DEMO_PANEL
+    ]
+    ensembles = [EnsembleConfig(
+        name="demo-council", members=[m.name for m in panel], strategy="peer_review", chairman="demo/alpha",
+        description="MOCK (offline demo): three scripted models answer, rank each other blind, a chairman fuses",
+    )]
+    debates = [DebateConfig(
+        name="demo-panel", models=[m.name for m in panel], rounds=3,
+        description="MOCK (offline demo): a scripted expert panel debates, converges and synthesises",
+    )]
+    return GatewayConfig(models=[*models, *panel], groups=groups, ensembles=ensembles, debates=debates)
+
+
+# The demo panel's scripted replies: what each step of an ensemble or a debate asks for.
+_DEMO_RULES: list[dict[str, Any]] = [
+    {"match": r"FINAL RANKING:", "reply": "Response A is more complete and concrete; Response B is thinner.\n\n"
+                                          "FINAL RANKING:\n1. Response A\n2. Response B"},
+    {"match": r"Several anonymous experts answered", "reply":
+        "Start with a managed PostgreSQL database and one well-tested service; add a cache only where "
+        "measurements show it pays. This keeps operations simple while leaving room to scale."},
+    {"match": r"Classify this question", "reply":
+        '{"domains": ["software architecture", "operations"], "kind": "decision", "needs": ["trade-offs"]}'},
+    {"match": r"How much do they agree", "replies": ['{"agreement": 0.55}', '{"agreement": 0.9}']},
+    {"match": r"pose one short follow-up", "reply": "What would make you change your recommendation?"},
+    {"match": r"STANCE: revise", "reply": "STANCE: revise\nAgreed on starting simple; measure before adding parts."},
+    {"match": r"write the final answer for the person who asked", "reply":
+        "## Answer\nStart simple and measure.\n## Points of agreement\n- Keep operations small.\n"
+        "## Remaining disagreements\n- How early to add a cache.\n## Confidence\nModerate (scripted demo)."},
+    {"match": r"Turn it into a plan", "reply":
+        "# Plan\n## Goal\nShip v1.\n## Context\nDemo.\n## Approach\nStart simple.\n## Risks\n- Load: measure.\n"
+        "## Milestones\n1. Prototype running."},
+    {"match": r"Write the task list", "reply":
+        "# Tasks\n1. Set up the database. **Owner role**: engineer. **Depends on**: none. "
+        "**Acceptance criteria**: migrations run."},
+]
+_DEMO_PANEL = [
+    ("alpha", "pragmatic", 0.2, "Use PostgreSQL and a single service first; it is simple to run and to change."),
+    ("beta", "cautious", 0.35, "Begin with SQLite for the prototype, then move to PostgreSQL when traffic grows."),
+    ("gamma", "ambitious", 0.5, "Plan for scale now: PostgreSQL, Redis for caching and a queue for slow work."),
+]
 
 
 def merge(base: GatewayConfig, extra: GatewayConfig) -> GatewayConfig:
-    return GatewayConfig(
-        models=[*base.models, *extra.models],
-        groups=[*base.groups, *extra.groups],
-        aliases={**base.aliases, **extra.aliases},
-        router=base.router,
-    )
+    """``base`` with ``extra``'s models, groups, aliases, ensembles, debates and personas added."""
+    return GatewayConfig.model_validate({
+        **base.model_dump(), "models": [*base.models, *extra.models], "groups": [*base.groups, *extra.groups],
+        "aliases": {**base.aliases, **extra.aliases}, "ensembles": [*base.ensembles, *extra.ensembles],
+        "debates": [*base.debates, *extra.debates], "personas": [*base.personas, *extra.personas],
+    })

@@ -24,6 +24,7 @@ __all__ = [
     "PermissionDeniedError",
     "ProviderError",
     "RateLimitError",
+    "RunFailedError",
     "ThinktankError",
     "UpstreamAuthError",
     "UpstreamBadRequestError",
@@ -192,3 +193,11 @@ class DeadlineExceededError(ProviderError):
     status = 504
     type = "timeout_error"
     code = "deadline_exceeded"
+
+
+class RunFailedError(ThinktankError):
+    """An ensemble or debate could not produce an answer (e.g. every member failed); the run is kept."""
+
+    status = 502
+    type = "upstream_error"
+    code = "run_failed"

@@ -80,3 +80,74 @@ def test_bad_options_name_the_field(ctx: ProviderContext) -> None:
         mock(ctx, fail_rate=3)
     with pytest.raises(ConfigError, match=r"options.colour"):
         mock(ctx, colour="red")
+
+
+def conversation(system: str, user: str) -> ChatRequest:
+    return ChatRequest.model_validate(
+        {"model": "m", "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+    )
+
+
+async def reply(m: MockProvider, request: ChatRequest) -> str | None:
+    return (await m.complete(request)).choices[0].message.content
+
+
+async def test_rule_matches_text_of_a_system_message(ctx: ProviderContext) -> None:
+    m = mock(ctx, rules=[{"match": r"security\s+ENGINEER", "reply": "patch it"}])
+    assert await reply(m, conversation("You are a Security engineer.", "what now?")) == "patch it"
+    assert await reply(m, conversation("You are a historian.", "what now?")) == "[mock m] You said: what now?"
+
+
+async def test_rule_regex_spans_messages_with_dotall(ctx: ProviderContext) -> None:
+    m = mock(ctx, rules=[{"match": r"critic.*round 2", "reply": "second round"}])
+    assert await reply(m, conversation("You are the critic.", "This is round 2.")) == "second round"
+
+
+async def test_first_matching_rule_wins(ctx: ProviderContext) -> None:
+    m = mock(
+        ctx,
+        rules=[
+            {"match": "nothing-here", "reply": "never"},
+            {"match": "budget", "reply": "first"},
+            {"match": "budget|cost", "reply": "second"},
+        ],
+    )
+    assert await reply(m, req("the budget is tight")) == "first"
+    assert await reply(m, req("the cost is high")) == "second"
+
+
+async def test_replies_cycle_within_a_rule(ctx: ProviderContext) -> None:
+    m = mock(ctx, rules=[{"match": "a", "replies": ["x", "y"]}, {"match": "b", "replies": ["p", "q", "r"]}])
+    texts = [await reply(m, req(t)) for t in ["a", "b", "a", "b", "a", "b", "b"]]
+    assert texts == ["x", "p", "y", "q", "x", "r", "p"]
+
+
+async def test_unmatched_prompt_falls_back_to_replies_then_echo(ctx: ProviderContext) -> None:
+    m = mock(ctx, rules=[{"match": "^zzz$", "reply": "rule"}], replies=["one", "two"])
+    assert [await reply(m, req("hello")) for _ in range(3)] == ["one", "two", "one"]
+    assert await reply(m, req("zzz")) == "rule"
+    assert await reply(m, req("hello")) == "two"
+    echo = mock(ctx, rules=[{"match": "^zzz$", "reply": "rule"}])
+    assert await reply(echo, req("hello")) == "[mock m] You said: hello"
+
+
+def test_invalid_rule_regex_names_model_and_field(ctx: ProviderContext) -> None:
+    with pytest.raises(ConfigError, match=r"model 'm': options\.rules\[1\]\.match: invalid regular expression"):
+        mock(ctx, rules=[{"match": "ok", "reply": "x"}, {"match": "(unclosed", "reply": "y"}])
+
+
+def test_rule_needs_exactly_one_of_reply_and_replies(ctx: ProviderContext) -> None:
+    with pytest.raises(ConfigError, match=r"model 'm': options\.rules\.0: .*exactly one of 'reply' or 'replies'"):
+        mock(ctx, rules=[{"match": "x"}])
+    with pytest.raises(ConfigError, match=r"exactly one of 'reply' or 'replies'"):
+        mock(ctx, rules=[{"match": "x", "reply": "a", "replies": ["b"]}])
+    with pytest.raises(ConfigError, match=r"options\.rules\.0\.colour"):
+        mock(ctx, rules=[{"match": "x", "reply": "a", "colour": "red"}])
+
+
+async def test_stream_uses_the_matching_rule(ctx: ProviderContext) -> None:
+    m = mock(ctx, rules=[{"match": "expert", "replies": ["alpha beta gamma", "delta"]}])
+    first = [c async for c in m.stream(conversation("You are an expert.", "go"))]
+    second = [c async for c in m.stream(conversation("You are an expert.", "go"))]
+    assert "".join(c.choices[0].delta.content or "" for c in first if c.choices) == "alpha beta gamma"
+    assert "".join(c.choices[0].delta.content or "" for c in second if c.choices) == "delta"

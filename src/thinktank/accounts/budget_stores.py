@@ -35,7 +35,7 @@ __all__ = [
     "period_reset_in",
 ]
 
-Scope = Literal["key", "user", "team", "global"]
+Scope = Literal["key", "user", "team", "global", "run"]
 Period = Literal["day", "month", "total"]
 
 EPSILON = 1e-9

@@ -75,17 +75,22 @@ class Admission:
     started: float
     request_id: str
 
-    async def finish(self, status: int, *, stream: bool = False) -> None:
+    async def finish(self, status: int, *, stream: bool = False, cache_hit: bool = False) -> None:
+        """Record the request once (an ensemble or debate: all its calls together)."""
         gate = self.gate
-        record = self.ctx.records[-1] if self.ctx.records else None
-        tokens = (record.prompt_tokens + record.completion_tokens) if record else 0
+        records = self.ctx.records
+        if len(records) == 1:
+            prompt, completion = records[0].prompt_tokens, records[0].completion_tokens
+        else:
+            prompt = sum(r.prompt_tokens for r in records)
+            completion = sum(r.completion_tokens for r in records)
+        tokens = prompt + completion
         gate.usage.record(UsageEvent(
             request_id=self.request_id, ts=gate.clock.time(), user_id=self.principal.user_id,
-            key_id=self.principal.key_id, model=self.model, deployment=record.deployment if record else None,
-            prompt_tokens=record.prompt_tokens if record else 0,
-            completion_tokens=record.completion_tokens if record else 0,
-            cost_usd=sum(r.cost for r in self.ctx.records),
+            key_id=self.principal.key_id, model=self.model, deployment=records[-1].deployment if records else None,
+            prompt_tokens=prompt, completion_tokens=completion, cost_usd=sum(r.cost for r in records),
             latency_ms=(gate.clock.monotonic() - self.started) * 1000, status=status, stream=stream,
+            cache_hit=cache_hit,
         ))
         if tokens > self.estimated_tokens:
             await gate.limiter.add_tokens(self.subject, tokens - self.estimated_tokens)

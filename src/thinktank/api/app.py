@@ -111,11 +111,15 @@ def build_state(settings: Settings, router: Router, admin_key: AdminKey, http: H
     ledger = BudgetLedger(store, clock)
     usage_writer = UsageWriter(db, clock)
     gate = Gate(limiter, ledger, usage_writer, clock, global_daily_budget=settings.global_daily_budget_usd)
+    from ..deliberation.service import Deliberation
+    from ..deliberation.store import RunStore
+
+    deliberation = Deliberation(router.config, router, RunStore(db), clock)
     return AppState(
         settings=settings, router=router, admin_key=admin_key, http=http, db=db, auth=auth,
         users=UserService(db, clock, PasswordHashing(), auth), keys=KeyService(db, clock, auth),
         usage_writer=usage_writer, usage_query=UsageQuery(db), limiter=limiter, ledger=ledger, gate=gate,
-        clock=clock,
+        deliberation=deliberation, clock=clock,
     )
 
 
@@ -131,12 +135,14 @@ async def _start(state: AppState) -> None:
         log.info("created the admin user %s", s.admin_email)
     state.usage_writer.start()
     state.ledger.start()
+    state.deliberation.start_background()
     # Everything loaded so far lives as long as the process: keep it out of the garbage
     # collector's way (a full collection would otherwise walk ~130k objects again and again).
     gc.freeze()
 
 
 async def _stop(state: AppState) -> None:
+    await state.deliberation.close()  # runs still going end as cancelled, settled and recorded
     await state.ledger.close()
     await state.usage_writer.close()
     await state.limiter.close()
@@ -167,9 +173,9 @@ def _fastapi_app(state: AppState) -> FastAPI:
 
     app = FastAPI(title="thinktank", version=__version__, lifespan=lifespan, redoc_url=None)
     app.state.thinktank = state
-    from .routes import accounts, keys, usage
+    from .routes import accounts, keys, runs, usage
 
-    for module in (accounts, keys, usage):
+    for module in (accounts, keys, usage, runs):
         app.include_router(module.router)
 
     @app.exception_handler(StarletteHTTPException)

@@ -92,7 +92,7 @@ async def send_json(send: Send, status: int, data: Any, headers: list[tuple[byte
     await send_bytes(send, status, orjson.dumps(data), headers)
 
 
-async def send_error(send: Send, error: ThinktankError) -> None:
+async def send_error(send: Send, error: ThinktankError, extra: list[tuple[bytes, bytes]] | None = None) -> None:
     status = error.status if error.status >= 400 else 500
-    headers = [(k.lower().encode(), v.encode()) for k, v in error.headers().items()]
+    headers = [(k.lower().encode(), v.encode()) for k, v in error.headers().items()] + (extra or [])
     await send_json(send, status, error.to_body(), headers)

@@ -13,9 +13,29 @@ from pydantic import BaseModel, ValidationError
 
 from ..accounts.gate import Admission
 from ..accounts.principal import Principal
-from ..errors import InvalidRequestError, ModelNotFoundError, ProviderError, ThinktankError
+from ..deliberation.runs import LiveRun
+from ..deliberation.service import RunOptions
+from ..errors import (
+    ConflictError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ProviderError,
+    RateLimitError,
+    RunFailedError,
+    ThinktankError,
+)
 from ..gateway.tokens import estimate_request_tokens
-from ..types import ChatChunk, ChatRequest, EmbeddingRequest
+from ..types import (
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    Choice,
+    ChunkChoice,
+    Delta,
+    EmbeddingRequest,
+    ResponseMessage,
+    Usage,
+)
 from .asgi import Receive, Scope, Send, bearer_token, header, read_body, send_bytes, send_error, send_json
 from .state import AppState
 
@@ -119,6 +139,11 @@ class OpenAIHandlers:
             request, admission = await self._admit(
                 scope, receive, ChatRequest, lambda r: estimate_request_tokens(r) + (r.output_limit() or 0)
             )
+            if request.model.startswith(("ensemble/", "debate/")):
+                run = await self._deliberate(scope, request, admission)
+                admission = None  # the run owns it now and records it when it ends
+                await self._send_run(run, request, send)
+                return
             if request.stream:
                 await self._stream(request, admission, receive, send)
                 return
@@ -132,6 +157,66 @@ class OpenAIHandlers:
         if response.served_by:
             headers.append((b"x-thinktank-deployment", response.served_by.encode()))
         await send_bytes(send, 200, response.__pydantic_serializer__.to_json(response), headers)
+
+    async def _deliberate(self, scope: Scope, request: ChatRequest, admission: Admission) -> LiveRun:
+        service = self.state.deliberation
+        kind, name = request.model.split("/", 1)
+        cfg = service.resolve("ensemble" if kind == "ensemble" else "debate", name, {})
+        service.check_access(admission.principal, cfg)
+        allow = header(scope, b"x-thinktank-cache")
+        cache = (request.model_extra or {}).get("cache") is True or (allow is not None and allow.lower() in
+                                                                     (b"allow", b"true", b"1"))
+        return await service.start(
+            "ensemble" if kind == "ensemble" else "debate", cfg, principal=admission.principal, admission=admission,
+            messages=request.messages, options=RunOptions(
+                cache=cache, max_tokens=request.output_limit(), temperature=request.temperature),
+        )
+
+    async def _send_run(self, run: LiveRun, request: ChatRequest, send: Send) -> None:
+        """The run's final answer in OpenAI shape; streamed, the synthesis as it is written."""
+        headers = [(b"x-thinktank-run-id", run.id.encode())]
+        cid, created = f"chatcmpl-{run.id}", int(run.created_at)
+        if not request.stream:
+            await self.state.deliberation.wait(run)
+            if run.status != "completed":
+                await send_error(send, _run_error(run), headers)
+                return
+            answer = (run.result or {}).get("answer") or ""
+            body = ChatResponse(
+                id=cid, created=created, model=request.model,
+                choices=[Choice(index=0, message=ResponseMessage(content=answer), finish_reason="stop")],
+                usage=_run_usage(run),
+            )
+            headers.append((b"x-thinktank-cost-usd", f"{run.cost:.10f}".encode()))
+            await send_bytes(send, 200, body.__pydantic_serializer__.to_json(body, exclude_none=True), headers)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"), *headers,
+        ]})
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        first = True
+        async for event in run.follow(0):
+            if event.type == "synthesis_token" and event.data.get("text"):
+                delta = Delta(role="assistant", content=event.data["text"]) if first else Delta(
+                    content=event.data["text"])
+                first = False
+                chunk = ChatChunk(id=cid, created=created, model=request.model, choices=[ChunkChoice(delta=delta)])
+                await _send_event(send, chunk.__pydantic_serializer__.to_json(chunk, exclude_none=True))
+            elif event.type == "stage_started":
+                # Progress while members and judges work (comments: OpenAI clients skip them).
+                await send({"type": "http.response.body", "body": b": stage " + str(event.data.get("stage", ""))
+                            .encode() + b"\n\n", "more_body": True})
+        if run.status == "completed":
+            end = ChatChunk(id=cid, created=created, model=request.model,
+                            choices=[ChunkChoice(delta=Delta(), finish_reason="stop")])
+            await _send_event(send, end.__pydantic_serializer__.to_json(end, exclude_none=True))
+            if include_usage:
+                use = ChatChunk(id=cid, created=created, model=request.model, choices=[], usage=_run_usage(run))
+                await _send_event(send, use.__pydantic_serializer__.to_json(use, exclude_none=True))
+        else:
+            await _send_event(send, orjson.dumps(_run_error(run).to_body()))
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
     async def _stream(self, request: ChatRequest, admission: Admission, receive: Receive, send: Send) -> None:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
@@ -225,6 +310,11 @@ class OpenAIHandlers:
              **({"description": m.description} if m.description else {})}
             for m in self.state.router.models()
             if principal.may_use(m.id)
+        ] + [
+            {"id": mid, "object": "model", "created": created, "owned_by": "thinktank", "thinktank_kind": kind,
+             **({"description": d} if d else {})}
+            for mid, kind, d in self.state.deliberation.models()
+            if principal.may_use(mid)
         ]
 
     async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -242,6 +332,23 @@ class OpenAIHandlers:
             await send_json(send, 200, found)
         except ThinktankError as exc:
             await send_error(send, exc)
+
+
+def _run_error(run: LiveRun) -> ThinktankError:
+    if run.status == "budget_exceeded":
+        return RateLimitError(run.error or "Budget exceeded.", retry_after=0.0, code="budget_exceeded")
+    if run.status == "cancelled":
+        return ConflictError(run.error or "The run was cancelled.", code="run_cancelled")
+    return RunFailedError(f"{run.error or 'The run failed.'} (run {run.id})")
+
+
+def _run_usage(run: LiveRun) -> Usage:
+    return Usage(prompt_tokens=run.prompt_tokens, completion_tokens=run.completion_tokens,
+                 total_tokens=run.prompt_tokens + run.completion_tokens, cost=round(run.cost, 10))
+
+
+async def _send_event(send: Send, data: bytes) -> None:
+    await send({"type": "http.response.body", "body": b"data: " + data + b"\n\n", "more_body": True})
 
 
 def _ip(scope: Scope) -> str | None:

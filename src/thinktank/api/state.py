@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ..accounts.ratelimit import RateLimiter
     from ..accounts.usage import UsageQuery, UsageWriter
     from ..accounts.users import UserService
+    from ..deliberation.service import Deliberation
     from ..store.db import Database
 
 __all__ = ["AppState"]
@@ -39,6 +40,7 @@ class AppState:
     limiter: RateLimiter
     ledger: BudgetLedger
     gate: Gate
+    deliberation: Deliberation
     clock: Clock = field(default_factory=SystemClock)
     started_at: float = 0.0
     ready: bool = False

@@ -2,7 +2,12 @@
 
 Options (the deployment's ``options`` mapping)::
 
-    replies: ["first answer", "second answer"]   # cycled; default: echo the last user message
+    rules:                # first rule whose regex matches the whole prompt answers
+      - match: "security|threat"   # re.search, case-insensitive, ``.`` matches newlines
+        reply: "a fixed answer"
+      - match: "round 2.*critique"
+        replies: ["a", "b"]        # cycled per rule
+    replies: ["first answer", "second answer"]   # cycled when no rule matches; default: echo the last user message
     latency: 0.2          # seconds before the answer (through the injected clock)
     chunk_delay: 0.02     # seconds between streamed words
     fail_first: 2         # the first N calls fail ...
@@ -10,6 +15,9 @@ Options (the deployment's ``options`` mapping)::
     fail_status: 503      # how they fail (429 and 5xx are retryable)
     retry_after: 1.5      # Retry-After carried by a failing 429
     seed: 0
+
+A rule's ``match`` is searched in the whole prompt: every message's text (system messages
+included) joined with newlines. An invalid regex is a ConfigError naming ``options.rules[i].match``.
 
 Every request is recorded in ``requests`` so a test can assert exactly what the model was sent.
 """
@@ -20,11 +28,12 @@ import hashlib
 import itertools
 import math
 import random
+import re
 import struct
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..config import DeploymentConfig
 from ..errors import ConfigError
@@ -47,12 +56,36 @@ from ..types import (
 from . import _http
 from .base import ProviderContext
 
-__all__ = ["MockOptions", "MockProvider"]
+__all__ = ["MockOptions", "MockProvider", "MockRule"]
+
+
+class MockRule(BaseModel):
+    """One scripted answer: when ``match`` (a Python regex) is found in the prompt, answer with
+    ``reply``, or with ``replies`` cycled per rule. Exactly one of the two is given."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    match: str
+    reply: str | None = None
+    replies: list[str] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _exactly_one_answer(self) -> MockRule:
+        if (self.reply is None) == (self.replies is None):
+            raise ValueError("give exactly one of 'reply' or 'replies'")
+        return self
+
+    def answers(self) -> list[str]:
+        """The rule's answers in cycling order."""
+        return [self.reply] if self.reply is not None else list(self.replies or ())
 
 
 class MockOptions(BaseModel):
+    """The mock deployment's ``options``; see the module docstring."""
+
     model_config = ConfigDict(extra="forbid")
 
+    rules: list[MockRule] = Field(default_factory=list)
     replies: list[str] = Field(default_factory=list)
     latency: float = Field(default=0.0, ge=0)
     chunk_delay: float = Field(default=0.0, ge=0)
@@ -75,6 +108,15 @@ class MockProvider:
             first = exc.errors(include_url=False)[0]
             field = ".".join(str(x) for x in first["loc"])
             raise ConfigError(f"model '{deployment.name}': options.{field}: {first['msg']}") from None
+        self._rules: list[tuple[re.Pattern[str], Iterator[str]]] = []
+        for i, rule in enumerate(self.options.rules):
+            try:
+                pattern = re.compile(rule.match, re.IGNORECASE | re.DOTALL)
+            except re.error as exc:
+                raise ConfigError(
+                    f"model '{deployment.name}': options.rules[{i}].match: invalid regular expression: {exc}"
+                ) from None
+            self._rules.append((pattern, itertools.cycle(rule.answers())))
         self._replies = itertools.cycle(self.options.replies) if self.options.replies else None
         self._rng = random.Random(self.options.seed)
         self.calls = 0
@@ -103,6 +145,11 @@ class MockProvider:
             )
 
     def _reply_text(self, request: ChatRequest) -> str:
+        if self._rules:
+            prompt = "\n".join(message_text(m) for m in request.messages)
+            for pattern, answers in self._rules:
+                if pattern.search(prompt):
+                    return next(answers)
         if self._replies is not None:
             return next(self._replies)
         last = next((m for m in reversed(request.messages) if m.role == "user"), request.messages[-1])

@@ -9,10 +9,13 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["ApiKey", "Base", "BudgetRow", "Session", "Team", "UsageRow", "User", "new_id"]
+__all__ = [
+    "ApiKey", "Base", "BudgetRow", "Comparison", "Run", "RunCall", "RunDocument", "RunEvent", "Session", "Team",
+    "UsageRow", "User", "new_id",
+]
 
 SYSTEM_USER_ID = "usr_system"
 """The owner of what the admin key creates; it has no password and cannot log in."""
@@ -125,3 +128,105 @@ class UsageRow(Base):
     status: Mapped[int] = mapped_column(Integer)
     cache_hit: Mapped[bool] = mapped_column(Boolean, default=False)
     stream: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Run(Base):
+    """An ensemble or a debate: its request, configuration, status and result, owned by a user."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        Index("ix_runs_user_created", "user_id", "created_at"),
+        Index("ix_runs_cache", "user_id", "cache_key", "finished_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(32))
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))
+    """``ensemble`` or ``debate``."""
+    name: Mapped[str] = mapped_column(String(256))
+    status: Mapped[str] = mapped_column(String(24))
+    """running, completed, failed, cancelled or budget_exceeded."""
+    question: Mapped[str] = mapped_column(Text)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    tags: Mapped[list[str] | None] = mapped_column(JSON)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cache_key: Mapped[str | None] = mapped_column(String(64))
+    cached_from: Mapped[str | None] = mapped_column(String(32))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+
+
+class RunCall(Base):
+    """One model call made by a run (failed ones too)."""
+
+    __tablename__ = "run_calls"
+    __table_args__ = (Index("ix_run_calls_run", "run_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    stage: Mapped[str] = mapped_column(String(32))
+    role: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(String(256))
+    deployment: Mapped[str | None] = mapped_column(String(256))
+    prompt: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    answer: Mapped[str | None] = mapped_column(Text)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(Text)
+    ts: Mapped[float] = mapped_column(Float)
+
+
+class RunEvent(Base):
+    """The typed events of a run, in order; replayed to clients that reconnect."""
+
+    __tablename__ = "run_events"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ts: Mapped[float] = mapped_column(Float)
+    type: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class RunDocument(Base):
+    """A document a run produced (``plan.md``, ``tasks.md``)."""
+
+    __tablename__ = "run_documents"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    content: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Comparison(Base):
+    """One pairwise outcome from a user's feedback, for the leaderboard (1 = a won, 0 = b won, 0.5 tie)."""
+
+    __tablename__ = "comparisons"
+    __table_args__ = (
+        UniqueConstraint("run_id", "user_id", "target", "model_a", "model_b", name="uq_comparison"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))
+    """``vote`` (thumbs up/down on one answer) or ``arena`` (the better of two, blind)."""
+    target: Mapped[str] = mapped_column(String(64))
+    model_a: Mapped[str] = mapped_column(String(256))
+    model_b: Mapped[str] = mapped_column(String(256))
+    outcome: Mapped[float] = mapped_column(Float)
+    tags: Mapped[list[str] | None] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float)

@@ -1,0 +1,1 @@
+"""Ensemble and debate deliberation: ranking math and judge-reply parsing."""

@@ -1,0 +1,261 @@
+"""Runs: multi-step work (an ensemble, a debate) as a persisted record with typed events.
+
+A :class:`LiveRun` is what a runner works on: every model call goes through :meth:`LiveRun.call`
+(routed, budgeted and costed by the router, recorded with its prompt, answer, tokens, cost,
+latency or error) and every step is an :class:`Event`. Subscribers (SSE clients) read the
+events as they happen; :class:`RunStore` persists them for replay and for ``GET /runs/{id}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+from ..accounts.budgets import BudgetExceededError
+from ..clock import Clock
+from ..errors import ThinktankError, UpstreamTimeoutError
+from ..gateway.context import CallContext
+from ..gateway.router import Router
+from ..types import ChatRequest, Message
+
+__all__ = ["CallRecord", "Event", "EventType", "LiveRun", "Reply", "RunStatus"]
+
+EventType = Literal[
+    "run_started", "stage_started", "stage_finished", "model_answered", "model_failed", "review",
+    "ranking", "round", "convergence", "follow_up", "panel", "analysis", "synthesis_token", "document",
+    "cost", "cache_hit", "done", "error",
+]
+RunStatus = Literal["running", "completed", "failed", "cancelled", "budget_exceeded"]
+FINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled", "budget_exceeded"})
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    seq: int
+    ts: float
+    type: str
+    data: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "ts": self.ts, "type": self.type, "data": self.data}
+
+    def sse(self) -> bytes:
+        """One server-sent event; its id is the sequence number a client resumes from."""
+        payload = orjson.dumps({"seq": self.seq, "ts": self.ts, "type": self.type, **self.data})
+        return b"id: %d\nevent: %s\ndata: %s\n\n" % (self.seq, self.type.encode(), payload)
+
+
+@dataclass(slots=True)
+class CallRecord:
+    seq: int
+    stage: str
+    role: str
+    model: str
+    prompt: list[dict[str, Any]]
+    ts: float
+    deployment: str | None = None
+    answer: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    text: str
+    model: str
+    deployment: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    latency: float
+
+
+@dataclass
+class LiveRun:
+    """A run being executed in this process."""
+
+    id: str
+    user_id: str
+    key_id: str | None
+    kind: str
+    name: str
+    question: str
+    request: dict[str, Any]
+    config: dict[str, Any]
+    ctx: CallContext
+    router: Router
+    clock: Clock
+    tags: list[str] = field(default_factory=list)
+    status: str = "running"
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    partial: dict[str, Any] = field(default_factory=dict)
+    """What a runner has produced so far: kept as the result when the run stops early."""
+    documents: dict[str, str] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    calls: list[CallRecord] = field(default_factory=list)
+    cost: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    stage_costs: dict[str, float] = field(default_factory=dict)
+    created_at: float = 0.0
+    finished_at: float | None = None
+    cache_key: str | None = None
+    cached_from: str | None = None
+    saved_events: int = 0
+    saved_calls: int = 0
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    # -- events ----------------------------------------------------------------------------------
+    def emit(self, type_: EventType, **data: Any) -> Event:
+        event = Event(len(self.events) + 1, self.clock.time(), type_, data)
+        self.events.append(event)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        return event
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINAL
+
+    async def follow(self, after: int = 0) -> AsyncIterator[Event]:
+        """The events after ``after`` and then each new one as it happens, until the run ends."""
+        while True:
+            waiter = self._changed
+            while after < len(self.events):
+                after += 1
+                yield self.events[after - 1]
+            if self.finished:
+                return
+            await waiter.wait()
+
+    @contextlib.asynccontextmanager
+    async def stage(self, name: str, **data: Any) -> AsyncIterator[None]:
+        """``stage_started`` / ``stage_finished`` around a step, with what the step cost."""
+        self.emit("stage_started", stage=name, **data)
+        before = self.stage_costs.get(name, 0.0)
+        started = self.clock.monotonic()
+        yield
+        self.emit(
+            "stage_finished", stage=name, cost_usd=round(self.stage_costs.get(name, 0.0) - before, 10),
+            seconds=round(self.clock.monotonic() - started, 4),
+        )
+
+    # -- model calls -----------------------------------------------------------------------------
+    async def call(
+        self,
+        stage: str,
+        role: str,
+        model: str,
+        messages: list[Message],
+        *,
+        timeout: float,  # noqa: ASYNC109 - each call's own limit, applied inside
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        on_text: Callable[[str], object] | None = None,
+        announce: bool = True,
+        label: str | None = None,
+    ) -> Reply:
+        """One routed call, recorded whatever happens. ``on_text`` streams the answer as it comes.
+
+        A failure is recorded, announced (``model_failed``) and raised as a ThinktankError; a
+        budget refusal is raised as BudgetExceededError so the run stops.
+        """
+        record = CallRecord(
+            len(self.calls) + 1, stage, role, model,
+            [m.model_dump(exclude_none=True) for m in messages], self.clock.time(),
+        )
+        self.calls.append(record)
+        request = ChatRequest(model=model, messages=messages, max_tokens=max_tokens, temperature=temperature,
+                              stream=on_text is not None)
+        ctx = CallContext(meter=self.ctx.meter, principal=self.ctx.principal)
+        started = self.clock.monotonic()
+        who = {"role": role, "model": model} if label is None else {"role": role, "label": label}
+        try:
+            async with asyncio.timeout(timeout):
+                if on_text is None:
+                    response = await self.router.complete(request, ctx)
+                    text = response.choices[0].message.content or "" if response.choices else ""
+                else:
+                    parts: list[str] = []
+                    async for chunk in self.router.stream(request, ctx):
+                        for choice in chunk.choices:
+                            if choice.delta.content:
+                                parts.append(choice.delta.content)
+                                on_text(choice.delta.content)
+                    text = "".join(parts)
+        except TimeoutError:
+            error: ThinktankError = UpstreamTimeoutError(f"{model} gave no answer within {timeout:g} s")
+            self._failed(record, ctx, started, error, who, stage, announce)
+            raise error from None
+        except BudgetExceededError as exc:
+            self._failed(record, ctx, started, exc, who, stage, announce)
+            raise
+        except ThinktankError as exc:
+            self._failed(record, ctx, started, exc, who, stage, announce)
+            raise
+        latency = self.clock.monotonic() - started
+        self._account(record, ctx, stage)
+        record.answer = text
+        record.latency_ms = round(latency * 1000, 3)
+        if announce:
+            self.emit("model_answered", stage=stage, **who, latency_ms=record.latency_ms,
+                      tokens=record.prompt_tokens + record.completion_tokens, cost_usd=record.cost_usd)
+        return Reply(text, model, record.deployment, record.prompt_tokens, record.completion_tokens,
+                     record.cost_usd, latency)
+
+    def _account(self, record: CallRecord, ctx: CallContext, stage: str) -> None:
+        """Costs come from the router's accounting (``ctx.records``), the one place they are computed."""
+        for usage in ctx.records:
+            record.deployment = usage.deployment
+            record.prompt_tokens += usage.prompt_tokens
+            record.completion_tokens += usage.completion_tokens
+            record.cost_usd += usage.cost
+        self.ctx.records.extend(ctx.records)
+        if ctx.records:
+            self.cost += record.cost_usd
+            self.prompt_tokens += record.prompt_tokens
+            self.completion_tokens += record.completion_tokens
+            self.stage_costs[stage] = self.stage_costs.get(stage, 0.0) + record.cost_usd
+            self.emit("cost", cost_usd=round(self.cost, 10), stage=stage)
+
+    def _failed(
+        self, record: CallRecord, ctx: CallContext, started: float, exc: ThinktankError, who: dict[str, str],
+        stage: str, announce: bool,
+    ) -> None:
+        self._account(record, ctx, stage)  # a stream cut short still cost something
+        record.error = exc.message
+        record.latency_ms = round((self.clock.monotonic() - started) * 1000, 3)
+        if announce:
+            self.emit("model_failed", stage=stage, **who, error=exc.message, status=exc.status)
+
+    # -- the record ------------------------------------------------------------------------------
+    def record(self) -> dict[str, Any]:
+        """The whole run as ``GET /api/v1/runs/{id}`` shows it."""
+        return {
+            "id": self.id, "kind": self.kind, "name": self.name, "status": self.status,
+            "question": self.question, "request": self.request, "config": self.config, "tags": self.tags,
+            "result": self.result if self.result is not None else (self.partial or None), "error": self.error,
+            "cost_usd": round(self.cost, 10), "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens, "cost_by_stage": self.stage_costs,
+            "created_at": self.created_at, "finished_at": self.finished_at, "cached_from": self.cached_from,
+            "documents": sorted(self.documents), "calls": [call_dict(c) for c in self.calls],
+            "events": len(self.events),
+        }
+
+
+def call_dict(c: CallRecord) -> dict[str, Any]:
+    return {
+        "seq": c.seq, "stage": c.stage, "role": c.role, "model": c.model, "deployment": c.deployment,
+        "prompt": c.prompt, "answer": c.answer, "prompt_tokens": c.prompt_tokens,
+        "completion_tokens": c.completion_tokens, "cost_usd": c.cost_usd, "latency_ms": c.latency_ms,
+        "error": c.error, "ts": c.ts,
+    }

@@ -1,0 +1,487 @@
+"""The deliberation service: configured ensembles and debates, runs started, followed, cancelled.
+
+One instance per app (built by the app factory). A run executes as a task of its own, so it
+goes on when the client that started it disconnects; its events are saved every
+``save_interval`` seconds and at the end, which also picks up cancellations asked for through
+another process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import random
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from pydantic import ValidationError
+
+from ..accounts.budget_stores import BudgetSpec
+from ..accounts.budgets import BudgetExceededError
+from ..accounts.gate import PROMPT_SAFETY, Admission
+from ..accounts.principal import Principal
+from ..clock import Clock
+from ..config import DebateConfig, EnsembleConfig, GatewayConfig
+from ..errors import (
+    ConflictError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    NotFoundError,
+    ThinktankError,
+)
+from ..gateway.context import Hold, Meter
+from ..gateway.router import Router
+from ..gateway.strategies import Deployment
+from ..store.tables import new_id
+from ..types import Message
+from .debate import DebateRunner
+from .ensemble import EnsembleRunner, last_question
+from .personas import LIBRARY, Persona
+from .runs import Event, LiveRun
+from .store import RunStore
+
+__all__ = ["Deliberation", "Kind", "RunOptions", "redact"]
+
+log = logging.getLogger("thinktank.deliberation")
+
+Kind = Literal["ensemble", "debate"]
+_STATUS_CODE = {"completed": 200, "failed": 502, "budget_exceeded": 429, "cancelled": 499}
+
+
+@dataclass
+class RunOptions:
+    cache: bool = False
+    tags: list[str] = field(default_factory=list)
+    arena: bool = False
+    max_cost_usd: float | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+
+
+class _CapHold:
+    def __init__(self, cap: _RunCap, amount: float, inner: Hold | None) -> None:
+        self._cap, self._amount, self._inner = cap, amount, inner
+
+    async def settle(self, cost: float) -> None:
+        self._cap.held -= self._amount
+        if self._inner is not None:
+            await self._inner.settle(cost)
+
+    async def release(self) -> None:
+        self._cap.held -= self._amount
+        if self._inner is not None:
+            await self._inner.release()
+
+
+class _RunCap:
+    """The run's own ``max_cost_usd``, checked before every call like any budget, then the caller's."""
+
+    def __init__(self, inner: Meter | None, limit: float, run: LiveRun, default_output: int) -> None:
+        self._inner, self._limit, self._run, self._default_output = inner, limit, run, default_output
+        self.held = 0.0
+
+    async def reserve(self, deployment: Deployment, prompt_tokens: int, output_tokens: int | None) -> Hold:
+        worst = deployment.price.cost(math.ceil(prompt_tokens * PROMPT_SAFETY), output_tokens or self._default_output)
+        remaining = self._limit - self._run.cost - self.held
+        if worst > remaining:
+            spec = BudgetSpec("run", self._run.id, self._limit, "total", f"run {self._run.id} (max_cost_usd)")
+            raise BudgetExceededError(spec, amount=worst, remaining=remaining, retry_after=0)
+        self.held += worst
+        try:
+            inner = await self._inner.reserve(deployment, prompt_tokens, output_tokens) if self._inner else None
+        except BaseException:
+            self.held -= worst
+            raise
+        return _CapHold(self, worst, inner)
+
+
+def redact(record: dict[str, Any]) -> dict[str, Any]:
+    """A blind arena run before the vote: which model wrote which answer stays hidden."""
+    result = record.get("result") or {}
+    if not result.get("arena") or result.get("revealed"):
+        return record
+    out = dict(record)
+    out["result"] = {**result, "answers": [{k: v for k, v in a.items() if k != "model"} for a in result["answers"]],
+                     "failed": [{k: v for k, v in f.items() if k != "model"} for f in result.get("failed", [])]}
+    out["calls"] = [
+        {**c, "model": "hidden", "deployment": None} if c.get("stage") == "answer" else c
+        for c in record.get("calls", [])
+    ]
+    out["config"] = {**record.get("config", {}), "members": "hidden until you vote"}
+    return out
+
+
+class Deliberation:
+    def __init__(
+        self, config: GatewayConfig, router: Router, store: RunStore, clock: Clock, *,
+        rng: random.Random | None = None, save_interval: float = 0.5, default_output_tokens: int = 1024,
+    ) -> None:
+        self.router = router
+        self.store = store
+        self.clock = clock
+        self._rng = rng or random.Random(secrets.randbits(64))
+        self._save_interval = save_interval
+        self._default_output = default_output_tokens
+        self.ensembles = {e.name: e for e in config.ensembles}
+        self.debates = {d.name: d for d in config.debates}
+        own = [Persona(p.name, p.domain, p.backstory, p.stance, p.model, tuple(k.lower() for k in p.keywords))
+               for p in config.personas]
+        names = {p.name for p in own}
+        self.library: list[Persona] = [*own, *(p for p in LIBRARY if p.name not in names)]
+        self.live: dict[str, LiveRun] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._saver: asyncio.Task[None] | None = None
+
+    # -- configuration ---------------------------------------------------------------------------
+    def models(self) -> list[tuple[str, str, str | None]]:
+        """(id, kind, description) of every configured ensemble and debate."""
+        return [
+            *((f"ensemble/{n}", "ensemble", e.description) for n, e in self.ensembles.items()),
+            *((f"debate/{n}", "debate", d.description) for n, d in self.debates.items()),
+        ]
+
+    def resolve(self, kind: Kind, name: str | None, overrides: Mapping[str, Any]) -> EnsembleConfig | DebateConfig:
+        """The configuration of a run: the named one with the request's overrides (400 if invalid)."""
+        table: Mapping[str, EnsembleConfig | DebateConfig] = self.ensembles if kind == "ensemble" else self.debates
+        if name is not None:
+            base = table.get(name)
+            if base is None:
+                raise ModelNotFoundError(
+                    f"There is no {kind} '{name}'. GET /v1/models lists the ensembles and debates you can use.",
+                    param=kind,
+                )
+            data = base.model_dump(exclude_unset=False)
+        else:
+            data = {"name": "custom"}
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        if "judge" in changes:
+            data.pop("judges", None)
+        if "chairman" in changes and "synthesis" not in changes:
+            data["synthesis"] = None
+        data.update(changes)
+        model_type = EnsembleConfig if kind == "ensemble" else DebateConfig
+        try:
+            cfg = model_type.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors(include_url=False, include_input=False)[0]
+            where = ".".join(str(x) for x in err["loc"]) or kind
+            raise InvalidRequestError(f"{where}: {err['msg']}", param=where) from None
+        if isinstance(cfg, DebateConfig) and cfg.personas:
+            known = {p.name for p in self.library}
+            unknown = [p for p in cfg.personas if p not in known]
+            if unknown:
+                raise InvalidRequestError(f"personas: unknown persona '{unknown[0]}'", param="personas")
+        return cfg
+
+    def check_access(self, principal: Principal, cfg: EnsembleConfig | DebateConfig) -> None:
+        """Every model the run would call must exist and be allowed to the caller (400 naming it)."""
+        used = cfg.models() if isinstance(cfg, EnsembleConfig) else cfg.models_used()
+        if isinstance(cfg, DebateConfig):
+            used += [p.model for p in self.library if p.model and (not cfg.personas or p.name in cfg.personas)]
+        for model in dict.fromkeys(used):
+            try:
+                if not principal.may_use(model):
+                    raise ModelNotFoundError(model)
+                self.router.resolve(model)
+            except ModelNotFoundError:
+                raise InvalidRequestError(
+                    f"The model '{model}' in this {'ensemble' if isinstance(cfg, EnsembleConfig) else 'debate'} "
+                    "does not exist here (or is not allowed to your key).", param="members", code="model_not_found",
+                ) from None
+
+    # -- running ---------------------------------------------------------------------------------
+    @staticmethod
+    def _cache_key(kind: str, cfg: EnsembleConfig | DebateConfig, messages: Sequence[Message], opts: RunOptions) -> str:
+        payload = {
+            "kind": kind, "config": cfg.model_dump(mode="json", exclude={"cache_ttl", "description"}),
+            "messages": [m.model_dump(mode="json", exclude_none=True) for m in messages],
+            "arena": opts.arena, "max_tokens": opts.max_tokens, "temperature": opts.temperature,
+        }
+        return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+    async def start(
+        self, kind: Kind, cfg: EnsembleConfig | DebateConfig, *, principal: Principal, admission: Admission,
+        messages: list[Message], options: RunOptions,
+    ) -> LiveRun:
+        """Start a run (or serve it from the cache). From here on the run owns ``admission``."""
+        question = last_question(messages)
+        if not question.strip():
+            raise InvalidRequestError("The question is empty: send a user message with text.", param="messages")
+        if options.arena and (kind != "ensemble" or len(getattr(cfg, "members", [])) < 2):
+            raise InvalidRequestError("An arena needs an ensemble with at least two members.", param="arena")
+        now = self.clock.time()
+        ctx = admission.ctx
+        run = LiveRun(
+            id=new_id("run"), user_id=principal.user_id, key_id=principal.key_id, kind=kind, name=cfg.name,
+            question=question, config=cfg.model_dump(mode="json"), ctx=ctx, router=self.router, clock=self.clock,
+            tags=options.tags, created_at=now,
+            request={"messages": [m.model_dump(mode="json", exclude_none=True) for m in messages],
+                     "cache": options.cache, "arena": options.arena, "max_cost_usd": options.max_cost_usd,
+                     "max_tokens": options.max_tokens, "temperature": options.temperature, "tags": options.tags},
+        )
+        run.cache_key = self._cache_key(kind, cfg, messages, options)
+        if options.cache and cfg.cache_ttl > 0:
+            hit = await self.store.find_cached(principal.user_id, run.cache_key, now - cfg.cache_ttl)
+            if hit is not None:
+                return await self._from_cache(run, hit, admission)
+        if options.max_cost_usd is not None:
+            ctx.meter = _RunCap(ctx.meter, options.max_cost_usd, run, options.max_tokens or self._default_output)
+        run.emit("run_started", kind=kind, name=cfg.name, run_id=run.id)
+        await self.store.create(run)
+        runner: Callable[[], Awaitable[dict[str, Any]]]
+        if isinstance(cfg, EnsembleConfig):
+            runner = EnsembleRunner(run, cfg, messages, random.Random(self._rng.getrandbits(64)), arena=options.arena,
+                                    max_tokens=options.max_tokens, temperature=options.temperature)
+        else:
+            runner = DebateRunner(run, cfg, messages, self.library, max_tokens=options.max_tokens)
+        self.live[run.id] = run
+        self._locks[run.id] = asyncio.Lock()
+        self._tasks[run.id] = asyncio.get_running_loop().create_task(self._execute(run, runner, admission))
+        return run
+
+    async def _from_cache(self, run: LiveRun, hit: dict[str, Any], admission: Admission) -> LiveRun:
+        run.cached_from = hit["id"]
+        run.result = hit["result"]
+        run.status = "completed"
+        run.finished_at = self.clock.time()
+        run.emit("run_started", kind=run.kind, name=run.name, run_id=run.id)
+        run.emit("cache_hit", cached_from=hit["id"])
+        answer = (run.result or {}).get("answer")
+        if answer:
+            run.emit("synthesis_token", text=answer)
+        run.emit("done", status="completed", cost_usd=0.0, cache_hit=True)
+        await self.store.create(run)
+        await admission.finish(200, cache_hit=True)
+        return run
+
+    async def _execute(self, run: LiveRun, runner: Callable[[], Awaitable[dict[str, Any]]],
+                       admission: Admission) -> None:
+        status, error, code = "completed", None, 200
+        try:
+            run.result = await runner()
+        except BudgetExceededError as exc:
+            status, error = "budget_exceeded", exc.message
+        except asyncio.CancelledError:
+            status, error = "cancelled", "The run was cancelled."
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+        except ThinktankError as exc:
+            status, error = "failed", exc.message
+        except Exception:
+            log.exception("run %s failed", run.id)
+            status, error = "failed", "Internal error; see the server log."
+        code = _STATUS_CODE[status]
+        if run.result is None and run.partial:
+            run.result = {**run.partial, "answer": None, "partial": True}
+        run.error = error
+        run.finished_at = self.clock.time()
+        run.status = status
+        if error is not None:
+            run.emit("error", message=error, status=code)
+        run.emit("done", status=status, cost_usd=round(run.cost, 10),
+                 answer=(run.result or {}).get("answer") if not (run.result or {}).get("arena") else None)
+        try:
+            await asyncio.shield(self._save(run))
+        except Exception:
+            log.exception("saving run %s failed", run.id)
+        finally:
+            self.live.pop(run.id, None)
+            self._locks.pop(run.id, None)
+            self._tasks.pop(run.id, None)
+            await admission.finish(code)
+
+    async def _save(self, run: LiveRun) -> bool:
+        lock = self._locks.get(run.id)
+        if lock is None:
+            return False
+        async with lock:
+            return await self.store.save(run)
+
+    async def wait(self, run: LiveRun) -> None:
+        task = self._tasks.get(run.id)
+        if task is not None:
+            await asyncio.shield(task)
+
+    def start_background(self) -> None:
+        if self._saver is None:
+            self._saver = asyncio.get_running_loop().create_task(self._save_loop())
+
+    async def _save_loop(self) -> None:
+        while True:
+            await self.clock.sleep(self._save_interval)
+            for run in list(self.live.values()):
+                try:
+                    cancel = await asyncio.shield(self._save(run))
+                except Exception:
+                    log.exception("saving run %s failed; trying again", run.id)
+                    continue
+                task = self._tasks.get(run.id)
+                if cancel and task is not None and not run.finished:
+                    task.cancel()
+
+    async def close(self) -> None:
+        """Shutdown: stop the saver; runs still going are cancelled and saved as cancelled."""
+        if self._saver is not None:
+            self._saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._saver
+            self._saver = None
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- reading, cancelling ---------------------------------------------------------------------
+    async def _owned(self, run_id: str, principal: Principal) -> tuple[str, str]:
+        run = self.live.get(run_id)
+        found = (run.user_id, run.status) if run is not None else await self.store.owner(run_id)
+        if found is None or (found[0] != principal.user_id and not principal.is_admin):
+            raise NotFoundError(f"There is no run '{run_id}'.")
+        return found
+
+    async def get(self, run_id: str, principal: Principal) -> dict[str, Any]:
+        await self._owned(run_id, principal)
+        run = self.live.get(run_id)
+        record = run.record() if run is not None else await self.store.get(run_id)
+        if record is None:
+            raise NotFoundError(f"There is no run '{run_id}'.")
+        return redact(record)
+
+    async def list_runs(self, principal: Principal, *, kind: str | None, status: str | None, limit: int,
+                        before: float | None, everyone: bool) -> list[dict[str, Any]]:
+        await self._flush_live()
+        user = None if (everyone and principal.is_admin) else principal.user_id
+        return await self.store.runs(user, kind=kind, status=status, limit=limit, before=before)
+
+    async def _flush_live(self) -> None:
+        for run in list(self.live.values()):
+            with contextlib.suppress(Exception):
+                await self._save(run)
+
+    async def events(self, run_id: str, principal: Principal, after: int = 0, *, follow: bool = True,
+                     poll: float = 0.25) -> AsyncIterator[Event]:
+        """The run's events after ``after``; while it runs, each new one as it happens."""
+        await self._owned(run_id, principal)
+        arena_hidden = await self._arena_hidden(run_id, principal)
+        run = self.live.get(run_id)
+        if run is not None:
+            async for event in run.follow(after) if follow else _aiter(run.events[after:]):
+                yield _hide(event) if arena_hidden else event
+            return
+        while True:
+            for event in await self.store.events(run_id, after):
+                after = event.seq
+                yield _hide(event) if arena_hidden else event
+            found = await self.store.owner(run_id)
+            if not follow or found is None or found[1] != "running":
+                return
+            live = self.live.get(run_id)
+            if live is not None:  # it is ours now? (never in practice: runs do not move)
+                async for event in live.follow(after):
+                    yield event
+                return
+            await self.clock.sleep(poll)
+
+    async def _arena_hidden(self, run_id: str, principal: Principal) -> bool:
+        record = await self.get(run_id, principal)
+        result = record.get("result") or {}
+        return bool(record.get("request", {}).get("arena")) and not result.get("revealed")
+
+    async def cancel(self, run_id: str, principal: Principal) -> str:
+        _, status = await self._owned(run_id, principal)
+        if status != "running":
+            raise ConflictError(f"The run has already ended ({status}).")
+        task = self._tasks.get(run_id)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
+            return self.live[run_id].status if run_id in self.live else "cancelled"
+        await self.store.request_cancel(run_id)  # the process running it stops it at its next save
+        return "cancelling"
+
+    # -- feedback and the leaderboard ------------------------------------------------------------
+    async def feedback(self, run_id: str, principal: Principal, *, answer: str | None, vote: str | None,
+                       winner: str | None) -> dict[str, Any]:
+        owner, status = await self._owned(run_id, principal)
+        if owner != principal.user_id:
+            raise NotFoundError(f"There is no run '{run_id}'.")
+        record = await self.store.get(run_id)
+        if record is None or record["kind"] != "ensemble" or status != "completed":
+            raise ConflictError("Feedback is taken on completed ensemble runs.")
+        result: dict[str, Any] = dict(record["result"] or {})
+        answers = {a["label"]: a["model"] for a in result.get("answers", [])}
+        rows: list[dict[str, Any]] = []
+        base = {"run_id": run_id, "user_id": principal.user_id, "tags": record.get("tags") or [],
+                "created_at": self.clock.time()}
+        updated: tuple[str, dict[str, Any]] | None = None
+        if result.get("arena"):
+            if winner is None or vote is not None:
+                raise InvalidRequestError("An arena run takes {\"winner\": \"A\" | \"B\" | \"tie\"}.", param="winner")
+            if winner not in (*answers, "tie") or len(answers) != 2:
+                raise InvalidRequestError(f"winner: choose one of {', '.join([*answers, 'tie'])}.", param="winner")
+            (la, ma), (_, mb) = sorted(answers.items())
+            outcome = 0.5 if winner == "tie" else (1.0 if winner == la else 0.0)
+            rows.append({**base, "kind": "arena", "target": "arena", "model_a": ma, "model_b": mb, "outcome": outcome})
+            updated = (run_id, {**result, "revealed": True, "winner": winner})
+        else:
+            if answer is None or vote not in ("up", "down") or winner is not None:
+                raise InvalidRequestError("Send {\"answer\": \"<label>\", \"vote\": \"up\" | \"down\"}.", param="vote")
+            if answer not in answers:
+                raise InvalidRequestError(f"answer: no answer '{answer}' in this run.", param="answer")
+            for label, model in answers.items():
+                if label != answer:
+                    rows.append({**base, "kind": "vote", "target": answer, "model_a": answers[answer],
+                                 "model_b": model, "outcome": 1.0 if vote == "up" else 0.0})
+        await self.store.add_comparisons(rows, updated)
+        response: dict[str, Any] = {"run_id": run_id, "recorded": len(rows)}
+        if updated is not None:
+            response["revealed"] = {label: model for label, model in sorted(answers.items())}
+        return response
+
+    async def leaderboard(self, tag: str | None, *, rounds: int = 200, seed: int = 0) -> list[dict[str, Any]]:
+        from . import ranking as rk
+
+        rows = [r for r in await self.store.comparisons() if tag is None or tag in r[3]]
+        comparisons = [(a, b, o) for a, b, o, _ in rows if a != b]
+        models = sorted({m for a, b, _ in comparisons for m in (a, b)})
+        if not models:
+            return []
+        ratings = rk.bt_ratings(rk.bradley_terry(comparisons, models))
+        intervals = rk.bootstrap_intervals(comparisons, models, rounds=rounds, rng=random.Random(seed))
+        stats = {m: {"games": 0, "wins": 0.0} for m in models}
+        for a, b, o in comparisons:
+            stats[a]["games"] += 1
+            stats[b]["games"] += 1
+            stats[a]["wins"] += o
+            stats[b]["wins"] += 1 - o
+        board = [
+            {"model": m, "rating": round(ratings[m], 1), "ci_low": round(intervals[m][0], 1),
+             "ci_high": round(intervals[m][1], 1), "games": stats[m]["games"], "win_rate": round(
+                 stats[m]["wins"] / stats[m]["games"], 4) if stats[m]["games"] else None}
+            for m in models
+        ]
+        board.sort(key=lambda r: -ratings[str(r["model"])])
+        for i, row in enumerate(board):
+            row["rank"] = i + 1
+        return board
+
+
+async def _aiter(events: Sequence[Event]) -> AsyncIterator[Event]:
+    for event in events:
+        yield event
+
+
+def _hide(event: Event) -> Event:
+    if "model" not in event.data:
+        return event
+    return Event(event.seq, event.ts, event.type, {k: v for k, v in event.data.items() if k != "model"})
