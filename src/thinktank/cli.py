@@ -212,7 +212,16 @@ def _register_admin_commands() -> None:
     app.command("usage")(usage_command)
 
 
+def _register_deliberation_commands() -> None:
+    from .cli_deliberation import ask_command, debate_command, leaderboard_command
+
+    app.command("ask")(ask_command)
+    app.command("debate")(debate_command)
+    app.command("leaderboard")(leaderboard_command)
+
+
 _register_admin_commands()
+_register_deliberation_commands()
 
 
 def main() -> None:

@@ -68,8 +68,14 @@ async def gather_or_stop(jobs: Sequence[Callable[[], Awaitable[T]]]) -> list[T |
         except ThinktankError as exc:
             return exc
 
-    async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(one(job)) for job in jobs]
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(job)) for job in jobs]
+    except BaseExceptionGroup as eg:
+        first: BaseException = eg
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None  # the budget refusal itself, not a group of one
     return [t.result() for t in tasks]
 
 
