@@ -202,7 +202,7 @@ async def test_budget_stops_the_run_cleanly(api: str, client: httpx.AsyncClient)
 
 async def test_user_budget_applies_to_the_whole_run(api: str, client: httpx.AsyncClient) -> None:
     # The answers ($0.006) fit in the user's $0.007; the reviews' worst case does not.
-    uid, token = await make_user(client, api, "dora@example.com", budget_usd=0.007)
+    _, token = await make_user(client, api, "dora@example.com", budget_usd=0.007)
     r = await client.post(api + "/api/v1/ensembles", headers=bearer(token),
                           json={"ensemble": "council", "question": "q", "max_tokens": 50})
     assert r.status_code == 429
@@ -327,11 +327,12 @@ async def test_runs_belong_to_their_owner(api: str, client: httpx.AsyncClient) -
 async def test_feedback_arena_and_leaderboard(api: str, client: httpx.AsyncClient) -> None:
     run = (await client.post(api + "/api/v1/ensembles", headers=AUTH,
                              json={"ensemble": "council", "question": "q", "tags": ["databases"]})).json()
-    fb = await client.post(api + f"/api/v1/runs/{run['id']}/feedback", headers=AUTH, json={"answer": "A", "vote": "up"})
+    feedback = api + f"/api/v1/runs/{run['id']}/feedback"
+    fb = await client.post(feedback, headers=AUTH, json={"answer": "A", "vote": "up"})
     assert fb.status_code == 201 and fb.json()["recorded"] == 2
-    dup = await client.post(api + f"/api/v1/runs/{run['id']}/feedback", headers=AUTH, json={"answer": "A", "vote": "up"})
+    dup = await client.post(feedback, headers=AUTH, json={"answer": "A", "vote": "up"})
     assert dup.status_code == 409
-    bad = await client.post(api + f"/api/v1/runs/{run['id']}/feedback", headers=AUTH, json={"answer": "Z", "vote": "up"})
+    bad = await client.post(feedback, headers=AUTH, json={"answer": "Z", "vote": "up"})
     assert bad.status_code == 400
     # a blind arena: the models stay hidden until the vote
     arena = await client.post(api + "/api/v1/ensembles", headers=AUTH,
