@@ -135,7 +135,7 @@ async def _start(state: AppState) -> None:
         log.info("created the admin user %s", s.admin_email)
     state.usage_writer.start()
     state.ledger.start()
-    state.deliberation.start_background()
+    await state.deliberation.start_background()
     # Everything loaded so far lives as long as the process: keep it out of the garbage
     # collector's way (a full collection would otherwise walk ~130k objects again and again).
     gc.freeze()

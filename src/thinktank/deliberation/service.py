@@ -51,6 +51,8 @@ __all__ = ["Deliberation", "Kind", "RunOptions", "redact"]
 log = logging.getLogger("thinktank.deliberation")
 
 Kind = Literal["ensemble", "debate"]
+#: Seconds without a save after which a 'running' run counts as interrupted (saves come every 0.5 s).
+STALE_AFTER = 30.0
 _STATUS_CODE = {"completed": 200, "failed": 502, "budget_exceeded": 429, "cancelled": 499}
 
 
@@ -310,7 +312,11 @@ class Deliberation:
         if task is not None:
             await asyncio.shield(task)
 
-    def start_background(self) -> None:
+    async def start_background(self) -> None:
+        """Start saving live runs; runs a crashed process left 'running' are marked interrupted."""
+        stale = await self.store.mark_interrupted(self.clock.time(), STALE_AFTER)
+        if stale:
+            log.warning("%d run(s) were interrupted by a stop of the server that ran them", stale)
         if self._saver is None:
             self._saver = asyncio.get_running_loop().create_task(self._save_loop())
 
@@ -384,6 +390,7 @@ class Deliberation:
             found = await self.store.owner(run_id)
             if not follow or found is None or found[1] != "running":
                 return
+            await self.store.mark_interrupted(self.clock.time(), STALE_AFTER)
             live = self.live.get(run_id)
             if live is not None:  # it is ours now? (never in practice: runs do not move)
                 async for event in live.follow(after):

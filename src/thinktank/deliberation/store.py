@@ -45,7 +45,7 @@ class RunStore:
             "result": run.result, "error": run.error, "tags": run.tags, "cost_usd": run.cost,
             "prompt_tokens": run.prompt_tokens, "completion_tokens": run.completion_tokens,
             "cache_key": run.cache_key, "cached_from": run.cached_from, "cancel_requested": False,
-            "created_at": run.created_at, "finished_at": run.finished_at,
+            "created_at": run.created_at, "heartbeat_at": run.clock.time(), "finished_at": run.finished_at,
         }
 
     async def save(self, run: LiveRun) -> bool:
@@ -57,7 +57,7 @@ class RunStore:
         async with self._db.engine.begin() as conn:
             await self._append(conn, run, max(limit, run.saved_calls))
             values: dict[str, Any] = {
-                "cost_usd": run.cost, "prompt_tokens": run.prompt_tokens,
+                "heartbeat_at": run.clock.time(), "cost_usd": run.cost, "prompt_tokens": run.prompt_tokens,
                 "completion_tokens": run.completion_tokens, "status": run.status,
             }
             if run.finished:
@@ -141,6 +141,16 @@ class RunStore:
         q = select(_DOCS.c.content).where(and_(_DOCS.c.run_id == run_id, _DOCS.c.name == name))
         async with self._db.engine.connect() as conn:
             return (await conn.execute(q)).scalar()
+
+    async def mark_interrupted(self, now: float, max_silence: float) -> int:
+        """Runs still 'running' whose process stopped saving them (it crashed): failed, interrupted."""
+        stale = and_(_RUN.c.status == "running", _RUN.c.heartbeat_at < now - max_silence)
+        async with self._db.engine.begin() as conn:
+            result = await conn.execute(update(_RUN).where(stale).values(
+                status="failed", finished_at=now,
+                error="Interrupted: the server running it stopped before it finished.",
+            ))
+        return int(result.rowcount or 0)
 
     async def request_cancel(self, run_id: str) -> None:
         async with self._db.engine.begin() as conn:

@@ -160,6 +160,8 @@ class Run(Base):
     cached_from: Mapped[str | None] = mapped_column(String(32))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[float] = mapped_column(Float)
+    heartbeat_at: Mapped[float] = mapped_column(Float)
+    """Last save by the process running it: a running run whose heartbeat stops was interrupted."""
     finished_at: Mapped[float | None] = mapped_column(Float)
 
 

@@ -40,6 +40,7 @@ def upgrade() -> None:
     sa.Column('cached_from', sa.String(length=32), nullable=True),
     sa.Column('cancel_requested', sa.Boolean(), nullable=False),
     sa.Column('created_at', sa.Float(), nullable=False),
+    sa.Column('heartbeat_at', sa.Float(), nullable=False),
     sa.Column('finished_at', sa.Float(), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
