@@ -102,12 +102,9 @@ async def _start_run(state: AppState, kind: Kind, name: str, cfg: EnsembleConfig
     principal.check_model(model)
     service.check_access(principal, cfg)
     admission = await state.gate.admit(principal, None, model, estimate_text_tokens(question))
-    try:
-        return await service.start(kind, cfg, principal=principal, admission=admission,
-                                   messages=[Message(role="user", content=question)], options=RunOptions())
-    except ThinktankError as exc:
-        await admission.finish(exc.status)
-        raise
+    # start() owns the admission: it records it when the run ends, or at once if the run cannot start.
+    return await service.start(kind, cfg, principal=principal, admission=admission,
+                               messages=[Message(role="user", content=question)], options=RunOptions())
 
 
 def _console() -> Console:

@@ -108,6 +108,9 @@ async def test_ensemble_run_is_recorded_and_readable(api: str, client: httpx.Asy
     assert result["ranking"]["strategy"] == "peer_review"
     assert result["ranking"]["order"][0] == "A"
     assert result["ranking"]["rankings"]["B"][0] == "A" and result["ranking"]["rankings"]["C"][0] == "A"
+    # three reviewers never rank two answers in common: agreement is measured against the consensus
+    assert result["ranking"]["agreement_method"] == "with the consensus"
+    assert result["ranking"]["agreement"] == 1.0
     assert result["answer"] == "Fused: use PostgreSQL, start simple."
     stages = [c["stage"] for c in run["calls"]]
     assert stages.count("answer") == 3 and stages.count("rank") == 3 and stages.count("synthesis") == 1
@@ -282,6 +285,7 @@ async def test_bad_input(api: str, client: httpx.AsyncClient) -> None:
     assert r.status_code == 400 and r.json()["error"]["param"] == "members"
     r = await post("/api/v1/ensembles", {"ensemble": "council", "strategy": "pairwise", "question": "q"})
     assert r.status_code == 400 and "judge" in r.json()["error"]["message"]
+    assert "Value error" not in r.json()["error"]["message"]
     for rounds in (0, 11):
         r = await post("/api/v1/debates", {"debate": "panel", "rounds": rounds, "question": "q"})
         assert r.status_code == 400 and r.json()["error"]["param"] == "rounds"

@@ -140,8 +140,8 @@ class OpenAIHandlers:
                 scope, receive, ChatRequest, lambda r: estimate_request_tokens(r) + (r.output_limit() or 0)
             )
             if request.model.startswith(("ensemble/", "debate/")):
-                run = await self._deliberate(scope, request, admission)
-                admission = None  # the run owns it now and records it when it ends
+                owned, admission = admission, None  # _deliberate records it, now or when the run ends
+                run = await self._deliberate(scope, request, owned)
                 await self._send_run(run, request, send)
                 return
             if request.stream:
@@ -161,8 +161,12 @@ class OpenAIHandlers:
     async def _deliberate(self, scope: Scope, request: ChatRequest, admission: Admission) -> LiveRun:
         service = self.state.deliberation
         kind, name = request.model.split("/", 1)
-        cfg = service.resolve("ensemble" if kind == "ensemble" else "debate", name, {})
-        service.check_access(admission.principal, cfg)
+        try:
+            cfg = service.resolve("ensemble" if kind == "ensemble" else "debate", name, {})
+            service.check_access(admission.principal, cfg)
+        except ThinktankError as exc:
+            await admission.finish(exc.status)
+            raise
         allow = header(scope, b"x-thinktank-cache")
         cache = (request.model_extra or {}).get("cache") is True or (allow is not None and allow.lower() in
                                                                      (b"allow", b"true", b"1"))

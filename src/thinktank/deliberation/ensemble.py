@@ -360,7 +360,7 @@ class EnsembleRunner:
     def _aggregate(self, strategy: str, labels: list[str], rankings: list[list[str]], excluded: list[dict[str, Any]],
                    extra: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = {"strategy": strategy, "aggregate": self.cfg.aggregate, "excluded": excluded,
-                                  "agreement": rk.agreement(rankings), **extra}
+                                  "agreement": rk.agreement(rankings), "agreement_method": "between judges", **extra}
         if not rankings:
             result.update(order=[], scores={})
             return result
@@ -370,6 +370,13 @@ class EnsembleRunner:
             scores = rk.borda(rankings, labels)
         result["scores"] = {k: round(v, 6) for k, v in scores.items()}
         result["order"] = rk.order_by(result["scores"])
+        if result["agreement"] is None and len(rankings) > 1:
+            # No two judges ranked two answers in common (three members reviewing each other): say
+            # instead how well each judge agrees with the aggregated order.
+            each = [rk.agreement([r, result["order"]]) for r in rankings]
+            known = [a for a in each if a is not None]
+            result["agreement"] = round(sum(known) / len(known), 6) if known else None
+            result["agreement_method"] = "with the consensus"
         return result
 
     # -- 3. synthesis ----------------------------------------------------------------------------

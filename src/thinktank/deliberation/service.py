@@ -174,7 +174,8 @@ class Deliberation:
         except ValidationError as exc:
             err = exc.errors(include_url=False, include_input=False)[0]
             where = ".".join(str(x) for x in err["loc"]) or kind
-            raise InvalidRequestError(f"{where}: {err['msg']}", param=where) from None
+            message = str(err["msg"]).removeprefix("Value error, ")
+            raise InvalidRequestError(f"{where}: {message}", param=where) from None
         if isinstance(cfg, DebateConfig) and cfg.personas:
             known = {p.name for p in self.library}
             unknown = [p for p in cfg.personas if p not in known]
@@ -212,7 +213,19 @@ class Deliberation:
         self, kind: Kind, cfg: EnsembleConfig | DebateConfig, *, principal: Principal, admission: Admission,
         messages: list[Message], options: RunOptions,
     ) -> LiveRun:
-        """Start a run (or serve it from the cache). From here on the run owns ``admission``."""
+        """Start a run (or serve it from the cache). The run owns ``admission``: it is recorded when the
+        run ends, or at once when the run cannot start."""
+        try:
+            return await self._start(kind, cfg, principal=principal, admission=admission, messages=messages,
+                                     options=options)
+        except BaseException as exc:
+            await admission.finish(exc.status if isinstance(exc, ThinktankError) else 500)
+            raise
+
+    async def _start(
+        self, kind: Kind, cfg: EnsembleConfig | DebateConfig, *, principal: Principal, admission: Admission,
+        messages: list[Message], options: RunOptions,
+    ) -> LiveRun:
         question = last_question(messages)
         if not question.strip():
             raise InvalidRequestError("The question is empty: send a user message with text.", param="messages")

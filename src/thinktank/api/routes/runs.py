@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ...accounts.principal import Principal
 from ...deliberation.runs import Event, LiveRun
 from ...deliberation.service import Kind, RunOptions
-from ...errors import InvalidRequestError, NotFoundError, ThinktankError
+from ...errors import InvalidRequestError, NotFoundError
 from ...gateway.tokens import estimate_text_tokens
 from ...types import Message, message_text
 from ..deps import PrincipalDep, StateDep, client_ip
@@ -124,12 +124,9 @@ async def _start(
     messages = body.conversation()
     estimate = sum(estimate_text_tokens(message_text(m)) for m in messages) + (body.max_tokens or 0)
     admission = await state.gate.admit(principal, client_ip(request), model, estimate)
-    try:
-        return await service.start(kind, cfg, principal=principal, admission=admission, messages=messages,
-                                   options=body.options(**extra))
-    except ThinktankError as exc:
-        await admission.finish(exc.status)
-        raise
+    # start() owns the admission: it records it when the run ends, or at once if the run cannot start.
+    return await service.start(kind, cfg, principal=principal, admission=admission, messages=messages,
+                               options=body.options(**extra))
 
 
 async def _answer(run: LiveRun, body: EnsembleIn | DebateIn, state: AppState, principal: Principal) -> Response:
