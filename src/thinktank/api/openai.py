@@ -201,6 +201,13 @@ class OpenAIHandlers:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         first = True
         async for event in run.follow(0):
+            if event.type == "synthesis_token" and event.data.get("replace") and not first:
+                # The synthesis broke off and the run answered with the best member's answer instead:
+                # streamed text cannot be taken back, so this stream ends with an error saying so.
+                err = RunFailedError(f"The synthesis broke off; the run's answer is in GET /api/v1/runs/{run.id}.")
+                await _send_event(send, orjson.dumps(err.to_body()))
+                await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+                return
             if event.type == "synthesis_token" and event.data.get("text"):
                 delta = Delta(role="assistant", content=event.data["text"]) if first else Delta(
                     content=event.data["text"])

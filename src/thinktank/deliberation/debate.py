@@ -197,6 +197,7 @@ class DebateRunner:
                 if isinstance(res, ThinktankError):
                     e.error = res.message  # the expert keeps its last position
                     e.stance = "absent"
+                    unchanged = False  # silence is not agreement
                     continue
                 e.error = None
                 match = _STANCE.search(res.text[:300])
@@ -280,8 +281,14 @@ class DebateRunner:
         answer = await self.synthesise(experts, stopped)
         result: dict[str, Any] = {"answer": answer, "analysis": analysis, "panel": [e.public() for e in experts],
                                   "rounds": rounds, "stopped": stopped, "rounds_held": len(rounds)}
+        run.partial["answer"] = answer  # kept if planning runs out of budget
         if self.cfg.plan:
-            await self.plan(answer)
+            try:
+                await self.plan(answer)
+            except BudgetExceededError:
+                raise
+            except ThinktankError as exc:
+                result["plan_error"] = f"the plan could not be written: {exc.message}"
             result["documents"] = sorted(run.documents)
         return result
 

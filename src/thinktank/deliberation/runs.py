@@ -110,6 +110,8 @@ class LiveRun:
     finished_at: float | None = None
     cache_key: str | None = None
     cached_from: str | None = None
+    default_max_tokens: int | None = None
+    """A cap for calls that set none (a run with max_cost_usd: what its holds assume)."""
     saved_events: int = 0
     saved_calls: int = 0
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -143,11 +145,15 @@ class LiveRun:
         self.emit("stage_started", stage=name, **data)
         before = self.stage_costs.get(name, 0.0)
         started = self.clock.monotonic()
-        yield
-        self.emit(
-            "stage_finished", stage=name, cost_usd=round(self.stage_costs.get(name, 0.0) - before, 10),
-            seconds=round(self.clock.monotonic() - started, 4),
-        )
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            self.emit(
+                "stage_finished", stage=name, cost_usd=round(self.stage_costs.get(name, 0.0) - before, 10),
+                seconds=round(self.clock.monotonic() - started, 4), **({} if ok else {"failed": True}),
+            )
 
     # -- model calls -----------------------------------------------------------------------------
     async def call(
@@ -174,7 +180,8 @@ class LiveRun:
             [m.model_dump(exclude_none=True) for m in messages], self.clock.time(),
         )
         self.calls.append(record)
-        request = ChatRequest(model=model, messages=messages, max_tokens=max_tokens, temperature=temperature,
+        request = ChatRequest(model=model, messages=messages, max_tokens=max_tokens or self.default_max_tokens,
+                              temperature=temperature,
                               stream=on_text is not None)
         ctx = CallContext(meter=self.ctx.meter, principal=self.ctx.principal)
         started = self.clock.monotonic()
@@ -201,6 +208,10 @@ class LiveRun:
             raise
         except ThinktankError as exc:
             self._failed(record, ctx, started, exc, who, stage, announce)
+            raise
+        except asyncio.CancelledError:
+            # Stopped from outside (a cancel, a budget refusal of a sibling call): on the record as such.
+            self._failed(record, ctx, started, ThinktankError("cancelled before it answered"), who, stage, announce)
             raise
         latency = self.clock.monotonic() - started
         self._account(record, ctx, stage)

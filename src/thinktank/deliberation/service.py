@@ -247,7 +247,9 @@ class Deliberation:
             if hit is not None:
                 return await self._from_cache(run, hit, admission)
         if options.max_cost_usd is not None:
-            ctx.meter = _RunCap(ctx.meter, options.max_cost_usd, run, options.max_tokens or self._default_output)
+            cap = options.max_tokens or self._default_output
+            run.default_max_tokens = cap  # every call is capped at what its hold assumes
+            ctx.meter = _RunCap(ctx.meter, options.max_cost_usd, run, cap)
         run.emit("run_started", kind=kind, name=cfg.name, run_id=run.id)
         await self.store.create(run)
         runner: Callable[[], Awaitable[dict[str, Any]]]
