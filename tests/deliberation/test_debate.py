@@ -17,7 +17,7 @@ from thinktank.providers.base import ProviderContext
 
 from ..fakes import openai as oa
 from ..fakes.clock import FakeClock
-from ..fakes.upstream import FakeUpstream
+from ..fakes.upstream import FakeUpstream, Reply
 from .conftest import make_router, make_run, mock, of_type, prompt_of, requests_of, rule, user
 
 Q = "Should we replace passwords with passkeys for our customer login?"
@@ -63,11 +63,12 @@ def moderator(*, analysis: str | None = None, judge: str | list[str] | None = No
 def experts(r1: dict[str, str] | None = None, later: dict[str, str | list[str]] | None = None,
             **options: Any) -> dict[str, Any]:
     """One deployment playing every expert: each is recognised by its system prompt ("You are NAME,")."""
-    r1, later = r1 or R1, later or R2
+    first: dict[str, str] = r1 or R1
+    then: dict[str, str | list[str]] = dict(later or R2)
     rules: list[dict[str, Any]] = []
     for name in NAMES:
-        rules.append(rule(rf"You are {name},.*Your previous position", later[name]))
-        rules.append(rule(rf"You are {name},", r1[name]))
+        rules.append(rule(rf"You are {name},.*Your previous position", then[name]))
+        rules.append(rule(rf"You are {name},", first[name]))
     return mock("expert", rules=rules, **options)
 
 
@@ -347,8 +348,8 @@ async def test_a_failing_planner_keeps_the_debate_answer(
     ctx: ProviderContext, clock: FakeClock, fake_openai: FakeUpstream,
 ) -> None:
     # The moderator is a fake upstream answering in order: analysis, convergence, synthesis (streamed), plan.
-    fake_openai.queue(oa.Reply(json=oa.completion(json.dumps(ANALYSIS))), oa.Reply(json=oa.completion(agreement(0.9))),
-                      oa.Reply(sse=oa.stream_events(["Adopt", " passkeys."])), oa.error(500, "planner down"))
+    fake_openai.queue(Reply(json=oa.completion(json.dumps(ANALYSIS))), Reply(json=oa.completion(agreement(0.9))),
+                      Reply(sse=oa.stream_events(["Adopt", " passkeys."])), oa.error(500, "planner down"))
     mod = {"name": "mod", "provider": "openai", "model": "fake-model", "base_url": fake_openai.url + "/v1",
            "api_key": "sk-x"}
     router = make_router(ctx, [mod, experts()])
@@ -369,8 +370,8 @@ async def test_a_failing_planner_keeps_the_debate_answer(
 async def test_an_expert_failing_in_a_round_keeps_its_previous_position(
     ctx: ProviderContext, clock: FakeClock, fake_openai: FakeUpstream,
 ) -> None:
-    fake_openai.queue(oa.Reply(json=oa.completion(R1["Ben Cole"])), oa.error(500, "boom"),
-                      oa.Reply(json=oa.completion("STANCE: revise\nBEN-R3: fund recovery support.")))
+    fake_openai.queue(Reply(json=oa.completion(R1["Ben Cole"])), oa.error(500, "boom"),
+                      Reply(json=oa.completion("STANCE: revise\nBEN-R3: fund recovery support.")))
     flaky = {"name": "flaky", "provider": "openai", "model": "fake-model", "base_url": fake_openai.url + "/v1",
              "api_key": "sk-x"}
     ben = Persona(BEN.name, BEN.domain, BEN.backstory, BEN.stance, model="flaky", keywords=BEN.keywords)

@@ -23,7 +23,7 @@ from thinktank.types import Message
 
 from ..fakes import openai as oa
 from ..fakes.clock import FakeClock
-from ..fakes.upstream import FakeUpstream
+from ..fakes.upstream import FakeUpstream, Reply
 from .conftest import make_router, make_run, mock, of_type, prompt_of, requests_of, rule, user
 
 Q = "What is the capital of France?"
@@ -512,7 +512,7 @@ async def test_a_failing_chairman_falls_back_to_the_best_answer(ctx: ProviderCon
 async def test_a_chairman_cut_off_mid_stream_leaves_tokens_that_join_to_the_answer(
     ctx: ProviderContext, clock: FakeClock, fake_openai: FakeUpstream,
 ) -> None:
-    fake_openai.queue(oa.Reply(sse=oa.stream_events(["The", " chair", " says", " Paris."]), drop_after=3))
+    fake_openai.queue(Reply(sse=oa.stream_events(["The", " chair", " says", " Paris."]), drop_after=3))
     chair = {"name": "chair", "provider": "openai", "model": "fake-model", "base_url": fake_openai.url + "/v1",
              "api_key": "sk-x"}
     router = make_router(ctx, named_members(chair))
