@@ -53,6 +53,8 @@ log = logging.getLogger("thinktank.deliberation")
 Kind = Literal["ensemble", "debate"]
 #: Seconds without a save after which a 'running' run counts as interrupted (saves come every 0.5 s).
 STALE_AFTER = 30.0
+#: A run younger than this is not saved mid-way (most ensembles finish before; one write is cheaper).
+FIRST_SAVE_AFTER = 2.0
 _STATUS_CODE = {"completed": 200, "failed": 502, "budget_exceeded": 429, "cancelled": 499}
 
 
@@ -338,7 +340,10 @@ class Deliberation:
     async def _save_loop(self) -> None:
         while True:
             await self.clock.sleep(self._save_interval)
+            now = self.clock.time()
             for run in list(self.live.values()):
+                if now - run.created_at < FIRST_SAVE_AFTER:
+                    continue  # a short run is written once, when it ends
                 try:
                     cancel = await asyncio.shield(self._save(run))
                 except Exception:

@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...accounts.principal import Principal
 from ...deliberation.runs import Event, LiveRun
-from ...deliberation.service import Kind, RunOptions
+from ...deliberation.service import Kind, RunOptions, redact
 from ...errors import InvalidRequestError, NotFoundError
 from ...gateway.tokens import estimate_text_tokens
 from ...types import Message, message_text
@@ -129,15 +130,15 @@ async def _start(
                                options=body.options(**extra))
 
 
-async def _answer(run: LiveRun, body: EnsembleIn | DebateIn, state: AppState, principal: Principal) -> Response:
+async def _answer(run: LiveRun, body: EnsembleIn | DebateIn, state: AppState) -> Response:
     headers = {"x-thinktank-run-id": run.id}
     if body.stream:
         return StreamingResponse(_sse(run.follow(0)), media_type="text/event-stream",
                                  headers={**headers, **_SSE_HEADERS})
     await state.deliberation.wait(run)
-    record = await state.deliberation.get(run.id, principal)
+    record = redact(run.record())  # the finished run, from memory: no need to read back what was just saved
     if run.status == "completed":
-        return JSONResponse(record, headers=headers)
+        return Response(orjson.dumps(record), media_type="application/json", headers=headers)
     status = {"failed": 502, "budget_exceeded": 429, "cancelled": 409}.get(run.status, 500)
     code = {"failed": "run_failed", "budget_exceeded": "budget_exceeded", "cancelled": "run_cancelled"}.get(run.status)
     body_out = {"error": {"message": run.error or run.status, "type": "run_error", "param": None, "code": code},
@@ -149,14 +150,14 @@ async def _answer(run: LiveRun, body: EnsembleIn | DebateIn, state: AppState, pr
 async def run_ensemble(body: EnsembleIn, request: Request, principal: PrincipalDep, state: StateDep) -> Response:
     """Run an ensemble: members answer at once, the answers are ranked, the best or a synthesis returns."""
     run = await _start("ensemble", body.ensemble, body, request, principal, state, arena=body.arena)
-    return await _answer(run, body, state, principal)
+    return await _answer(run, body, state)
 
 
 @router.post("/debates", responses={200: {"description": "The finished run (or its events with stream=true)"}})
 async def run_debate(body: DebateIn, request: Request, principal: PrincipalDep, state: StateDep) -> Response:
     """Run a debate: a panel of experts argues over rounds; a moderator synthesises (and plans)."""
     run = await _start("debate", body.debate, body, request, principal, state)
-    return await _answer(run, body, state, principal)
+    return await _answer(run, body, state)
 
 
 @router.get("/runs")
