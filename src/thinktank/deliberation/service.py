@@ -74,6 +74,7 @@ class _CapHold:
 
     async def settle(self, cost: float) -> None:
         self._cap.held -= self._amount
+        self._cap.spent += cost  # at once: a sibling call reserving now must see it
         if self._inner is not None:
             await self._inner.settle(cost)
 
@@ -89,10 +90,11 @@ class _RunCap:
     def __init__(self, inner: Meter | None, limit: float, run: LiveRun, default_output: int) -> None:
         self._inner, self._limit, self._run, self._default_output = inner, limit, run, default_output
         self.held = 0.0
+        self.spent = 0.0
 
     async def reserve(self, deployment: Deployment, prompt_tokens: int, output_tokens: int | None) -> Hold:
         worst = deployment.price.cost(math.ceil(prompt_tokens * PROMPT_SAFETY), output_tokens or self._default_output)
-        remaining = self._limit - self._run.cost - self.held
+        remaining = self._limit - self.spent - self.held
         if worst > remaining:
             spec = BudgetSpec("run", self._run.id, self._limit, "total", f"run {self._run.id} (max_cost_usd)")
             raise BudgetExceededError(spec, amount=worst, remaining=remaining, retry_after=0)
