@@ -67,23 +67,9 @@ class DebateRunner:
 
     async def _ask_json(self, stage: str, role: str, model: str, system: str, prompt: str,
                         parse: Callable[[str], Any], hint: str) -> tuple[Any, str | None]:
-        """A call whose reply must parse; asked once more if it does not. (value, None) or (None, reason)."""
+        """A call whose reply must parse (once more if it does not). (value, None) or (None, reason)."""
         messages = [Message(role="system", content=system), Message(role="user", content=prompt)]
-        for attempt in range(2):
-            try:
-                reply = await self.run.call(stage, role, model, messages, timeout=self.cfg.expert_timeout)
-            except BudgetExceededError:
-                raise
-            except ThinktankError as exc:
-                return None, f"call failed: {exc.message}"
-            try:
-                return parse(reply.text), None
-            except (rk.JudgeParseError, ValueError) as exc:
-                if attempt == 1:
-                    return None, f"unparseable reply twice ({exc})"
-                messages = [*messages, Message(role="assistant", content=reply.text),
-                            Message(role="user", content=f"Your reply could not be read: {exc}. {hint}")]
-        raise AssertionError("unreachable")
+        return await self.run.ask_parsed(stage, role, model, messages, parse, hint, timeout=self.cfg.expert_timeout)
 
     # -- 1. analysis -----------------------------------------------------------------------------
     async def analyse(self) -> dict[str, Any]:

@@ -176,26 +176,11 @@ class EnsembleRunner:
                 "features": details, "agreement": None, "excluded": []}
 
     async def _judged(
-        self, role: str, model: str, prompt: str, parse: Callable[[str], Any], hint: str, *, label: str | None = None,
+        self, role: str, model: str, prompt: str, parse: Callable[[str], Any], hint: str,
     ) -> tuple[Any, str | None]:
-        """Ask a judge; if its reply cannot be parsed, ask once more. (value, None) or (None, reason)."""
+        """Ask a judge (once more if its reply cannot be parsed). (value, None) or (None, reason)."""
         messages = [Message(role="system", content=_REVIEW_SYSTEM), Message(role="user", content=prompt)]
-        for attempt in range(2):
-            try:
-                reply = await self.run.call("rank", role, model, messages, timeout=self.cfg.judge_timeout,
-                                            label=label)
-            except BudgetExceededError:
-                raise
-            except ThinktankError as exc:
-                return None, f"call failed: {exc.message}"
-            try:
-                return parse(reply.text), None
-            except rk.JudgeParseError as exc:
-                if attempt == 1:
-                    return None, f"unparseable reply twice ({exc})"
-                messages = [*messages, Message(role="assistant", content=reply.text),
-                            Message(role="user", content=f"Your reply could not be read: {exc}. {hint}")]
-        raise AssertionError("unreachable")
+        return await self.run.ask_parsed("rank", role, model, messages, parse, hint, timeout=self.cfg.judge_timeout)
 
     async def _peer_review(self, answers: list[Answer]) -> dict[str, Any]:
         by_label = {a.label: a for a in answers}

@@ -223,6 +223,29 @@ class LiveRun:
         return Reply(text, model, record.deployment, record.prompt_tokens, record.completion_tokens,
                      record.cost_usd, latency)
 
+    async def ask_parsed(
+        self, stage: str, role: str, model: str, messages: list[Message], parse: Callable[[str], Any], hint: str,
+        *, timeout: float,  # noqa: ASYNC109 - passed on to call()
+    ) -> tuple[Any, str | None]:
+        """A call whose reply must parse (a judge, an analyst): asked once more, with the reason and
+        ``hint``, if it does not. Returns (value, None), or (None, why) when the call failed or the reply
+        could not be parsed twice; a budget refusal is raised."""
+        for attempt in range(2):
+            try:
+                reply = await self.call(stage, role, model, messages, timeout=timeout)
+            except BudgetExceededError:
+                raise
+            except ThinktankError as exc:
+                return None, f"call failed: {exc.message}"
+            try:
+                return parse(reply.text), None
+            except ValueError as exc:  # the parsers' JudgeParseError, and invalid values they build
+                if attempt == 1:
+                    return None, f"unparseable reply twice ({exc})"
+                messages = [*messages, Message(role="assistant", content=reply.text),
+                            Message(role="user", content=f"Your reply could not be read: {exc}. {hint}")]
+        raise AssertionError("unreachable")
+
     def _account(self, record: CallRecord, ctx: CallContext, stage: str) -> None:
         """Costs come from the router's accounting (``ctx.records``), the one place they are computed."""
         for usage in ctx.records:
