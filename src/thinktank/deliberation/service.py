@@ -398,8 +398,8 @@ class Deliberation:
     async def events(self, run_id: str, principal: Principal, after: int = 0, *, follow: bool = True,
                      poll: float = 0.25) -> AsyncIterator[Event]:
         """The run's events after ``after``; while it runs, each new one as it happens."""
-        await self._owned(run_id, principal)
-        arena_hidden = await self._arena_hidden(run_id, principal)
+        record = await self.get(run_id, principal)  # 404 unless the caller may read it
+        arena_hidden = bool(record["request"].get("arena")) and not (record.get("result") or {}).get("revealed")
         run = self.live.get(run_id)
         if run is not None:
             async for event in run.follow(after) if follow else _aiter(run.events[after:]):
@@ -413,17 +413,11 @@ class Deliberation:
             if not follow or found is None or found[1] != "running":
                 return
             await self.store.mark_interrupted(self.clock.time(), STALE_AFTER)
-            live = self.live.get(run_id)
-            if live is not None:  # it is ours now? (never in practice: runs do not move)
-                async for event in live.follow(after):
-                    yield event
-                return
-            await self.clock.sleep(poll)
+            await self.clock.sleep(poll)  # another process runs it: poll what it saves
 
-    async def _arena_hidden(self, run_id: str, principal: Principal) -> bool:
-        record = await self.get(run_id, principal)
-        result = record.get("result") or {}
-        return bool(record.get("request", {}).get("arena")) and not result.get("revealed")
+    async def document(self, run_id: str, principal: Principal, name: str) -> str | None:
+        await self._owned(run_id, principal)
+        return await self.store.document(run_id, name)
 
     async def cancel(self, run_id: str, principal: Principal) -> str:
         _, status = await self._owned(run_id, principal)

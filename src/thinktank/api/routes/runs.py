@@ -222,10 +222,9 @@ async def feedback(run_id: str, body: FeedbackIn, principal: PrincipalDep, state
 @router.get("/runs/{run_id}/documents/{name}")
 async def document(run_id: str, name: str, principal: PrincipalDep, state: StateDep) -> Response:
     """``plan.md`` or ``tasks.md`` of a debate run with ``plan``."""
-    record = await state.deliberation.get(run_id, principal)
-    content = await state.deliberation.store.document(run_id, name) if name in _DOCUMENTS else None
-    if content is None:
-        raise NotFoundError(f"Run '{record['id']}' has no document '{name}'.")
+    content = await state.deliberation.document(run_id, principal, name)  # 404 unless the caller may read it
+    if content is None or name not in _DOCUMENTS:
+        raise NotFoundError(f"Run '{run_id}' has no document '{name}'.")
     return Response(content.encode(), media_type="text/markdown; charset=utf-8",
                     headers={"content-disposition": f'attachment; filename="{name}"'})
 
