@@ -31,13 +31,15 @@ async def test_saved_in_steps_and_read_back(db: Database, ctx: ProviderContext, 
     await run.call("answer", "member A", "m", [Message(role="user", content="q")], timeout=5)
     assert await store.save(run) is False
     assert [e.seq for e in await store.events("run_a")] == [1, 2, 3]  # run_started, cost, model_answered
+    await store.request_cancel("run_a")  # e.g. from another process: the next save reports it
+    assert await store.save(run) is True
     run.emit("done", status="completed")
-    run.status, run.result, run.finished_at = "completed", {"answer": "hi"}, clock.time()
+    run.status, run.result, run.finished_at = "completed", {"answer": "hi", "scores": {1: 0.5}}, clock.time()
     run.documents["plan.md"] = "# Plan"
     await store.save(run)
     record = await store.get("run_a")
     assert record is not None
-    assert record["status"] == "completed" and record["result"] == {"answer": "hi"}
+    assert record["status"] == "completed" and record["result"] == {"answer": "hi", "scores": {"1": 0.5}}
     assert [c["answer"] for c in record["calls"]] == ["hi"] and record["events"] == 4
     assert record["documents"] == ["plan.md"] and await store.document("run_a", "plan.md") == "# Plan"
     assert [e.type for e in await store.events("run_a", after=3)] == ["done"]

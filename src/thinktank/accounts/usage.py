@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -18,6 +17,7 @@ from sqlalchemy import Integer, case, func, select
 
 from ..clock import Clock
 from ..store.db import Database
+from ..store.raw import Insert, raw_transaction
 from ..store.tables import UsageRow
 from .principal import Principal
 
@@ -95,23 +95,10 @@ class UsageWriter:
             return written
 
     async def _insert(self, rows: list[UsageEvent]) -> None:
-        """Insert through the driver itself: SQLAlchemy's per-row parameter handling measured at
-        ~40 µs a row on the request thread. Inserting a row twice (a retried batch) is a no-op."""
-        async with self._db.engine.begin() as conn:
-            raw = await conn.get_raw_connection()
-            driver = raw.driver_connection
-            assert driver is not None
-            if self._db.dialect != "sqlite":
-                await driver.executemany(_INSERT_DOLLAR, [_row(e) for e in rows])  # asyncpg: on the loop
-                return
-            # aiosqlite runs SQLite in a thread: one multi-row statement per chunk, because a
-            # statement per row hands the GIL back and forth with the busy event loop on every row
-            # (measured: the writer fell ~50,000 rows behind under load).
-            for i in range(0, len(rows), _SQLITE_ROWS):
-                chunk = rows[i : i + _SQLITE_ROWS]
-                params = [v for e in chunk for v in _row(e)]
-                await driver.execute(_sqlite_insert(len(chunk)), params)
-            await driver.commit()
+        """Insert through the driver itself (SQLAlchemy's per-row parameter handling measured at
+        ~40 µs a row on the request thread). Inserting a row twice (a retried batch) is a no-op."""
+        async with raw_transaction(self._db) as tx:
+            await tx.insert(_INSERT, [_row(e) for e in rows])
 
     async def close(self) -> None:
         """Stop the background writer (letting a write in progress finish) and write the rest."""
@@ -123,21 +110,10 @@ class UsageWriter:
         await self.flush()
 
 
-# Constant statements (values always travel as parameters), in each driver's placeholder style.
-_COLUMNS = (
-    "INSERT INTO usage (request_id, ts, day, user_id, key_id, model, deployment, prompt_tokens, "
-    "completion_tokens, cost_usd, latency_ms, status, cache_hit, stream) VALUES "
-)
-_INSERT_DOLLAR = (
-    _COLUMNS + "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (request_id) DO NOTHING"
-)
-_SQLITE_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_SQLITE_ROWS = 500  # 14 parameters a row, well under SQLite's limit of 32,766 per statement
-
-
-@functools.lru_cache(maxsize=8)
-def _sqlite_insert(rows: int) -> str:
-    return _COLUMNS.replace("INSERT", "INSERT OR IGNORE", 1) + ", ".join([_SQLITE_ROW] * rows)
+_INSERT = Insert("usage", (
+    "request_id", "ts", "day", "user_id", "key_id", "model", "deployment", "prompt_tokens", "completion_tokens",
+    "cost_usd", "latency_ms", "status", "cache_hit", "stream",
+), ignore_conflict=("request_id",))
 
 
 def _row(e: UsageEvent) -> tuple[Any, ...]:

@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 from sqlalchemy import Table, and_, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..errors import ConflictError
 from ..store.db import Database
+from ..store.raw import Insert, RawWriter, raw_transaction
 from ..store.tables import Comparison, Run, RunCall, RunDocument, RunEvent
-from .runs import Event, LiveRun, call_dict
+from .runs import CallRecord, Event, LiveRun
 
 __all__ = ["RunStore"]
 
@@ -22,10 +24,44 @@ _DOCS: Table = RunDocument.__table__  # type: ignore[assignment]
 _CMP: Table = Comparison.__table__  # type: ignore[assignment]
 
 
-def _call_row(run_id: str, c: Any) -> dict[str, Any]:
-    row = call_dict(c)
-    row["run_id"] = run_id
-    return row
+def _json(value: Any) -> str | None:
+    """A JSON column's value as the drivers take it (text; SQL NULL for None)."""
+    return None if value is None else orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _run_row(run: LiveRun) -> tuple[Any, ...]:
+    return (
+        run.id, run.user_id, run.key_id, run.kind, run.name, run.status, run.question, _json(run.request),
+        _json(run.config), _json(run.result), run.error, _json(run.tags), run.cost, run.prompt_tokens,
+        run.completion_tokens, run.cache_key, run.cached_from, False, run.created_at, run.clock.time(),
+        run.finished_at,
+    )
+
+
+def _call_row(run_id: str, c: CallRecord) -> tuple[Any, ...]:
+    return (run_id, c.seq, c.stage, c.role, c.model, c.deployment, _json(c.prompt), c.answer, c.prompt_tokens,
+            c.completion_tokens, c.cost_usd, c.latency_ms, c.error, c.ts)
+
+
+_RUN_INSERT = Insert("runs", (
+    "id", "user_id", "key_id", "kind", "name", "status", "question", "request", "config", "result", "error", "tags",
+    "cost_usd", "prompt_tokens", "completion_tokens", "cache_key", "cached_from", "cancel_requested", "created_at",
+    "heartbeat_at", "finished_at",
+))
+_CALL_INSERT = Insert("run_calls", (
+    "run_id", "seq", "stage", "role", "model", "deployment", "prompt", "answer", "prompt_tokens",
+    "completion_tokens", "cost_usd", "latency_ms", "error", "ts",
+))
+_EVENT_INSERT = Insert("run_events", ("run_id", "seq", "ts", "type", "data"))
+_DOC_INSERT = Insert("run_documents", ("run_id", "name", "content", "created_at"))
+_UPDATE_PROGRESS = (
+    "UPDATE runs SET heartbeat_at = ?, cost_usd = ?, prompt_tokens = ?, completion_tokens = ?, status = ? WHERE id = ?"
+)
+_UPDATE_FINAL = (
+    "UPDATE runs SET heartbeat_at = ?, cost_usd = ?, prompt_tokens = ?, completion_tokens = ?, status = ?, "
+    "result = ?, error = ?, finished_at = ? WHERE id = ?"
+)
+_SELECT_CANCEL = "SELECT cancel_requested FROM runs WHERE id = ?"
 
 
 class RunStore:
@@ -33,54 +69,35 @@ class RunStore:
         self._db = db
 
     async def create(self, run: LiveRun) -> None:
-        async with self._db.engine.begin() as conn:
-            await conn.execute(insert(_RUN), [self._run_row(run)])
-            await self._append(conn, run, len(run.calls))
-
-    @staticmethod
-    def _run_row(run: LiveRun) -> dict[str, Any]:
-        return {
-            "id": run.id, "user_id": run.user_id, "key_id": run.key_id, "kind": run.kind, "name": run.name,
-            "status": run.status, "question": run.question, "request": run.request, "config": run.config,
-            "result": run.result, "error": run.error, "tags": run.tags, "cost_usd": run.cost,
-            "prompt_tokens": run.prompt_tokens, "completion_tokens": run.completion_tokens,
-            "cache_key": run.cache_key, "cached_from": run.cached_from, "cancel_requested": False,
-            "created_at": run.created_at, "heartbeat_at": run.clock.time(), "finished_at": run.finished_at,
-        }
+        async with raw_transaction(self._db) as tx:
+            await tx.insert(_RUN_INSERT, [_run_row(run)])
+            await self._append(tx, run, len(run.calls))
 
     async def save(self, run: LiveRun) -> bool:
         """Write what is new (events, finished calls, totals, and at the end status, result and
-        documents) in one transaction. Returns whether someone asked for the run to be cancelled."""
+        documents) in one transaction. Returns whether someone asked for the run to be cancelled.
+
+        Through the driver itself (:mod:`..store.raw`): a run's writes are on the path of every
+        ensemble, and SQLAlchemy Core measured at 6 to 7 ms of CPU for them."""
         # A call still in flight (no answer, no error) is written once it ends.
         pending = next((i for i, c in enumerate(run.calls) if c.answer is None and c.error is None), None)
         limit = len(run.calls) if pending is None or run.finished else pending
-        async with self._db.engine.begin() as conn:
-            await self._append(conn, run, max(limit, run.saved_calls))
-            values: dict[str, Any] = {
-                "heartbeat_at": run.clock.time(), "cost_usd": run.cost, "prompt_tokens": run.prompt_tokens,
-                "completion_tokens": run.completion_tokens, "status": run.status,
-            }
-            if run.finished:
-                values.update(result=run.result, error=run.error, finished_at=run.finished_at)
-                if run.documents:
-                    await conn.execute(insert(_DOCS), [
-                        {"run_id": run.id, "name": n, "content": c, "created_at": run.finished_at}
-                        for n, c in run.documents.items()
-                    ])
-            await conn.execute(update(_RUN).where(_RUN.c.id == run.id).values(**values))
-            flag = (await conn.execute(select(_RUN.c.cancel_requested).where(_RUN.c.id == run.id))).scalar()
-        return bool(flag)
+        async with raw_transaction(self._db) as tx:
+            await self._append(tx, run, max(limit, run.saved_calls))
+            totals = (run.clock.time(), run.cost, run.prompt_tokens, run.completion_tokens, run.status)
+            if not run.finished:
+                await tx.execute(_UPDATE_PROGRESS, (*totals, run.id))
+                return bool(await tx.fetchval(_SELECT_CANCEL, (run.id,)))
+            await tx.insert(_DOC_INSERT, [(run.id, n, c, run.finished_at) for n, c in run.documents.items()])
+            await tx.execute(_UPDATE_FINAL, (*totals, _json(run.result), run.error, run.finished_at, run.id))
+        return False
 
     @staticmethod
-    async def _append(conn: Any, run: LiveRun, call_limit: int) -> None:
+    async def _append(tx: RawWriter, run: LiveRun, call_limit: int) -> None:
         events = run.events[run.saved_events:]
         calls = run.calls[run.saved_calls:call_limit]
-        if events:
-            await conn.execute(insert(_EVENTS), [
-                {"run_id": run.id, "seq": e.seq, "ts": e.ts, "type": e.type, "data": e.data} for e in events
-            ])
-        if calls:
-            await conn.execute(insert(_CALLS), [_call_row(run.id, c) for c in calls])
+        await tx.insert(_EVENT_INSERT, [(run.id, e.seq, e.ts, e.type, _json(e.data)) for e in events])
+        await tx.insert(_CALL_INSERT, [_call_row(run.id, c) for c in calls])
         run.saved_events += len(events)
         run.saved_calls += len(calls)
 
