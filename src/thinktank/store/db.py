@@ -15,7 +15,10 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-__all__ = ["Database", "default_database_url", "normalize_url"]
+from ..errors import ConfigError
+from .raw import SqliteWriter
+
+__all__ = ["SQLITE_PRAGMAS", "Database", "default_database_url", "normalize_url"]
 
 
 def default_database_url(data_dir: Path) -> str:
@@ -31,12 +34,15 @@ def normalize_url(url: str) -> str:
     return url
 
 
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA foreign_keys=ON", "PRAGMA busy_timeout=10000",
+)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    for pragma in SQLITE_PRAGMAS:
+        cursor.execute(pragma)
     cursor.close()
 
 
@@ -46,9 +52,13 @@ class Database:
         parsed = make_url(self.url)
         self.dialect = parsed.get_backend_name()
         kwargs: dict[str, Any] = {}
+        self._sqlite_path: str | None = None
+        self._sqlite_writer: SqliteWriter | None = None
         if self.dialect == "sqlite":
-            if parsed.database:
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            if not parsed.database or parsed.database == ":memory:" or parsed.database.startswith("file:"):
+                raise ConfigError(f"SQLite needs a database file, e.g. sqlite:///data/thinktank.db (got {url!r})")
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            self._sqlite_path = parsed.database
         else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
@@ -62,5 +72,17 @@ class Database:
         async with self.sessions() as session, session.begin():
             yield session
 
+    @property
+    def sqlite_writer(self) -> SqliteWriter:
+        """The thread that runs raw-driver write batches on SQLite (:func:`.raw.write`)."""
+        if self._sqlite_path is None:
+            raise RuntimeError("not a SQLite database")
+        if self._sqlite_writer is None:
+            self._sqlite_writer = SqliteWriter(self._sqlite_path, SQLITE_PRAGMAS)
+        return self._sqlite_writer
+
     async def close(self) -> None:
+        if self._sqlite_writer is not None:
+            await self._sqlite_writer.close()
+            self._sqlite_writer = None
         await self.engine.dispose()

@@ -1,23 +1,31 @@
 """Writes through the database driver itself, for hot paths (usage rows, runs).
 
 SQLAlchemy Core costs tens of microseconds of CPU per row and about a millisecond per statement
-(compilation caches, parameter processing, result set-up) on the event loop. The writers here send
-constant statements with their values as parameters, in each driver's placeholder style: SQLite
-(aiosqlite) gets one multi-row ``INSERT`` per chunk, because every statement is a hand-off to
-aiosqlite's thread; PostgreSQL (asyncpg) gets ``executemany``.
+(compilation caches, parameter processing, result set-up) on the event loop. A :class:`Batch`
+holds constant statements with their values as parameters; :func:`write` runs it as one
+transaction:
+
+- PostgreSQL: asyncpg on the event loop, ``executemany`` for rows;
+- SQLite: the whole batch in one hand-off to a writer thread of its own with a plain ``sqlite3``
+  connection, multi-row ``INSERT`` statements. aiosqlite would hand every statement, the commit
+  and the pool's reset to its thread and back, each a pair of thread wake-ups, and on this kind of
+  machine a wake-up costs more CPU than the statement.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
+import sqlite3
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from .db import Database
+if TYPE_CHECKING:
+    from .db import Database
 
-__all__ = ["Insert", "RawWriter", "raw_transaction"]
+__all__ = ["Batch", "Insert", "SqliteWriter", "write"]
 
 _SQLITE_MAX_PARAMS = 32_766  # SQLite >= 3.32
 
@@ -67,56 +75,95 @@ def _dollars(sql: str) -> str:
     return "".join(p + (f"${i + 1}" if i < len(parts) - 1 else "") for i, p in enumerate(parts))
 
 
-class RawWriter:
-    """Statements on one driver connection, inside the transaction :func:`raw_transaction` opened."""
+@dataclass(slots=True)
+class Batch:
+    """Statements for one transaction, run in order by :func:`write`. Statements other than inserts
+    are written with ``?`` placeholders."""
 
-    def __init__(self, dialect: str, driver: Any) -> None:
-        self.sqlite = dialect == "sqlite"
-        self._driver = driver
+    steps: list[tuple[str, Any, Any]] = field(default_factory=list)
 
-    async def insert(self, stmt: Insert, rows: Sequence[Sequence[Any]]) -> None:
-        if not rows:
-            return
-        if not self.sqlite:
-            await self._driver.executemany(stmt.dollar, rows)
-            return
-        step = stmt.rows_per_statement
-        for i in range(0, len(rows), step):
-            chunk = rows[i : i + step]
-            await self._driver.execute(stmt.sqlite(len(chunk)), [v for r in chunk for v in r])
+    def insert(self, stmt: Insert, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self.steps.append(("insert", stmt, rows))
 
-    async def execute(self, sql: str, params: Sequence[Any]) -> None:
-        """One statement written with ``?`` placeholders."""
-        if self.sqlite:
-            await self._driver.execute(sql, params)
-        else:
-            await self._driver.execute(_dollars(sql), *params)
+    def execute(self, sql: str, params: Sequence[Any]) -> None:
+        self.steps.append(("execute", sql, params))
 
-    async def fetchval(self, sql: str, params: Sequence[Any]) -> Any:
-        """The first column of the first row, or None."""
-        if not self.sqlite:
-            return await self._driver.fetchval(_dollars(sql), *params)
-        async with self._driver.execute(sql, params) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else row[0]
+    def value(self, sql: str, params: Sequence[Any]) -> None:
+        """A query whose first column of the first row (or None) is returned by :func:`write`."""
+        self.steps.append(("value", sql, params))
 
 
-@asynccontextmanager
-async def raw_transaction(db: Database) -> AsyncIterator[RawWriter]:
-    """One transaction on a pooled connection's driver: committed if the block succeeds, rolled
-    back if it raises."""
+async def write(db: Database, batch: Batch) -> list[Any]:
+    """Run ``batch`` as one transaction on ``db``: all of it or, if a statement fails, none of it.
+    Returns the values its queries asked for."""
+    if not batch.steps:
+        return []
+    if db.dialect == "sqlite":
+        return await db.sqlite_writer.run(batch)
     async with db.engine.connect() as conn:
         raw = await conn.get_raw_connection()
         driver = raw.driver_connection
         assert driver is not None
-        writer = RawWriter(db.dialect, driver)
-        if writer.sqlite:
-            try:
-                yield writer
-            except BaseException:
-                await driver.rollback()
-                raise
-            await driver.commit()
-        else:
-            async with driver.transaction():
-                yield writer
+        values: list[Any] = []
+        async with driver.transaction():
+            for kind, a, b in batch.steps:
+                if kind == "insert":
+                    await driver.executemany(a.dollar, b)
+                elif kind == "execute":
+                    await driver.execute(_dollars(a), *b)
+                else:
+                    values.append(await driver.fetchval(_dollars(a), *b))
+        return values
+
+
+class SqliteWriter:
+    """One thread with its own ``sqlite3`` connection to the database file, for :func:`write`."""
+
+    def __init__(self, path: str, pragmas: Sequence[str]) -> None:
+        self._path = path
+        self._pragmas = tuple(pragmas)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="thinktank-sqlite-writer")
+        self._conn: sqlite3.Connection | None = None  # opened and used only in the executor's thread
+
+    async def run(self, batch: Batch) -> list[Any]:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, batch)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(self._path, isolation_level=None)  # transactions are explicit below
+            for pragma in self._pragmas:
+                conn.execute(pragma)
+            self._conn = conn
+        return self._conn
+
+    def _run(self, batch: Batch) -> list[Any]:
+        conn = self._connection()
+        values: list[Any] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for kind, a, b in batch.steps:
+                if kind == "insert":
+                    step = a.rows_per_statement
+                    for i in range(0, len(b), step):
+                        chunk = b[i : i + step]
+                        conn.execute(a.sqlite(len(chunk)), [v for r in chunk for v in r])
+                elif kind == "execute":
+                    conn.execute(a, b)
+                else:
+                    row = conn.execute(a, b).fetchone()
+                    values.append(None if row is None else row[0])
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return values
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
+        self._executor.shutdown(wait=True)
