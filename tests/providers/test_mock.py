@@ -151,3 +151,13 @@ async def test_stream_uses_the_matching_rule(ctx: ProviderContext) -> None:
     second = [c async for c in m.stream(conversation("You are an expert.", "go"))]
     assert "".join(c.choices[0].delta.content or "" for c in first if c.choices) == "alpha beta gamma"
     assert "".join(c.choices[0].delta.content or "" for c in second if c.choices) == "delta"
+
+
+async def test_a_mock_keeps_only_its_last_requests(ctx: ProviderContext) -> None:
+    from thinktank.providers.mock import _KEEP_REQUESTS
+
+    m = mock(ctx)
+    for i in range(_KEEP_REQUESTS + 5):
+        await m.complete(req(str(i)))
+    assert m.calls == _KEEP_REQUESTS + 5 and len(m.requests) == _KEEP_REQUESTS
+    assert m.requests[0].messages[0].content == "5" and m.requests[-1].messages[0].content == str(_KEEP_REQUESTS + 4)

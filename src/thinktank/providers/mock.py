@@ -80,6 +80,10 @@ class MockRule(BaseModel):
         return [self.reply] if self.reply is not None else list(self.replies or ())
 
 
+_KEEP_REQUESTS = 100
+"""The last requests a mock model keeps (``MockProvider.requests``), for tests to look at."""
+
+
 class MockOptions(BaseModel):
     """The mock deployment's ``options``; see the module docstring."""
 
@@ -129,6 +133,8 @@ class MockProvider:
     async def _before(self, request: ChatRequest) -> None:
         self.calls += 1
         self.requests.append(request)
+        if len(self.requests) > _KEEP_REQUESTS:  # a long-running demo server must not grow without bound
+            del self.requests[0]
         if self.options.latency:
             await self._ctx.clock.sleep(self.options.latency)
         failing = self.calls <= self.options.fail_first or (
