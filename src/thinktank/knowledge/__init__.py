@@ -1,0 +1,1 @@
+"""Knowledge bases: parsing, chunking, embeddings, indexes and retrieval."""
