@@ -26,6 +26,8 @@ __all__ = [
     "RateLimitError",
     "RunFailedError",
     "ThinktankError",
+    "UnprocessableError",
+    "UnsupportedMediaTypeError",
     "UpstreamAuthError",
     "UpstreamBadRequestError",
     "UpstreamBadResponseError",
@@ -103,6 +105,18 @@ class ConflictError(ClientError):
 class PayloadTooLargeError(ClientError):
     status = 413
     code = "payload_too_large"
+
+
+class UnsupportedMediaTypeError(ClientError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class UnprocessableError(ClientError):
+    """Well-formed, but nothing can be made of it (a PDF without a text layer, say)."""
+
+    status = 422
+    code = "unprocessable"
 
 
 class RateLimitError(ClientError):
