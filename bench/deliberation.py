@@ -206,24 +206,18 @@ def cpu_ticks(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def thread_seconds(pid: int) -> dict[str, float]:
-    """Seconds on CPU of each living thread (nanosecond counters of /proc/<pid>/task/*/schedstat)."""
-    out = {}
+def threads(pid: int) -> tuple[dict[str, float], int]:
+    """Seconds on CPU of each living thread (nanosecond counters of /proc/<pid>/task/*/schedstat),
+    and their voluntary and involuntary context switches added up: how often they woke up."""
+    seconds: dict[str, float] = {}
+    switches = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            out[task.name] = int((task / "schedstat").read_text().split()[0]) / 1e9
-    return out
-
-
-def context_switches(pid: int) -> int:
-    """Voluntary and involuntary context switches of every living thread: how often it woke up."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            seconds[task.name] = int((task / "schedstat").read_text().split()[0]) / 1e9
             for line in (task / "status").read_text().splitlines():
                 if "ctxt_switches:" in line:
-                    total += int(line.split()[1])
-    return total
+                    switches += int(line.split()[1])
+    return seconds, switches
 
 
 class Cpu:
@@ -233,7 +227,7 @@ class Cpu:
         self.pid = pid
 
     def read(self) -> tuple[float, dict[str, float], int]:
-        return cpu_ticks(self.pid), thread_seconds(self.pid), context_switches(self.pid)
+        return cpu_ticks(self.pid), *threads(self.pid)
 
     def per_run(self, before: tuple[float, dict[str, float], int], n: int) -> dict[str, float]:
         ticks0, th0, cs0 = before
@@ -270,16 +264,21 @@ def wakeup_cost() -> float:
 HEADERS = {"Authorization": f"Bearer {ADMIN}", "content-type": "application/json"}
 
 
-async def native(s: aiohttp.ClientSession, ensemble: str) -> dict[str, Any]:
-    """One run through /api/v1/ensembles: wall ms plus what the record says."""
-    body = orjson.dumps({"ensemble": ensemble, "question": QUESTION})
+async def post(s: aiohttp.ClientSession, path: str, payload: dict[str, Any]) -> tuple[float, Any]:
+    """POST to thinktank: wall ms and the JSON answer; anything but a 200 stops the benchmark."""
     t0 = time.perf_counter()
-    async with s.post(f"http://127.0.0.1:{PORT}/api/v1/ensembles", data=body, headers=HEADERS) as resp:
+    async with s.post(f"http://127.0.0.1:{PORT}{path}", data=orjson.dumps(payload), headers=HEADERS) as resp:
         raw = await resp.read()
     wall = (time.perf_counter() - t0) * 1000
     if resp.status != 200:
-        raise SystemExit(f"/api/v1/ensembles answered {resp.status}: {raw[:500]!r}")
-    rec = orjson.loads(raw)
+        raise SystemExit(f"{path} ({payload.get('model') or payload.get('ensemble')}) answered {resp.status}: "
+                         f"{raw[:500]!r}")
+    return wall, orjson.loads(raw)
+
+
+async def native(s: aiohttp.ClientSession, ensemble: str) -> dict[str, Any]:
+    """One run through /api/v1/ensembles: wall ms plus what the record says."""
+    wall, rec = await post(s, "/api/v1/ensembles", {"ensemble": ensemble, "question": QUESTION})
     answers = [c for c in rec["calls"] if c["stage"] == "answer"]
     last = max(answers, key=lambda c: c["latency_ms"])
     return {"wall": wall, "slowest": last["latency_ms"],
@@ -290,29 +289,20 @@ async def native(s: aiohttp.ClientSession, ensemble: str) -> dict[str, Any]:
 
 
 async def chat(s: aiohttp.ClientSession, ensemble: str) -> dict[str, Any]:
-    body = orjson.dumps({"model": f"ensemble/{ensemble}", "messages": [{"role": "user", "content": QUESTION}]})
-    t0 = time.perf_counter()
-    async with s.post(f"http://127.0.0.1:{PORT}/v1/chat/completions", data=body, headers=HEADERS) as resp:
-        raw = await resp.read()
-    wall = (time.perf_counter() - t0) * 1000
-    if resp.status != 200:
-        raise SystemExit(f"/v1/chat/completions answered {resp.status}: {raw[:500]!r}")
-    if not orjson.loads(raw)["choices"][0]["message"]["content"]:
+    wall, answer = await post(s, "/v1/chat/completions", {
+        "model": f"ensemble/{ensemble}", "messages": [{"role": "user", "content": QUESTION}]})
+    if not answer["choices"][0]["message"]["content"]:
         raise SystemExit("ensemble/five answered with an empty message")
     return {"wall": wall}
 
 
 async def fanout(s: aiohttp.ClientSession, _: str) -> dict[str, Any]:
     """The five member calls alone: five chat completions at once, to m1..m5 through thinktank."""
-    async def one(model: str) -> None:
-        body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": QUESTION}]})
-        async with s.post(f"http://127.0.0.1:{PORT}/v1/chat/completions", data=body, headers=HEADERS) as resp:
-            raw = await resp.read()
-        if resp.status != 200:
-            raise SystemExit(f"/v1/chat/completions ({model}) answered {resp.status}: {raw[:500]!r}")
-
     t0 = time.perf_counter()
-    await asyncio.gather(*(one(f"m{i + 1}") for i in range(len(LATENCIES))))
+    await asyncio.gather(*(
+        post(s, "/v1/chat/completions", {"model": f"m{i + 1}", "messages": [{"role": "user", "content": QUESTION}]})
+        for i in range(len(LATENCIES))
+    ))
     return {"wall": (time.perf_counter() - t0) * 1000}
 
 
