@@ -308,16 +308,18 @@ class DebateRunner:
                 "## Risks (each with a mitigation) and ## Milestones (numbered, each with what is done when it is "
                 "reached). Be concrete."
             )
-            plan = await run.call("planning", "planner", model, [Message(role="user", content=plan_prompt)],
-                                  timeout=self.cfg.expert_timeout)
-            run.documents["plan.md"] = plan.text
-            run.emit("document", name="plan.md", chars=len(plan.text))
+            plan = await self._document("plan.md", plan_prompt)
             tasks_prompt = (
-                f"The plan:\n<<<\n{plan.text}\n>>>\n\nWrite the task list in Markdown, titled '# Tasks': numbered, "
+                f"The plan:\n<<<\n{plan}\n>>>\n\nWrite the task list in Markdown, titled '# Tasks': numbered, "
                 "actionable tasks. For each give: **Owner role**, **Depends on** (task numbers or 'none') and "
                 "**Acceptance criteria** (how to verify it is done)."
             )
-            tasks = await run.call("planning", "planner", model, [Message(role="user", content=tasks_prompt)],
-                                   timeout=self.cfg.expert_timeout)
-            run.documents["tasks.md"] = tasks.text
-            run.emit("document", name="tasks.md", chars=len(tasks.text))
+            await self._document("tasks.md", tasks_prompt)
+
+    async def _document(self, name: str, prompt: str) -> str:
+        """One planning document written by the moderator's model, stored with the run and announced."""
+        reply = await self.run.call("planning", "planner", self.cfg.moderator_model,
+                                    [Message(role="user", content=prompt)], timeout=self.cfg.expert_timeout)
+        self.run.documents[name] = reply.text
+        self.run.emit("document", name=name, chars=len(reply.text))
+        return reply.text

@@ -20,7 +20,7 @@ from pathlib import PurePosixPath
 from ..errors import UnprocessableError, UnsupportedMediaTypeError
 from .chunking import Block, markdown_blocks, text_blocks
 
-__all__ = ["SUPPORTED", "Extracted", "Limits", "detect_kind", "extract", "safe_filename"]
+__all__ = ["SUPPORTED", "Extracted", "Limits", "decode_text", "detect_kind", "extract", "safe_filename"]
 
 SUPPORTED: dict[str, str] = {
     ".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "markdown", ".html": "html", ".htm": "html",
