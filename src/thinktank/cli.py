@@ -220,8 +220,15 @@ def _register_deliberation_commands() -> None:
     app.command("leaderboard")(leaderboard_command)
 
 
+def _register_knowledge_commands() -> None:
+    from .cli_knowledge import eval_app
+
+    app.add_typer(eval_app, name="eval")
+
+
 _register_admin_commands()
 _register_deliberation_commands()
+_register_knowledge_commands()
 
 
 def main() -> None:

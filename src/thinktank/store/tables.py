@@ -9,12 +9,24 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
-    "ApiKey", "Base", "BudgetRow", "Comparison", "Run", "RunCall", "RunDocument", "RunEvent", "Session", "Team",
-    "UsageRow", "User", "new_id",
+    "ApiKey", "Base", "BudgetRow", "Comparison", "KbChunk", "KbDocument", "KbShare", "KnowledgeBase", "Run", "RunCall",
+    "RunDocument", "RunEvent", "Session", "Team", "UsageRow", "User", "new_id",
 ]
 
 SYSTEM_USER_ID = "usr_system"
@@ -232,3 +244,96 @@ class Comparison(Base):
     outcome: Mapped[float] = mapped_column(Float)
     tags: Mapped[list[str] | None] = mapped_column(JSON)
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class KnowledgeBase(Base):
+    """A collection of documents, searchable by its owner and whoever it is shared with."""
+
+    __tablename__ = "knowledge_bases"
+    __table_args__ = (UniqueConstraint("owner_id", "name", name="uq_kb_owner_name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    description: Mapped[str] = mapped_column(Text, default="")
+    embedding_model: Mapped[str] = mapped_column(String(256))
+    """``local/all-MiniLM-L6-v2`` or a gateway model name; the vectors of every chunk come from it."""
+    dimension: Mapped[int | None] = mapped_column(Integer)
+    """Known once the first vector is stored."""
+    chunk_tokens: Mapped[int] = mapped_column(Integer)
+    chunk_overlap: Mapped[int] = mapped_column(Integer)
+    index_version: Mapped[int] = mapped_column(Integer, default=0)
+    """Bumped by every change to what is searchable, so in-process vector caches know they are stale."""
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class KbShare(Base):
+    """Access to a knowledge base for one user or one team: ``read`` or ``write``."""
+
+    __tablename__ = "kb_shares"
+    __table_args__ = (
+        UniqueConstraint("kb_id", "user_id", name="uq_kb_share_user"),
+        UniqueConstraint("kb_id", "team_id", name="uq_kb_share_team"),
+        Index("ix_kb_shares_user", "user_id"),
+        Index("ix_kb_shares_team", "team_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    kb_id: Mapped[str] = mapped_column(ForeignKey("knowledge_bases.id", ondelete="CASCADE"))
+    user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    team_id: Mapped[str | None] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    access: Mapped[str] = mapped_column(String(8))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class KbDocument(Base):
+    """One source (a file or a URL) in a knowledge base. Re-ingesting the same source replaces it."""
+
+    __tablename__ = "kb_documents"
+    __table_args__ = (
+        UniqueConstraint("kb_id", "source", name="uq_kb_document_source"),
+        Index("ix_kb_documents_hash", "kb_id", "content_hash"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kb_id: Mapped[str] = mapped_column(ForeignKey("knowledge_bases.id", ondelete="CASCADE"))
+    source: Mapped[str] = mapped_column(String(1024))
+    """The file name (as given, sanitised) or the URL."""
+    title: Mapped[str] = mapped_column(String(500), default="")
+    kind: Mapped[str] = mapped_column(String(8))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    pages: Mapped[int | None] = mapped_column(Integer)
+    chunk_count: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(10))
+    """``approved`` (searchable), ``pending`` (a contribution waiting for review) or ``rejected``."""
+    submitted_by: Mapped[str] = mapped_column(String(32))
+    reviewed_by: Mapped[str | None] = mapped_column(String(32))
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    warnings: Mapped[list[str] | None] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class KbChunk(Base):
+    """A passage of a document with its place and its vector (float32 bytes). On SQLite its text is
+    also in the FTS5 table ``kb_chunks_fts`` (same rowid), kept in step by triggers."""
+
+    __tablename__ = "kb_chunks"
+    __table_args__ = (Index("ix_kb_chunks_document", "document_id", "position"), Index("ix_kb_chunks_kb", "kb_id"))
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    document_id: Mapped[str] = mapped_column(ForeignKey("kb_documents.id", ondelete="CASCADE"))
+    kb_id: Mapped[str] = mapped_column(String(32))
+    position: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    context: Mapped[str] = mapped_column(Text, default="")
+    """The document title and heading path, searched and embedded with the text."""
+    page: Mapped[int | None] = mapped_column(Integer)
+    tokens: Mapped[int] = mapped_column(Integer)
+    searchable: Mapped[bool] = mapped_column(Boolean)
+    """False while its document is pending or rejected."""
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)

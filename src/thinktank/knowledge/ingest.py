@@ -1,0 +1,236 @@
+"""Ingestion: sources (files, fetched URLs, records) become documents with chunks and vectors.
+
+A batch of sources is handled in groups: each source is parsed and chunked (in a worker thread:
+PDF parsing is CPU-bound), the group's chunks are embedded together (so the embedder batches
+passages of similar length from many documents), then the group is written in one transaction.
+For every document that transaction deletes the old version of the same source (its chunks and
+their full-text entries go with it) and inserts the new one, and it moves the knowledge base's
+``index_version``: a search sees a document entirely or not at all, and a failure leaves the
+knowledge base as it was.
+
+Content is de-duplicated by its SHA-256: the same source with the same bytes is ``unchanged``,
+the same bytes under another source in the same knowledge base is a ``duplicate``; neither is
+parsed or embedded again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sqlalchemy import delete, insert, select, update
+
+from ..clock import Clock
+from ..errors import InvalidRequestError, ThinktankError
+from ..store.db import Database
+from ..store.tables import KbChunk, KbDocument, KnowledgeBase, new_id
+from .chunking import Block, Chunk, ChunkingOptions, chunk_blocks
+from .embeddings import Embedder, vectors_to_bytes
+from .parsers import Limits, detect_kind, extract
+
+__all__ = ["IngestResult", "Ingestor", "Progress", "Source"]
+
+Status = Literal["added", "replaced", "unchanged", "duplicate", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    name: str
+    """The file name (already made safe) or the URL; re-ingesting the same name replaces the document."""
+    data: bytes
+    content_type: str | None = None
+    title: str | None = None
+    blocks: Sequence[Block] | None = None
+    """Already-extracted structure (records from a dataset); ``data`` is then only hashed."""
+    metadata: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    source: str
+    status: Status
+    document_id: str | None = None
+    chunks: int = 0
+    error: str | None = None
+    status_code: int | None = None
+    """For a failure: the HTTP status it maps to (415, 422...)."""
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    done: int
+    total: int
+    chunks: int
+    """Chunks written so far."""
+
+
+@dataclass(slots=True)
+class _Prepared:
+    index: int
+    source: Source
+    kind: str
+    title: str
+    pages: int | None
+    warnings: list[str]
+    chunks: list[Chunk]
+    digest: str
+    replaces: str | None
+    contexts: list[str] = field(default_factory=list)
+
+
+def embedding_text(context: str, text: str) -> str:
+    return f"{context}\n{text}" if context else text
+
+
+def _context(title: str, heading_path: Sequence[str]) -> str:
+    parts = [p for p in (title, *heading_path) if p]
+    # A heading that repeats the title (a Markdown file's "# Title") is said once.
+    if len(parts) > 1 and parts[0].strip().lower() == parts[1].strip().lower():
+        parts = parts[1:]
+    return " > ".join(parts)
+
+
+class Ingestor:
+    def __init__(
+        self, db: Database, embedder: Embedder, clock: Clock, *, limits: Limits | None = None,
+        group_chunks: int = 256,
+    ) -> None:
+        self.db = db
+        self.embedder = embedder
+        self.clock = clock
+        self.limits = limits or Limits()
+        self.group_chunks = group_chunks
+
+    async def ingest(
+        self, kb: KnowledgeBase, sources: Iterable[Source], *, submitted_by: str, status: str = "approved",
+        progress: Callable[[Progress], None] | None = None,
+    ) -> list[IngestResult]:
+        if kb.embedding_model != self.embedder.name:
+            raise InvalidRequestError(
+                f"knowledge base '{kb.name}' embeds with {kb.embedding_model}, not {self.embedder.name}"
+            )
+        items = list(sources)
+        results: list[IngestResult | None] = [None] * len(items)
+        written_chunks = 0
+        options = ChunkingOptions(target_tokens=kb.chunk_tokens, overlap_tokens=kb.chunk_overlap,
+                                  count=self.embedder.count_tokens)
+        group: list[_Prepared] = []
+        group_size = 0
+        seen: dict[str, str] = {}
+        """Digests ingested earlier in this batch, so a duplicate within the batch is caught too."""
+
+        async def flush() -> None:
+            nonlocal group, group_size, written_chunks
+            if group:
+                for p, result in zip(group, await self._write(kb, group, submitted_by, status), strict=True):
+                    results[p.index] = result
+                written_chunks += sum(len(p.chunks) for p in group)
+                group, group_size = [], 0
+
+        for index, source in enumerate(items):
+            digest = hashlib.sha256(source.data).hexdigest()
+            outcome = await self._check(kb.id, source.name, digest, seen)
+            if isinstance(outcome, IngestResult):
+                results[index] = outcome
+            else:
+                try:
+                    prepared = await asyncio.to_thread(self._prepare, index, source, digest, outcome, options)
+                except ThinktankError as exc:
+                    results[index] = IngestResult(source.name, "failed", error=exc.message, status_code=exc.status)
+                else:
+                    seen[digest] = source.name
+                    group.append(prepared)
+                    group_size += len(prepared.chunks)
+                    if group_size >= self.group_chunks:
+                        await flush()
+            if progress is not None:
+                progress(Progress(done=index + 1, total=len(items), chunks=written_chunks))
+        await flush()
+        if progress is not None and items:
+            progress(Progress(done=len(items), total=len(items), chunks=written_chunks))
+        return [r for r in results if r is not None]
+
+    async def _check(self, kb_id: str, name: str, digest: str, seen: dict[str, str]) -> IngestResult | str | None:
+        """An early result (unchanged, duplicate), or the id of the document this source replaces (or None)."""
+        if digest in seen:
+            return IngestResult(name, "duplicate", error=f"same content as {seen[digest]}")
+        async with self.db.engine.connect() as conn:
+            rows = (await conn.execute(
+                select(KbDocument.id, KbDocument.source, KbDocument.content_hash, KbDocument.chunk_count)
+                .where(KbDocument.kb_id == kb_id)
+                .where((KbDocument.source == name) | (KbDocument.content_hash == digest))
+            )).all()
+        same_source = next((r for r in rows if r.source == name), None)
+        if same_source is not None and same_source.content_hash == digest:
+            return IngestResult(name, "unchanged", document_id=same_source.id, chunks=same_source.chunk_count)
+        other = next((r for r in rows if r.source != name), None)
+        if other is not None:
+            return IngestResult(name, "duplicate", document_id=other.id, error=f"same content as {other.source}")
+        return same_source.id if same_source is not None else None
+
+    def _prepare(
+        self, index: int, source: Source, digest: str, replaces: str | None, options: ChunkingOptions,
+    ) -> _Prepared:
+        if source.blocks is not None:
+            kind, blocks, title, pages, warnings = "text", list(source.blocks), source.title or "", None, []
+        else:
+            kind = detect_kind(source.name, source.content_type, source.data)
+            extracted = extract(source.data, kind, self.limits)
+            blocks, title = extracted.blocks, source.title or extracted.title or ""
+            pages, warnings = extracted.pages, list(extracted.warnings)
+        chunks = chunk_blocks(blocks, options)
+        prepared = _Prepared(index, source, kind, title, pages, warnings, chunks, digest, replaces)
+        prepared.contexts = [_context(title, c.heading_path) for c in chunks]
+        return prepared
+
+    async def _write(
+        self, kb: KnowledgeBase, group: list[_Prepared], submitted_by: str, status: str,
+    ) -> list[IngestResult]:
+        texts = [embedding_text(ctx, c.text) for p in group for ctx, c in zip(p.contexts, p.chunks, strict=True)]
+        vectors = await self.embedder.embed(texts)
+        blobs = vectors_to_bytes(vectors)
+        dimension = int(vectors.shape[1]) if texts else None
+        now = self.clock.time()
+        results: list[IngestResult] = []
+        searchable = status == "approved"
+        async with self.db.session() as s:
+            current = (await s.execute(select(KnowledgeBase.dimension).where(KnowledgeBase.id == kb.id))).scalar()
+            if dimension is not None and current is not None and current != dimension:
+                raise InvalidRequestError(
+                    f"{self.embedder.name} gives {dimension}-dimensional vectors, the knowledge base holds {current}; "
+                    "re-embed it first"
+                )
+            at = 0
+            for p in group:
+                if p.replaces is not None:
+                    await s.execute(delete(KbChunk).where(KbChunk.document_id == p.replaces))
+                    await s.execute(delete(KbDocument).where(KbDocument.id == p.replaces))
+                doc_id = new_id("doc")
+                s.add(KbDocument(
+                    id=doc_id, kb_id=kb.id, source=p.source.name, title=p.title[:500], kind=p.kind,
+                    content_hash=p.digest, size_bytes=len(p.source.data), pages=p.pages, chunk_count=len(p.chunks),
+                    status=status, submitted_by=submitted_by, metadata_=p.source.metadata,
+                    warnings=p.warnings or None, created_at=now, updated_at=now,
+                ))
+                await s.flush()
+                rows = [
+                    {"document_id": doc_id, "kb_id": kb.id, "position": c.position, "text": c.text, "context": ctx,
+                     "page": c.page, "tokens": c.tokens, "searchable": searchable, "embedding": blobs[at + i]}
+                    for i, (ctx, c) in enumerate(zip(p.contexts, p.chunks, strict=True))
+                ]
+                at += len(rows)
+                if rows:
+                    await s.execute(insert(KbChunk), rows)
+                results.append(IngestResult(
+                    p.source.name, "replaced" if p.replaces else "added", document_id=doc_id, chunks=len(rows),
+                    warnings=tuple(p.warnings),
+                ))
+            values: dict[str, object] = {"index_version": KnowledgeBase.index_version + 1, "updated_at": now}
+            if current is None and dimension is not None:
+                values["dimension"] = dimension
+            await s.execute(update(KnowledgeBase).where(KnowledgeBase.id == kb.id).values(**values))
+        return results

@@ -1,0 +1,239 @@
+"""Ingestion and hybrid retrieval on a real database with the real local model."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select, text
+
+from thinktank.errors import InvalidRequestError
+from thinktank.knowledge.embeddings import LocalEmbedder
+from thinktank.knowledge.index import Filters, Hit, VectorCache, fts_query, keyword_search
+from thinktank.knowledge.ingest import Ingestor, Source
+from thinktank.knowledge.retrieval import Retriever, SearchOptions, fuse
+from thinktank.store.db import Database
+from thinktank.store.tables import SYSTEM_USER_ID, KbChunk, KbDocument, KnowledgeBase, new_id
+
+from ..fakes.clock import FakeClock
+from ..fakes.databases import make_sqlite
+
+DOCS = {
+    "cats.md": "# Cats\n\nCats are small domesticated felines that purr and hunt mice.\n\n"
+               "## Care\n\nFeed a cat twice a day and keep its litter box clean.",
+    "rust.md": "# Rust\n\nRust is a systems programming language with a borrow checker that prevents data races.",
+    "bread.txt": "Sourdough bread rises thanks to wild yeast and lactic acid bacteria in the starter.",
+    "tides.html": "<html><body><h1>Tides</h1><p>Ocean tides are caused by the gravitational pull of the moon."
+                  "</p><script>ignore()</script></body></html>",
+}
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(await asyncio.to_thread(make_sqlite, tmp_path))
+    yield database
+    await database.close()
+
+
+async def make_kb(db: Database, embedder: LocalEmbedder, name: str = "notes", chunk_tokens: int = 60) -> KnowledgeBase:
+    kb = KnowledgeBase(id=new_id("kb"), owner_id=SYSTEM_USER_ID, name=name, description="",
+                       embedding_model=embedder.name, chunk_tokens=chunk_tokens, chunk_overlap=10, index_version=0,
+                       created_at=1.0, updated_at=1.0)
+    async with db.session() as s:
+        s.add(kb)
+    return kb
+
+
+def sources(docs: dict[str, str]) -> list[Source]:
+    return [Source(name=name, data=body.encode()) for name, body in docs.items()]
+
+
+async def ingest(db: Database, embedder: LocalEmbedder, kb: KnowledgeBase, docs: dict[str, str],
+                 status: str = "approved") -> list[str]:
+    results = await Ingestor(db, embedder, FakeClock()).ingest(kb, sources(docs), submitted_by=SYSTEM_USER_ID,
+                                                              status=status)
+    return [r.status for r in results]
+
+
+async def sources_of(retriever: Retriever, kb_ids: Sequence[str], query: str, embedder: LocalEmbedder,
+                     **options: object) -> list[str]:
+    found = await retriever.search(kb_ids, query, embedder, SearchOptions(**options))  # type: ignore[arg-type]
+    return [r.source for r in found]
+
+
+async def test_ingest_writes_documents_chunks_vectors_and_full_text(
+    db: Database, local_embedder: LocalEmbedder,
+) -> None:
+    kb = await make_kb(db, local_embedder)
+    progress: list[tuple[int, int]] = []
+    results = await Ingestor(db, local_embedder, FakeClock()).ingest(
+        kb, sources(DOCS), submitted_by=SYSTEM_USER_ID, progress=lambda p: progress.append((p.done, p.total)))
+    assert [r.status for r in results] == ["added"] * 4
+    assert progress[-1] == (4, 4) and len(progress) >= 4
+    async with db.session() as s:
+        chunks = (await s.execute(select(KbChunk).order_by(KbChunk.id))).scalars().all()
+        stored = (await s.execute(select(KnowledgeBase).where(KnowledgeBase.id == kb.id))).scalar_one()
+        fts = (await s.execute(text("SELECT count(*) FROM kb_chunks_fts"))).scalar_one()
+    assert stored.dimension == 384 and stored.index_version == 1
+    assert fts == len(chunks) == sum(r.chunks for r in results)
+    care = next(c for c in chunks if "litter" in c.text)
+    assert care.context == "Cats > Care"  # the title heading is not said twice
+    assert all(c.embedding is not None and len(c.embedding) == 384 * 4 for c in chunks)
+    tides = next(c for c in chunks if "moon" in c.text)
+    assert "ignore()" not in tides.text
+
+
+async def test_reingest_is_unchanged_duplicate_or_an_atomic_replace(
+    db: Database, local_embedder: LocalEmbedder,
+) -> None:
+    kb = await make_kb(db, local_embedder)
+    retriever = Retriever(db)
+    assert await ingest(db, local_embedder, kb, DOCS) == ["added"] * 4
+    assert await ingest(db, local_embedder, kb, {"cats.md": DOCS["cats.md"]}) == ["unchanged"]
+    assert await ingest(db, local_embedder, kb, {"copy-of-rust.md": DOCS["rust.md"]}) == ["duplicate"]
+    assert await ingest(db, local_embedder, kb, {"a.txt": "Same words.", "b.txt": "Same words."}) == [
+        "added", "duplicate"]
+    assert await sources_of(retriever, [kb.id], "litter box", local_embedder, mode="keyword")
+    new_cats = "# Cats\n\nCats sleep for most of the day in warm sunny spots."
+    assert await ingest(db, local_embedder, kb, {"cats.md": new_cats}) == ["replaced"]
+    assert await sources_of(retriever, [kb.id], "litter box", local_embedder, mode="keyword") == []
+    assert await sources_of(retriever, [kb.id], "sunny spots", local_embedder, mode="keyword") == ["cats.md"]
+    async with db.session() as s:
+        docs = (await s.execute(select(func.count()).select_from(KbDocument))).scalar_one()
+        orphans = (await s.execute(text(
+            "SELECT count(*) FROM kb_chunks_fts WHERE rowid NOT IN (SELECT id FROM kb_chunks)"))).scalar_one()
+    assert docs == 5 and orphans == 0
+
+
+class FailingEmbedder:
+    def __init__(self, inner: LocalEmbedder) -> None:
+        self.inner = inner
+        self.name, self.dimension, self.max_tokens = inner.name, inner.dimension, inner.max_tokens
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        raise RuntimeError("embedding service went away")
+
+
+async def test_a_failed_ingest_leaves_nothing_half_written(db: Database, local_embedder: LocalEmbedder) -> None:
+    kb = await make_kb(db, local_embedder)
+    await ingest(db, local_embedder, kb, {"cats.md": DOCS["cats.md"]})
+    with pytest.raises(RuntimeError):
+        await Ingestor(db, FailingEmbedder(local_embedder), FakeClock()).ingest(
+            kb, sources({"cats.md": "# Cats\n\nA new version.", "rust.md": DOCS["rust.md"]}),
+            submitted_by=SYSTEM_USER_ID)
+    async with db.session() as s:
+        docs = (await s.execute(select(KbDocument.source, KbDocument.chunk_count))).all()
+        version = (await s.execute(select(KnowledgeBase.index_version))).scalar_one()
+    assert [d.source for d in docs] == ["cats.md"] and version == 1
+    assert await sources_of(Retriever(db), [kb.id], "litter", local_embedder, mode="keyword") == ["cats.md"]
+
+
+async def test_bad_files_fail_alone_with_their_status(db: Database, local_embedder: LocalEmbedder) -> None:
+    kb = await make_kb(db, local_embedder)
+    results = await Ingestor(db, local_embedder, FakeClock()).ingest(kb, [
+        Source("photo.png", b"\x89PNG\r\n\x1a\n"), Source("empty.txt", b"   \n"),
+        Source("bread.txt", DOCS["bread.txt"].encode()),
+    ], submitted_by=SYSTEM_USER_ID)
+    assert [(r.status, r.status_code) for r in results] == [("failed", 415), ("failed", 422), ("added", None)]
+    assert results[0].error and "Unsupported" in results[0].error
+
+
+async def test_keyword_vector_and_hybrid_find_the_right_document(db: Database, local_embedder: LocalEmbedder) -> None:
+    kb = await make_kb(db, local_embedder)
+    await ingest(db, local_embedder, kb, DOCS)
+    retriever = Retriever(db)
+    # Exact words: BM25. A paraphrase with no shared word: the vectors.
+    assert (await sources_of(retriever, [kb.id], "borrow checker", local_embedder, mode="keyword"))[0] == "rust.md"
+    paraphrase = "why does seawater climb shores"
+    assert await sources_of(retriever, [kb.id], paraphrase, local_embedder, mode="keyword") == []
+    assert (await sources_of(retriever, [kb.id], paraphrase, local_embedder, mode="vector"))[0] == "tides.html"
+    assert (await sources_of(retriever, [kb.id], paraphrase, local_embedder))[0] == "tides.html"
+    assert (await sources_of(retriever, [kb.id], "how do I feed my cat", local_embedder, fusion="rrf"))[0] == "cats.md"
+    found = await retriever.search([kb.id], "yeast starter", local_embedder, SearchOptions(top_k=1))
+    assert len(found) == 1 and found[0].source == "bread.txt" and found[0].document_id.startswith("doc_")
+    assert found[0].kb_id == kb.id and found[0].position == 0 and "Sourdough" in found[0].text
+
+
+async def test_filters_and_top_k(db: Database, local_embedder: LocalEmbedder) -> None:
+    kb = await make_kb(db, local_embedder)
+    await ingest(db, local_embedder, kb, DOCS)
+    retriever = Retriever(db)
+    query = "animals, programming, bread and the ocean"
+    for mode in ("keyword", "vector", "hybrid"):
+        only_md = await sources_of(retriever, [kb.id], query, local_embedder, mode=mode,
+                                   filters=Filters(kinds=("markdown",)))
+        assert only_md and set(only_md) <= {"cats.md", "rust.md"}, mode
+        prefixed = await sources_of(retriever, [kb.id], query, local_embedder, mode=mode,
+                                    filters=Filters(source_prefix="b"))
+        assert set(prefixed) == {"bread.txt"}, mode
+    async with db.session() as s:
+        rust_id = (await s.execute(select(KbDocument.id).where(KbDocument.source == "rust.md"))).scalar_one()
+    assert set(await sources_of(retriever, [kb.id], query, local_embedder,
+                                filters=Filters(document_ids=(rust_id,)))) == {"rust.md"}
+    assert len(await sources_of(retriever, [kb.id], query, local_embedder, top_k=2)) == 2
+
+
+async def test_searches_stay_inside_the_given_knowledge_bases(db: Database, local_embedder: LocalEmbedder) -> None:
+    mine, theirs = await make_kb(db, local_embedder, "mine"), await make_kb(db, local_embedder, "theirs")
+    await ingest(db, local_embedder, mine, {"bread.txt": DOCS["bread.txt"]})
+    await ingest(db, local_embedder, theirs, {"secret.txt": "The vault code is kept under the sourdough jar."})
+    retriever = Retriever(db)
+    for mode in ("keyword", "vector", "hybrid"):
+        assert await sources_of(retriever, [mine.id], "vault code sourdough", local_embedder, mode=mode) == [
+            "bread.txt"], mode
+    assert await sources_of(retriever, [], "sourdough", local_embedder) == []
+
+
+async def test_pending_documents_are_not_searchable(db: Database, local_embedder: LocalEmbedder) -> None:
+    kb = await make_kb(db, local_embedder)
+    await ingest(db, local_embedder, kb, {"tides.html": DOCS["tides.html"]}, status="pending")
+    for mode in ("keyword", "vector", "hybrid"):
+        assert await sources_of(Retriever(db), [kb.id], "ocean tides moon", local_embedder, mode=mode) == [], mode
+
+
+async def test_vector_cache_follows_changes_made_elsewhere(db: Database, local_embedder: LocalEmbedder) -> None:
+    kb = await make_kb(db, local_embedder)
+    await ingest(db, local_embedder, kb, {"bread.txt": DOCS["bread.txt"]})
+    one, other = VectorCache(db), VectorCache(db)  # two processes' caches
+    query = (await local_embedder.embed(["gravity of the moon and the sea"]))[0]
+    assert [h.chunk_id for h in await one.search([kb.id], query, 5)] == [h.chunk_id for h in await other.search(
+        [kb.id], query, 5)]
+    await ingest(db, local_embedder, kb, {"tides.html": DOCS["tides.html"]})
+    hits = await one.search([kb.id], query, 5)
+    assert len(hits) == 2 and hits[0].score > hits[1].score
+
+
+async def test_queries_are_never_fts_syntax(db: Database, local_embedder: LocalEmbedder) -> None:
+    kb = await make_kb(db, local_embedder)
+    await ingest(db, local_embedder, kb, DOCS)
+    assert fts_query('cats" OR NEAR(rust) *') == '"cats" OR "or" OR "near" OR "rust"'
+    assert fts_query("?! ...") is None
+    for query in ['"unbalanced', "NOT cats", "col:umn", "a AND (b", "rust*", "^start", "-minus"]:
+        await keyword_search(db, [kb.id], query, 10)  # no FTS5 syntax error reaches the caller
+    assert await keyword_search(db, [kb.id], "?!", 10) == []
+    with pytest.raises(InvalidRequestError):
+        await Retriever(db).search([kb.id], "   ", local_embedder, SearchOptions())
+
+
+def test_fusion_by_score_and_by_rank() -> None:
+    keyword = [Hit(1, 12.0), Hit(2, 11.9), Hit(3, 2.0)]
+    vector = [Hit(3, 0.9), Hit(4, 0.5), Hit(1, 0.1)]
+    by_score = fuse(keyword, vector, SearchOptions(keyword_weight=0.5, vector_weight=0.5))
+    assert [h.chunk_id for h in by_score] == [1, 3, 2, 4]
+    assert by_score[0].score == pytest.approx(0.5 * 1.0 + 0.5 * 0.0)
+    assert by_score[1].score == pytest.approx(0.5 * 0.0 + 0.5 * 1.0)
+    only_vector = fuse(keyword, vector, SearchOptions(keyword_weight=0.0, vector_weight=1.0))
+    assert [h.chunk_id for h in only_vector][:2] == [3, 4]
+    rrf = fuse(keyword, vector, SearchOptions(fusion="rrf", keyword_weight=1.0, vector_weight=1.0))
+    assert rrf[0].chunk_id == 1 and rrf[0].score == pytest.approx(1 / 61 + 1 / 63)
+    assert {h.chunk_id for h in rrf} == {1, 2, 3, 4}
+    with pytest.raises(InvalidRequestError):
+        SearchOptions(keyword_weight=0, vector_weight=0)
+    with pytest.raises(InvalidRequestError):
+        SearchOptions(top_k=0)
