@@ -12,9 +12,9 @@ from sqlalchemy import func, select, text
 
 from thinktank.errors import InvalidRequestError
 from thinktank.knowledge.embeddings import LocalEmbedder
-from thinktank.knowledge.index import Filters, Hit, VectorCache, fts_query, keyword_search
+from thinktank.knowledge.index import Filters, VectorCache, fts_query, keyword_documents, keyword_search
 from thinktank.knowledge.ingest import Ingestor, Source
-from thinktank.knowledge.retrieval import Retriever, SearchOptions, fuse
+from thinktank.knowledge.retrieval import Retriever, SearchOptions
 from thinktank.store.db import Database
 from thinktank.store.tables import SYSTEM_USER_ID, KbChunk, KbDocument, KnowledgeBase, new_id
 
@@ -200,13 +200,12 @@ async def test_pending_documents_are_not_searchable(db: Database, local_embedder
 async def test_vector_cache_follows_changes_made_elsewhere(db: Database, local_embedder: LocalEmbedder) -> None:
     kb = await make_kb(db, local_embedder)
     await ingest(db, local_embedder, kb, {"bread.txt": DOCS["bread.txt"]})
-    one, other = VectorCache(db), VectorCache(db)  # two processes' caches
-    query = (await local_embedder.embed(["gravity of the moon and the sea"]))[0]
-    assert [h.chunk_id for h in await one.search([kb.id], query, 5)] == [h.chunk_id for h in await other.search(
-        [kb.id], query, 5)]
+    one, other = Retriever(db, VectorCache(db)), Retriever(db, VectorCache(db))  # two processes' caches
+    query = "gravity of the moon and the sea"
+    assert await sources_of(one, [kb.id], query, local_embedder, mode="vector") == ["bread.txt"]
+    assert await sources_of(other, [kb.id], query, local_embedder, mode="vector") == ["bread.txt"]
     await ingest(db, local_embedder, kb, {"tides.html": DOCS["tides.html"]})
-    hits = await one.search([kb.id], query, 5)
-    assert len(hits) == 2 and hits[0].score > hits[1].score
+    assert await sources_of(one, [kb.id], query, local_embedder, mode="vector") == ["tides.html", "bread.txt"]
 
 
 async def test_queries_are_never_fts_syntax(db: Database, local_embedder: LocalEmbedder) -> None:
@@ -216,24 +215,33 @@ async def test_queries_are_never_fts_syntax(db: Database, local_embedder: LocalE
     assert fts_query("?! ...") is None
     for query in ['"unbalanced', "NOT cats", "col:umn", "a AND (b", "rust*", "^start", "-minus"]:
         await keyword_search(db, [kb.id], query, 10)  # no FTS5 syntax error reaches the caller
-    assert await keyword_search(db, [kb.id], "?!", 10) == []
+        await keyword_documents(db, [kb.id], query, 10)
+    assert await keyword_search(db, [kb.id], "?!", 10) == [] == await keyword_documents(db, [kb.id], "?!", 10)
     with pytest.raises(InvalidRequestError):
         await Retriever(db).search([kb.id], "   ", local_embedder, SearchOptions())
 
 
-def test_fusion_by_score_and_by_rank() -> None:
-    keyword = [Hit(1, 12.0), Hit(2, 11.9), Hit(3, 2.0)]
-    vector = [Hit(3, 0.9), Hit(4, 0.5), Hit(1, 0.1)]
-    by_score = fuse(keyword, vector, SearchOptions(keyword_weight=0.5, vector_weight=0.5))
-    assert [h.chunk_id for h in by_score] == [1, 3, 2, 4]
-    assert by_score[0].score == pytest.approx(0.5 * 1.0 + 0.5 * 0.0)
-    assert by_score[1].score == pytest.approx(0.5 * 0.0 + 0.5 * 1.0)
-    only_vector = fuse(keyword, vector, SearchOptions(keyword_weight=0.0, vector_weight=1.0))
-    assert [h.chunk_id for h in only_vector][:2] == [3, 4]
-    rrf = fuse(keyword, vector, SearchOptions(fusion="rrf", keyword_weight=1.0, vector_weight=1.0))
-    assert rrf[0].chunk_id == 1 and rrf[0].score == pytest.approx(1 / 61 + 1 / 63)
-    assert {h.chunk_id for h in rrf} == {1, 2, 3, 4}
+def test_search_options_are_checked() -> None:
     with pytest.raises(InvalidRequestError):
         SearchOptions(keyword_weight=0, vector_weight=0)
     with pytest.raises(InvalidRequestError):
         SearchOptions(top_k=0)
+
+
+async def test_document_keyword_scores_rank_chunks_with_their_vectors(
+    db: Database, local_embedder: LocalEmbedder,
+) -> None:
+    """A document whose words are spread over two chunks is found by keywords as a whole, and shown by
+    the chunk that matches best."""
+    kb = await make_kb(db, local_embedder, chunk_tokens=40)
+    long_doc = ("# Telescope\n\n" + "The mirror was ground by hand over many months. " * 6
+                + "\n\n## Later\n\n" + "Its mount tracks stars with a clockwork drive. " * 6)
+    await ingest(db, local_embedder, kb, {"scope.md": long_doc, **{"bread.txt": DOCS["bread.txt"]}})
+    retriever = Retriever(db)
+    hits = await retriever.search([kb.id], "mirror clockwork", local_embedder, SearchOptions(mode="keyword"))
+    assert [h.source for h in hits] == ["scope.md"]
+    assert "mirror" in hits[0].text or "clockwork" in hits[0].text
+    hybrid = await retriever.search([kb.id], "mirror clockwork", local_embedder, SearchOptions())
+    assert hybrid[0].source == "scope.md" and {h.source for h in hybrid} == {"scope.md", "bread.txt"}
+    rrf = await retriever.search([kb.id], "mirror clockwork", local_embedder, SearchOptions(fusion="rrf"))
+    assert rrf[0].source == "scope.md"

@@ -24,7 +24,10 @@ from ..store.db import Database
 from ..store.tables import KbChunk, KnowledgeBase
 from .embeddings import vectors_from_bytes
 
-__all__ = ["Filters", "Hit", "VectorCache", "fts_query", "keyword_search", "query_terms"]
+__all__ = [
+    "DocHit", "Filters", "Hit", "Matrix", "VectorCache", "filtered_chunk_ids", "fts_query", "keyword_documents",
+    "keyword_search", "query_terms",
+]
 
 _TERM = re.compile(r"\w+", re.UNICODE)
 
@@ -32,6 +35,12 @@ _TERM = re.compile(r"\w+", re.UNICODE)
 @dataclass(frozen=True, slots=True)
 class Hit:
     chunk_id: int
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class DocHit:
+    document_id: str
     score: float
 
 
@@ -67,14 +76,15 @@ def fts_query(query: str) -> str | None:
     return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
 
 
-def _filter_sql(filters: Filters, params: dict[str, object]) -> str:
+def _filter_sql(filters: Filters, params: dict[str, object], doc_alias: str = "d") -> str:
+    """SQL conditions for ``filters`` over documents ``d`` and chunks ``c``."""
     clauses: list[str] = []
     if filters.document_ids:
         names = []
         for i, doc in enumerate(filters.document_ids):
             params[f"doc{i}"] = doc
             names.append(f":doc{i}")
-        clauses.append(f"c.document_id IN ({', '.join(names)})")
+        clauses.append(f"{doc_alias}.id IN ({', '.join(names)})")
     if filters.kinds:
         names = []
         for i, kind in enumerate(filters.kinds):
@@ -90,19 +100,43 @@ def _filter_sql(filters: Filters, params: dict[str, object]) -> str:
     return "".join(f" AND {c}" for c in clauses)
 
 
-def _kb_sql(kb_ids: Sequence[str], params: dict[str, object]) -> str:
+def _kb_sql(kb_ids: Sequence[str], params: dict[str, object], alias: str = "c") -> str:
     names = []
     for i, kb in enumerate(kb_ids):
         params[f"kb{i}"] = kb
         names.append(f":kb{i}")
-    return f"c.kb_id IN ({', '.join(names)})"
+    return f"{alias}.kb_id IN ({', '.join(names)})"
+
+
+async def keyword_documents(
+    db: Database, kb_ids: Sequence[str], query: str, limit: int, filters: Filters = Filters(),
+) -> list[DocHit]:
+    """BM25 over whole documents (title and text) of ``kb_ids``, best first (higher is better).
+    Page filters do not apply at this level (the chunk stage applies them)."""
+    match = fts_query(query)
+    if match is None or not kb_ids or limit <= 0:
+        return []
+    if db.dialect != "sqlite":
+        raise NotImplementedError("keyword search on PostgreSQL is not built yet")
+    params: dict[str, object] = {"match": match, "limit": limit}
+    doc_filters = Filters(filters.document_ids, filters.kinds, filters.source_prefix)
+    # Only generated placeholder names are put into the SQL; every value is bound.
+    where = f"{_kb_sql(kb_ids, params, 'd')} AND d.status = 'approved'{_filter_sql(doc_filters, params, 'd')}"
+    sql = (
+        "SELECT d.id, bm25(kb_documents_fts) AS rank FROM kb_documents_fts "  # noqa: S608
+        "JOIN kb_document_texts t ON t.id = kb_documents_fts.rowid JOIN kb_documents d ON d.id = t.document_id "
+        "WHERE kb_documents_fts MATCH :match AND " + where + " ORDER BY rank LIMIT :limit"
+    )
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(text(sql), params)).all()
+    return [DocHit(str(doc_id), -float(rank)) for doc_id, rank in rows]
 
 
 async def keyword_search(
     db: Database, kb_ids: Sequence[str], query: str, limit: int, filters: Filters = Filters(),
     *, weights: tuple[float, float] = (1.0, 1.0),
-) -> list[Hit]:
-    """BM25 over the chunks of ``kb_ids``, best first (score: higher is better)."""
+) -> list[tuple[Hit, str]]:
+    """BM25 over the chunks of ``kb_ids``, best first (score: higher is better), with each chunk's document."""
     match = fts_query(query)
     if match is None or not kb_ids or limit <= 0:
         return []
@@ -112,13 +146,13 @@ async def keyword_search(
     # Only generated placeholder names are put into the SQL; every value is bound.
     where = f"{_kb_sql(kb_ids, params)} AND c.searchable{_filter_sql(filters, params)}"
     sql = (
-        "SELECT c.id, bm25(kb_chunks_fts, :wc, :wt) AS rank FROM kb_chunks_fts "  # noqa: S608
+        "SELECT c.id, c.document_id, bm25(kb_chunks_fts, :wc, :wt) AS rank FROM kb_chunks_fts "  # noqa: S608
         "JOIN kb_chunks c ON c.id = kb_chunks_fts.rowid JOIN kb_documents d ON d.id = c.document_id "
         "WHERE kb_chunks_fts MATCH :match AND " + where + " ORDER BY rank LIMIT :limit"
     )
     async with db.engine.connect() as conn:
         rows = (await conn.execute(text(sql), params)).all()
-    return [Hit(int(chunk_id), -float(rank)) for chunk_id, rank in rows]
+    return [(Hit(int(chunk_id), -float(rank)), str(doc_id)) for chunk_id, doc_id, rank in rows]
 
 
 async def filtered_chunk_ids(db: Database, kb_ids: Sequence[str], filters: Filters) -> np.ndarray:
@@ -131,10 +165,16 @@ async def filtered_chunk_ids(db: Database, kb_ids: Sequence[str], filters: Filte
 
 
 @dataclass(slots=True)
-class _Matrix:
+class Matrix:
+    """One knowledge base's searchable chunks: ids (ascending), unit vectors, and each chunk's document
+    as an index into ``documents``."""
+
     version: int
     ids: np.ndarray
     vectors: np.ndarray
+    doc_index: np.ndarray
+    documents: list[str]
+    doc_position: dict[str, int]
 
 
 @dataclass
@@ -142,7 +182,7 @@ class VectorCache:
     """Searchable chunk vectors per knowledge base, in memory, reloaded when its version moves."""
 
     db: Database
-    _entries: dict[str, _Matrix] = field(default_factory=dict)
+    _entries: dict[str, Matrix] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     async def _versions(self, kb_ids: Sequence[str]) -> dict[str, tuple[int, int | None]]:
@@ -153,7 +193,7 @@ class VectorCache:
             )).all()
         return {kb: (int(version), dimension) for kb, version, dimension in rows}
 
-    async def _matrix(self, kb_id: str, version: int, dimension: int) -> _Matrix:
+    async def _matrix(self, kb_id: str, version: int, dimension: int) -> Matrix:
         entry = self._entries.get(kb_id)
         if entry is not None and entry.version == version:
             return entry
@@ -166,46 +206,29 @@ class VectorCache:
                 # Read after the version: a change in between is labelled with the older version, so the
                 # next search reloads it; a stale matrix is never labelled as new.
                 rows = (await conn.execute(
-                    select(KbChunk.id, KbChunk.embedding)
+                    select(KbChunk.id, KbChunk.document_id, KbChunk.embedding)
                     .where(and_(KbChunk.kb_id == kb_id, KbChunk.searchable, KbChunk.embedding.is_not(None)))
                     .order_by(KbChunk.id)
                 )).all()
-            pairs = [(int(chunk_id), blob) for chunk_id, blob in rows if blob is not None]
-            ids = np.array([p[0] for p in pairs], dtype=np.int64)
-            vectors = vectors_from_bytes([p[1] for p in pairs], dimension)
-            entry = _Matrix(version, ids, vectors)
+            triples = [(int(chunk_id), str(doc), blob) for chunk_id, doc, blob in rows if blob is not None]
+            positions: dict[str, int] = {}
+            doc_index = np.array([positions.setdefault(t[1], len(positions)) for t in triples], dtype=np.int64)
+            entry = Matrix(
+                version, np.array([t[0] for t in triples], dtype=np.int64),
+                vectors_from_bytes([t[2] for t in triples], dimension), doc_index, list(positions), positions,
+            )
             self._entries[kb_id] = entry
             return entry
 
-    async def search(
-        self, kb_ids: Sequence[str], query_vector: np.ndarray, limit: int, *, allowed: np.ndarray | None = None,
-    ) -> list[Hit]:
-        """Cosine similarity (vectors are unit length), best first. ``allowed``: sorted chunk ids to keep."""
-        if limit <= 0 or not kb_ids:
-            return []
-        ids_parts: list[np.ndarray] = []
-        score_parts: list[np.ndarray] = []
-        for kb_id, (version, dimension) in (await self._versions(kb_ids)).items():
-            if dimension is None or dimension != query_vector.shape[-1]:
-                continue
-            matrix = await self._matrix(kb_id, version, dimension)
-            if not len(matrix.ids):
-                continue
-            scores = matrix.vectors @ query_vector.astype(np.float32)
-            ids = matrix.ids
-            if allowed is not None:
-                keep = np.isin(ids, allowed, assume_unique=True)
-                ids, scores = ids[keep], scores[keep]
-            if len(ids) > limit:
-                top = np.argpartition(-scores, limit - 1)[:limit]
-                ids, scores = ids[top], scores[top]
-            ids_parts.append(ids)
-            score_parts.append(scores)
-        if not ids_parts:
-            return []
-        all_ids, all_scores = np.concatenate(ids_parts), np.concatenate(score_parts)
-        order = np.lexsort((all_ids, -all_scores))[:limit]
-        return [Hit(int(all_ids[i]), float(all_scores[i])) for i in order]
+    async def matrices(self, kb_ids: Sequence[str], dimension: int) -> list[Matrix]:
+        """The current matrix of each knowledge base whose vectors have ``dimension`` components."""
+        out: list[Matrix] = []
+        for kb_id, (version, dim) in (await self._versions(kb_ids)).items():
+            if dim is not None and dim == dimension:
+                matrix = await self._matrix(kb_id, version, dim)
+                if len(matrix.ids):
+                    out.append(matrix)
+        return out
 
     def forget(self, kb_id: str) -> None:
         self._entries.pop(kb_id, None)

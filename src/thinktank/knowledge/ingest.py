@@ -26,7 +26,7 @@ from sqlalchemy import delete, insert, select, update
 from ..clock import Clock
 from ..errors import InvalidRequestError, ThinktankError
 from ..store.db import Database
-from ..store.tables import KbChunk, KbDocument, KnowledgeBase, new_id
+from ..store.tables import KbChunk, KbDocument, KbDocumentText, KnowledgeBase, new_id
 from .chunking import Block, Chunk, ChunkingOptions, chunk_blocks
 from .embeddings import Embedder, vectors_to_bytes
 from .parsers import Limits, detect_kind, extract
@@ -79,6 +79,7 @@ class _Prepared:
     chunks: list[Chunk]
     digest: str
     replaces: str | None
+    body: str = ""
     contexts: list[str] = field(default_factory=list)
 
 
@@ -185,6 +186,7 @@ class Ingestor:
         chunks = chunk_blocks(blocks, options)
         prepared = _Prepared(index, source, kind, title, pages, warnings, chunks, digest, replaces)
         prepared.contexts = [_context(title, c.heading_path) for c in chunks]
+        prepared.body = "\n\n".join(b.text for b in blocks)
         return prepared
 
     async def _write(
@@ -217,6 +219,7 @@ class Ingestor:
                     warnings=p.warnings or None, created_at=now, updated_at=now,
                 ))
                 await s.flush()
+                s.add(KbDocumentText(document_id=doc_id, kb_id=kb.id, title=p.title, body=p.body))
                 rows = [
                     {"document_id": doc_id, "kb_id": kb.id, "position": c.position, "text": c.text, "context": ctx,
                      "page": c.page, "tokens": c.tokens, "searchable": searchable, "embedding": blobs[at + i]}

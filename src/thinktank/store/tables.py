@@ -25,8 +25,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
-    "ApiKey", "Base", "BudgetRow", "Comparison", "KbChunk", "KbDocument", "KbShare", "KnowledgeBase", "Run", "RunCall",
-    "RunDocument", "RunEvent", "Session", "Team", "UsageRow", "User", "new_id",
+    "ApiKey", "Base", "BudgetRow", "Comparison", "KbChunk", "KbDocument", "KbDocumentText", "KbShare", "KnowledgeBase",
+    "Run", "RunCall", "RunDocument", "RunEvent", "Session", "Team", "UsageRow", "User", "new_id",
 ]
 
 SYSTEM_USER_ID = "usr_system"
@@ -315,6 +315,19 @@ class KbDocument(Base):
     warnings: Mapped[list[str] | None] = mapped_column(JSON)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+class KbDocumentText(Base):
+    """A document's whole text, for document-level BM25 (on SQLite the content of ``kb_documents_fts``)."""
+
+    __tablename__ = "kb_document_texts"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    document_id: Mapped[str] = mapped_column(ForeignKey("kb_documents.id", ondelete="CASCADE"), unique=True)
+    kb_id: Mapped[str] = mapped_column(String(32), index=True)
+    title: Mapped[str] = mapped_column(Text, default="")
+    body: Mapped[str] = mapped_column(Text)
 
 
 class KbChunk(Base):

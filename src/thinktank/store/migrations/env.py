@@ -23,7 +23,7 @@ def _url() -> str:
 
 def _include(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
     """Autogenerate compares the ORM tables only: SQLite's FTS5 table and its shadow tables are made by hand."""
-    return not (type_ == "table" and name is not None and name.startswith("kb_chunks_fts"))
+    return not (type_ == "table" and name is not None and name.startswith(("kb_chunks_fts", "kb_documents_fts")))
 
 
 def _run(connection: Connection) -> None:
