@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import ColumnElement, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, case, delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..accounts.principal import Principal
 from ..clock import Clock
@@ -172,15 +173,13 @@ class KnowledgeService:
         return KbView(kb, access, *stats.get(kb.id, (0, 0, 0)))
 
     @staticmethod
-    async def _stats(s: object, kb_ids: list[str]) -> dict[str, tuple[int, int, int]]:
-        from sqlalchemy.ext.asyncio import AsyncSession
-
-        assert isinstance(s, AsyncSession)
+    async def _stats(s: AsyncSession, kb_ids: list[str]) -> dict[str, tuple[int, int, int]]:
+        """Documents, chunks and pending contributions per knowledge base."""
         if not kb_ids:
             return {}
         rows = (await s.execute(
             select(KbDocument.kb_id, func.count(), func.coalesce(func.sum(KbDocument.chunk_count), 0),
-                   func.sum(func.cast(KbDocument.status == "pending", KbShare.id.type)))
+                   func.sum(case((KbDocument.status == "pending", 1), else_=0)))
             .where(KbDocument.kb_id.in_(kb_ids)).group_by(KbDocument.kb_id)
         )).all()
         return {kb: (int(n), int(chunks), int(pending or 0)) for kb, n, chunks, pending in rows}
@@ -296,10 +295,7 @@ class KnowledgeService:
         doc.status, doc.reviewed_by = status, principal.user_id
         return doc
 
-    async def _bump(self, s: object, kb_id: str) -> None:
-        from sqlalchemy.ext.asyncio import AsyncSession
-
-        assert isinstance(s, AsyncSession)
+    async def _bump(self, s: AsyncSession, kb_id: str) -> None:
         await s.execute(update(KnowledgeBase).where(KnowledgeBase.id == kb_id).values(
             index_version=KnowledgeBase.index_version + 1, updated_at=self.clock.time()))
 
