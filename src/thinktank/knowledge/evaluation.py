@@ -9,6 +9,7 @@ linear gains, Recall@100, MRR@10, averaged over the queries that have judgements
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -139,11 +140,11 @@ class EvalSetup:
 
 async def run_evaluation(
     db: Database, embedder: Embedder, clock: Clock, corpus: Iterable[Source], queries: dict[str, str],
-    qrels: dict[str, dict[str, int]], options: SearchOptions, setup: EvalSetup = EvalSetup(),
+    qrels: dict[str, dict[str, int]], options: Sequence[SearchOptions], setup: EvalSetup = EvalSetup(),
     progress: Callable[[Progress], None] | None = None,
-) -> Metrics:
-    """Ingest ``corpus`` into a new knowledge base of the system user, run every judged query, score
-    the rankings, and delete the knowledge base again."""
+) -> list[Metrics]:
+    """Ingest ``corpus`` into a new knowledge base of the system user, run every judged query with each
+    of ``options`` (one ingestion serves them all), score the rankings, and delete the knowledge base."""
     from sqlalchemy import delete, select
 
     kb_id = new_id("kb")
@@ -169,19 +170,18 @@ async def run_evaluation(
             )).all()
         source_of = {int(chunk_id): str(source) for chunk_id, source in rows}
         retriever = Retriever(db)
-        search = SearchOptions(
-            top_k=min(setup.candidates, 1000), mode=options.mode, fusion=options.fusion,
-            keyword_weight=options.keyword_weight, vector_weight=options.vector_weight,
-            candidates=setup.candidates, rrf_k=options.rrf_k,
-        )
-        rankings: dict[str, list[str]] = {}
-        for query_id in qrels:
-            text = queries.get(query_id, "")
-            if not text.strip():
-                continue
-            hits = await retriever.hits([kb_id], text, embedder, search)
-            rankings[query_id] = rank_documents([h.chunk_id for h in hits], source_of.get)
-        return evaluate_rankings(rankings, qrels)
+        out: list[Metrics] = []
+        for option in options:
+            search = dataclasses.replace(option, top_k=min(setup.candidates, 1000), candidates=setup.candidates)
+            rankings: dict[str, list[str]] = {}
+            for query_id in qrels:
+                text = queries.get(query_id, "")
+                if not text.strip():
+                    continue
+                hits = await retriever.hits([kb_id], text, embedder, search)
+                rankings[query_id] = rank_documents([h.chunk_id for h in hits], source_of.get)
+            out.append(evaluate_rankings(rankings, qrels))
+        return out
     finally:
         async with db.session() as s:
             await s.execute(delete(KbChunk).where(KbChunk.kb_id == kb_id))
