@@ -211,7 +211,8 @@ async def test_vector_cache_follows_changes_made_elsewhere(db: Database, local_e
 async def test_queries_are_never_fts_syntax(db: Database, local_embedder: LocalEmbedder) -> None:
     kb = await make_kb(db, local_embedder)
     await ingest(db, local_embedder, kb, DOCS)
-    assert fts_query('cats" OR NEAR(rust) *') == '"cats" OR "or" OR "near" OR "rust"'
+    assert fts_query('cats" OR NEAR(rust) *') == '"cats" OR "near" OR "rust"'
+    assert fts_query("to be or not to be") == '"to" OR "be" OR "or" OR "not"'
     assert fts_query("?! ...") is None
     for query in ['"unbalanced', "NOT cats", "col:umn", "a AND (b", "rust*", "^start", "-minus"]:
         await keyword_search(db, [kb.id], query, 10)  # no FTS5 syntax error reaches the caller
@@ -245,3 +246,17 @@ async def test_document_keyword_scores_rank_chunks_with_their_vectors(
     assert hybrid[0].source == "scope.md" and {h.source for h in hybrid} == {"scope.md", "bread.txt"}
     rrf = await retriever.search([kb.id], "mirror clockwork", local_embedder, SearchOptions(fusion="rrf"))
     assert rrf[0].source == "scope.md"
+
+
+async def test_keyword_ranking_is_exact_when_other_knowledge_bases_crowd_the_index(
+    db: Database, local_embedder: LocalEmbedder,
+) -> None:
+    big, small = await make_kb(db, local_embedder, "big"), await make_kb(db, local_embedder, "small")
+    await ingest(db, local_embedder, big, {f"loaf{i}.txt": f"Sourdough sourdough sourdough, loaf {i}." for i in range(12)})
+    await ingest(db, local_embedder, small, {"note.txt": "A long note that mentions sourdough once among many "
+                                             "other words about gardening, weather and the price of tea."})
+    # The best 4 x 2 matches in the whole index are all the big one's: the exact pass must find the small one's.
+    [hit] = await keyword_documents(db, [small.id], "sourdough", 2)
+    assert len(await keyword_documents(db, [big.id], "sourdough", 2)) == 2
+    assert await sources_of(Retriever(db), [small.id], "sourdough", local_embedder, mode="keyword") == ["note.txt"]
+    assert hit.document_id.startswith("doc_")

@@ -67,12 +67,21 @@ def query_terms(query: str) -> list[str]:
     return list(seen)
 
 
+# Lucene's English stop words. They match nearly every document, add almost nothing to BM25, and make
+# an OR query score the whole index (about 150 ms at 40,000 documents, against a few ms without them).
+STOPWORDS = frozenset({
+    "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it", "no", "not", "of",
+    "on", "or", "such", "that", "the", "their", "then", "there", "these", "they", "this", "to", "was", "will", "with",
+})
+
+
 def fts_query(query: str) -> str | None:
-    """An FTS5 query matching any of the words (each quoted, so nothing in it is FTS syntax);
-    ``None`` when the query has no words."""
+    """An FTS5 query matching any of the words but stop words (each quoted, so nothing in it is FTS
+    syntax; a query of nothing but stop words keeps them); ``None`` when the query has no words."""
     terms = query_terms(query)
     if not terms:
         return None
+    terms = [t for t in terms if t not in STOPWORDS] or terms
     return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
 
 
@@ -118,17 +127,29 @@ async def keyword_documents(
         return []
     if db.dialect != "sqlite":
         raise NotImplementedError("keyword search on PostgreSQL is not built yet")
-    params: dict[str, object] = {"match": match, "limit": limit}
+    params: dict[str, object] = {"match": match}
     doc_filters = Filters(filters.document_ids, filters.kinds, filters.source_prefix)
     # Only generated placeholder names are put into the SQL; every value is bound.
     where = f"{_kb_sql(kb_ids, params, 'd')} AND d.status = 'approved'{_filter_sql(doc_filters, params, 'd')}"
-    sql = (
-        "SELECT d.id, bm25(kb_documents_fts) AS rank FROM kb_documents_fts "  # noqa: S608
-        "JOIN kb_document_texts t ON t.id = kb_documents_fts.rowid JOIN kb_documents d ON d.id = t.document_id "
-        "WHERE kb_documents_fts MATCH :match AND " + where + " ORDER BY rank LIMIT :limit"
+    joined = (
+        "SELECT d.id, f.rank FROM {source} f JOIN kb_document_texts t ON t.id = f.rowid "  # noqa: S608
+        "JOIN kb_documents d ON d.id = t.document_id WHERE " + where + " ORDER BY f.rank LIMIT :limit"
     )
+    # Fast path: rank inside FTS5 first and join only the best few (joining every match costs ~4x the
+    # ranking at 40,000 documents). If the knowledge bases or filters drop too many of them, rank again
+    # with the join over every match, which is exact.
+    fetch = limit * 4
+    best = ("(SELECT rowid, bm25(kb_documents_fts) AS rank FROM kb_documents_fts WHERE kb_documents_fts MATCH :match "
+            "ORDER BY rank LIMIT :fetch)")
+    every = "(SELECT rowid, bm25(kb_documents_fts) AS rank FROM kb_documents_fts WHERE kb_documents_fts MATCH :match)"
     async with db.engine.connect() as conn:
-        rows = (await conn.execute(text(sql), params)).all()
+        rows = (await conn.execute(text(joined.format(source=best)), {**params, "limit": limit, "fetch": fetch})).all()
+        if len(rows) < limit:
+            total = (await conn.execute(text(
+                "SELECT count(*) FROM kb_documents_fts WHERE kb_documents_fts MATCH :match"), {"match": match}
+            )).scalar_one()
+            if total > fetch:
+                rows = (await conn.execute(text(joined.format(source=every)), {**params, "limit": limit})).all()
     return [DocHit(str(doc_id), -float(rank)) for doc_id, rank in rows]
 
 
