@@ -85,21 +85,20 @@ def fts_query(query: str) -> str | None:
     return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
 
 
-def _filter_sql(filters: Filters, params: dict[str, object], doc_alias: str = "d") -> str:
+def _in(column: str, values: Sequence[str], name: str, params: dict[str, object]) -> str:
+    """``column IN (:name0, :name1, ...)`` with the values bound in ``params``."""
+    for i, value in enumerate(values):
+        params[f"{name}{i}"] = value
+    return f"{column} IN ({', '.join(f':{name}{i}' for i in range(len(values)))})"
+
+
+def _filter_sql(filters: Filters, params: dict[str, object]) -> str:
     """SQL conditions for ``filters`` over documents ``d`` and chunks ``c``."""
     clauses: list[str] = []
     if filters.document_ids:
-        names = []
-        for i, doc in enumerate(filters.document_ids):
-            params[f"doc{i}"] = doc
-            names.append(f":doc{i}")
-        clauses.append(f"{doc_alias}.id IN ({', '.join(names)})")
+        clauses.append(_in("d.id", filters.document_ids, "doc", params))
     if filters.kinds:
-        names = []
-        for i, kind in enumerate(filters.kinds):
-            params[f"kind{i}"] = kind
-            names.append(f":kind{i}")
-        clauses.append(f"d.kind IN ({', '.join(names)})")
+        clauses.append(_in("d.kind", filters.kinds, "kind", params))
     if filters.source_prefix:
         params["prefix"] = filters.source_prefix
         clauses.append("substr(d.source, 1, length(:prefix)) = :prefix")
@@ -110,11 +109,7 @@ def _filter_sql(filters: Filters, params: dict[str, object], doc_alias: str = "d
 
 
 def _kb_sql(kb_ids: Sequence[str], params: dict[str, object], alias: str = "c") -> str:
-    names = []
-    for i, kb in enumerate(kb_ids):
-        params[f"kb{i}"] = kb
-        names.append(f":kb{i}")
-    return f"{alias}.kb_id IN ({', '.join(names)})"
+    return _in(f"{alias}.kb_id", kb_ids, "kb", params)
 
 
 async def keyword_documents(
@@ -130,7 +125,7 @@ async def keyword_documents(
     params: dict[str, object] = {"match": match}
     doc_filters = Filters(filters.document_ids, filters.kinds, filters.source_prefix)
     # Only generated placeholder names are put into the SQL; every value is bound.
-    where = f"{_kb_sql(kb_ids, params, 'd')} AND d.status = 'approved'{_filter_sql(doc_filters, params, 'd')}"
+    where = f"{_kb_sql(kb_ids, params, 'd')} AND d.status = 'approved'{_filter_sql(doc_filters, params)}"
     joined = (
         "SELECT d.id, f.rank FROM {source} f JOIN kb_document_texts t ON t.id = f.rowid "  # noqa: S608
         "JOIN kb_documents d ON d.id = t.document_id WHERE " + where + " ORDER BY f.rank LIMIT :limit"
