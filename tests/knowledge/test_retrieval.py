@@ -252,7 +252,8 @@ async def test_keyword_ranking_is_exact_when_other_knowledge_bases_crowd_the_ind
     db: Database, local_embedder: LocalEmbedder,
 ) -> None:
     big, small = await make_kb(db, local_embedder, "big"), await make_kb(db, local_embedder, "small")
-    await ingest(db, local_embedder, big, {f"loaf{i}.txt": f"Sourdough sourdough sourdough, loaf {i}." for i in range(12)})
+    loaves = {f"loaf{i}.txt": f"Sourdough sourdough sourdough, loaf {i}." for i in range(12)}
+    await ingest(db, local_embedder, big, loaves)
     await ingest(db, local_embedder, small, {"note.txt": "A long note that mentions sourdough once among many "
                                              "other words about gardening, weather and the price of tea."})
     # The best 4 x 2 matches in the whole index are all the big one's: the exact pass must find the small one's.
@@ -260,3 +261,12 @@ async def test_keyword_ranking_is_exact_when_other_knowledge_bases_crowd_the_ind
     assert len(await keyword_documents(db, [big.id], "sourdough", 2)) == 2
     assert await sources_of(Retriever(db), [small.id], "sourdough", local_embedder, mode="keyword") == ["note.txt"]
     assert hit.document_id.startswith("doc_")
+
+
+async def test_the_same_name_twice_in_one_batch_keeps_the_later(db: Database, local_embedder: LocalEmbedder) -> None:
+    kb = await make_kb(db, local_embedder)
+    results = await Ingestor(db, local_embedder, FakeClock()).ingest(
+        kb, [Source("a.txt", b"Kangaroos hop."), Source("a.txt", b"Wombats dig.")], submitted_by=SYSTEM_USER_ID)
+    assert [r.status for r in results] == ["added", "replaced"]
+    assert await sources_of(Retriever(db), [kb.id], "wombats kangaroos", local_embedder, mode="keyword") == ["a.txt"]
+    assert await sources_of(Retriever(db), [kb.id], "kangaroos", local_embedder, mode="keyword") == []

@@ -132,6 +132,14 @@ async def test_contributions_wait_for_review(service: KnowledgeService) -> None:
     assert await found(service, CAROL, kb.id, "penguins") == []
     with pytest.raises(NotFoundError):
         await service.review(ALICE, kb.id, "doc_missing", approve=True)
+    # A contribution cannot overwrite a document that is there, only its author's own pending one.
+    await service.add(ALICE, kb.id, [doc("faq.md", "# FAQ\n\nAsk the librarian.")])
+    [refused] = await service.add(CAROL, kb.id, [doc("faq.md", "# FAQ\n\nEverything is free now.")])
+    assert (refused.status, refused.status_code) == ("failed", 409)
+    assert await found(service, BOB, kb.id, "librarian") == ["faq.md"]
+    [mine] = await service.add(CAROL, kb.id, [doc("idea.md", "Plant more trees.")])
+    [again] = await service.add(CAROL, kb.id, [doc("idea.md", "Plant more oak trees.")])
+    assert (mine.status, again.status) == ("added", "replaced")
 
 
 async def test_documents_are_deleted_by_writers_and_knowledge_bases_by_owners(service: KnowledgeService) -> None:

@@ -134,7 +134,9 @@ class Ingestor:
 
         for index, source in enumerate(items):
             digest = hashlib.sha256(source.data).hexdigest()
-            outcome = await self._check(kb.id, source.name, digest, seen)
+            if any(p.source.name == source.name for p in group):
+                await flush()  # the same name twice in one batch: the later one replaces the earlier one
+            outcome = await self._check(kb.id, source.name, digest, seen, submitted_by, status)
             if isinstance(outcome, IngestResult):
                 results[index] = outcome
             else:
@@ -155,13 +157,16 @@ class Ingestor:
             progress(Progress(done=len(items), total=len(items), chunks=written_chunks))
         return [r for r in results if r is not None]
 
-    async def _check(self, kb_id: str, name: str, digest: str, seen: dict[str, str]) -> IngestResult | str | None:
-        """An early result (unchanged, duplicate), or the id of the document this source replaces (or None)."""
+    async def _check(
+        self, kb_id: str, name: str, digest: str, seen: dict[str, str], submitted_by: str, status: str,
+    ) -> IngestResult | str | None:
+        """An early result (unchanged, duplicate, refused), or the id of the document this source replaces."""
         if digest in seen:
             return IngestResult(name, "duplicate", error=f"same content as {seen[digest]}")
         async with self.db.engine.connect() as conn:
             rows = (await conn.execute(
-                select(KbDocument.id, KbDocument.source, KbDocument.content_hash, KbDocument.chunk_count)
+                select(KbDocument.id, KbDocument.source, KbDocument.content_hash, KbDocument.chunk_count,
+                       KbDocument.status, KbDocument.submitted_by)
                 .where(KbDocument.kb_id == kb_id)
                 .where((KbDocument.source == name) | (KbDocument.content_hash == digest))
             )).all()
@@ -171,6 +176,11 @@ class Ingestor:
         other = next((r for r in rows if r.source != name), None)
         if other is not None:
             return IngestResult(name, "duplicate", document_id=other.id, error=f"same content as {other.source}")
+        if same_source is not None and status == "pending" and not (
+                same_source.status == "pending" and same_source.submitted_by == submitted_by):
+            # A contribution never replaces what is already there, only the contributor's own pending one.
+            return IngestResult(name, "failed", error=f"a document named {name} is already in the knowledge base; "
+                                "only writers replace it", status_code=409)
         return same_source.id if same_source is not None else None
 
     def _prepare(
