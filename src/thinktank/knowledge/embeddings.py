@@ -101,6 +101,10 @@ class LocalEmbedder:
 
     # -- loading ---------------------------------------------------------------------------------
 
+    def _source(self) -> Path:
+        """The checkpoint's folder: the one given, or the bundled model's."""
+        return self.model_dir or bundled_model_dir()
+
     def _model_file(self, model_dir: Path) -> Path:
         digest = hashlib.sha256(_BUILD_VERSION.encode())
         digest.update((model_dir / "config.json").read_bytes())
@@ -139,7 +143,7 @@ class LocalEmbedder:
             if self._tokenizer is None or self._counter is None:
                 from tokenizers import Tokenizer
 
-                path = str((self.model_dir or bundled_model_dir()) / "tokenizer.json")
+                path = str(self._source() / "tokenizer.json")
                 tokenizer, counter = Tokenizer.from_file(path), Tokenizer.from_file(path)
                 for t in (tokenizer, counter):
                     t.no_padding()
@@ -155,7 +159,7 @@ class LocalEmbedder:
                 return self._session
             import onnxruntime as ort
 
-            model_dir = self.model_dir or bundled_model_dir()
+            model_dir = self._source()
             model_file = self._model_file(model_dir)
             if not model_file.exists():
                 self._build(model_dir, model_file)

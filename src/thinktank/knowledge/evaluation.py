@@ -23,7 +23,7 @@ from ..store.db import Database
 from ..store.tables import SYSTEM_USER_ID, KbChunk, KbDocument, KnowledgeBase, new_id
 from .chunking import text_blocks
 from .embeddings import Embedder
-from .ingest import Ingestor, Progress, Source
+from .ingest import Ingestor, Progress, Source, remove_knowledge_base
 from .retrieval import Retriever, SearchOptions
 
 __all__ = [
@@ -145,7 +145,7 @@ async def run_evaluation(
 ) -> list[Metrics]:
     """Ingest ``corpus`` into a new knowledge base of the system user, run every judged query with each
     of ``options`` (one ingestion serves them all), score the rankings, and delete the knowledge base."""
-    from sqlalchemy import delete, select
+    from sqlalchemy import select
 
     kb_id = new_id("kb")
     now = clock.time()
@@ -184,5 +184,4 @@ async def run_evaluation(
         return out
     finally:
         async with db.session() as s:
-            await s.execute(delete(KbChunk).where(KbChunk.kb_id == kb_id))
-            await s.execute(delete(KnowledgeBase).where(KnowledgeBase.id == kb_id))
+            await remove_knowledge_base(s, kb_id)

@@ -1,9 +1,10 @@
-"""The two searches under hybrid retrieval: keyword (BM25) and vector (cosine), over the chunks of
-the knowledge bases a caller may read. Access is decided before this module: it searches exactly
-the knowledge bases it is given.
+"""The two searches under hybrid retrieval: keyword (BM25) and vector (cosine), over the knowledge
+bases a caller may read. Access is decided before this module: it searches exactly the knowledge
+bases it is given.
 
-- Keyword, SQLite: FTS5 with the porter stemmer, BM25 over two columns (the chunk's context, i.e.
-  document title and heading path, and its text).
+- Keyword, SQLite: FTS5 with the porter stemmer, BM25 over whole documents (title and text;
+  ``keyword_documents``) and over chunks (context and text; ``keyword_search``, which picks the
+  passage that shows a document).
 - Vectors: every searchable chunk vector of a knowledge base is held in memory as one float32
   matrix and searched exactly with one matrix product (100,000 chunks x 384 is 150 MB and a few
   milliseconds). The matrix is reloaded when the knowledge base's ``index_version`` moves, so every
@@ -150,7 +151,6 @@ async def keyword_documents(
 
 async def keyword_search(
     db: Database, kb_ids: Sequence[str], query: str, limit: int, filters: Filters = Filters(),
-    *, weights: tuple[float, float] = (1.0, 1.0),
 ) -> list[tuple[Hit, str]]:
     """BM25 over the chunks of ``kb_ids``, best first (score: higher is better), with each chunk's document."""
     match = fts_query(query)
@@ -158,11 +158,11 @@ async def keyword_search(
         return []
     if db.dialect != "sqlite":
         raise NotImplementedError("keyword search on PostgreSQL is not built yet")
-    params: dict[str, object] = {"match": match, "limit": limit, "wc": weights[0], "wt": weights[1]}
+    params: dict[str, object] = {"match": match, "limit": limit}
     # Only generated placeholder names are put into the SQL; every value is bound.
     where = f"{_kb_sql(kb_ids, params)} AND c.searchable{_filter_sql(filters, params)}"
     sql = (
-        "SELECT c.id, c.document_id, bm25(kb_chunks_fts, :wc, :wt) AS rank FROM kb_chunks_fts "  # noqa: S608
+        "SELECT c.id, c.document_id, bm25(kb_chunks_fts) AS rank FROM kb_chunks_fts "  # noqa: S608
         "JOIN kb_chunks c ON c.id = kb_chunks_fts.rowid JOIN kb_documents d ON d.id = c.document_id "
         "WHERE kb_chunks_fts MATCH :match AND " + where + " ORDER BY rank LIMIT :limit"
     )

@@ -18,10 +18,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..clock import Clock
 from ..errors import InvalidRequestError, ThinktankError
@@ -31,7 +32,9 @@ from .chunking import Block, Chunk, ChunkingOptions, chunk_blocks
 from .embeddings import Embedder, vectors_to_bytes
 from .parsers import Limits, detect_kind, extract
 
-__all__ = ["IngestResult", "Ingestor", "Progress", "Source"]
+__all__ = [
+    "IngestResult", "Ingestor", "Progress", "Source", "bump_version", "remove_document", "remove_knowledge_base",
+]
 
 Status = Literal["added", "replaced", "unchanged", "duplicate", "failed"]
 
@@ -79,8 +82,26 @@ class _Prepared:
     chunks: list[Chunk]
     digest: str
     replaces: str | None
-    body: str = ""
-    contexts: list[str] = field(default_factory=list)
+    body: str
+    contexts: list[str]
+
+
+async def remove_document(s: AsyncSession, document_id: str) -> None:
+    """A document and its chunks (their full-text entries and its text go with them)."""
+    await s.execute(delete(KbChunk).where(KbChunk.document_id == document_id))
+    await s.execute(delete(KbDocument).where(KbDocument.id == document_id))
+
+
+async def remove_knowledge_base(s: AsyncSession, kb_id: str) -> None:
+    """A knowledge base with its documents, chunks and shares."""
+    await s.execute(delete(KbChunk).where(KbChunk.kb_id == kb_id))
+    await s.execute(delete(KnowledgeBase).where(KnowledgeBase.id == kb_id))
+
+
+async def bump_version(s: AsyncSession, kb_id: str, now: float, **values: object) -> None:
+    """Record a change to what a knowledge base holds, so vector caches reload it."""
+    await s.execute(update(KnowledgeBase).where(KnowledgeBase.id == kb_id).values(
+        index_version=KnowledgeBase.index_version + 1, updated_at=now, **values))
 
 
 def embedding_text(context: str, text: str) -> str:
@@ -194,10 +215,9 @@ class Ingestor:
             blocks, title = extracted.blocks, source.title or extracted.title or ""
             pages, warnings = extracted.pages, list(extracted.warnings)
         chunks = chunk_blocks(blocks, options)
-        prepared = _Prepared(index, source, kind, title, pages, warnings, chunks, digest, replaces)
-        prepared.contexts = [_context(title, c.heading_path) for c in chunks]
-        prepared.body = "\n\n".join(b.text for b in blocks)
-        return prepared
+        return _Prepared(index, source, kind, title, pages, warnings, chunks, digest, replaces,
+                         body="\n\n".join(b.text for b in blocks),
+                         contexts=[_context(title, c.heading_path) for c in chunks])
 
     async def _write(
         self, kb: KnowledgeBase, group: list[_Prepared], submitted_by: str, status: str,
@@ -219,8 +239,7 @@ class Ingestor:
             at = 0
             for p in group:
                 if p.replaces is not None:
-                    await s.execute(delete(KbChunk).where(KbChunk.document_id == p.replaces))
-                    await s.execute(delete(KbDocument).where(KbDocument.id == p.replaces))
+                    await remove_document(s, p.replaces)
                 doc_id = new_id("doc")
                 s.add(KbDocument(
                     id=doc_id, kb_id=kb.id, source=p.source.name, title=p.title[:500], kind=p.kind,
@@ -242,8 +261,8 @@ class Ingestor:
                     p.source.name, "replaced" if p.replaces else "added", document_id=doc_id, chunks=len(rows),
                     warnings=tuple(p.warnings),
                 ))
-            values: dict[str, object] = {"index_version": KnowledgeBase.index_version + 1, "updated_at": now}
             if current is None and dimension is not None:
-                values["dimension"] = dimension
-            await s.execute(update(KnowledgeBase).where(KnowledgeBase.id == kb.id).values(**values))
+                await bump_version(s, kb.id, now, dimension=dimension)
+            else:
+                await bump_version(s, kb.id, now)
         return results

@@ -99,10 +99,16 @@ class Retriever:
             raise InvalidRequestError("vector search needs the knowledge base's embedding model")
         query_vector = (await embedder.embed([query]))[0].astype(np.float32)
         allowed = None if options.filters.empty else await filtered_chunk_ids(self.db, kb_ids, options.filters)
+        # Each document's keyword part of the fused score: its share of the best BM25 score, or its rank's.
+        a = options.keyword_weight / (options.keyword_weight + options.vector_weight)
+        top_doc = max((d.score for d in documents), default=0.0)
+        if options.fusion == "score":
+            keyword_part = {d.document_id: a * d.score / top_doc for d in documents if top_doc > 0}
+        else:
+            keyword_part = {d.document_id: options.keyword_weight / (options.rrf_k + rank)
+                            for rank, d in enumerate(documents, 1)}
         ids_parts: list[np.ndarray] = []
         score_parts: list[np.ndarray] = []
-        top_doc = max((d.score for d in documents), default=0.0)
-        a = options.keyword_weight / (options.keyword_weight + options.vector_weight)
         for matrix in await self.cache.matrices(kb_ids, int(query_vector.shape[0])):
             ids, doc_index, cosine = matrix.ids, matrix.doc_index, matrix.vectors @ query_vector
             if allowed is not None:
@@ -110,20 +116,14 @@ class Retriever:
                 ids, doc_index, cosine = ids[keep], doc_index[keep], cosine[keep]
             if options.mode == "vector":
                 scores = cosine
-            elif options.fusion == "score":
-                keyword = np.zeros(len(matrix.documents), np.float32)
-                for doc in documents:
-                    pos = matrix.doc_position.get(doc.document_id)
-                    if pos is not None and top_doc > 0:
-                        keyword[pos] = doc.score / top_doc
-                scores = a * keyword[doc_index] + (1 - a) * cosine
             else:
                 keyword = np.zeros(len(matrix.documents), np.float64)
-                for rank, doc in enumerate(documents, 1):
-                    pos = matrix.doc_position.get(doc.document_id)
+                for doc_id, part in keyword_part.items():
+                    pos = matrix.doc_position.get(doc_id)
                     if pos is not None:
-                        keyword[pos] = options.keyword_weight / (options.rrf_k + rank)
-                scores = keyword[doc_index] + self._rrf_vector(cosine, options)
+                        keyword[pos] = part
+                vector = (1 - a) * cosine if options.fusion == "score" else self._rrf_vector(cosine, options)
+                scores = keyword[doc_index] + vector
             ids, scores = _top(ids, scores, limit)
             ids_parts.append(ids)
             score_parts.append(scores)

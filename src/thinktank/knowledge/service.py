@@ -24,7 +24,7 @@ from ..errors import ConflictError, InvalidRequestError, NotFoundError, Permissi
 from ..store.db import Database
 from ..store.tables import KbChunk, KbDocument, KbShare, KnowledgeBase, Team, User, new_id
 from .embeddings import LOCAL_MODEL, Embedder
-from .ingest import Ingestor, IngestResult, Progress, Source
+from .ingest import Ingestor, IngestResult, Progress, Source, bump_version, remove_document, remove_knowledge_base
 from .retrieval import Retrieved, Retriever, SearchOptions
 
 __all__ = ["Access", "KbView", "KnowledgeService"]
@@ -187,8 +187,7 @@ class KnowledgeService:
     async def delete(self, principal: Principal, kb_ref: str) -> None:
         kb, _ = await self.get(principal, kb_ref, "admin")
         async with self.db.session() as s:
-            await s.execute(delete(KbChunk).where(KbChunk.kb_id == kb.id))
-            await s.execute(delete(KnowledgeBase).where(KnowledgeBase.id == kb.id))
+            await remove_knowledge_base(s, kb.id)
         self.retriever.cache.forget(kb.id)
 
     async def share(
@@ -279,9 +278,8 @@ class KnowledgeService:
         if _RANK[access] < _RANK["write"] and doc.submitted_by != principal.user_id:
             raise PermissionDeniedError("only writers delete documents (or you, your own contribution)")
         async with self.db.session() as s:
-            await s.execute(delete(KbChunk).where(KbChunk.document_id == doc.id))
-            await s.execute(delete(KbDocument).where(KbDocument.id == doc.id))
-            await self._bump(s, kb.id)
+            await remove_document(s, doc.id)
+            await bump_version(s, kb.id, self.clock.time())
 
     async def review(self, principal: Principal, kb_ref: str, doc_id: str, approve: bool) -> KbDocument:
         kb, _ = await self.get(principal, kb_ref, "admin")
@@ -291,13 +289,9 @@ class KnowledgeService:
             await s.execute(update(KbDocument).where(KbDocument.id == doc.id).values(
                 status=status, reviewed_by=principal.user_id, updated_at=self.clock.time()))
             await s.execute(update(KbChunk).where(KbChunk.document_id == doc.id).values(searchable=approve))
-            await self._bump(s, kb.id)
+            await bump_version(s, kb.id, self.clock.time())
         doc.status, doc.reviewed_by = status, principal.user_id
         return doc
-
-    async def _bump(self, s: AsyncSession, kb_id: str) -> None:
-        await s.execute(update(KnowledgeBase).where(KnowledgeBase.id == kb_id).values(
-            index_version=KnowledgeBase.index_version + 1, updated_at=self.clock.time()))
 
     # -- search ----------------------------------------------------------------------------------
 
