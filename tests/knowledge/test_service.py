@@ -35,7 +35,7 @@ async def service(tmp_path: Path, local_embedder: LocalEmbedder) -> AsyncIterato
         for p in (ALICE, BOB, CAROL, ADMIN):
             s.add(User(id=p.user_id, email=p.email, role=p.role, team_id=p.team_id, created_at=1.0))
 
-    def embedder_for(model: str) -> Embedder:
+    def embedder_for(model: str, _ctx: object = None) -> Embedder:
         if model != LOCAL_MODEL:
             raise InvalidRequestError(f"no embedding model '{model}'", param="embedding_model")
         return local_embedder

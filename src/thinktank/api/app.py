@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -33,6 +33,9 @@ from ..providers.registry import ProviderRegistry
 from .asgi import Receive, Scope, Send, header, read_body, send_error, send_json
 from .openai import OpenAIHandlers
 from .state import AppState
+
+if TYPE_CHECKING:
+    from ..knowledge.embeddings import LocalEmbedder
 
 __all__ = ["ThinktankApp", "app_from_env", "build_config", "create_app"]
 
@@ -65,7 +68,10 @@ def create_app(
     clock: Clock | None = None,
     registry: ProviderRegistry | None = None,
     announce_key: Callable[[str], None] = _announce_key,
+    local_embedder: LocalEmbedder | None = None,
 ) -> ThinktankApp:
+    """``local_embedder``: share one already-built local model (tests); by default one is made, loaded on
+    first use, with its cache under the data directory."""
     settings = settings or Settings()
     if config is None:
         config = build_config(settings, os.environ)
@@ -82,11 +88,14 @@ def create_app(
     admin_key, new_key = AdminKey.from_settings(settings)
     if new_key is not None:
         announce_key(new_key)
-    state = build_state(settings, router, admin_key, http, clock)
+    state = build_state(settings, router, admin_key, http, clock, local_embedder)
     return ThinktankApp(state, _fastapi_app(state))
 
 
-def build_state(settings: Settings, router: Router, admin_key: AdminKey, http: HttpClient, clock: Clock) -> AppState:
+def build_state(
+    settings: Settings, router: Router, admin_key: AdminKey, http: HttpClient, clock: Clock,
+    local_embedder: LocalEmbedder | None = None,
+) -> AppState:
     from ..accounts.budget_stores import BudgetStore, RedisBudgetStore, SqlBudgetStore
     from ..accounts.budgets import BudgetLedger
     from ..accounts.gate import Gate
@@ -115,11 +124,16 @@ def build_state(settings: Settings, router: Router, admin_key: AdminKey, http: H
     from ..deliberation.store import RunStore
 
     deliberation = Deliberation(router.config, router, RunStore(db), clock)
+    from ..knowledge.embedders import Embedders
+    from ..knowledge.service import KnowledgeService
+
+    embedders = Embedders(router, settings.data_dir / "models", local=local_embedder)
     return AppState(
         settings=settings, router=router, admin_key=admin_key, http=http, db=db, auth=auth,
         users=UserService(db, clock, PasswordHashing(), auth), keys=KeyService(db, clock, auth),
         usage_writer=usage_writer, usage_query=UsageQuery(db), limiter=limiter, ledger=ledger, gate=gate,
-        deliberation=deliberation, clock=clock,
+        deliberation=deliberation, embedders=embedders, knowledge=KnowledgeService(db, clock, embedders.get),
+        clock=clock,
     )
 
 
@@ -146,6 +160,7 @@ async def _stop(state: AppState) -> None:
     await state.ledger.close()
     await state.usage_writer.close()
     await state.limiter.close()
+    state.embedders.close()
     await state.db.close()
 
 

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from ..accounts.usage import UsageQuery, UsageWriter
     from ..accounts.users import UserService
     from ..deliberation.service import Deliberation
+    from ..knowledge.embedders import Embedders
+    from ..knowledge.service import KnowledgeService
     from ..store.db import Database
 
 __all__ = ["AppState"]
@@ -41,6 +43,8 @@ class AppState:
     ledger: BudgetLedger
     gate: Gate
     deliberation: Deliberation
+    embedders: Embedders
+    knowledge: KnowledgeService
     clock: Clock = field(default_factory=SystemClock)
     started_at: float = 0.0
     ready: bool = False

@@ -21,13 +21,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ..accounts.principal import Principal
 from ..clock import Clock
 from ..errors import ConflictError, InvalidRequestError, NotFoundError, PermissionDeniedError
+from ..gateway.context import CallContext
 from ..store.db import Database
 from ..store.tables import KbChunk, KbDocument, KbShare, KnowledgeBase, Team, User, new_id
 from .embeddings import LOCAL_MODEL, Embedder
 from .ingest import Ingestor, IngestResult, Progress, Source, bump_version, remove_document, remove_knowledge_base
 from .retrieval import Retrieved, Retriever, SearchOptions
 
-__all__ = ["Access", "KbView", "KnowledgeService"]
+__all__ = ["Access", "EmbedderFor", "KbView", "KnowledgeService"]
 
 Access = Literal["read", "write", "admin"]
 _RANK: dict[str, int] = {"read": 1, "write": 2, "admin": 3}
@@ -51,9 +52,13 @@ def _best(granted: Iterable[str]) -> Access | None:
     return None
 
 
+EmbedderFor = Callable[[str, CallContext | None], Embedder]
+"""The embedder of a model name, accounting any cost to the context's caller (raises if unknown)."""
+
+
 class KnowledgeService:
     def __init__(
-        self, db: Database, clock: Clock, embedder_for: Callable[[str], Embedder], *,
+        self, db: Database, clock: Clock, embedder_for: EmbedderFor, *,
         retriever: Retriever | None = None, default_chunk_tokens: int = 200, default_chunk_overlap: int = 40,
     ) -> None:
         self.db = db
@@ -130,7 +135,7 @@ class KnowledgeService:
             raise InvalidRequestError("name: letters, digits, '.', '_' and '-', at most 100, starting with a letter "
                                       "or digit", param="name")
         model = embedding_model or LOCAL_MODEL
-        self.embedder_for(model)  # an unknown model is refused now, not at the first upload
+        self.embedder_for(model, None)  # an unknown model is refused now, not at the first upload
         tokens = chunk_tokens or self.default_chunk_tokens
         overlap = self.default_chunk_overlap if chunk_overlap is None else chunk_overlap
         if not 32 <= tokens <= 2000 or not 0 <= overlap < tokens // 2:
@@ -245,12 +250,12 @@ class KnowledgeService:
 
     async def add(
         self, principal: Principal, kb_ref: str, sources: Iterable[Source],
-        progress: Callable[[Progress], None] | None = None,
+        progress: Callable[[Progress], None] | None = None, ctx: CallContext | None = None,
     ) -> list[IngestResult]:
         """Writers add documents; readers submit them as contributions, searchable once approved."""
         kb, access = await self.get(principal, kb_ref)
         status = "approved" if _RANK[access] >= _RANK["write"] else "pending"
-        ingestor = Ingestor(self.db, self.embedder_for(kb.embedding_model), self.clock)
+        ingestor = Ingestor(self.db, self.embedder_for(kb.embedding_model, ctx), self.clock)
         return await ingestor.ingest(kb, sources, submitted_by=principal.user_id, status=status, progress=progress)
 
     async def documents(self, principal: Principal, kb_ref: str, status: str | None = None) -> list[KbDocument]:
@@ -297,6 +302,7 @@ class KnowledgeService:
 
     async def search(
         self, principal: Principal, kb_refs: Sequence[str], query: str, options: SearchOptions,
+        ctx: CallContext | None = None,
     ) -> list[Retrieved]:
         if not kb_refs:
             raise InvalidRequestError("name at least one knowledge base", param="knowledge_bases")
@@ -307,5 +313,5 @@ class KnowledgeService:
         if len(models) > 1 and options.mode != "keyword":
             raise InvalidRequestError("these knowledge bases embed with different models; search them one at a time "
                                       "or in keyword mode", param="knowledge_bases")
-        embedder = self.embedder_for(models.pop()) if models and options.mode != "keyword" else None
+        embedder = self.embedder_for(models.pop(), ctx) if models and options.mode != "keyword" else None
         return await self.retriever.search(ids, query, embedder, options)
