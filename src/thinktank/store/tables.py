@@ -318,7 +318,8 @@ class KbDocument(Base):
 
 
 class KbDocumentText(Base):
-    """A document's whole text, for document-level BM25 (on SQLite the content of ``kb_documents_fts``)."""
+    """A document's whole text and its BM25 term counts (``knowledge.bm25``): the distinct terms,
+    space-separated, their counts as little-endian uint32 and the length in words."""
 
     __tablename__ = "kb_document_texts"
 
@@ -328,11 +329,13 @@ class KbDocumentText(Base):
     kb_id: Mapped[str] = mapped_column(String(32), index=True)
     title: Mapped[str] = mapped_column(Text, default="")
     body: Mapped[str] = mapped_column(Text)
+    terms: Mapped[str] = mapped_column(Text, default="")
+    term_counts: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    length: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class KbChunk(Base):
-    """A passage of a document with its place and its vector (float32 bytes). On SQLite its text is
-    also in the FTS5 table ``kb_chunks_fts`` (same rowid), kept in step by triggers."""
+    """A passage of a document with its place and its vector (float32 bytes)."""
 
     __tablename__ = "kb_chunks"
     __table_args__ = (Index("ix_kb_chunks_document", "document_id", "position"), Index("ix_kb_chunks_kb", "kb_id"))
@@ -350,3 +353,118 @@ class KbChunk(Base):
     searchable: Mapped[bool] = mapped_column(Boolean)
     """False while its document is pending or rejected."""
     embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+# -- conversations: threads, their messages and rolling summaries, personas, the learned profile --
+
+
+class ChatPersona(Base):
+    """A user's persona for threads: a system prompt written inline, or a document of a knowledge base the
+    owner can read (e.g. a person's profile, for a digital twin), read afresh at every turn."""
+
+    __tablename__ = "chat_personas"
+    __table_args__ = (UniqueConstraint("owner_id", "name", name="uq_chat_persona_owner_name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    description: Mapped[str] = mapped_column(Text, default="")
+    system_prompt: Mapped[str | None] = mapped_column(Text)
+    kb_id: Mapped[str | None] = mapped_column(String(32))
+    """With ``document_id``: the persona is that document's text (access is checked again at every use)."""
+    document_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class Thread(Base):
+    """A conversation of one user with one model, optionally with a persona and knowledge bases."""
+
+    __tablename__ = "threads"
+    __table_args__ = (Index("ix_threads_user_updated", "user_id", "updated_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    title: Mapped[str] = mapped_column(String(200), default="")
+    model: Mapped[str] = mapped_column(String(256))
+    persona_id: Mapped[str | None] = mapped_column(ForeignKey("chat_personas.id", ondelete="SET NULL"))
+    knowledge_bases: Mapped[list[str] | None] = mapped_column(JSON)
+    """Ids of knowledge bases the replies are grounded in."""
+    archived: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class ThreadMessage(Base):
+    """One message of a thread, in order (``seq`` from 1). An assistant message carries the model that wrote
+    it, its tokens and cost, and the context it was given (citations, memories, the summary it followed)."""
+
+    __tablename__ = "thread_messages"
+    __table_args__ = (UniqueConstraint("thread_id", "seq", name="uq_thread_message_seq"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    thread_id: Mapped[str] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))
+    content: Mapped[str] = mapped_column(Text)
+    model: Mapped[str | None] = mapped_column(String(256))
+    deployment: Mapped[str | None] = mapped_column(String(256))
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+    context: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class ThreadSummary(Base):
+    """A rolling summary of a thread's messages up to ``through_seq``; the newest one stands in for them
+    in prompts (the messages themselves stay)."""
+
+    __tablename__ = "thread_summaries"
+    __table_args__ = (Index("ix_thread_summaries_thread", "thread_id", "through_seq"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    thread_id: Mapped[str] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"))
+    through_seq: Mapped[int] = mapped_column(Integer)
+    content: Mapped[str] = mapped_column(Text)
+    model: Mapped[str | None] = mapped_column(String(256))
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class MemoryFact(Base):
+    """Something learned about a user (a fact, an interest or a preference), with the message it came from."""
+
+    __tablename__ = "memory_facts"
+    __table_args__ = (
+        UniqueConstraint("user_id", "normalized", name="uq_memory_fact_user_text"),
+        Index("ix_memory_facts_source", "source_message_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    """``fact``, ``interest`` or ``preference``."""
+    text: Mapped[str] = mapped_column(String(500))
+    normalized: Mapped[str] = mapped_column(String(500))
+    """The text folded (case, punctuation, spaces) for exact de-duplication."""
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """float32 vector of the local embedder, for near-duplicates and relevance."""
+    source_message_id: Mapped[str | None] = mapped_column(ForeignKey("thread_messages.id", ondelete="SET NULL"))
+    source_thread_id: Mapped[str | None] = mapped_column(String(32))
+    mentions: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class MemorySetting(Base):
+    """A user's choice to have a learned profile or not (no row: the configured default)."""
+
+    __tablename__ = "memory_settings"
+
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    updated_at: Mapped[float] = mapped_column(Float)

@@ -1,0 +1,395 @@
+"""Turns: a user message in, a reply out, both stored, and what the reply taught about the user learned.
+
+A turn is admitted by the gate (rate limits, budgets; one admission pays for the turn's summary, search
+embeddings and reply), then runs as a task of its own, so it ends and is stored even if the client that
+sent it goes away. Its events (``summary``, ``delta``, then ``message`` or ``error``) go to whoever follows
+it. Once the reply is stored, the memory extraction runs in the background under an admission of its own;
+it never fails the turn. Shutdown (``close``) cancels what is still running: a cancelled turn stores
+nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..accounts.gate import Admission, Gate
+from ..accounts.principal import Principal
+from ..clock import Clock
+from ..config import GatewayConfig
+from ..errors import ConflictError, InvalidRequestError, ThinktankError
+from ..gateway.router import Router
+from ..gateway.tokens import estimate_text_tokens
+from ..knowledge.embeddings import Embedder
+from ..knowledge.grounding import Grounder, Grounding
+from ..knowledge.service import KnowledgeService
+from ..store.db import Database
+from ..store.tables import MemoryFact, Thread, ThreadMessage, ThreadSummary, new_id
+from ..types import ChatRequest, Message, Usage, message_text
+from . import context as cx
+from .memory import MemoryService, extraction_messages, memory_block, parse_extraction
+from .personas import PersonaService
+from .threads import NewMessage, ThreadService, message_public, summary_public
+
+__all__ = ["MAX_CONTENT", "Conversations", "Turn", "TurnEvent", "TurnOptions"]
+
+log = logging.getLogger("thinktank.conversations")
+
+MAX_CONTENT = 200_000
+"""The longest user message, in characters."""
+_EXTRACTION_TOKENS = 400
+
+
+@dataclass(frozen=True, slots=True)
+class TurnOptions:
+    model: str | None = None
+    """This turn's model (default: the thread's)."""
+    stream: bool = False
+    max_tokens: int | None = None
+    temperature: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnEvent:
+    type: str
+    """``summary``, ``delta``, ``message`` (the stored turn) or ``error`` (the OpenAI error shape)."""
+    data: dict[str, Any]
+
+    def sse(self) -> bytes:
+        return b"event: %s\ndata: %s\n\n" % (self.type.encode(), orjson.dumps({"type": self.type, **self.data}))
+
+
+@dataclass
+class Turn:
+    thread_id: str
+    events_queue: asyncio.Queue[TurnEvent | None] = field(default_factory=asyncio.Queue)
+    result: dict[str, Any] | None = None
+    error: ThinktankError | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def emit(self, type_: str, **data: Any) -> None:
+        self.events_queue.put_nowait(TurnEvent(type_, data))
+
+    async def events(self) -> AsyncIterator[TurnEvent]:
+        """Every event once, in order, until the turn ends (one follower)."""
+        while True:
+            event = await self.events_queue.get()
+            if event is None:
+                return
+            yield event
+
+    def abandon(self) -> None:
+        """End a turn that never ran (cancelled before it started)."""
+        if not self.done.is_set():
+            self.error = ConflictError("The reply was cancelled: the server is stopping.", code="turn_cancelled")
+            self.emit("error", **self.error.to_body())
+            self.events_queue.put_nowait(None)
+            self.done.set()
+
+    async def outcome(self) -> dict[str, Any]:
+        """The stored turn, or the turn's error raised."""
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+@dataclass
+class _Prompt:
+    messages: list[Message]
+    context: dict[str, Any]
+    grounding: Grounding | None = None
+
+
+class Conversations:
+    """Threads, personas and memory, and the turns that use them all."""
+
+    def __init__(
+        self, db: Database, clock: Clock, config: GatewayConfig, router: Router, gate: Gate,
+        knowledge: KnowledgeService, embedder: Embedder | None,
+    ) -> None:
+        self.config = config
+        self.router = router
+        self.gate = gate
+        self.clock = clock
+        self.knowledge = knowledge
+        self.threads = ThreadService(db, clock, router, knowledge)
+        self.personas = PersonaService(db, clock, knowledge)
+        self.memory = MemoryService(db, clock, config.memory, embedder)
+        self._busy: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- background work -------------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def drain(self) -> None:
+        """Wait for every turn and extraction under way (and those they start) to end."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Shutdown: cancel turns and extractions still running and wait for them to settle."""
+        while self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- a turn ----------------------------------------------------------------------------------
+
+    async def send(
+        self, principal: Principal, ip: str | None, thread_id: str, content: str, options: TurnOptions,
+    ) -> Turn:
+        """Check and admit a turn, then start it. Errors here (404, 400, 409, 429) come before anything is
+        spent or written."""
+        thread = await self.threads.get(principal, thread_id)
+        if not content.strip():
+            raise InvalidRequestError("content: the message is empty", param="content")
+        if len(content) > MAX_CONTENT:
+            raise InvalidRequestError(f"content: at most {MAX_CONTENT} characters", param="content")
+        model = self.threads.check_model(principal, options.model or thread.model)
+        if thread.id in self._busy:
+            raise ConflictError("A reply is still being written in this thread; wait for it to end.",
+                                code="thread_busy")
+        reply = options.max_tokens or self.config.conversations.reply_tokens
+        admission = await self.gate.admit(principal, ip, model, estimate_text_tokens(content) + reply)
+        self._busy.add(thread.id)
+        turn = Turn(thread.id)
+        try:
+            task = self._spawn(self._run(turn, principal, ip, thread, content, model, options, admission))
+        except BaseException:
+            self._busy.discard(thread.id)
+            await admission.finish(500)
+            raise
+
+        def settled(_task: asyncio.Task[None]) -> None:
+            # A task cancelled before its first step never runs its own clean-up (a shutdown right away).
+            self._busy.discard(thread.id)
+            turn.abandon()
+
+        task.add_done_callback(settled)
+        return turn
+
+    async def _run(
+        self, turn: Turn, principal: Principal, ip: str | None, thread: Thread, content: str, model: str,
+        options: TurnOptions, admission: Admission,
+    ) -> None:
+        status = 200
+        stored: list[ThreadMessage] = []
+        try:
+            stored = await self._turn(turn, principal, thread, content, model, options, admission)
+        except ThinktankError as exc:
+            status, turn.error = exc.status, exc
+        except asyncio.CancelledError:
+            status = 499
+            turn.error = ConflictError("The reply was cancelled: the server is stopping.", code="turn_cancelled")
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+        except Exception:
+            log.exception("turn in thread %s failed", thread.id)
+            status, turn.error = 500, ThinktankError("Internal error; see the server log.")
+        finally:
+            self._busy.discard(thread.id)
+            await admission.finish(status, stream=options.stream)
+        if turn.error is not None:
+            turn.emit("error", **turn.error.to_body())
+        else:
+            turn.emit("message", **(turn.result or {}))
+        turn.events_queue.put_nowait(None)
+        turn.done.set()
+        if stored and status == 200 and await self.memory.enabled(principal.user_id):
+            self._spawn(self._extract(principal, ip, thread, model, stored))
+
+    async def _turn(
+        self, turn: Turn, principal: Principal, thread: Thread, content: str, model: str, options: TurnOptions,
+        admission: Admission,
+    ) -> list[ThreadMessage]:
+        ctx = admission.ctx
+        prompt = await self._prompt(turn, principal, thread, content, model, options, admission)
+        request = ChatRequest(model=model, messages=prompt.messages, stream=options.stream,
+                              max_tokens=options.max_tokens, temperature=options.temperature)
+        mark = len(ctx.records)
+        text, usage, finish = await self._call(turn, request, admission)
+        answered = ctx.records[mark:]
+        context = dict(prompt.context)
+        if prompt.grounding is not None:
+            context["retrieved"] = [c.to_dict() for c in prompt.grounding.citations]
+            context["citations"] = [c.to_dict() for c in prompt.grounding.cited(text)]
+        reply = NewMessage(
+            role="assistant", content=text, model=model, deployment=answered[-1].deployment if answered else None,
+            prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+            cost_usd=float(usage.cost or 0.0), finish_reason=finish, context=context,
+        )
+        rows = await self.threads.append(thread.id, [NewMessage(role="user", content=content), reply])
+        turn.result = {"user_message": message_public(rows[0]), "message": message_public(rows[1]),
+                       "turn_cost_usd": round(sum(r.cost for r in ctx.records), 10)}
+        return rows
+
+    async def _call(self, turn: Turn, request: ChatRequest, admission: Admission) -> tuple[str, Usage, str | None]:
+        if not request.stream:
+            response = await self.router.complete(request, admission.ctx)
+            choice = response.choices[0] if response.choices else None
+            text = message_text(choice.message) if choice is not None else ""
+            return text, response.usage or Usage(), choice.finish_reason if choice is not None else None
+        parts: list[str] = []
+        usage: Usage | None = None
+        finish: str | None = None
+        async for chunk in self.router.stream(request, admission.ctx):
+            if chunk.usage is not None:
+                usage = chunk.usage
+            for c in chunk.choices:
+                if c.delta.content:
+                    parts.append(c.delta.content)
+                    turn.emit("delta", content=c.delta.content)
+                if c.finish_reason:
+                    finish = c.finish_reason
+        return "".join(parts), usage or Usage(), finish
+
+    # -- the prompt ------------------------------------------------------------------------------
+
+    async def _prompt(
+        self, turn: Turn, principal: Principal, thread: Thread, content: str, model: str, options: TurnOptions,
+        admission: Admission,
+    ) -> _Prompt:
+        conv = self.config.conversations
+        budget = cx.Budget(cx.window_of(self.router, model, conv.context_window),
+                           options.max_tokens or conv.reply_tokens)
+        persona_text = None
+        context: dict[str, Any] = {}
+        if thread.persona_id is not None:
+            persona = await self.personas.text(principal, await self.personas.get(principal, thread.persona_id))
+            persona_text = cx.cut_to_tokens(persona.text, min(conv.persona_tokens, max(budget.prompt // 3, 64)))
+            context["persona_id"] = persona.persona_id
+            if persona.document_id:
+                context["persona_document_id"] = persona.document_id
+        memories: list[MemoryFact] = []
+        if await self.memory.enabled(principal.user_id):
+            memories = await self.memory.relevant(principal.user_id, content)
+        memory_text = memory_block(memories) if memories else None
+        context["memory_ids"] = [m.id for m in memories]
+        grounding_room = 0
+        if thread.knowledge_bases:
+            grounding_room = min(self.config.knowledge.max_context_tokens, max(budget.prompt // 3, 100)) + 400
+        fixed = (cx.FRAME_TOKENS + cx.message_tokens(content) + grounding_room
+                 + cx.message_tokens("\n\n".join(p for p in (persona_text, memory_text) if p)))
+        summary = await self.threads.latest_summary(thread.id)
+        through = summary.through_seq if summary is not None else 0
+        history = await self.threads.messages_of(thread.id, after=through)
+        summary_room = max(conv.summary_tokens, estimate_text_tokens(summary.content) if summary else 0) + 60
+        room = budget.prompt - fixed - summary_room
+        cx.check_room(room, fixed + summary_room, model, budget)
+        fold = cx.fold_count(history, room)
+        if fold:
+            summary = await self._summarise(thread, summary, history[:fold], model, admission, principal)
+            through = summary.through_seq
+            history = history[fold:]
+            turn.emit("summary", summary=summary_public(summary))
+        context["summary_through"] = through
+        system = cx.system_message([
+            persona_text, memory_text, cx.summary_block(summary.content, through) if summary is not None else None,
+        ])
+        messages = [*([system] if system is not None else []),
+                    *(Message(role="assistant" if m.role == "assistant" else "user", content=m.content)
+                      for m in history if m.role in ("user", "assistant")),
+                    Message(role="user", content=content)]
+        if not thread.knowledge_bases:
+            return _Prompt(messages, context)
+        kcfg = self.config.knowledge
+        grounder = Grounder(self.knowledge, self.router, top_k=kcfg.top_k,
+                            max_context_tokens=min(kcfg.max_context_tokens, max(budget.prompt // 3, 100)))
+        rerank = kcfg.rerank_model if kcfg.rerank_model and principal.may_use(kcfg.rerank_model) else None
+        grounding = await grounder.ground(principal, thread.knowledge_bases, messages, query=content,
+                                          ctx=admission.ctx, rerank_model=rerank)
+        return _Prompt(grounding.messages, context, grounding)
+
+    def _helper_model(self, configured: str | None, principal: Principal, fallback: str) -> str:
+        """A configured helper model (summaries, extraction) if the caller may use it, else the turn's."""
+        if configured and principal.may_use(configured):
+            return configured
+        return fallback
+
+    async def _summarise(
+        self, thread: Thread, prior: ThreadSummary | None, folded: list[ThreadMessage], model: str,
+        admission: Admission, principal: Principal,
+    ) -> ThreadSummary:
+        conv = self.config.conversations
+        summary_model = self._helper_model(conv.summary_model, principal, model)
+        window = cx.window_of(self.router, summary_model, conv.context_window)
+        text = prior.content if prior is not None else None
+        prompt_tokens = completion_tokens = 0
+        cost = 0.0
+        for transcript, _last in cx.summary_batches(folded, window, conv.summary_tokens):
+            prompt = cx.summary_prompt(text, transcript, conv.summary_tokens)
+            request = ChatRequest(model=summary_model, messages=prompt, max_tokens=conv.summary_tokens, temperature=0)
+            response = await self.router.complete(request, admission.ctx)
+            written = message_text(response.choices[0].message).strip() if response.choices else ""
+            if not written:
+                raise ThinktankError(f"The summary model '{summary_model}' answered nothing; try again.")
+            text = written
+            usage = response.usage or Usage()
+            prompt_tokens += usage.prompt_tokens
+            completion_tokens += usage.completion_tokens
+            cost += float(usage.cost or 0.0)
+        assert text is not None
+        summary = ThreadSummary(
+            id=new_id("sum"), thread_id=thread.id, through_seq=folded[-1].seq, content=text, model=summary_model,
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost,
+            created_at=self.clock.time(),
+        )
+        await self.threads.add_summary(summary)
+        return summary
+
+    # -- learning about the user -----------------------------------------------------------------
+
+    async def _extract(
+        self, principal: Principal, ip: str | None, thread: Thread, model: str, stored: list[ThreadMessage],
+    ) -> None:
+        """Learn from the user's message of a stored turn. Never raises: a failure is logged and forgotten."""
+        user = next((m for m in stored if m.role == "user"), None)
+        if user is None:
+            return
+        extractor = self._helper_model(self.config.memory.model, principal, model)
+        admission: Admission | None = None
+        status = 200
+        try:
+            before = await self.threads.messages_of(thread.id, after=max(user.seq - 2, 0), limit=1)
+            previous = before[0].content if before and before[0].role == "assistant" and before[0].seq < user.seq \
+                else None
+            messages = extraction_messages(user.content, previous)
+            estimate = sum(cx.message_tokens(str(m.content)) for m in messages) + _EXTRACTION_TOKENS
+            admission = await self.gate.admit(principal, ip, extractor, estimate)
+            request = ChatRequest(model=extractor, messages=messages, max_tokens=_EXTRACTION_TOKENS, temperature=0)
+            response = await self.router.complete(request, admission.ctx)
+            reply = message_text(response.choices[0].message) if response.choices else ""
+            found = parse_extraction(reply)
+            if found is None:
+                log.warning("memory: '%s' gave an unusable extraction (%d characters) for message %s; ignored",
+                            extractor, len(reply), user.id)
+                return
+            await self.memory.remember(principal.user_id, found, source_message_id=user.id, source_thread_id=thread.id)
+        except ThinktankError as exc:
+            status = exc.status
+            log.warning("memory: extraction for message %s failed (%s: %s)", user.id, type(exc).__name__, exc.message)
+        except asyncio.CancelledError:
+            status = 499
+            raise
+        except Exception:
+            status = 500
+            log.exception("memory: extraction for message %s failed", user.id)
+        finally:
+            if admission is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(admission.finish(status))
