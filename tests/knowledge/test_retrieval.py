@@ -1,10 +1,9 @@
-"""Ingestion and hybrid retrieval on a real database with the real local model."""
+"""Ingestion and hybrid retrieval with the real local model, on SQLite and on PostgreSQL (the ``db``
+fixture of tests/conftest.py gives each test both)."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -12,14 +11,13 @@ from sqlalchemy import func, select, text
 
 from thinktank.errors import InvalidRequestError
 from thinktank.knowledge.embeddings import LocalEmbedder
-from thinktank.knowledge.index import Filters, VectorCache, fts_query, keyword_documents, keyword_search
+from thinktank.knowledge.index import Filters, IndexCache
 from thinktank.knowledge.ingest import Ingestor, Source
 from thinktank.knowledge.retrieval import Retriever, SearchOptions
 from thinktank.store.db import Database
-from thinktank.store.tables import SYSTEM_USER_ID, KbChunk, KbDocument, KnowledgeBase, new_id
+from thinktank.store.tables import SYSTEM_USER_ID, KbChunk, KbDocument, KbDocumentText, KnowledgeBase, new_id
 
 from ..fakes.clock import FakeClock
-from ..fakes.databases import make_sqlite
 
 DOCS = {
     "cats.md": "# Cats\n\nCats are small domesticated felines that purr and hunt mice.\n\n"
@@ -29,13 +27,6 @@ DOCS = {
     "tides.html": "<html><body><h1>Tides</h1><p>Ocean tides are caused by the gravitational pull of the moon."
                   "</p><script>ignore()</script></body></html>",
 }
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(await asyncio.to_thread(make_sqlite, tmp_path))
-    yield database
-    await database.close()
 
 
 async def make_kb(db: Database, embedder: LocalEmbedder, name: str = "notes", chunk_tokens: int = 60) -> KnowledgeBase:
@@ -76,9 +67,13 @@ async def test_ingest_writes_documents_chunks_vectors_and_full_text(
     async with db.session() as s:
         chunks = (await s.execute(select(KbChunk).order_by(KbChunk.id))).scalars().all()
         stored = (await s.execute(select(KnowledgeBase).where(KnowledgeBase.id == kb.id))).scalar_one()
-        fts = (await s.execute(text("SELECT count(*) FROM kb_chunks_fts"))).scalar_one()
+        texts = {t.title: t for t in (await s.execute(select(KbDocumentText))).scalars().all()}
     assert stored.dimension == 384 and stored.index_version == 1
-    assert fts == len(chunks) == sum(r.chunks for r in results)
+    assert len(chunks) == sum(r.chunks for r in results)
+    cats = texts["Cats"]  # terms counted once, at ingestion: stemmed, stop words left out
+    counts = dict(zip(cats.terms.split(" "), np.frombuffer(cats.term_counts, "<u4").tolist(), strict=True))
+    assert counts["cat"] == 4 and counts["litter"] == 1 and "the" not in counts and "and" not in counts
+    assert cats.length == len(("Cats " + DOCS["cats.md"].replace("#", "")).split())
     care = next(c for c in chunks if "litter" in c.text)
     assert care.context == "Cats > Care"  # the title heading is not said twice
     assert all(c.embedding is not None and len(c.embedding) == 384 * 4 for c in chunks)
@@ -103,9 +98,10 @@ async def test_reingest_is_unchanged_duplicate_or_an_atomic_replace(
     assert await sources_of(retriever, [kb.id], "sunny spots", local_embedder, mode="keyword") == ["cats.md"]
     async with db.session() as s:
         docs = (await s.execute(select(func.count()).select_from(KbDocument))).scalar_one()
+        texts = (await s.execute(select(func.count()).select_from(KbDocumentText))).scalar_one()
         orphans = (await s.execute(text(
-            "SELECT count(*) FROM kb_chunks_fts WHERE rowid NOT IN (SELECT id FROM kb_chunks)"))).scalar_one()
-    assert docs == 5 and orphans == 0
+            "SELECT count(*) FROM kb_chunks WHERE document_id NOT IN (SELECT id FROM kb_documents)"))).scalar_one()
+    assert docs == texts == 5 and orphans == 0
 
 
 class FailingEmbedder:
@@ -200,7 +196,7 @@ async def test_pending_documents_are_not_searchable(db: Database, local_embedder
 async def test_vector_cache_follows_changes_made_elsewhere(db: Database, local_embedder: LocalEmbedder) -> None:
     kb = await make_kb(db, local_embedder)
     await ingest(db, local_embedder, kb, {"bread.txt": DOCS["bread.txt"]})
-    one, other = Retriever(db, VectorCache(db)), Retriever(db, VectorCache(db))  # two processes' caches
+    one, other = Retriever(db, IndexCache(db)), Retriever(db, IndexCache(db))  # two processes' caches
     query = "gravity of the moon and the sea"
     assert await sources_of(one, [kb.id], query, local_embedder, mode="vector") == ["bread.txt"]
     assert await sources_of(other, [kb.id], query, local_embedder, mode="vector") == ["bread.txt"]
@@ -208,18 +204,18 @@ async def test_vector_cache_follows_changes_made_elsewhere(db: Database, local_e
     assert await sources_of(one, [kb.id], query, local_embedder, mode="vector") == ["tides.html", "bread.txt"]
 
 
-async def test_queries_are_never_fts_syntax(db: Database, local_embedder: LocalEmbedder) -> None:
+async def test_any_query_text_is_just_words(db: Database, local_embedder: LocalEmbedder) -> None:
     kb = await make_kb(db, local_embedder)
     await ingest(db, local_embedder, kb, DOCS)
-    assert fts_query('cats" OR NEAR(rust) *') == '"cats" OR "near" OR "rust"'
-    assert fts_query("to be or not to be") == '"to" OR "be" OR "or" OR "not"'
-    assert fts_query("?! ...") is None
-    for query in ['"unbalanced', "NOT cats", "col:umn", "a AND (b", "rust*", "^start", "-minus"]:
-        await keyword_search(db, [kb.id], query, 10)  # no FTS5 syntax error reaches the caller
-        await keyword_documents(db, [kb.id], query, 10)
-    assert await keyword_search(db, [kb.id], "?!", 10) == [] == await keyword_documents(db, [kb.id], "?!", 10)
+    retriever = Retriever(db)
+    for query in ['"unbalanced', "NOT cats", "col:umn", "a AND (b", "rust*", "^start", "-minus", "?!", "'; DROP --"]:
+        for mode in ("keyword", "hybrid"):
+            await retriever.search([kb.id], query, local_embedder, SearchOptions(mode=mode))
+    assert await sources_of(retriever, [kb.id], "?!", local_embedder, mode="keyword") == []
+    assert set(await sources_of(retriever, [kb.id], "cats* OR (rust", local_embedder, mode="keyword")) == {
+        "cats.md", "rust.md"}
     with pytest.raises(InvalidRequestError):
-        await Retriever(db).search([kb.id], "   ", local_embedder, SearchOptions())
+        await retriever.search([kb.id], "   ", local_embedder, SearchOptions())
 
 
 def test_search_options_are_checked() -> None:
@@ -248,19 +244,24 @@ async def test_document_keyword_scores_rank_chunks_with_their_vectors(
     assert rrf[0].source == "scope.md"
 
 
-async def test_keyword_ranking_is_exact_when_other_knowledge_bases_crowd_the_index(
+async def test_keyword_statistics_are_each_knowledge_bases_own(
     db: Database, local_embedder: LocalEmbedder,
 ) -> None:
-    big, small = await make_kb(db, local_embedder, "big"), await make_kb(db, local_embedder, "small")
+    """Another knowledge base's documents (someone else's, perhaps) never change a score in this one."""
+    small, big = await make_kb(db, local_embedder, "small"), await make_kb(db, local_embedder, "big")
+    await ingest(db, local_embedder, small, {"note.txt": "A long note that mentions sourdough once among many other "
+                                             "words about gardening, weather and the price of tea.",
+                                             "tea.txt": "Green tea and black tea."})
+    retriever = Retriever(db)
+    options = SearchOptions(mode="keyword")
+    before = await retriever.search([small.id], "sourdough tea", None, options)
     loaves = {f"loaf{i}.txt": f"Sourdough sourdough sourdough, loaf {i}." for i in range(12)}
     await ingest(db, local_embedder, big, loaves)
-    await ingest(db, local_embedder, small, {"note.txt": "A long note that mentions sourdough once among many "
-                                             "other words about gardening, weather and the price of tea."})
-    # The best 4 x 2 matches in the whole index are all the big one's: the exact pass must find the small one's.
-    [hit] = await keyword_documents(db, [small.id], "sourdough", 2)
-    assert len(await keyword_documents(db, [big.id], "sourdough", 2)) == 2
-    assert await sources_of(Retriever(db), [small.id], "sourdough", local_embedder, mode="keyword") == ["note.txt"]
-    assert hit.document_id.startswith("doc_")
+    after = await retriever.search([small.id], "sourdough tea", None, options)
+    assert [(h.source, h.score) for h in after] == [(h.source, h.score) for h in before]
+    assert [h.source for h in after] == ["note.txt", "tea.txt"]
+    both = await retriever.search([small.id, big.id], "sourdough", None, SearchOptions(mode="keyword", top_k=20))
+    assert len(both) == 13 and {h.kb_id for h in both} == {small.id, big.id}
 
 
 async def test_the_same_name_twice_in_one_batch_keeps_the_later(db: Database, local_embedder: LocalEmbedder) -> None:

@@ -1,47 +1,38 @@
-"""The two searches under hybrid retrieval: keyword (BM25) and vector (cosine), over the knowledge
-bases a caller may read. Access is decided before this module: it searches exactly the knowledge
-bases it is given.
+"""A knowledge base's search index, in memory: its searchable chunk vectors and the BM25
+statistics of its approved documents. Access is decided before this module: it searches exactly the
+knowledge bases it is given.
 
-- Keyword, SQLite: FTS5 with the porter stemmer, BM25 over whole documents (title and text;
-  ``keyword_documents``) and over chunks (context and text; ``keyword_search``, which picks the
-  passage that shows a document).
-- Vectors: every searchable chunk vector of a knowledge base is held in memory as one float32
-  matrix and searched exactly with one matrix product (100,000 chunks x 384 is 150 MB and a few
-  milliseconds). The matrix is reloaded when the knowledge base's ``index_version`` moves, so every
-  process sees a change made by another on its next search.
+- Vectors: every searchable chunk vector is held as one float32 matrix and searched exactly with
+  one matrix product (100,000 chunks x 384 is 150 MB and a few milliseconds).
+- Keywords: BM25 over whole documents (``bm25.Bm25Index``), from the term counts stored at
+  ingestion. The same code and the same scores on SQLite and PostgreSQL.
+
+An index is loaded on its knowledge base's first search (in a worker thread) and reloaded when the
+knowledge base's ``index_version`` moves, so every process sees a change made by another on its
+next search.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import and_, select, text
+from sqlalchemy import null, select, text
 
 from ..store.db import Database
-from ..store.tables import KbChunk, KnowledgeBase
+from ..store.tables import KbChunk, KbDocument, KbDocumentText, KnowledgeBase
+from .bm25 import Bm25Index
 from .embeddings import vectors_from_bytes
+from .pgvector import PgVectors
 
-__all__ = [
-    "DocHit", "Filters", "Hit", "Matrix", "VectorCache", "filtered_chunk_ids", "fts_query", "keyword_documents",
-    "keyword_search", "query_terms",
-]
-
-_TERM = re.compile(r"\w+", re.UNICODE)
+__all__ = ["Filters", "Hit", "IndexCache", "KbIndex", "filtered_chunk_ids"]
 
 
 @dataclass(frozen=True, slots=True)
 class Hit:
     chunk_id: int
-    score: float
-
-
-@dataclass(frozen=True, slots=True)
-class DocHit:
-    document_id: str
     score: float
 
 
@@ -58,32 +49,6 @@ class Filters:
     @property
     def empty(self) -> bool:
         return not (self.document_ids or self.kinds or self.source_prefix or self.pages)
-
-
-def query_terms(query: str) -> list[str]:
-    """The words of a query, lower-cased, each once, in order."""
-    seen: dict[str, None] = {}
-    for term in _TERM.findall(query.lower()):
-        seen.setdefault(term, None)
-    return list(seen)
-
-
-# Lucene's English stop words. They match nearly every document, add almost nothing to BM25, and make
-# an OR query score the whole index (about 150 ms at 40,000 documents, against a few ms without them).
-STOPWORDS = frozenset({
-    "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it", "no", "not", "of",
-    "on", "or", "such", "that", "the", "their", "then", "there", "these", "they", "this", "to", "was", "will", "with",
-})
-
-
-def fts_query(query: str) -> str | None:
-    """An FTS5 query matching any of the words but stop words (each quoted, so nothing in it is FTS
-    syntax; a query of nothing but stop words keeps them); ``None`` when the query has no words."""
-    terms = query_terms(query)
-    if not terms:
-        return None
-    terms = [t for t in terms if t not in STOPWORDS] or terms
-    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
 
 
 def _in(column: str, values: Sequence[str], name: str, params: dict[str, object]) -> str:
@@ -113,64 +78,6 @@ def _kb_sql(kb_ids: Sequence[str], params: dict[str, object], alias: str = "c") 
     return _in(f"{alias}.kb_id", kb_ids, "kb", params)
 
 
-async def keyword_documents(
-    db: Database, kb_ids: Sequence[str], query: str, limit: int, filters: Filters = Filters(),
-) -> list[DocHit]:
-    """BM25 over whole documents (title and text) of ``kb_ids``, best first (higher is better).
-    Page filters do not apply at this level (the chunk stage applies them)."""
-    match = fts_query(query)
-    if match is None or not kb_ids or limit <= 0:
-        return []
-    if db.dialect != "sqlite":
-        raise NotImplementedError("keyword search on PostgreSQL is not built yet")
-    params: dict[str, object] = {"match": match}
-    doc_filters = Filters(filters.document_ids, filters.kinds, filters.source_prefix)
-    # Only generated placeholder names are put into the SQL; every value is bound.
-    where = f"{_kb_sql(kb_ids, params, 'd')} AND d.status = 'approved'{_filter_sql(doc_filters, params)}"
-    joined = (
-        "SELECT d.id, f.rank FROM {source} f JOIN kb_document_texts t ON t.id = f.rowid "  # noqa: S608
-        "JOIN kb_documents d ON d.id = t.document_id WHERE " + where + " ORDER BY f.rank LIMIT :limit"
-    )
-    # Fast path: rank inside FTS5 first and join only the best few (joining every match costs ~4x the
-    # ranking at 40,000 documents). If the knowledge bases or filters drop too many of them, rank again
-    # with the join over every match, which is exact.
-    fetch = limit * 4
-    best = ("(SELECT rowid, bm25(kb_documents_fts) AS rank FROM kb_documents_fts WHERE kb_documents_fts MATCH :match "
-            "ORDER BY rank LIMIT :fetch)")
-    every = "(SELECT rowid, bm25(kb_documents_fts) AS rank FROM kb_documents_fts WHERE kb_documents_fts MATCH :match)"
-    async with db.engine.connect() as conn:
-        rows = (await conn.execute(text(joined.format(source=best)), {**params, "limit": limit, "fetch": fetch})).all()
-        if len(rows) < limit:
-            total = (await conn.execute(text(
-                "SELECT count(*) FROM kb_documents_fts WHERE kb_documents_fts MATCH :match"), {"match": match}
-            )).scalar_one()
-            if total > fetch:
-                rows = (await conn.execute(text(joined.format(source=every)), {**params, "limit": limit})).all()
-    return [DocHit(str(doc_id), -float(rank)) for doc_id, rank in rows]
-
-
-async def keyword_search(
-    db: Database, kb_ids: Sequence[str], query: str, limit: int, filters: Filters = Filters(),
-) -> list[tuple[Hit, str]]:
-    """BM25 over the chunks of ``kb_ids``, best first (score: higher is better), with each chunk's document."""
-    match = fts_query(query)
-    if match is None or not kb_ids or limit <= 0:
-        return []
-    if db.dialect != "sqlite":
-        raise NotImplementedError("keyword search on PostgreSQL is not built yet")
-    params: dict[str, object] = {"match": match, "limit": limit}
-    # Only generated placeholder names are put into the SQL; every value is bound.
-    where = f"{_kb_sql(kb_ids, params)} AND c.searchable{_filter_sql(filters, params)}"
-    sql = (
-        "SELECT c.id, c.document_id, bm25(kb_chunks_fts) AS rank FROM kb_chunks_fts "  # noqa: S608
-        "JOIN kb_chunks c ON c.id = kb_chunks_fts.rowid JOIN kb_documents d ON d.id = c.document_id "
-        "WHERE kb_chunks_fts MATCH :match AND " + where + " ORDER BY rank LIMIT :limit"
-    )
-    async with db.engine.connect() as conn:
-        rows = (await conn.execute(text(sql), params)).all()
-    return [(Hit(int(chunk_id), -float(rank)), str(doc_id)) for chunk_id, doc_id, rank in rows]
-
-
 async def filtered_chunk_ids(db: Database, kb_ids: Sequence[str], filters: Filters) -> np.ndarray:
     params: dict[str, object] = {}
     where = f"{_kb_sql(kb_ids, params)} AND c.searchable{_filter_sql(filters, params)}"
@@ -180,26 +87,60 @@ async def filtered_chunk_ids(db: Database, kb_ids: Sequence[str], filters: Filte
     return np.array(sorted(int(r[0]) for r in rows), dtype=np.int64)
 
 
-@dataclass(slots=True)
-class Matrix:
-    """One knowledge base's searchable chunks: ids (ascending), unit vectors, and each chunk's document
-    as an index into ``documents``."""
 
+
+@dataclass(slots=True)
+class KbIndex:
+    """One knowledge base's searchable chunks (ids ascending, unit vectors, each chunk's document as a
+    position in ``documents``) and its approved documents' BM25 statistics (by the same positions)."""
+
+    kb_id: str
     version: int
+    dimension: int | None
+    ann: bool
+    """Its vectors are searched through its pgvector HNSW index (``vectors`` is then empty)."""
     ids: np.ndarray
     vectors: np.ndarray
     doc_index: np.ndarray
     documents: list[str]
-    doc_position: dict[str, int]
+    bm25: Bm25Index
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.ids.nbytes + self.vectors.nbytes + self.doc_index.nbytes) + self.bm25.nbytes
+
+
+def _build(kb_id: str, version: int, dimension: int | None, ann: bool, docs: Sequence[tuple[str, str, bytes, int]],
+           chunks: Sequence[tuple[int, str, bytes | None]]) -> KbIndex:
+    positions = {doc_id: i for i, (doc_id, *_rest) in enumerate(docs)}
+    kept = [(chunk_id, positions[doc], blob) for chunk_id, doc, blob in chunks
+            if (ann or blob is not None) and doc in positions]
+    width = 0 if ann else dimension or 0
+    return KbIndex(
+        kb_id, version, dimension, ann,
+        np.array([c[0] for c in kept], dtype=np.int64),
+        vectors_from_bytes([c[2] or b"" for c in kept], width) if width else np.zeros((0, 0), np.float32),
+        np.array([c[1] for c in kept], dtype=np.int64),
+        [d[0] for d in docs],
+        Bm25Index(((t, c, n) for _doc, t, c, n in docs), len(docs)),
+    )
 
 
 @dataclass
-class VectorCache:
-    """Searchable chunk vectors per knowledge base, in memory, reloaded when its version moves."""
+class IndexCache:
+    """The index of each knowledge base searched, in memory, reloaded when its version moves."""
 
     db: Database
-    _entries: dict[str, Matrix] = field(default_factory=dict)
+    pg: PgVectors | None = None
+    """pgvector, where large knowledge bases have HNSW indexes (by default on PostgreSQL)."""
+    use_ann: bool = True
+    """False: search every knowledge base exactly, in memory, even those with an HNSW index."""
+    _entries: dict[str, KbIndex] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.pg is None and self.db.dialect == "postgresql":
+            self.pg = PgVectors(self.db)
 
     async def _versions(self, kb_ids: Sequence[str]) -> dict[str, tuple[int, int | None]]:
         async with self.db.engine.connect() as conn:
@@ -209,7 +150,7 @@ class VectorCache:
             )).all()
         return {kb: (int(version), dimension) for kb, version, dimension in rows}
 
-    async def _matrix(self, kb_id: str, version: int, dimension: int) -> Matrix:
+    async def _index(self, kb_id: str, version: int, dimension: int | None) -> KbIndex:
         entry = self._entries.get(kb_id)
         if entry is not None and entry.version == version:
             return entry
@@ -218,33 +159,30 @@ class VectorCache:
             entry = self._entries.get(kb_id)
             if entry is not None and entry.version == version:
                 return entry
+            ann = self.use_ann and self.pg is not None and kb_id in await self.pg.indexed([kb_id])
+            vector = null() if ann else KbChunk.embedding
             async with self.db.engine.connect() as conn:
                 # Read after the version: a change in between is labelled with the older version, so the
-                # next search reloads it; a stale matrix is never labelled as new.
-                rows = (await conn.execute(
-                    select(KbChunk.id, KbChunk.document_id, KbChunk.embedding)
-                    .where(and_(KbChunk.kb_id == kb_id, KbChunk.searchable, KbChunk.embedding.is_not(None)))
+                # next search reloads it; a stale index is never labelled as new.
+                docs = (await conn.execute(
+                    select(KbDocument.id, KbDocumentText.terms, KbDocumentText.term_counts, KbDocumentText.length)
+                    .join(KbDocumentText, KbDocumentText.document_id == KbDocument.id)
+                    .where(KbDocument.kb_id == kb_id, KbDocument.status == "approved")
+                    .order_by(KbDocument.id)
+                )).all()
+                chunks = (await conn.execute(
+                    select(KbChunk.id, KbChunk.document_id, vector)
+                    .where(KbChunk.kb_id == kb_id, KbChunk.searchable)
                     .order_by(KbChunk.id)
                 )).all()
-            triples = [(int(chunk_id), str(doc), blob) for chunk_id, doc, blob in rows if blob is not None]
-            positions: dict[str, int] = {}
-            doc_index = np.array([positions.setdefault(t[1], len(positions)) for t in triples], dtype=np.int64)
-            entry = Matrix(
-                version, np.array([t[0] for t in triples], dtype=np.int64),
-                vectors_from_bytes([t[2] for t in triples], dimension), doc_index, list(positions), positions,
-            )
+            entry = await asyncio.to_thread(_build, kb_id, version, dimension, ann, docs, chunks)
             self._entries[kb_id] = entry
             return entry
 
-    async def matrices(self, kb_ids: Sequence[str], dimension: int) -> list[Matrix]:
-        """The current matrix of each knowledge base whose vectors have ``dimension`` components."""
-        out: list[Matrix] = []
-        for kb_id, (version, dim) in (await self._versions(kb_ids)).items():
-            if dim is not None and dim == dimension:
-                matrix = await self._matrix(kb_id, version, dim)
-                if len(matrix.ids):
-                    out.append(matrix)
-        return out
+    async def indexes(self, kb_ids: Sequence[str]) -> list[KbIndex]:
+        """The current index of each of ``kb_ids`` that exists, in the order given."""
+        versions = await self._versions(kb_ids)
+        return [await self._index(kb_id, *versions[kb_id]) for kb_id in dict.fromkeys(kb_ids) if kb_id in versions]
 
     def forget(self, kb_id: str) -> None:
         self._entries.pop(kb_id, None)

@@ -28,9 +28,11 @@ from ..clock import Clock
 from ..errors import InvalidRequestError, ThinktankError
 from ..store.db import Database
 from ..store.tables import KbChunk, KbDocument, KbDocumentText, KnowledgeBase, new_id
+from .bm25 import Analyzer, TermCounts
 from .chunking import Block, Chunk, ChunkingOptions, chunk_blocks
 from .embeddings import Embedder, vectors_to_bytes
 from .parsers import Limits, detect_kind, extract
+from .pgvector import PgVectors
 
 __all__ = [
     "IngestResult", "Ingestor", "Progress", "Source", "bump_version", "remove_document", "remove_knowledge_base",
@@ -84,10 +86,11 @@ class _Prepared:
     replaces: str | None
     body: str
     contexts: list[str]
+    terms: TermCounts
 
 
 async def remove_document(s: AsyncSession, document_id: str) -> None:
-    """A document and its chunks (their full-text entries and its text go with them)."""
+    """A document and its chunks (its text goes with it)."""
     await s.execute(delete(KbChunk).where(KbChunk.document_id == document_id))
     await s.execute(delete(KbDocument).where(KbDocument.id == document_id))
 
@@ -99,7 +102,7 @@ async def remove_knowledge_base(s: AsyncSession, kb_id: str) -> None:
 
 
 async def bump_version(s: AsyncSession, kb_id: str, now: float, **values: object) -> None:
-    """Record a change to what a knowledge base holds, so vector caches reload it."""
+    """Record a change to what a knowledge base holds, so search indexes reload it."""
     await s.execute(update(KnowledgeBase).where(KnowledgeBase.id == kb_id).values(
         index_version=KnowledgeBase.index_version + 1, updated_at=now, **values))
 
@@ -119,9 +122,13 @@ def _context(title: str, heading_path: Sequence[str]) -> str:
 class Ingestor:
     def __init__(
         self, db: Database, embedder: Embedder, clock: Clock, *, limits: Limits | None = None,
-        group_chunks: int = 256,
+        group_chunks: int = 256, analyzer: Analyzer | None = None, pg_vectors: PgVectors | None = None,
     ) -> None:
+        """``pg_vectors``: on PostgreSQL with pgvector, chunk vectors are also written there (for the
+        HNSW index of large knowledge bases)."""
         self.db = db
+        self.pg_vectors = pg_vectors
+        self.analyzer = analyzer or Analyzer()
         self.embedder = embedder
         self.clock = clock
         self.limits = limits or Limits()
@@ -215,9 +222,10 @@ class Ingestor:
             blocks, title = extracted.blocks, source.title or extracted.title or ""
             pages, warnings = extracted.pages, list(extracted.warnings)
         chunks = chunk_blocks(blocks, options)
-        return _Prepared(index, source, kind, title, pages, warnings, chunks, digest, replaces,
-                         body="\n\n".join(b.text for b in blocks),
-                         contexts=[_context(title, c.heading_path) for c in chunks])
+        body = "\n\n".join(b.text for b in blocks)
+        return _Prepared(index, source, kind, title, pages, warnings, chunks, digest, replaces, body=body,
+                         contexts=[_context(title, c.heading_path) for c in chunks],
+                         terms=self.analyzer.count(title, body))
 
     async def _write(
         self, kb: KnowledgeBase, group: list[_Prepared], submitted_by: str, status: str,
@@ -248,15 +256,20 @@ class Ingestor:
                     warnings=p.warnings or None, created_at=now, updated_at=now,
                 ))
                 await s.flush()
-                s.add(KbDocumentText(document_id=doc_id, kb_id=kb.id, title=p.title, body=p.body))
+                s.add(KbDocumentText(document_id=doc_id, kb_id=kb.id, title=p.title, body=p.body,
+                                     terms=p.terms.terms, term_counts=p.terms.counts, length=p.terms.length))
                 rows = [
                     {"document_id": doc_id, "kb_id": kb.id, "position": c.position, "text": c.text, "context": ctx,
                      "page": c.page, "tokens": c.tokens, "searchable": searchable, "embedding": blobs[at + i]}
                     for i, (ctx, c) in enumerate(zip(p.contexts, p.chunks, strict=True))
                 ]
-                at += len(rows)
-                if rows:
+                if rows and self.pg_vectors is not None and await self.pg_vectors.available():
+                    ids = (await s.execute(insert(KbChunk).returning(KbChunk.id, sort_by_parameter_order=True),
+                                           rows)).scalars().all()
+                    await self.pg_vectors.add(s, kb.id, ids, vectors[at:at + len(rows)])
+                elif rows:
                     await s.execute(insert(KbChunk), rows)
+                at += len(rows)
                 results.append(IngestResult(
                     p.source.name, "replaced" if p.replaces else "added", document_id=doc_id, chunks=len(rows),
                     warnings=tuple(p.warnings),

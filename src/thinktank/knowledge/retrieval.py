@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from ..errors import InvalidRequestError
 from ..store.db import Database
 from ..store.tables import KbChunk, KbDocument
+from .bm25 import Analyzer
 from .embeddings import Embedder
-from .index import DocHit, Filters, Hit, VectorCache, filtered_chunk_ids, keyword_documents, keyword_search
+from .index import Filters, Hit, IndexCache, KbIndex, filtered_chunk_ids
 
 __all__ = ["Mode", "Retrieved", "Retriever", "SearchOptions"]
 
@@ -77,53 +78,77 @@ def _top(ids: np.ndarray, scores: np.ndarray, limit: int) -> tuple[np.ndarray, n
     return ids, scores
 
 
+def _best_documents(parts: Sequence[_Part], limit: int) -> list[tuple[int, int, float]]:
+    """The ``limit`` best documents by BM25 over every part: (part number, document position, score)."""
+    found: list[tuple[int, int, float]] = []
+    for n, part in enumerate(parts):
+        positions = np.flatnonzero(part.bm25 > 0)
+        if len(positions) > limit:
+            positions = positions[np.argpartition(-part.bm25[positions], limit - 1)[:limit]]
+        found.extend((n, int(p), float(part.bm25[p])) for p in positions)
+    found.sort(key=lambda f: (-f[2], parts[f[0]].index.documents[f[1]]))
+    return found[:limit]
+
+
+@dataclass(slots=True)
+class _Part:
+    """One knowledge base's candidates: its index, the chunks the filters leave (a mask, or all), and
+    each document's BM25 score (0 for a document the filters leave no chunk of)."""
+
+    index: KbIndex
+    keep: np.ndarray | None
+    bm25: np.ndarray
+
+
 class Retriever:
     """Searches knowledge bases the caller has already been allowed to read."""
 
-    def __init__(self, db: Database, cache: VectorCache | None = None) -> None:
+    def __init__(self, db: Database, cache: IndexCache | None = None, analyzer: Analyzer | None = None) -> None:
         self.db = db
-        self.cache = cache or VectorCache(db)
+        self.cache = cache or IndexCache(db)
+        self.analyzer = analyzer or Analyzer()
 
     async def hits(
         self, kb_ids: Sequence[str], query: str, embedder: Embedder | None, options: SearchOptions,
     ) -> list[Hit]:
         if not query.strip():
             raise InvalidRequestError("the query is empty", param="query")
-        limit = max(options.candidates, options.top_k)
-        documents: list[DocHit] = []
-        if options.mode in ("hybrid", "keyword"):
-            documents = await keyword_documents(self.db, kb_ids, query, limit, options.filters)
-        if options.mode == "keyword":
-            return await self._keyword_chunks(kb_ids, query, documents, options)
-        if embedder is None:
+        if options.mode != "keyword" and embedder is None:
             raise InvalidRequestError("vector search needs the knowledge base's embedding model")
-        query_vector = (await embedder.embed([query]))[0].astype(np.float32)
+        limit = max(options.candidates, options.top_k)
+        terms = self.analyzer.query(query) if options.mode != "vector" else []
         allowed = None if options.filters.empty else await filtered_chunk_ids(self.db, kb_ids, options.filters)
-        # Each document's keyword part of the fused score: its share of the best BM25 score, or its rank's.
-        a = options.keyword_weight / (options.keyword_weight + options.vector_weight)
-        top_doc = max((d.score for d in documents), default=0.0)
-        if options.fusion == "score":
-            keyword_part = {d.document_id: a * d.score / top_doc for d in documents if top_doc > 0}
-        else:
-            keyword_part = {d.document_id: options.keyword_weight / (options.rrf_k + rank)
-                            for rank, d in enumerate(documents, 1)}
+        parts: list[_Part] = []
+        for index in await self.cache.indexes(kb_ids):
+            keep = None if allowed is None else np.isin(index.ids, allowed, assume_unique=True)
+            bm25 = index.bm25.scores(terms) if terms else np.zeros(len(index.documents), np.float32)
+            if keep is not None:
+                bm25 *= np.bincount(index.doc_index[keep], minlength=len(index.documents)) > 0
+            parts.append(_Part(index, keep, bm25))
+        if options.mode == "keyword":
+            return await self._keyword_hits(parts, terms, limit, options)
+        assert embedder is not None
+        query_vector = (await embedder.embed([query]))[0].astype(np.float32)
+        keyword = self._keyword_parts(parts, options, limit)
         ids_parts: list[np.ndarray] = []
         score_parts: list[np.ndarray] = []
-        for matrix in await self.cache.matrices(kb_ids, int(query_vector.shape[0])):
-            ids, doc_index, cosine = matrix.ids, matrix.doc_index, matrix.vectors @ query_vector
-            if allowed is not None:
-                keep = np.isin(ids, allowed, assume_unique=True)
-                ids, doc_index, cosine = ids[keep], doc_index[keep], cosine[keep]
+        for part, keyword_part in zip(parts, keyword, strict=True):
+            index = part.index
+            if index.dimension != len(query_vector) or not len(index.ids):
+                continue
+            if index.ann:
+                ids, doc_index, cosine = await self._nearest(part, keyword_part, query_vector, limit)
+            else:
+                ids, doc_index, cosine = index.ids, index.doc_index, index.vectors @ query_vector
+                if part.keep is not None:
+                    ids, doc_index, cosine = ids[part.keep], doc_index[part.keep], cosine[part.keep]
             if options.mode == "vector":
                 scores = cosine
+            elif options.fusion == "score":
+                a = options.keyword_weight / (options.keyword_weight + options.vector_weight)
+                scores = keyword_part[doc_index] + (1 - a) * cosine
             else:
-                keyword = np.zeros(len(matrix.documents), np.float64)
-                for doc_id, part in keyword_part.items():
-                    pos = matrix.doc_position.get(doc_id)
-                    if pos is not None:
-                        keyword[pos] = part
-                vector = (1 - a) * cosine if options.fusion == "score" else self._rrf_vector(cosine, options)
-                scores = keyword[doc_index] + vector
+                scores = keyword_part[doc_index] + self._rrf_vector(cosine, options)
             ids, scores = _top(ids, scores, limit)
             ids_parts.append(ids)
             score_parts.append(scores)
@@ -133,6 +158,48 @@ class Retriever:
         order = np.lexsort((all_ids, -all_scores))[:limit]
         return [Hit(int(all_ids[i]), float(all_scores[i])) for i in order]
 
+    async def _nearest(
+        self, part: _Part, keyword_part: np.ndarray, query_vector: np.ndarray, limit: int,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A knowledge base with an HNSW index: its nearest chunks from the index, and every chunk of
+        its best keyword documents with its cosine, as the candidates (ids ascending)."""
+        index = part.index
+        pg = self.cache.pg
+        assert pg is not None
+        found, cosine = await pg.search(index.kb_id, query_vector, limit * 2 if part.keep is not None else limit)
+        best_docs = np.flatnonzero(keyword_part)
+        if len(best_docs) > limit:
+            best_docs = best_docs[np.argpartition(-keyword_part[best_docs], limit - 1)[:limit]]
+        extra = index.ids[np.isin(index.doc_index, best_docs)]
+        extra = extra[~np.isin(extra, found)]
+        if len(extra):
+            async with self.db.engine.connect() as conn:
+                more = await pg.cosines(conn, extra.tolist(), query_vector)
+            found = np.concatenate([found, np.fromiter(more.keys(), np.int64, len(more))])
+            cosine = np.concatenate([cosine, np.fromiter(more.values(), np.float32, len(more))])
+        order = np.argsort(found)
+        found, cosine = found[order], cosine[order]
+        at = np.minimum(np.searchsorted(index.ids, found), len(index.ids) - 1)
+        known = index.ids[at] == found  # searchable chunks only (the index also holds pending ones)
+        if part.keep is not None:
+            known &= part.keep[at]
+        return found[known], index.doc_index[at[known]], cosine[known]
+
+    @staticmethod
+    def _keyword_parts(parts: Sequence[_Part], options: SearchOptions, limit: int) -> list[np.ndarray]:
+        """Each document's keyword part of the fused score: ``a`` times its share of the best BM25
+        score (score fusion), or ``w_keyword / (k + rank)`` for the ``limit`` best documents (RRF)."""
+        if options.mode == "vector":
+            return [np.zeros(len(p.index.documents), np.float32) for p in parts]
+        if options.fusion == "score":
+            a = options.keyword_weight / (options.keyword_weight + options.vector_weight)
+            top = max((float(p.bm25.max()) for p in parts if len(p.bm25)), default=0.0)
+            return [p.bm25 * (a / top) if top > 0 else np.zeros_like(p.bm25) for p in parts]
+        out = [np.zeros(len(p.index.documents), np.float32) for p in parts]
+        for rank, (n, position, _score) in enumerate(_best_documents(parts, limit), 1):
+            out[n][position] = options.keyword_weight / (options.rrf_k + rank)
+        return out
+
     @staticmethod
     def _rrf_vector(cosine: np.ndarray, options: SearchOptions) -> np.ndarray:
         """``w_vector / (k + rank)`` for the ``candidates`` best chunks, 0 for the rest."""
@@ -141,27 +208,40 @@ class Retriever:
         out[best] = options.vector_weight / (options.rrf_k + np.arange(1, len(best) + 1))
         return out
 
-    async def _keyword_chunks(
-        self, kb_ids: Sequence[str], query: str, documents: Sequence[DocHit], options: SearchOptions,
+    async def _keyword_hits(
+        self, parts: Sequence[_Part], terms: Sequence[str], limit: int, options: SearchOptions,
     ) -> list[Hit]:
-        """Documents in BM25 order, each by its best-matching chunk (its first chunk if no single chunk
-        matches, e.g. when the words are spread over several)."""
-        if not documents:
+        """Documents in BM25 order, each shown by a chunk: for the ``top_k`` best, the chunk that
+        matches the query best (BM25 among the document's chunks); for the rest, their first chunk."""
+        best = _best_documents(parts, limit)
+        if not best:
             return []
-        best: dict[str, int] = {}
-        for hit, doc_id in await keyword_search(self.db, kb_ids, query, options.candidates * 4, options.filters):
-            best.setdefault(doc_id, hit.chunk_id)
-        missing = [d.document_id for d in documents if d.document_id not in best]
-        if missing:
-            query_first = (select(KbChunk.document_id, func.min(KbChunk.id)).where(
-                KbChunk.document_id.in_(missing), KbChunk.searchable).group_by(KbChunk.document_id))
-            if options.filters.pages:
-                lo, hi = options.filters.pages
-                query_first = query_first.where(KbChunk.page.between(lo, hi))
-            async with self.db.engine.connect() as conn:
-                for doc_id, chunk_id in (await conn.execute(query_first)).all():
-                    best[str(doc_id)] = int(chunk_id)
-        return [Hit(best[d.document_id], d.score) for d in documents if d.document_id in best]
+        shown: dict[tuple[int, int], int] = {}
+        for n, part in enumerate(parts):
+            doc_index = part.index.doc_index if part.keep is None else part.index.doc_index[part.keep]
+            ids = part.index.ids if part.keep is None else part.index.ids[part.keep]
+            positions, first = np.unique(doc_index, return_index=True)  # ids ascend: the first is the lowest
+            shown.update(((n, int(p)), int(ids[i])) for p, i in zip(positions, first, strict=True))
+        head = [(n, p) for n, p, _ in best[:options.top_k]]
+        wanted: dict[str, tuple[int, int]] = {parts[n].index.documents[p]: (n, p) for n, p in head}
+        chunk_rows: dict[tuple[int, int], list[tuple[int, str]]] = {}
+        async with self.db.engine.connect() as conn:
+            rows = (await conn.execute(
+                select(KbChunk.id, KbChunk.document_id, KbChunk.context, KbChunk.text)
+                .where(KbChunk.document_id.in_(list(wanted)), KbChunk.searchable).order_by(KbChunk.id)
+            )).all()
+        kept = [None if part.keep is None else set(part.index.ids[part.keep][
+            np.isin(part.index.doc_index[part.keep], [p for m, p in head if m == n])].tolist())
+            for n, part in enumerate(parts)]
+        for chunk_id, doc_id, context, body in rows:
+            n, p = wanted[doc_id]
+            allowed = kept[n]
+            if allowed is None or chunk_id in allowed:
+                chunk_rows.setdefault((n, p), []).append((int(chunk_id), f"{context}\n{body}"))
+        for (n, p), chunks in chunk_rows.items():
+            scores = parts[n].index.bm25.passage_scores(self.analyzer, terms, [c[1] for c in chunks])
+            shown[(n, p)] = chunks[int(np.argmax(scores))][0]
+        return [Hit(shown[(n, p)], score) for n, p, score in best if (n, p) in shown]
 
     async def search(
         self, kb_ids: Sequence[str], query: str, embedder: Embedder | None, options: SearchOptions,

@@ -26,6 +26,7 @@ from ..store.db import Database
 from ..store.tables import KbChunk, KbDocument, KbShare, KnowledgeBase, Team, User, new_id
 from .embeddings import LOCAL_MODEL, Embedder
 from .ingest import Ingestor, IngestResult, Progress, Source, bump_version, remove_document, remove_knowledge_base
+from .pgvector import PgVectors
 from .retrieval import Retrieved, Retriever, SearchOptions
 
 __all__ = ["Access", "EmbedderFor", "KbView", "KnowledgeService"]
@@ -255,8 +256,24 @@ class KnowledgeService:
         """Writers add documents; readers submit them as contributions, searchable once approved."""
         kb, access = await self.get(principal, kb_ref)
         status = "approved" if _RANK[access] >= _RANK["write"] else "pending"
-        ingestor = Ingestor(self.db, self.embedder_for(kb.embedding_model, ctx), self.clock)
-        return await ingestor.ingest(kb, sources, submitted_by=principal.user_id, status=status, progress=progress)
+        pg = self.retriever.cache.pg
+        ingestor = Ingestor(self.db, self.embedder_for(kb.embedding_model, ctx), self.clock, pg_vectors=pg)
+        results = await ingestor.ingest(kb, sources, submitted_by=principal.user_id, status=status, progress=progress)
+        if pg is not None and any(r.status in ("added", "replaced") for r in results):
+            await self._index_if_large(pg, kb.id)
+        return results
+
+    async def _index_if_large(self, pg: PgVectors, kb_id: str) -> None:
+        """A knowledge base that has grown past ``pg.ann_min_chunks`` gets its HNSW index (built
+        concurrently: searches and writes go on meanwhile); its version moves so searches use it."""
+        async with self.db.session() as s:
+            dimension, chunks = (await s.execute(
+                select(KnowledgeBase.dimension, func.count(KbChunk.id)).join(KbChunk, KbChunk.kb_id == KnowledgeBase.id)
+                .where(KnowledgeBase.id == kb_id).group_by(KnowledgeBase.dimension))).one_or_none() or (None, 0)
+        if dimension is not None and chunks >= pg.ann_min_chunks and kb_id not in await pg.indexed([kb_id]) \
+                and await pg.maybe_index(kb_id, dimension, chunks):
+            async with self.db.session() as s:
+                await bump_version(s, kb_id, self.clock.time())
 
     async def documents(self, principal: Principal, kb_ref: str, status: str | None = None) -> list[KbDocument]:
         kb, access = await self.get(principal, kb_ref)
