@@ -4,7 +4,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -16,6 +16,9 @@ from .fakes import openai as openai_fmt
 from .fakes.clock import FakeClock
 from .fakes.process import Server
 from .fakes.upstream import FakeUpstream
+
+if TYPE_CHECKING:
+    from thinktank.knowledge.embeddings import LocalEmbedder
 
 
 @pytest.fixture(autouse=True)
@@ -30,6 +33,16 @@ def _no_internet(monkeypatch: pytest.MonkeyPatch) -> None:
         return real_connect(self, address)  # type: ignore[arg-type]
 
     monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+@pytest.fixture(scope="session")
+def local_embedder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEmbedder]:
+    """The real local model (int8), built once per test session."""
+    from thinktank.knowledge.embeddings import LocalEmbedder
+
+    embedder = LocalEmbedder(Path(tmp_path_factory.mktemp("data")) / "models")  # where the CLI looks
+    yield embedder
+    embedder.close()
 
 
 @pytest.fixture

@@ -221,9 +221,11 @@ def _register_deliberation_commands() -> None:
 
 
 def _register_knowledge_commands() -> None:
+    from .cli_kb import kb_app
     from .cli_knowledge import eval_app
 
     app.add_typer(eval_app, name="eval")
+    app.add_typer(kb_app, name="kb")
 
 
 _register_admin_commands()

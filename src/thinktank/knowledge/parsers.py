@@ -16,6 +16,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from urllib.parse import urlsplit
 
 from ..errors import UnprocessableError, UnsupportedMediaTypeError
 from .chunking import Block, markdown_blocks, text_blocks
@@ -60,12 +61,16 @@ def safe_filename(name: str) -> str:
 
 
 def detect_kind(filename: str | None, content_type: str | None, data: bytes) -> str:
-    """The parser for a file, from its name, its declared type and its first bytes; 415 if none."""
+    """The parser for a file, from its name, its declared type and its first bytes; 415 if none. For a
+    URL the server's Content-Type comes first, then the suffix of the URL's path (not its query)."""
     kind = None
-    if filename:
+    by_type = _CONTENT_TYPES.get(content_type.split(";")[0].strip().lower()) if content_type else None
+    if filename and filename.lower().startswith(("http://", "https://")):
+        kind = by_type or SUPPORTED.get(PurePosixPath(urlsplit(filename).path).suffix.lower())
+    elif filename:
         kind = SUPPORTED.get(PurePosixPath(safe_filename(filename)).suffix.lower())
-    if kind is None and content_type:
-        kind = _CONTENT_TYPES.get(content_type.split(";")[0].strip().lower())
+    if kind is None:
+        kind = by_type
     if kind is None:
         raise UnsupportedMediaTypeError(
             f"Unsupported file type ({filename or content_type or 'unknown'}); supported: "
