@@ -7,7 +7,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from .config import DebateConfig, DeploymentConfig, EnsembleConfig, GatewayConfig, GroupConfig
+from .config import DebateConfig, DeploymentConfig, EnsembleConfig, GatewayConfig, GroupConfig, KnowledgeConfig
 
 __all__ = ["NO_MODELS_HELP", "demo_config", "discover", "merge"]
 
@@ -79,6 +79,7 @@ def demo_config() -> GatewayConfig:
         mock("demo/embed", "deterministic hash embeddings", embedding_dimensions=16).model_copy(
             update={"mode": "embedding"}
         ),
+        mock("demo/librarian", "answers kb/<name> questions by quoting the best passage", rules=_LIBRARIAN),
     ]
     groups = [GroupConfig(name="demo/auto", models=["demo/flaky"], fallbacks=["demo/fast"])]
     panel = [
@@ -94,7 +95,18 @@ def demo_config() -> GatewayConfig:
         name="demo-panel", models=[m.name for m in panel], rounds=3,
         description="MOCK (offline demo): a scripted expert panel debates, converges and synthesises",
     )]
-    return GatewayConfig(models=[*models, *panel], groups=groups, ensembles=ensembles, debates=debates)
+    return GatewayConfig(models=[*models, *panel], groups=groups, ensembles=ensembles, debates=debates,
+                         knowledge=KnowledgeConfig(model="demo/librarian"))
+
+
+# The demo librarian: quotes the first sentence of the best passage it is given, citing it.
+_LIBRARIAN: list[dict[str, Any]] = [
+    {"match": r"no passages in the knowledge bases matched",
+     "reply": "Your documents contain nothing about that. (MOCK demo answer: no passage matched.)"},
+    {"match": r'<passage-[0-9a-f]+ id="1"[^>]*>\s*(?P<text>[^<]{1,400}?[.!?])(?=\s|<)', "template": True,
+     "reply": "According to your documents: \\g<text> [1]\n\n(MOCK demo answer: the librarian quotes the best "
+              "passage it was given.)"},
+]
 
 
 # The demo panel's scripted replies: what each step of an ensemble or a debate asks for.
@@ -132,4 +144,7 @@ def merge(base: GatewayConfig, extra: GatewayConfig) -> GatewayConfig:
         **base.model_dump(), "models": [*base.models, *extra.models], "groups": [*base.groups, *extra.groups],
         "aliases": {**base.aliases, **extra.aliases}, "ensembles": [*base.ensembles, *extra.ensembles],
         "debates": [*base.debates, *extra.debates], "personas": [*base.personas, *extra.personas],
+        # What ``base`` sets of the knowledge section wins; the rest comes from ``extra``.
+        "knowledge": {**extra.knowledge.model_dump(exclude_defaults=True),
+                      **base.knowledge.model_dump(exclude_defaults=True)},
     })

@@ -116,6 +116,13 @@ async def test_first_matching_rule_wins(ctx: ProviderContext) -> None:
     assert await reply(m, req("the cost is high")) == "second"
 
 
+async def test_a_template_rule_fills_in_the_match_groups(ctx: ProviderContext) -> None:
+    m = mock(ctx, rules=[{"match": r"name: (?P<name>\w+)", "reply": r"Hello \g<name> \1", "template": True},
+                         {"match": "plain (\\w+)", "reply": r"kept \1"}])
+    assert await reply(m, req("my name: Ada, hi")) == "Hello Ada Ada"
+    assert await reply(m, req("plain text")) == r"kept \1"  # without template, the reply is verbatim
+
+
 async def test_replies_cycle_within_a_rule(ctx: ProviderContext) -> None:
     m = mock(ctx, rules=[{"match": "a", "replies": ["x", "y"]}, {"match": "b", "replies": ["p", "q", "r"]}])
     texts = [await reply(m, req(t)) for t in ["a", "b", "a", "b", "a", "b", "b"]]

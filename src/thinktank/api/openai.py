@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -38,6 +38,10 @@ from ..types import (
 )
 from .asgi import Receive, Scope, Send, bearer_token, header, read_body, send_bytes, send_error, send_json
 from .state import AppState
+
+if TYPE_CHECKING:
+    from ..knowledge.grounding import Grounding
+    from .grounded import GroundedChat
 
 __all__ = ["FORBIDDEN_KEYS", "OpenAIHandlers", "parse_body"]
 
@@ -110,6 +114,15 @@ def parse_body(body: bytes, model: type[M]) -> M:
 class OpenAIHandlers:
     def __init__(self, state: AppState) -> None:
         self.state = state
+        self._grounded: GroundedChat | None = None
+
+    def grounded(self) -> GroundedChat:
+        """Grounded chat, made on first use (no knowledge imports for gateways that never ground)."""
+        if self._grounded is None:
+            from .grounded import GroundedChat
+
+            self._grounded = GroundedChat(self.state)
+        return self._grounded
 
     async def principal(self, scope: Scope) -> Principal:
         raw = header(scope, b"authorization")
@@ -135,17 +148,21 @@ class OpenAIHandlers:
 
     async def chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
         admission: Admission | None = None
+        grounding: Grounding | None = None
         try:
             request, admission = await self._admit(
                 scope, receive, ChatRequest, lambda r: estimate_request_tokens(r) + (r.output_limit() or 0)
             )
-            if request.model.startswith(("ensemble/", "debate/")):
+            extra = request.model_extra
+            if request.model.startswith("kb/") or (extra and ("knowledge_bases" in extra or "knowledge" in extra)):
+                request, grounding = await self.grounded().prepare(request, admission.principal, admission.ctx)
+            elif request.model.startswith(("ensemble/", "debate/")):
                 owned, admission = admission, None  # _deliberate records it, now or when the run ends
                 run = await self._deliberate(scope, request, owned)
                 await self._send_run(run, request, send)
                 return
             if request.stream:
-                await self._stream(request, admission, receive, send)
+                await self._stream(request, admission, receive, send, grounding)
                 return
             response = await self.state.router.complete(request, admission.ctx)
         except ThinktankError as exc:
@@ -153,6 +170,12 @@ class OpenAIHandlers:
             return
         await admission.finish(200)
         cost = response.usage.cost if response.usage is not None and response.usage.cost is not None else 0.0
+        if grounding is not None:
+            # The query's embedding and a rerank are paid for too: the cost is the request's, not the answer's.
+            cost = sum(r.cost for r in admission.ctx.records)
+            answer = (response.choices[0].message.content or "") if response.choices else ""
+            # An extra field of the (open) response model: serialised with it, at the top level.
+            setattr(response, "citations", [c.to_dict() for c in grounding.cited(answer)])  # noqa: B010
         headers = [(b"x-thinktank-cost-usd", f"{cost:.10f}".encode())]
         if response.served_by:
             headers.append((b"x-thinktank-deployment", response.served_by.encode()))
@@ -229,15 +252,22 @@ class OpenAIHandlers:
             await _send_event(send, orjson.dumps(_run_error(run).to_body()))
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
-    async def _stream(self, request: ChatRequest, admission: Admission, receive: Receive, send: Send) -> None:
+    async def _stream(
+        self, request: ChatRequest, admission: Admission, receive: Receive, send: Send,
+        grounding: Grounding | None = None,
+    ) -> None:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        chunks = aiter(self.state.router.stream(request, admission.ctx))
+        chunks: AsyncIterator[ChatChunk] = aiter(self.state.router.stream(request, admission.ctx))
+        tail: Callable[[], bytes] | None = None
+        if grounding is not None:
+            chunks = collected = _Collecting(chunks)
+            tail = lambda: collected.citations_event(grounding)  # noqa: E731
         try:
             first = await anext(chunks)
         except StopAsyncIteration:
             first = None
         # Errors before the first chunk propagate to the caller: a normal JSON error response.
-        pump = asyncio.ensure_future(self._pump(first, chunks, include_usage, send))
+        pump = asyncio.ensure_future(self._pump(first, chunks, include_usage, send, tail))
         watcher = asyncio.ensure_future(_wait_disconnect(receive))
         status = 200
         try:
@@ -262,9 +292,11 @@ class OpenAIHandlers:
                 await admission.finish(status, stream=True)  # recorded whatever happened
 
     async def _pump(
-        self, first: ChatChunk | None, chunks: AsyncIterator[ChatChunk], include_usage: bool, send: Send
+        self, first: ChatChunk | None, chunks: AsyncIterator[ChatChunk], include_usage: bool, send: Send,
+        tail: Callable[[], bytes] | None = None,
     ) -> int | None:
-        """Send the stream; the status of an upstream failure midway, else None."""
+        """Send the stream (and ``tail()``'s event after it, if given); the status of an upstream failure
+        midway, else None."""
         failed: int | None = None
         await send({
             "type": "http.response.start",
@@ -286,6 +318,8 @@ class OpenAIHandlers:
                 data = chunk.__pydantic_serializer__.to_json(chunk, exclude_none=True)
                 await send({"type": "http.response.body", "body": b"data: " + data + b"\n\n", "more_body": True})
                 chunk = await anext(chunks, None)
+            if tail is not None:
+                await _send_event(send, tail())
         except ProviderError as exc:
             failed = exc.status
             event = b"data: " + orjson.dumps(exc.to_body()) + b"\n\n"
@@ -328,12 +362,31 @@ class OpenAIHandlers:
             if principal.may_use(mid)
         ]
 
+    async def _kb_model_objects(self, principal: Principal) -> list[dict[str, Any]]:
+        """The knowledge bases the caller can read, as ``kb/<name>`` models (one query)."""
+        answering = self.grounded().answering_model()
+        if answering is None or not principal.may_use(answering):
+            return []
+        from ..knowledge.grounding import knowledge_base_models
+
+        created = int(self.state.started_at)
+        return [
+            {"id": m.id, "object": "model", "created": created, "owned_by": "thinktank",
+             "thinktank_kind": "knowledge_base", "description": m.description or f"answers from knowledge base "
+             f"{m.id[3:]} with {answering}"}
+            for m in await knowledge_base_models(self.state.db, principal)
+            if principal.may_use(m.id)
+        ]
+
     async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``GET /v1/models`` and ``GET /v1/models/{id}`` (ids may contain slashes)."""
         try:
-            objects = self._model_objects(await self.principal(scope))
+            principal = await self.principal(scope)
+            objects = self._model_objects(principal)
             path: str = scope["path"]
             wanted = path.split("/models/", 1)[1] if "/models/" in path else ""
+            if not wanted or wanted.startswith("kb/"):
+                objects += await self._kb_model_objects(principal)
             if not wanted:
                 await send_json(send, 200, {"object": "list", "data": objects})
                 return
@@ -343,6 +396,40 @@ class OpenAIHandlers:
             await send_json(send, 200, found)
         except ThinktankError as exc:
             await send_error(send, exc)
+
+
+class _Collecting:
+    """A chunk stream passed through, keeping the answer's text (choice 0) and the last chunk."""
+
+    def __init__(self, chunks: AsyncIterator[ChatChunk]) -> None:
+        self._chunks = chunks
+        self._parts: list[str] = []
+        self._last: ChatChunk | None = None
+
+    def __aiter__(self) -> _Collecting:
+        return self
+
+    async def __anext__(self) -> ChatChunk:
+        chunk = await anext(self._chunks)
+        self._last = chunk
+        for choice in chunk.choices:
+            if choice.index == 0 and choice.delta.content:
+                self._parts.append(choice.delta.content)
+        return chunk
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    def citations_event(self, grounding: Grounding) -> bytes:
+        """The last chunk of a grounded stream: no choices, the cited passages."""
+        last = self._last
+        return orjson.dumps({
+            "id": last.id if last else "chatcmpl-thinktank", "object": "chat.completion.chunk",
+            "created": last.created if last else 0, "model": last.model if last else "", "choices": [],
+            "citations": [c.to_dict() for c in grounding.cited("".join(self._parts))],
+        })
 
 
 def _run_error(run: LiveRun) -> ThinktankError:

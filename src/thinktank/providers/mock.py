@@ -7,6 +7,9 @@ Options (the deployment's ``options`` mapping)::
         reply: "a fixed answer"
       - match: "round 2.*critique"
         replies: ["a", "b"]        # cycled per rule
+      - match: "name: (?P<name>\\w+)"
+        reply: "Hello \\g<name>"     # template: true fills in the match's groups
+        template: true
     replies: ["first answer", "second answer"]   # cycled when no rule matches; default: echo the last user message
     latency: 0.2          # seconds before the answer (through the injected clock)
     chunk_delay: 0.02     # seconds between streamed words
@@ -68,6 +71,8 @@ class MockRule(BaseModel):
     match: str
     reply: str | None = None
     replies: list[str] | None = Field(default=None, min_length=1)
+    template: bool = False
+    """The answer names the match's groups (``\\g<name>``, ``\\1``), filled in from the prompt."""
 
     @model_validator(mode="after")
     def _exactly_one_answer(self) -> MockRule:
@@ -112,7 +117,7 @@ class MockProvider:
             first = exc.errors(include_url=False)[0]
             field = ".".join(str(x) for x in first["loc"])
             raise ConfigError(f"model '{deployment.name}': options.{field}: {first['msg']}") from None
-        self._rules: list[tuple[re.Pattern[str], Iterator[str]]] = []
+        self._rules: list[tuple[re.Pattern[str], Iterator[str], bool]] = []
         for i, rule in enumerate(self.options.rules):
             try:
                 pattern = re.compile(rule.match, re.IGNORECASE | re.DOTALL)
@@ -120,7 +125,7 @@ class MockProvider:
                 raise ConfigError(
                     f"model '{deployment.name}': options.rules[{i}].match: invalid regular expression: {exc}"
                 ) from None
-            self._rules.append((pattern, itertools.cycle(rule.answers())))
+            self._rules.append((pattern, itertools.cycle(rule.answers()), rule.template))
         self._replies = itertools.cycle(self.options.replies) if self.options.replies else None
         self._rng = random.Random(self.options.seed)
         self.calls = 0
@@ -153,9 +158,10 @@ class MockProvider:
     def _reply_text(self, request: ChatRequest) -> str:
         if self._rules:
             prompt = "\n".join(message_text(m) for m in request.messages)
-            for pattern, answers in self._rules:
-                if pattern.search(prompt):
-                    return next(answers)
+            for pattern, answers, template in self._rules:
+                found = pattern.search(prompt)
+                if found:
+                    return found.expand(next(answers)) if template else next(answers)
         if self._replies is not None:
             return next(self._replies)
         last = next((m for m in reversed(request.messages) if m.role == "user"), request.messages[-1])
