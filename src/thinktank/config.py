@@ -17,11 +17,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .errors import ConfigError
 
 __all__ = [
+    "ConversationsConfig",
     "DebateConfig",
     "DeploymentConfig",
     "EnsembleConfig",
     "GatewayConfig",
     "GroupConfig",
+    "KnowledgeConfig",
+    "MemoryConfig",
     "PersonaConfig",
     "RouterConfig",
     "Settings",
@@ -62,6 +65,8 @@ class Settings(BaseSettings):
     global_daily_budget_usd: float | None = Field(default=None, ge=0)
     demo: bool = False
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_upload_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """The largest document upload (one request to ``/api/v1/knowledge-bases/{kb}/documents``)."""
     upstream_connections: int = Field(default=1000, ge=1)
     log_level: str = "info"
 
@@ -279,6 +284,49 @@ class DebateConfig(_In):
         return [*self.models, *(m for m in (self.moderator, self.analyst, self.judge) if m)]
 
 
+class KnowledgeConfig(_In):
+    """Answers grounded in knowledge bases (``knowledge_bases`` on a chat request, or a ``kb/<name>`` model)."""
+
+    model: str | None = None
+    """The model that answers for ``kb/<name>`` (default: the first chat model configured)."""
+    rerank_model: str | None = None
+    """A model that reorders the retrieved passages by relevance before they are given (default: none)."""
+    top_k: int = Field(default=6, ge=1, le=50)
+    """Passages given to the answering model (a request's ``knowledge.top_k`` wins)."""
+    max_context_tokens: int = Field(default=3000, ge=100, le=200_000)
+    """Estimated tokens of passages at most; the last passage is cut to fit."""
+
+
+class ConversationsConfig(_In):
+    """Threads: how much of a conversation goes into a prompt before older turns are summarised."""
+
+    context_window: int = Field(default=8192, ge=256)
+    """Tokens a thread's prompt may use when the model's deployments give no ``context_window``."""
+    reply_tokens: int = Field(default=1024, ge=16)
+    """Room kept for the reply (a message's own ``max_tokens`` replaces it)."""
+    summary_model: str | None = None
+    """The model that writes rolling summaries (default: the thread's model)."""
+    summary_tokens: int = Field(default=512, ge=32, le=8192)
+    """The longest summary."""
+    persona_tokens: int = Field(default=2000, ge=64)
+    """A persona's text is cut to this many tokens (a persona document can be long)."""
+
+
+class MemoryConfig(_In):
+    """The learned profile: facts, interests and preferences extracted from users' messages."""
+
+    enabled: bool = True
+    """For users who have not switched it on or off themselves."""
+    model: str | None = None
+    """The model that extracts memories (default: the thread's model)."""
+    max_injected: int = Field(default=8, ge=0, le=100)
+    """How many memories (the most relevant to the new message) go into a prompt."""
+    duplicate_similarity: float = Field(default=0.9, gt=0, le=1)
+    """Cosine (local embedder) at or above which a new memory is the same as a known one."""
+    max_per_user: int = Field(default=1000, ge=1)
+    """Beyond this, the least recently confirmed memories are forgotten."""
+
+
 class GatewayConfig(_In):
     models: list[DeploymentConfig] = Field(default_factory=list)
     tiers: dict[str, TierConfig] = Field(default_factory=dict)
@@ -290,6 +338,9 @@ class GatewayConfig(_In):
     ensembles: list[EnsembleConfig] = Field(default_factory=list)
     debates: list[DebateConfig] = Field(default_factory=list)
     personas: list[PersonaConfig] = Field(default_factory=list)
+    knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
+    conversations: ConversationsConfig = Field(default_factory=ConversationsConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
 
     @model_validator(mode="after")
     def _references(self) -> GatewayConfig:
@@ -327,6 +378,20 @@ class GatewayConfig(_In):
             for m in used:
                 if m not in known:
                     raise ValueError(f"{kind} '{name}': unknown model '{m}'")
+        for key in ("model", "rerank_model"):
+            m = getattr(self.knowledge, key)
+            if m is not None and m not in known:
+                raise ValueError(f"knowledge: {key}: unknown model '{m}'")
+        return self
+
+    @model_validator(mode="after")
+    def _conversation_models(self) -> GatewayConfig:
+        known = {d.name for d in self.models} | {d.id for d in self.models if d.id} | {
+            g.name for g in self.groups} | set(self.aliases)
+        for where, m in (("conversations: summary_model", self.conversations.summary_model),
+                         ("memory: model", self.memory.model)):
+            if m is not None and m not in known:
+                raise ValueError(f"{where}: unknown model '{m}'")
         return self
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -128,12 +129,16 @@ def build_state(
     from ..knowledge.service import KnowledgeService
 
     embedders = Embedders(router, settings.data_dir / "models", local=local_embedder)
+    knowledge = KnowledgeService(db, clock, embedders.get)
+    from ..conversations.service import Conversations
+
+    conversations = Conversations(db, clock, router.config, router, gate, knowledge, embedders.local)
     return AppState(
         settings=settings, router=router, admin_key=admin_key, http=http, db=db, auth=auth,
         users=UserService(db, clock, PasswordHashing(), auth), keys=KeyService(db, clock, auth),
         usage_writer=usage_writer, usage_query=UsageQuery(db), limiter=limiter, ledger=ledger, gate=gate,
-        deliberation=deliberation, embedders=embedders, knowledge=KnowledgeService(db, clock, embedders.get),
-        clock=clock,
+        deliberation=deliberation, embedders=embedders, knowledge=knowledge,
+        conversations=conversations, clock=clock,
     )
 
 
@@ -157,6 +162,7 @@ async def _start(state: AppState) -> None:
 
 async def _stop(state: AppState) -> None:
     await state.deliberation.close()  # runs still going end as cancelled, settled and recorded
+    await state.conversations.close()  # turns and memory extractions still going are cancelled
     await state.ledger.close()
     await state.usage_writer.close()
     await state.limiter.close()
@@ -188,9 +194,9 @@ def _fastapi_app(state: AppState) -> FastAPI:
 
     app = FastAPI(title="thinktank", version=__version__, lifespan=lifespan, redoc_url=None)
     app.state.thinktank = state
-    from .routes import accounts, keys, runs, usage
+    from .routes import accounts, keys, knowledge, memory, runs, threads, usage
 
-    for module in (accounts, keys, usage, runs):
+    for module in (accounts, keys, usage, runs, knowledge, threads, memory):
         app.include_router(module.router)
 
     @app.exception_handler(StarletteHTTPException)
@@ -223,6 +229,27 @@ def _fastapi_app(state: AppState) -> FastAPI:
         return JSONResponse(body)
 
     return app
+
+
+_UPLOAD_PATH = re.compile(r"^/api/v1/knowledge-bases/[^/]+/documents/?$")
+"""Document uploads: limited by ``max_upload_bytes`` rather than ``max_body_bytes``."""
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    """``receive`` refusing (413) once more than ``limit`` bytes have come: a body without a length is
+    read as it streams, never held whole here."""
+    size = 0
+
+    async def limited() -> Any:
+        nonlocal size
+        message = await receive()
+        if message["type"] == "http.request":
+            size += len(message.get("body", b""))
+            if size > limit:
+                raise PayloadTooLargeError(f"The upload is larger than the {limit} byte limit.")
+        return message
+
+    return limited
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -271,12 +298,16 @@ class ThinktankApp:
                     return
                 await self._guarded(handler, scope, receive, send)
                 return
-            limit = self.state.settings.max_body_bytes
+            upload = scope["method"] == "POST" and _UPLOAD_PATH.match(path) is not None
+            settings = self.state.settings
+            limit = settings.max_upload_bytes if upload else settings.max_body_bytes
             length = header(scope, b"content-length")
             if length is not None and length.isdigit() and int(length) > limit:
                 await send_error(send, PayloadTooLargeError(f"The request body is larger than the {limit} byte limit."))
                 return
-            if length is None and scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
+            if upload:
+                receive = _limited(receive, limit)  # the route reads the body as it comes, within the limit
+            elif length is None and scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
                 # A body without a length: read it here, within the limit, and hand it on whole.
                 try:
                     body = await read_body(scope, receive, limit)

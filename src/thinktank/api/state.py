@@ -19,12 +19,20 @@ if TYPE_CHECKING:
     from ..accounts.ratelimit import RateLimiter
     from ..accounts.usage import UsageQuery, UsageWriter
     from ..accounts.users import UserService
+    from ..conversations.service import Conversations
     from ..deliberation.service import Deliberation
     from ..knowledge.embedders import Embedders
     from ..knowledge.service import KnowledgeService
+    from ..knowledge.urls import UrlFetcher
     from ..store.db import Database
 
 __all__ = ["AppState"]
+
+
+def _default_fetcher() -> UrlFetcher:
+    from ..knowledge.urls import UrlFetcher
+
+    return UrlFetcher()
 
 
 @dataclass
@@ -45,9 +53,12 @@ class AppState:
     deliberation: Deliberation
     embedders: Embedders
     knowledge: KnowledgeService
+    conversations: Conversations
     clock: Clock = field(default_factory=SystemClock)
     started_at: float = 0.0
     ready: bool = False
+    url_fetcher: UrlFetcher = field(default_factory=_default_fetcher)
+    """Fetches the URLs users add to knowledge bases (public addresses only)."""
 
     async def check_auth_allowed(self, ip: str, account: str | None = None) -> None:
         """429 with Retry-After after too many failed logins or keys from this address."""
