@@ -407,6 +407,21 @@ def add(
         raise typer.Exit(1)
 
 
+@kb_app.command("reembed")
+def reembed(
+    kb: KbArg,
+    model: Annotated[str, typer.Option("--model", "-m", help="The new embedding model (local/all-MiniLM-L6-v2 or a "
+                                                             "gateway model).")],
+    url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = None,
+) -> None:
+    """Embed every chunk again with another model and switch the knowledge base to it."""
+    with _client(url, api_key) as c:
+        view = c.call("POST", _kb(kb) + "/reembed", json={"embedding_model": model})
+    typer.echo(f"{view['name']}: {view['chunks']} chunks embedded with {view['embedding_model']} "
+               f"({view['dimension']} dimensions)")
+
+
 @kb_app.command("add-url")
 def add_url(
     kb: KbArg,

@@ -547,3 +547,41 @@ async def test_add_urls_fetches_public_pages_and_refuses_internal_ones(
             assert r.status_code == 400, r.text
             assert [x["error"]["status"] for x in r.json()["data"]] == [400, 400, 400]
             assert seen == ["/kettles", "/hop", "/kettles"]  # nothing more reached the site
+
+
+async def test_reembed_switches_the_model_all_at_once(api: str, client: httpx.AsyncClient,
+                                                      fake_openai: FakeUpstream) -> None:
+    _, alice = await user(client, api, "alice@example.com")
+    bob_id, bob = await user(client, api, "bob@example.com")
+    await create(client, api, alice, "drinks")
+    r = await client.post(api + "/knowledge-bases/drinks/documents", headers=alice, json={"documents": [
+        {"name": "tea.md", "text": GUIDE}, {"name": "coffee.md", "text": COFFEE}]})
+    assert r.status_code == 201, r.text
+    assert (await client.post(api + "/knowledge-bases/drinks/shares", headers=alice,
+                              json={"user": bob_id, "access": "write"})).status_code == 201
+
+    error_of(await client.post(api + "/knowledge-bases/drinks/reembed", headers=bob,
+                               json={"embedding_model": "emb"}), 403, "admin")
+    error_of(await client.post(api + "/knowledge-bases/drinks/reembed", headers=alice,
+                               json={"embedding_model": "no-such-model"}), 400, "no-such-model")
+    assert (await client.get(api + "/knowledge-bases/drinks", headers=alice)).json()["embedding_model"] == \
+        "local/all-MiniLM-L6-v2"
+
+    r = await client.post(api + "/knowledge-bases/drinks/reembed", headers=alice, json={"embedding_model": "emb"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["embedding_model"], r.json()["dimension"], r.json()["chunks"]) == ("emb", 3, 3)
+    embedded = [q.json["input"] for q in fake_openai.requests if q.path.endswith("/embeddings")]
+    texts = [t for batch in embedded for t in batch]
+    assert len(texts) == 3 and any(t.startswith("Tea guide > Black tea\n") for t in texts)  # with its context
+    hits = await client.post(api + "/knowledge-bases/drinks/search", headers=alice,
+                             json={"query": "espresso", "mode": "vector"})
+    assert hits.status_code == 200 and len(hits.json()["data"]) == 3  # the 3-dimensional vectors are searched
+    usage = (await client.get(api + "/usage", headers=alice, params={"group_by": "model"})).json()["data"]
+    assert {u["group"] for u in usage} == {"emb"} and usage[0]["cost_usd"] > 0
+
+    r = await client.post(api + "/knowledge-bases/drinks/reembed", headers=alice,
+                          json={"embedding_model": "local/all-MiniLM-L6-v2"})
+    assert r.status_code == 200 and r.json()["dimension"] == 384
+    hits = await client.post(api + "/knowledge-bases/drinks/search", headers=bob,
+                             json={"query": "espresso machine pressure", "mode": "vector"})
+    assert hits.json()["data"][0]["source"] == "coffee.md"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -61,10 +61,27 @@ async def pg_db(pgvector_server: str) -> AsyncIterator[Database]:
     await db.close()
 
 
+class Shorter:
+    """The local model's first 64 components, normalised: another embedding model, of another size."""
+
+    name, dimension = "test/short-64", 64
+
+    def __init__(self, inner: LocalEmbedder) -> None:
+        self.inner, self.max_tokens = inner, inner.max_tokens
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        cut: np.ndarray = (await self.inner.embed(texts))[:, :64]
+        out: np.ndarray = cut / np.linalg.norm(cut, axis=1, keepdims=True)
+        return out
+
+
 def service(db: Database, embedder: LocalEmbedder, ann_min_chunks: int) -> KnowledgeService:
     def embedder_for(model: str, _ctx: object = None) -> Embedder:
-        assert model == LOCAL_MODEL
-        return embedder
+        assert model in (LOCAL_MODEL, Shorter.name)
+        return embedder if model == LOCAL_MODEL else Shorter(embedder)
 
     retriever = Retriever(db)
     assert retriever.cache.pg is not None
@@ -140,6 +157,31 @@ async def test_deleted_and_pending_documents_never_come_back_through_the_index(
         await s.execute(text("UPDATE knowledge_bases SET index_version = index_version + 1"))
     found = await kb_service.search(OWNER, ["notes"], "sourdough yeast bread", SearchOptions(mode="vector"))
     assert found and "bread.txt" not in {r.source for r in found}
+
+
+async def test_reembedding_replaces_the_vectors_and_the_index(pg_db: Database, local_embedder: LocalEmbedder) -> None:
+    kb_service = service(pg_db, local_embedder, ann_min_chunks=1)
+    kb = (await kb_service.create(OWNER, "notes", chunk_tokens=40, chunk_overlap=5)).kb
+    await kb_service.add(OWNER, "notes", [Source(n, b.encode()) for n, b in DOCS.items()])
+    pg = kb_service.retriever.cache.pg
+    assert pg is not None and await pg.indexed([kb.id]) == {kb.id}
+    view = await kb_service.reembed(OWNER, "notes", Shorter.name)
+    assert (view.kb.embedding_model, view.kb.dimension) == (Shorter.name, 64)
+    async with pg_db.engine.connect() as conn:
+        dims = (await conn.execute(text("SELECT DISTINCT vector_dims(vec) FROM kb_vectors"))).scalars().all()
+        indexdef = (await conn.execute(text("SELECT indexdef FROM pg_indexes WHERE indexname = :n"),
+                                       {"n": f"kb_vectors_hnsw_{kb.id}"})).scalar_one()
+    assert dims == [64] and "vector(64)" in indexdef and await pg.indexed([kb.id]) == {kb.id}
+    [index] = await kb_service.retriever.cache.indexes([kb.id])
+    assert index.ann and index.dimension == 64
+    shorter = Shorter(local_embedder)
+    exact = Retriever(pg_db, IndexCache(pg_db, use_ann=False))
+    for query in ("how do I feed my cat", "why does the sea rise"):
+        through_index = await kb_service.retriever.search([kb.id], query, shorter, SearchOptions(mode="vector"))
+        in_memory = await exact.search([kb.id], query, shorter, SearchOptions(mode="vector"))
+        assert [r.chunk_id for r in through_index] == [r.chunk_id for r in in_memory]
+    found = await kb_service.search(OWNER, ["notes"], "gravitational pull of the moon", SearchOptions())
+    assert found[0].source == "tides.txt"
 
 
 async def test_knowledge_base_ids_are_checked_before_they_reach_sql(pg_db: Database) -> None:

@@ -100,6 +100,13 @@ class PgVectors:
         await s.execute(text("INSERT INTO kb_vectors (chunk_id, kb_id, vec) VALUES (:c, :k, CAST(:v AS vector))"),
                         rows)
 
+    async def replace(self, s: AsyncSession, kb_id: str, chunk_ids: Sequence[int], vectors: np.ndarray) -> None:
+        """A knowledge base's vectors, all new (a re-embedding), in the caller's transaction. Its HNSW
+        index goes in the same transaction (it is for the old vectors' size); build it again after."""
+        await s.execute(text(f'DROP INDEX IF EXISTS "{_index_name(_checked(kb_id))}"'))
+        await s.execute(text("DELETE FROM kb_vectors WHERE kb_id = :k"), {"k": kb_id})
+        await self.add(s, kb_id, chunk_ids, vectors)
+
     async def indexed(self, kb_ids: Sequence[str]) -> set[str]:
         """Those of ``kb_ids`` that have a valid HNSW index."""
         if not kb_ids or not await self.available():

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 from sqlalchemy import ColumnElement, case, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,8 +25,17 @@ from ..errors import ConflictError, InvalidRequestError, NotFoundError, Permissi
 from ..gateway.context import CallContext
 from ..store.db import Database
 from ..store.tables import KbChunk, KbDocument, KbShare, KnowledgeBase, Team, User, new_id
-from .embeddings import LOCAL_MODEL, Embedder
-from .ingest import Ingestor, IngestResult, Progress, Source, bump_version, remove_document, remove_knowledge_base
+from .embeddings import LOCAL_MODEL, Embedder, vectors_to_bytes
+from .ingest import (
+    Ingestor,
+    IngestResult,
+    Progress,
+    Source,
+    bump_version,
+    embedding_text,
+    remove_document,
+    remove_knowledge_base,
+)
 from .pgvector import PgVectors
 from .retrieval import Retrieved, Retriever, SearchOptions
 
@@ -314,6 +324,43 @@ class KnowledgeService:
             await bump_version(s, kb.id, self.clock.time())
         doc.status, doc.reviewed_by = status, principal.user_id
         return doc
+
+    async def reembed(
+        self, principal: Principal, kb_ref: str, model: str, ctx: CallContext | None = None, *, batch: int = 256,
+    ) -> KbView:
+        """Embed every chunk again with ``model`` and make it the knowledge base's model, all at once:
+        searches see the old vectors until the new ones are written in one transaction. A change to the
+        knowledge base meanwhile (an upload, a deletion) is a 409: nothing is written, try again."""
+        kb, _ = await self.get(principal, kb_ref, "admin")
+        embedder = self.embedder_for(model, ctx)
+        async with self.db.engine.connect() as conn:
+            started = (await conn.execute(select(KnowledgeBase.index_version).where(KnowledgeBase.id == kb.id))
+                       ).scalar_one()
+            rows = (await conn.execute(select(KbChunk.id, KbChunk.context, KbChunk.text)
+                                       .where(KbChunk.kb_id == kb.id).order_by(KbChunk.id))).all()
+        parts = [await embedder.embed([embedding_text(c, t) for _, c, t in rows[i:i + batch]])
+                 for i in range(0, len(rows), batch)]
+        vectors = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+        dimension = int(vectors.shape[1]) if len(rows) else None
+        pg = self.retriever.cache.pg
+        ann = pg is not None and kb.id in await pg.indexed([kb.id])
+        async with self.db.session() as s:
+            now = (await s.execute(select(KnowledgeBase.index_version).where(KnowledgeBase.id == kb.id)
+                                   .with_for_update())).scalar_one()
+            if now != started:
+                raise ConflictError(f"'{kb.name}' changed while it was being re-embedded; nothing was written, "
+                                    "try again")
+            blobs = vectors_to_bytes(vectors)
+            if rows:
+                await s.execute(update(KbChunk), [{"id": r[0], "embedding": blob}
+                                                  for r, blob in zip(rows, blobs, strict=True)])
+            if pg is not None and await pg.available():
+                await pg.replace(s, kb.id, [r[0] for r in rows], vectors)
+            await bump_version(s, kb.id, self.clock.time(), embedding_model=model, dimension=dimension)
+        if pg is not None and ann:
+            await self._index_if_large(pg, kb.id)  # ``replace`` dropped the old vectors' index
+        self.retriever.cache.forget(kb.id)
+        return await self.view(principal, kb.id)
 
     # -- search ----------------------------------------------------------------------------------
 

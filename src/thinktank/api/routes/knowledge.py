@@ -17,6 +17,7 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy import func, select
 from starlette.datastructures import UploadFile
 
 from ...accounts.principal import Principal
@@ -27,6 +28,7 @@ from ...knowledge.index import Filters
 from ...knowledge.ingest import IngestResult, Progress, Source
 from ...knowledge.parsers import Limits
 from ...knowledge.retrieval import SearchOptions
+from ...store.tables import KbChunk
 from ..deps import PrincipalDep, StateDep, client_ip
 from ..state import AppState
 
@@ -160,7 +162,7 @@ def _document(doc: KbDocument) -> dict[str, Any]:
 
 @router.post("/knowledge-bases", status_code=201)
 async def create_kb(body: KbCreate, principal: PrincipalDep, state: StateDep) -> dict[str, Any]:
-    """A knowledge base of the caller's; the embedding model is fixed for its life."""
+    """A knowledge base of the caller's. Its embedding model can be changed later with ``…/reembed``."""
     if body.embedding_model is not None and body.embedding_model != LOCAL_MODEL:
         principal.check_model(body.embedding_model)
     view = await state.knowledge.create(
@@ -186,6 +188,33 @@ async def delete_kb(kb: str, principal: PrincipalDep, state: StateDep) -> Respon
     """Remove the knowledge base with its documents and shares (its owner or an admin)."""
     await state.knowledge.delete(principal, kb)
     return Response(status_code=204)
+
+
+class ReembedIn(_In):
+    embedding_model: str = Field(min_length=1, max_length=256)
+
+
+@router.post("/knowledge-bases/{kb}/reembed")
+async def reembed_kb(kb: str, body: ReembedIn, request: Request, principal: PrincipalDep,
+                     state: StateDep) -> dict[str, Any]:
+    """Embed every chunk again with another model and switch to it (owner or admin). Searches go on with
+    the old vectors until the new ones are all written, in one transaction."""
+    found, _ = await state.knowledge.get(principal, kb, "admin")
+    state.embedders.check(body.embedding_model)  # an unknown model is a 400 before anything is admitted
+    async with state.db.engine.connect() as conn:
+        text_bytes = (await conn.execute(select(func.coalesce(func.sum(func.length(KbChunk.text)), 0))
+                                         .where(KbChunk.kb_id == found.id))).scalar_one()
+    admission = await _admit(state, principal, request, body.embedding_model, int(text_bytes) // 4 + 1)
+    try:
+        view = await state.knowledge.reembed(principal, found.id, body.embedding_model,
+                                             admission.ctx if admission is not None else None)
+    except ThinktankError as exc:
+        if admission is not None:
+            await admission.finish(exc.status)
+        raise
+    if admission is not None:
+        await admission.finish(200)
+    return _kb(view)
 
 
 # -- shares ----------------------------------------------------------------------------------------
