@@ -1,10 +1,6 @@
-"""Knowledge bases as users see them: ownership, sharing, contributions and review, on a real database."""
+"""Knowledge bases as users see them: ownership, sharing, contributions and review, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
-
-import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -18,7 +14,6 @@ from thinktank.store.db import Database
 from thinktank.store.tables import Team, User
 
 from ..fakes.clock import FakeClock
-from ..fakes.databases import make_sqlite
 
 ALICE = Principal(user_id="usr_alice", role="member", email="alice@example.com")
 BOB = Principal(user_id="usr_bob", role="member", email="bob@example.com", team_id="team_lab")
@@ -27,8 +22,8 @@ ADMIN = Principal(user_id="usr_root", role="admin", email="root@example.com")
 
 
 @pytest.fixture
-async def service(tmp_path: Path, local_embedder: LocalEmbedder) -> AsyncIterator[KnowledgeService]:
-    db = Database(await asyncio.to_thread(make_sqlite, tmp_path))
+async def service(db: Database, local_embedder: LocalEmbedder) -> KnowledgeService:
+    """On SQLite and on PostgreSQL (the ``db`` fixture of tests/conftest.py)."""
     async with db.session() as s:
         s.add(Team(id="team_lab", name="lab", created_at=1.0))
         await s.flush()
@@ -40,8 +35,7 @@ async def service(tmp_path: Path, local_embedder: LocalEmbedder) -> AsyncIterato
             raise InvalidRequestError(f"no embedding model '{model}'", param="embedding_model")
         return local_embedder
 
-    yield KnowledgeService(db, FakeClock(), embedder_for)
-    await db.close()
+    return KnowledgeService(db, FakeClock(), embedder_for)
 
 
 def doc(name: str, body: str) -> Source:
