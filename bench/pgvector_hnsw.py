@@ -7,10 +7,11 @@ same vectors) and latency.
     python bench/pgvector_hnsw.py                       # 1,000,000 vectors (about half an hour on 2 cores)
     python bench/pgvector_hnsw.py --n 100000            # quicker
 
-The vectors are clustered like real sentence embeddings are (1,000 random centres, each vector a
-centre plus Gaussian noise, normalised; a vector's cosine to its centre is about 0.7), not uniform
-on the sphere, where every point is nearly orthogonal to every other and no index can find
-neighbours. Queries come from the same distribution and are not in the index. PostgreSQL is a
+The vectors are clustered, not uniform on the sphere (where every point is nearly orthogonal to
+every other and no index can find neighbours): ``--shape nested`` (the default) puts them in
+topics and subtopics, as sentence embeddings crowd; ``--shape flat`` in 1,000 equidistant crowds,
+the hardest case for a graph index (see ``dataset``). Queries come from the same distribution and
+are not in the index. PostgreSQL is a
 private server from the ``pgserver`` package (PostgreSQL 16, pgvector 0.6) with
 ``maintenance_work_mem`` raised so the graph is built in memory.
 
@@ -37,11 +38,25 @@ DIM = 384
 KB = "kb_00000000000000be"
 
 
-def clustered(rng: np.random.Generator, n: int, centres: np.ndarray, noise: float) -> np.ndarray:
+def around(rng: np.random.Generator, n: int, centres: np.ndarray, noise: float) -> np.ndarray:
+    """``n`` unit vectors, each a random centre plus Gaussian noise of about ``noise`` in norm."""
     picks = rng.integers(0, len(centres), n)
-    out = centres[picks] + rng.normal(0, noise, (n, DIM)).astype(np.float32)
+    out = centres[picks] + rng.normal(0, noise / np.sqrt(DIM), (n, DIM)).astype(np.float32)
     out /= np.linalg.norm(out, axis=1, keepdims=True)
     return out.astype(np.float32)
+
+
+def dataset(rng: np.random.Generator, shape: str, n: int, queries: int, noise: float) -> tuple[np.ndarray, np.ndarray]:
+    """``flat``: 1,000 centres, every vector centre + noise (a vector's cosine to its centre about 0.7
+    at noise 1): a thousand equidistant crowds, the hardest case for a graph index. ``nested``: 200
+    topics, 100 subtopics each, 50 vectors per subtopic (noise 0.8 then 0.35), closer to how sentence
+    embeddings crowd: near neighbours are near."""
+    top = rng.normal(0, 1, (1000 if shape == "flat" else 200, DIM)).astype(np.float32)
+    top /= np.linalg.norm(top, axis=1, keepdims=True)
+    if shape == "flat":
+        return around(rng, n, top, noise), around(rng, queries, top, noise)
+    sub = around(rng, max(n // 50, 1), top, 0.8)
+    return around(rng, n, sub, 0.35), around(rng, queries, sub, 0.35)
 
 
 async def load(url: str, vectors: np.ndarray, batch: int = 50_000) -> None:
@@ -85,11 +100,7 @@ async def main(args: argparse.Namespace) -> None:
     from pgserver.postgres_server import get_server
 
     rng = np.random.default_rng(7)
-    centres = rng.normal(0, 1, (1000, DIM)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    noise = args.noise / np.sqrt(DIM)
-    vectors = clustered(rng, args.n, centres, noise)
-    queries = clustered(rng, args.queries, centres, noise)
+    vectors, queries = dataset(rng, args.shape, args.n, args.queries, args.noise)
     exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10] + 1  # chunk ids are 1..n
 
     server = get_server(_folder(), cleanup_mode="delete")
@@ -130,7 +141,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--noise", type=float, default=1.0, help="noise norm relative to the unit centre")
+    parser.add_argument("--shape", choices=["flat", "nested"], default="nested", help="how the vectors crowd")
+    parser.add_argument("--noise", type=float, default=1.0, help="flat: noise norm relative to the unit centre")
     parser.add_argument("--m", type=int, default=16)
     parser.add_argument("--ef-construction", type=int, default=64)
     parser.add_argument("--ef-search", type=int, nargs="+", default=[40, 100, 200])

@@ -106,6 +106,9 @@ _LIBRARIAN: list[dict[str, Any]] = [
     {"match": r'<passage-[0-9a-f]+ id="1"[^>]*>\s*(?P<text>[^<]{1,400}?[.!?])(?=\s|<)', "template": True,
      "reply": "According to your documents: \\g<text> [1]\n\n(MOCK demo answer: the librarian quotes the best "
               "passage it was given.)"},
+    {"match": r'<passage-[0-9a-f]+ id="1"[^>]*>\s*(?P<text>[^<]{1,240})', "template": True,  # no sentence end
+     "reply": "According to your documents: \\g<text>… [1]\n\n(MOCK demo answer: the librarian quotes the best "
+              "passage it was given.)"},
 ]
 
 

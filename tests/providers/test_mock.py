@@ -168,3 +168,18 @@ async def test_a_mock_keeps_only_its_last_requests(ctx: ProviderContext) -> None
         await m.complete(req(str(i)))
     assert m.calls == _KEEP_REQUESTS + 5 and len(m.requests) == _KEEP_REQUESTS
     assert m.requests[0].messages[0].content == "5" and m.requests[-1].messages[0].content == str(_KEEP_REQUESTS + 4)
+
+
+async def test_the_demo_librarian_quotes_the_first_passage(ctx: ProviderContext) -> None:
+    from thinktank.discovery import demo_config
+
+    [librarian] = [d for d in demo_config().models if d.name == "demo/librarian"]
+    m = MockProvider(librarian, ctx)
+    passage = '<passage-0a1b2c3d id="1" source="t.md">{}</passage-0a1b2c3d>'
+    sentence = await reply(m, conversation(passage.format("Tea is steeped at 80 degrees. More."), "how hot?"))
+    assert sentence is not None
+    assert sentence.startswith("According to your documents: Tea is steeped at 80 degrees. [1]")
+    table = await reply(m, conversation(passage.format("| kettle | 80 |\n| pot | 90 |"), "how hot?"))
+    assert table is not None and table.startswith("According to your documents: | kettle | 80 |\n| pot | 90 |… [1]")
+    nothing = await reply(m, conversation("...no passages in the knowledge bases matched this question...", "x"))
+    assert nothing is not None and nothing.startswith("Your documents contain nothing about that.")
