@@ -58,7 +58,7 @@ def _checked(kb_id: str) -> str:
 
 
 class PgVectors:
-    def __init__(self, db: Database, *, ann_min_chunks: int = 200_000, m: int = 16, ef_construction: int = 64,
+    def __init__(self, db: Database, *, ann_min_chunks: int = 200_000, m: int = 24, ef_construction: int = 128,
                  ef_search: int = 200) -> None:
         self.db = db
         self.ann_min_chunks = ann_min_chunks
