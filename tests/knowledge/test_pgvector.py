@@ -210,3 +210,12 @@ async def test_without_pgvector_everything_is_searched_in_memory(tmp_path: Path)
         await drop_pg(name)
         await drop_pg(template)
     await asyncio.sleep(0)
+
+
+async def test_the_run_time_table_does_not_upset_alembic_check(pg_db: Database, pgvector_server: str) -> None:
+    from alembic import command
+
+    from thinktank.store.migrate import alembic_config
+
+    assert await PgVectors(pg_db).available()  # kb_vectors and its index exist
+    await asyncio.to_thread(command.check, alembic_config(pgvector_server))  # raises on any difference
