@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import orjson
 from fastapi import APIRouter, Query, Request
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["MAX_FILE_BYTES", "router", "source_name"]
 
 router = APIRouter(prefix="/api/v1", tags=["knowledge"])
+T = TypeVar("T")
 
 MAX_FILE_BYTES = Limits().max_inflated_bytes
 """The largest single document: the most bytes the parsers will read out of one file."""
@@ -205,15 +206,8 @@ async def reembed_kb(kb: str, body: ReembedIn, request: Request, principal: Prin
         text_bytes = (await conn.execute(select(func.coalesce(func.sum(func.length(KbChunk.text)), 0))
                                          .where(KbChunk.kb_id == found.id))).scalar_one()
     admission = await _admit(state, principal, request, body.embedding_model, int(text_bytes) // 4 + 1)
-    try:
-        view = await state.knowledge.reembed(principal, found.id, body.embedding_model,
-                                             admission.ctx if admission is not None else None)
-    except ThinktankError as exc:
-        if admission is not None:
-            await admission.finish(exc.status)
-        raise
-    if admission is not None:
-        await admission.finish(200)
+    view = await _settled(admission, state.knowledge.reembed(principal, found.id, body.embedding_model,
+                                                             admission.ctx if admission is not None else None))
     return _kb(view)
 
 
@@ -361,6 +355,19 @@ async def _admit(
         return None
     principal.check_model(model)
     return await state.gate.admit(principal, client_ip(request), model, tokens)
+
+
+async def _settled(admission: Admission | None, work: Awaitable[T]) -> T:
+    """``work``'s result, its admission (if any) recorded as 200, or with the error's status."""
+    try:
+        result = await work
+    except ThinktankError as exc:
+        if admission is not None:
+            await admission.finish(exc.status)
+        raise
+    if admission is not None:
+        await admission.finish(200)
+    return result
 
 
 def _result(index: int, r: IngestResult, pending: bool) -> dict[str, Any]:
@@ -566,15 +573,8 @@ async def _search(
     admission = None
     if options.mode != "keyword" and len(models) == 1:
         admission = await _admit(state, principal, request, models.pop(), estimate_text_tokens(body.query))
-    try:
-        hits = await state.knowledge.search(principal, list(kbs), body.query, options,
-                                            ctx=admission.ctx if admission is not None else None)
-    except ThinktankError as exc:
-        if admission is not None:
-            await admission.finish(exc.status)
-        raise
-    if admission is not None:
-        await admission.finish(200)
+    hits = await _settled(admission, state.knowledge.search(
+        principal, list(kbs), body.query, options, ctx=admission.ctx if admission is not None else None))
     return {"object": "list", "query": body.query, "data": [
         {"object": "search_result", "rank": rank, "chunk_id": h.chunk_id, "document_id": h.document_id,
          "knowledge_base_id": h.kb_id, "knowledge_base": kbs[h.kb_id].name if h.kb_id in kbs else None,
