@@ -138,11 +138,12 @@ class PgVectors:
             ))
 
     async def maybe_index(self, kb_id: str, dimension: int | None, chunks: int) -> bool:
-        """Build the index once the knowledge base is large enough; True if it has one now."""
+        """Build the index once the knowledge base is large enough; True if it was built now."""
         if dimension is None or chunks < self.ann_min_chunks or not await self.available():
             return False
-        if kb_id not in await self.indexed([kb_id]):
-            await self.build_index(kb_id, dimension)
+        if kb_id in await self.indexed([kb_id]):
+            return False
+        await self.build_index(kb_id, dimension)
         return True
 
     async def search(self, kb_id: str, query: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:

@@ -31,6 +31,7 @@ from ..store.tables import KbChunk, KbDocument
 from .bm25 import Analyzer
 from .embeddings import Embedder
 from .index import Filters, Hit, IndexCache, KbIndex, filtered_chunk_ids
+from .ingest import embedding_text
 
 __all__ = ["Mode", "Retrieved", "Retriever", "SearchOptions"]
 
@@ -99,6 +100,12 @@ class _Part:
     keep: np.ndarray | None
     bm25: np.ndarray
 
+    def chunks(self) -> tuple[np.ndarray, np.ndarray]:
+        """The ids of the chunks the filters leave (ascending) and their documents' positions."""
+        if self.keep is None:
+            return self.index.ids, self.index.doc_index
+        return self.index.ids[self.keep], self.index.doc_index[self.keep]
+
 
 class Retriever:
     """Searches knowledge bases the caller has already been allowed to read."""
@@ -139,9 +146,10 @@ class Retriever:
             if index.ann:
                 ids, doc_index, cosine = await self._nearest(part, keyword_part, query_vector, limit)
             else:
-                ids, doc_index, cosine = index.ids, index.doc_index, index.vectors @ query_vector
+                cosine = index.vectors @ query_vector
+                ids, doc_index = part.chunks()
                 if part.keep is not None:
-                    ids, doc_index, cosine = ids[part.keep], doc_index[part.keep], cosine[part.keep]
+                    cosine = cosine[part.keep]
             if options.mode == "vector":
                 scores = cosine
             elif options.fusion == "score":
@@ -217,12 +225,15 @@ class Retriever:
         if not best:
             return []
         shown: dict[tuple[int, int], int] = {}
+        kept: list[set[int] | None] = []
+        head = [(n, p) for n, p, _ in best[:options.top_k]]
         for n, part in enumerate(parts):
-            doc_index = part.index.doc_index if part.keep is None else part.index.doc_index[part.keep]
-            ids = part.index.ids if part.keep is None else part.index.ids[part.keep]
+            ids, doc_index = part.chunks()
             positions, first = np.unique(doc_index, return_index=True)  # ids ascend: the first is the lowest
             shown.update(((n, int(p)), int(ids[i])) for p, i in zip(positions, first, strict=True))
-        head = [(n, p) for n, p, _ in best[:options.top_k]]
+            # The chunks of the head documents that the filters leave (None: every chunk).
+            kept.append(None if part.keep is None else
+                        set(ids[np.isin(doc_index, [p for m, p in head if m == n])].tolist()))
         wanted: dict[str, tuple[int, int]] = {parts[n].index.documents[p]: (n, p) for n, p in head}
         chunk_rows: dict[tuple[int, int], list[tuple[int, str]]] = {}
         async with self.db.engine.connect() as conn:
@@ -230,14 +241,11 @@ class Retriever:
                 select(KbChunk.id, KbChunk.document_id, KbChunk.context, KbChunk.text)
                 .where(KbChunk.document_id.in_(list(wanted)), KbChunk.searchable).order_by(KbChunk.id)
             )).all()
-        kept = [None if part.keep is None else set(part.index.ids[part.keep][
-            np.isin(part.index.doc_index[part.keep], [p for m, p in head if m == n])].tolist())
-            for n, part in enumerate(parts)]
         for chunk_id, doc_id, context, body in rows:
             n, p = wanted[doc_id]
             allowed = kept[n]
             if allowed is None or chunk_id in allowed:
-                chunk_rows.setdefault((n, p), []).append((int(chunk_id), f"{context}\n{body}"))
+                chunk_rows.setdefault((n, p), []).append((int(chunk_id), embedding_text(context, body)))
         for (n, p), chunks in chunk_rows.items():
             scores = parts[n].index.bm25.passage_scores(self.analyzer, terms, [c[1] for c in chunks])
             shown[(n, p)] = chunks[int(np.argmax(scores))][0]

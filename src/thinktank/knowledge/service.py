@@ -269,7 +269,7 @@ class KnowledgeService:
         pg = self.retriever.cache.pg
         ingestor = Ingestor(self.db, self.embedder_for(kb.embedding_model, ctx), self.clock, pg_vectors=pg)
         results = await ingestor.ingest(kb, sources, submitted_by=principal.user_id, status=status, progress=progress)
-        if pg is not None and any(r.status in ("added", "replaced") for r in results):
+        if pg is not None and await pg.available() and any(r.status in ("added", "replaced") for r in results):
             await self._index_if_large(pg, kb.id)
         return results
 
@@ -280,8 +280,7 @@ class KnowledgeService:
             dimension, chunks = (await s.execute(
                 select(KnowledgeBase.dimension, func.count(KbChunk.id)).join(KbChunk, KbChunk.kb_id == KnowledgeBase.id)
                 .where(KnowledgeBase.id == kb_id).group_by(KnowledgeBase.dimension))).one_or_none() or (None, 0)
-        if dimension is not None and chunks >= pg.ann_min_chunks and kb_id not in await pg.indexed([kb_id]) \
-                and await pg.maybe_index(kb_id, dimension, chunks):
+        if await pg.maybe_index(kb_id, dimension, chunks):
             async with self.db.session() as s:
                 await bump_version(s, kb_id, self.clock.time())
 
