@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from thinktank.accounts.principal import Principal
-from thinktank.api.app import ThinktankApp, create_app
+from thinktank.api.app import create_app
 from thinktank.config import Settings, parse_config
 from thinktank.errors import ConfigError
 from thinktank.knowledge.embeddings import LocalEmbedder
@@ -23,11 +23,11 @@ from thinktank.knowledge.ingest import Source
 
 from ..fakes import openai as fmt
 from ..fakes.server import serving
-from ..fakes.upstream import FakeUpstream, Recorded, Reply
+from ..fakes.upstream import Recorded, Reply
+from .apps import AppEnv, served
 from .conftest import ADMIN, AUTH
 
 CANARY = "sk-canary-provider-key-GROUNDED"
-PASSWORD = "correct horse battery staple"
 #: USD per million tokens: the answering model, the reranking model and the embedding model.
 GPT_PRICE, MINI_PRICE, EMBED_PRICE = (1.0, 2.0), (3.0, 4.0), 1000.0
 
@@ -64,19 +64,8 @@ def config(url: str, **extra: Any) -> dict[str, Any]:
 
 
 @dataclass
-class Env:
-    url: str
-    app: ThinktankApp
-    upstream: FakeUpstream
+class Env(AppEnv):
     script: Scripted
-    http: httpx.AsyncClient
-
-    async def user(self, email: str) -> tuple[Principal, dict[str, str]]:
-        r = await self.http.post(self.url + "/api/v1/users", headers=AUTH, json={"email": email, "password": PASSWORD})
-        assert r.status_code == 201, r.text
-        login = await self.http.post(self.url + "/api/v1/auth/login", json={"email": email, "password": PASSWORD})
-        token = login.json()["token"]
-        return await self.app.state.auth.resolve(token), {"Authorization": f"Bearer {token}"}
 
     async def key(self, headers: dict[str, str], models: list[str]) -> dict[str, str]:
         r = await self.http.post(self.url + "/api/v1/keys", headers=headers, json={"name": "k", "models": models})
@@ -95,14 +84,9 @@ class Env:
 
 async def _env(settings: Settings, local_embedder: LocalEmbedder, **extra: Any) -> AsyncIterator[Env]:
     script = Scripted()
-    upstream = FakeUpstream(script)
-    await upstream.start()
-    app = create_app(settings, parse_config(config(upstream.url, **extra)), local_embedder=local_embedder)
-    try:
-        async with serving(app) as url, httpx.AsyncClient(timeout=30) as http:
-            yield Env(url, app, upstream, script, http)
-    finally:
-        await upstream.close()
+    async with served(settings, local_embedder, script, lambda url: config(url, **extra)) as (url, app, upstream,
+                                                                                             http):
+        yield Env(url, app, upstream, http, script)
 
 
 @pytest.fixture
@@ -357,17 +341,14 @@ async def test_bad_grounded_requests_are_400s(env: Env) -> None:
 @pytest.fixture
 async def embedding_only(tmp_path: Path, local_embedder: LocalEmbedder) -> AsyncIterator[Env]:
     script = Scripted()
-    upstream = FakeUpstream(script)
-    await upstream.start()
-    cfg = {"models": [{"name": "embed", "provider": "openai", "mode": "embedding", "base_url": upstream.url + "/v1",
-                       "api_key": CANARY}]}
-    app = create_app(Settings(data_dir=tmp_path / "data", admin_key=ADMIN), parse_config(cfg),
-                     local_embedder=local_embedder)
-    try:
-        async with serving(app) as url, httpx.AsyncClient(timeout=30) as http:
-            yield Env(url, app, upstream, script, http)
-    finally:
-        await upstream.close()
+
+    def cfg(upstream: str) -> dict[str, Any]:
+        return {"models": [{"name": "embed", "provider": "openai", "mode": "embedding", "base_url": upstream + "/v1",
+                            "api_key": CANARY}]}
+
+    async with served(Settings(data_dir=tmp_path / "data", admin_key=ADMIN), local_embedder, script, cfg) as (
+            url, app, upstream, http):
+        yield Env(url, app, upstream, http, script)
 
 
 async def test_kb_model_without_a_chat_model_is_a_clear_400(embedding_only: Env) -> None:

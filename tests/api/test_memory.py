@@ -149,7 +149,7 @@ async def test_shutdown_cancels_an_extraction_under_way(settings: Settings, loca
     app = create_app(settings, parse_config(config(upstream.url)), local_embedder=local_embedder)
     try:
         async with serving(app) as url, httpx.AsyncClient(timeout=30) as http:
-            env = Env(url, app, upstream, script, http)
+            env = Env(url, app, upstream, http, script)
             _, alice = await env.user("alice@example.com")
             thread = await env.thread(alice)
             r = await env.say(alice, thread["id"], "I live in Lyon.")

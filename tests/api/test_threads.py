@@ -14,8 +14,7 @@ import httpx
 import orjson
 import pytest
 
-from thinktank.accounts.principal import Principal
-from thinktank.api.app import ThinktankApp, create_app
+from thinktank.api.app import create_app
 from thinktank.config import Settings, parse_config
 from thinktank.knowledge.embeddings import LocalEmbedder
 from thinktank.knowledge.ingest import Source
@@ -24,10 +23,10 @@ from ..fakes import openai as fmt
 from ..fakes.server import serving
 from ..fakes.upstream import FakeUpstream, Recorded, Reply
 from ..fakes.upstream import sse as sse_events
+from .apps import AppEnv, served
 from .conftest import AUTH
 
 CANARY = "sk-canary-provider-key-THREADS"
-PASSWORD = "correct horse battery staple"
 PRICE = (1000.0, 2000.0)
 """USD per million input and output tokens of every model here."""
 EXTRACT = "short profile of a user"
@@ -86,19 +85,8 @@ def config(url: str, **extra: Any) -> dict[str, Any]:
 
 
 @dataclass
-class Env:
-    url: str
-    app: ThinktankApp
-    upstream: FakeUpstream
+class Env(AppEnv):
     script: Script
-    http: httpx.AsyncClient
-
-    async def user(self, email: str) -> tuple[Principal, dict[str, str]]:
-        r = await self.http.post(self.url + "/api/v1/users", headers=AUTH, json={"email": email, "password": PASSWORD})
-        assert r.status_code == 201, r.text
-        login = await self.http.post(self.url + "/api/v1/auth/login", json={"email": email, "password": PASSWORD})
-        token = login.json()["token"]
-        return await self.app.state.auth.resolve(token), {"Authorization": f"Bearer {token}"}
 
     async def thread(self, headers: dict[str, str], **body: Any) -> dict[str, Any]:
         r = await self.http.post(self.url + "/api/v1/threads", headers=headers, json={"model": "gpt", **body})
@@ -125,14 +113,9 @@ class Env:
 
 async def make_env(settings: Settings, local_embedder: LocalEmbedder, **extra: Any) -> AsyncIterator[Env]:
     script = Script()
-    upstream = FakeUpstream(script)
-    await upstream.start()
-    app = create_app(settings, parse_config(config(upstream.url, **extra)), local_embedder=local_embedder)
-    try:
-        async with serving(app) as url, httpx.AsyncClient(timeout=30) as http:
-            yield Env(url, app, upstream, script, http)
-    finally:
-        await upstream.close()
+    async with served(settings, local_embedder, script, lambda url: config(url, **extra)) as (url, app, upstream,
+                                                                                             http):
+        yield Env(url, app, upstream, http, script)
 
 
 @pytest.fixture
@@ -495,7 +478,7 @@ async def test_shutdown_cancels_a_turn_under_way_and_stores_nothing(
     gate = asyncio.Event()  # never set: the reply stops after its first word
     try:
         async with serving(app) as url, httpx.AsyncClient(timeout=30) as http:
-            env = Env(url, app, upstream, script, http)
+            env = Env(url, app, upstream, http, script)
             _, alice = await env.user("alice@example.com")
             thread = await env.thread(alice)
             upstream.queue(Reply(sse=sse_events(fmt.chunk({"role": "assistant", "content": "Half"}),
