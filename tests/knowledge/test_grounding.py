@@ -7,12 +7,11 @@ import re
 
 import pytest
 
-from thinktank.accounts.principal import Principal
 from thinktank.config import parse_config
 from thinktank.errors import InvalidRequestError, NotFoundError
 from thinktank.gateway.router import Router
 from thinktank.gateway.tokens import estimate_text_tokens
-from thinktank.knowledge.embeddings import LOCAL_MODEL, Embedder, LocalEmbedder
+from thinktank.knowledge.embeddings import LocalEmbedder
 from thinktank.knowledge.grounding import (
     Citation,
     Grounder,
@@ -27,15 +26,11 @@ from thinktank.knowledge.retrieval import Retrieved, SearchOptions
 from thinktank.knowledge.service import KnowledgeService
 from thinktank.providers.base import ProviderContext
 from thinktank.store.db import Database
-from thinktank.store.tables import Team, User
 from thinktank.types import Message
 
-from ..fakes.clock import FakeClock
 from ..fakes.upstream import FakeUpstream, Reply
+from .people import ALICE, BOB, CAROL, knowledge_service
 
-ALICE = Principal(user_id="usr_alice", role="member", email="alice@example.com")
-BOB = Principal(user_id="usr_bob", role="member", email="bob@example.com", team_id="team_lab")
-CAROL = Principal(user_id="usr_carol", role="member", email="carol@example.com", team_id="team_lab")
 BOUNDARY = "b0undary"
 TAG = f"passage-{BOUNDARY}"
 
@@ -48,18 +43,7 @@ INJECTION = (
 
 @pytest.fixture
 async def service(db: Database, local_embedder: LocalEmbedder) -> KnowledgeService:
-    async with db.session() as s:
-        s.add(Team(id="team_lab", name="lab", created_at=1.0))
-        await s.flush()
-        for p in (ALICE, BOB, CAROL):
-            s.add(User(id=p.user_id, email=p.email, role=p.role, team_id=p.team_id, created_at=1.0))
-
-    def embedder_for(model: str, _ctx: object = None) -> Embedder:
-        if model != LOCAL_MODEL:
-            raise InvalidRequestError(f"no embedding model '{model}'", param="embedding_model")
-        return local_embedder
-
-    return KnowledgeService(db, FakeClock(), embedder_for)
+    return await knowledge_service(db, local_embedder, (ALICE, BOB, CAROL))
 
 
 def retrieved(text: str, *, n: int = 1, source: str = "faq.md", title: str = "FAQ", page: int | None = None,

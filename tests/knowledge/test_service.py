@@ -6,36 +6,19 @@ import pytest
 
 from thinktank.accounts.principal import Principal
 from thinktank.errors import ConflictError, InvalidRequestError, NotFoundError, PermissionDeniedError
-from thinktank.knowledge.embeddings import LOCAL_MODEL, Embedder, LocalEmbedder
+from thinktank.knowledge.embeddings import LOCAL_MODEL, LocalEmbedder
 from thinktank.knowledge.ingest import Source
 from thinktank.knowledge.retrieval import SearchOptions
 from thinktank.knowledge.service import KnowledgeService
 from thinktank.store.db import Database
-from thinktank.store.tables import Team, User
 
-from ..fakes.clock import FakeClock
-
-ALICE = Principal(user_id="usr_alice", role="member", email="alice@example.com")
-BOB = Principal(user_id="usr_bob", role="member", email="bob@example.com", team_id="team_lab")
-CAROL = Principal(user_id="usr_carol", role="member", email="carol@example.com", team_id="team_lab")
-ADMIN = Principal(user_id="usr_root", role="admin", email="root@example.com")
+from .people import ADMIN, ALICE, BOB, CAROL, knowledge_service
 
 
 @pytest.fixture
 async def service(db: Database, local_embedder: LocalEmbedder) -> KnowledgeService:
     """On SQLite and on PostgreSQL (the ``db`` fixture of tests/conftest.py)."""
-    async with db.session() as s:
-        s.add(Team(id="team_lab", name="lab", created_at=1.0))
-        await s.flush()
-        for p in (ALICE, BOB, CAROL, ADMIN):
-            s.add(User(id=p.user_id, email=p.email, role=p.role, team_id=p.team_id, created_at=1.0))
-
-    def embedder_for(model: str, _ctx: object = None) -> Embedder:
-        if model != LOCAL_MODEL:
-            raise InvalidRequestError(f"no embedding model '{model}'", param="embedding_model")
-        return local_embedder
-
-    return KnowledgeService(db, FakeClock(), embedder_for)
+    return await knowledge_service(db, local_embedder)
 
 
 def doc(name: str, body: str) -> Source:
