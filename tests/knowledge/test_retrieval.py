@@ -271,3 +271,30 @@ async def test_the_same_name_twice_in_one_batch_keeps_the_later(db: Database, lo
     assert [r.status for r in results] == ["added", "replaced"]
     assert await sources_of(Retriever(db), [kb.id], "wombats kangaroos", local_embedder, mode="keyword") == ["a.txt"]
     assert await sources_of(Retriever(db), [kb.id], "kangaroos", local_embedder, mode="keyword") == []
+
+
+@pytest.mark.parametrize(("window", "group"), [(2, 1), (3, 256), (64, 2)])
+async def test_a_batch_is_checked_in_windows_with_the_same_outcomes(
+    db: Database, local_embedder: LocalEmbedder, window: int, group: int,
+) -> None:
+    """Sources are looked up and parsed a window at a time and written a group at a time; wherever
+    the windows and groups fall, each source gets the outcome it would get alone, in order."""
+    kb = await make_kb(db, local_embedder)
+    await ingest(db, local_embedder, kb, {"old.txt": "Otters hold hands.", "keep.txt": "Owls turn heads."})
+    batch = [
+        Source("a.txt", b"Kangaroos hop."), Source("b.txt", b"Otters hold hands."),  # b: old.txt's content
+        Source("keep.txt", b"Owls turn heads."), Source("photo.png", b"\x89PNG\r\n\x1a\n"),
+        Source("c.txt", b"Kangaroos hop."),  # a's content, earlier in this batch
+        Source("a.txt", b"Wombats dig."), Source("d.txt", b"Emus run."), Source("old.txt", b"Otters swim."),
+    ]
+    ingestor = Ingestor(db, local_embedder, FakeClock(), window_sources=window, group_chunks=group)
+    results = await ingestor.ingest(kb, batch, submitted_by=SYSTEM_USER_ID)
+    assert [(r.source, r.status) for r in results] == [
+        ("a.txt", "added"), ("b.txt", "duplicate"), ("keep.txt", "unchanged"), ("photo.png", "failed"),
+        ("c.txt", "duplicate"), ("a.txt", "replaced"), ("d.txt", "added"), ("old.txt", "replaced"),
+    ]
+    async with db.session() as s:
+        stored = dict((await s.execute(select(KbDocument.source, KbDocumentText.body).join(
+            KbDocumentText, KbDocumentText.document_id == KbDocument.id))).tuples().all())
+    assert stored == {"a.txt": "Wombats dig.", "d.txt": "Emus run.", "old.txt": "Otters swim.",
+                      "keep.txt": "Owls turn heads."}

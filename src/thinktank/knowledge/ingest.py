@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -89,6 +89,51 @@ class _Prepared:
     terms: TermCounts
 
 
+@dataclass(frozen=True, slots=True)
+class _Existing:
+    id: str
+    source: str
+    content_hash: str
+    chunk_count: int
+    status: str
+    submitted_by: str
+
+
+def _outcome(
+    name: str, digest: str, existing: Sequence[_Existing], submitted_by: str, status: str,
+) -> IngestResult | str | None:
+    """An early result (unchanged, duplicate, refused), or the id of the document this source replaces."""
+    same_source = next((r for r in existing if r.source == name), None)
+    if same_source is not None and same_source.content_hash == digest:
+        return IngestResult(name, "unchanged", document_id=same_source.id, chunks=same_source.chunk_count)
+    other = next((r for r in existing if r.source != name and r.content_hash == digest), None)
+    if other is not None:
+        return IngestResult(name, "duplicate", document_id=other.id, error=f"same content as {other.source}")
+    if same_source is not None and status == "pending" and not (
+            same_source.status == "pending" and same_source.submitted_by == submitted_by):
+        # A contribution never replaces what is already there, only the contributor's own pending one.
+        return IngestResult(name, "failed", error=f"a document named {name} is already in the knowledge base; "
+                            "only writers replace it", status_code=409)
+    return same_source.id if same_source is not None else None
+
+
+def _windows(items: Sequence[Source], max_sources: int, max_bytes: int) -> Iterator[list[int]]:
+    """Consecutive runs of sources, checked against the database together: distinct names, at most
+    ``max_sources`` of them and about ``max_bytes`` of data (always at least one source)."""
+    window: list[int] = []
+    names: set[str] = set()
+    size = 0
+    for index, source in enumerate(items):
+        if window and (source.name in names or len(window) >= max_sources or size + len(source.data) > max_bytes):
+            yield window
+            window, names, size = [], set(), 0
+        window.append(index)
+        names.add(source.name)
+        size += len(source.data)
+    if window:
+        yield window
+
+
 async def remove_document(s: AsyncSession, document_id: str) -> None:
     """A document and its chunks (its text goes with it)."""
     await s.execute(delete(KbChunk).where(KbChunk.document_id == document_id))
@@ -123,9 +168,11 @@ class Ingestor:
     def __init__(
         self, db: Database, embedder: Embedder, clock: Clock, *, limits: Limits | None = None,
         group_chunks: int = 256, analyzer: Analyzer | None = None, pg_vectors: PgVectors | None = None,
+        window_sources: int = 64, window_bytes: int = 4 << 20,
     ) -> None:
         """``pg_vectors``: on PostgreSQL with pgvector, chunk vectors are also written there (for the
-        HNSW index of large knowledge bases)."""
+        HNSW index of large knowledge bases). ``window_sources`` and ``window_bytes`` bound the sources
+        looked up in the database with one query and parsed in one hand-off to a worker thread."""
         self.db = db
         self.pg_vectors = pg_vectors
         self.analyzer = analyzer or Analyzer()
@@ -133,6 +180,8 @@ class Ingestor:
         self.clock = clock
         self.limits = limits or Limits()
         self.group_chunks = group_chunks
+        self.window_sources = window_sources
+        self.window_bytes = window_bytes
 
     async def ingest(
         self, kb: KnowledgeBase, sources: Iterable[Source], *, submitted_by: str, status: str = "approved",
@@ -160,56 +209,58 @@ class Ingestor:
                 written_chunks += sum(len(p.chunks) for p in group)
                 group, group_size = [], 0
 
-        for index, source in enumerate(items):
-            digest = hashlib.sha256(source.data).hexdigest()
-            if any(p.source.name == source.name for p in group):
+        for window in _windows(items, self.window_sources, self.window_bytes):
+            if {items[i].name for i in window} & {p.source.name for p in group}:
                 await flush()  # the same name twice in one batch: the later one replaces the earlier one
-            outcome = await self._check(kb.id, source.name, digest, seen, submitted_by, status)
-            if isinstance(outcome, IngestResult):
-                results[index] = outcome
-            else:
-                try:
-                    prepared = await asyncio.to_thread(self._prepare, index, source, digest, outcome, options)
-                except ThinktankError as exc:
-                    results[index] = IngestResult(source.name, "failed", error=exc.message, status_code=exc.status)
+            digests = {i: hashlib.sha256(items[i].data).hexdigest() for i in window}
+            found = await self._existing(kb.id, [items[i].name for i in window], list(digests.values()))
+            outcomes = {i: _outcome(items[i].name, digests[i], found, submitted_by, status) for i in window}
+            todo = [(i, o) for i, o in outcomes.items() if not isinstance(o, IngestResult) and digests[i] not in seen]
+            prepared = await asyncio.to_thread(self._prepare_many, todo, items, digests, options)
+            for i in window:
+                outcome, digest = outcomes[i], digests[i]
+                if digest in seen:
+                    results[i] = IngestResult(items[i].name, "duplicate", error=f"same content as {seen[digest]}")
+                elif isinstance(outcome, IngestResult):
+                    results[i] = outcome
+                elif isinstance(ready := prepared[i], IngestResult):
+                    results[i] = ready
                 else:
-                    seen[digest] = source.name
-                    group.append(prepared)
-                    group_size += len(prepared.chunks)
+                    seen[digest] = items[i].name
+                    group.append(ready)
+                    group_size += len(ready.chunks)
                     if group_size >= self.group_chunks:
                         await flush()
-            if progress is not None:
-                progress(Progress(done=index + 1, total=len(items), chunks=written_chunks))
+                if progress is not None:
+                    progress(Progress(done=i + 1, total=len(items), chunks=written_chunks))
         await flush()
         if progress is not None and items:
             progress(Progress(done=len(items), total=len(items), chunks=written_chunks))
         return [r for r in results if r is not None]
 
-    async def _check(
-        self, kb_id: str, name: str, digest: str, seen: dict[str, str], submitted_by: str, status: str,
-    ) -> IngestResult | str | None:
-        """An early result (unchanged, duplicate, refused), or the id of the document this source replaces."""
-        if digest in seen:
-            return IngestResult(name, "duplicate", error=f"same content as {seen[digest]}")
+    async def _existing(self, kb_id: str, names: Sequence[str], digests: Sequence[str]) -> list[_Existing]:
+        """The knowledge base's documents that have one of ``names`` as their source or one of ``digests``."""
         async with self.db.engine.connect() as conn:
             rows = (await conn.execute(
                 select(KbDocument.id, KbDocument.source, KbDocument.content_hash, KbDocument.chunk_count,
                        KbDocument.status, KbDocument.submitted_by)
                 .where(KbDocument.kb_id == kb_id)
-                .where((KbDocument.source == name) | (KbDocument.content_hash == digest))
+                .where(KbDocument.source.in_(names) | KbDocument.content_hash.in_(digests))
             )).all()
-        same_source = next((r for r in rows if r.source == name), None)
-        if same_source is not None and same_source.content_hash == digest:
-            return IngestResult(name, "unchanged", document_id=same_source.id, chunks=same_source.chunk_count)
-        other = next((r for r in rows if r.source != name), None)
-        if other is not None:
-            return IngestResult(name, "duplicate", document_id=other.id, error=f"same content as {other.source}")
-        if same_source is not None and status == "pending" and not (
-                same_source.status == "pending" and same_source.submitted_by == submitted_by):
-            # A contribution never replaces what is already there, only the contributor's own pending one.
-            return IngestResult(name, "failed", error=f"a document named {name} is already in the knowledge base; "
-                                "only writers replace it", status_code=409)
-        return same_source.id if same_source is not None else None
+        return [_Existing(*row) for row in rows]
+
+    def _prepare_many(
+        self, todo: Sequence[tuple[int, str | None]], items: Sequence[Source], digests: dict[int, str],
+        options: ChunkingOptions,
+    ) -> dict[int, _Prepared | IngestResult]:
+        """Parse and chunk each source of ``todo`` (index, the document it replaces); a bad one fails alone."""
+        out: dict[int, _Prepared | IngestResult] = {}
+        for index, replaces in todo:
+            try:
+                out[index] = self._prepare(index, items[index], digests[index], replaces, options)
+            except ThinktankError as exc:
+                out[index] = IngestResult(items[index].name, "failed", error=exc.message, status_code=exc.status)
+        return out
 
     def _prepare(
         self, index: int, source: Source, digest: str, replaces: str | None, options: ChunkingOptions,
@@ -235,7 +286,6 @@ class Ingestor:
         blobs = vectors_to_bytes(vectors)
         dimension = int(vectors.shape[1]) if texts else None
         now = self.clock.time()
-        results: list[IngestResult] = []
         searchable = status == "approved"
         async with self.db.session() as s:
             current = (await s.execute(select(KnowledgeBase.dimension).where(KnowledgeBase.id == kb.id))).scalar()
@@ -244,36 +294,41 @@ class Ingestor:
                     f"{self.embedder.name} gives {dimension}-dimensional vectors, the knowledge base holds {current}; "
                     "re-embed it first"
                 )
-            at = 0
             for p in group:
                 if p.replaces is not None:
                     await remove_document(s, p.replaces)
-                doc_id = new_id("doc")
-                s.add(KbDocument(
-                    id=doc_id, kb_id=kb.id, source=p.source.name, title=p.title[:500], kind=p.kind,
-                    content_hash=p.digest, size_bytes=len(p.source.data), pages=p.pages, chunk_count=len(p.chunks),
-                    status=status, submitted_by=submitted_by, metadata_=p.source.metadata,
-                    warnings=p.warnings or None, created_at=now, updated_at=now,
-                ))
-                await s.flush()
-                s.add(KbDocumentText(document_id=doc_id, kb_id=kb.id, title=p.title, body=p.body,
-                                     terms=p.terms.terms, term_counts=p.terms.counts, length=p.terms.length))
-                rows = [
-                    {"document_id": doc_id, "kb_id": kb.id, "position": c.position, "text": c.text, "context": ctx,
-                     "page": c.page, "tokens": c.tokens, "searchable": searchable, "embedding": blobs[at + i]}
-                    for i, (ctx, c) in enumerate(zip(p.contexts, p.chunks, strict=True))
-                ]
-                if rows and self.pg_vectors is not None and await self.pg_vectors.available():
-                    ids = (await s.execute(insert(KbChunk).returning(KbChunk.id, sort_by_parameter_order=True),
-                                           rows)).scalars().all()
-                    await self.pg_vectors.add(s, kb.id, ids, vectors[at:at + len(rows)])
-                elif rows:
-                    await s.execute(insert(KbChunk), rows)
-                at += len(rows)
-                results.append(IngestResult(
-                    p.source.name, "replaced" if p.replaces else "added", document_id=doc_id, chunks=len(rows),
-                    warnings=tuple(p.warnings),
-                ))
+            doc_ids = [new_id("doc") for _ in group]
+            await s.execute(insert(KbDocument), [
+                {"id": doc_id, "kb_id": kb.id, "source": p.source.name, "title": p.title[:500], "kind": p.kind,
+                 "content_hash": p.digest, "size_bytes": len(p.source.data), "pages": p.pages,
+                 "chunk_count": len(p.chunks), "status": status, "submitted_by": submitted_by,
+                 "reviewed_by": None, "metadata_": p.source.metadata, "warnings": p.warnings or None,
+                 "created_at": now, "updated_at": now}
+                for doc_id, p in zip(doc_ids, group, strict=True)
+            ])
+            await s.execute(insert(KbDocumentText), [
+                {"document_id": doc_id, "kb_id": kb.id, "title": p.title, "body": p.body, "terms": p.terms.terms,
+                 "term_counts": p.terms.counts, "length": p.terms.length}
+                for doc_id, p in zip(doc_ids, group, strict=True)
+            ])
+            placed = [(doc_id, ctx, c) for doc_id, p in zip(doc_ids, group, strict=True)
+                      for ctx, c in zip(p.contexts, p.chunks, strict=True)]
+            rows = [
+                {"document_id": doc_id, "kb_id": kb.id, "position": c.position, "text": c.text, "context": ctx,
+                 "page": c.page, "tokens": c.tokens, "searchable": searchable, "embedding": blob}
+                for (doc_id, ctx, c), blob in zip(placed, blobs, strict=True)
+            ]
+            if rows and self.pg_vectors is not None and await self.pg_vectors.available():
+                ids = (await s.execute(insert(KbChunk).returning(KbChunk.id, sort_by_parameter_order=True),
+                                       rows)).scalars().all()
+                await self.pg_vectors.add(s, kb.id, ids, vectors)
+            elif rows:
+                await s.execute(insert(KbChunk), rows)
+            results = [
+                IngestResult(p.source.name, "replaced" if p.replaces else "added", document_id=doc_id,
+                             chunks=len(p.chunks), warnings=tuple(p.warnings))
+                for doc_id, p in zip(doc_ids, group, strict=True)
+            ]
             if current is None and dimension is not None:
                 await bump_version(s, kb.id, now, dimension=dimension)
             else:

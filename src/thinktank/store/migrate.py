@@ -17,9 +17,13 @@ HEAD = "0005"
 
 
 def alembic_config(url: str) -> Config:
+    import sys
+
     from alembic.config import Config
 
-    cfg = Config()
+    # Alembic's default stream is sys.stdout as it was when alembic was first imported, which may be
+    # a stream that has since been closed (a CLI runner's, a test capture's); take today's.
+    cfg = Config(stdout=sys.stdout)
     cfg.set_main_option("script_location", "thinktank.store:migrations")
     cfg.attributes["url"] = url
     return cfg
