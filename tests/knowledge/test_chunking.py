@@ -15,6 +15,7 @@ from thinktank.knowledge.chunking import (
     split_sentences,
     text_blocks,
 )
+from thinktank.knowledge.embeddings import LocalEmbedder
 
 
 def test_sentences_do_not_end_at_abbreviations_initials_or_numbers() -> None:
@@ -110,3 +111,24 @@ def test_token_estimate_and_bad_options() -> None:
         ChunkingOptions(target_tokens=8)
     with pytest.raises(ValueError, match="half"):
         ChunkingOptions(target_tokens=100, overlap_tokens=60)
+
+
+def test_chunk_token_counts_are_the_tokenizers_own_and_counting_is_linear(local_embedder: LocalEmbedder) -> None:
+    """Chunks are counted from their sentences' and words' counts, never tokenised again: the sums
+    must equal what the model's tokeniser says of each chunk, and a long run of words without a
+    sentence end must be counted word by word, not as a text growing by a word at a time."""
+    counted: list[int] = []
+
+    def count(text: str) -> int:
+        counted.append(len(text))
+        return local_embedder.count_tokens(text)
+
+    prose = " ".join(f"Sentence {i} mentions the café, naïve résumés and 3.5-fold rises (p<0.05)." for i in range(60))
+    run_on = " ".join(f"word{i}" for i in range(3000))  # no sentence end at all
+    table = "\n".join(f"| row {i} | value_{i} | {i * 3.25} |" for i in range(120))
+    blocks = [Block("paragraph", prose), Block("paragraph", run_on), Block("table", table)]
+    chunks = chunk_blocks(blocks, ChunkingOptions(target_tokens=120, overlap_tokens=20, count=count))
+    assert len(chunks) > 20
+    assert [c.tokens for c in chunks] == [local_embedder.count_tokens(c.text) for c in chunks]
+    assert all(c.tokens <= 120 for c in chunks)
+    assert sum(counted) <= 2.5 * sum(len(b.text) for b in blocks)  # a text at most twice: as a unit, by words

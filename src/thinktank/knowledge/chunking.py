@@ -183,38 +183,49 @@ class _Piece:
     joiner: str
 
 
-def _pieces(block: Block, limit: int, count: Callable[[str], int]) -> Iterator[_Piece]:
+def _pieces(block: Block, limit: int, count: Callable[[str], int], specials: int) -> Iterator[_Piece]:
     """A block as pieces no longer than ``limit`` tokens: whole, or cut at sentences (prose) or
-    lines (code, tables), and a piece still too long at words."""
-    n = count(block.text)
-    if n <= limit:
-        yield _Piece(block.text, n, block.page, "\n" if block.kind in ("code", "table", "list") else " ")
-        return
+    lines (code, tables), and a piece still too long at words.
+
+    Each unit (sentence, line, word) is counted once and longer texts are counted as the sum of their
+    units less the special tokens each count includes (``specials``, what ``count("")`` gives): exact
+    for word-piece tokenisers, which never join tokens across whitespace, and it keeps counting linear
+    in the text (a long block used to be counted whole, then by sentence, then by chunk)."""
     if block.kind in ("code", "table"):
         units, joiner = block.text.split("\n"), "\n"
     else:
         units, joiner = split_sentences(block.text), " "
-    for unit in units:
-        k = count(unit)
+    counts = [count(unit) for unit in units]
+    whole = _joined(counts, specials)
+    if whole <= limit:
+        yield _Piece(block.text, whole, block.page, "\n" if block.kind in ("code", "table", "list") else " ")
+        return
+    for unit, k in zip(units, counts, strict=True):
         if k <= limit:
             yield _Piece(unit, k, block.page, joiner)
             continue
-        words = unit.split(" ")
         part: list[str] = []
-        for word in words:
-            if part and count(" ".join([*part, word])) > limit:
-                text = " ".join(part)
-                yield _Piece(text, count(text), block.page, joiner)
-                part = []
+        size = specials
+        for word in unit.split(" "):
+            n = count(word) - specials
+            if part and size + n > limit:
+                yield _Piece(" ".join(part), size, block.page, joiner)
+                part, size = [], specials
             part.append(word)
+            size += n
         if part:
-            text = " ".join(part)
-            yield _Piece(text, count(text), block.page, joiner)
+            yield _Piece(" ".join(part), size, block.page, joiner)
+
+
+def _joined(counts: Sequence[int], specials: int) -> int:
+    """The count of texts joined by whitespace, from their own counts."""
+    return sum(counts) - specials * (len(counts) - 1) if counts else specials
 
 
 def chunk_blocks(blocks: Iterable[Block], options: ChunkingOptions | None = None) -> list[Chunk]:
     """The chunks of a document, in order."""
     opts = options or ChunkingOptions()
+    specials = opts.count("")
     chunks: list[Chunk] = []
     path: list[tuple[int, str]] = []
     current: list[_Piece] = []
@@ -224,7 +235,8 @@ def chunk_blocks(blocks: Iterable[Block], options: ChunkingOptions | None = None
             return
         text = pieces[0].text + "".join(p.joiner + p.text for p in pieces[1:])
         page = next((p.page for p in pieces if p.page is not None), None)
-        chunks.append(Chunk(text, len(chunks), tuple(t for _, t in path), page, opts.count(text)))
+        chunks.append(Chunk(text, len(chunks), tuple(t for _, t in path), page,
+                            _joined([p.tokens for p in pieces], specials)))
 
     def overlap(pieces: Sequence[_Piece]) -> list[_Piece]:
         kept: list[_Piece] = []
@@ -245,7 +257,7 @@ def chunk_blocks(blocks: Iterable[Block], options: ChunkingOptions | None = None
                 path.pop()
             path.append((level, block.text))
             continue
-        for piece in _pieces(block, opts.target_tokens, opts.count):
+        for piece in _pieces(block, opts.target_tokens, opts.count, specials):
             size = sum(p.tokens for p in current)
             if current and size + piece.tokens > opts.target_tokens:
                 emit(current)
