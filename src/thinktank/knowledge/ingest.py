@@ -167,7 +167,7 @@ def _context(title: str, heading_path: Sequence[str]) -> str:
 class Ingestor:
     def __init__(
         self, db: Database, embedder: Embedder, clock: Clock, *, limits: Limits | None = None,
-        group_chunks: int = 256, analyzer: Analyzer | None = None, pg_vectors: PgVectors | None = None,
+        group_chunks: int = 1024, analyzer: Analyzer | None = None, pg_vectors: PgVectors | None = None,
         window_sources: int = 64, window_bytes: int = 4 << 20,
     ) -> None:
         """``pg_vectors``: on PostgreSQL with pgvector, chunk vectors are also written there (for the
