@@ -119,9 +119,13 @@ async def test_int8_stays_close_to_fp32_and_keeps_meaning(fp32: LocalEmbedder, i
 async def test_batches_of_mixed_lengths_give_each_text_its_own_vector(fp32: LocalEmbedder) -> None:
     long = " ".join(["Proteins fold into shapes that decide what they do."] * 12)
     texts = [long, SENTENCES[0], "", long[:200], SENTENCES[2]]
-    together = await LocalEmbedder(fp32.cache_dir, quantized=False, batch_tokens=64).embed(texts)
+    bulk = LocalEmbedder(fp32.cache_dir, quantized=False, batch_tokens=64, bulk_texts=2)
+    together = await bulk.embed(texts)
     alone = np.vstack([await fp32.embed([t]) for t in texts])
+    # The batch ran on the bulk session (its threads spin), each text alone on the query session.
+    assert set(bulk._sessions) == {True} and True not in fp32._sessions
     assert np.abs(together - alone).max() < 1e-5
+    bulk.close()
     assert (await fp32.embed([])).shape == (0, 384)
 
 

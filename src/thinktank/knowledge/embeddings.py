@@ -85,6 +85,7 @@ class LocalEmbedder:
         quantized: bool = True,
         max_tokens: int = 256,
         batch_tokens: int = 1024,
+        bulk_texts: int = 32,
     ) -> None:
         self.name = LOCAL_MODEL
         self.cache_dir = cache_dir
@@ -93,7 +94,9 @@ class LocalEmbedder:
         self.quantized = quantized
         self.max_tokens = max_tokens
         self.batch_tokens = batch_tokens
-        self._session: Any = None
+        self.bulk_texts = bulk_texts
+        """Calls with at least this many texts run on the bulk session (see ``_load``)."""
+        self._sessions: dict[bool, Any] = {}
         self._tokenizer: Tokenizer | None = None
         self._counter: Tokenizer | None = None
         self._lock = threading.Lock()
@@ -152,11 +155,17 @@ class LocalEmbedder:
                 self._tokenizer, self._counter = tokenizer, counter
             return self._tokenizer, self._counter
 
-    def _load(self) -> Any:
-        """The ONNX Runtime session, built and cached on first use."""
+    def _load(self, bulk: bool = False) -> Any:
+        """An ONNX Runtime session, the model file built and cached on first use.
+
+        Two sessions share the file: ``bulk`` (ingestion's batches) lets its worker threads spin
+        between operators, which is about 6 % faster; the other (a search's query, a few texts) does not,
+        because threads still spinning after the call take the cores from the search's vector scan
+        (measured: hybrid p50 18 -> 10 ms at 91,000 chunks)."""
         with self._lock:
-            if self._session is not None:
-                return self._session
+            session = self._sessions.get(bulk)
+            if session is not None:
+                return session
             import onnxruntime as ort
 
             model_dir = self._source()
@@ -166,15 +175,17 @@ class LocalEmbedder:
             options = ort.SessionOptions()
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if bulk else "0")
             options.log_severity_level = 3
-            self._session = ort.InferenceSession(
+            session = ort.InferenceSession(
                 str(model_file), options, providers=["CPUExecutionProvider"], disabled_optimizers=_DISABLED_OPTIMIZERS,
             )
-            return self._session
+            self._sessions[bulk] = session
+            return session
 
     @property
     def loaded(self) -> bool:
-        return self._session is not None
+        return bool(self._sessions)
 
     # -- embedding -------------------------------------------------------------------------------
 
@@ -186,7 +197,7 @@ class LocalEmbedder:
         out = np.zeros((len(texts), self.dimension), np.float32)
         if not texts:
             return out
-        session = self._load()
+        session = self._load(bulk=len(texts) >= self.bulk_texts)
         encodings = self._tokenizers()[0].encode_batch(list(texts))
         lengths = np.array([len(e.ids) for e in encodings])
         order = np.argsort(lengths, kind="stable")
@@ -211,7 +222,9 @@ class LocalEmbedder:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.embed_sync, list(texts))
 
     async def warm(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
+        """Load both sessions now rather than on first use."""
+        for bulk in (False, True):
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._load, bulk)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
