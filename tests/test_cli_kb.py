@@ -65,6 +65,7 @@ def folder(root: Path) -> Path:
     (docs / ".git").mkdir()
     (docs / "guide.md").write_text(GUIDE)
     (docs / "tea" / "coffee.txt").write_text(COFFEE)
+    (docs / "tea" / "guide.md").write_text("# Brewing\n\nWarm the pot before the leaves go in.")  # a second guide.md
     (docs / "tea" / "green" / "manual.pdf").write_bytes(pdf(["The kettle boils water for the teapot."]))
     (docs / "tea" / "green" / "notes.docx").write_bytes(docx([("Heading1", "Cups"), (None, "Porcelain cups.")]))
     (docs / "tea" / "tool.exe").write_bytes(b"MZ\x90\x00")
@@ -79,30 +80,31 @@ async def test_create_add_folder_list_search_and_delete(url: str, tmp_path: Path
 
     docs = folder(tmp_path)
     r = await kb(url, ADMIN, "add", "notes", str(docs), "--batch-files", "3", "--quiet")
-    assert ok(r).splitlines() == ["added 4, replaced 0, unchanged 0, duplicate 0, failed 0"]
-    assert "skipped: 1 unsupported, 2 hidden" in r.stderr
+    assert ok(r).splitlines() == ["added 5, replaced 0, unchanged 0, duplicate 0, failed 0"]
+    assert "skipped: 1 unsupported, 2 hidden" in r.stderr and "warning" not in r.stderr
 
     listed = (await kb(url, ADMIN, "docs", "notes", "--json"))
-    sources = sorted(d["source"] for d in json.loads(ok(listed))["data"])
-    assert sources == ["coffee.txt", "guide.md", "manual.pdf", "notes.docx"]
+    sources = sorted(d["source"] for d in json.loads(ok(listed))["data"])  # paths below the folder: no collision
+    assert sources == ["guide.md", "tea/coffee.txt", "tea/green/manual.pdf", "tea/green/notes.docx", "tea/guide.md"]
 
     # Again, with the progress bar and one file changed: the rest is unchanged.
     (docs / "guide.md").write_text(GUIDE + "\n\nOolong sits in between.")
     assert ok(await kb(url, ADMIN, "add", "notes", str(docs))).splitlines() == [
-        "added 0, replaced 1, unchanged 3, duplicate 0, failed 0"]
+        "added 0, replaced 1, unchanged 4, duplicate 0, failed 0"]
 
-    # A file named explicitly is sent whatever its type; the server's refusal is a failure: exit 1.
+    # A file named explicitly is sent under its own name, whatever its type; here the same bytes as
+    # tea/coffee.txt, so a duplicate; the server's refusal of the other is a failure: exit 1.
     bad = tmp_path / "broken.pdf"
     bad.write_bytes(b"not a pdf at all")
     r = await kb(url, ADMIN, "add", "notes", str(bad), str(docs / "tea" / "coffee.txt"), "-q")
     assert r.exit_code == 1
     lines = r.stdout.splitlines()
-    assert lines[0] == "added 0, replaced 0, unchanged 1, duplicate 0, failed 1"
+    assert lines[0] == "added 0, replaced 0, unchanged 0, duplicate 1, failed 1"
     assert lines[1].startswith(f"  failed {bad}: ") and lines[1].endswith("(415)") and "not one" in lines[1]
 
     table = ok(await kb(url, ADMIN, "list")).splitlines()
     assert table[0].split() == ["ID", "NAME", "ACCESS", "DOCUMENTS", "CHUNKS", "PENDING", "MODEL"]
-    assert table[1].split()[1:4] == ["notes", "admin", "4"]
+    assert table[1].split()[1:4] == ["notes", "admin", "5"]
     shown = ok(await kb(url, ADMIN, "show", "notes"))
     assert "description:     kitchen notes" in shown and "chunk_tokens:    100" in shown
 
@@ -111,11 +113,11 @@ async def test_create_add_folder_list_search_and_delete(url: str, tmp_path: Path
     assert re.fullmatch(r" 1\. \d\.\d{3}  guide\.md", first[0]) and "Tea guide" in first[1]
     assert "80 degrees" in found
     raw = json.loads(ok(await kb(url, ADMIN, "search", "notes", "-q", "kettle", "--mode", "keyword", "--json")))
-    assert raw["data"][0]["source"] == "manual.pdf" and "p.1" in ok(
+    assert raw["data"][0]["source"] == "tea/green/manual.pdf" and "p.1" in ok(
         await kb(url, ADMIN, "search", "notes", "-q", "kettle", "--mode", "keyword"))
 
     doc_id = next(d["id"] for d in json.loads(ok(await kb(url, ADMIN, "docs", "notes", "--json")))["data"]
-                  if d["source"] == "coffee.txt")
+                  if d["source"] == "tea/coffee.txt")
     assert ok(await kb(url, ADMIN, "rm-doc", "notes", doc_id)) == f"removed {doc_id}\n"
     r = await kb(url, ADMIN, "rm-doc", "notes", doc_id)
     assert r.exit_code == 2 and f"error: document '{doc_id}' not found" in r.stderr

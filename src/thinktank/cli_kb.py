@@ -273,6 +273,9 @@ def unshare(kb: KbArg, share_id: Annotated[int, typer.Argument(help="From `think
 @dataclass
 class _Found:
     files: list[Path] = field(default_factory=list)
+    names: dict[Path, str] = field(default_factory=dict)
+    """Each file's name on the server: a file given by itself, its name; a file found in a folder,
+    its path below that folder (``guide/README.md``), so same-named files in subfolders stay apart."""
     unsupported: int = 0
     hidden: int = 0
 
@@ -283,15 +286,16 @@ def collect(paths: Sequence[Path], supported: Sequence[str]) -> _Found:
     found = _Found()
     seen: set[Path] = set()
 
-    def take(path: Path) -> None:
+    def take(path: Path, name: str) -> None:
         key = path.resolve()
         if key not in seen:
             seen.add(key)
             found.files.append(path)
+            found.names[path] = name
 
     for path in paths:
         if not path.is_dir():
-            take(path)
+            take(path, path.name)
             continue
         for root, dirs, names in os.walk(path):
             hidden = [d for d in dirs if d.startswith(".")]
@@ -303,7 +307,8 @@ def collect(paths: Sequence[Path], supported: Sequence[str]) -> _Found:
                 elif Path(name).suffix.lower() not in supported:
                     found.unsupported += 1
                 else:
-                    take(Path(root) / name)
+                    file = Path(root) / name
+                    take(file, file.relative_to(path).as_posix())
     return found
 
 
@@ -365,9 +370,9 @@ def add(
         raise typer.Exit(2)
     names: dict[str, list[Path]] = {}
     for path in found.files:
-        names.setdefault(path.name, []).append(path)
+        names.setdefault(found.names[path], []).append(path)
     for name, same in names.items():
-        if len(same) > 1:  # documents are known by their file name: the later replaces the earlier
+        if len(same) > 1:  # documents are known by their name: the later replaces the earlier
             typer.secho(f"warning: {len(same)} files are called {name}; only the last one stays",
                         fg=typer.colors.YELLOW, err=True)
 
@@ -377,7 +382,7 @@ def add(
     with _client(url, api_key) as c, _bar(len(found.files), not quiet) as update:
         done = chunks = 0
         for batch in batches(found.files, batch_files, int(batch_mb * 1024 * 1024)):
-            parts = [("files", (p.name, p.read_bytes())) for p in batch]
+            parts = [("files", (found.names[p], p.read_bytes())) for p in batch]
 
             def step(event: dict[str, Any], base: int = done, base_chunks: int = chunks) -> None:
                 update(base + int(event.get("done", 0)), base_chunks + int(event.get("chunks", 0)))

@@ -293,11 +293,11 @@ async def test_file_names_are_sanitised_or_refused(api: str, client: httpx.Async
                                    (b"/etc/deep/z.txt", b"third file")])
     r = await client.post(path, headers={**alice, **headers}, content=body)
     assert r.status_code == 201, r.text
-    assert [x["source"] for x in r.json()["data"]] == ["x.txt", "y.md", "z.txt"]
+    assert [x["source"] for x in r.json()["data"]] == ["x.txt", "windows/y.md", "etc/deep/z.txt"]
     json_names = await client.post(path, headers=alice, json={"documents": [{"name": "a/b/../../c.txt", "text": "c"}]})
     assert json_names.json()["data"][0]["source"] == "c.txt"
 
-    for bad in (b"evil\x00.txt", b"bell\x07.txt", b"", b"..", b"dir/", b"   "):
+    for bad in (b"evil\x00.txt", b"bell\x07.txt", b"", b"..", b"dir/", b"a/..", b"   "):
         # A bad name anywhere refuses the whole request before anything is ingested.
         body, headers = raw_multipart([(b"fine.txt", b"a fine file"), (bad, b"content")])
         error_of(await client.post(path, headers={**alice, **headers}, content=body), 400, "name")
@@ -306,7 +306,16 @@ async def test_file_names_are_sanitised_or_refused(api: str, client: httpx.Async
     error_of(await client.post(path, headers=alice, json={"documents": [{"name": "\u202etxt.exe", "text": "x"}]}),
              400, "control characters")
     sources = sorted(d["source"] for d in (await client.get(path, headers=alice)).json()["data"])
-    assert sources == ["c.txt", "x.txt", "y.md", "z.txt"]
+    assert sources == ["c.txt", "etc/deep/z.txt", "windows/y.md", "x.txt"]
+    # Folders keep same-named files apart; the same path again replaces.
+    for text in ("first readme", "second readme"):
+        r = await client.post(path, headers=alice, files=[("files", ("a/README.md", b"# A\n\n" + text.encode())),
+                                                          ("files", ("b\\README.md", b"# B\n\nbee"))])
+        assert r.status_code == 201, r.text
+    assert [(x["source"], x["status"]) for x in r.json()["data"]] == [("a/README.md", "replaced"),
+                                                                       ("b/README.md", "unchanged")]
+    sources = sorted(d["source"] for d in (await client.get(path, headers=alice)).json()["data"])
+    assert sources == ["a/README.md", "b/README.md", "c.txt", "etc/deep/z.txt", "windows/y.md", "x.txt"]
 
 
 async def test_upload_limit_by_length_and_while_reading(serve: Serve, client: httpx.AsyncClient) -> None:

@@ -233,18 +233,28 @@ async def unshare_kb(kb: str, share_id: int, principal: PrincipalDep, state: Sta
 # -- documents -------------------------------------------------------------------------------------
 
 def source_name(raw: str | None) -> str:
-    """A client's file name as a document's source: its last path component (``/`` or ``\\``); 400 for
-    an empty name, ``.`` or ``..``, or one with control characters. It never touches the file system."""
+    """A client's file name as a document's source: a relative path (``/`` or ``\\`` between folders),
+    so ``a/README.md`` and ``b/README.md`` of one folder stay two documents. ``.``, empty parts and a
+    leading ``/`` are dropped and ``..`` only ever removes the folder before it (``../x.txt`` is
+    ``x.txt``). 400 for a name that names no file (empty, ``..``, ending in a separator), one with
+    control characters, or one too long. It never touches the file system."""
     if raw is None or not raw.strip():
         raise InvalidRequestError("Every file needs a name.", param="files")
     if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in _BIDI for ch in raw):
         raise InvalidRequestError(f"The file name {raw!r} holds control characters.", param="files")
+    parts: list[str] = []
+    for part in (p.strip() for p in raw.replace("\\", "/").split("/")):
+        if part == "..":
+            if parts:
+                parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
     base = raw.replace("\\", "/").rsplit("/", 1)[-1].strip()
-    if base in ("", ".", ".."):
+    if base in ("", ".", "..") or not parts:
         raise InvalidRequestError(f"The file name {raw!r} names no file.", param="files")
-    if len(base) > 255:
-        raise InvalidRequestError("A file name is at most 255 characters.", param="files")
-    return base
+    if len(parts[-1]) > 255 or len("/".join(parts)) > 1000:
+        raise InvalidRequestError("A file name is at most 255 characters, its path at most 1,000.", param="files")
+    return "/".join(parts)
 
 
 def _metadata(value: dict[str, Any] | None, where: str) -> dict[str, str] | None:
