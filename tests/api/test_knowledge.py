@@ -1,4 +1,5 @@
-"""Knowledge bases over HTTP: the app on loopback with the real local model, real SQLite, real files."""
+"""Knowledge bases over HTTP: the app on loopback with the real local model and real files, on a real
+SQLite file and on a real PostgreSQL database (every test runs on both)."""
 
 from __future__ import annotations
 
@@ -39,12 +40,15 @@ def cfg(url: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def serve(settings: Settings, local_embedder: LocalEmbedder, fake_openai: FakeUpstream) -> AsyncIterator[Serve]:
-    """``url = await serve(**settings_overrides)``: thinktank on loopback sharing the session's local model."""
+async def serve(
+    settings: Settings, local_embedder: LocalEmbedder, fake_openai: FakeUpstream, db_url: str,
+) -> AsyncIterator[Serve]:
+    """``url = await serve(**settings_overrides)``: thinktank on loopback sharing the session's local model,
+    on the test's database (SQLite, then PostgreSQL)."""
     stack: list[Any] = []
 
     async def start(**overrides: Any) -> str:
-        s = Settings.model_validate({**settings.model_dump(), **overrides})
+        s = Settings.model_validate({**settings.model_dump(), "database_url": db_url, **overrides})
         cm = serving(create_app(s, parse_config(cfg(fake_openai.url)), local_embedder=local_embedder))
         url: str = await cm.__aenter__()
         stack.append(cm)
