@@ -463,6 +463,51 @@ async def test_one_turn_at_a_time_and_a_turn_outlives_its_client(env: Env) -> No
     assert (await env.say(alice, thread["id"], "Thanks")).status_code == 200
 
 
+async def test_one_turn_at_a_time_across_processes_sharing_the_database(
+    env_db: Env, settings: Settings, local_embedder: LocalEmbedder, db_url: str,
+) -> None:
+    """Two servers on one database (two workers): while one writes a reply in a thread, the other refuses
+    a second turn up front (409, nothing sent upstream or spent), and takes turns again once it ends; a
+    lease left by a process that died lapses (after ``TURN_LEASE`` seconds without progress)."""
+    from sqlalchemy import update
+
+    from thinktank.store.tables import Thread
+
+    _, alice = await env_db.user("alice@example.com")
+    thread = await env_db.thread(alice)
+    path = f"/api/v1/threads/{thread['id']}/messages"
+    gate = asyncio.Event()
+    env_db.upstream.queue(Reply(sse=sse_events(fmt.chunk({"role": "assistant", "content": "Slow"}),
+                                               fmt.chunk({"content": " reply."}), fmt.chunk({}, "stop")), gate=gate))
+    other = create_app(settings.model_copy(update={"database_url": db_url}), parse_config(config(env_db.upstream.url)),
+                       local_embedder=local_embedder)
+    async with serving(other) as other_url:
+        async with env_db.http.stream("POST", env_db.url + path, headers=alice,
+                                      json={"content": "Take your time", "stream": True}) as r:
+            lines = r.aiter_lines()
+            assert await anext(lines) == "event: delta"
+            busy = await env_db.http.post(other_url + path, headers=alice, json={"content": "Me too?"})
+            assert busy.status_code == 409 and busy.json()["error"]["code"] == "thread_busy"
+            assert len(env_db.chats()) == 1
+            gate.set()
+            async for _line in lines:
+                pass
+        await env_db.settled()
+        again = await env_db.http.post(other_url + path, headers=alice, json={"content": "Thanks"})
+        assert again.status_code == 200, again.text
+        stored = (await env_db.http.get(env_db.url + path, headers=alice)).json()["data"]
+        assert [m["content"] for m in stored] == ["Take your time", "Slow reply.", "Thanks", "echo: Thanks"]
+
+        # A process that died mid-turn left its lease: refused until it lapses, then taken.
+        db = env_db.app.state.db
+        for until, status in ((4e9, 409), (1.0, 200)):  # far in the future, long past
+            async with db.session() as s:
+                await s.execute(update(Thread).where(Thread.id == thread["id"]).values(busy_until=until))
+            r = await env_db.http.post(other_url + path, headers=alice, json={"content": f"after {status}"})
+            assert r.status_code == status, r.text
+        await other.state.conversations.drain()
+
+
 async def test_shutdown_cancels_a_turn_under_way_and_stores_nothing(
     settings: Settings, local_embedder: LocalEmbedder,
 ) -> None:

@@ -245,3 +245,33 @@ async def test_a_malformed_import_writes_nothing(build: Build) -> None:
         with pytest.raises(error):
             await import_thread(world.conv.threads, ALICE, ThreadImport.model_validate(bad))
     assert len(await world.conv.threads.list_threads(ALICE, archived=None)) == 1
+
+
+async def test_a_turn_holds_its_thread_renews_the_lease_as_it_goes_and_lets_go(build: Build) -> None:
+    """The lease (threads.busy_until) that keeps other processes out: taken when the turn is admitted,
+    renewed while the reply streams (here it takes longer than one lease), cleared at the end."""
+    from sqlalchemy import select
+
+    from thinktank.conversations.service import TURN_LEASE
+    from thinktank.store.tables import Thread
+
+    world = await build([mock("slow", chunk_delay=60.0, rules=[rule(EXTRACT, '{"memories": []}')],
+                              replies=["one two three four five six seven eight nine ten"])])
+    thread = await world.conv.threads.create(ALICE, model="slow")
+
+    async def lease() -> float | None:
+        async with world.db.engine.connect() as conn:
+            return (await conn.execute(select(Thread.busy_until).where(Thread.id == thread.id))).scalar_one()
+
+    start = world.clock.time()
+    t = await world.conv.send(ALICE, None, thread.id, "Talk slowly", TurnOptions(stream=True))
+    assert await lease() == start + TURN_LEASE
+    held: list[tuple[float, float | None]] = []
+    async for event in t.events():
+        if event.type == "delta" and not t.done.is_set():
+            held.append((world.clock.time(), await lease()))
+    live = [(now, until) for now, until in held if until is not None]  # (None: released, not yet done)
+    assert len(live) >= 5 and all(until > now for now, until in live)
+    assert any(now > start + TURN_LEASE for now, _ in live)  # renewed: the first lease has run out by then
+    assert await lease() is None
+    assert (await t.outcome())["message"]["content"] == "one two three four five six seven eight nine ten"

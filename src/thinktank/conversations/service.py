@@ -37,7 +37,12 @@ from .memory import MemoryService, extraction_messages, memory_block, parse_extr
 from .personas import PersonaService
 from .threads import NewMessage, ThreadService, message_public, summary_public
 
-__all__ = ["MAX_CONTENT", "Conversations", "Turn", "TurnEvent", "TurnOptions"]
+__all__ = ["MAX_CONTENT", "TURN_LEASE", "Conversations", "Turn", "TurnEvent", "TurnOptions"]
+
+TURN_LEASE = 300.0
+"""Seconds a turn holds its thread (``threads.busy_until``) without showing progress: renewed at most
+every third of it as the turn moves on (its prompt built, each streamed piece of the reply), released
+when it ends. A process that dies mid-turn holds the thread for at most this long."""
 
 log = logging.getLogger("thinktank.conversations")
 
@@ -124,6 +129,8 @@ class Conversations:
         self.personas = PersonaService(db, clock, knowledge)
         self.memory = MemoryService(db, clock, config.memory, embedder)
         self._busy: set[str] = set()
+        self._renewed: dict[str, float] = {}
+        """When each running turn last renewed its thread's lease (monotonic)."""
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- background work -------------------------------------------------------------------------
@@ -160,23 +167,32 @@ class Conversations:
         if len(content) > MAX_CONTENT:
             raise InvalidRequestError(f"content: at most {MAX_CONTENT} characters", param="content")
         model = self.threads.check_model(principal, options.model or thread.model)
-        if thread.id in self._busy:
+        # One turn at a time: this process's own turns, then every process's, through the lease.
+        if thread.id in self._busy or not await self.threads.claim(thread.id, TURN_LEASE):
             raise ConflictError("A reply is still being written in this thread; wait for it to end.",
                                 code="thread_busy")
-        reply = options.max_tokens or self.config.conversations.reply_tokens
-        admission = await self.gate.admit(principal, ip, model, estimate_text_tokens(content) + reply)
         self._busy.add(thread.id)
+        self._renewed[thread.id] = self.clock.monotonic()
+        reply = options.max_tokens or self.config.conversations.reply_tokens
+        try:
+            admission = await self.gate.admit(principal, ip, model, estimate_text_tokens(content) + reply)
+        except BaseException:
+            await self._release(thread.id)
+            raise
         turn = Turn(thread.id)
         try:
             task = self._spawn(self._run(turn, principal, ip, thread, content, model, options, admission))
         except BaseException:
-            self._busy.discard(thread.id)
+            await self._release(thread.id)
             await admission.finish(500)
             raise
 
         def settled(_task: asyncio.Task[None]) -> None:
-            # A task cancelled before its first step never runs its own clean-up (a shutdown right away).
-            self._busy.discard(thread.id)
+            # A task cancelled before its first step never runs its own clean-up (a shutdown right away);
+            # its lease then lapses by itself. One that ran has cleaned up, and a next turn may be under way.
+            if not turn.done.is_set():
+                self._busy.discard(thread.id)
+                self._renewed.pop(thread.id, None)
             turn.abandon()
 
         task.add_done_callback(settled)
@@ -202,7 +218,7 @@ class Conversations:
             log.exception("turn in thread %s failed", thread.id)
             status, turn.error = 500, ThinktankError("Internal error; see the server log.")
         finally:
-            self._busy.discard(thread.id)
+            await self._release(thread.id)
             await admission.finish(status, stream=options.stream)
         if turn.error is not None:
             turn.emit("error", **turn.error.to_body())
@@ -213,12 +229,28 @@ class Conversations:
         if stored and status == 200 and await self.memory.enabled(principal.user_id):
             self._spawn(self._extract(principal, ip, thread, model, stored))
 
+    async def _release(self, thread_id: str) -> None:
+        self._busy.discard(thread_id)
+        self._renewed.pop(thread_id, None)
+        try:
+            await self.threads.release(thread_id)
+        except Exception:  # the lease lapses by itself; the turn's outcome stands
+            log.exception("could not release thread %s", thread_id)
+
+    async def _progress(self, thread_id: str) -> None:
+        """The turn moved on: renew its lease if a third of it has gone by."""
+        now = self.clock.monotonic()
+        if now - self._renewed.get(thread_id, now) >= TURN_LEASE / 3:
+            self._renewed[thread_id] = now
+            await self.threads.renew(thread_id, TURN_LEASE)
+
     async def _turn(
         self, turn: Turn, principal: Principal, thread: Thread, content: str, model: str, options: TurnOptions,
         admission: Admission,
     ) -> list[ThreadMessage]:
         ctx = admission.ctx
         prompt = await self._prompt(turn, principal, thread, content, model, options, admission)
+        await self._progress(thread.id)
         request = ChatRequest(model=model, messages=prompt.messages, stream=options.stream,
                               max_tokens=options.max_tokens, temperature=options.temperature)
         mark = len(ctx.records)
@@ -254,6 +286,7 @@ class Conversations:
                 if c.delta.content:
                     parts.append(c.delta.content)
                     turn.emit("delta", content=c.delta.content)
+                    await self._progress(turn.thread_id)
                 if c.finish_reason:
                     finish = c.finish_reason
         return "".join(parts), usage or Usage(), finish

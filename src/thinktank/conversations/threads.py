@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -229,6 +229,28 @@ class ThreadService:
     async def add_summary(self, summary: ThreadSummary) -> None:
         async with self.db.session() as s:
             s.add(summary)
+
+    # -- the turn lease: one turn at a time per thread, across every process sharing the database --
+
+    async def claim(self, thread_id: str, seconds: float) -> bool:
+        """Hold the thread for ``seconds`` unless another turn holds it (False then)."""
+        now = self.clock.time()
+        async with self.db.session() as s:
+            taken = await s.execute(
+                update(Thread).where(Thread.id == thread_id)
+                .where(or_(Thread.busy_until.is_(None), Thread.busy_until <= now))
+                .values(busy_until=now + seconds)
+            )
+        return bool(taken.rowcount)  # type: ignore[attr-defined]
+
+    async def renew(self, thread_id: str, seconds: float) -> None:
+        async with self.db.session() as s:
+            await s.execute(update(Thread).where(Thread.id == thread_id)
+                            .values(busy_until=self.clock.time() + seconds))
+
+    async def release(self, thread_id: str) -> None:
+        async with self.db.session() as s:
+            await s.execute(update(Thread).where(Thread.id == thread_id).values(busy_until=None))
 
     async def append(self, thread_id: str, messages: Sequence[NewMessage]) -> list[ThreadMessage]:
         """Add messages after the last one, together (409 if another turn wrote in between)."""

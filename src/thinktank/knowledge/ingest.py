@@ -1,8 +1,10 @@
 """Ingestion: sources (files, fetched URLs, records) become documents with chunks and vectors.
 
-A batch of sources is handled in groups: each source is parsed and chunked (in a worker thread:
-PDF parsing is CPU-bound), the group's chunks are embedded together (so the embedder batches
-passages of similar length from many documents), then the group is written in one transaction.
+A batch of sources is handled in windows and groups: a window of sources is looked up in the
+database with one query (earlier versions, duplicates) and parsed and chunked in one hand-off to a
+worker thread (PDF parsing is CPU-bound); a group's chunks are embedded together (so the embedder
+batches passages of similar length from many documents), then the group is written in one
+transaction, with one bulk insert each for its documents, texts and chunks.
 For every document that transaction deletes the old version of the same source (its chunks and
 their full-text entries go with it) and inserts the new one, and it moves the knowledge base's
 ``index_version``: a search sees a document entirely or not at all, and a failure leaves the

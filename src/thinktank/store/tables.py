@@ -393,6 +393,9 @@ class Thread(Base):
     archived: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
+    busy_until: Mapped[float | None] = mapped_column(Float)
+    """A turn under way holds the thread until then (a lease its process renews while it runs), so a
+    second turn is refused up front by every process that shares the database."""
 
 
 class ThreadMessage(Base):
