@@ -76,6 +76,34 @@ async def test_facts_are_learned_with_their_source_deduplicated_and_recalled(bui
     assert extractions(world) == before + 1 and len(await world.conv.memory.list_facts(ALICE)) == 3
 
 
+async def test_what_the_user_says_now_replaces_what_it_contradicts(build: Build) -> None:
+    """The extractor is shown the user's related memories under labels; one it says is replaced goes, the
+    new one takes its place (Lyon -> Paris, not both). A label it was not shown is ignored."""
+    moved = ('{"memories": [{"kind": "fact", "text": "Lives in Paris.", "replaces": "m1"}, '
+             '{"kind": "interest", "text": "Enjoys museums.", "replaces": "m7"}]}')
+    world = await build([chat('{"memories": [{"kind": "fact", "text": "Lives in Lyon."}]}', moved)])
+    await say(world, "I live in Lyon.")
+    [lyon] = await world.conv.memory.list_facts(ALICE)
+    out = await say(world, "I moved to Paris last month and I love its museums.")
+    asked = str(world.requests("chat")[-1].messages[1].content)
+    assert "<user_memory>\nm1: (fact) Lives in Lyon.\n</user_memory>" in asked  # shown, labelled
+    facts = await world.conv.memory.list_facts(ALICE)
+    assert [(f.kind, f.text) for f in facts] == [("fact", "Lives in Paris."), ("interest", "Enjoys museums.")]
+    assert lyon.id not in {f.id for f in facts}
+    assert all(f.source_message_id == out["user_message"]["id"] for f in facts)
+
+
+async def test_a_replacement_never_touches_another_users_memory(build: Build) -> None:
+    world = await build([chat('{"memories": [{"kind": "fact", "text": "Lives in Oslo."}]}')])
+    [bobs] = await world.conv.memory.remember(BOB.user_id, [Candidate("fact", "Lives in Rome.")],
+                                              source_message_id=None, source_thread_id=None)
+    # labels naming another user's memory (never shown to this user's extractor) are ignored
+    await world.conv.memory.remember(ALICE.user_id, [Candidate("fact", "Lives in Oslo.", replaces="m1")],
+                                     source_message_id=None, source_thread_id=None, labels={"m1": bobs})
+    assert [f.text for f in await world.conv.memory.list_facts(BOB)] == ["Lives in Rome."]
+    assert [f.text for f in await world.conv.memory.list_facts(ALICE)] == ["Lives in Oslo."]
+
+
 async def test_switched_off_nothing_is_learned_or_injected(build: Build) -> None:
     world = await build([chat(FIRST)])
     await say(world, "I live in Lyon.")

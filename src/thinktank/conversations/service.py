@@ -33,7 +33,7 @@ from ..store.db import Database
 from ..store.tables import MemoryFact, Thread, ThreadMessage, ThreadSummary, new_id
 from ..types import ChatRequest, Message, Usage, message_text
 from . import context as cx
-from .memory import MemoryService, extraction_messages, memory_block, parse_extraction
+from .memory import KNOWN_IN_PROMPT, MemoryService, extraction_messages, known_labels, memory_block, parse_extraction
 from .personas import PersonaService
 from .threads import NewMessage, ThreadService, message_public, summary_public
 
@@ -401,7 +401,8 @@ class Conversations:
             before = await self.threads.messages_of(thread.id, after=max(user.seq - 2, 0), limit=1)
             previous = before[0].content if before and before[0].role == "assistant" and before[0].seq < user.seq \
                 else None
-            messages = extraction_messages(user.content, previous)
+            known = await self.memory.relevant(principal.user_id, user.content, KNOWN_IN_PROMPT)
+            messages = extraction_messages(user.content, previous, known)
             estimate = sum(cx.message_tokens(str(m.content)) for m in messages) + _EXTRACTION_TOKENS
             admission = await self.gate.admit(principal, ip, extractor, estimate)
             request = ChatRequest(model=extractor, messages=messages, max_tokens=_EXTRACTION_TOKENS, temperature=0)
@@ -412,7 +413,8 @@ class Conversations:
                 log.warning("memory: '%s' gave an unusable extraction (%d characters) for message %s; ignored",
                             extractor, len(reply), user.id)
                 return
-            await self.memory.remember(principal.user_id, found, source_message_id=user.id, source_thread_id=thread.id)
+            await self.memory.remember(principal.user_id, found, source_message_id=user.id, source_thread_id=thread.id,
+                                       labels=known_labels(known))
         except ThinktankError as exc:
             status = exc.status
             log.warning("memory: extraction for message %s failed (%s: %s)", user.id, type(exc).__name__, exc.message)
