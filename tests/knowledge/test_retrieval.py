@@ -294,7 +294,7 @@ async def test_a_batch_is_checked_in_windows_with_the_same_outcomes(
         ("c.txt", "duplicate"), ("a.txt", "replaced"), ("d.txt", "added"), ("old.txt", "replaced"),
     ]
     async with db.session() as s:
-        stored = dict((await s.execute(select(KbDocument.source, KbDocumentText.body).join(
-            KbDocumentText, KbDocumentText.document_id == KbDocument.id))).tuples().all())
-    assert stored == {"a.txt": "Wombats dig.", "d.txt": "Emus run.", "old.txt": "Otters swim.",
-                      "keep.txt": "Owls turn heads."}
+        rows = (await s.execute(select(KbDocument.source, KbDocumentText.body).join(
+            KbDocumentText, KbDocumentText.document_id == KbDocument.id))).all()
+    assert {source: body for source, body in rows} == {
+        "a.txt": "Wombats dig.", "d.txt": "Emus run.", "old.txt": "Otters swim.", "keep.txt": "Owls turn heads."}
