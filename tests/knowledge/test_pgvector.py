@@ -97,6 +97,7 @@ async def test_vectors_go_to_pgvector_and_a_large_knowledge_base_is_searched_thr
     assert pg is not None and await pg.available()
     kb = (await kb_service.create(OWNER, "notes", chunk_tokens=40, chunk_overlap=5)).kb
     await kb_service.add(OWNER, "notes", [Source(n, b.encode()) for n, b in list(DOCS.items())[:2]])
+    await kb_service.settle()  # the HNSW index is built in the background
     async with pg_db.engine.connect() as conn:
         stored = (await conn.execute(text("SELECT count(*) FROM kb_vectors"))).scalar_one()
         chunks = (await conn.execute(text("SELECT count(*) FROM kb_chunks"))).scalar_one()
@@ -106,6 +107,8 @@ async def test_vectors_go_to_pgvector_and_a_large_knowledge_base_is_searched_thr
 
     pg.ann_min_chunks = chunks + 1  # the next upload crosses the threshold
     await kb_service.add(OWNER, "notes", [Source(n, b.encode()) for n, b in list(DOCS.items())[2:]])
+    assert set(kb_service._builds) == {kb.id}  # the upload did not wait for the index: it is built after
+    await kb_service.settle()
     assert await pg.indexed([kb.id]) == {kb.id}
     async with pg_db.engine.connect() as conn:  # the query's shape can use the index (tiny tables are scanned)
         await conn.execute(text("SET LOCAL enable_seqscan = off"))
@@ -136,6 +139,7 @@ async def test_deleted_and_pending_documents_never_come_back_through_the_index(
     kb_service = service(pg_db, local_embedder, ann_min_chunks=1)
     kb = (await kb_service.create(OWNER, "notes", chunk_tokens=40, chunk_overlap=5)).kb
     results = await kb_service.add(OWNER, "notes", [Source(n, b.encode()) for n, b in DOCS.items()])
+    await kb_service.settle()  # the HNSW index is built in the background
     pg = kb_service.retriever.cache.pg
     assert pg is not None and await pg.indexed([kb.id]) == {kb.id}
     tides = next(r for r in results if r.source == "tides.txt")
@@ -163,9 +167,11 @@ async def test_reembedding_replaces_the_vectors_and_the_index(pg_db: Database, l
     kb_service = service(pg_db, local_embedder, ann_min_chunks=1)
     kb = (await kb_service.create(OWNER, "notes", chunk_tokens=40, chunk_overlap=5)).kb
     await kb_service.add(OWNER, "notes", [Source(n, b.encode()) for n, b in DOCS.items()])
+    await kb_service.settle()  # the HNSW index is built in the background
     pg = kb_service.retriever.cache.pg
     assert pg is not None and await pg.indexed([kb.id]) == {kb.id}
     view = await kb_service.reembed(OWNER, "notes", Shorter.name)
+    await kb_service.settle()  # the HNSW index is built in the background
     assert (view.kb.embedding_model, view.kb.dimension) == (Shorter.name, 64)
     async with pg_db.engine.connect() as conn:
         dims = (await conn.execute(text("SELECT DISTINCT vector_dims(vec) FROM kb_vectors"))).scalars().all()

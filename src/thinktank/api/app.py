@@ -163,6 +163,7 @@ async def _start(state: AppState) -> None:
 async def _stop(state: AppState) -> None:
     await state.deliberation.close()  # runs still going end as cancelled, settled and recorded
     await state.conversations.close()  # turns and memory extractions still going are cancelled
+    await state.knowledge.close()  # HNSW index builds still going are cancelled
     await state.ledger.close()
     await state.usage_writer.close()
     await state.limiter.close()

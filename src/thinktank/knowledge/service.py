@@ -10,6 +10,8 @@ for them (404), whatever they try to do with it.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -63,6 +65,8 @@ def _best(granted: Iterable[str]) -> Access | None:
     return None
 
 
+log = logging.getLogger("thinktank.knowledge")
+
 EmbedderFor = Callable[[str, CallContext | None], Embedder]
 """The embedder of a model name, accounting any cost to the context's caller (raises if unknown)."""
 
@@ -78,6 +82,24 @@ class KnowledgeService:
         self.retriever = retriever or Retriever(db)
         self.default_chunk_tokens = default_chunk_tokens
         self.default_chunk_overlap = default_chunk_overlap
+        self._builds: dict[str, asyncio.Task[None]] = {}
+        """HNSW index builds under way, by knowledge base (at most one each)."""
+        self._again: set[str] = set()
+        """Knowledge bases that changed while their build (or check) ran: looked at again after it."""
+        self._closing = False
+
+    async def settle(self) -> None:
+        """Wait for the index builds under way."""
+        while self._builds:
+            await asyncio.gather(*list(self._builds.values()), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Shutdown: builds under way are cancelled (an interrupted build leaves an invalid index, which
+        is never used and is dropped by the next build)."""
+        self._closing = True
+        for task in list(self._builds.values()):
+            task.cancel()
+        await self.settle()
 
     # -- access ----------------------------------------------------------------------------------
 
@@ -270,8 +292,29 @@ class KnowledgeService:
         ingestor = Ingestor(self.db, self.embedder_for(kb.embedding_model, ctx), self.clock, pg_vectors=pg)
         results = await ingestor.ingest(kb, sources, submitted_by=principal.user_id, status=status, progress=progress)
         if pg is not None and await pg.available() and any(r.status in ("added", "replaced") for r in results):
-            await self._index_if_large(pg, kb.id)
+            self._index_later(pg, kb.id)
         return results
+
+    def _index_later(self, pg: PgVectors, kb_id: str) -> None:
+        """Build the knowledge base's HNSW index in the background if it has grown large enough: minutes
+        for a large one, which no upload should wait for (searches stay exact until it is ready)."""
+        if self._closing:
+            return
+        if kb_id in self._builds:
+            self._again.add(kb_id)
+            return
+        task = asyncio.get_running_loop().create_task(self._index_if_large(pg, kb_id))
+        self._builds[kb_id] = task
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._builds.pop(kb_id, None)
+            if not finished.cancelled() and finished.exception() is not None:
+                log.error("building the HNSW index of %s failed", kb_id, exc_info=finished.exception())
+            if kb_id in self._again:
+                self._again.discard(kb_id)
+                self._index_later(pg, kb_id)
+
+        task.add_done_callback(done)
 
     async def _index_if_large(self, pg: PgVectors, kb_id: str) -> None:
         """A knowledge base that has grown past ``pg.ann_min_chunks`` gets its HNSW index (built
@@ -357,7 +400,7 @@ class KnowledgeService:
                 await pg.replace(s, kb.id, [r[0] for r in rows], vectors)
             await bump_version(s, kb.id, self.clock.time(), embedding_model=model, dimension=dimension)
         if pg is not None and ann:
-            await self._index_if_large(pg, kb.id)  # ``replace`` dropped the old vectors' index
+            self._index_later(pg, kb.id)  # ``replace`` dropped the old vectors' index
         self.retriever.cache.forget(kb.id)
         return await self.view(principal, kb.id)
 
