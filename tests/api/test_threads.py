@@ -451,8 +451,7 @@ async def test_one_turn_at_a_time_and_a_turn_outlives_its_client(env: Env) -> No
     async with env.http.stream("POST", url, headers=alice, json={"content": "Take your time", "stream": True}) as r:
         assert r.status_code == 200
         lines = r.aiter_lines()
-        first = await anext(lines)
-        assert first == "event: delta"
+        assert [await anext(lines), await anext(lines)] == ["id: 1", "event: delta"]
         busy = await env.say(alice, thread["id"], "Are you there?")
         assert busy.status_code == 409 and busy.json()["error"]["code"] == "thread_busy"
     # the client is gone; the reply goes on and is stored whole
@@ -461,6 +460,41 @@ async def test_one_turn_at_a_time_and_a_turn_outlives_its_client(env: Env) -> No
     stored = (await env.http.get(url, headers=alice)).json()["data"]
     assert [m["content"] for m in stored] == ["Take your time", "Slow and steady."]
     assert (await env.say(alice, thread["id"], "Thanks")).status_code == 200
+
+
+async def test_a_broken_stream_resumes_after_its_last_event(env: Env) -> None:
+    """A client whose stream broke follows the turn again from the event after ``Last-Event-ID``: the
+    rest of the reply, each piece once, then the stored message; only the thread's owner may."""
+    _, alice = await env.user("alice@example.com")
+    _, bob = await env.user("bob@example.com")
+    thread = await env.thread(alice)
+    events_url = env.url + f"/api/v1/threads/{thread['id']}/turn/events"
+    assert (await env.http.get(events_url, headers=alice)).status_code == 404  # no turn yet
+    gate = asyncio.Event()
+    env.upstream.queue(Reply(sse=sse_events(fmt.chunk({"role": "assistant", "content": "Slow"}),
+                                            fmt.chunk({"content": " and"}), fmt.chunk({"content": " steady."}),
+                                            fmt.chunk({}, "stop")), gate=gate))
+    url = env.url + f"/api/v1/threads/{thread['id']}/messages"
+    async with env.http.stream("POST", url, headers=alice, json={"content": "Take your time", "stream": True}) as r:
+        lines = r.aiter_lines()
+        first = [await anext(lines) for _ in range(3)]
+    assert first[:2] == ["id: 1", "event: delta"] and '"content":"Slow"' in first[2]
+    gate.set()  # the client is gone; the reply goes on
+
+    resumed = await env.http.get(events_url, headers={**alice, "Last-Event-ID": "1"})
+    assert resumed.status_code == 200 and resumed.headers["content-type"].startswith("text/event-stream")
+    events = sse(resumed.text)
+    ids = [int(line.split(": ", 1)[1]) for line in resumed.text.splitlines() if line.startswith("id: ")]
+    assert ids == list(range(2, len(events) + 2))  # each event once, in order, after the one it had
+    assert [t for t, _ in events][-1] == "message"
+    stored = events[-1][1]["message"]["content"]
+    assert "Slow" + "".join(d["content"] for t, d in events if t == "delta") == stored == "Slow and steady."
+    # from the start, by query; a bad Last-Event-ID; another user's thread
+    again = sse((await env.http.get(events_url + "?after=0", headers=alice)).text)
+    assert next(d.get("content") for t, d in again if t == "delta") == "Slow" and again[-1][0] == "message"
+    bad = await env.http.get(events_url, headers={**alice, "Last-Event-ID": "two"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "Last-Event-ID"
+    assert (await env.http.get(events_url, headers=bob)).status_code == 404
 
 
 async def test_one_turn_at_a_time_across_processes_sharing_the_database(
@@ -485,7 +519,7 @@ async def test_one_turn_at_a_time_across_processes_sharing_the_database(
         async with env_db.http.stream("POST", env_db.url + path, headers=alice,
                                       json={"content": "Take your time", "stream": True}) as r:
             lines = r.aiter_lines()
-            assert await anext(lines) == "event: delta"
+            assert [await anext(lines), await anext(lines)] == ["id: 1", "event: delta"]
             busy = await env_db.http.post(other_url + path, headers=alice, json={"content": "Me too?"})
             assert busy.status_code == 409 and busy.json()["error"]["code"] == "thread_busy"
             assert len(env_db.chats()) == 1
@@ -530,7 +564,7 @@ async def test_shutdown_cancels_a_turn_under_way_and_stores_nothing(
                                                 fmt.chunk({"content": " done."})), gate=gate))
             url_ = env.url + f"/api/v1/threads/{thread['id']}/messages"
             async with http.stream("POST", url_, headers=alice, json={"content": "Hi", "stream": True}) as r:
-                assert await anext(r.aiter_lines()) == "event: delta"
+                assert await anext(r.aiter_lines()) == "id: 1"
         # the server has stopped (its turn cancelled) and closed the upstream request
         await asyncio.wait_for(upstream.cancel_event.wait(), 10)
     finally:

@@ -275,3 +275,20 @@ async def test_a_turn_holds_its_thread_renews_the_lease_as_it_goes_and_lets_go(b
     assert any(now > start + TURN_LEASE for now, _ in live)  # renewed: the first lease has run out by then
     assert await lease() is None
     assert (await t.outcome())["message"]["content"] == "one two three four five six seven eight nine ten"
+
+
+async def test_a_turn_can_be_followed_again_from_any_event_for_a_while(build: Build) -> None:
+    from thinktank.conversations.service import TURN_KEPT
+
+    world = await build(MODELS)
+    thread = await world.conv.threads.create(ALICE, model="chat")
+    t = await world.conv.send(ALICE, None, thread.id, "Hi", TurnOptions(stream=True))
+    live = [e async for e in t.events()]
+    assert [e.id for e in live] == list(range(1, len(live) + 1)) and live[-1].type == "message"
+    again = await world.conv.follow(ALICE, thread.id)
+    assert [e.id for e in [e async for e in again.events(3)]] == [e.id for e in live[3:]]
+    with pytest.raises(NotFoundError):
+        await world.conv.follow(BOB, thread.id)  # not his thread
+    world.clock.advance(TURN_KEPT + 1)
+    with pytest.raises(NotFoundError):
+        await world.conv.follow(ALICE, thread.id)  # ended too long ago: the stored messages are the record

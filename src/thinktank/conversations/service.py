@@ -23,7 +23,7 @@ from ..accounts.gate import Admission, Gate
 from ..accounts.principal import Principal
 from ..clock import Clock
 from ..config import GatewayConfig
-from ..errors import ConflictError, InvalidRequestError, ThinktankError
+from ..errors import ConflictError, InvalidRequestError, NotFoundError, ThinktankError
 from ..gateway.router import Router
 from ..gateway.tokens import estimate_text_tokens
 from ..knowledge.embeddings import Embedder
@@ -37,12 +37,17 @@ from .memory import KNOWN_IN_PROMPT, MemoryService, extraction_messages, known_l
 from .personas import PersonaService
 from .threads import NewMessage, ThreadService, message_public, summary_public
 
-__all__ = ["MAX_CONTENT", "TURN_LEASE", "Conversations", "Turn", "TurnEvent", "TurnOptions"]
+__all__ = ["MAX_CONTENT", "TURN_KEPT", "TURN_LEASE", "Conversations", "Turn", "TurnEvent", "TurnOptions"]
 
 TURN_LEASE = 300.0
 """Seconds a turn holds its thread (``threads.busy_until``) without showing progress: renewed at most
 every third of it as the turn moves on (its prompt built, each streamed piece of the reply), released
 when it ends. A process that dies mid-turn holds the thread for at most this long."""
+
+TURN_KEPT = 600.0
+"""Seconds a turn's events stay available to a client that reconnects after the turn has ended."""
+_TURNS_KEPT = 1000
+"""At most this many threads' last turns are kept for reconnecting clients (the oldest go first)."""
 
 log = logging.getLogger("thinktank.conversations")
 
@@ -65,36 +70,57 @@ class TurnEvent:
     type: str
     """``summary``, ``delta``, ``message`` (the stored turn) or ``error`` (the OpenAI error shape)."""
     data: dict[str, Any]
+    id: int = 0
+    """Its number in the turn, from 1: a client that reconnects with ``Last-Event-ID`` resumes after it."""
 
     def sse(self) -> bytes:
-        return b"event: %s\ndata: %s\n\n" % (self.type.encode(), orjson.dumps({"type": self.type, **self.data}))
+        head = b"id: %d\n" % self.id if self.id else b""
+        return head + b"event: %s\ndata: %s\n\n" % (self.type.encode(), orjson.dumps({"type": self.type, **self.data}))
 
 
 @dataclass
 class Turn:
+    """A turn's events, kept whole while it runs (and a while after, see ``Conversations.follow``), so any
+    number of followers each get every event once, in order, from wherever they start."""
+
     thread_id: str
-    events_queue: asyncio.Queue[TurnEvent | None] = field(default_factory=asyncio.Queue)
+    log: list[TurnEvent] = field(default_factory=list)
+    closed: bool = False
     result: dict[str, Any] | None = None
     error: ThinktankError | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    ended_at: float | None = None
+    """When its last event went out (monotonic)."""
+    _moved: asyncio.Event = field(default_factory=asyncio.Event)
 
     def emit(self, type_: str, **data: Any) -> None:
-        self.events_queue.put_nowait(TurnEvent(type_, data))
+        self.log.append(TurnEvent(type_, data, len(self.log) + 1))
+        self._moved.set()
 
-    async def events(self) -> AsyncIterator[TurnEvent]:
-        """Every event once, in order, until the turn ends (one follower)."""
+    def close(self) -> None:
+        self.closed = True
+        self._moved.set()
+
+    async def events(self, after: int = 0) -> AsyncIterator[TurnEvent]:
+        """Every event after number ``after``, in order, until the turn ends."""
+        at = max(after, 0)
         while True:
-            event = await self.events_queue.get()
-            if event is None:
+            while at < len(self.log):
+                at += 1
+                yield self.log[at - 1]
+            if self.closed:
                 return
-            yield event
+            self._moved.clear()
+            if at < len(self.log) or self.closed:
+                continue
+            await self._moved.wait()
 
     def abandon(self) -> None:
         """End a turn that never ran (cancelled before it started)."""
         if not self.done.is_set():
             self.error = ConflictError("The reply was cancelled: the server is stopping.", code="turn_cancelled")
             self.emit("error", **self.error.to_body())
-            self.events_queue.put_nowait(None)
+            self.close()
             self.done.set()
 
     async def outcome(self) -> dict[str, Any]:
@@ -131,6 +157,8 @@ class Conversations:
         self._busy: set[str] = set()
         self._renewed: dict[str, float] = {}
         """When each running turn last renewed its thread's lease (monotonic)."""
+        self._turns: dict[str, Turn] = {}
+        """Each thread's last turn in this process, while it runs and ``TURN_KEPT`` seconds after."""
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- background work -------------------------------------------------------------------------
@@ -180,6 +208,7 @@ class Conversations:
             await self._release(thread.id)
             raise
         turn = Turn(thread.id)
+        self._keep(turn)
         try:
             task = self._spawn(self._run(turn, principal, ip, thread, content, model, options, admission))
         except BaseException:
@@ -193,6 +222,7 @@ class Conversations:
             if not turn.done.is_set():
                 self._busy.discard(thread.id)
                 self._renewed.pop(thread.id, None)
+                turn.ended_at = self.clock.monotonic()
             turn.abandon()
 
         task.add_done_callback(settled)
@@ -224,10 +254,34 @@ class Conversations:
             turn.emit("error", **turn.error.to_body())
         else:
             turn.emit("message", **(turn.result or {}))
-        turn.events_queue.put_nowait(None)
+        turn.ended_at = self.clock.monotonic()
+        turn.close()
         turn.done.set()
         if stored and status == 200 and await self.memory.enabled(principal.user_id):
             self._spawn(self._extract(principal, ip, thread, model, stored))
+
+    def _keep(self, turn: Turn) -> None:
+        """Keep ``turn`` as its thread's last, for ``follow``; forget turns that ended long enough ago."""
+        now = self.clock.monotonic()
+        for thread_id, kept in list(self._turns.items()):
+            if kept.ended_at is not None and now - kept.ended_at > TURN_KEPT:
+                del self._turns[thread_id]
+        self._turns.pop(turn.thread_id, None)
+        self._turns[turn.thread_id] = turn
+        while len(self._turns) > _TURNS_KEPT:
+            del self._turns[next(iter(self._turns))]
+
+    async def follow(self, principal: Principal, thread_id: str) -> Turn:
+        """The thread's turn under way, or the last one if it ended less than ``TURN_KEPT`` seconds ago,
+        as this process ran it: its events can be read again from any point (a client that lost its
+        stream reconnects with ``Last-Event-ID``). 404 if there is none here."""
+        thread = await self.threads.get(principal, thread_id)  # 404 for another user's thread
+        turn = self._turns.get(thread.id)
+        if turn is None or (turn.ended_at is not None and self.clock.monotonic() - turn.ended_at > TURN_KEPT):
+            raise NotFoundError(
+                f"No turn of thread '{thread_id}' is under way here or ended in the last {int(TURN_KEPT)} seconds; "
+                "its stored messages are at GET /api/v1/threads/{id}/messages.", param="thread_id")
+        return turn
 
     async def _release(self, thread_id: str) -> None:
         self._busy.discard(thread_id)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -160,6 +160,31 @@ async def send_message(
     async def gen() -> AsyncIterator[bytes]:
         if first is not None:
             yield first.sse()
+        async for event in events:
+            yield event.sse()
+
+    return StreamingResponse(gen(), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+
+@router.get("/threads/{thread_id}/turn/events",
+            responses={200: {"description": "SSE: the events of the thread's turn under way (or just ended) here"}})
+async def turn_events(
+    thread_id: str, principal: PrincipalDep, state: StateDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+    after: Annotated[int | None, Query(ge=0, description="Resume after this event (as Last-Event-ID)")] = None,
+) -> Response:
+    """Follow the thread's current turn again (a client whose stream broke): every event after
+    ``Last-Event-ID`` (or ``after``), then the rest live until the turn ends. 404 when no turn of the thread
+    is under way on this server or ended in the last ten minutes (the stored messages are the record)."""
+    start = after
+    if start is None and last_event_id:
+        if not last_event_id.strip().isdigit():
+            raise InvalidRequestError("Last-Event-ID must be an event number.", param="Last-Event-ID")
+        start = int(last_event_id.strip())
+    turn = await state.conversations.follow(principal, thread_id)
+    events = turn.events(start or 0)
+
+    async def gen() -> AsyncIterator[bytes]:
         async for event in events:
             yield event.sse()
 
