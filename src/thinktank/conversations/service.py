@@ -46,7 +46,7 @@ when it ends. A process that dies mid-turn holds the thread for at most this lon
 
 TURN_KEPT = 600.0
 """Seconds a turn's events stay available to a client that reconnects after the turn has ended."""
-_TURNS_KEPT = 1000
+_TURNS_KEPT = 200
 """At most this many threads' last turns are kept for reconnecting clients (the oldest go first)."""
 
 log = logging.getLogger("thinktank.conversations")
