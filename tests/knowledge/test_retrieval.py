@@ -298,3 +298,45 @@ async def test_a_batch_is_checked_in_windows_with_the_same_outcomes(
             KbDocumentText, KbDocumentText.document_id == KbDocument.id))).all()
     assert {source: body for source, body in rows} == {
         "a.txt": "Wombats dig.", "d.txt": "Emus run.", "old.txt": "Otters swim.", "keep.txt": "Owls turn heads."}
+
+
+class BarrierEmbedder:
+    """Holds every embedding until ``parties`` of them are waiting: concurrent ingestions all look the
+    database up before any of them writes."""
+
+    def __init__(self, inner: LocalEmbedder, parties: int) -> None:
+        import asyncio
+
+        self.inner, self.barrier = inner, asyncio.Barrier(parties)
+        self.name, self.dimension, self.max_tokens = inner.name, inner.dimension, inner.max_tokens
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        await self.barrier.wait()
+        return await self.inner.embed(texts)
+
+
+async def test_concurrent_uploads_of_the_same_source_both_land_one_after_the_other(
+    db: Database, local_embedder: LocalEmbedder,
+) -> None:
+    """Two uploads of one source name race (both find nothing there): the second write hits the unique
+    name, looks again and replaces the first instead of failing; nothing is half-written."""
+    import asyncio
+
+    kb = await make_kb(db, local_embedder)
+    ingestor = Ingestor(db, BarrierEmbedder(local_embedder, 2), FakeClock())
+    first, second = await asyncio.gather(
+        ingestor.ingest(kb, [Source("a.txt", b"Herons stand still."), Source("b.txt", b"Bees dance.")],
+                        submitted_by=SYSTEM_USER_ID),
+        ingestor.ingest(kb, [Source("a.txt", b"Herons fly low."), Source("c.txt", b"Crows count.")],
+                        submitted_by=SYSTEM_USER_ID),
+    )
+    statuses = sorted([(r.source, r.status) for r in [*first, *second]])
+    assert statuses == [("a.txt", "added"), ("a.txt", "replaced"), ("b.txt", "added"), ("c.txt", "added")]
+    async with db.session() as s:
+        rows = (await s.execute(select(KbDocument.source, KbDocument.chunk_count))).all()
+        orphans = (await s.execute(text(
+            "SELECT count(*) FROM kb_chunks WHERE document_id NOT IN (SELECT id FROM kb_documents)"))).scalar_one()
+    assert sorted(r[0] for r in rows) == ["a.txt", "b.txt", "c.txt"] and orphans == 0

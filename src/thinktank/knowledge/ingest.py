@@ -23,11 +23,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..clock import Clock
-from ..errors import InvalidRequestError, ThinktankError
+from ..errors import ConflictError, InvalidRequestError, ThinktankError
 from ..store.db import Database
 from ..store.tables import KbChunk, KbDocument, KbDocumentText, KnowledgeBase, new_id
 from .bm25 import Analyzer, TermCounts
@@ -285,8 +287,41 @@ class Ingestor:
     ) -> list[IngestResult]:
         texts = [embedding_text(ctx, c.text) for p in group for ctx, c in zip(p.contexts, p.chunks, strict=True)]
         vectors = await self.embedder.embed(texts)
+        try:
+            return await self._store(kb, group, vectors, submitted_by, status)
+        except IntegrityError:
+            # Another upload wrote one of these sources (or the same bytes) since they were looked up: nothing
+            # of this group was written. Look again (a source now there is replaced, the same bytes are
+            # unchanged or a duplicate) and write once more.
+            pass
+        found = await self._existing(kb.id, [p.source.name for p in group], [p.digest for p in group])
+        results: list[IngestResult | None] = [None] * len(group)
+        kept: list[int] = []
+        for i, p in enumerate(group):
+            outcome = _outcome(p.source.name, p.digest, found, submitted_by, status)
+            if isinstance(outcome, IngestResult):
+                results[i] = outcome
+            else:
+                p.replaces = outcome
+                kept.append(i)
+        if kept:
+            starts = np.cumsum([0, *(len(p.chunks) for p in group)])
+            rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in kept]).astype(np.int64)
+            try:
+                stored = await self._store(kb, [group[i] for i in kept], vectors[rows], submitted_by, status)
+            except IntegrityError:
+                raise ConflictError("Another upload wrote the same documents at the same time; send them again.",
+                                    code="upload_conflict") from None
+            for i, result in zip(kept, stored, strict=True):
+                results[i] = result
+        return [r for r in results if r is not None]
+
+    async def _store(
+        self, kb: KnowledgeBase, group: Sequence[_Prepared], vectors: np.ndarray, submitted_by: str, status: str,
+    ) -> list[IngestResult]:
+        """Write a group in one transaction (its vectors in chunk order)."""
         blobs = vectors_to_bytes(vectors)
-        dimension = int(vectors.shape[1]) if texts else None
+        dimension = int(vectors.shape[1]) if len(vectors) else None
         now = self.clock.time()
         searchable = status == "approved"
         async with self.db.session() as s:
