@@ -598,3 +598,39 @@ async def test_reembed_switches_the_model_all_at_once(api: str, client: httpx.As
     hits = await client.post(api + "/knowledge-bases/drinks/search", headers=bob,
                              json={"query": "espresso machine pressure", "mode": "vector"})
     assert hits.json()["data"][0]["source"] == "coffee.md"
+
+
+async def test_concurrent_creates_of_one_name_give_one_knowledge_base_and_409s(
+    api: str, client: httpx.AsyncClient,
+) -> None:
+    """Each create checks the name, then inserts: whether the check or the database's unique name stops
+    the others (the race is not forced here), they get a 409, never a 500, and one knowledge base is made."""
+    import asyncio
+
+    _, alice = await user(client, api, "alice@example.com")
+    answers = await asyncio.gather(*(client.post(api + "/knowledge-bases", headers=alice, json={"name": "race"})
+                                     for _ in range(6)))
+    assert sorted(r.status_code for r in answers) == [201] + [409] * 5, [r.text for r in answers]
+    assert all(r.json()["error"]["message"] for r in answers if r.status_code == 409)
+    listed = (await client.get(api + "/knowledge-bases", headers=alice)).json()["data"]
+    assert [kb["name"] for kb in listed] == ["race"]
+
+
+async def test_a_unique_constraint_hit_by_a_concurrent_write_is_a_409(
+    settings: Settings, local_embedder: LocalEmbedder, client: httpx.AsyncClient,
+) -> None:
+    """The app's safety net: an IntegrityError that escapes a route (a check passed by two requests at
+    once) is answered 409 with the error shape, and the server goes on."""
+    from sqlalchemy.exc import IntegrityError
+
+    app = create_app(settings, parse_config({"models": []}), local_embedder=local_embedder)
+
+    async def clash() -> None:
+        raise IntegrityError("INSERT ...", {}, Exception("UNIQUE constraint failed: knowledge_bases.owner_id"))
+
+    app.fastapi.add_api_route("/test/clash", clash, methods=["POST"])
+    async with serving(app) as url:
+        r = await client.post(url + "/test/clash")
+        assert r.status_code == 409 and r.json()["error"]["code"] == "concurrent_change"
+        assert "UNIQUE" not in r.text  # the database's words stay in the log
+        assert (await client.get(url + "/health")).status_code == 200

@@ -26,7 +26,7 @@ from ..auth import AdminKey
 from ..clock import Clock, SystemClock
 from ..config import GatewayConfig, Settings, load_config
 from ..discovery import NO_MODELS_HELP, demo_config, discover, merge
-from ..errors import ConfigError, PayloadTooLargeError, ThinktankError
+from ..errors import ConfigError, ConflictError, PayloadTooLargeError, ThinktankError
 from ..gateway.router import Router
 from ..providers._http import HttpClient
 from ..providers.base import ProviderContext
@@ -199,6 +199,7 @@ def _fastapi_app(state: AppState) -> FastAPI:
 
     for module in (accounts, keys, usage, runs, knowledge, threads, memory):
         app.include_router(module.router)
+    from sqlalchemy.exc import IntegrityError
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -213,6 +214,15 @@ def _fastapi_app(state: AppState) -> FastAPI:
     @app.exception_handler(ThinktankError)
     async def thinktank_error(_request: Request, exc: ThinktankError) -> JSONResponse:
         return JSONResponse(exc.to_body(), exc.status, headers=exc.headers())
+
+    @app.exception_handler(IntegrityError)
+    async def integrity_error(request: Request, _exc: IntegrityError) -> JSONResponse:
+        # A uniqueness check that a concurrent request passed too (two creates of one name at once):
+        # nothing was written (the transaction rolled back); the client may try again.
+        log.warning("%s %s: a concurrent write conflicted", request.method, request.url.path)
+        error = ConflictError("This conflicts with a change made at the same time; nothing was written, try again.",
+                              code="concurrent_change")
+        return JSONResponse(error.to_body(), error.status)
 
     @app.get("/health", tags=["ops"])
     async def health() -> dict[str, str]:
