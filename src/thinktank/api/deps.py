@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Query, Request
 
 from ..accounts.principal import Principal
-from ..errors import AuthenticationError, PermissionDeniedError
+from ..errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
 from .asgi import bearer_token
 from .state import AppState
 
-__all__ = ["AdminDep", "PrincipalDep", "StateDep", "client_ip"]
+__all__ = ["AdminDep", "PrincipalDep", "ResumeDep", "StateDep", "client_ip"]
 
 
 # Dependencies are ``async def`` even when they do not await: FastAPI runs a plain ``def``
@@ -49,3 +49,20 @@ def session_of(principal: Principal) -> str:
     if principal.session_id is None:
         raise AuthenticationError("Log out needs the session token from /api/v1/auth/login.")
     return principal.session_id
+
+
+async def resume_after(
+    last_event_id: Annotated[str | None, Header()] = None,
+    after: Annotated[int | None, Query(ge=0, description="Resume after this event (as Last-Event-ID)")] = None,
+) -> int:
+    """The event an SSE client resumes after: ``?after=``, else its ``Last-Event-ID`` (0: from the start)."""
+    if after is not None:
+        return after
+    if last_event_id:
+        if not last_event_id.strip().isdigit():
+            raise InvalidRequestError("Last-Event-ID must be an event number.", param="Last-Event-ID")
+        return int(last_event_id.strip())
+    return 0
+
+
+ResumeDep = Annotated[int, Depends(resume_after)]

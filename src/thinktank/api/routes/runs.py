@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,7 +17,7 @@ from ...deliberation.service import Kind, RunOptions, redact
 from ...errors import InvalidRequestError, NotFoundError
 from ...gateway.tokens import estimate_text_tokens
 from ...types import Message, message_text
-from ..deps import PrincipalDep, StateDep, client_ip
+from ..deps import PrincipalDep, ResumeDep, StateDep, client_ip
 from ..state import AppState
 
 router = APIRouter(prefix="/api/v1", tags=["deliberation"])
@@ -181,18 +181,11 @@ async def get_run(run_id: str, principal: PrincipalDep, state: StateDep) -> dict
 
 @router.get("/runs/{run_id}/events")
 async def run_events(
-    run_id: str, principal: PrincipalDep, state: StateDep,
-    last_event_id: Annotated[str | None, Header()] = None,
-    after: Annotated[int | None, Query(ge=0, description="Replay from after this event (as Last-Event-ID)")] = None,
+    run_id: str, principal: PrincipalDep, state: StateDep, start: ResumeDep,
     format: Annotated[Literal["sse", "json"], Query()] = "sse",
 ) -> Response:
     """Replay the run's events; while it runs, follow it. ``Last-Event-ID`` resumes after that event."""
-    start = after
-    if start is None and last_event_id:
-        if not last_event_id.strip().isdigit():
-            raise InvalidRequestError("Last-Event-ID must be an event number.", param="Last-Event-ID")
-        start = int(last_event_id.strip())
-    events = state.deliberation.events(run_id, principal, start or 0, follow=format == "sse")
+    events = state.deliberation.events(run_id, principal, start, follow=format == "sse")
     if format == "json":
         return JSONResponse({"data": [e.to_dict() async for e in events]})
     first = await anext(events, None)  # errors (404) before the response starts

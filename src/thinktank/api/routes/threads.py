@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -15,7 +15,7 @@ from ...conversations.personas import persona_public
 from ...conversations.service import TurnOptions
 from ...conversations.threads import message_public, summary_public, thread_public
 from ...errors import InvalidRequestError
-from ..deps import PrincipalDep, StateDep, client_ip
+from ..deps import PrincipalDep, ResumeDep, StateDep, client_ip
 
 router = APIRouter(prefix="/api/v1", tags=["threads"])
 
@@ -169,20 +169,13 @@ async def send_message(
 @router.get("/threads/{thread_id}/turn/events",
             responses={200: {"description": "SSE: the events of the thread's turn under way (or just ended) here"}})
 async def turn_events(
-    thread_id: str, principal: PrincipalDep, state: StateDep,
-    last_event_id: Annotated[str | None, Header()] = None,
-    after: Annotated[int | None, Query(ge=0, description="Resume after this event (as Last-Event-ID)")] = None,
+    thread_id: str, principal: PrincipalDep, state: StateDep, start: ResumeDep,
 ) -> Response:
     """Follow the thread's current turn again (a client whose stream broke): every event after
     ``Last-Event-ID`` (or ``after``), then the rest live until the turn ends. 404 when no turn of the thread
     is under way on this server or ended in the last ten minutes (the stored messages are the record)."""
-    start = after
-    if start is None and last_event_id:
-        if not last_event_id.strip().isdigit():
-            raise InvalidRequestError("Last-Event-ID must be an event number.", param="Last-Event-ID")
-        start = int(last_event_id.strip())
     turn = await state.conversations.follow(principal, thread_id)
-    events = turn.events(start or 0)
+    events = turn.events(start)
 
     async def gen() -> AsyncIterator[bytes]:
         async for event in events:
