@@ -110,6 +110,14 @@ class Env(AppEnv):
         """Wait for the background work of every turn so far (memory extraction)."""
         await self.app.state.conversations.drain()
 
+    def slow_reply(self) -> asyncio.Event:
+        """The next reply streams "Slow", then " and steady." only once the returned gate is set."""
+        gate = asyncio.Event()
+        self.upstream.queue(Reply(sse=sse_events(fmt.chunk({"role": "assistant", "content": "Slow"}),
+                                                 fmt.chunk({"content": " and"}), fmt.chunk({"content": " steady."}),
+                                                 fmt.chunk({}, "stop")), gate=gate))
+        return gate
+
 
 async def make_env(settings: Settings, local_embedder: LocalEmbedder, **extra: Any) -> AsyncIterator[Env]:
     script = Script()
@@ -443,10 +451,7 @@ async def test_bad_input(env: Env) -> None:
 async def test_one_turn_at_a_time_and_a_turn_outlives_its_client(env: Env) -> None:
     _, alice = await env.user("alice@example.com")
     thread = await env.thread(alice)
-    gate = asyncio.Event()
-    env.upstream.queue(Reply(sse=sse_events(fmt.chunk({"role": "assistant", "content": "Slow"}),
-                                            fmt.chunk({"content": " and"}), fmt.chunk({"content": " steady."}),
-                                            fmt.chunk({}, "stop")), gate=gate))
+    gate = env.slow_reply()
     url = env.url + f"/api/v1/threads/{thread['id']}/messages"
     async with env.http.stream("POST", url, headers=alice, json={"content": "Take your time", "stream": True}) as r:
         assert r.status_code == 200
@@ -470,10 +475,7 @@ async def test_a_broken_stream_resumes_after_its_last_event(env: Env) -> None:
     thread = await env.thread(alice)
     events_url = env.url + f"/api/v1/threads/{thread['id']}/turn/events"
     assert (await env.http.get(events_url, headers=alice)).status_code == 404  # no turn yet
-    gate = asyncio.Event()
-    env.upstream.queue(Reply(sse=sse_events(fmt.chunk({"role": "assistant", "content": "Slow"}),
-                                            fmt.chunk({"content": " and"}), fmt.chunk({"content": " steady."}),
-                                            fmt.chunk({}, "stop")), gate=gate))
+    gate = env.slow_reply()
     url = env.url + f"/api/v1/threads/{thread['id']}/messages"
     async with env.http.stream("POST", url, headers=alice, json={"content": "Take your time", "stream": True}) as r:
         lines = r.aiter_lines()
@@ -510,9 +512,7 @@ async def test_one_turn_at_a_time_across_processes_sharing_the_database(
     _, alice = await env_db.user("alice@example.com")
     thread = await env_db.thread(alice)
     path = f"/api/v1/threads/{thread['id']}/messages"
-    gate = asyncio.Event()
-    env_db.upstream.queue(Reply(sse=sse_events(fmt.chunk({"role": "assistant", "content": "Slow"}),
-                                               fmt.chunk({"content": " reply."}), fmt.chunk({}, "stop")), gate=gate))
+    gate = env_db.slow_reply()
     other = create_app(settings.model_copy(update={"database_url": db_url}), parse_config(config(env_db.upstream.url)),
                        local_embedder=local_embedder)
     async with serving(other) as other_url:
@@ -530,7 +530,7 @@ async def test_one_turn_at_a_time_across_processes_sharing_the_database(
         again = await env_db.http.post(other_url + path, headers=alice, json={"content": "Thanks"})
         assert again.status_code == 200, again.text
         stored = (await env_db.http.get(env_db.url + path, headers=alice)).json()["data"]
-        assert [m["content"] for m in stored] == ["Take your time", "Slow reply.", "Thanks", "echo: Thanks"]
+        assert [m["content"] for m in stored] == ["Take your time", "Slow and steady.", "Thanks", "echo: Thanks"]
 
         # A process that died mid-turn left its lease: refused until it lapses, then taken.
         db = env_db.app.state.db
