@@ -272,12 +272,16 @@ def unshare(kb: KbArg, share_id: Annotated[int, typer.Argument(help="From `think
 
 @dataclass
 class _Found:
-    files: list[Path] = field(default_factory=list)
     names: dict[Path, str] = field(default_factory=dict)
-    """Each file's name on the server: a file given by itself, its name; a file found in a folder,
-    its path below that folder (``guide/README.md``), so same-named files in subfolders stay apart."""
+    """The files to upload, in order, each with its name on the server: a file given by itself, its
+    name; a file found in a folder, its path below that folder (``guide/README.md``), so same-named
+    files in subfolders stay apart."""
     unsupported: int = 0
     hidden: int = 0
+
+    @property
+    def files(self) -> list[Path]:
+        return list(self.names)
 
 
 def collect(paths: Sequence[Path], supported: Sequence[str]) -> _Found:
@@ -290,7 +294,6 @@ def collect(paths: Sequence[Path], supported: Sequence[str]) -> _Found:
         key = path.resolve()
         if key not in seen:
             seen.add(key)
-            found.files.append(path)
             found.names[path] = name
 
     for path in paths:
