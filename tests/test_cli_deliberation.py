@@ -193,7 +193,7 @@ def test_leaderboard_after_a_vote(data_dir: Path) -> None:
         service, admin = state.deliberation, state.auth.known_admin()
         cfg = service.resolve("ensemble", "demo-council", {"strategy": "heuristic"})
         admission = await state.gate.admit(admin, None, "ensemble/demo-council", 10)
-        run = await service.start("ensemble", cfg, principal=admin, admission=admission,
+        run = await service.start("ensemble", cfg, principal=admin, ctx=admission.ctx,
                                   messages=[Message(role="user", content="q")], options=RunOptions(tags=["db"]))
         await service.wait(run)
         return await service.feedback(run.id, admin, answer="A", vote="up", winner=None)

@@ -100,11 +100,15 @@ async def _start_run(state: AppState, kind: Kind, name: str, cfg: EnsembleConfig
     service = state.deliberation
     model = f"{kind}/{name}"
     principal.check_model(model)
-    service.check_access(principal, cfg)
+    service.check_access(principal, cfg, model)
     admission = await state.gate.admit(principal, None, model, estimate_text_tokens(question))
-    # start() owns the admission: it records it when the run ends, or at once if the run cannot start.
-    return await service.start(kind, cfg, principal=principal, admission=admission,
-                               messages=[Message(role="user", content=question)], options=RunOptions())
+
+    async def recorded(status: int, cache_hit: bool) -> None:
+        await admission.finish(status, cache_hit=cache_hit)
+
+    return await service.start(kind, cfg, principal=principal, ctx=admission.ctx,
+                               messages=[Message(role="user", content=question)], options=RunOptions(),
+                               on_end=recorded)
 
 
 def _console() -> Console:

@@ -342,6 +342,13 @@ class GatewayConfig(_In):
     conversations: ConversationsConfig = Field(default_factory=ConversationsConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
 
+    def catalog_names(self) -> set[str]:
+        """Every model name the configuration defines: deployments (and their ids), groups, aliases,
+        ``ensemble/<name>`` and ``debate/<name>`` (knowledge bases, ``kb/<name>``, are data, not config)."""
+        return ({d.name for d in self.models} | {d.id for d in self.models if d.id} | {g.name for g in self.groups}
+                | set(self.aliases) | {f"ensemble/{e.name}" for e in self.ensembles}
+                | {f"debate/{d.name}" for d in self.debates})
+
     @model_validator(mode="after")
     def _references(self) -> GatewayConfig:
         names = {d.name for d in self.models} | {d.id for d in self.models if d.id}
@@ -364,7 +371,7 @@ class GatewayConfig(_In):
         for alias, target in self.aliases.items():
             if target not in names and target not in groups:
                 raise ValueError(f"alias '{alias}': unknown model '{target}'")
-        known = names | groups | set(self.aliases)
+        known = self.catalog_names()
         seen: set[tuple[str, str]] = set()
         for kind, name, used in [
             *(("ensemble", e.name, e.models()) for e in self.ensembles),
@@ -376,23 +383,26 @@ class GatewayConfig(_In):
                     raise ValueError(f"duplicate {kind} '{name}'")
                 seen.add((kind, name))
             for m in used:
-                if m not in known:
+                if m not in known and not _is_kb_name(m):
                     raise ValueError(f"{kind} '{name}': unknown model '{m}'")
         for key in ("model", "rerank_model"):
             m = getattr(self.knowledge, key)
-            if m is not None and m not in known:
+            if m is not None and m not in known and not _is_kb_name(m):
                 raise ValueError(f"knowledge: {key}: unknown model '{m}'")
         return self
 
     @model_validator(mode="after")
     def _conversation_models(self) -> GatewayConfig:
-        known = {d.name for d in self.models} | {d.id for d in self.models if d.id} | {
-            g.name for g in self.groups} | set(self.aliases)
+        known = self.catalog_names()
         for where, m in (("conversations: summary_model", self.conversations.summary_model),
                          ("memory: model", self.memory.model)):
-            if m is not None and m not in known:
+            if m is not None and m not in known and not _is_kb_name(m):
                 raise ValueError(f"{where}: unknown model '{m}'")
         return self
+
+
+def _is_kb_name(name: str) -> bool:
+    return name.startswith("kb/") and bool(name[3:].strip())
 
 
 def _describe_location(data: Any, loc: tuple[int | str, ...]) -> str:

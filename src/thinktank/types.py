@@ -144,20 +144,48 @@ class Choice(_Open):
     finish_reason: str | None = None
 
 
-class ChatResponse(_Open):
+class _Answer(_Open):
+    """What answers of every kind carry beyond OpenAI's fields: the passages cited (grounded answers),
+    serialised only when present, and who produced it (never serialised)."""
+
+    citations: list[dict[str, Any]] | None = None
+    """The passages a grounded answer cites (document, page, section, snippet)."""
+
+    _served_by: str | None = PrivateAttr(default=None)
+    _run_id: str | None = PrivateAttr(default=None)
+
+    @model_serializer(mode="wrap")
+    def _drop_absent_citations(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("citations", 0) is None:
+            del data["citations"]
+        return data
+
+    @property
+    def served_by(self) -> str | None:
+        """Id of the deployment that produced this answer (set by the router; a composite keeps its last)."""
+        return self._served_by
+
+    @property
+    def run_id(self) -> str | None:
+        """The run that produced this answer (ensembles, debates)."""
+        return self._run_id
+
+    def produced_by(self, *, deployment: str | None = None, run_id: str | None = None) -> None:
+        """Say who produced the answer (the router: the deployment; a run model: the run)."""
+        if deployment is not None:
+            self._served_by = deployment
+        if run_id is not None:
+            self._run_id = run_id
+
+
+class ChatResponse(_Answer):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int
     model: str
     choices: list[Choice]
     usage: Usage | None = None
-
-    _served_by: str | None = PrivateAttr(default=None)
-
-    @property
-    def served_by(self) -> str | None:
-        """Id of the deployment that produced this answer (set by the router)."""
-        return self._served_by
 
 
 class Delta(_Open):
@@ -179,13 +207,28 @@ class ChunkChoice(_Open):
         return data
 
 
-class ChatChunk(_Open):
+class ChatChunk(_Answer):
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
     model: str
     choices: list[ChunkChoice] = Field(default_factory=list)
     usage: Usage | None = None
+
+    _note: str | None = PrivateAttr(default=None)
+
+    @classmethod
+    def progress(cls, text: str, *, model: str = "") -> ChatChunk:
+        """Not an answer chunk: progress of a long answer (an ensemble's stages). The API sends it as an SSE
+        comment, which OpenAI clients skip; consumers of the stream see a chunk without choices."""
+        chunk = cls(id="progress", created=0, model=model)
+        chunk._note = text
+        return chunk
+
+    @property
+    def note(self) -> str | None:
+        """The progress text of a :meth:`progress` chunk, else None."""
+        return self._note
 
 
 class EmbeddingRequest(_Open):

@@ -313,8 +313,7 @@ async def test_bad_grounded_requests_are_400s(env: Env) -> None:
     alice, headers = await env.user("alice@example.com")
     await support_kb(env, alice)
     cases: list[tuple[dict[str, Any], str]] = [
-        ({"model": "ensemble/duo", "knowledge_bases": ["support"]}, "knowledge_bases"),
-        ({"model": "debate/x", "knowledge": {"top_k": 2}}, "knowledge_bases"),
+        ({"model": "ensemble/duo", "knowledge": {"top_k": 2}}, "knowledge_bases"),
         ({"model": "gpt", "knowledge_bases": "support"}, "knowledge_bases"),
         ({"model": "gpt", "knowledge_bases": ["support", 3]}, "knowledge_bases"),
         ({"model": "gpt", "knowledge_bases": [""]}, "knowledge_bases"),

@@ -18,6 +18,7 @@ from thinktank.accounts.gate import Gate
 from thinktank.accounts.principal import Principal
 from thinktank.accounts.ratelimit import RateLimiter
 from thinktank.accounts.usage import UsageWriter
+from thinktank.catalog import Catalog
 from thinktank.config import parse_config
 from thinktank.conversations.service import Conversations
 from thinktank.errors import InvalidRequestError
@@ -116,7 +117,7 @@ async def build(tmp_path: Path, ctx: ProviderContext, clock: FakeClock,
         gate = Gate(RateLimiter("memory://"), BudgetLedger(SqlBudgetStore(db, clock), clock), usage, clock)
         chosen = local_embedder if embedder == "local" else embedder
         assert not isinstance(chosen, str)
-        conv = Conversations(db, clock, config, router, gate, knowledge, chosen)
+        conv = Conversations(db, clock, config, Catalog(router), gate, knowledge, chosen)
         world = World(db, clock, router, conv, knowledge, usage)
         made.append(world)
         return world

@@ -38,7 +38,7 @@ def make_router(ctx: ProviderContext, models: list[dict[str, Any]], **router: An
 
 def make_run(router: Router, clock: Clock, kind: str = "ensemble", ctx: CallContext | None = None) -> LiveRun:
     return LiveRun(id="run_x", user_id="u", key_id=None, kind=kind, name="t", question="q", request={}, config={},
-                   ctx=ctx or CallContext(), router=router, clock=clock)
+                   ctx=ctx or CallContext(), models=router, clock=clock)
 
 
 def requests_of(router: Router, name: str) -> list[ChatRequest]:

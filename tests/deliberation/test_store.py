@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from thinktank.catalog import Catalog
 from thinktank.config import parse_config
 from thinktank.deliberation.runs import LiveRun
 from thinktank.deliberation.service import STALE_AFTER, Deliberation
@@ -16,7 +17,7 @@ from ..fakes.clock import FakeClock
 
 def _run(router: Router, clock: FakeClock, run_id: str = "run_a") -> LiveRun:
     return LiveRun(id=run_id, user_id="usr_1", key_id=None, kind="ensemble", name="t", question="q", request={},
-                   config={}, ctx=CallContext(), router=router, clock=clock, created_at=clock.time())
+                   config={}, ctx=CallContext(), models=router, clock=clock, created_at=clock.time())
 
 
 async def test_saved_in_steps_and_read_back(db: Database, ctx: ProviderContext, clock: FakeClock) -> None:
@@ -56,7 +57,7 @@ async def test_a_run_left_running_by_a_dead_process_is_marked_interrupted(
     clock.advance(STALE_AFTER + 1)
     alive = _run(router, clock, "run_alive")
     await store.create(alive)
-    service = Deliberation(router.config, router, store, clock)
+    service = Deliberation(router.config, Catalog(router), store, clock)
     await service.start_background()
     try:
         dead_record = await store.get("run_dead")

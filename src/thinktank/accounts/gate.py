@@ -4,13 +4,17 @@ every request through a Gate."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
+import logging
 import math
 import secrets
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 
 from ..clock import Clock
+from ..errors import ThinktankError
 from ..gateway.context import CallContext, Hold
 from ..gateway.strategies import Deployment
 from .budgets import BudgetLedger, BudgetSpec, Reservation
@@ -19,6 +23,8 @@ from .ratelimit import RateLimiter, Subject
 from .usage import UsageEvent, UsageWriter
 
 __all__ = ["Admission", "BudgetMeter", "Gate"]
+
+log = logging.getLogger("thinktank.governance")
 
 #: The prompt estimate (about 4 characters a token) is inflated for holds, so that a text that
 #: tokenizes badly still fits inside what was reserved.
@@ -74,9 +80,17 @@ class Admission:
     ctx: CallContext
     started: float
     request_id: str
+    status: int = 200
+    """The status it is recorded with when it ends (``Gate.admitted`` sets it from an error)."""
+    stream: bool = False
+    cache_hit: bool = False
+    _finished: bool = field(default=False, repr=False)
 
     async def finish(self, status: int, *, stream: bool = False, cache_hit: bool = False) -> None:
         """Record the request once (an ensemble or debate: all its calls together)."""
+        if self._finished:
+            return
+        self._finished = True
         gate = self.gate
         records = self.ctx.records
         if len(records) == 1:
@@ -97,6 +111,8 @@ class Admission:
 
 
 class Gate:
+    """Admits requests (``admitted`` is the usual way: ``async with gate.admitted(...) as admission``)."""
+
     def __init__(
         self, limiter: RateLimiter, ledger: BudgetLedger, usage: UsageWriter, clock: Clock,
         *, global_daily_budget: float | None = None, default_output_tokens: int = 4096,
@@ -114,6 +130,7 @@ class Gate:
         # system call, which measured at ~20 µs in a sandboxed kernel).
         self._id_prefix = secrets.token_hex(6) + "-"
         self._ids = itertools.count(1)
+        self._later: set[asyncio.Task[None]] = set()
 
     def _specs(self, principal: Principal) -> list[BudgetSpec]:
         specs = list(principal.budgets)
@@ -136,3 +153,43 @@ class Gate:
             ctx=CallContext(meter=meter, principal=principal), started=self.clock.monotonic(),
             request_id=f"{self._id_prefix}{next(self._ids):x}",
         )
+
+    @contextlib.asynccontextmanager
+    async def admitted(
+        self, principal: Principal, ip: str | None, model: str, estimated_tokens: int,
+    ) -> AsyncIterator[Admission]:
+        """Admit a request for the length of the block and record it once when the block ends: with
+        ``admission.status`` (200 unless set), or the status of the error that ends the block (499 for a
+        cancellation). Work still spending under its context (``ctx.background``: a run whose client went
+        away) is waited for first, in the background, so the record holds everything it cost."""
+        admission = await self.admit(principal, ip, model, estimated_tokens)
+        try:
+            yield admission
+        except ThinktankError as exc:
+            admission.status = exc.status
+            raise
+        except asyncio.CancelledError:
+            admission.status = 499
+            raise
+        except BaseException:
+            admission.status = 500
+            raise
+        finally:
+            pending = {t for t in admission.ctx.background if not t.done()}
+            if pending:
+                task = asyncio.get_running_loop().create_task(self._finish_after(admission, pending))
+                self._later.add(task)
+                task.add_done_callback(self._later.discard)
+            else:
+                await admission.finish(admission.status, stream=admission.stream, cache_hit=admission.cache_hit)
+
+    async def _finish_after(self, admission: Admission, pending: set[asyncio.Task[None]]) -> None:
+        try:
+            await asyncio.gather(*pending, return_exceptions=True)
+        finally:
+            await admission.finish(admission.status, stream=admission.stream, cache_hit=admission.cache_hit)
+
+    async def drain(self) -> None:
+        """Shutdown: record the requests whose work was still going (it has been stopped by now)."""
+        while self._later:
+            await asyncio.gather(*list(self._later), return_exceptions=True)

@@ -32,7 +32,7 @@ from ..providers._http import HttpClient
 from ..providers.base import ProviderContext
 from ..providers.registry import ProviderRegistry
 from .asgi import Receive, Scope, Send, header, read_body, send_error, send_json
-from .openai import OpenAIHandlers
+from .routes.openai import OpenAIHandlers
 from .state import AppState
 
 if TYPE_CHECKING:
@@ -121,24 +121,27 @@ def build_state(
     ledger = BudgetLedger(store, clock)
     usage_writer = UsageWriter(db, clock)
     gate = Gate(limiter, ledger, usage_writer, clock, global_daily_budget=settings.global_daily_budget_usd)
+    from ..catalog import Catalog
     from ..deliberation.service import Deliberation
     from ..deliberation.store import RunStore
 
-    deliberation = Deliberation(router.config, router, RunStore(db), clock)
+    catalog = Catalog(router)
+    deliberation = Deliberation(router.config, catalog, RunStore(db), clock)
     from ..knowledge.embedders import Embedders
     from ..knowledge.service import KnowledgeService
 
     embedders = Embedders(router, settings.data_dir / "models", local=local_embedder)
     knowledge = KnowledgeService(db, clock, embedders.get)
+    catalog.bind_knowledge(knowledge)
     from ..conversations.service import Conversations
 
-    conversations = Conversations(db, clock, router.config, router, gate, knowledge, embedders.local)
+    conversations = Conversations(db, clock, router.config, catalog, gate, knowledge, embedders.local)
     return AppState(
         settings=settings, router=router, admin_key=admin_key, http=http, db=db, auth=auth,
         users=UserService(db, clock, PasswordHashing(), auth), keys=KeyService(db, clock, auth),
         usage_writer=usage_writer, usage_query=UsageQuery(db), limiter=limiter, ledger=ledger, gate=gate,
         deliberation=deliberation, embedders=embedders, knowledge=knowledge,
-        conversations=conversations, clock=clock,
+        conversations=conversations, clock=clock, catalog=catalog,
     )
 
 
@@ -163,6 +166,7 @@ async def _start(state: AppState) -> None:
 async def _stop(state: AppState) -> None:
     await state.deliberation.close()  # runs still going end as cancelled, settled and recorded
     await state.conversations.close()  # turns and memory extractions still going are cancelled
+    await state.gate.drain()  # requests whose runs went on after their client left are recorded
     await state.knowledge.close()  # HNSW index builds still going are cancelled
     await state.ledger.close()
     await state.usage_writer.close()

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ..accounts.ratelimit import RateLimiter
     from ..accounts.usage import UsageQuery, UsageWriter
     from ..accounts.users import UserService
+    from ..catalog import Catalog
     from ..conversations.service import Conversations
     from ..deliberation.service import Deliberation
     from ..knowledge.embedders import Embedders
@@ -54,6 +55,7 @@ class AppState:
     embedders: Embedders
     knowledge: KnowledgeService
     conversations: Conversations
+    catalog: Catalog
     clock: Clock = field(default_factory=SystemClock)
     started_at: float = 0.0
     ready: bool = False

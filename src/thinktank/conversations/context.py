@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..catalog import Catalog
 from ..errors import InvalidRequestError
-from ..gateway.router import Router
 from ..gateway.tokens import estimate_text_tokens
 from ..store.tables import ThreadMessage
 from ..types import Message
@@ -48,10 +48,9 @@ class Budget:
         return self.window - self.reply
 
 
-def window_of(router: Router, model: str, default: int) -> int:
-    """The smallest context window among the model's deployments (so the prompt fits any of them)."""
-    windows = [d.config.context_window for d in router.resolve(model).deployments if d.config.context_window]
-    return min(windows) if windows else default
+def window_of(catalog: Catalog, model: str, default: int) -> int:
+    """The smallest context window among the deployments the model reaches (so the prompt fits any of them)."""
+    return catalog.context_window(model, default)
 
 
 def message_tokens(content: str) -> int:

@@ -21,10 +21,10 @@ import orjson
 
 from ..accounts.gate import Admission, Gate
 from ..accounts.principal import Principal
+from ..catalog import Catalog
 from ..clock import Clock
 from ..config import GatewayConfig
 from ..errors import ConflictError, InvalidRequestError, NotFoundError, ThinktankError
-from ..gateway.router import Router
 from ..gateway.tokens import estimate_text_tokens
 from ..knowledge.embeddings import Embedder
 from ..knowledge.grounding import Grounder, Grounding
@@ -73,9 +73,9 @@ class TurnEvent:
     id: int = 0
     """Its number in the turn, from 1: a client that reconnects with ``Last-Event-ID`` resumes after it."""
 
-    def sse(self) -> bytes:
-        head = b"id: %d\n" % self.id if self.id else b""
-        return head + b"event: %s\ndata: %s\n\n" % (self.type.encode(), orjson.dumps({"type": self.type, **self.data}))
+    def json(self) -> bytes:
+        """The event as one line of JSON, as the SSE stream sends it (its id is ``id``, when set)."""
+        return orjson.dumps({"type": self.type, **self.data})
 
 
 @dataclass
@@ -143,15 +143,15 @@ class Conversations:
     """Threads, personas and memory, and the turns that use them all."""
 
     def __init__(
-        self, db: Database, clock: Clock, config: GatewayConfig, router: Router, gate: Gate,
+        self, db: Database, clock: Clock, config: GatewayConfig, catalog: Catalog, gate: Gate,
         knowledge: KnowledgeService, embedder: Embedder | None,
     ) -> None:
         self.config = config
-        self.router = router
+        self.catalog = catalog
         self.gate = gate
         self.clock = clock
         self.knowledge = knowledge
-        self.threads = ThreadService(db, clock, router, knowledge)
+        self.threads = ThreadService(db, clock, catalog, knowledge)
         self.personas = PersonaService(db, clock, knowledge)
         self.memory = MemoryService(db, clock, config.memory, embedder)
         self._busy: set[str] = set()
@@ -308,12 +308,16 @@ class Conversations:
         request = ChatRequest(model=model, messages=prompt.messages, stream=options.stream,
                               max_tokens=options.max_tokens, temperature=options.temperature)
         mark = len(ctx.records)
-        text, usage, finish = await self._call(turn, request, admission)
+        text, usage, finish, cited = await self._call(turn, request, admission)
         answered = ctx.records[mark:]
         context = dict(prompt.context)
         if prompt.grounding is not None:
             context["retrieved"] = [c.to_dict() for c in prompt.grounding.citations]
             context["citations"] = [c.to_dict() for c in prompt.grounding.cited(text)]
+        elif cited is not None:
+            context["citations"] = cited  # the model grounds itself (kb/...)
+        if ctx.run_id is not None:
+            context["run_id"] = ctx.run_id  # the model is a run (ensemble/..., debate/...)
         reply = NewMessage(
             role="assistant", content=text, model=model, deployment=answered[-1].deployment if answered else None,
             prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
@@ -324,18 +328,25 @@ class Conversations:
                        "turn_cost_usd": round(sum(r.cost for r in ctx.records), 10)}
         return rows
 
-    async def _call(self, turn: Turn, request: ChatRequest, admission: Admission) -> tuple[str, Usage, str | None]:
+    async def _call(self, turn: Turn, request: ChatRequest, admission: Admission) -> tuple[
+            str, Usage, str | None, list[dict[str, Any]] | None]:
+        """The reply: its text, usage, finish reason and the citations the model itself returned."""
+        model = self.catalog.resolve(request.model, admission.principal)
         if not request.stream:
-            response = await self.router.complete(request, admission.ctx)
+            response = await model.complete(request, admission.ctx)
             choice = response.choices[0] if response.choices else None
             text = message_text(choice.message) if choice is not None else ""
-            return text, response.usage or Usage(), choice.finish_reason if choice is not None else None
+            return (text, response.usage or Usage(), choice.finish_reason if choice is not None else None,
+                    response.citations)
         parts: list[str] = []
         usage: Usage | None = None
         finish: str | None = None
-        async for chunk in self.router.stream(request, admission.ctx):
+        cited: list[dict[str, Any]] | None = None
+        async for chunk in model.stream(request, admission.ctx):
             if chunk.usage is not None:
                 usage = chunk.usage
+            if chunk.citations is not None:
+                cited = chunk.citations
             for c in chunk.choices:
                 if c.delta.content:
                     parts.append(c.delta.content)
@@ -343,7 +354,7 @@ class Conversations:
                     await self._progress(turn.thread_id)
                 if c.finish_reason:
                     finish = c.finish_reason
-        return "".join(parts), usage or Usage(), finish
+        return "".join(parts), usage or Usage(), finish, cited
 
     # -- the prompt ------------------------------------------------------------------------------
 
@@ -352,7 +363,7 @@ class Conversations:
         admission: Admission,
     ) -> _Prompt:
         conv = self.config.conversations
-        budget = cx.Budget(cx.window_of(self.router, model, conv.context_window),
+        budget = cx.Budget(cx.window_of(self.catalog, model, conv.context_window),
                            options.max_tokens or conv.reply_tokens)
         persona_text = None
         context: dict[str, Any] = {}
@@ -395,16 +406,16 @@ class Conversations:
         if not thread.knowledge_bases:
             return _Prompt(messages, context)
         kcfg = self.config.knowledge
-        grounder = Grounder(self.knowledge, self.router, top_k=kcfg.top_k,
+        grounder = Grounder(self.knowledge, self.catalog, top_k=kcfg.top_k,
                             max_context_tokens=min(kcfg.max_context_tokens, max(budget.prompt // 3, 100)))
-        rerank = kcfg.rerank_model if kcfg.rerank_model and principal.may_use(kcfg.rerank_model) else None
+        rerank = kcfg.rerank_model if kcfg.rerank_model and self.catalog.allows(principal, kcfg.rerank_model) else None
         grounding = await grounder.ground(principal, thread.knowledge_bases, messages, query=content,
                                           ctx=admission.ctx, rerank_model=rerank)
         return _Prompt(grounding.messages, context, grounding)
 
     def _helper_model(self, configured: str | None, principal: Principal, fallback: str) -> str:
         """A configured helper model (summaries, extraction) if the caller may use it, else the turn's."""
-        if configured and principal.may_use(configured):
+        if configured and self.catalog.allows(principal, configured):
             return configured
         return fallback
 
@@ -414,14 +425,14 @@ class Conversations:
     ) -> ThreadSummary:
         conv = self.config.conversations
         summary_model = self._helper_model(conv.summary_model, principal, model)
-        window = cx.window_of(self.router, summary_model, conv.context_window)
+        window = cx.window_of(self.catalog, summary_model, conv.context_window)
         text = prior.content if prior is not None else None
         prompt_tokens = completion_tokens = 0
         cost = 0.0
         for transcript, _last in cx.summary_batches(folded, window, conv.summary_tokens):
             prompt = cx.summary_prompt(text, transcript, conv.summary_tokens)
             request = ChatRequest(model=summary_model, messages=prompt, max_tokens=conv.summary_tokens, temperature=0)
-            response = await self.router.complete(request, admission.ctx)
+            response = await self.catalog.complete(request, admission.ctx)
             written = message_text(response.choices[0].message).strip() if response.choices else ""
             if not written:
                 raise ThinktankError(f"The summary model '{summary_model}' answered nothing; try again.")
@@ -460,7 +471,7 @@ class Conversations:
             estimate = sum(cx.message_tokens(str(m.content)) for m in messages) + _EXTRACTION_TOKENS
             admission = await self.gate.admit(principal, ip, extractor, estimate)
             request = ChatRequest(model=extractor, messages=messages, max_tokens=_EXTRACTION_TOKENS, temperature=0)
-            response = await self.router.complete(request, admission.ctx)
+            response = await self.catalog.complete(request, admission.ctx)
             reply = message_text(response.choices[0].message) if response.choices else ""
             found = parse_extraction(reply)
             if found is None:

@@ -16,9 +16,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..accounts.principal import Principal
+from ..catalog import Catalog
 from ..clock import Clock
 from ..errors import ConflictError, InvalidRequestError, NotFoundError
-from ..gateway.router import Router
 from ..knowledge.service import KnowledgeService
 from ..store.db import Database
 from ..store.tables import ChatPersona, Thread, ThreadMessage, ThreadSummary, new_id
@@ -92,18 +92,18 @@ class NewMessage:
 
 
 class ThreadService:
-    def __init__(self, db: Database, clock: Clock, router: Router, knowledge: KnowledgeService) -> None:
+    def __init__(self, db: Database, clock: Clock, catalog: Catalog, knowledge: KnowledgeService) -> None:
         self.db = db
         self.clock = clock
-        self.router = router
+        self.catalog = catalog
         self.knowledge = knowledge
 
     # -- checks ----------------------------------------------------------------------------------
 
     def check_model(self, principal: Principal, model: str) -> str:
-        """404 for a model that does not exist here or is not allowed to the caller."""
-        principal.check_model(model)
-        self.router.resolve(model)
+        """404 for a model that does not exist here or is not allowed to the caller (any catalog name: a
+        deployment, a group, an ensemble, a debate, a knowledge base); 400 if what it uses is not."""
+        self.catalog.check(principal, model)
         return model
 
     async def owned_persona(self, principal: Principal, persona_id: str | None) -> str | None:

@@ -171,7 +171,9 @@ class DebateRunner:
         run = self.run
 
         def job(e: Expert) -> Callable[[], Awaitable[Any]]:
-            messages = [Message(role="system", content=e.persona.system_prompt()),
+            # The conversation before the question (a thread's history, a grounded request's passages) is
+            # every expert's context too.
+            messages = [Message(role="system", content=e.persona.system_prompt()), *self.messages[:-1],
                         Message(role="user", content=self._round_prompt(e, experts, number, follow_up))]
             return lambda: run.call(f"round {number}", e.persona.name, e.model, messages,
                                     timeout=self.cfg.expert_timeout, max_tokens=self.max_tokens)

@@ -132,10 +132,15 @@ class EnsembleRunner:
         return answers, failed
 
     def _public(self, a: Answer) -> dict[str, Any]:
-        return {
+        public: dict[str, Any] = {
             "label": a.label, "model": a.model, "text": a.text, "latency_ms": round(a.latency * 1000, 3),
             "tokens": a.reply.prompt_tokens + a.reply.completion_tokens, "cost_usd": a.reply.cost,
         }
+        if a.reply.citations is not None:
+            public["citations"] = a.reply.citations  # a grounded member (kb/...)
+        if a.reply.run_id is not None:
+            public["run_id"] = a.reply.run_id  # a member that is itself a run
+        return public
 
     # -- 2. ranking ------------------------------------------------------------------------------
     async def rank(self, answers: list[Answer], members: Sequence[str]) -> dict[str, Any]:

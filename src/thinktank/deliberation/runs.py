@@ -1,9 +1,12 @@
 """Runs: multi-step work (an ensemble, a debate) as a persisted record with typed events.
 
 A :class:`LiveRun` is what a runner works on: every model call goes through :meth:`LiveRun.call`
-(routed, budgeted and costed by the router, recorded with its prompt, answer, tokens, cost,
-latency or error) and every step is an :class:`Event`. Subscribers (SSE clients) read the
-events as they happen; :class:`RunStore` persists them for replay and for ``GET /runs/{id}``.
+(any catalog name: routed, budgeted and costed by the router underneath, recorded with its prompt,
+answer, tokens, cost, latency or error) and every step is an :class:`Event`. A call to a model that is
+itself a run (an ensemble member that is an ensemble) makes a child run: its id is in the call's
+``model_answered`` event and in a ``child_run`` event, its cost counts once, in this run's total.
+Subscribers (SSE clients) read the events as they happen; :class:`RunStore` persists them for replay
+and for ``GET /runs/{id}``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
@@ -20,15 +23,17 @@ from ..accounts.budgets import BudgetExceededError
 from ..clock import Clock
 from ..errors import ThinktankError, UpstreamTimeoutError
 from ..gateway.context import CallContext
-from ..gateway.router import Router
 from ..types import ChatRequest, Message
+
+if TYPE_CHECKING:
+    from ..providers.base import ChatModel
 
 __all__ = ["CallRecord", "Event", "EventType", "LiveRun", "Reply", "RunStatus"]
 
 EventType = Literal[
     "run_started", "stage_started", "stage_finished", "model_answered", "model_failed", "review",
     "ranking", "round", "convergence", "follow_up", "panel", "analysis", "synthesis_token", "document",
-    "cost", "cache_hit", "done", "error",
+    "cost", "cache_hit", "done", "error", "child_run",
 ]
 RunStatus = Literal["running", "completed", "failed", "cancelled", "budget_exceeded"]
 FINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled", "budget_exceeded"})
@@ -44,10 +49,9 @@ class Event:
     def to_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "ts": self.ts, "type": self.type, "data": self.data}
 
-    def sse(self) -> bytes:
-        """One server-sent event; its id is the sequence number a client resumes from."""
-        payload = orjson.dumps({"seq": self.seq, "ts": self.ts, "type": self.type, **self.data})
-        return b"id: %d\nevent: %s\ndata: %s\n\n" % (self.seq, self.type.encode(), payload)
+    def json(self) -> bytes:
+        """The event as one line of JSON, as the SSE stream sends it (its id is its ``seq``)."""
+        return orjson.dumps({"seq": self.seq, "ts": self.ts, "type": self.type, **self.data})
 
 
 @dataclass(slots=True)
@@ -76,6 +80,10 @@ class Reply:
     completion_tokens: int
     cost: float
     latency: float
+    run_id: str | None = None
+    """The child run that answered, when the model was itself a run."""
+    citations: list[dict[str, Any]] | None = None
+    """The passages a grounded model cited."""
 
 
 @dataclass
@@ -91,7 +99,8 @@ class LiveRun:
     request: dict[str, Any]
     config: dict[str, Any]
     ctx: CallContext
-    router: Router
+    models: ChatModel
+    """Answers each call by its model name: the catalog (or, in tests, a router)."""
     clock: Clock
     tags: list[str] = field(default_factory=list)
     status: str = "running"
@@ -112,6 +121,8 @@ class LiveRun:
     cached_from: str | None = None
     default_max_tokens: int | None = None
     """A cap for calls that set none (a run with max_cost_usd: what its holds assume)."""
+    refusal: BudgetExceededError | None = None
+    """The budget refusal that stopped the run (a parent run stops on its child's)."""
     saved_events: int = 0
     saved_calls: int = 0
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -183,17 +194,21 @@ class LiveRun:
         request = ChatRequest(model=model, messages=messages, max_tokens=max_tokens or self.default_max_tokens,
                               temperature=temperature,
                               stream=on_text is not None)
-        ctx = CallContext(meter=self.ctx.meter, principal=self.ctx.principal)
+        ctx = self.ctx.child(self.id)
         started = self.clock.monotonic()
         who = {"role": role, "model": model} if label is None else {"role": role, "label": label}
+        citations: list[dict[str, Any]] | None = None
         try:
             async with asyncio.timeout(timeout):
                 if on_text is None:
-                    response = await self.router.complete(request, ctx)
+                    response = await self.models.complete(request, ctx)
                     text = response.choices[0].message.content or "" if response.choices else ""
+                    citations = response.citations
                 else:
                     parts: list[str] = []
-                    async for chunk in self.router.stream(request, ctx):
+                    async for chunk in self.models.stream(request, ctx):
+                        if chunk.citations is not None:
+                            citations = chunk.citations
                         for choice in chunk.choices:
                             if choice.delta.content:
                                 parts.append(choice.delta.content)
@@ -217,11 +232,12 @@ class LiveRun:
         self._account(record, ctx, stage)
         record.answer = text
         record.latency_ms = round(latency * 1000, 3)
+        child = {"run_id": ctx.run_id} if ctx.run_id else {}
         if announce:
             self.emit("model_answered", stage=stage, **who, latency_ms=record.latency_ms,
-                      tokens=record.prompt_tokens + record.completion_tokens, cost_usd=record.cost_usd)
+                      tokens=record.prompt_tokens + record.completion_tokens, cost_usd=record.cost_usd, **child)
         return Reply(text, model, record.deployment, record.prompt_tokens, record.completion_tokens,
-                     record.cost_usd, latency)
+                     record.cost_usd, latency, ctx.run_id, citations)
 
     async def ask_parsed(
         self, stage: str, role: str, model: str, messages: list[Message], parse: Callable[[str], Any], hint: str,
@@ -248,6 +264,8 @@ class LiveRun:
 
     def _account(self, record: CallRecord, ctx: CallContext, stage: str) -> None:
         """Costs come from the router's accounting (``ctx.records``), the one place they are computed."""
+        if ctx.run_id is not None:
+            self.emit("child_run", run_id=ctx.run_id, stage=stage, call=record.seq, model=record.model)
         for usage in ctx.records:
             record.deployment = usage.deployment
             record.prompt_tokens += usage.prompt_tokens

@@ -17,14 +17,14 @@ import random
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 from pydantic import ValidationError
 
 from ..accounts.budget_stores import BudgetSpec
 from ..accounts.budgets import BudgetExceededError
-from ..accounts.gate import PROMPT_SAFETY, Admission
+from ..accounts.gate import PROMPT_SAFETY
 from ..accounts.principal import Principal
 from ..clock import Clock
 from ..config import DebateConfig, EnsembleConfig, GatewayConfig
@@ -35,8 +35,7 @@ from ..errors import (
     NotFoundError,
     ThinktankError,
 )
-from ..gateway.context import Hold, Meter
-from ..gateway.router import Router
+from ..gateway.context import CallContext, Hold, Meter
 from ..gateway.strategies import Deployment
 from ..store.tables import new_id
 from ..types import Message
@@ -46,7 +45,10 @@ from .personas import LIBRARY, Persona
 from .runs import Event, LiveRun
 from .store import RunStore
 
-__all__ = ["Deliberation", "Kind", "RunOptions", "redact"]
+if TYPE_CHECKING:
+    from ..catalog import Catalog
+
+__all__ = ["Deliberation", "Kind", "OnEnd", "RunOptions", "redact"]
 
 log = logging.getLogger("thinktank.deliberation")
 
@@ -56,6 +58,10 @@ STALE_AFTER = 30.0
 #: A run younger than this is not saved mid-way (most ensembles finish before; one write is cheaper).
 FIRST_SAVE_AFTER = 2.0
 _STATUS_CODE = {"completed": 200, "failed": 502, "budget_exceeded": 429, "cancelled": 499}
+
+OnEnd = Callable[[int, bool], Awaitable[None]]
+"""Told how a run ended: its HTTP-like status and whether it was served from the cache (the native
+endpoints record their admission with it)."""
 
 
 @dataclass
@@ -125,10 +131,12 @@ def redact(record: dict[str, Any]) -> dict[str, Any]:
 
 class Deliberation:
     def __init__(
-        self, config: GatewayConfig, router: Router, store: RunStore, clock: Clock, *,
+        self, config: GatewayConfig, catalog: Catalog, store: RunStore, clock: Clock, *,
         rng: random.Random | None = None, save_interval: float = 0.5, default_output_tokens: int = 1024,
     ) -> None:
-        self.router = router
+        """Binds itself to ``catalog``: ``ensemble/...`` and ``debate/...`` resolve to its runs, and every
+        call of a run reaches its model through the catalog."""
+        self.catalog = catalog
         self.store = store
         self.clock = clock
         self._rng = rng or random.Random(secrets.randbits(64))
@@ -144,6 +152,7 @@ class Deliberation:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._saver: asyncio.Task[None] | None = None
+        catalog.bind_runs(self)
 
     # -- configuration ---------------------------------------------------------------------------
     def models(self) -> list[tuple[str, str, str | None]]:
@@ -187,21 +196,18 @@ class Deliberation:
                 raise InvalidRequestError(f"personas: unknown persona '{unknown[0]}'", param="personas")
         return cfg
 
-    def check_access(self, principal: Principal, cfg: EnsembleConfig | DebateConfig) -> None:
-        """Every model the run would call must exist and be allowed to the caller (400 naming it)."""
-        used = cfg.models() if isinstance(cfg, EnsembleConfig) else cfg.models_used()
-        if isinstance(cfg, DebateConfig):
-            used += [p.model for p in self.library if p.model and (not cfg.personas or p.name in cfg.personas)]
-        for model in dict.fromkeys(used):
-            try:
-                if not principal.may_use(model):
-                    raise ModelNotFoundError(model)
-                self.router.resolve(model)
-            except ModelNotFoundError:
-                raise InvalidRequestError(
-                    f"The model '{model}' in this {'ensemble' if isinstance(cfg, EnsembleConfig) else 'debate'} "
-                    "does not exist here (or is not allowed to your key).", param="members", code="model_not_found",
-                ) from None
+    def models_of(self, cfg: EnsembleConfig | DebateConfig) -> list[str]:
+        """Every model name a run of ``cfg`` may call."""
+        if isinstance(cfg, EnsembleConfig):
+            return list(dict.fromkeys(cfg.models()))
+        own = [p.model for p in self.library if p.model and (not cfg.personas or p.name in cfg.personas)]
+        return list(dict.fromkeys([*cfg.models_used(), *own]))
+
+    def check_access(self, principal: Principal, cfg: EnsembleConfig | DebateConfig, name: str) -> None:
+        """Every model the run would call must exist and be allowed to the caller (400 naming it), and none
+        may contain the run itself (400 naming the path)."""
+        kind = "ensemble" if isinstance(cfg, EnsembleConfig) else "debate"
+        self.catalog.check(principal, name or f"{kind}/custom", uses=self.models_of(cfg), role="members")
 
     # -- running ---------------------------------------------------------------------------------
     @staticmethod
@@ -214,21 +220,23 @@ class Deliberation:
         return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
     async def start(
-        self, kind: Kind, cfg: EnsembleConfig | DebateConfig, *, principal: Principal, admission: Admission,
-        messages: list[Message], options: RunOptions,
+        self, kind: Kind, cfg: EnsembleConfig | DebateConfig, *, principal: Principal, ctx: CallContext,
+        messages: list[Message], options: RunOptions, on_end: OnEnd | None = None,
     ) -> LiveRun:
-        """Start a run (or serve it from the cache). The run owns ``admission``: it is recorded when the
-        run ends, or at once when the run cannot start."""
+        """Start a run (or serve it from the cache) that spends under ``ctx``. ``on_end`` is told when the
+        run ends, or at once when it cannot start. A run under another run's context (``ctx.parent_run``) is
+        its child."""
         try:
-            return await self._start(kind, cfg, principal=principal, admission=admission, messages=messages,
-                                     options=options)
+            return await self._start(kind, cfg, principal=principal, ctx=ctx, messages=messages, options=options,
+                                     on_end=on_end)
         except BaseException as exc:
-            await admission.finish(exc.status if isinstance(exc, ThinktankError) else 500)
+            if on_end is not None:
+                await on_end(exc.status if isinstance(exc, ThinktankError) else 500, False)
             raise
 
     async def _start(
-        self, kind: Kind, cfg: EnsembleConfig | DebateConfig, *, principal: Principal, admission: Admission,
-        messages: list[Message], options: RunOptions,
+        self, kind: Kind, cfg: EnsembleConfig | DebateConfig, *, principal: Principal, ctx: CallContext,
+        messages: list[Message], options: RunOptions, on_end: OnEnd | None,
     ) -> LiveRun:
         question = last_question(messages)
         if not question.strip():
@@ -236,24 +244,28 @@ class Deliberation:
         if options.arena and (kind != "ensemble" or len(getattr(cfg, "members", [])) < 2):
             raise InvalidRequestError("An arena needs an ensemble with at least two members.", param="arena")
         now = self.clock.time()
-        ctx = admission.ctx
         run = LiveRun(
             id=new_id("run"), user_id=principal.user_id, key_id=principal.key_id, kind=kind, name=cfg.name,
-            question=question, config=cfg.model_dump(mode="json"), ctx=ctx, router=self.router, clock=self.clock,
+            question=question, config=cfg.model_dump(mode="json"), ctx=ctx, models=self.catalog, clock=self.clock,
             tags=options.tags, created_at=now,
             request={"messages": [m.model_dump(mode="json", exclude_none=True) for m in messages],
                      "cache": options.cache, "arena": options.arena, "max_cost_usd": options.max_cost_usd,
-                     "max_tokens": options.max_tokens, "temperature": options.temperature, "tags": options.tags},
+                     "max_tokens": options.max_tokens, "temperature": options.temperature, "tags": options.tags,
+                     **({"parent_run": ctx.parent_run} if ctx.parent_run else {})},
         )
+        if ctx.run_id is None:
+            ctx.run_id = run.id  # the run that answers under this context (the API names it in a header)
         run.cache_key = self._cache_key(kind, cfg, messages, options)
         if options.cache and cfg.cache_ttl > 0:
             hit = await self.store.find_cached(principal.user_id, run.cache_key, now - cfg.cache_ttl)
             if hit is not None:
-                return await self._from_cache(run, hit, admission)
+                return await self._from_cache(run, hit, on_end)
         if options.max_cost_usd is not None:
             cap = options.max_tokens or self._default_output
             run.default_max_tokens = cap  # every call is capped at what its hold assumes
             ctx.meter = _RunCap(ctx.meter, options.max_cost_usd, run, cap)
+        elif ctx.parent_run is not None and options.max_tokens:
+            run.default_max_tokens = options.max_tokens  # a child run keeps within what its parent's hold assumes
         run.emit("run_started", kind=kind, name=cfg.name, run_id=run.id)
         await self.store.create(run)
         runner: Callable[[], Awaitable[dict[str, Any]]]
@@ -264,10 +276,10 @@ class Deliberation:
             runner = DebateRunner(run, cfg, messages, self.library, max_tokens=options.max_tokens)
         self.live[run.id] = run
         self._locks[run.id] = asyncio.Lock()
-        self._tasks[run.id] = asyncio.get_running_loop().create_task(self._execute(run, runner, admission))
+        self._tasks[run.id] = asyncio.get_running_loop().create_task(self._execute(run, runner, on_end))
         return run
 
-    async def _from_cache(self, run: LiveRun, hit: dict[str, Any], admission: Admission) -> LiveRun:
+    async def _from_cache(self, run: LiveRun, hit: dict[str, Any], on_end: OnEnd | None) -> LiveRun:
         run.cached_from = hit["id"]
         run.result = hit["result"]
         run.status = "completed"
@@ -279,16 +291,18 @@ class Deliberation:
             run.emit("synthesis_token", text=answer)
         run.emit("done", status="completed", cost_usd=0.0, cache_hit=True)
         await self.store.create(run)
-        await admission.finish(200, cache_hit=True)
+        if on_end is not None:
+            await on_end(200, True)
         return run
 
     async def _execute(self, run: LiveRun, runner: Callable[[], Awaitable[dict[str, Any]]],
-                       admission: Admission) -> None:
+                       on_end: OnEnd | None) -> None:
         status, error, code = "completed", None, 200
         try:
             run.result = await runner()
         except BudgetExceededError as exc:
             status, error = "budget_exceeded", exc.message
+            run.refusal = exc
         except asyncio.CancelledError:
             status, error = "cancelled", "The run was cancelled."
             task = asyncio.current_task()
@@ -317,7 +331,8 @@ class Deliberation:
             self.live.pop(run.id, None)
             self._locks.pop(run.id, None)
             self._tasks.pop(run.id, None)
-            await admission.finish(code)
+            if on_end is not None:
+                await on_end(code, False)
 
     async def _save(self, run: LiveRun) -> bool:
         lock = self._locks.get(run.id)
@@ -330,6 +345,10 @@ class Deliberation:
         task = self._tasks.get(run.id)
         if task is not None:
             await asyncio.shield(task)
+
+    def task_of(self, run: LiveRun) -> asyncio.Task[None] | None:
+        """The task executing ``run`` here, while it runs."""
+        return self._tasks.get(run.id)
 
     async def start_background(self) -> None:
         """Start saving live runs; runs a crashed process left 'running' are marked interrupted."""

@@ -1,4 +1,5 @@
-"""What travels with one request through the router: who pays, and what it cost.
+"""What travels with one request through every model it reaches: who pays, what it cost, the run it
+belongs to.
 
 The router calls ``meter.reserve`` before every upstream attempt and settles or releases the hold
 after it, so budgets see the worst case before any money is spent, and a retry or a fallback
@@ -7,6 +8,7 @@ never pays twice. Every accounted answer is appended to ``records``.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -14,7 +16,7 @@ if TYPE_CHECKING:
     from .router import UsageRecord
     from .strategies import Deployment
 
-__all__ = ["CallContext", "Hold", "Meter"]
+__all__ = ["MAX_DEPTH", "CallContext", "Hold", "Meter"]
 
 
 class Hold(Protocol):
@@ -29,8 +31,36 @@ class Meter(Protocol):
         ...
 
 
+#: How deep models may nest (an ensemble whose member is an ensemble whose member ...).
+MAX_DEPTH = 8
+
+
 @dataclass
 class CallContext:
+    """``meter`` holds the cost of every upstream attempt on the budgets that apply (a run's own cap
+    included); ``records`` receives every accounted answer, whichever model made the call; ``principal``
+    is who asks and pays (an :class:`~thinktank.accounts.principal.Principal`)."""
+
     meter: Meter | None = None
     records: list[UsageRecord] = field(default_factory=list)
     principal: Any = None
+    parent_run: str | None = None
+    """The run this call is a step of (a nested ensemble or debate becomes its child)."""
+    depth: int = 0
+    """How many composite models this call is nested in."""
+    run_id: str | None = None
+    """Set by the first run started under this context: the run that answers the request."""
+    cache_allowed: bool = False
+    """The caller allows an earlier identical answer to be reused (``x-thinktank-cache: allow``)."""
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+    """Work that goes on spending under this context after its answer was sent (a run whose streaming
+    client went away): whoever records the request waits for it first."""
+
+    def child(self, run_id: str) -> CallContext:
+        """The context of one step of run ``run_id``: same payer and meter, its own records."""
+        return CallContext(meter=self.meter, principal=self.principal, parent_run=run_id, depth=self.depth + 1,
+                           cache_allowed=self.cache_allowed)
+
+    def cost(self) -> float:
+        """What everything accounted under this context cost, in USD."""
+        return sum(r.cost for r in self.records)

@@ -322,7 +322,7 @@ class Router:
         if response.usage is None:
             response.usage = _estimate(prompt, sum(len(c.message.content or "") for c in response.choices))
         response.usage = await self._account(attempt, response.usage, False, n, request.model, ctx)
-        response._served_by = attempt.deployment.id
+        response.produced_by(deployment=attempt.deployment.id)
         return response
 
     async def stream(self, request: ChatRequest, ctx: CallContext | None = None) -> AsyncGenerator[ChatChunk, None]:

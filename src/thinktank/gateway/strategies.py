@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..config import DeploymentConfig, Strategy
-from ..providers.base import ChatModel
+from ..providers.base import DeploymentModel
 from .pricing import Price
 
 __all__ = ["Deployment", "DeploymentStats", "pick"]
@@ -33,7 +33,7 @@ class DeploymentStats:
 class Deployment:
     id: str
     config: DeploymentConfig
-    model: ChatModel
+    model: DeploymentModel
     price: Price
     timeout: float
     stats: DeploymentStats = field(default_factory=DeploymentStats)

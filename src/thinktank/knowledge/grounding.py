@@ -24,7 +24,7 @@ import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import or_, select
@@ -32,13 +32,15 @@ from sqlalchemy import or_, select
 from ..accounts.principal import Principal
 from ..errors import InvalidRequestError, ThinktankError
 from ..gateway.context import CallContext
-from ..gateway.router import Router
 from ..gateway.tokens import estimate_text_tokens
 from ..store.db import Database
 from ..store.tables import KbShare, KnowledgeBase
 from ..types import ChatRequest, Message, message_text
 from .retrieval import Retrieved, SearchOptions
 from .service import KnowledgeService
+
+if TYPE_CHECKING:
+    from ..providers.base import ChatModel
 
 __all__ = [
     "Citation",
@@ -281,15 +283,16 @@ class Grounder:
     """Grounds a conversation in knowledge bases the caller can read."""
 
     def __init__(
-        self, knowledge: KnowledgeService, router: Router | None = None, *, top_k: int = 6,
+        self, knowledge: KnowledgeService, models: ChatModel | None = None, *, top_k: int = 6,
         max_context_tokens: int = 3000, rerank_timeout: float = 30.0, boundary: Callable[[], str] = _boundary,
     ) -> None:
-        """``rerank_timeout``: seconds a rerank may take before the retrieval order is kept; ``boundary``: the
+        """``models``: answers the rerank model's calls by name (the catalog, or a router); ``rerank_timeout``:
+        seconds a rerank may take before the retrieval order is kept; ``boundary``: the
         random part of the passage tag, one per request (tests fix it)."""
         if max_context_tokens < 100:
             raise ValueError("max_context_tokens must be at least 100")
         self.knowledge = knowledge
-        self.router = router
+        self.models = models
         self.top_k = top_k
         self.max_context_tokens = max_context_tokens
         self.rerank_timeout = rerank_timeout
@@ -310,7 +313,7 @@ class Grounder:
                                       "message has no text", param="messages")
         options = options or SearchOptions(top_k=self.top_k)
         keep = options.top_k
-        rerank = rerank_model is not None and self.router is not None
+        rerank = rerank_model is not None and self.models is not None
         if rerank:
             options = replace(options, top_k=min(keep * RERANK_FACTOR, 1000))
         found = await self.knowledge.search(principal, kb_refs, query, options, ctx)
@@ -334,7 +337,7 @@ class Grounder:
         self, query: str, found: list[Retrieved], model: str, tag: str, ctx: CallContext | None,
     ) -> list[Retrieved]:
         """``found`` in the order ``model`` gives; the retrieval order if the call fails or the reply is unusable."""
-        assert self.router is not None
+        assert self.models is not None
         body = "\n\n".join(_block(tag, i, item, _cut(item.text, RERANK_PASSAGE_CHARS))
                            for i, item in enumerate(found, 1))
         question = _neutralise(query)
@@ -346,7 +349,7 @@ class Grounder:
         )
         try:
             async with asyncio.timeout(self.rerank_timeout):
-                response = await self.router.complete(request, ctx)
+                response = await self.models.complete(request, ctx)
         except ThinktankError as exc:
             log.warning("rerank with '%s' failed (%s: %s); keeping the retrieval order",
                         model, type(exc).__name__, exc.message)

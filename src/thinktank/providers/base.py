@@ -11,24 +11,45 @@ from ..types import ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, Embe
 
 if TYPE_CHECKING:
     from ..config import DeploymentConfig
+    from ..gateway.context import CallContext
     from ._http import HttpClient
 
-__all__ = ["ChatModel", "EmbeddingModel", "ProviderContext", "ProviderFactory"]
+__all__ = ["ChatModel", "DeploymentModel", "EmbeddingModel", "ProviderContext", "ProviderFactory"]
 
 
 @runtime_checkable
 class ChatModel(Protocol):
-    """Anything that answers an OpenAI-format chat request: a provider deployment, the router,
-    an ensemble, a debate."""
+    """Anything that answers an OpenAI-format chat request: a provider deployment, the router, an
+    ensemble, a debate, a grounded model. Composites hold the models they use as ChatModels.
+
+    ``ctx`` carries who pays, the budget meter, the run the call belongs to; the router accounts every
+    upstream answer into it. A provider deployment (a leaf, called by the router) may ignore it, and
+    third-party providers written as ``complete(self, request)`` keep working: the router calls them
+    with the request alone.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    async def complete(self, request: ChatRequest, ctx: CallContext | None = None) -> ChatResponse: ...
+
+    def stream(self, request: ChatRequest, ctx: CallContext | None = None) -> AsyncIterator[ChatChunk]:
+        """Chunks as they arrive. The last chunk carries ``usage`` when the upstream reports it; a
+        composite may send :meth:`ChatChunk.progress` chunks (no choices) while it works."""
+        ...
+
+
+@runtime_checkable
+class DeploymentModel(Protocol):
+    """What a provider builds for one deployment: the upstream's wire format and nothing else. The
+    router routes, retries, times out, holds budgets and accounts around it, so it takes no context."""
 
     @property
     def name(self) -> str: ...
 
     async def complete(self, request: ChatRequest) -> ChatResponse: ...
 
-    def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
-        """Chunks as they arrive. The last chunk carries ``usage`` when the upstream reports it."""
-        ...
+    def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]: ...
 
 
 @runtime_checkable
@@ -54,4 +75,4 @@ class ProviderContext:
 class ProviderFactory(Protocol):
     """The object an entry point in group ``thinktank.providers`` names (usually the class)."""
 
-    def __call__(self, deployment: DeploymentConfig, ctx: ProviderContext) -> ChatModel: ...
+    def __call__(self, deployment: DeploymentConfig, ctx: ProviderContext) -> DeploymentModel: ...

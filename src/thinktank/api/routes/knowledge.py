@@ -27,6 +27,7 @@ from ...knowledge.index import Filters
 from ...knowledge.ingest import IngestResult, Progress, Source
 from ...knowledge.retrieval import SearchOptions
 from ...store.tables import KbChunk
+from .. import sse
 from ..deps import PrincipalDep, StateDep, client_ip
 from ..state import AppState
 from ..uploads import MAX_FILE_BYTES, Item, Scalar, metadata_of, read_items, source_name
@@ -41,7 +42,6 @@ __all__ = ["MAX_FILE_BYTES", "router", "source_name"]
 router = APIRouter(prefix="/api/v1", tags=["knowledge"])
 T = TypeVar("T")
 
-_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _STATUSES = ("added", "replaced", "unchanged", "duplicate", "failed")
 
 
@@ -324,8 +324,7 @@ async def _ingest(
                                          ctx=admission.ctx if admission is not None else None)
 
     if stream:
-        return StreamingResponse(_stream(found, items, pending, ingest, admission), media_type="text/event-stream",
-                                 headers=_SSE_HEADERS)
+        return StreamingResponse(_stream(found, items, pending, ingest, admission), headers=sse.HEADERS)
     try:
         ingested = await ingest(None)
     except ThinktankError as exc:
@@ -369,7 +368,7 @@ async def add_urls(
 
 
 def _event(kind: str, data: dict[str, Any]) -> bytes:
-    return b"event: %s\ndata: %s\n\n" % (kind.encode(), orjson.dumps({"type": kind, **data}))
+    return sse.event(orjson.dumps({"type": kind, **data}), name=kind)
 
 
 async def _stream(
@@ -400,7 +399,7 @@ async def _stream(
         else:
             status, body = _answer(kb, _merge(items, ingested), pending)
             yield _event("result", {"status": status, **body})
-        yield b"data: [DONE]\n\n"
+        yield sse.DONE
     finally:
         if not task.done():
             task.cancel()

@@ -17,13 +17,13 @@ from ...deliberation.service import Kind, RunOptions, redact
 from ...errors import InvalidRequestError, NotFoundError
 from ...gateway.tokens import estimate_text_tokens
 from ...types import Message, message_text
+from .. import sse
 from ..deps import PrincipalDep, ResumeDep, StateDep, client_ip
 from ..state import AppState
 
 router = APIRouter(prefix="/api/v1", tags=["deliberation"])
 
 _DOCUMENTS = {"plan.md", "tasks.md"}
-_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 class _RunIn(BaseModel):
@@ -105,10 +105,14 @@ class FeedbackIn(BaseModel):
     winner: str | None = Field(default=None, description="Arena runs: A, B or tie.")
 
 
+def _event(event: Event) -> bytes:
+    return sse.event(event.json(), id=event.seq, name=event.type)
+
+
 def _sse(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
     async def gen() -> AsyncIterator[bytes]:
         async for event in events:
-            yield event.sse()
+            yield _event(event)
     return gen()
 
 
@@ -121,20 +125,24 @@ async def _start(
     model = f"{kind}/{name}" if name else f"{kind}/custom"
     if name is not None:
         principal.check_model(model)
-    service.check_access(principal, cfg)
+    service.check_access(principal, cfg, model)
     messages = body.conversation()
     estimate = sum(estimate_text_tokens(message_text(m)) for m in messages) + (body.max_tokens or 0)
     admission = await state.gate.admit(principal, client_ip(request), model, estimate)
-    # start() owns the admission: it records it when the run ends, or at once if the run cannot start.
-    return await service.start(kind, cfg, principal=principal, admission=admission, messages=messages,
-                               options=body.options(**extra))
+
+    async def recorded(status: int, cache_hit: bool) -> None:
+        await admission.finish(status, cache_hit=cache_hit)
+
+    # The run records the admission when it ends (it goes on if the client goes away), or at once if it
+    # cannot start.
+    return await service.start(kind, cfg, principal=principal, ctx=admission.ctx, messages=messages,
+                               options=body.options(**extra), on_end=recorded)
 
 
 async def _answer(run: LiveRun, body: EnsembleIn | DebateIn, state: AppState) -> Response:
     headers = {"x-thinktank-run-id": run.id}
     if body.stream:
-        return StreamingResponse(_sse(run.follow(0)), media_type="text/event-stream",
-                                 headers={**headers, **_SSE_HEADERS})
+        return StreamingResponse(_sse(run.follow(0)), headers={**headers, **sse.HEADERS})
     await state.deliberation.wait(run)
     record = redact(run.record())  # the finished run, from memory: no need to read back what was just saved
     if run.status == "completed":
@@ -192,11 +200,11 @@ async def run_events(
 
     async def gen() -> AsyncIterator[bytes]:
         if first is not None:
-            yield first.sse()
+            yield _event(first)
             async for event in events:
-                yield event.sse()
+                yield _event(event)
 
-    return StreamingResponse(gen(), media_type="text/event-stream", headers=_SSE_HEADERS)
+    return StreamingResponse(gen(), headers=sse.HEADERS)
 
 
 @router.post("/runs/{run_id}/cancel", status_code=202)

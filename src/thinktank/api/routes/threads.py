@@ -12,14 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ...conversations.exports import ThreadImport, export_json, export_markdown, import_thread
 from ...conversations.personas import persona_public
-from ...conversations.service import TurnOptions
+from ...conversations.service import TurnEvent, TurnOptions
 from ...conversations.threads import message_public, summary_public, thread_public
 from ...errors import InvalidRequestError
+from .. import sse
 from ..deps import PrincipalDep, ResumeDep, StateDep, client_ip
 
 router = APIRouter(prefix="/api/v1", tags=["threads"])
 
-_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 class _In(BaseModel):
@@ -159,11 +159,11 @@ async def send_message(
 
     async def gen() -> AsyncIterator[bytes]:
         if first is not None:
-            yield first.sse()
+            yield _sse(first)
         async for event in events:
-            yield event.sse()
+            yield _sse(event)
 
-    return StreamingResponse(gen(), media_type="text/event-stream", headers=_SSE_HEADERS)
+    return StreamingResponse(gen(), headers=sse.HEADERS)
 
 
 @router.get("/threads/{thread_id}/turn/events",
@@ -179,9 +179,9 @@ async def turn_events(
 
     async def gen() -> AsyncIterator[bytes]:
         async for event in events:
-            yield event.sse()
+            yield _sse(event)
 
-    return StreamingResponse(gen(), media_type="text/event-stream", headers=_SSE_HEADERS)
+    return StreamingResponse(gen(), headers=sse.HEADERS)
 
 
 @router.get("/threads/{thread_id}/export")
@@ -243,3 +243,7 @@ async def delete_persona(persona_id: str, principal: PrincipalDep, state: StateD
     """Threads that used it go on without a persona."""
     await state.conversations.personas.delete(principal, persona_id)
     return Response(status_code=204)
+
+
+def _sse(event: TurnEvent) -> bytes:
+    return sse.event(event.json(), id=event.id or None, name=event.type)

@@ -1,0 +1,267 @@
+"""``/v1/chat/completions``, ``/v1/embeddings`` and ``/v1/models`` as raw ASGI handlers.
+
+A chat completion is: admit (who, which model, rate limits, budgets) -> resolve the name in the catalog
+-> complete or stream -> send. The handler knows nothing of kinds of model: a deployment, a group, an
+ensemble, a debate and a grounded model all answer the same way; what the response says beyond
+OpenAI's fields (cost, deployment, run, citations) it carries as typed fields.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from ...accounts.gate import Admission
+from ...accounts.principal import Principal
+from ...errors import InvalidRequestError, ModelNotFoundError, ThinktankError
+from ...gateway.tokens import estimate_request_tokens
+from ...providers.base import ChatModel
+from ...types import ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest
+from .. import sse
+from ..asgi import Receive, Scope, Send, bearer_token, header, read_body, send_bytes, send_error, send_json
+from ..state import AppState
+
+__all__ = ["FORBIDDEN_KEYS", "OpenAIHandlers", "parse_body"]
+
+log = logging.getLogger("thinktank.api")
+
+#: Keys that would let a caller choose the upstream or its credentials. Never honoured.
+FORBIDDEN_KEYS = frozenset({"api_base", "base_url", "api_key", "azure_endpoint", "api_url", "azure_ad_token"})
+#: Subtrees that are JSON schemas describing the caller's data, not settings.
+_SCHEMA_PATHS = (("tools", "*", "function", "parameters"), ("response_format", "json_schema", "schema"))
+_ALLOW = (b"allow", b"true", b"1")
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _find_forbidden(node: Any, path: tuple[str, ...]) -> str | None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in FORBIDDEN_KEYS:
+                return ".".join((*path, key))
+            if isinstance(value, dict | list):
+                sub = (*path, str(key))
+                if _is_schema(sub):
+                    continue
+                found = _find_forbidden(value, sub)
+                if found:
+                    return found
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            if isinstance(item, dict | list):
+                found = _find_forbidden(item, (*path, str(i)))
+                if found:
+                    return found
+    return None
+
+
+def _is_schema(path: tuple[str, ...]) -> bool:
+    for pattern in _SCHEMA_PATHS:
+        if len(path) == len(pattern) and all(p in ("*", q) for p, q in zip(pattern, path, strict=True)):
+            return True
+    return False
+
+
+def parse_body(body: bytes, model: type[M]) -> M:
+    """Validate a JSON body: 400 with a precise message for every kind of malformed input."""
+    if not body:
+        raise InvalidRequestError("The request body is empty; send a JSON object.")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(f"The request body is not valid JSON ({exc.msg} at position {exc.pos}).") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError("The request body must be a JSON object.")
+    found = _find_forbidden(data, ())
+    if found:
+        raise InvalidRequestError(
+            f"'{found}' is not accepted in a request body: thinktank takes upstream URLs and keys only from "
+            "its own configuration.",
+            param=found,
+            code="forbidden_parameter",
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(x) for x in err["loc"])
+        more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+        raise InvalidRequestError(f"{where}: {err['msg']}{more}", param=where or None) from None
+
+
+def _chat_estimate(request: ChatRequest) -> int:
+    return estimate_request_tokens(request) + (request.output_limit() or 0)
+
+
+class OpenAIHandlers:
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    async def principal(self, scope: Scope) -> Principal:
+        raw = header(scope, b"authorization")
+        alt = header(scope, b"x-api-key") or header(scope, b"api-key")
+        token = bearer_token(raw.decode("latin-1") if raw is not None else None,
+                             alt.decode("latin-1") if alt is not None else None)
+        return await self.state.authenticate(token, _ip(scope) or "unknown")
+
+    async def chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        admitted: Admission | None = None
+        try:
+            principal = await self.principal(scope)
+            request = parse_body(await read_body(scope, receive, self.state.settings.max_body_bytes), ChatRequest)
+            model, request = self.state.catalog.for_request(request, principal)
+            async with self.state.gate.admitted(principal, _ip(scope), request.model,
+                                                _chat_estimate(request)) as admission:
+                admitted = admission
+                allow = header(scope, b"x-thinktank-cache")
+                admission.ctx.cache_allowed = allow is not None and allow.lower() in _ALLOW
+                if request.stream:
+                    admission.stream = True
+                    admission.status = await self._stream(model, request, admission, receive, send)
+                    return
+                response = await model.complete(request, admission.ctx)
+                await self._send_response(response, admission, send)
+        except ThinktankError as exc:
+            run_id = admitted.ctx.run_id if admitted is not None else None
+            await send_error(send, exc, [(b"x-thinktank-run-id", run_id.encode())] if run_id else None)
+
+    async def _send_response(self, response: ChatResponse, admission: Admission, send: Send) -> None:
+        ctx = admission.ctx
+        # Everything the request paid for (a query's embedding, a rerank, every step of a run), not only
+        # the answer's last call.
+        headers = [(b"x-thinktank-cost-usd", f"{ctx.cost():.10f}".encode())]
+        if response.served_by:
+            headers.append((b"x-thinktank-deployment", response.served_by.encode()))
+        run_id = response.run_id or ctx.run_id
+        if run_id:
+            headers.append((b"x-thinktank-run-id", run_id.encode()))
+        await send_bytes(send, 200, response.__pydantic_serializer__.to_json(response), headers)
+
+    async def _stream(
+        self, model: ChatModel, request: ChatRequest, admission: Admission, receive: Receive, send: Send,
+    ) -> int:
+        """Stream the answer; the status to record (499 when the client went away). Errors before the first
+        chunk propagate: the client gets a plain JSON error."""
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        chunks: AsyncIterator[ChatChunk] = aiter(model.stream(request, admission.ctx))
+        try:
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            first = None
+        except BaseException:
+            await _close(chunks)
+            raise
+        pump = asyncio.ensure_future(self._pump(first, chunks, include_usage, admission, send))
+        watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        status = 200
+        try:
+            await asyncio.wait({pump, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not pump.done():
+                pump.cancel()  # the client went away: cancel the upstream request
+                status = 499
+                log.info("client disconnected mid-stream; upstream request cancelled")
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            with contextlib.suppress(asyncio.CancelledError):
+                failed = await pump
+                if failed is not None:
+                    status = failed
+        return status
+
+    async def _pump(
+        self, first: ChatChunk | None, chunks: AsyncIterator[ChatChunk], include_usage: bool, admission: Admission,
+        send: Send,
+    ) -> int | None:
+        """Send the stream; the status of a failure midway, else None."""
+        failed: int | None = None
+        run_id = admission.ctx.run_id
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            *sse.HEADERS_RAW, *([(b"x-thinktank-run-id", run_id.encode())] if run_id else []),
+        ]})
+        try:
+            chunk = first
+            while chunk is not None:
+                if chunk.note is not None:
+                    body = sse.comment(chunk.note)
+                else:
+                    if chunk.usage is not None and not include_usage:
+                        if not chunk.choices and chunk.citations is None:
+                            chunk = await anext(chunks, None)
+                            continue
+                        chunk.usage = None
+                    body = sse.event(chunk.__pydantic_serializer__.to_json(chunk, exclude_none=True))
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+                chunk = await anext(chunks, None)
+        except ThinktankError as exc:
+            failed = exc.status
+            await send({"type": "http.response.body", "body": sse.event(orjson.dumps(exc.to_body())),
+                        "more_body": True})
+        finally:
+            await _close(chunks)
+        await send({"type": "http.response.body", "body": sse.DONE, "more_body": False})
+        return failed
+
+    async def embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            principal = await self.principal(scope)
+            request = parse_body(await read_body(scope, receive, self.state.settings.max_body_bytes),
+                                 EmbeddingRequest)
+            principal.check_model(request.model)
+            estimate = sum(len(t) for t in request.texts()) // 4 + 1
+            async with self.state.gate.admitted(principal, _ip(scope), request.model, estimate) as admission:
+                response = await self.state.router.embed(request, admission.ctx)
+                cost = response.usage.cost or 0.0
+                await send_bytes(send, 200, response.__pydantic_serializer__.to_json(response),
+                                 [(b"x-thinktank-cost-usd", f"{cost:.10f}".encode())])
+        except ThinktankError as exc:
+            await send_error(send, exc)
+
+    async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /v1/models`` and ``GET /v1/models/{id}`` (ids may contain slashes)."""
+        try:
+            principal = await self.principal(scope)
+            path: str = scope["path"]
+            wanted = path.split("/models/", 1)[1] if "/models/" in path else ""
+            entries = await self.state.catalog.models(
+                principal, knowledge_bases=not wanted or wanted.startswith("kb/"))
+            created = int(self.state.started_at)
+            objects = [
+                {"id": m.id, "object": "model", "created": created, "owned_by": m.owned_by, "thinktank_kind": m.kind,
+                 **({"description": m.description} if m.description else {})}
+                for m in entries
+            ]
+            if not wanted:
+                await send_json(send, 200, {"object": "list", "data": objects})
+                return
+            found = next((o for o in objects if o["id"] == wanted), None)
+            if found is None:
+                raise ModelNotFoundError(f"The model '{wanted}' does not exist here.", param="model")
+            await send_json(send, 200, found)
+        except ThinktankError as exc:
+            await send_error(send, exc)
+
+
+async def _close(chunks: AsyncIterator[ChatChunk]) -> None:
+    aclose: Callable[[], Any] | None = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def _ip(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return

@@ -1,0 +1,154 @@
+"""``ensemble/<name>`` and ``debate/<name>`` as ChatModels.
+
+``complete`` runs the run and returns its final answer (``run_id`` names the run); ``stream`` sends
+progress while members and judges work, then the synthesis as it is written. Either way the run's
+events go to the run store as for the native endpoints (replay with ``Last-Event-ID``, cancel,
+feedback). A request may set thinktank's run options beside the OpenAI ones: ``cache`` (or the caller's
+``x-thinktank-cache: allow``), ``tags`` and ``max_cost_usd``.
+
+A run started by the API request itself goes on if its streaming client goes away (the request is
+recorded when it ends); a run started as a step of another run (a child) stops with its parent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..accounts.principal import Principal
+from ..errors import ConflictError, InvalidRequestError, RateLimitError, RunFailedError, ThinktankError
+from ..gateway.context import CallContext
+from ..types import ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, ResponseMessage, Usage
+from .runs import LiveRun
+from .service import Deliberation, Kind, RunOptions
+
+__all__ = ["RunModel", "run_error", "run_usage"]
+
+
+class _RunFields(BaseModel):
+    """thinktank's own fields of a chat request to a run model."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    cache: bool = False
+    tags: list[str] = Field(default_factory=list, max_length=10)
+    max_cost_usd: float | None = Field(default=None, gt=0, le=1_000_000)
+
+
+def run_error(run: LiveRun) -> ThinktankError:
+    """What a run that did not complete answers."""
+    if run.refusal is not None:
+        return run.refusal  # a budget's own refusal: a parent run stops on it as on any budget refusal
+    if run.status == "budget_exceeded":
+        return RateLimitError(run.error or "Budget exceeded.", retry_after=0.0, code="budget_exceeded")
+    if run.status == "cancelled":
+        return ConflictError(run.error or "The run was cancelled.", code="run_cancelled")
+    return RunFailedError(f"{run.error or 'The run failed.'} (run {run.id})")
+
+
+def run_usage(run: LiveRun) -> Usage:
+    return Usage(prompt_tokens=run.prompt_tokens, completion_tokens=run.completion_tokens,
+                 total_tokens=run.prompt_tokens + run.completion_tokens, cost=round(run.cost, 10))
+
+
+class RunModel:
+    """A configured ensemble or debate, answering chat requests."""
+
+    def __init__(self, service: Deliberation, kind: Kind, config_name: str) -> None:
+        self._service = service
+        self._kind = kind
+        self._config_name = config_name
+
+    @property
+    def name(self) -> str:
+        return f"{self._kind}/{self._config_name}"
+
+    async def _start(self, request: ChatRequest, ctx: CallContext | None) -> tuple[LiveRun, CallContext]:
+        if ctx is None or not isinstance(ctx.principal, Principal):
+            raise InvalidRequestError(f"'{self.name}' needs a caller to run for.", param="model")
+        try:
+            fields = _RunFields.model_validate(request.model_extra or {})
+        except ValidationError as exc:
+            err = exc.errors(include_url=False, include_input=False)[0]
+            where = ".".join(str(x) for x in err["loc"])
+            raise InvalidRequestError(f"{where}: {err['msg']}", param=where) from None
+        service = self._service
+        cfg = service.resolve(self._kind, self._config_name, {})
+        service.check_access(ctx.principal, cfg, self.name)
+        run = await service.start(
+            self._kind, cfg, principal=ctx.principal, ctx=ctx, messages=request.messages,
+            options=RunOptions(cache=fields.cache or ctx.cache_allowed, tags=fields.tags,
+                               max_cost_usd=fields.max_cost_usd, max_tokens=request.output_limit(),
+                               temperature=request.temperature),
+        )
+        return run, ctx
+
+    async def _finish(self, run: LiveRun, ctx: CallContext) -> None:
+        """The caller stopped waiting (its client went away, or its parent run stopped): a child run stops
+        too; a run the API started goes on, and the request is recorded when it ends."""
+        task = self._service.task_of(run)
+        if task is None or task.done():
+            return
+        if ctx.parent_run is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
+        else:
+            ctx.background.add(task)
+
+    async def complete(self, request: ChatRequest, ctx: CallContext | None = None) -> ChatResponse:
+        run, ctx = await self._start(request, ctx)
+        try:
+            await self._service.wait(run)
+        except asyncio.CancelledError:
+            await self._finish(run, ctx)
+            raise
+        if run.status != "completed":
+            raise run_error(run)
+        answer = (run.result or {}).get("answer") or ""
+        response = ChatResponse(
+            id=f"chatcmpl-{run.id}", created=int(run.created_at), model=self.name,
+            choices=[Choice(index=0, message=ResponseMessage(content=answer), finish_reason="stop")],
+            usage=run_usage(run),
+        )
+        response.produced_by(run_id=run.id)
+        return response
+
+    async def stream(self, request: ChatRequest, ctx: CallContext | None = None) -> AsyncIterator[ChatChunk]:
+        run, ctx = await self._start(request, ctx)
+        cid, created = f"chatcmpl-{run.id}", int(run.created_at)
+        ended = False
+        try:
+            yield ChatChunk.progress(f"run {run.id}", model=self.name)
+            first = True
+            async for event in run.follow(0):
+                if event.type == "synthesis_token" and event.data.get("replace") and not first:
+                    # The synthesis broke off and the run answered with the best member's answer instead:
+                    # streamed text cannot be taken back, so the stream ends with an error saying so.
+                    raise RunFailedError(
+                        f"The synthesis broke off; the run's answer is in GET /api/v1/runs/{run.id}.")
+                if event.type == "synthesis_token" and event.data.get("text"):
+                    text: str = event.data["text"]
+                    delta = Delta(role="assistant", content=text) if first else Delta(content=text)
+                    first = False
+                    yield ChatChunk(id=cid, created=created, model=self.name, choices=[ChunkChoice(delta=delta)])
+                elif event.type == "stage_started":
+                    yield ChatChunk.progress(f"stage {_text(event.data.get('stage'))}", model=self.name)
+            await self._service.wait(run)
+            ended = True
+            if run.status != "completed":
+                raise run_error(run)
+            yield ChatChunk(id=cid, created=created, model=self.name,
+                            choices=[ChunkChoice(delta=Delta(), finish_reason="stop")])
+            yield ChatChunk(id=cid, created=created, model=self.name, choices=[], usage=run_usage(run))
+        finally:
+            if not ended:
+                await self._finish(run, ctx)
+
+
+def _text(value: Any) -> str:
+    return str(value or "").replace("\n", " ")
