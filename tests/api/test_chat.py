@@ -155,3 +155,41 @@ async def test_provider_key_never_leaks(gateway: Start, fake_openai: FakeUpstrea
         assert resp.status_code >= 400
         assert CANARY not in resp.text
     assert CANARY not in caplog.text
+
+
+async def test_stream_answered_with_a_json_completion(gateway: Start, fake_openai: FakeUpstream,
+                                                      client: httpx.AsyncClient) -> None:
+    # An OpenAI-compatible server that ignores stream=true: the client still gets a proper stream.
+    fake_openai.queue(Reply(json=fmt.completion("whole answer", prompt_tokens=10, completion_tokens=2)))
+    url = await gateway(cfg(fake_openai.url))
+    resp = await client.post(url + "/v1/chat/completions", headers=AUTH,
+                             json={**BODY, "stream": True, "stream_options": {"include_usage": True}})
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+    events = [e for e in resp.text.split("\n\n") if e]
+    assert events[-1] == "data: [DONE]"
+    objs = [orjson.loads(e[6:]) for e in events[:-1]]
+    assert objs[0]["choices"][0]["delta"] == {"role": "assistant", "content": "whole answer"}
+    assert objs[1]["choices"][0]["finish_reason"] == "stop"
+    assert objs[-1]["choices"] == []
+    assert objs[-1]["usage"]["prompt_tokens"] == 10 and objs[-1]["usage"]["completion_tokens"] == 2
+    assert objs[-1]["usage"]["cost"] == pytest.approx((10 * 1 + 2 * 2) / 1e6)
+
+
+async def test_stream_answered_with_garbage_is_an_error_not_an_empty_200(
+    gateway: Start, fake_openai: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    fake_openai.queue(Reply(json={"unexpected": True}))
+    url = await gateway(cfg(fake_openai.url))
+    resp = await client.post(url + "/v1/chat/completions", headers=AUTH, json={**BODY, "stream": True})
+    assert resp.status_code == 502
+    assert resp.json()["error"]["type"] == "upstream_error" and "stream request" in resp.json()["error"]["message"]
+    usage = (await client.get(url + "/api/v1/usage", headers=AUTH)).json()["data"]
+    assert usage[0]["requests"] == 1 and usage[0]["errors"] == 1  # counted as the failure it is
+
+
+async def test_stream_with_no_chunk_at_all_is_an_error(gateway: Start, fake_openai: FakeUpstream,
+                                                       client: httpx.AsyncClient) -> None:
+    fake_openai.queue(Reply(sse=["data: [DONE]\n\n"]))
+    url = await gateway(cfg(fake_openai.url))
+    resp = await client.post(url + "/v1/chat/completions", headers=AUTH, json={**BODY, "stream": True})
+    assert resp.status_code == 502 and "without sending anything" in resp.json()["error"]["message"]

@@ -13,6 +13,7 @@ from thinktank.errors import (
     DeadlineExceededError,
     ModelNotFoundError,
     UpstreamBadRequestError,
+    UpstreamBadResponseError,
     UpstreamConnectionError,
     UpstreamRateLimitError,
     UpstreamServerError,
@@ -259,6 +260,26 @@ async def test_stream_without_upstream_usage_is_estimated(fake_openai: FakeUpstr
     chunks = [c async for c in r.stream(req(stream=True))]
     usage = chunks[-1].usage
     assert usage is not None and usage.completion_tokens == 3 and usage.prompt_tokens > 0 and usage.cost
+
+
+async def test_stream_without_any_chunk_is_a_bad_response(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:
+    fake_openai.queue(Reply(sse=["data: [DONE]\n\n"]))
+    r = router(ctx, {"models": [oa("m", fake_openai.url)]})
+    with pytest.raises(UpstreamBadResponseError, match="without sending anything"):
+        async for _ in r.stream(req(stream=True)):
+            pass
+
+
+async def test_stream_without_any_chunk_falls_back(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:
+    records: list[UsageRecord] = []
+    fake_openai.queue(Reply(sse=["data: [DONE]\n\n"]))
+    cfg = {"models": [oa("a", fake_openai.url), oa("b", fake_openai.url)],
+           "groups": [{"name": "a", "fallbacks": ["b"]}]}
+    r = Router(parse_config(cfg), ctx, observers=[records.append])
+    chunks = [c async for c in r.stream(req("a", stream=True))]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo:hi"
+    assert len(fake_openai.requests) == 2
+    assert [rec.deployment for rec in records] == ["b"]
 
 
 async def test_stream_idle_timeout_midway(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:

@@ -375,6 +375,39 @@ async def test_stream_garbage_event(fake_anthropic: FakeUpstream, ctx: ProviderC
         await collect(provider(fake_anthropic, ctx), req(stream=True))
 
 
+async def test_stream_answered_with_a_whole_message(fake_anthropic: FakeUpstream, ctx: ProviderContext) -> None:
+    # A Messages-API server that ignores "stream": true sends the whole message as JSON.
+    fake_anthropic.queue(Reply(json=fmt.message("all at once", tool_uses=[fmt.tool_use("f", {"a": 1})],
+                                                input_tokens=7, output_tokens=4)))
+    chunks = await collect(provider(fake_anthropic, ctx), req(stream=True))
+    first, finish, usage = chunks
+    delta = first.choices[0].delta
+    assert (delta.role, delta.content) == ("assistant", "all at once")
+    assert delta.tool_calls == [{"index": 0, "id": "toolu_01A", "type": "function",
+                                 "function": {"name": "f", "arguments": '{"a":1}'}}]
+    assert finish.choices[0].finish_reason == "tool_calls"
+    assert usage.choices == [] and usage.usage is not None
+    assert (usage.usage.prompt_tokens, usage.usage.completion_tokens) == (7, 4)
+    assert {c.id for c in chunks} == {"msg_01Fake"}
+
+
+@pytest.mark.parametrize("reply", [
+    Reply(json={"hello": "world"}),
+    Reply(body=b"<html>a proxy's page</html>", headers={"content-type": "text/html"}),
+])
+async def test_stream_answered_with_neither_stream_nor_message(fake_anthropic: FakeUpstream, ctx: ProviderContext,
+                                                               reply: Reply) -> None:
+    fake_anthropic.queue(reply)
+    with pytest.raises(UpstreamBadResponseError, match="stream request"):
+        await collect(provider(fake_anthropic, ctx), req(stream=True))
+
+
+async def test_stream_answered_with_a_json_error(fake_anthropic: FakeUpstream, ctx: ProviderContext) -> None:
+    fake_anthropic.queue(Reply(json=fmt.error_body("overloaded_error", "Overloaded")))
+    with pytest.raises(UpstreamServerError, match="Overloaded"):
+        await collect(provider(fake_anthropic, ctx), req(stream=True))
+
+
 async def test_stream_ignores_unknown_events_and_thinking(fake_anthropic: FakeUpstream,
                                                           ctx: ProviderContext) -> None:
     events = fmt.stream_events(["x"])

@@ -155,3 +155,59 @@ def test_missing_key_names_the_fix(ctx: ProviderContext) -> None:
     d = DeploymentConfig(name="gpt-4o", provider="openai")
     with pytest.raises(ConfigError, match="api_key_env: OPENAI_API_KEY"):
         OpenAIProvider(d, ctx)
+
+
+# -- a stream request answered without a stream ------------------------------------------------------
+async def test_stream_answered_with_a_json_completion_becomes_chunks(fake_openai: FakeUpstream,
+                                                                     ctx: ProviderContext) -> None:
+    # Some OpenAI-compatible servers ignore stream=true and send the whole completion.
+    fake_openai.queue(Reply(json=fmt.completion("all at once", prompt_tokens=9, completion_tokens=3)))
+    chunks = [c async for c in OpenAIProvider(deployment(fake_openai.url), ctx).stream(req(stream=True))]
+    assert fake_openai.requests[-1].json["stream"] is True
+    assert all(c.id == "chatcmpl-fake123" and c.model == "fake-model" for c in chunks)
+    first, finish, usage = chunks
+    assert first.choices[0].delta.role == "assistant" and first.choices[0].delta.content == "all at once"
+    assert first.choices[0].finish_reason is None
+    assert finish.choices[0].finish_reason == "stop" and finish.choices[0].delta.content is None
+    assert usage.choices == [] and usage.usage is not None
+    assert (usage.usage.prompt_tokens, usage.usage.completion_tokens) == (9, 3)
+
+
+async def test_stream_answered_with_json_tool_calls(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:
+    calls = [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}},
+             {"id": "call_2", "type": "function", "function": {"name": "g", "arguments": "{}"}}]
+    fake_openai.queue(Reply(json=fmt.completion(tool_calls=calls)))
+    chunks = [c async for c in OpenAIProvider(deployment(fake_openai.url), ctx).stream(req(stream=True))]
+    delta = chunks[0].choices[0].delta
+    assert delta.tool_calls == [{"index": 0, **calls[0]}, {"index": 1, **calls[1]}]
+    assert chunks[1].choices[0].finish_reason == "tool_calls"
+
+
+async def test_stream_answered_with_sse_under_another_label(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:
+    body = "".join(fmt.stream_events(["a", "b"])).encode()
+    fake_openai.queue(Reply(body=body, headers={"content-type": "text/plain"}))
+    chunks = [c async for c in OpenAIProvider(deployment(fake_openai.url), ctx).stream(req(stream=True))]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "ab"
+    assert chunks[-1].usage is not None
+
+
+@pytest.mark.parametrize("reply", [
+    Reply(json={"hello": "world"}),
+    Reply(json=[1, 2, 3]),
+    Reply(body=b"<html>a proxy's page</html>", headers={"content-type": "text/html"}),
+    Reply(body=b"", headers={"content-type": "application/json"}),
+])
+async def test_stream_answered_with_neither_stream_nor_completion(fake_openai: FakeUpstream, ctx: ProviderContext,
+                                                                   reply: Reply) -> None:
+    fake_openai.queue(reply)
+    with pytest.raises(UpstreamBadResponseError, match="stream request"):
+        async for _ in OpenAIProvider(deployment(fake_openai.url), ctx).stream(req(stream=True)):
+            pass
+
+
+async def test_stream_answered_with_a_json_error_object(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:
+    fake_openai.queue(Reply(json={"error": {"message": "model overloaded, key sk-secret-canary-123"}}))
+    with pytest.raises(UpstreamServerError) as info:
+        async for _ in OpenAIProvider(deployment(fake_openai.url), ctx).stream(req(stream=True)):
+            pass
+    assert "overloaded" in info.value.message and "sk-secret-canary-123" not in info.value.message

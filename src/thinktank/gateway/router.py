@@ -326,12 +326,17 @@ class Router:
         return response
 
     async def stream(self, request: ChatRequest, ctx: CallContext | None = None) -> AsyncGenerator[ChatChunk, None]:
-        async def call(dep: Deployment, _timeout: float) -> tuple[AsyncIterator[ChatChunk], ChatChunk | None]:
+        async def call(dep: Deployment, _timeout: float) -> tuple[AsyncIterator[ChatChunk], ChatChunk]:
             it = aiter(dep.model.stream(request))
             try:
                 first = await anext(it)
             except StopAsyncIteration:
-                return it, None
+                # Nothing at all is not an empty answer: an upstream that failed to say so (a stream
+                # request answered in a shape the provider did not recognise, say). Found before the
+                # first byte goes to the client, so a sibling or a fallback may still answer.
+                raise UpstreamBadResponseError(
+                    f"upstream {dep.id} ended its stream without sending anything", deployment=dep.id
+                ) from None
             except BaseException:
                 await _close(it)
                 raise
@@ -345,7 +350,7 @@ class Router:
         text_len = 0
         last: ChatChunk | None = first
         try:
-            chunk = first
+            chunk: ChatChunk | None = first
             while chunk is not None:
                 if chunk.usage is not None:
                     usage = await self._account(attempt, chunk.usage, True, n, request.model, ctx)

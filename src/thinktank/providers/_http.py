@@ -10,6 +10,7 @@ from __future__ import annotations
 import email.utils
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -28,8 +29,10 @@ from ..errors import (
 
 __all__ = [
     "HttpClient",
+    "JsonBody",
     "iter_sse",
     "map_status_error",
+    "open_stream",
     "parse_retry_after",
     "post",
     "read_json",
@@ -229,6 +232,51 @@ async def iter_sse(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str | No
         parsed = _parse_event(buf)
         if parsed is not None:
             yield parsed
+
+
+@dataclass(frozen=True)
+class JsonBody:
+    """A stream request answered with one plain JSON body instead of an event stream."""
+
+    value: Any
+
+
+_SSE_FIELDS = (b"data:", b"event:", b"id:", b"retry:", b":")
+
+
+async def _replay(events: list[tuple[str | None, str]]) -> AsyncIterator[tuple[str | None, str]]:
+    for event in events:
+        yield event
+
+
+async def open_stream(
+    resp: aiohttp.ClientResponse, *, deployment: str
+) -> AsyncIterator[tuple[str | None, str]] | JsonBody:
+    """The events of an answer to a stream request, or the JSON the upstream sent instead.
+
+    Some servers that speak a provider's format ignore the stream flag and answer with the whole
+    JSON body (``application/json``); the provider then turns that body into chunks itself. A body
+    not labelled ``text/event-stream`` is read whole: JSON becomes :class:`JsonBody`, server-sent
+    events sent under another label are replayed, and anything else is UpstreamBadResponseError,
+    never an empty stream.
+    """
+    if resp.content_type == "text/event-stream":
+        return iter_sse(resp)
+    body = await resp.read()
+    try:
+        return JsonBody(orjson.loads(body))
+    except orjson.JSONDecodeError:
+        pass
+    text = body.replace(b"\r\n", b"\n").strip()
+    if text.startswith(_SSE_FIELDS):
+        events = [e for block in text.split(b"\n\n") if (e := _parse_event(block)) is not None]
+        if events:
+            return _replay(events)
+    raise UpstreamBadResponseError(
+        f"upstream {deployment} answered a stream request with {resp.content_type or 'a body'} that is "
+        "neither an event stream nor JSON",
+        deployment=deployment,
+    )
 
 
 def loads_event(data: str, *, deployment: str) -> Any:

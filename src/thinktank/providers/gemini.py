@@ -139,19 +139,31 @@ class GeminiProvider:
             deployment=self._id,
         ) as resp:
             await self._raise_for_status(resp)
-            async for _event, data in _http.iter_sse(resp):
-                obj = _http.loads_event(data, deployment=self._id)
-                if isinstance(obj, dict) and isinstance(obj.get("error"), dict) and "candidates" not in obj:
-                    code = obj["error"].get("code")
-                    raise self._error(code if isinstance(code, int) and code >= 400 else 500, {}, data.encode())
-                try:
-                    chunks = state.feed(obj)
-                except (WireError, ValueError, TypeError):
-                    raise self._bad_response("sent a stream event that is not a Gemini response") from None
+            events = await _http.open_stream(resp, deployment=self._id)
+            if isinstance(events, _http.JsonBody):
+                # Without alt=sse (a server that ignores it) the answer is one JSON array of the events.
+                whole = events.value if isinstance(events.value, list) else [events.value]
+                chunks = [chunk for obj in whole for chunk in self._feed(state, obj)] + state.end()
+                if not chunks:
+                    raise self._bad_response("answered a stream request with JSON that is not a Gemini response")
                 for chunk in chunks:
+                    yield chunk
+                return
+            async for _event, data in events:
+                for chunk in self._feed(state, _http.loads_event(data, deployment=self._id)):
                     yield chunk
         for chunk in state.end():
             yield chunk
+
+    def _feed(self, state: StreamTranslator, obj: Any) -> list[ChatChunk]:
+        """The chunks of one streamed GenerateContentResponse; an error object raises its ProviderError."""
+        if isinstance(obj, dict) and isinstance(obj.get("error"), dict) and "candidates" not in obj:
+            code = obj["error"].get("code")
+            raise self._error(code if isinstance(code, int) and code >= 400 else 500, {}, orjson.dumps(obj))
+        try:
+            return state.feed(obj)
+        except (WireError, ValueError, TypeError):
+            raise self._bad_response("sent a stream event that is not a Gemini response") from None
 
     # -- EmbeddingModel -------------------------------------------------------------------------
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
