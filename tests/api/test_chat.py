@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import struct
 from typing import Any
 
 import httpx
@@ -193,3 +195,59 @@ async def test_stream_with_no_chunk_at_all_is_an_error(gateway: Start, fake_open
     url = await gateway(cfg(fake_openai.url))
     resp = await client.post(url + "/v1/chat/completions", headers=AUTH, json={**BODY, "stream": True})
     assert resp.status_code == 502 and "without sending anything" in resp.json()["error"]["message"]
+
+
+def emb_cfg(url: str) -> dict[str, Any]:
+    return {"models": [
+        {"name": "emb", "provider": "openai", "model": "text-embedding-3-small", "base_url": url + "/v1",
+         "api_key": "k", "mode": "embedding"},
+        {"name": "demo-emb", "provider": "mock", "mode": "embedding", "options": {"embedding_dimensions": 4}},
+    ]}
+
+
+@pytest.mark.parametrize("model", ["emb", "demo-emb"])
+async def test_embeddings_with_the_openai_sdk_defaults(gateway: Start, fake_openai: FakeUpstream, model: str) -> None:
+    # The SDK asks for base64 unless told otherwise, and decodes it: little-endian float32.
+    url = await gateway(emb_cfg(fake_openai.url))
+    sdk = openai.AsyncOpenAI(base_url=url + "/v1", api_key=ADMIN, max_retries=0)
+    floats = await sdk.embeddings.create(model=model, input=["x", "y"], encoding_format="float")
+    decoded = await sdk.embeddings.create(model=model, input=["x", "y"])
+    assert [d.index for d in decoded.data] == [0, 1]
+    for f, d in zip(floats.data, decoded.data, strict=True):
+        assert d.embedding == pytest.approx(f.embedding, rel=1e-6)
+    raw = await sdk.embeddings.create(model=model, input=["x", "y"], encoding_format="base64")
+    for f, r in zip(floats.data, raw.data, strict=True):
+        assert isinstance(r.embedding, str)  # asked for explicitly: the SDK hands the string over
+        values = struct.unpack(f"<{len(f.embedding)}f", base64.b64decode(r.embedding))
+        assert values == pytest.approx(f.embedding, rel=1e-6)
+    if model == "emb":
+        assert [r.json.get("encoding_format") for r in fake_openai.requests] == ["float", "base64", "base64"]
+        assert floats.data[1].embedding == pytest.approx([0.2, 0.2, 0.3])
+
+
+async def test_embeddings_base64_from_an_upstream_that_sends_floats(gateway: Start, fake_openai: FakeUpstream,
+                                                                    client: httpx.AsyncClient) -> None:
+    fake_openai.queue(Reply(json=fmt.embeddings({"model": "m", "input": ["a", "b"]}, base64_ok=False)))
+    url = await gateway(emb_cfg(fake_openai.url))
+    resp = await client.post(url + "/v1/embeddings", headers=AUTH,
+                             json={"model": "emb", "input": ["a", "b"], "encoding_format": "base64"})
+    assert resp.status_code == 200
+    data = resp.json()["data"]
+    for i, d in enumerate(data):
+        assert struct.unpack("<3f", base64.b64decode(d["embedding"])) == pytest.approx(fmt.embedding_vector(i))
+
+
+@pytest.mark.parametrize(("tokens", "count"), [([[1, 2, 3]], 1), ([1, 2, 3], 1), ([[1, 2], [3, 4], [5]], 3)])
+async def test_embeddings_of_token_ids(gateway: Start, fake_openai: FakeUpstream, client: httpx.AsyncClient,
+                                       tokens: list[Any], count: int) -> None:
+    # What LangChain's OpenAIEmbeddings sends by default.
+    url = await gateway(emb_cfg(fake_openai.url))
+    resp = await client.post(url + "/v1/embeddings", headers=AUTH, json={"model": "emb", "input": tokens})
+    assert resp.status_code == 200, resp.text
+    assert fake_openai.requests[-1].json["input"] == tokens  # forwarded as they came
+    assert [d["index"] for d in resp.json()["data"]] == list(range(count))
+    assert [d["embedding"] for d in resp.json()["data"]] == [fmt.embedding_vector(i) for i in range(count)]
+    refused = await client.post(url + "/v1/embeddings", headers=AUTH, json={"model": "demo-emb", "input": tokens})
+    assert refused.status_code == 400  # never 200 with no embeddings
+    err = refused.json()["error"]
+    assert "cannot take token ids" in err["message"] and err["param"] == "input"

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import base64
 import email.utils
 import random
+import struct
 from collections import Counter
 from typing import Any
 
@@ -11,6 +13,7 @@ from thinktank.config import parse_config
 from thinktank.errors import (
     ContextWindowExceededError,
     DeadlineExceededError,
+    InvalidRequestError,
     ModelNotFoundError,
     UpstreamBadRequestError,
     UpstreamBadResponseError,
@@ -21,7 +24,7 @@ from thinktank.errors import (
 from thinktank.gateway.router import Router, UsageRecord
 from thinktank.providers.base import ProviderContext
 from thinktank.providers.mock import MockProvider
-from thinktank.types import ChatRequest
+from thinktank.types import ChatRequest, EmbeddingRequest
 
 from ..fakes import openai as fmt
 from ..fakes.clock import FakeClock
@@ -290,6 +293,54 @@ async def test_stream_idle_timeout_midway(fake_openai: FakeUpstream, ctx: Provid
         async for c in r.stream(req(stream=True)):
             got.append(c)
     assert len(got) == 1
+
+
+def emb(name: str, url: str) -> dict[str, Any]:
+    return oa(name, url, mode="embedding", input_price=1)
+
+
+async def test_embeddings_come_back_in_input_order(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:
+    answer = fmt.embeddings({"model": "fake-model", "input": ["a", "b", "c"]})
+    answer["data"].reverse()  # an upstream may answer in any order; each carries its index
+    fake_openai.queue(Reply(json=answer))
+    resp = await router(ctx, {"models": [emb("e", fake_openai.url)]}).embed(
+        EmbeddingRequest(model="e", input=["a", "b", "c"]))
+    assert [d.index for d in resp.data] == [0, 1, 2]
+    assert [d.embedding for d in resp.data] == [fmt.embedding_vector(i) for i in range(3)]
+
+
+@pytest.mark.parametrize("indexes", [[0], [0, 1, 2], [0, 0], [1, 2]])
+async def test_embeddings_not_one_per_input_are_a_bad_response(fake_openai: FakeUpstream, ctx: ProviderContext,
+                                                               indexes: list[int]) -> None:
+    data = [{"object": "embedding", "index": i, "embedding": [0.5]} for i in indexes]
+    fake_openai.queue(Reply(json={"object": "list", "model": "fake-model", "data": data}))
+    with pytest.raises(UpstreamBadResponseError, match="embeddings for 2 inputs"):
+        await router(ctx, {"models": [emb("e", fake_openai.url)]}).embed(EmbeddingRequest(model="e", input=["a", "b"]))
+
+
+async def test_embeddings_in_base64_when_the_upstream_sends_floats(fake_openai: FakeUpstream,
+                                                                   ctx: ProviderContext) -> None:
+    # An OpenAI-compatible server that ignores encoding_format answers floats: encoded here.
+    fake_openai.queue(Reply(json=fmt.embeddings({"model": "fake-model", "input": ["a", "b"]}, base64_ok=False)))
+    resp = await router(ctx, {"models": [emb("e", fake_openai.url)]}).embed(
+        EmbeddingRequest(model="e", input=["a", "b"], encoding_format="base64"))
+    assert fake_openai.requests[-1].json["encoding_format"] == "base64"
+    for i, d in enumerate(resp.data):
+        assert isinstance(d.embedding, str)
+        assert struct.unpack("<3f", base64.b64decode(d.embedding)) == pytest.approx(fmt.embedding_vector(i))
+
+
+async def test_embeddings_of_token_ids_count_the_ids(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:
+    fake_openai.queue(Reply(json={**fmt.embeddings({"model": "fake-model", "input": [[1, 2]]}), "usage": {}}))
+    resp = await router(ctx, {"models": [emb("e", fake_openai.url)]}).embed(
+        EmbeddingRequest(model="e", input=[[1, 2, 3, 4, 5, 6, 7]]))
+    assert resp.usage.cost == pytest.approx(7 / 1e6)  # the upstream reported none: 7 ids, 7 tokens
+
+
+async def test_embeddings_of_token_ids_on_a_text_only_model(ctx: ProviderContext) -> None:
+    r = router(ctx, {"models": [{"name": "e", "provider": "mock", "mode": "embedding"}]})
+    with pytest.raises(InvalidRequestError, match="cannot take token ids"):
+        await r.embed(EmbeddingRequest(model="e", input=[[1, 2, 3]]))
 
 
 async def test_unknown_model(ctx: ProviderContext) -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from thinktank.config import DeploymentConfig
@@ -124,6 +126,32 @@ async def test_embeddings(fake_openai: FakeUpstream, ctx: ProviderContext) -> No
     assert fake_openai.requests[-1].path == "/v1/embeddings"
     assert [d.index for d in resp.data] == [0, 1]
     assert resp.usage.prompt_tokens == 10
+
+
+@pytest.mark.parametrize(("tokens", "count"), [([[1, 2, 3], [4, 5]], 2), ([1, 2, 3], 1)])
+async def test_embeddings_forward_token_ids_as_they_came(fake_openai: FakeUpstream, ctx: ProviderContext,
+                                                         tokens: list[Any], count: int) -> None:
+    resp = await OpenAIProvider(deployment(fake_openai.url), ctx).embed(EmbeddingRequest(model="gpt", input=tokens))
+    assert fake_openai.requests[-1].json["input"] == tokens
+    assert [d.index for d in resp.data] == list(range(count))
+
+
+async def test_embeddings_base64_refused_upstream_asks_for_floats(fake_openai: FakeUpstream,
+                                                                  ctx: ProviderContext) -> None:
+    fake_openai.queue(fmt.error(400, "encoding_format: 'base64' is not supported"),
+                      Reply(json=fmt.embeddings({"model": "fake-model", "input": ["a"]})))
+    p = OpenAIProvider(deployment(fake_openai.url), ctx)
+    resp = await p.embed(EmbeddingRequest(model="gpt", input=["a"], encoding_format="base64"))
+    assert [r.json["encoding_format"] for r in fake_openai.requests] == ["base64", "float"]
+    assert resp.data[0].embedding == fmt.embedding_vector(0)  # the router encodes it
+
+
+async def test_embeddings_other_bad_requests_are_not_retried(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:
+    fake_openai.queue(fmt.error(400, "dimensions too large"))
+    with pytest.raises(UpstreamBadRequestError):
+        await OpenAIProvider(deployment(fake_openai.url), ctx).embed(
+            EmbeddingRequest(model="gpt", input=["a"], encoding_format="base64", dimensions=99999))
+    assert len(fake_openai.requests) == 1
 
 
 async def test_check_lists_models(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:

@@ -31,7 +31,16 @@ from ..errors import (
 )
 from ..providers.base import EmbeddingModel, ProviderContext
 from ..providers.registry import ProviderRegistry
-from ..types import ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Usage
+from ..types import (
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    Usage,
+    decode_embedding,
+    encode_embedding,
+)
 from .context import CallContext, Hold
 from .health import Cooldowns
 from .pricing import price_for
@@ -382,16 +391,47 @@ class Router:
             await _close(it)
 
     async def embed(self, request: EmbeddingRequest, ctx: CallContext | None = None) -> EmbeddingResponse:
+        """One embedding per input, in input order, floats or base64 as asked, whatever the upstream sent."""
+
         async def call(dep: Deployment, _timeout: float) -> EmbeddingResponse:
             if not isinstance(dep.model, EmbeddingModel):
                 raise InvalidRequestError(f"'{dep.name}' cannot make embeddings", param="model")
-            return await dep.model.embed(request)
+            return _in_order(await dep.model.embed(request), request, dep.id)
 
-        prompt = sum(estimate_text_tokens(t) for t in request.texts())
+        ids = request.token_ids()
+        prompt = sum(map(len, ids)) if ids is not None else sum(map(estimate_text_tokens, request.texts()))
         response, attempt, n = await self._run(request.model, prompt, None, call, ctx)
         usage = Usage(prompt_tokens=response.usage.prompt_tokens or prompt)
         response.usage.cost = (await self._account(attempt, usage, False, n, request.model, ctx)).cost
         return response
+
+
+def _in_order(response: EmbeddingResponse, request: EmbeddingRequest, deployment: str) -> EmbeddingResponse:
+    """The upstream's answer checked (one embedding per input), in input order and in the asked encoding.
+
+    An upstream that cannot send base64 (or ignores ``encoding_format``) sends floats: they are encoded
+    here; one that sends base64 unasked is decoded.
+    """
+    wanted = request.count()
+    data = sorted(response.data, key=lambda d: d.index)
+    if [d.index for d in data] != list(range(wanted)):
+        raise UpstreamBadResponseError(
+            f"upstream {deployment} answered {len(data)} embeddings for {wanted} inputs", deployment=deployment
+        )
+    base64 = request.encoding_format == "base64"
+    for d in data:
+        if base64 and isinstance(d.embedding, list):
+            d.embedding = encode_embedding(d.embedding)
+        elif not base64 and isinstance(d.embedding, str):
+            try:
+                d.embedding = decode_embedding(d.embedding)
+            except ValueError:
+                raise UpstreamBadResponseError(
+                    f"upstream {deployment} answered an embedding that is neither floats nor base64 float32",
+                    deployment=deployment,
+                ) from None
+    response.data = data
+    return response
 
 
 def _estimate(prompt_tokens: int, text_len: int) -> Usage:

@@ -6,8 +6,6 @@ Requests and answers are translated to and from the OpenAI chat format in
 
 from __future__ import annotations
 
-import base64
-import struct
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
@@ -18,7 +16,6 @@ import orjson
 from ..config import DeploymentConfig
 from ..errors import (
     ConfigError,
-    InvalidRequestError,
     ProviderError,
     UpstreamAuthError,
     UpstreamBadResponseError,
@@ -33,6 +30,7 @@ from ..types import (
     EmbeddingRequest,
     EmbeddingResponse,
     EmbeddingUsage,
+    encode_embedding,
 )
 from . import _http
 from ._gemini_translate import StreamTranslator, WireError, from_gemini, to_gemini
@@ -167,9 +165,7 @@ class GeminiProvider:
 
     # -- EmbeddingModel -------------------------------------------------------------------------
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
-        texts = request.texts()
-        if not isinstance(request.input, str) and len(texts) != len(request.input):
-            raise InvalidRequestError("Gemini embeds text only, not token ids", param="input")
+        texts = request.text_only(self.name)
         one: dict[str, Any] = {"model": self._resource}
         if request.dimensions is not None:
             one["outputDimensionality"] = request.dimensions
@@ -187,10 +183,9 @@ class GeminiProvider:
             values = e.get("values") if isinstance(e, dict) else None
             if not isinstance(values, list) or not all(isinstance(v, int | float) for v in values):
                 raise self._bad_response("answered an embedding without values")
-            vector: list[float] | str = [float(v) for v in values]
-            if request.encoding_format == "base64":  # OpenAI's: little-endian float32, base64
-                vector = base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
-            out.append(EmbeddingData(index=i, embedding=vector))
+            vector = [float(v) for v in values]
+            out.append(EmbeddingData(index=i, embedding=encode_embedding(vector)
+                                     if request.encoding_format == "base64" else vector))
         tokens = sum((len(t) + 3) // 4 for t in texts)  # Gemini reports none: estimate 4 chars a token
         return EmbeddingResponse(data=out, model=self._model,
                                  usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens))

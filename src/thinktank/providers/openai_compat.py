@@ -14,7 +14,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from ..config import DeploymentConfig
-from ..errors import ConfigError, ProviderError, UpstreamBadResponseError
+from ..errors import ConfigError, ProviderError, UpstreamBadRequestError, UpstreamBadResponseError
 from ..types import ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse
 from . import _http
 from ._chunks import response_chunks
@@ -158,8 +158,17 @@ class OpenAIProvider:
 
     # -- EmbeddingModel -------------------------------------------------------------------------
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        """Texts and token ids go to the upstream as they came; so does ``encoding_format``, unless the
+        upstream refuses base64: then it is asked for floats, which the router encodes."""
         payload = request.model_dump(exclude_none=True)
         payload["model"] = self._model
+        try:
+            return await self._post_json("embeddings", payload, EmbeddingResponse, "an embedding list")
+        except UpstreamBadRequestError as exc:
+            refused = exc.message.lower()
+            if request.encoding_format != "base64" or ("base64" not in refused and "encoding_format" not in refused):
+                raise
+        payload["encoding_format"] = "float"
         return await self._post_json("embeddings", payload, EmbeddingResponse, "an embedding list")
 
     # -- Probe ----------------------------------------------------------------------------------
