@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from ..fakes import openai as fmt
-from ..fakes.upstream import FakeUpstream, Reply
+from ..fakes.upstream import FakeUpstream, Reply, sse
 from .conftest import ADMIN, AUTH, Start
 
 CANARY = "sk-canary-provider-key-XYZZY"
@@ -157,6 +157,27 @@ async def test_provider_key_never_leaks(gateway: Start, fake_openai: FakeUpstrea
         assert resp.status_code >= 400
         assert CANARY not in resp.text
     assert CANARY not in caplog.text
+
+
+async def test_fragments_of_provider_secrets_never_leak(gateway: Start, fake_openai: FakeUpstream,
+                                                        client: httpx.AsyncClient,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    org = "org-Hk29sPq7Lm3Xv0Nw"
+    fake_openai.queue(
+        fmt.error(400, f"Incorrect API key provided: {CANARY[:20]}********"),
+        fmt.error(429, f"Rate limit reached for organization {org[:12]}... on key ...{CANARY[-8:]}"),
+        Reply(sse=sse(fmt.chunk({"role": "assistant", "content": "a"}),
+                      {"error": {"message": f"key {CANARY[3:15]} was revoked", "type": "server_error"}})),
+    )
+    url = await gateway({**cfg(fake_openai.url, headers={"OpenAI-Organization": org}), "router": {"num_retries": 0}})
+    texts = [(await client.post(url + "/v1/chat/completions", headers=AUTH, json=body)).text
+             for body in (BODY, BODY, {**BODY, "stream": True})]
+    # (this canary is not random: "provided" shares a run with its "provider" and is starred out too)
+    assert "Incorrect API key" in texts[0] and "Rate limit reached" in texts[1] and "was revoked" in texts[2]
+    for secret in (CANARY, org):
+        for text in [*texts, caplog.text]:
+            assert not any(secret[i:i + 6] in text for i in range(len(secret) - 5)), text
 
 
 async def test_stream_answered_with_a_json_completion(gateway: Start, fake_openai: FakeUpstream,

@@ -423,6 +423,23 @@ async def test_stream_ignores_unknown_events_and_thinking(fake_anthropic: FakeUp
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "x"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_fragments_of_the_key_and_header_values_are_scrubbed(fake_anthropic: FakeUpstream,
+                                                                   ctx: ProviderContext, stream: bool) -> None:
+    proxy_token = "pxy-7Hq2Lw9Rt0Zs5Vb8Nc"
+    echo = f"rejected {KEY[:10]}**** via proxy token ...{proxy_token[-9:]}"
+    if stream:
+        events = fmt.stream_events(["one"])
+        fake_anthropic.queue(Reply(sse=[events[0], fmt.error_event("overloaded_error", echo)]))
+    else:
+        fake_anthropic.queue(fmt.error(529, "overloaded_error", echo))
+    p = provider(fake_anthropic, ctx, headers={"x-proxy-token": proxy_token})
+    with pytest.raises(UpstreamServerError) as info:
+        await collect(p, req(stream=stream)) if stream else await p.complete(req())
+    assert "rejected ******* via proxy token ...***" in info.value.message  # the key part went, its stars stay
+    assert fake_anthropic.requests[-1].headers["x-proxy-token"] == proxy_token
+
+
 # -- errors -------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("reply", "error"),

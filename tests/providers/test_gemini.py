@@ -586,6 +586,16 @@ async def test_forbidden_message_is_scrubbed_when_kept(fake_gemini: FakeUpstream
     assert "quota for key *** exhausted" in str(info.value)
 
 
+async def test_fragments_of_the_key_and_header_values_are_scrubbed(fake_gemini: FakeUpstream,
+                                                                   ctx: ProviderContext) -> None:
+    project = "proj-81726354-secret"
+    fake_gemini.queue(fmt.error(429, f"quota of key {KEY[:9]}... (project {project[5:]}) exhausted"))
+    p = provider(fake_gemini, ctx, headers={"x-goog-user-project": project})
+    with pytest.raises(UpstreamRateLimitError) as info:
+        await p.complete(req())
+    assert "quota of key ***... (project ***) exhausted" in info.value.message
+
+
 async def test_stream_error_before_first_chunk(fake_gemini: FakeUpstream, ctx: ProviderContext) -> None:
     fake_gemini.queue(fmt.error(503, "overloaded"))
     with pytest.raises(UpstreamServerError):

@@ -20,7 +20,7 @@ from thinktank.providers.openai_compat import AzureOpenAIProvider, OllamaProvide
 from thinktank.types import ChatRequest, EmbeddingRequest
 
 from ..fakes import openai as fmt
-from ..fakes.upstream import FakeUpstream, Reply
+from ..fakes.upstream import FakeUpstream, Reply, sse
 
 
 def deployment(url: str, **kw: object) -> DeploymentConfig:
@@ -95,6 +95,48 @@ async def test_error_mapping(fake_openai: FakeUpstream, ctx: ProviderContext, re
     assert "sk-secret-canary-123" not in str(info.value)
     if isinstance(info.value, UpstreamRateLimitError):
         assert info.value.retry_after == 7
+
+
+SECRET = "sk-secret-canary-123"
+HEADER_SECRET = "org-Zq81hXvP0wLm44tYbK"
+
+
+def fragments(secret: str) -> list[str]:
+    """How upstreams echo keys: a long prefix, a long suffix, masked both ways, and a middle run."""
+    return [secret[:-3], secret[:8] + "*" * 12, "*" * 10 + secret[-7:], secret[:6] + "..." + secret[-6:],
+            "xx" + secret[4:11] + "yy", secret]
+
+
+@pytest.mark.parametrize("echo", fragments(SECRET) + fragments(HEADER_SECRET))
+@pytest.mark.parametrize("status", [400, 429, 500])
+async def test_fragments_of_secrets_never_come_back(fake_openai: FakeUpstream, ctx: ProviderContext, echo: str,
+                                                    status: int) -> None:
+    fake_openai.queue(fmt.error(status, f"Incorrect API key provided: {echo}. Find your key on the dashboard."))
+    p = OpenAIProvider(deployment(fake_openai.url, headers={"OpenAI-Organization": HEADER_SECRET}), ctx)
+    with pytest.raises(Exception) as info:
+        await p.complete(req())
+    message = str(info.value)
+    assert "Incorrect API key provided: " in message and "Find your key on the dashboard." in message
+    for secret in (SECRET, HEADER_SECRET):
+        assert not any(secret[i:i + 6] in message for i in range(len(secret) - 5)), message
+    assert fake_openai.requests[-1].headers["OpenAI-Organization"] == HEADER_SECRET
+
+
+async def test_short_runs_of_a_key_are_kept(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:
+    # Five characters at each end say which key it was and reveal nothing that helps guess it.
+    fake_openai.queue(fmt.error(400, f"key {SECRET[:5]}***{SECRET[-5:]} has no access to model fake-model"))
+    with pytest.raises(UpstreamBadRequestError) as info:
+        await OpenAIProvider(deployment(fake_openai.url), ctx).complete(req())
+    assert info.value.message.endswith(f"key {SECRET[:5]}***{SECRET[-5:]} has no access to model fake-model")
+
+
+async def test_fragments_in_a_stream_error_event(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:
+    error = {"error": {"message": f"quota of {SECRET[:12]}... exceeded", "type": "server_error"}}
+    fake_openai.queue(Reply(sse=sse(fmt.chunk({"role": "assistant", "content": "a"}), error)))
+    with pytest.raises(UpstreamServerError) as info:
+        async for _ in OpenAIProvider(deployment(fake_openai.url), ctx).stream(req(stream=True)):
+            pass
+    assert "quota of ***... exceeded" in info.value.message
 
 
 async def test_stream_error_before_first_chunk(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:

@@ -55,8 +55,9 @@ class AnthropicProvider:
     def name(self) -> str:
         return self.deployment.name
 
-    def _secrets(self) -> tuple[str | None]:
-        return (self._key,)
+    def _secrets(self) -> tuple[str | None, ...]:
+        """What must never reach a client: the key and the values of the deployment's ``headers:``."""
+        return (self._key, *self.deployment.headers.values())
 
     async def _raise_for_status(self, resp: aiohttp.ClientResponse) -> None:
         await _http.raise_for_status(

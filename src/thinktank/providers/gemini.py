@@ -81,8 +81,9 @@ class GeminiProvider:
     def _url(self, method: str = "") -> str:
         return f"{self.base_url}/{self._resource}{':' + method if method else ''}"
 
-    def _secrets(self) -> tuple[str | None]:
-        return (self._key,)
+    def _secrets(self) -> tuple[str | None, ...]:
+        """What must never reach a client: the key and the values of the deployment's ``headers:``."""
+        return (self._key, *self.deployment.headers.values())
 
     # -- errors ---------------------------------------------------------------------------------
     def _error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:

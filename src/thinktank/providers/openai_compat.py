@@ -85,8 +85,9 @@ class OpenAIProvider:
             data.pop("stream_options", None)
         return data
 
-    def _secrets(self) -> tuple[str | None]:
-        return (self._key,)
+    def _secrets(self) -> tuple[str | None, ...]:
+        """What must never reach a client: the key and the values of the deployment's ``headers:``."""
+        return (self._key, *self.deployment.headers.values())
 
     async def _post_json(self, path: str, payload: dict[str, Any], model: type[R], what: str) -> R:
         async with _http.post(self._ctx.http, self._url(path), payload, self._headers, deployment=self._id) as resp:
