@@ -11,7 +11,12 @@ import openai
 import orjson
 import pytest
 
+from thinktank.accounts.budget_stores import BudgetSpec
+from thinktank.api.app import create_app
+from thinktank.config import Settings, parse_config
+
 from ..fakes import openai as fmt
+from ..fakes.server import serving
 from ..fakes.upstream import FakeUpstream, Reply, sse
 from .conftest import ADMIN, AUTH, Start
 
@@ -272,3 +277,41 @@ async def test_embeddings_of_token_ids(gateway: Start, fake_openai: FakeUpstream
     assert refused.status_code == 400  # never 200 with no embeddings
     err = refused.json()["error"]
     assert "cannot take token ids" in err["message"] and err["param"] == "input"
+
+
+async def test_stream_usage_reported_twice_is_one_figure_everywhere(settings: Settings, fake_openai: FakeUpstream,
+                                                                   client: httpx.AsyncClient) -> None:
+    # The upstream reports usage as it goes and again at the end: the client, the usage record and the
+    # key's budget must all show the last figure, counted once.
+    def usage(prompt: int, completion: int, choices: list[Any]) -> dict[str, Any]:
+        return {**fmt.chunk({}), "choices": choices,
+                "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                          "total_tokens": prompt + completion}}
+
+    fake_openai.queue(Reply(sse=sse(
+        fmt.chunk({"role": "assistant", "content": ""}),
+        usage(12, 1, fmt.chunk({"content": "Hello"})["choices"]),
+        fmt.chunk({"content": " world"}), fmt.chunk({}, "stop"), usage(12, 3, []),
+    )))
+    app = create_app(settings, parse_config(cfg(fake_openai.url, input_price=1000, output_price=2000)))
+    async with serving(app) as url:
+        key = await client.post(url + "/api/v1/keys", headers=AUTH,
+                                json={"name": "metered", "budget_usd": 1.0, "budget_period": "day"})
+        assert key.status_code == 201, key.text
+        resp = await client.post(url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key.json()['key']}"},
+                                 json={**BODY, "stream": True, "stream_options": {"include_usage": True},
+                                       "max_tokens": 10})
+        assert resp.status_code == 200, resp.text
+        objs = [orjson.loads(e[6:]) for e in resp.text.split("\n\n") if e and e != "data: [DONE]"]
+        told = [o["usage"] for o in objs if "usage" in o]
+        assert len(told) == 1 and objs[-1]["usage"] is told[0] and objs[-1]["choices"] == []
+        cost = (12 * 1000 + 3 * 2000) / 1e6
+        assert (told[0]["prompt_tokens"], told[0]["completion_tokens"], told[0]["total_tokens"]) == (12, 3, 15)
+        assert told[0]["cost"] == pytest.approx(cost)
+        # (a stream's headers go out before its cost is known: the figure is in the usage chunk)
+        rows = (await client.get(url + "/api/v1/usage", headers=AUTH, params={"group_by": "key"})).json()["data"]
+        assert [(r["group"], r["requests"], r["prompt_tokens"], r["completion_tokens"]) for r in rows] == [
+            (key.json()["id"], 1, 12, 3)]
+        assert rows[0]["cost_usd"] == pytest.approx(cost)
+        spec = BudgetSpec("key", key.json()["id"], 1.0, "day", "key 'metered'")
+        assert 1.0 - await app.state.ledger.remaining(spec) == pytest.approx(cost)

@@ -28,7 +28,7 @@ from thinktank.types import ChatRequest, EmbeddingRequest
 
 from ..fakes import openai as fmt
 from ..fakes.clock import FakeClock
-from ..fakes.upstream import FakeUpstream, Reply
+from ..fakes.upstream import FakeUpstream, Reply, sse
 
 
 def router(ctx: ProviderContext, cfg: dict[str, Any], seed: int = 1) -> Router:
@@ -283,6 +283,58 @@ async def test_stream_without_any_chunk_falls_back(fake_openai: FakeUpstream, ct
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo:hi"
     assert len(fake_openai.requests) == 2
     assert [rec.deployment for rec in records] == ["b"]
+
+
+def usage_chunk(prompt: int, completion: int, *, choices: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"id": "chatcmpl-fake123", "object": "chat.completion.chunk", "created": 1700000000, "model": "fake-model",
+            "choices": choices or [],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}}
+
+
+#: Usage reported twice: on a content chunk as it goes (continuous usage stats), then at the end.
+RUNNING = [fmt.chunk({"role": "assistant", "content": ""}),
+           usage_chunk(12, 1, choices=fmt.chunk({"content": "Hello"})["choices"]),
+           fmt.chunk({"content": " world"}), fmt.chunk({}, "stop"), usage_chunk(12, 3)]
+#: The same usage chunk sent twice (a proxy that repeats it).
+REPEATED = [fmt.chunk({"role": "assistant", "content": "Hello world"}), fmt.chunk({}, "stop"),
+            usage_chunk(12, 3), usage_chunk(12, 3)]
+#: The prompt count first, the completion count last.
+SPLIT = [fmt.chunk({"role": "assistant", "content": "Hello world"}), usage_chunk(12, 0), fmt.chunk({}, "stop"),
+         usage_chunk(0, 3)]
+
+
+@pytest.mark.parametrize("events", [RUNNING, REPEATED, SPLIT])
+async def test_stream_usage_reported_twice_is_accounted_once(fake_openai: FakeUpstream, ctx: ProviderContext,
+                                                             events: list[dict[str, Any]]) -> None:
+    from thinktank.gateway.context import CallContext
+
+    fake_openai.queue(Reply(sse=sse(*events)))
+    records: list[UsageRecord] = []
+    r = Router(parse_config({"models": [oa("m", fake_openai.url, input_price=1000, output_price=2000)]}), ctx,
+               observers=[records.append])
+    meter = RecordingMeter()
+    chunks = [c async for c in r.stream(req(stream=True), CallContext(meter=meter))]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello world"
+    with_usage = [c for c in chunks if c.usage is not None]
+    assert with_usage == [chunks[-1]] and chunks[-1].choices == []  # one usage, in the last chunk
+    usage = chunks[-1].usage
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (12, 3, 15)
+    cost = (12 * 1000 + 3 * 2000) / 1e6
+    assert usage.cost == pytest.approx(cost)
+    assert [(rec.prompt_tokens, rec.completion_tokens) for rec in records] == [(12, 3)]
+    assert records[0].cost == pytest.approx(cost)
+    assert [k for k, _, _ in meter.events] == ["reserve", "settle"] and meter.events[-1][2] == pytest.approx(cost)
+
+
+async def test_stream_without_usage_and_without_budget_is_recorded_once(fake_openai: FakeUpstream,
+                                                                        ctx: ProviderContext) -> None:
+    fake_openai.queue(Reply(sse=fmt.stream_events(["Hello", " world"], usage=False)))
+    records: list[UsageRecord] = []
+    r = Router(parse_config({"models": [oa("m", fake_openai.url, input_price=1, output_price=1)]}), ctx,
+               observers=[records.append])
+    chunks = [c async for c in r.stream(req(stream=True))]
+    assert len(records) == 1 and chunks[-1].usage is not None
+    assert chunks[-1].usage.cost == records[0].cost
 
 
 async def test_stream_idle_timeout_midway(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:

@@ -355,19 +355,26 @@ class Router:
         (it, first), attempt, n = await self._run(request.model, prompt, request.output_limit(), call, ctx)
         dep = attempt.deployment
         dep.stats.in_flight += 1
-        usage: Usage | None = None
+        reported: Usage | None = None
+        """What the upstream said it used, over all its reports."""
+        held: ChatChunk | None = None
+        """The upstream's usage chunk: sent last, with the usage as accounted."""
+        last = first
         text_len = 0
-        last: ChatChunk | None = first
+        accounted = False
         try:
             chunk: ChatChunk | None = first
             while chunk is not None:
-                if chunk.usage is not None:
-                    usage = await self._account(attempt, chunk.usage, True, n, request.model, ctx)
-                    chunk.usage = usage
-                for c in chunk.choices:
-                    text_len += len(c.delta.content or "")
-                yield chunk
                 last = chunk
+                if chunk.usage is not None:
+                    reported = _merge_usage(reported, chunk.usage)
+                    chunk.usage = None
+                    if not chunk.choices:
+                        held = chunk
+                if chunk is not held:
+                    for c in chunk.choices:
+                        text_len += len(c.delta.content or "")
+                    yield chunk
                 try:
                     async with asyncio.timeout(dep.timeout):
                         chunk = await anext(it)
@@ -377,17 +384,20 @@ class Router:
                     raise UpstreamTimeoutError(
                         f"upstream {dep.id} stopped sending for {dep.timeout:g} s", deployment=dep.id
                     ) from None
-            if usage is None:
-                estimated = await self._account(attempt, _estimate(prompt, text_len), True, n, request.model, ctx)
-                yield ChatChunk(
-                    id=last.id if last else "chatcmpl-thinktank", created=last.created if last else 0,
-                    model=last.model if last else request.model, choices=[], usage=estimated,
-                )
+            # One figure: accounted once (usage record, cost, budget), then told to the client in the
+            # one last chunk, however many times the upstream reported usage.
+            usage = await self._account(
+                attempt, reported or _estimate(prompt, text_len), True, n, request.model, ctx
+            )
+            accounted = True
+            final = held or ChatChunk(id=last.id, created=last.created, model=last.model)
+            final.usage = usage
+            yield final
         finally:
             dep.stats.in_flight -= 1
-            if usage is None and not attempt.settled:
-                # Cut short (client gone, upstream error): account what was produced, estimated.
-                await self._account(attempt, _estimate(prompt, text_len), True, n, request.model, ctx)
+            if not accounted:
+                # Cut short (client gone, upstream error): account what was produced.
+                await self._account(attempt, _cut_short(reported, prompt, text_len), True, n, request.model, ctx)
             await _close(it)
 
     async def embed(self, request: EmbeddingRequest, ctx: CallContext | None = None) -> EmbeddingResponse:
@@ -432,6 +442,36 @@ def _in_order(response: EmbeddingResponse, request: EmbeddingRequest, deployment
                 ) from None
     response.data = data
     return response
+
+
+def _merge_usage(seen: Usage | None, new: Usage) -> Usage:
+    """One figure for a stream that reported its usage more than once.
+
+    Each report is taken as the total so far (OpenAI-compatible servers with continuous usage
+    stats, Gemini), so the last one wins; a count a later report leaves at 0 keeps its earlier
+    value (a prompt count sent only at the start). Adding the reports up would count twice.
+    """
+    if seen is None:
+        return new.model_copy(deep=True)
+    merged = Usage.model_validate({**seen.model_dump(exclude_none=True), **new.model_dump(exclude_none=True)})
+    filled = False
+    for name in ("prompt_tokens", "completion_tokens"):
+        if not getattr(new, name) and getattr(seen, name):
+            setattr(merged, name, getattr(seen, name))
+            filled = True
+    if filled or not merged.total_tokens:
+        merged.total_tokens = merged.prompt_tokens + merged.completion_tokens
+    return merged
+
+
+def _cut_short(reported: Usage | None, prompt_tokens: int, text_len: int) -> Usage:
+    """The usage of a stream that broke off: the upstream's counts so far, the estimate where larger."""
+    estimate = _estimate(prompt_tokens, text_len)
+    if reported is None:
+        return estimate
+    prompt = reported.prompt_tokens or estimate.prompt_tokens
+    completion = max(reported.completion_tokens, estimate.completion_tokens)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
 def _estimate(prompt_tokens: int, text_len: int) -> Usage:
