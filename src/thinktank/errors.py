@@ -8,9 +8,11 @@ Messages never contain secrets: provider errors scrub the deployment's key befor
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 __all__ = [
+    "DEFAULT_RETRY_AFTER",
     "AuthenticationError",
     "ClientError",
     "ConfigError",
@@ -35,13 +37,27 @@ __all__ = [
     "UpstreamRateLimitError",
     "UpstreamServerError",
     "UpstreamTimeoutError",
+    "retry_after_header",
 ]
+
+
+#: Seconds a client is told to wait after a 429 when nobody said how long (the upstream sent no
+#: Retry-After): long enough not to hammer, short enough not to stall a client needlessly.
+DEFAULT_RETRY_AFTER = 1.0
+
+
+def retry_after_header(seconds: float | None) -> str:
+    """``Retry-After`` in whole seconds, rounded up and at least 1 (:data:`DEFAULT_RETRY_AFTER` if unknown)."""
+    wait = DEFAULT_RETRY_AFTER if seconds is None else seconds
+    return str(max(1, math.ceil(wait)))
 
 
 class ThinktankError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str | None = None
+    #: Seconds after which trying again may succeed, when known.
+    retry_after: float | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -55,6 +71,9 @@ class ThinktankError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def headers(self) -> dict[str, str]:
+        """Headers the error response carries: every 429 says when to try again (``Retry-After``)."""
+        if self.status == 429:
+            return {"Retry-After": retry_after_header(self.retry_after)}
         return {}
 
 
@@ -122,13 +141,11 @@ class UnprocessableError(ClientError):
 class RateLimitError(ClientError):
     status = 429
     type = "rate_limit_error"
+    retry_after: float
 
     def __init__(self, message: str, *, retry_after: float, code: str | None = None) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(max(1, int(self.retry_after + 0.999)))}
 
 
 class ProviderError(ThinktankError):
@@ -159,11 +176,6 @@ class UpstreamRateLimitError(ProviderError):
     status = 429
     type = "rate_limit_error"
     retryable = True
-
-    def headers(self) -> dict[str, str]:
-        if self.retry_after is None:
-            return {}
-        return {"Retry-After": str(max(1, int(self.retry_after + 0.999)))}
 
 
 class UpstreamServerError(ProviderError):

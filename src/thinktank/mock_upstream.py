@@ -78,7 +78,8 @@ def make_app(latency: float = 0.0, stream_delay: float = 0.0) -> web.Application
     async def embeddings(request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())
         inputs = body.get("input", [])
-        inputs = [inputs] if isinstance(inputs, str) else inputs
+        if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int)):
+            inputs = [inputs]  # one text, or one list of token ids
         data = [{"object": "embedding", "index": i, "embedding": [0.0, 0.5, 1.0]} for i in range(len(inputs))]
         return web.Response(body=orjson.dumps({"object": "list", "model": body.get("model"), "data": data,
                                                "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}}),

@@ -7,6 +7,9 @@ without a thinktank release. Responses keep unknown upstream fields (``extra="al
 
 from __future__ import annotations
 
+import base64
+import binascii
+import struct
 from typing import Any, Literal
 
 from pydantic import (
@@ -18,6 +21,8 @@ from pydantic import (
     field_validator,
     model_serializer,
 )
+
+from .errors import InvalidRequestError
 
 __all__ = [
     "ChatChunk",
@@ -36,6 +41,8 @@ __all__ = [
     "StreamOptions",
     "ToolCall",
     "Usage",
+    "decode_embedding",
+    "encode_embedding",
     "message_text",
 ]
 
@@ -232,6 +239,8 @@ class ChatChunk(_Answer):
 
 
 class EmbeddingRequest(_Open):
+    """``POST /v1/embeddings`` body: one text, texts, one list of token ids, or lists of token ids."""
+
     model: str = Field(min_length=1, max_length=256)
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] | None = None
@@ -247,12 +256,54 @@ class EmbeddingRequest(_Open):
             raise ValueError("input must not be empty")
         if isinstance(v, list) and len(v) > 2048:
             raise ValueError("at most 2048 inputs per request")
+        if isinstance(v, list) and any(isinstance(x, list) and not x for x in v):
+            raise ValueError("a list of token ids must not be empty")
         return v
 
+    def token_ids(self) -> list[list[int]] | None:
+        """The inputs as lists of token ids (one list per input), or None for text input."""
+        if isinstance(self.input, str) or isinstance(self.input[0], str):
+            return None
+        if isinstance(self.input[0], int):
+            return [[x for x in self.input if isinstance(x, int)]]  # one input: a single list of ids
+        return [x for x in self.input if isinstance(x, list)]
+
     def texts(self) -> list[str]:
+        """The input texts; none when the input is token ids (see :meth:`token_ids`)."""
         if isinstance(self.input, str):
             return [self.input]
         return [x for x in self.input if isinstance(x, str)]
+
+    def count(self) -> int:
+        """How many embeddings the answer holds: one per input."""
+        ids = self.token_ids()
+        return len(ids) if ids is not None else len(self.texts())
+
+    def text_only(self, model: str) -> list[str]:
+        """The texts, for a model that embeds text only: token ids are a client error (400), not nothing."""
+        if self.token_ids() is not None:
+            raise InvalidRequestError(
+                f"'{model}' embeds text only and cannot take token ids: send input as a string or a list of "
+                "strings (with LangChain's OpenAIEmbeddings, set check_embedding_ctx_length=False).",
+                param="input",
+            )
+        return self.texts()
+
+
+def encode_embedding(values: list[float]) -> str:
+    """An embedding as OpenAI's ``encoding_format: "base64"`` sends it: little-endian float32, base64."""
+    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+
+
+def decode_embedding(data: str) -> list[float]:
+    """The floats of a base64 embedding (ValueError if it is not one)."""
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except binascii.Error:
+        raise ValueError("not base64") from None
+    if len(raw) % 4:
+        raise ValueError("not a whole number of float32 values")
+    return list(struct.unpack(f"<{len(raw) // 4}f", raw))
 
 
 class EmbeddingData(_Open):

@@ -142,6 +142,33 @@ async def test_upstream_rate_limit_passes_retry_after(url: str, client: httpx.As
     assert resp.headers["retry-after"] == "30"
 
 
+@pytest.mark.parametrize(("headers", "expected"), [
+    ({}, "1"),  # the upstream said nothing: a default, never a 429 without Retry-After
+    ({"retry-after-ms": "2500"}, "3"),
+    ({"retry-after": "0"}, "1"),
+    ({"retry-after": "4.2"}, "5"),
+])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_every_429_carries_retry_after(url: str, client: httpx.AsyncClient, fake_openai: FakeUpstream,
+                                             headers: dict[str, str], expected: str, stream: bool) -> None:
+    fake_openai.queue(Reply(status=429, json={"error": {"message": "slow down"}}, headers=headers))
+    resp = await client.post(url + "/v1/chat/completions", headers=AUTH, json={**BODY, "stream": stream})
+    assert_error(resp, 429, "slow down")
+    assert resp.headers["retry-after"] == expected
+
+
+async def test_upstream_rate_limit_with_an_http_date(url: str, client: httpx.AsyncClient,
+                                                     fake_openai: FakeUpstream) -> None:
+    import email.utils
+    import time
+
+    when = email.utils.formatdate(time.time() + 20, usegmt=True)
+    fake_openai.queue(Reply(status=429, json={"error": {"message": "slow down"}}, headers={"retry-after": when}))
+    resp = await client.post(url + "/v1/chat/completions", headers=AUTH, json=BODY)
+    assert_error(resp, 429)
+    assert 15 <= int(resp.headers["retry-after"]) <= 21
+
+
 async def test_wrong_method_and_unknown_path(url: str, client: httpx.AsyncClient) -> None:
     resp = await client.get(url + "/v1/chat/completions", headers=AUTH)
     assert_error(resp, 405)

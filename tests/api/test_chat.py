@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import struct
 from typing import Any
 
 import httpx
@@ -9,8 +11,13 @@ import openai
 import orjson
 import pytest
 
+from thinktank.accounts.budget_stores import BudgetSpec
+from thinktank.api.app import create_app
+from thinktank.config import Settings, parse_config
+
 from ..fakes import openai as fmt
-from ..fakes.upstream import FakeUpstream, Reply
+from ..fakes.server import serving
+from ..fakes.upstream import FakeUpstream, Reply, sse
 from .conftest import ADMIN, AUTH, Start
 
 CANARY = "sk-canary-provider-key-XYZZY"
@@ -155,3 +162,156 @@ async def test_provider_key_never_leaks(gateway: Start, fake_openai: FakeUpstrea
         assert resp.status_code >= 400
         assert CANARY not in resp.text
     assert CANARY not in caplog.text
+
+
+async def test_fragments_of_provider_secrets_never_leak(gateway: Start, fake_openai: FakeUpstream,
+                                                        client: httpx.AsyncClient,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    org = "org-Hk29sPq7Lm3Xv0Nw"
+    fake_openai.queue(
+        fmt.error(400, f"Incorrect API key provided: {CANARY[:20]}********"),
+        fmt.error(429, f"Rate limit reached for organization {org[:12]}... on key ...{CANARY[-8:]}"),
+        Reply(sse=sse(fmt.chunk({"role": "assistant", "content": "a"}),
+                      {"error": {"message": f"key {CANARY[3:15]} was revoked", "type": "server_error"}})),
+    )
+    url = await gateway({**cfg(fake_openai.url, headers={"OpenAI-Organization": org}), "router": {"num_retries": 0}})
+    texts = [(await client.post(url + "/v1/chat/completions", headers=AUTH, json=body)).text
+             for body in (BODY, BODY, {**BODY, "stream": True})]
+    # (this canary is not random: "provided" shares a run with its "provider" and is starred out too)
+    assert "Incorrect API key" in texts[0] and "Rate limit reached" in texts[1] and "was revoked" in texts[2]
+    for secret in (CANARY, org):
+        for text in [*texts, caplog.text]:
+            assert not any(secret[i:i + 6] in text for i in range(len(secret) - 5)), text
+
+
+async def test_stream_answered_with_a_json_completion(gateway: Start, fake_openai: FakeUpstream,
+                                                      client: httpx.AsyncClient) -> None:
+    # An OpenAI-compatible server that ignores stream=true: the client still gets a proper stream.
+    fake_openai.queue(Reply(json=fmt.completion("whole answer", prompt_tokens=10, completion_tokens=2)))
+    url = await gateway(cfg(fake_openai.url))
+    resp = await client.post(url + "/v1/chat/completions", headers=AUTH,
+                             json={**BODY, "stream": True, "stream_options": {"include_usage": True}})
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+    events = [e for e in resp.text.split("\n\n") if e]
+    assert events[-1] == "data: [DONE]"
+    objs = [orjson.loads(e[6:]) for e in events[:-1]]
+    assert objs[0]["choices"][0]["delta"] == {"role": "assistant", "content": "whole answer"}
+    assert objs[1]["choices"][0]["finish_reason"] == "stop"
+    assert objs[-1]["choices"] == []
+    assert objs[-1]["usage"]["prompt_tokens"] == 10 and objs[-1]["usage"]["completion_tokens"] == 2
+    assert objs[-1]["usage"]["cost"] == pytest.approx((10 * 1 + 2 * 2) / 1e6)
+
+
+async def test_stream_answered_with_garbage_is_an_error_not_an_empty_200(
+    gateway: Start, fake_openai: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    fake_openai.queue(Reply(json={"unexpected": True}))
+    url = await gateway(cfg(fake_openai.url))
+    resp = await client.post(url + "/v1/chat/completions", headers=AUTH, json={**BODY, "stream": True})
+    assert resp.status_code == 502
+    assert resp.json()["error"]["type"] == "upstream_error" and "stream request" in resp.json()["error"]["message"]
+    usage = (await client.get(url + "/api/v1/usage", headers=AUTH)).json()["data"]
+    assert usage[0]["requests"] == 1 and usage[0]["errors"] == 1  # counted as the failure it is
+
+
+async def test_stream_with_no_chunk_at_all_is_an_error(gateway: Start, fake_openai: FakeUpstream,
+                                                       client: httpx.AsyncClient) -> None:
+    fake_openai.queue(Reply(sse=["data: [DONE]\n\n"]))
+    url = await gateway(cfg(fake_openai.url))
+    resp = await client.post(url + "/v1/chat/completions", headers=AUTH, json={**BODY, "stream": True})
+    assert resp.status_code == 502 and "without sending anything" in resp.json()["error"]["message"]
+
+
+def emb_cfg(url: str) -> dict[str, Any]:
+    return {"models": [
+        {"name": "emb", "provider": "openai", "model": "text-embedding-3-small", "base_url": url + "/v1",
+         "api_key": "k", "mode": "embedding"},
+        {"name": "demo-emb", "provider": "mock", "mode": "embedding", "options": {"embedding_dimensions": 4}},
+    ]}
+
+
+@pytest.mark.parametrize("model", ["emb", "demo-emb"])
+async def test_embeddings_with_the_openai_sdk_defaults(gateway: Start, fake_openai: FakeUpstream, model: str) -> None:
+    # The SDK asks for base64 unless told otherwise, and decodes it: little-endian float32.
+    url = await gateway(emb_cfg(fake_openai.url))
+    sdk = openai.AsyncOpenAI(base_url=url + "/v1", api_key=ADMIN, max_retries=0)
+    floats = await sdk.embeddings.create(model=model, input=["x", "y"], encoding_format="float")
+    decoded = await sdk.embeddings.create(model=model, input=["x", "y"])
+    assert [d.index for d in decoded.data] == [0, 1]
+    for f, d in zip(floats.data, decoded.data, strict=True):
+        assert d.embedding == pytest.approx(f.embedding, rel=1e-6)
+    raw = await sdk.embeddings.create(model=model, input=["x", "y"], encoding_format="base64")
+    for f, r in zip(floats.data, raw.data, strict=True):
+        assert isinstance(r.embedding, str)  # asked for explicitly: the SDK hands the string over
+        values = struct.unpack(f"<{len(f.embedding)}f", base64.b64decode(r.embedding))
+        assert values == pytest.approx(f.embedding, rel=1e-6)
+    if model == "emb":
+        assert [r.json.get("encoding_format") for r in fake_openai.requests] == ["float", "base64", "base64"]
+        assert floats.data[1].embedding == pytest.approx([0.2, 0.2, 0.3])
+
+
+async def test_embeddings_base64_from_an_upstream_that_sends_floats(gateway: Start, fake_openai: FakeUpstream,
+                                                                    client: httpx.AsyncClient) -> None:
+    fake_openai.queue(Reply(json=fmt.embeddings({"model": "m", "input": ["a", "b"]}, base64_ok=False)))
+    url = await gateway(emb_cfg(fake_openai.url))
+    resp = await client.post(url + "/v1/embeddings", headers=AUTH,
+                             json={"model": "emb", "input": ["a", "b"], "encoding_format": "base64"})
+    assert resp.status_code == 200
+    data = resp.json()["data"]
+    for i, d in enumerate(data):
+        assert struct.unpack("<3f", base64.b64decode(d["embedding"])) == pytest.approx(fmt.embedding_vector(i))
+
+
+@pytest.mark.parametrize(("tokens", "count"), [([[1, 2, 3]], 1), ([1, 2, 3], 1), ([[1, 2], [3, 4], [5]], 3)])
+async def test_embeddings_of_token_ids(gateway: Start, fake_openai: FakeUpstream, client: httpx.AsyncClient,
+                                       tokens: list[Any], count: int) -> None:
+    # What LangChain's OpenAIEmbeddings sends by default.
+    url = await gateway(emb_cfg(fake_openai.url))
+    resp = await client.post(url + "/v1/embeddings", headers=AUTH, json={"model": "emb", "input": tokens})
+    assert resp.status_code == 200, resp.text
+    assert fake_openai.requests[-1].json["input"] == tokens  # forwarded as they came
+    assert [d["index"] for d in resp.json()["data"]] == list(range(count))
+    assert [d["embedding"] for d in resp.json()["data"]] == [fmt.embedding_vector(i) for i in range(count)]
+    refused = await client.post(url + "/v1/embeddings", headers=AUTH, json={"model": "demo-emb", "input": tokens})
+    assert refused.status_code == 400  # never 200 with no embeddings
+    err = refused.json()["error"]
+    assert "cannot take token ids" in err["message"] and err["param"] == "input"
+
+
+async def test_stream_usage_reported_twice_is_one_figure_everywhere(settings: Settings, fake_openai: FakeUpstream,
+                                                                   client: httpx.AsyncClient) -> None:
+    # The upstream reports usage as it goes and again at the end: the client, the usage record and the
+    # key's budget must all show the last figure, counted once.
+    def usage(prompt: int, completion: int, choices: list[Any]) -> dict[str, Any]:
+        return {**fmt.chunk({}), "choices": choices,
+                "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                          "total_tokens": prompt + completion}}
+
+    fake_openai.queue(Reply(sse=sse(
+        fmt.chunk({"role": "assistant", "content": ""}),
+        usage(12, 1, fmt.chunk({"content": "Hello"})["choices"]),
+        fmt.chunk({"content": " world"}), fmt.chunk({}, "stop"), usage(12, 3, []),
+    )))
+    app = create_app(settings, parse_config(cfg(fake_openai.url, input_price=1000, output_price=2000)))
+    async with serving(app) as url:
+        key = await client.post(url + "/api/v1/keys", headers=AUTH,
+                                json={"name": "metered", "budget_usd": 1.0, "budget_period": "day"})
+        assert key.status_code == 201, key.text
+        resp = await client.post(url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key.json()['key']}"},
+                                 json={**BODY, "stream": True, "stream_options": {"include_usage": True},
+                                       "max_tokens": 10})
+        assert resp.status_code == 200, resp.text
+        objs = [orjson.loads(e[6:]) for e in resp.text.split("\n\n") if e and e != "data: [DONE]"]
+        told = [o["usage"] for o in objs if "usage" in o]
+        assert len(told) == 1 and objs[-1]["usage"] is told[0] and objs[-1]["choices"] == []
+        cost = (12 * 1000 + 3 * 2000) / 1e6
+        assert (told[0]["prompt_tokens"], told[0]["completion_tokens"], told[0]["total_tokens"]) == (12, 3, 15)
+        assert told[0]["cost"] == pytest.approx(cost)
+        # (a stream's headers go out before its cost is known: the figure is in the usage chunk)
+        rows = (await client.get(url + "/api/v1/usage", headers=AUTH, params={"group_by": "key"})).json()["data"]
+        assert [(r["group"], r["requests"], r["prompt_tokens"], r["completion_tokens"]) for r in rows] == [
+            (key.json()["id"], 1, 12, 3)]
+        assert rows[0]["cost_usd"] == pytest.approx(cost)
+        spec = BudgetSpec("key", key.json()["id"], 1.0, "day", "key 'metered'")
+        assert 1.0 - await app.state.ledger.remaining(spec) == pytest.approx(cost)

@@ -195,6 +195,7 @@ async def test_budget_stops_the_run_cleanly(api: str, client: httpx.AsyncClient)
     r = await client.post(api + "/api/v1/ensembles", headers=AUTH,
                           json={"ensemble": "council", "question": "q", "max_cost_usd": 0.007, "max_tokens": 50})
     assert r.status_code == 429, r.text
+    assert r.headers["retry-after"] == "1"  # every 429 says when to try again
     err = r.json()
     assert err["error"]["code"] == "budget_exceeded"
     run = err["run"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import struct
 from typing import Any
 
 from .upstream import Recorded, Reply, sse
@@ -70,18 +72,34 @@ def error(status: int, message: str, *, type_: str = "invalid_request_error", co
                  headers=headers or {})
 
 
+def embedding_vector(i: int) -> list[float]:
+    """The fake's embedding of input ``i``."""
+    return [0.1 * (i + 1), 0.2, 0.3]
+
+
+def embeddings(body: dict[str, Any], *, base64_ok: bool = True) -> dict[str, Any]:
+    """What ``POST /v1/embeddings`` answers: one embedding per input (a string, or a list of token ids),
+    as base64 little-endian float32 when asked (and ``base64_ok``), as floats otherwise."""
+    inputs = body["input"]
+    if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int)):
+        inputs = [inputs]
+    data: list[dict[str, Any]] = []
+    for i in range(len(inputs)):
+        vector: list[float] | str = embedding_vector(i)
+        if base64_ok and body.get("encoding_format") == "base64":
+            vector = base64.b64encode(struct.pack("<3f", *vector)).decode()
+        data.append({"object": "embedding", "index": i, "embedding": vector})
+    return {"object": "list", "model": body["model"], "data": data,
+            "usage": {"prompt_tokens": 5 * len(inputs), "total_tokens": 5 * len(inputs)}}
+
+
 def default_handler(rec: Recorded) -> Reply:
     """Echo the last user message, streaming when asked."""
     if rec.path.endswith("/models"):
         return Reply(json={"object": "list", "data": [{"id": "fake-model", "object": "model", "created": 0,
                                                         "owned_by": "fake"}]})
     if rec.path.endswith("/embeddings"):
-        inputs = rec.json["input"]
-        inputs = [inputs] if isinstance(inputs, str) else inputs
-        return Reply(json={"object": "list", "model": rec.json["model"],
-                           "data": [{"object": "embedding", "index": i, "embedding": [0.1 * (i + 1), 0.2, 0.3]}
-                                    for i in range(len(inputs))],
-                           "usage": {"prompt_tokens": 5 * len(inputs), "total_tokens": 5 * len(inputs)}})
+        return Reply(json=embeddings(rec.json))
     body = rec.json if isinstance(rec.json, dict) else {}
     last = body.get("messages", [{}])[-1].get("content", "")
     text = f"echo: {last}"

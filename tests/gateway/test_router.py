@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import base64
 import email.utils
 import random
+import struct
 from collections import Counter
 from typing import Any
 
@@ -11,8 +13,10 @@ from thinktank.config import parse_config
 from thinktank.errors import (
     ContextWindowExceededError,
     DeadlineExceededError,
+    InvalidRequestError,
     ModelNotFoundError,
     UpstreamBadRequestError,
+    UpstreamBadResponseError,
     UpstreamConnectionError,
     UpstreamRateLimitError,
     UpstreamServerError,
@@ -20,11 +24,11 @@ from thinktank.errors import (
 from thinktank.gateway.router import Router, UsageRecord
 from thinktank.providers.base import ProviderContext
 from thinktank.providers.mock import MockProvider
-from thinktank.types import ChatRequest
+from thinktank.types import ChatRequest, EmbeddingRequest
 
 from ..fakes import openai as fmt
 from ..fakes.clock import FakeClock
-from ..fakes.upstream import FakeUpstream, Reply
+from ..fakes.upstream import FakeUpstream, Reply, sse
 
 
 def router(ctx: ProviderContext, cfg: dict[str, Any], seed: int = 1) -> Router:
@@ -261,6 +265,78 @@ async def test_stream_without_upstream_usage_is_estimated(fake_openai: FakeUpstr
     assert usage is not None and usage.completion_tokens == 3 and usage.prompt_tokens > 0 and usage.cost
 
 
+async def test_stream_without_any_chunk_is_a_bad_response(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:
+    fake_openai.queue(Reply(sse=["data: [DONE]\n\n"]))
+    r = router(ctx, {"models": [oa("m", fake_openai.url)]})
+    with pytest.raises(UpstreamBadResponseError, match="without sending anything"):
+        async for _ in r.stream(req(stream=True)):
+            pass
+
+
+async def test_stream_without_any_chunk_falls_back(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:
+    records: list[UsageRecord] = []
+    fake_openai.queue(Reply(sse=["data: [DONE]\n\n"]))
+    cfg = {"models": [oa("a", fake_openai.url), oa("b", fake_openai.url)],
+           "groups": [{"name": "a", "fallbacks": ["b"]}]}
+    r = Router(parse_config(cfg), ctx, observers=[records.append])
+    chunks = [c async for c in r.stream(req("a", stream=True))]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo:hi"
+    assert len(fake_openai.requests) == 2
+    assert [rec.deployment for rec in records] == ["b"]
+
+
+def usage_chunk(prompt: int, completion: int, *, choices: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"id": "chatcmpl-fake123", "object": "chat.completion.chunk", "created": 1700000000, "model": "fake-model",
+            "choices": choices or [],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}}
+
+
+#: Usage reported twice: on a content chunk as it goes (continuous usage stats), then at the end.
+RUNNING = [fmt.chunk({"role": "assistant", "content": ""}),
+           usage_chunk(12, 1, choices=fmt.chunk({"content": "Hello"})["choices"]),
+           fmt.chunk({"content": " world"}), fmt.chunk({}, "stop"), usage_chunk(12, 3)]
+#: The same usage chunk sent twice (a proxy that repeats it).
+REPEATED = [fmt.chunk({"role": "assistant", "content": "Hello world"}), fmt.chunk({}, "stop"),
+            usage_chunk(12, 3), usage_chunk(12, 3)]
+#: The prompt count first, the completion count last.
+SPLIT = [fmt.chunk({"role": "assistant", "content": "Hello world"}), usage_chunk(12, 0), fmt.chunk({}, "stop"),
+         usage_chunk(0, 3)]
+
+
+@pytest.mark.parametrize("events", [RUNNING, REPEATED, SPLIT])
+async def test_stream_usage_reported_twice_is_accounted_once(fake_openai: FakeUpstream, ctx: ProviderContext,
+                                                             events: list[dict[str, Any]]) -> None:
+    from thinktank.gateway.context import CallContext
+
+    fake_openai.queue(Reply(sse=sse(*events)))
+    records: list[UsageRecord] = []
+    r = Router(parse_config({"models": [oa("m", fake_openai.url, input_price=1000, output_price=2000)]}), ctx,
+               observers=[records.append])
+    meter = RecordingMeter()
+    chunks = [c async for c in r.stream(req(stream=True), CallContext(meter=meter))]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello world"
+    with_usage = [c for c in chunks if c.usage is not None]
+    assert with_usage == [chunks[-1]] and chunks[-1].choices == []  # one usage, in the last chunk
+    usage = chunks[-1].usage
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (12, 3, 15)
+    cost = (12 * 1000 + 3 * 2000) / 1e6
+    assert usage.cost == pytest.approx(cost)
+    assert [(rec.prompt_tokens, rec.completion_tokens) for rec in records] == [(12, 3)]
+    assert records[0].cost == pytest.approx(cost)
+    assert [k for k, _, _ in meter.events] == ["reserve", "settle"] and meter.events[-1][2] == pytest.approx(cost)
+
+
+async def test_stream_without_usage_and_without_budget_is_recorded_once(fake_openai: FakeUpstream,
+                                                                        ctx: ProviderContext) -> None:
+    fake_openai.queue(Reply(sse=fmt.stream_events(["Hello", " world"], usage=False)))
+    records: list[UsageRecord] = []
+    r = Router(parse_config({"models": [oa("m", fake_openai.url, input_price=1, output_price=1)]}), ctx,
+               observers=[records.append])
+    chunks = [c async for c in r.stream(req(stream=True))]
+    assert len(records) == 1 and chunks[-1].usage is not None
+    assert chunks[-1].usage.cost == records[0].cost
+
+
 async def test_stream_idle_timeout_midway(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:
     fake_openai.queue(Reply(sse=fmt.stream_events(["a", "b"]), chunk_delay=5))
     r = router(ctx, {"models": [oa("m", fake_openai.url, timeout=0.3)]})
@@ -269,6 +345,54 @@ async def test_stream_idle_timeout_midway(fake_openai: FakeUpstream, ctx: Provid
         async for c in r.stream(req(stream=True)):
             got.append(c)
     assert len(got) == 1
+
+
+def emb(name: str, url: str) -> dict[str, Any]:
+    return oa(name, url, mode="embedding", input_price=1)
+
+
+async def test_embeddings_come_back_in_input_order(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:
+    answer = fmt.embeddings({"model": "fake-model", "input": ["a", "b", "c"]})
+    answer["data"].reverse()  # an upstream may answer in any order; each carries its index
+    fake_openai.queue(Reply(json=answer))
+    resp = await router(ctx, {"models": [emb("e", fake_openai.url)]}).embed(
+        EmbeddingRequest(model="e", input=["a", "b", "c"]))
+    assert [d.index for d in resp.data] == [0, 1, 2]
+    assert [d.embedding for d in resp.data] == [fmt.embedding_vector(i) for i in range(3)]
+
+
+@pytest.mark.parametrize("indexes", [[0], [0, 1, 2], [0, 0], [1, 2]])
+async def test_embeddings_not_one_per_input_are_a_bad_response(fake_openai: FakeUpstream, ctx: ProviderContext,
+                                                               indexes: list[int]) -> None:
+    data = [{"object": "embedding", "index": i, "embedding": [0.5]} for i in indexes]
+    fake_openai.queue(Reply(json={"object": "list", "model": "fake-model", "data": data}))
+    with pytest.raises(UpstreamBadResponseError, match="embeddings for 2 inputs"):
+        await router(ctx, {"models": [emb("e", fake_openai.url)]}).embed(EmbeddingRequest(model="e", input=["a", "b"]))
+
+
+async def test_embeddings_in_base64_when_the_upstream_sends_floats(fake_openai: FakeUpstream,
+                                                                   ctx: ProviderContext) -> None:
+    # An OpenAI-compatible server that ignores encoding_format answers floats: encoded here.
+    fake_openai.queue(Reply(json=fmt.embeddings({"model": "fake-model", "input": ["a", "b"]}, base64_ok=False)))
+    resp = await router(ctx, {"models": [emb("e", fake_openai.url)]}).embed(
+        EmbeddingRequest(model="e", input=["a", "b"], encoding_format="base64"))
+    assert fake_openai.requests[-1].json["encoding_format"] == "base64"
+    for i, d in enumerate(resp.data):
+        assert isinstance(d.embedding, str)
+        assert struct.unpack("<3f", base64.b64decode(d.embedding)) == pytest.approx(fmt.embedding_vector(i))
+
+
+async def test_embeddings_of_token_ids_count_the_ids(fake_openai: FakeUpstream, ctx: ProviderContext) -> None:
+    fake_openai.queue(Reply(json={**fmt.embeddings({"model": "fake-model", "input": [[1, 2]]}), "usage": {}}))
+    resp = await router(ctx, {"models": [emb("e", fake_openai.url)]}).embed(
+        EmbeddingRequest(model="e", input=[[1, 2, 3, 4, 5, 6, 7]]))
+    assert resp.usage.cost == pytest.approx(7 / 1e6)  # the upstream reported none: 7 ids, 7 tokens
+
+
+async def test_embeddings_of_token_ids_on_a_text_only_model(ctx: ProviderContext) -> None:
+    r = router(ctx, {"models": [{"name": "e", "provider": "mock", "mode": "embedding"}]})
+    with pytest.raises(InvalidRequestError, match="cannot take token ids"):
+        await r.embed(EmbeddingRequest(model="e", input=[[1, 2, 3]]))
 
 
 async def test_unknown_model(ctx: ProviderContext) -> None:

@@ -375,6 +375,39 @@ async def test_stream_garbage_event(fake_anthropic: FakeUpstream, ctx: ProviderC
         await collect(provider(fake_anthropic, ctx), req(stream=True))
 
 
+async def test_stream_answered_with_a_whole_message(fake_anthropic: FakeUpstream, ctx: ProviderContext) -> None:
+    # A Messages-API server that ignores "stream": true sends the whole message as JSON.
+    fake_anthropic.queue(Reply(json=fmt.message("all at once", tool_uses=[fmt.tool_use("f", {"a": 1})],
+                                                input_tokens=7, output_tokens=4)))
+    chunks = await collect(provider(fake_anthropic, ctx), req(stream=True))
+    first, finish, usage = chunks
+    delta = first.choices[0].delta
+    assert (delta.role, delta.content) == ("assistant", "all at once")
+    assert delta.tool_calls == [{"index": 0, "id": "toolu_01A", "type": "function",
+                                 "function": {"name": "f", "arguments": '{"a":1}'}}]
+    assert finish.choices[0].finish_reason == "tool_calls"
+    assert usage.choices == [] and usage.usage is not None
+    assert (usage.usage.prompt_tokens, usage.usage.completion_tokens) == (7, 4)
+    assert {c.id for c in chunks} == {"msg_01Fake"}
+
+
+@pytest.mark.parametrize("reply", [
+    Reply(json={"hello": "world"}),
+    Reply(body=b"<html>a proxy's page</html>", headers={"content-type": "text/html"}),
+])
+async def test_stream_answered_with_neither_stream_nor_message(fake_anthropic: FakeUpstream, ctx: ProviderContext,
+                                                               reply: Reply) -> None:
+    fake_anthropic.queue(reply)
+    with pytest.raises(UpstreamBadResponseError, match="stream request"):
+        await collect(provider(fake_anthropic, ctx), req(stream=True))
+
+
+async def test_stream_answered_with_a_json_error(fake_anthropic: FakeUpstream, ctx: ProviderContext) -> None:
+    fake_anthropic.queue(Reply(json=fmt.error_body("overloaded_error", "Overloaded")))
+    with pytest.raises(UpstreamServerError, match="Overloaded"):
+        await collect(provider(fake_anthropic, ctx), req(stream=True))
+
+
 async def test_stream_ignores_unknown_events_and_thinking(fake_anthropic: FakeUpstream,
                                                           ctx: ProviderContext) -> None:
     events = fmt.stream_events(["x"])
@@ -388,6 +421,23 @@ async def test_stream_ignores_unknown_events_and_thinking(fake_anthropic: FakeUp
     fake_anthropic.queue(Reply(sse=[*events[:1], *extra, *events[1:]]))
     chunks = await collect(provider(fake_anthropic, ctx), req(stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "x"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_fragments_of_the_key_and_header_values_are_scrubbed(fake_anthropic: FakeUpstream,
+                                                                   ctx: ProviderContext, stream: bool) -> None:
+    proxy_token = "pxy-7Hq2Lw9Rt0Zs5Vb8Nc"
+    echo = f"rejected {KEY[:10]}**** via proxy token ...{proxy_token[-9:]}"
+    if stream:
+        events = fmt.stream_events(["one"])
+        fake_anthropic.queue(Reply(sse=[events[0], fmt.error_event("overloaded_error", echo)]))
+    else:
+        fake_anthropic.queue(fmt.error(529, "overloaded_error", echo))
+    p = provider(fake_anthropic, ctx, headers={"x-proxy-token": proxy_token})
+    with pytest.raises(UpstreamServerError) as info:
+        await collect(p, req(stream=stream)) if stream else await p.complete(req())
+    assert "rejected ******* via proxy token ...***" in info.value.message  # the key part went, its stars stay
+    assert fake_anthropic.requests[-1].headers["x-proxy-token"] == proxy_token
 
 
 # -- errors -------------------------------------------------------------------------------------

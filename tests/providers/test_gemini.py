@@ -500,6 +500,44 @@ async def test_stream_without_usage_has_no_usage_chunk(fake_gemini: FakeUpstream
     assert all(c.choices for c in chunks)
 
 
+async def test_stream_answered_with_a_json_array(fake_gemini: FakeUpstream, ctx: ProviderContext) -> None:
+    # Without alt=sse (a Gemini-compatible server that ignores it) the events come as one JSON array.
+    events = [orjson.loads(e.removeprefix("data: ")) for e in fmt.stream_events(["one ", "two"])]
+    fake_gemini.queue(Reply(json=events))
+    chunks = await collect(provider(fake_gemini, ctx), req(stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "one two"
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (12, 2)
+
+
+async def test_stream_answered_with_one_json_response(fake_gemini: FakeUpstream, ctx: ProviderContext) -> None:
+    fake_gemini.queue(Reply(json=fmt.response("whole", prompt_tokens=5, completion_tokens=1)))
+    chunks = await collect(provider(fake_gemini, ctx), req(stream=True))
+    assert chunks[0].choices[0].delta.content == "whole" and chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == 5
+
+
+@pytest.mark.parametrize("reply", [
+    Reply(json={"hello": "world"}),
+    Reply(json=[]),
+    Reply(json=[{"candidates": "nope"}]),
+    Reply(body=b"<html>a proxy's page</html>", headers={"content-type": "text/html"}),
+])
+async def test_stream_answered_with_neither_stream_nor_response(fake_gemini: FakeUpstream, ctx: ProviderContext,
+                                                                reply: Reply) -> None:
+    fake_gemini.queue(reply)
+    with pytest.raises(UpstreamBadResponseError):
+        await collect(provider(fake_gemini, ctx), req(stream=True))
+
+
+async def test_stream_answered_with_a_json_error(fake_gemini: FakeUpstream, ctx: ProviderContext) -> None:
+    fake_gemini.queue(Reply(json=[{"error": {"code": 503, "message": "overloaded", "status": "UNAVAILABLE"}}]))
+    with pytest.raises(UpstreamServerError, match="overloaded"):
+        await collect(provider(fake_gemini, ctx), req(stream=True))
+
+
 # -- errors -----------------------------------------------------------------------------------
 RETRY_INFO: list[dict[str, Any]] = [{"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": []},
               {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "37s"}]
@@ -546,6 +584,16 @@ async def test_forbidden_message_is_scrubbed_when_kept(fake_gemini: FakeUpstream
     with pytest.raises(UpstreamRateLimitError) as info:
         await provider(fake_gemini, ctx).complete(req())
     assert "quota for key *** exhausted" in str(info.value)
+
+
+async def test_fragments_of_the_key_and_header_values_are_scrubbed(fake_gemini: FakeUpstream,
+                                                                   ctx: ProviderContext) -> None:
+    project = "proj-81726354-secret"
+    fake_gemini.queue(fmt.error(429, f"quota of key {KEY[:9]}... (project {project[5:]}) exhausted"))
+    p = provider(fake_gemini, ctx, headers={"x-goog-user-project": project})
+    with pytest.raises(UpstreamRateLimitError) as info:
+        await p.complete(req())
+    assert "quota of key ***... (project ***) exhausted" in info.value.message
 
 
 async def test_stream_error_before_first_chunk(fake_gemini: FakeUpstream, ctx: ProviderContext) -> None:

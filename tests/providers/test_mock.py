@@ -5,7 +5,7 @@ import math
 import pytest
 
 from thinktank.config import DeploymentConfig
-from thinktank.errors import ConfigError, UpstreamRateLimitError, UpstreamServerError
+from thinktank.errors import ConfigError, InvalidRequestError, UpstreamRateLimitError, UpstreamServerError
 from thinktank.providers.base import ProviderContext
 from thinktank.providers.mock import MockProvider
 from thinktank.types import ChatRequest, EmbeddingRequest
@@ -73,6 +73,13 @@ async def test_embeddings_are_deterministic_unit_vectors(ctx: ProviderContext) -
     vec = a.data[0].embedding
     assert isinstance(vec, list) and len(vec) == 8
     assert math.isclose(sum(v * v for v in vec), 1.0)
+
+
+@pytest.mark.parametrize("tokens", [[1, 2, 3], [[1, 2], [3]]])
+async def test_embeddings_refuse_token_ids(ctx: ProviderContext, tokens: list[object]) -> None:
+    with pytest.raises(InvalidRequestError, match="cannot take token ids") as info:
+        await mock(ctx).embed(EmbeddingRequest.model_validate({"model": "m", "input": tokens}))
+    assert info.value.status == 400 and info.value.param == "input"
 
 
 def test_bad_options_name_the_field(ctx: ProviderContext) -> None:

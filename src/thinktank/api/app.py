@@ -26,7 +26,7 @@ from ..auth import AdminKey
 from ..clock import Clock, SystemClock
 from ..config import GatewayConfig, Settings, load_config
 from ..discovery import NO_MODELS_HELP, demo_config, discover, merge
-from ..errors import ConfigError, ConflictError, PayloadTooLargeError, ThinktankError
+from ..errors import ConfigError, ConflictError, PayloadTooLargeError, ThinktankError, retry_after_header
 from ..gateway.router import Router
 from ..providers._http import HttpClient
 from ..providers.base import ProviderContext
@@ -207,7 +207,10 @@ def _fastapi_app(state: AppState) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(_error_body(str(exc.detail)), exc.status_code, headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 429 and not any(k.lower() == "retry-after" for k in headers):
+            headers["Retry-After"] = retry_after_header(None)  # every 429 says when to try again
+        return JSONResponse(_error_body(str(exc.detail)), exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -31,7 +31,16 @@ from ..errors import (
 )
 from ..providers.base import EmbeddingModel, ProviderContext
 from ..providers.registry import ProviderRegistry
-from ..types import ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Usage
+from ..types import (
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    Usage,
+    decode_embedding,
+    encode_embedding,
+)
 from .context import CallContext, Hold
 from .health import Cooldowns
 from .pricing import price_for
@@ -326,12 +335,17 @@ class Router:
         return response
 
     async def stream(self, request: ChatRequest, ctx: CallContext | None = None) -> AsyncGenerator[ChatChunk, None]:
-        async def call(dep: Deployment, _timeout: float) -> tuple[AsyncIterator[ChatChunk], ChatChunk | None]:
+        async def call(dep: Deployment, _timeout: float) -> tuple[AsyncIterator[ChatChunk], ChatChunk]:
             it = aiter(dep.model.stream(request))
             try:
                 first = await anext(it)
             except StopAsyncIteration:
-                return it, None
+                # Nothing at all is not an empty answer: an upstream that failed to say so (a stream
+                # request answered in a shape the provider did not recognise, say). Found before the
+                # first byte goes to the client, so a sibling or a fallback may still answer.
+                raise UpstreamBadResponseError(
+                    f"upstream {dep.id} ended its stream without sending anything", deployment=dep.id
+                ) from None
             except BaseException:
                 await _close(it)
                 raise
@@ -341,19 +355,26 @@ class Router:
         (it, first), attempt, n = await self._run(request.model, prompt, request.output_limit(), call, ctx)
         dep = attempt.deployment
         dep.stats.in_flight += 1
-        usage: Usage | None = None
+        reported: Usage | None = None
+        """What the upstream said it used, over all its reports."""
+        held: ChatChunk | None = None
+        """The upstream's usage chunk: sent last, with the usage as accounted."""
+        last = first
         text_len = 0
-        last: ChatChunk | None = first
+        accounted = False
         try:
-            chunk = first
+            chunk: ChatChunk | None = first
             while chunk is not None:
-                if chunk.usage is not None:
-                    usage = await self._account(attempt, chunk.usage, True, n, request.model, ctx)
-                    chunk.usage = usage
-                for c in chunk.choices:
-                    text_len += len(c.delta.content or "")
-                yield chunk
                 last = chunk
+                if chunk.usage is not None:
+                    reported = _merge_usage(reported, chunk.usage)
+                    chunk.usage = None
+                    if not chunk.choices:
+                        held = chunk
+                if chunk is not held:
+                    for c in chunk.choices:
+                        text_len += len(c.delta.content or "")
+                    yield chunk
                 try:
                     async with asyncio.timeout(dep.timeout):
                         chunk = await anext(it)
@@ -363,30 +384,94 @@ class Router:
                     raise UpstreamTimeoutError(
                         f"upstream {dep.id} stopped sending for {dep.timeout:g} s", deployment=dep.id
                     ) from None
-            if usage is None:
-                estimated = await self._account(attempt, _estimate(prompt, text_len), True, n, request.model, ctx)
-                yield ChatChunk(
-                    id=last.id if last else "chatcmpl-thinktank", created=last.created if last else 0,
-                    model=last.model if last else request.model, choices=[], usage=estimated,
-                )
+            # One figure: accounted once (usage record, cost, budget), then told to the client in the
+            # one last chunk, however many times the upstream reported usage.
+            usage = await self._account(
+                attempt, reported or _estimate(prompt, text_len), True, n, request.model, ctx
+            )
+            accounted = True
+            final = held or ChatChunk(id=last.id, created=last.created, model=last.model)
+            final.usage = usage
+            yield final
         finally:
             dep.stats.in_flight -= 1
-            if usage is None and not attempt.settled:
-                # Cut short (client gone, upstream error): account what was produced, estimated.
-                await self._account(attempt, _estimate(prompt, text_len), True, n, request.model, ctx)
+            if not accounted:
+                # Cut short (client gone, upstream error): account what was produced.
+                await self._account(attempt, _cut_short(reported, prompt, text_len), True, n, request.model, ctx)
             await _close(it)
 
     async def embed(self, request: EmbeddingRequest, ctx: CallContext | None = None) -> EmbeddingResponse:
+        """One embedding per input, in input order, floats or base64 as asked, whatever the upstream sent."""
+
         async def call(dep: Deployment, _timeout: float) -> EmbeddingResponse:
             if not isinstance(dep.model, EmbeddingModel):
                 raise InvalidRequestError(f"'{dep.name}' cannot make embeddings", param="model")
-            return await dep.model.embed(request)
+            return _in_order(await dep.model.embed(request), request, dep.id)
 
-        prompt = sum(estimate_text_tokens(t) for t in request.texts())
+        ids = request.token_ids()
+        prompt = sum(map(len, ids)) if ids is not None else sum(map(estimate_text_tokens, request.texts()))
         response, attempt, n = await self._run(request.model, prompt, None, call, ctx)
         usage = Usage(prompt_tokens=response.usage.prompt_tokens or prompt)
         response.usage.cost = (await self._account(attempt, usage, False, n, request.model, ctx)).cost
         return response
+
+
+def _in_order(response: EmbeddingResponse, request: EmbeddingRequest, deployment: str) -> EmbeddingResponse:
+    """The upstream's answer checked (one embedding per input), in input order and in the asked encoding.
+
+    An upstream that cannot send base64 (or ignores ``encoding_format``) sends floats: they are encoded
+    here; one that sends base64 unasked is decoded.
+    """
+    wanted = request.count()
+    data = sorted(response.data, key=lambda d: d.index)
+    if [d.index for d in data] != list(range(wanted)):
+        raise UpstreamBadResponseError(
+            f"upstream {deployment} answered {len(data)} embeddings for {wanted} inputs", deployment=deployment
+        )
+    base64 = request.encoding_format == "base64"
+    for d in data:
+        if base64 and isinstance(d.embedding, list):
+            d.embedding = encode_embedding(d.embedding)
+        elif not base64 and isinstance(d.embedding, str):
+            try:
+                d.embedding = decode_embedding(d.embedding)
+            except ValueError:
+                raise UpstreamBadResponseError(
+                    f"upstream {deployment} answered an embedding that is neither floats nor base64 float32",
+                    deployment=deployment,
+                ) from None
+    response.data = data
+    return response
+
+
+def _merge_usage(seen: Usage | None, new: Usage) -> Usage:
+    """One figure for a stream that reported its usage more than once.
+
+    Each report is taken as the total so far (OpenAI-compatible servers with continuous usage
+    stats, Gemini), so the last one wins; a count a later report leaves at 0 keeps its earlier
+    value (a prompt count sent only at the start). Adding the reports up would count twice.
+    """
+    if seen is None:
+        return new.model_copy(deep=True)
+    merged = Usage.model_validate({**seen.model_dump(exclude_none=True), **new.model_dump(exclude_none=True)})
+    filled = False
+    for name in ("prompt_tokens", "completion_tokens"):
+        if not getattr(new, name) and getattr(seen, name):
+            setattr(merged, name, getattr(seen, name))
+            filled = True
+    if filled or not merged.total_tokens:
+        merged.total_tokens = merged.prompt_tokens + merged.completion_tokens
+    return merged
+
+
+def _cut_short(reported: Usage | None, prompt_tokens: int, text_len: int) -> Usage:
+    """The usage of a stream that broke off: the upstream's counts so far, the estimate where larger."""
+    estimate = _estimate(prompt_tokens, text_len)
+    if reported is None:
+        return estimate
+    prompt = reported.prompt_tokens or estimate.prompt_tokens
+    completion = max(reported.completion_tokens, estimate.completion_tokens)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
 def _estimate(prompt_tokens: int, text_len: int) -> Usage:

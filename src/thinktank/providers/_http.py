@@ -10,6 +10,7 @@ from __future__ import annotations
 import email.utils
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -28,8 +29,10 @@ from ..errors import (
 
 __all__ = [
     "HttpClient",
+    "JsonBody",
     "iter_sse",
     "map_status_error",
+    "open_stream",
     "parse_retry_after",
     "post",
     "read_json",
@@ -74,12 +77,51 @@ class HttpClient:
         self._session = None
 
 
+#: The shortest run of a secret's characters that :func:`scrub` removes.
+MIN_FRAGMENT = 6
+
+
 def scrub(text: str, secrets: Iterable[str | None]) -> str:
-    """Remove every secret (and its long prefixes) from ``text``."""
-    for s in secrets:
-        if s and len(s) >= 4:
-            text = text.replace(s, "***")
-    return text
+    """``text`` with every secret, and every fragment of one, replaced by ``***``.
+
+    Upstreams echo part of a bad key back ("Incorrect API key provided: sk-abc123************wxyz"),
+    so replacing only the whole key is not enough. Every run of :data:`MIN_FRAGMENT` (6) or more
+    consecutive characters of a secret is removed, wherever in the secret it comes from: its start
+    and end (what masked echoes show) as well as its middle.
+
+    What may remain is a run of at most 5 characters of a secret next to something else. That is
+    safe: a provider key has 32 or more random characters (plus a public prefix such as ``sk-`` or
+    ``AIza``), so even 5 characters known at each end leave over 20 unknown random characters, far
+    beyond guessing; that is also why providers' own dashboards show the last 4. Going shorter would
+    not help and would harm: 3- to 5-character runs of a key match ordinary words and numbers in an
+    error message (``sk-``, ``key``, ``2024``) and would make the message unreadable. Over-removal is
+    the safe side: a key's public prefix (``sk-proj``, ``AIzaSy``) may be starred out with it.
+
+    Secrets shorter than 4 characters are not secrets (a header value such as ``1``) and are left
+    alone; one of 4 or 5 characters is removed where it appears whole.
+    """
+    spans: list[tuple[int, int]] = []
+    for secret in secrets:
+        if not secret or len(secret) < 4:
+            continue
+        size = min(MIN_FRAGMENT, len(secret))
+        windows = {secret[i:i + size] for i in range(len(secret) - size + 1)}
+        spans.extend((i, i + size) for i in range(len(text) - size + 1) if text[i:i + size] in windows)
+    if not spans:
+        return text
+    merged: list[list[int]] = []
+    for start, stop in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], stop)
+        else:
+            merged.append([start, stop])
+    out: list[str] = []
+    pos = 0
+    for start, stop in merged:
+        out += [text[pos:start], "***"]
+        pos = stop
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
@@ -229,6 +271,51 @@ async def iter_sse(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str | No
         parsed = _parse_event(buf)
         if parsed is not None:
             yield parsed
+
+
+@dataclass(frozen=True)
+class JsonBody:
+    """A stream request answered with one plain JSON body instead of an event stream."""
+
+    value: Any
+
+
+_SSE_FIELDS = (b"data:", b"event:", b"id:", b"retry:", b":")
+
+
+async def _replay(events: list[tuple[str | None, str]]) -> AsyncIterator[tuple[str | None, str]]:
+    for event in events:
+        yield event
+
+
+async def open_stream(
+    resp: aiohttp.ClientResponse, *, deployment: str
+) -> AsyncIterator[tuple[str | None, str]] | JsonBody:
+    """The events of an answer to a stream request, or the JSON the upstream sent instead.
+
+    Some servers that speak a provider's format ignore the stream flag and answer with the whole
+    JSON body (``application/json``); the provider then turns that body into chunks itself. A body
+    not labelled ``text/event-stream`` is read whole: JSON becomes :class:`JsonBody`, server-sent
+    events sent under another label are replayed, and anything else is UpstreamBadResponseError,
+    never an empty stream.
+    """
+    if resp.content_type == "text/event-stream":
+        return iter_sse(resp)
+    body = await resp.read()
+    try:
+        return JsonBody(orjson.loads(body))
+    except orjson.JSONDecodeError:
+        pass
+    text = body.replace(b"\r\n", b"\n").strip()
+    if text.startswith(_SSE_FIELDS):
+        events = [e for block in text.split(b"\n\n") if (e := _parse_event(block)) is not None]
+        if events:
+            return _replay(events)
+    raise UpstreamBadResponseError(
+        f"upstream {deployment} answered a stream request with {resp.content_type or 'a body'} that is "
+        "neither an event stream nor JSON",
+        deployment=deployment,
+    )
 
 
 def loads_event(data: str, *, deployment: str) -> Any:

@@ -18,6 +18,7 @@ from ..errors import ConfigError, ProviderError, UpstreamBadResponseError, Upstr
 from ..types import ChatChunk, ChatRequest, ChatResponse
 from . import _http
 from ._anthropic_translate import StreamTranslator, build_payload, error_status, to_response
+from ._chunks import response_chunks
 from .base import ProviderContext
 
 __all__ = ["AnthropicProvider"]
@@ -54,8 +55,9 @@ class AnthropicProvider:
     def name(self) -> str:
         return self.deployment.name
 
-    def _secrets(self) -> tuple[str | None]:
-        return (self._key,)
+    def _secrets(self) -> tuple[str | None, ...]:
+        """What must never reach a client: the key and the values of the deployment's ``headers:``."""
+        return (self._key, *self.deployment.headers.values())
 
     async def _raise_for_status(self, resp: aiohttp.ClientResponse) -> None:
         await _http.raise_for_status(
@@ -69,12 +71,17 @@ class AnthropicProvider:
         async with _http.post(self._ctx.http, url, payload, self._headers, deployment=self._id) as resp:
             await self._raise_for_status(resp)
             data = await _http.read_json(resp, deployment=self._id)
+        return self._message(data, "a request")
+
+    def _message(self, data: Any, what: str) -> ChatResponse:
+        """The completion for a whole Messages API answer (``what`` was asked)."""
         if isinstance(data, dict) and data.get("type") == "error":
             raise self._event_error(data)
         response = to_response(data, created=int(self._ctx.clock.time()), fallback_model=self._model)
         if response is None:
             raise UpstreamBadResponseError(
-                f"upstream {self._id} answered JSON that is not an Anthropic message", deployment=self._id
+                f"upstream {self._id} answered {what} with JSON that is not an Anthropic message",
+                deployment=self._id,
             )
         return response
 
@@ -84,7 +91,13 @@ class AnthropicProvider:
         translator = StreamTranslator(created=int(self._ctx.clock.time()), fallback_model=self._model)
         async with _http.post(self._ctx.http, url, payload, self._headers, deployment=self._id) as resp:
             await self._raise_for_status(resp)
-            async for event, data in _http.iter_sse(resp):
+            events = await _http.open_stream(resp, deployment=self._id)
+            if isinstance(events, _http.JsonBody):
+                # A server that ignores "stream": true answers with the whole message.
+                for chunk in response_chunks(self._message(events.value, "a stream request")):
+                    yield chunk
+                return
+            async for event, data in events:
                 obj = _http.loads_event(data, deployment=self._id)
                 if not isinstance(obj, dict):
                     raise UpstreamBadResponseError(

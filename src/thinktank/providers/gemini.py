@@ -6,8 +6,6 @@ Requests and answers are translated to and from the OpenAI chat format in
 
 from __future__ import annotations
 
-import base64
-import struct
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
@@ -18,7 +16,6 @@ import orjson
 from ..config import DeploymentConfig
 from ..errors import (
     ConfigError,
-    InvalidRequestError,
     ProviderError,
     UpstreamAuthError,
     UpstreamBadResponseError,
@@ -33,6 +30,7 @@ from ..types import (
     EmbeddingRequest,
     EmbeddingResponse,
     EmbeddingUsage,
+    encode_embedding,
 )
 from . import _http
 from ._gemini_translate import StreamTranslator, WireError, from_gemini, to_gemini
@@ -83,8 +81,9 @@ class GeminiProvider:
     def _url(self, method: str = "") -> str:
         return f"{self.base_url}/{self._resource}{':' + method if method else ''}"
 
-    def _secrets(self) -> tuple[str | None]:
-        return (self._key,)
+    def _secrets(self) -> tuple[str | None, ...]:
+        """What must never reach a client: the key and the values of the deployment's ``headers:``."""
+        return (self._key, *self.deployment.headers.values())
 
     # -- errors ---------------------------------------------------------------------------------
     def _error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
@@ -139,25 +138,35 @@ class GeminiProvider:
             deployment=self._id,
         ) as resp:
             await self._raise_for_status(resp)
-            async for _event, data in _http.iter_sse(resp):
-                obj = _http.loads_event(data, deployment=self._id)
-                if isinstance(obj, dict) and isinstance(obj.get("error"), dict) and "candidates" not in obj:
-                    code = obj["error"].get("code")
-                    raise self._error(code if isinstance(code, int) and code >= 400 else 500, {}, data.encode())
-                try:
-                    chunks = state.feed(obj)
-                except (WireError, ValueError, TypeError):
-                    raise self._bad_response("sent a stream event that is not a Gemini response") from None
+            events = await _http.open_stream(resp, deployment=self._id)
+            if isinstance(events, _http.JsonBody):
+                # Without alt=sse (a server that ignores it) the answer is one JSON array of the events.
+                whole = events.value if isinstance(events.value, list) else [events.value]
+                chunks = [chunk for obj in whole for chunk in self._feed(state, obj)] + state.end()
+                if not chunks:
+                    raise self._bad_response("answered a stream request with JSON that is not a Gemini response")
                 for chunk in chunks:
+                    yield chunk
+                return
+            async for _event, data in events:
+                for chunk in self._feed(state, _http.loads_event(data, deployment=self._id)):
                     yield chunk
         for chunk in state.end():
             yield chunk
 
+    def _feed(self, state: StreamTranslator, obj: Any) -> list[ChatChunk]:
+        """The chunks of one streamed GenerateContentResponse; an error object raises its ProviderError."""
+        if isinstance(obj, dict) and isinstance(obj.get("error"), dict) and "candidates" not in obj:
+            code = obj["error"].get("code")
+            raise self._error(code if isinstance(code, int) and code >= 400 else 500, {}, orjson.dumps(obj))
+        try:
+            return state.feed(obj)
+        except (WireError, ValueError, TypeError):
+            raise self._bad_response("sent a stream event that is not a Gemini response") from None
+
     # -- EmbeddingModel -------------------------------------------------------------------------
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
-        texts = request.texts()
-        if not isinstance(request.input, str) and len(texts) != len(request.input):
-            raise InvalidRequestError("Gemini embeds text only, not token ids", param="input")
+        texts = request.text_only(self.name)
         one: dict[str, Any] = {"model": self._resource}
         if request.dimensions is not None:
             one["outputDimensionality"] = request.dimensions
@@ -175,10 +184,9 @@ class GeminiProvider:
             values = e.get("values") if isinstance(e, dict) else None
             if not isinstance(values, list) or not all(isinstance(v, int | float) for v in values):
                 raise self._bad_response("answered an embedding without values")
-            vector: list[float] | str = [float(v) for v in values]
-            if request.encoding_format == "base64":  # OpenAI's: little-endian float32, base64
-                vector = base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
-            out.append(EmbeddingData(index=i, embedding=vector))
+            vector = [float(v) for v in values]
+            out.append(EmbeddingData(index=i, embedding=encode_embedding(vector)
+                                     if request.encoding_format == "base64" else vector))
         tokens = sum((len(t) + 3) // 4 for t in texts)  # Gemini reports none: estimate 4 chars a token
         return EmbeddingResponse(data=out, model=self._model,
                                  usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens))

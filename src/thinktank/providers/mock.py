@@ -202,7 +202,7 @@ class MockProvider:
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
         """Deterministic unit vectors from a hash of each text (similar texts are not similar)."""
-        texts = request.texts()
+        texts = request.text_only(self.name)
         dim = request.dimensions or self.options.embedding_dimensions
         data = []
         for i, text in enumerate(texts):

@@ -10,12 +10,14 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar, TypeVar
 
+import orjson
 from pydantic import BaseModel, ValidationError
 
 from ..config import DeploymentConfig
-from ..errors import ConfigError, UpstreamBadResponseError
+from ..errors import ConfigError, ProviderError, UpstreamBadRequestError, UpstreamBadResponseError
 from ..types import ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse
 from . import _http
+from ._chunks import response_chunks
 from .base import ProviderContext
 
 R = TypeVar("R", bound=BaseModel)
@@ -83,8 +85,9 @@ class OpenAIProvider:
             data.pop("stream_options", None)
         return data
 
-    def _secrets(self) -> tuple[str | None]:
-        return (self._key,)
+    def _secrets(self) -> tuple[str | None, ...]:
+        """What must never reach a client: the key and the values of the deployment's ``headers:``."""
+        return (self._key, *self.deployment.headers.values())
 
     async def _post_json(self, path: str, payload: dict[str, Any], model: type[R], what: str) -> R:
         async with _http.post(self._ctx.http, self._url(path), payload, self._headers, deployment=self._id) as resp:
@@ -111,27 +114,62 @@ class OpenAIProvider:
             await _http.raise_for_status(
                 resp, deployment=self._id, secrets=self._secrets(), now=self._ctx.clock.time
             )
-            async for _event, data in _http.iter_sse(resp):
+            events = await _http.open_stream(resp, deployment=self._id)
+            if isinstance(events, _http.JsonBody):
+                # A server that ignores stream=true answers with the whole completion.
+                for chunk in response_chunks(self._whole_answer(events.value)):
+                    yield chunk
+                return
+            async for _event, data in events:
                 if data == "[DONE]":
                     return
-                obj = _http.loads_event(data, deployment=self._id)
-                if isinstance(obj, dict) and "error" in obj and "choices" not in obj:
-                    raise _http.map_status_error(
-                        500, {}, data.encode(), deployment=self._id, secrets=self._secrets(),
-                        now=self._ctx.clock.time(),
-                    )
-                try:
-                    yield ChatChunk.model_validate(obj)
-                except ValidationError:
-                    raise UpstreamBadResponseError(
-                        f"upstream {self._id} sent a stream chunk that is not a chat completion chunk",
-                        deployment=self._id,
-                    ) from None
+                yield self._chunk(_http.loads_event(data, deployment=self._id), data)
+
+    def _upstream_error(self, obj: Any, raw: str) -> ProviderError | None:
+        """The error an ``{"error": ...}`` object sent with a 200 stands for, if ``obj`` is one."""
+        if isinstance(obj, dict) and "error" in obj and "choices" not in obj:
+            return _http.map_status_error(
+                500, {}, raw.encode(), deployment=self._id, secrets=self._secrets(), now=self._ctx.clock.time(),
+            )
+        return None
+
+    def _chunk(self, obj: Any, raw: str) -> ChatChunk:
+        error = self._upstream_error(obj, raw)
+        if error is not None:
+            raise error
+        try:
+            return ChatChunk.model_validate(obj)
+        except ValidationError:
+            raise UpstreamBadResponseError(
+                f"upstream {self._id} sent a stream chunk that is not a chat completion chunk",
+                deployment=self._id,
+            ) from None
+
+    def _whole_answer(self, obj: Any) -> ChatResponse:
+        error = self._upstream_error(obj, orjson.dumps(obj).decode())
+        if error is not None:
+            raise error
+        try:
+            return ChatResponse.model_validate(obj)
+        except ValidationError:
+            raise UpstreamBadResponseError(
+                f"upstream {self._id} answered a stream request with JSON that is not a chat completion",
+                deployment=self._id,
+            ) from None
 
     # -- EmbeddingModel -------------------------------------------------------------------------
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        """Texts and token ids go to the upstream as they came; so does ``encoding_format``, unless the
+        upstream refuses base64: then it is asked for floats, which the router encodes."""
         payload = request.model_dump(exclude_none=True)
         payload["model"] = self._model
+        try:
+            return await self._post_json("embeddings", payload, EmbeddingResponse, "an embedding list")
+        except UpstreamBadRequestError as exc:
+            refused = exc.message.lower()
+            if request.encoding_format != "base64" or ("base64" not in refused and "encoding_format" not in refused):
+                raise
+        payload["encoding_format"] = "float"
         return await self._post_json("embeddings", payload, EmbeddingResponse, "an embedding list")
 
     # -- Probe ----------------------------------------------------------------------------------

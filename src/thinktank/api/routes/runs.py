@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ...accounts.principal import Principal
 from ...deliberation.runs import Event, LiveRun
 from ...deliberation.service import Kind, RunOptions, redact
-from ...errors import InvalidRequestError, NotFoundError
+from ...errors import InvalidRequestError, NotFoundError, retry_after_header
 from ...gateway.tokens import estimate_text_tokens
 from ...types import Message, message_text
 from .. import sse
@@ -151,6 +151,8 @@ async def _answer(run: LiveRun, body: EnsembleIn | DebateIn, state: AppState) ->
     code = {"failed": "run_failed", "budget_exceeded": "budget_exceeded", "cancelled": "run_cancelled"}.get(run.status)
     body_out = {"error": {"message": run.error or run.status, "type": "run_error", "param": None, "code": code},
                 "run": record}
+    if status == 429:
+        headers["Retry-After"] = retry_after_header(None)
     return JSONResponse(body_out, status, headers=headers)
 
 
