@@ -215,7 +215,8 @@ class OpenAIHandlers:
             request = parse_body(await read_body(scope, receive, self.state.settings.max_body_bytes),
                                  EmbeddingRequest)
             principal.check_model(request.model)
-            estimate = sum(len(t) for t in request.texts()) // 4 + 1
+            ids = request.token_ids()
+            estimate = sum(map(len, ids)) if ids is not None else sum(len(t) for t in request.texts()) // 4 + 1
             async with self.state.gate.admitted(principal, _ip(scope), request.model, estimate) as admission:
                 response = await self.state.router.embed(request, admission.ctx)
                 cost = response.usage.cost or 0.0
