@@ -28,6 +28,7 @@ from ...knowledge.ingest import IngestResult, Progress, Source
 from ...knowledge.retrieval import SearchOptions
 from ...store.tables import KbChunk
 from ..deps import PrincipalDep, StateDep, client_ip
+from ..routing import StrictJSONRoute
 from ..state import AppState
 from ..uploads import MAX_FILE_BYTES, Item, Scalar, metadata_of, read_items, source_name
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_FILE_BYTES", "router", "source_name"]
 
-router = APIRouter(prefix="/api/v1", tags=["knowledge"])
+router = APIRouter(prefix="/api/v1", tags=["knowledge"], route_class=StrictJSONRoute)
 T = TypeVar("T")
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}

@@ -18,9 +18,10 @@ from ...errors import InvalidRequestError, NotFoundError
 from ...gateway.tokens import estimate_text_tokens
 from ...types import Message, message_text
 from ..deps import PrincipalDep, ResumeDep, StateDep, client_ip
+from ..routing import StrictJSONRoute
 from ..state import AppState
 
-router = APIRouter(prefix="/api/v1", tags=["deliberation"])
+router = APIRouter(prefix="/api/v1", tags=["deliberation"], route_class=StrictJSONRoute)
 
 _DOCUMENTS = {"plan.md", "tasks.md"}
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}

@@ -16,8 +16,9 @@ from ...conversations.service import TurnOptions
 from ...conversations.threads import message_public, summary_public, thread_public
 from ...errors import InvalidRequestError
 from ..deps import PrincipalDep, ResumeDep, StateDep, client_ip
+from ..routing import StrictJSONRoute
 
-router = APIRouter(prefix="/api/v1", tags=["threads"])
+router = APIRouter(prefix="/api/v1", tags=["threads"], route_class=StrictJSONRoute)
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 

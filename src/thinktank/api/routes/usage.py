@@ -8,8 +8,9 @@ from fastapi import APIRouter, Query
 
 from ...accounts.usage import GroupBy, SortBy
 from ..deps import PrincipalDep, StateDep
+from ..routing import StrictJSONRoute
 
-router = APIRouter(prefix="/api/v1/usage", tags=["usage"])
+router = APIRouter(prefix="/api/v1/usage", tags=["usage"], route_class=StrictJSONRoute)
 
 
 @router.get("")
