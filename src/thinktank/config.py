@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .bounds import OutputTokens
 from .errors import ConfigError
 
 __all__ = [
@@ -171,6 +172,9 @@ class TierConfig(_In):
     tokens_per_day: int | None = Field(default=None, ge=1)
 
 
+_MAX_CACHE_TTL = 366 * 86400.0
+"""A year: how long a run may answer an identical later request at most."""
+
 RankingStrategy = Literal["heuristic", "rubric", "peer_review", "pairwise"]
 Aggregation = Literal["borda", "bradley_terry"]
 RUBRIC = ("relevance", "completeness", "clarity", "accuracy")
@@ -191,13 +195,15 @@ def _judge_shortcut(data: Any) -> Any:
 class EnsembleConfig(_In):
     """Several models answer at once; the answers are ranked; the best one or a synthesis comes back."""
 
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # a request's overrides are validated here
+
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")
     members: list[str] = Field(min_length=1, max_length=16)
     strategy: RankingStrategy = "peer_review"
     judges: list[str] = Field(default_factory=list, max_length=8)
     """Judge models for ``rubric`` and ``pairwise`` (``judge: m`` is a shortcut for one)."""
     aggregate: Aggregation = "borda"
-    weights: dict[str, float] = Field(
+    weights: dict[str, Annotated[float, Field(le=1000)]] = Field(
         default_factory=lambda: {"relevance": 0.3, "completeness": 0.25, "clarity": 0.2, "accuracy": 0.25}
     )
     """Rubric weights; keys among relevance, completeness, clarity, accuracy."""
@@ -207,9 +213,9 @@ class EnsembleConfig(_In):
     top_k: int = Field(default=3, ge=1, le=16)
     member_timeout: float = Field(default=120.0, gt=0, le=3600)
     judge_timeout: float = Field(default=120.0, gt=0, le=3600)
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: OutputTokens | None = None
     """max_tokens for each member's answer (the request's own max_tokens wins)."""
-    cache_ttl: float = Field(default=3600.0, ge=0)
+    cache_ttl: float = Field(default=3600.0, ge=0, le=_MAX_CACHE_TTL)
     """Seconds an identical request may be served from an earlier run, when the caller allows it."""
     description: str | None = None
 
@@ -251,6 +257,8 @@ class PersonaConfig(_In):
 class DebateConfig(_In):
     """A panel of expert personas argues over rounds; a moderator synthesises."""
 
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # a request's overrides are validated here
+
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")
     models: list[str] = Field(min_length=1, max_length=16)
     """The models the experts run on, assigned in turn (a persona's own model wins)."""
@@ -273,7 +281,7 @@ class DebateConfig(_In):
     plan: bool = False
     """Write plan.md and tasks.md from the outcome."""
     expert_timeout: float = Field(default=120.0, gt=0, le=3600)
-    cache_ttl: float = Field(default=3600.0, ge=0)
+    cache_ttl: float = Field(default=3600.0, ge=0, le=_MAX_CACHE_TTL)
     description: str | None = None
 
     @property

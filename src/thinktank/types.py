@@ -22,6 +22,7 @@ from pydantic import (
     model_serializer,
 )
 
+from .bounds import MAX_INT32, MAX_INT64, MIN_INT64, OutputTokens
 from .errors import InvalidRequestError
 
 __all__ = [
@@ -45,6 +46,9 @@ __all__ = [
     "encode_embedding",
     "message_text",
 ]
+
+MAX_EMBEDDING_DIMENSIONS = 65_536
+"""More than any embedding model gives (pgvector indexes at most 16,000)."""
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
@@ -100,17 +104,19 @@ class StreamOptions(_Open):
 class ChatRequest(_Open):
     """``POST /v1/chat/completions`` body. Unknown OpenAI parameters pass through."""
 
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
     model: str = Field(min_length=1, max_length=256)
     messages: list[Message] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: OutputTokens | None = None
+    max_completion_tokens: OutputTokens | None = None
     n: int | None = Field(default=None, ge=1, le=128)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=MIN_INT64, le=MAX_INT64)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     tools: list[dict[str, Any]] | None = None
@@ -241,11 +247,22 @@ class ChatChunk(_Answer):
 class EmbeddingRequest(_Open):
     """``POST /v1/embeddings`` body: one text, texts, one list of token ids, or lists of token ids."""
 
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
     model: str = Field(min_length=1, max_length=256)
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] | None = None
-    dimensions: int | None = Field(default=None, ge=1)
+    dimensions: int | None = Field(default=None, ge=1, le=MAX_EMBEDDING_DIMENSIONS)
     user: str | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _token_ids(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            ids = [x for item in v for x in (item if isinstance(item, list) else [item])]
+            if any(isinstance(x, int) and not isinstance(x, bool) and not 0 <= x <= MAX_INT32 for x in ids):
+                raise ValueError(f"token ids are integers from 0 to {MAX_INT32}")
+        return v
 
     @field_validator("input")
     @classmethod

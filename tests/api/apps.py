@@ -37,6 +37,22 @@ class AppEnv:
         token = login.json()["token"]
         return await self.app.state.auth.resolve(token), {"Authorization": f"Bearer {token}"}
 
+    async def stored(self) -> dict[str, list[str]]:
+        """Every row of the tables a request could write (not ``usage``, which is written in the
+        background), to show that a refused request wrote nothing."""
+        from sqlalchemy import text
+
+        out: dict[str, list[str]] = {}
+        async with self.app.state.db.engine.connect() as conn:
+            for table in WRITTEN_TABLES:
+                rows = (await conn.execute(text(f"SELECT * FROM {table}"))).all()
+                out[table] = sorted(repr(tuple(r)) for r in rows)
+        return out
+
+
+WRITTEN_TABLES = ("users", "teams", "api_keys", "threads", "thread_messages", "thread_summaries", "chat_personas",
+                  "memory_facts", "memory_settings", "knowledge_bases", "kb_shares", "kb_documents", "runs")
+
 
 @asynccontextmanager
 async def served(

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 
+from ..bounds import MAX_SAFE_INT, MAX_UNIX_TIME, RateLimit, Usd
+
 __all__ = [
     "KeyCreate",
     "KeyCreated",
@@ -22,7 +24,7 @@ Period = Literal["day", "month", "total"]
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class LoginIn(_In):
@@ -37,10 +39,10 @@ class UserCreate(_In):
     team_id: str | None = Field(default=None, max_length=32)
     tier: str | None = Field(default=None, max_length=50)
     models: list[str] | None = Field(default=None, max_length=1000)
-    budget_usd: float | None = Field(default=None, ge=0)
+    budget_usd: Usd | None = None
     budget_period: Period = "month"
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
+    rpm: RateLimit | None = None
+    tpm: RateLimit | None = None
 
 
 class UserPublic(BaseModel):
@@ -66,7 +68,7 @@ class LoginOut(BaseModel):
 
 class TeamCreate(_In):
     name: str = Field(min_length=1, max_length=200)
-    budget_usd: float | None = Field(default=None, ge=0)
+    budget_usd: Usd | None = None
     budget_period: Period = "month"
 
 
@@ -82,13 +84,22 @@ class KeyCreate(_In):
     name: str = Field(default="", max_length=200)
     models: list[str] | None = Field(default=None, max_length=1000)
     """Models the key may call (default: all its creator may call)."""
-    budget_usd: float | None = Field(default=None, ge=0)
+    budget_usd: Usd | None = None
     budget_period: Period = "month"
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
-    expires_at: float | None = Field(default=None, gt=0)
+    rpm: RateLimit | None = None
+    tpm: RateLimit | None = None
+    expires_at: float | None = Field(default=None, gt=0, le=MAX_UNIX_TIME)
     """Unix seconds."""
     metadata: dict[str, str | int | float | bool | None] | None = None
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _exact_integers(cls, v: Any) -> Any:
+        # Before the union: a larger integer would otherwise become an inexact float.
+        if isinstance(v, dict) and any(isinstance(x, int) and not isinstance(x, bool) and abs(x) > MAX_SAFE_INT
+                                       for x in v.values()):
+            raise ValueError(f"metadata integers are at most {MAX_SAFE_INT} in size")
+        return v
 
     @field_validator("metadata")
     @classmethod

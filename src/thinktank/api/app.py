@@ -33,6 +33,7 @@ from ..providers.base import ProviderContext
 from ..providers.registry import ProviderRegistry
 from .asgi import Receive, Scope, Send, header, read_body, send_error, send_json
 from .routes.openai import OpenAIHandlers
+from .routing import unencodable_text
 from .state import AppState
 
 if TYPE_CHECKING:
@@ -203,7 +204,7 @@ def _fastapi_app(state: AppState) -> FastAPI:
 
     for module in (accounts, keys, usage, runs, knowledge, threads, memory):
         app.include_router(module.router)
-    from sqlalchemy.exc import IntegrityError
+    from sqlalchemy.exc import DBAPIError, IntegrityError
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -215,12 +216,30 @@ def _fastapi_app(state: AppState) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        where = ".".join(str(x) for x in first.get("loc", ()))
+        loc = tuple(first.get("loc", ()))
+        if first.get("type") == "json_invalid":
+            ctx = first.get("ctx")
+            why = (ctx.get("error") if isinstance(ctx, dict) else None) or "malformed"
+            at = f" at position {loc[1]}" if len(loc) > 1 else ""
+            return JSONResponse(_error_body(f"The request body is not valid JSON ({why}{at})."), 422)
+        where = ".".join(str(x) for x in loc)
         return JSONResponse(_error_body(f"{where}: {first.get('msg')}"), 422)
 
     @app.exception_handler(ThinktankError)
     async def thinktank_error(_request: Request, exc: ThinktankError) -> JSONResponse:
         return JSONResponse(exc.to_body(), exc.status, headers=exc.headers())
+
+    async def unencodable(request: Request, exc: Exception) -> JSONResponse:
+        """A lone surrogate that reached a write or a query despite the strict JSON parsing (the database
+        driver cannot encode it): the client's 400, not a 500. Anything else is the server's error."""
+        error = unencodable_text(exc)
+        if error is None:
+            raise exc
+        log.warning("%s %s: text that cannot be encoded reached the database", request.method, request.url.path)
+        return JSONResponse(error.to_body(), error.status)
+
+    app.add_exception_handler(UnicodeEncodeError, unencodable)
+    app.add_exception_handler(DBAPIError, unencodable)  # asyncpg's, with the UnicodeEncodeError as its cause
 
     @app.exception_handler(IntegrityError)
     async def integrity_error(request: Request, _exc: IntegrityError) -> JSONResponse:
@@ -346,7 +365,11 @@ class ThinktankApp:
 
         try:
             await handler(scope, receive, tracking_send)
-        except Exception:
-            log.exception("unhandled error in %s", scope["path"])
+        except Exception as exc:
+            client = unencodable_text(exc)
+            if client is not None:
+                log.warning("%s: text that cannot be encoded reached the database", scope["path"])
+            else:
+                log.exception("unhandled error in %s", scope["path"])
             if not started:
-                await send_error(send, ThinktankError("Internal server error; see the server log."))
+                await send_error(send, client or ThinktankError("Internal server error; see the server log."))

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Query, Request
 
 from ..accounts.principal import Principal
+from ..bounds import MAX_INT32
 from ..errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
 from .asgi import bearer_token
 from .state import AppState
@@ -53,15 +54,17 @@ def session_of(principal: Principal) -> str:
 
 async def resume_after(
     last_event_id: Annotated[str | None, Header()] = None,
-    after: Annotated[int | None, Query(ge=0, description="Resume after this event (as Last-Event-ID)")] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_INT32,
+                                       description="Resume after this event (as Last-Event-ID)")] = None,
 ) -> int:
     """The event an SSE client resumes after: ``?after=``, else its ``Last-Event-ID`` (0: from the start)."""
     if after is not None:
         return after
     if last_event_id:
-        if not last_event_id.strip().isdigit():
+        value = last_event_id.strip()
+        if not (value.isascii() and value.isdigit() and len(value) <= 10 and int(value) <= MAX_INT32):
             raise InvalidRequestError("Last-Event-ID must be an event number.", param="Last-Event-ID")
-        return int(last_event_id.strip())
+        return int(value)
     return 0
 
 

@@ -29,7 +29,7 @@ Scalar = str | int | float | bool
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DocumentIn(_In):

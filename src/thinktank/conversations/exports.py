@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..accounts.principal import Principal
+from ..bounds import MAX_SAFE_INT, MAX_USD, Seq, TokenCount, UnixTime, Usd
 from ..errors import InvalidRequestError, NotFoundError
 from ..store.tables import ChatPersona, Thread, ThreadMessage, ThreadSummary, new_id
 from .threads import MAX_KNOWLEDGE_BASES, ThreadService, check_title, message_public, summary_public, thread_public
@@ -26,40 +27,41 @@ MAX_IMPORT_MESSAGES = 10_000
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class _UsageIn(_In):
-    prompt_tokens: int = Field(default=0, ge=0)
-    completion_tokens: int = Field(default=0, ge=0)
-    total_tokens: int | None = Field(default=None, ge=0)
+    prompt_tokens: TokenCount = 0
+    completion_tokens: TokenCount = 0
+    total_tokens: int | None = Field(default=None, ge=0, le=2 * MAX_SAFE_INT)
+    """Ignored (the sum of the two): an export of ours holds it."""
 
 
 class _MessageIn(_In):
     id: str | None = None
     thread_id: str | None = None
-    seq: int | None = Field(default=None, ge=1)
+    seq: Seq | None = None
     role: Literal["user", "assistant", "system"]
     content: str = Field(max_length=1_000_000)
     model: str | None = Field(default=None, max_length=256)
     deployment: str | None = Field(default=None, max_length=256)
     usage: _UsageIn = Field(default_factory=_UsageIn)
-    cost_usd: float = Field(default=0.0, ge=0)
+    cost_usd: Usd = 0.0
     finish_reason: str | None = Field(default=None, max_length=32)
     citations: list[dict[str, Any]] | None = None
     """Ignored: the citations are the context's."""
     context: dict[str, Any] | None = None
-    created_at: float | None = None
+    created_at: UnixTime | None = None
 
 
 class _SummaryIn(_In):
     id: str | None = None
-    through_seq: int = Field(ge=1)
+    through_seq: Seq
     content: str = Field(max_length=1_000_000)
     model: str | None = Field(default=None, max_length=256)
     usage: _UsageIn = Field(default_factory=_UsageIn)
-    cost_usd: float = Field(default=0.0, ge=0)
-    created_at: float | None = None
+    cost_usd: Usd = 0.0
+    created_at: UnixTime | None = None
 
 
 class _PersonaRef(_In):
@@ -76,10 +78,10 @@ class _ThreadIn(_In):
     persona: _PersonaRef | None = None
     knowledge_bases: list[str] = Field(default_factory=list)
     archived: bool = False
-    created_at: float | None = None
-    updated_at: float | None = None
-    message_count: int | None = None
-    cost_usd: float | None = None
+    created_at: UnixTime | None = None
+    updated_at: UnixTime | None = None
+    message_count: int | None = Field(default=None, ge=0, le=MAX_SAFE_INT)
+    cost_usd: float | None = Field(default=None, ge=0, le=MAX_USD * MAX_IMPORT_MESSAGES)
 
 
 class ThreadImport(_In):
@@ -87,7 +89,7 @@ class ThreadImport(_In):
 
     format: Literal["thinktank.thread"] = "thinktank.thread"
     version: Literal[1] = 1
-    exported_at: float | None = None
+    exported_at: UnixTime | None = None
     thread: _ThreadIn
     messages: list[_MessageIn] = Field(default_factory=list, max_length=MAX_IMPORT_MESSAGES)
     summaries: list[_SummaryIn] = Field(default_factory=list, max_length=MAX_IMPORT_MESSAGES)

@@ -33,6 +33,11 @@ SYSTEM_USER_ID = "usr_system"
 """The owner of what the admin key creates; it has no password and cannot log in."""
 
 
+_BIG_INT = BigInteger().with_variant(Integer, "sqlite")
+"""64 bits: token counts and rate limits, which can pass 2**31 (PostgreSQL's ``integer``). SQLite's
+``INTEGER`` holds 64 bits already, so the columns there stay as they were made."""
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
 
@@ -63,8 +68,8 @@ class User(Base):
     allowed_models: Mapped[list[str] | None] = mapped_column(JSON)
     budget_usd: Mapped[float | None] = mapped_column(Float)
     budget_period: Mapped[str] = mapped_column(String(8), default="month")
-    rpm: Mapped[int | None] = mapped_column(Integer)
-    tpm: Mapped[int | None] = mapped_column(Integer)
+    rpm: Mapped[int | None] = mapped_column(_BIG_INT)
+    tpm: Mapped[int | None] = mapped_column(_BIG_INT)
     created_at: Mapped[float] = mapped_column(Float)
     revoked_at: Mapped[float | None] = mapped_column(Float)
 
@@ -92,8 +97,8 @@ class ApiKey(Base):
     allowed_models: Mapped[list[str] | None] = mapped_column(JSON)
     budget_usd: Mapped[float | None] = mapped_column(Float)
     budget_period: Mapped[str] = mapped_column(String(8), default="month")
-    rpm: Mapped[int | None] = mapped_column(Integer)
-    tpm: Mapped[int | None] = mapped_column(Integer)
+    rpm: Mapped[int | None] = mapped_column(_BIG_INT)
+    tpm: Mapped[int | None] = mapped_column(_BIG_INT)
     expires_at: Mapped[float | None] = mapped_column(Float)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
     created_at: Mapped[float] = mapped_column(Float)
@@ -133,8 +138,8 @@ class UsageRow(Base):
     key_id: Mapped[str | None] = mapped_column(String(32))
     model: Mapped[str] = mapped_column(String(256))
     deployment: Mapped[str | None] = mapped_column(String(256))
-    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
-    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(_BIG_INT, default=0)
+    completion_tokens: Mapped[int] = mapped_column(_BIG_INT, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     status: Mapped[int] = mapped_column(Integer)
@@ -166,8 +171,8 @@ class Run(Base):
     error: Mapped[str | None] = mapped_column(Text)
     tags: Mapped[list[str] | None] = mapped_column(JSON)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
-    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
-    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(_BIG_INT, default=0)
+    completion_tokens: Mapped[int] = mapped_column(_BIG_INT, default=0)
     cache_key: Mapped[str | None] = mapped_column(String(64))
     cached_from: Mapped[str | None] = mapped_column(String(32))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -193,8 +198,8 @@ class RunCall(Base):
     deployment: Mapped[str | None] = mapped_column(String(256))
     prompt: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     answer: Mapped[str | None] = mapped_column(Text)
-    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
-    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(_BIG_INT, default=0)
+    completion_tokens: Mapped[int] = mapped_column(_BIG_INT, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str | None] = mapped_column(Text)
@@ -412,8 +417,8 @@ class ThreadMessage(Base):
     content: Mapped[str] = mapped_column(Text)
     model: Mapped[str | None] = mapped_column(String(256))
     deployment: Mapped[str | None] = mapped_column(String(256))
-    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
-    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(_BIG_INT, default=0)
+    completion_tokens: Mapped[int] = mapped_column(_BIG_INT, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     finish_reason: Mapped[str | None] = mapped_column(String(32))
     context: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -432,8 +437,8 @@ class ThreadSummary(Base):
     through_seq: Mapped[int] = mapped_column(Integer)
     content: Mapped[str] = mapped_column(Text)
     model: Mapped[str | None] = mapped_column(String(256))
-    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
-    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(_BIG_INT, default=0)
+    completion_tokens: Mapped[int] = mapped_column(_BIG_INT, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[float] = mapped_column(Float)
 

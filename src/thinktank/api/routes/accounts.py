@@ -8,8 +8,9 @@ from ...accounts.schemas import LoginIn, LoginOut, TeamCreate, TeamPublic, UserC
 from ...accounts.users import team_public, user_public
 from ...errors import AuthenticationError, NotFoundError
 from ..deps import AdminDep, PrincipalDep, StateDep, client_ip, session_of
+from ..routing import StrictJSONRoute
 
-router = APIRouter(prefix="/api/v1", tags=["accounts"])
+router = APIRouter(prefix="/api/v1", tags=["accounts"], route_class=StrictJSONRoute)
 
 
 @router.post("/auth/login")

@@ -7,8 +7,9 @@ from fastapi import APIRouter
 from ...accounts.keys import key_public
 from ...accounts.schemas import KeyCreate, KeyCreated, KeyPublic
 from ..deps import PrincipalDep, StateDep
+from ..routing import StrictJSONRoute
 
-router = APIRouter(prefix="/api/v1/keys", tags=["keys"])
+router = APIRouter(prefix="/api/v1/keys", tags=["keys"], route_class=StrictJSONRoute)
 
 
 @router.post("", status_code=201)

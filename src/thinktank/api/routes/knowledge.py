@@ -14,12 +14,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import func, select
 
 from ...accounts.principal import Principal
+from ...bounds import MAX_INT64, Seq
 from ...errors import InvalidRequestError, ThinktankError
 from ...gateway.tokens import estimate_text_tokens
 from ...knowledge.embeddings import LOCAL_MODEL
@@ -29,6 +30,7 @@ from ...knowledge.retrieval import SearchOptions
 from ...store.tables import KbChunk
 from .. import sse
 from ..deps import PrincipalDep, StateDep, client_ip
+from ..routing import StrictJSONRoute
 from ..state import AppState
 from ..uploads import MAX_FILE_BYTES, Item, Scalar, metadata_of, read_items, source_name
 
@@ -39,16 +41,18 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_FILE_BYTES", "router", "source_name"]
 
-router = APIRouter(prefix="/api/v1", tags=["knowledge"])
+router = APIRouter(prefix="/api/v1", tags=["knowledge"], route_class=StrictJSONRoute)
 T = TypeVar("T")
 
 _STATUSES = ("added", "replaced", "unchanged", "duplicate", "failed")
+_MAX_WEIGHT = 1000.0
+"""Search weights are relative: a larger one only risks arithmetic that overflows."""
 
 
 # -- inputs ----------------------------------------------------------------------------------------
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class KbCreate(_In):
@@ -73,7 +77,7 @@ class FiltersIn(_In):
     document_ids: list[str] | None = Field(default=None, max_length=1000)
     kinds: list[str] | None = Field(default=None, max_length=20)
     source_prefix: str | None = Field(default=None, max_length=1024)
-    pages: tuple[int, int] | None = Field(default=None, description="First and last page, inclusive.")
+    pages: tuple[Seq, Seq] | None = Field(default=None, description="First and last page, inclusive.")
 
     @field_validator("pages")
     @classmethod
@@ -92,8 +96,8 @@ class SearchOneIn(_In):
     top_k: int = 8
     mode: Literal["hybrid", "keyword", "vector"] = "hybrid"
     fusion: Literal["score", "rrf"] = "score"
-    keyword_weight: float | None = None
-    vector_weight: float | None = None
+    keyword_weight: float | None = Field(default=None, ge=0, le=_MAX_WEIGHT)
+    vector_weight: float | None = Field(default=None, ge=0, le=_MAX_WEIGHT)
     filters: FiltersIn | None = None
 
     def options(self) -> SearchOptions:
@@ -204,7 +208,8 @@ async def list_shares(kb: str, principal: PrincipalDep, state: StateDep) -> dict
 
 
 @router.delete("/knowledge-bases/{kb}/shares/{share_id}", status_code=204)
-async def unshare_kb(kb: str, share_id: int, principal: PrincipalDep, state: StateDep) -> Response:
+async def unshare_kb(kb: str, share_id: Annotated[int, Path(ge=1, le=MAX_INT64)], principal: PrincipalDep,
+                     state: StateDep) -> Response:
     await state.knowledge.unshare(principal, kb, share_id)
     return Response(status_code=204)
 

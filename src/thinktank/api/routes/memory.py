@@ -10,8 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ...conversations.memory import fact_public
 from ..deps import PrincipalDep, StateDep
+from ..routing import StrictJSONRoute
 
-router = APIRouter(prefix="/api/v1/me/memory", tags=["memory"])
+router = APIRouter(prefix="/api/v1/me/memory", tags=["memory"], route_class=StrictJSONRoute)
 
 
 class MemoryPatch(BaseModel):

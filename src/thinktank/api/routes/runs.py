@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...accounts.principal import Principal
+from ...bounds import MAX_UNIX_TIME, MAX_USD, OutputTokens
 from ...deliberation.runs import Event, LiveRun
 from ...deliberation.service import Kind, RunOptions, redact
 from ...errors import InvalidRequestError, NotFoundError, retry_after_header
@@ -19,23 +20,25 @@ from ...gateway.tokens import estimate_text_tokens
 from ...types import Message, message_text
 from .. import sse
 from ..deps import PrincipalDep, ResumeDep, StateDep, client_ip
+from ..routing import StrictJSONRoute
 from ..state import AppState
 
-router = APIRouter(prefix="/api/v1", tags=["deliberation"])
+router = APIRouter(prefix="/api/v1", tags=["deliberation"], route_class=StrictJSONRoute)
 
 _DOCUMENTS = {"plan.md", "tasks.md"}
 
 
 class _RunIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     question: str | None = Field(default=None, description="The question (or give messages).")
     messages: list[Message] | None = None
     stream: bool = Field(default=False, description="Answer with the run's events over SSE as they happen.")
     cache: bool = Field(default=False, description="Allow an identical earlier run of yours to answer (no cost).")
     tags: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=list, max_length=10)
-    max_cost_usd: float | None = Field(default=None, gt=0, description="Stop the run before it would cost more.")
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_cost_usd: float | None = Field(default=None, gt=0, le=MAX_USD,
+                                       description="Stop the run before it would cost more.")
+    max_tokens: OutputTokens | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
 
     def conversation(self) -> list[Message]:
@@ -175,7 +178,8 @@ async def list_runs(
     principal: PrincipalDep, state: StateDep, kind: Literal["ensemble", "debate"] | None = None,
     status: Literal["running", "completed", "failed", "cancelled", "budget_exceeded"] | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    before: Annotated[float | None, Query(description="Runs created before this Unix time")] = None,
+    before: Annotated[float | None, Query(ge=0, le=MAX_UNIX_TIME, allow_inf_nan=False,
+                                          description="Runs created before this Unix time")] = None,
     everyone: Annotated[bool, Query(description="Admins: every user's runs")] = False,
 ) -> dict[str, Any]:
     rows = await state.deliberation.list_runs(principal, kind=kind, status=status, limit=limit, before=before,

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from ...bounds import MAX_INT32, MAX_UNIX_TIME, OutputTokens
 from ...conversations.exports import ThreadImport, export_json, export_markdown, import_thread
 from ...conversations.personas import persona_public
 from ...conversations.service import TurnEvent, TurnOptions
@@ -17,13 +18,14 @@ from ...conversations.threads import message_public, summary_public, thread_publ
 from ...errors import InvalidRequestError
 from .. import sse
 from ..deps import PrincipalDep, ResumeDep, StateDep, client_ip
+from ..routing import StrictJSONRoute
 
-router = APIRouter(prefix="/api/v1", tags=["threads"])
+router = APIRouter(prefix="/api/v1", tags=["threads"], route_class=StrictJSONRoute)
 
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ThreadIn(_In):
@@ -46,7 +48,7 @@ class MessageIn(_In):
     content: str = Field(description="The user's message.")
     stream: bool = Field(default=False, description="Answer over SSE: delta events, then the stored message.")
     model: str | None = Field(default=None, min_length=1, max_length=256, description="This turn only.")
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: OutputTokens | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
 
 
@@ -82,7 +84,8 @@ async def list_threads(
     principal: PrincipalDep, state: StateDep,
     archived: Annotated[str, Query(description="false (default), true or all")] = "false",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    before: Annotated[float | None, Query(description="Threads last active before this Unix time")] = None,
+    before: Annotated[float | None, Query(ge=0, le=MAX_UNIX_TIME, allow_inf_nan=False,
+                                          description="Threads last active before this Unix time")] = None,
 ) -> dict[str, Any]:
     which = {"false": False, "true": True, "all": None}
     if archived not in which:
@@ -132,7 +135,7 @@ async def delete_thread(thread_id: str, principal: PrincipalDep, state: StateDep
 @router.get("/threads/{thread_id}/messages")
 async def list_messages(
     thread_id: str, principal: PrincipalDep, state: StateDep,
-    after: Annotated[int, Query(ge=0, description="Messages after this seq")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_INT32, description="Messages after this seq")] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> dict[str, Any]:
     rows = await state.conversations.threads.messages(principal, thread_id, after=after, limit=limit)

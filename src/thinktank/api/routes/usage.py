@@ -7,9 +7,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from ...accounts.usage import GroupBy, SortBy
+from ...bounds import MAX_UNIX_TIME
 from ..deps import PrincipalDep, StateDep
+from ..routing import StrictJSONRoute
 
-router = APIRouter(prefix="/api/v1/usage", tags=["usage"])
+router = APIRouter(prefix="/api/v1/usage", tags=["usage"], route_class=StrictJSONRoute)
 
 
 @router.get("")
@@ -17,8 +19,10 @@ async def usage(
     principal: PrincipalDep,
     state: StateDep,
     group_by: GroupBy = "model",
-    start: Annotated[float | None, Query(ge=0, description="Unix seconds, inclusive")] = None,
-    end: Annotated[float | None, Query(ge=0, description="Unix seconds, exclusive")] = None,
+    start: Annotated[float | None, Query(ge=0, le=MAX_UNIX_TIME, allow_inf_nan=False,
+                                         description="Unix seconds, inclusive")] = None,
+    end: Annotated[float | None, Query(ge=0, le=MAX_UNIX_TIME, allow_inf_nan=False,
+                                       description="Unix seconds, exclusive")] = None,
     sort: SortBy = "cost",
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> dict[str, Any]:

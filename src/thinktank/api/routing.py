@@ -1,0 +1,63 @@
+"""The route class of every ``/api`` router: JSON bodies are parsed strictly, as the OpenAI endpoints parse
+theirs (orjson), not with the standard library's ``json``, which lets through what no database or
+response can hold:
+
+- a lone surrogate, as an escape (``"\\ud800"``) or as the bytes of one (``ED A0 80``): a ``str`` that
+  cannot be encoded, so the first write of it failed (a 500);
+- ``NaN``, ``Infinity`` and numbers too large for a double (``1e400``): floats no JSON answer can carry;
+- bytes that are not UTF-8.
+
+Each is refused as the body is parsed: a 422 saying where the body is not valid JSON, before any
+route code runs. A ``UnicodeEncodeError`` that escapes a route all the same is answered by
+:func:`unencodable_text`'s 400 (see ``api.app``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import orjson
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+
+from ..errors import InvalidRequestError
+
+__all__ = ["StrictJSONRequest", "StrictJSONRoute", "unencodable_text"]
+
+
+class StrictJSONRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            # orjson.JSONDecodeError is a json.JSONDecodeError: FastAPI answers it as invalid JSON.
+            self._json = orjson.loads(await self.body())
+        return self._json
+
+
+class StrictJSONRoute(APIRoute):
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict(request: Request) -> Response:
+            return await handler(StrictJSONRequest(request.scope, request.receive))
+
+        return strict
+
+
+def unencodable_text(exc: BaseException) -> InvalidRequestError | None:
+    """The client's error when ``exc`` comes of text that cannot be encoded as UTF-8 (a lone surrogate),
+    directly (SQLite, password hashing) or as the cause of a driver's error (asyncpg); else None."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, UnicodeEncodeError):
+            return InvalidRequestError(
+                "The request holds text that is not valid Unicode (a lone surrogate such as \\ud800); "
+                "send UTF-8 text.", code="invalid_unicode")
+        orig = getattr(e, "orig", None)
+        todo += [e.__cause__, e.__context__, orig if isinstance(orig, BaseException) else None]
+    return None
