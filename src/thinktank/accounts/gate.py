@@ -158,17 +158,28 @@ class Gate:
     async def admitted(
         self, principal: Principal, ip: str | None, model: str, estimated_tokens: int,
     ) -> AsyncIterator[Admission]:
-        """Admit a request for the length of the block and record it once when the block ends: with
-        ``admission.status`` (200 unless set), or the status of the error that ends the block (499 for a
-        cancellation). Work still spending under its context (``ctx.background``: a run whose client went
-        away) is waited for first, in the background, so the record holds everything it cost."""
+        """Admit a request (429 with Retry-After when a limit says no) for the length of the block, and
+        record it once when the block ends (see :meth:`recording`)."""
         admission = await self.admit(principal, ip, model, estimated_tokens)
+        async with self.recording(admission):
+            yield admission
+
+    @contextlib.asynccontextmanager
+    async def recording(self, admission: Admission | None) -> AsyncIterator[Admission | None]:
+        """Record ``admission`` (if any) once when the block ends: with ``admission.status`` (200 unless set),
+        or the status of the error that ends the block (499 for a cancellation). Work still spending under
+        its context (``ctx.background``: a run whose client went away) is waited for first, in the
+        background, so the record holds everything it cost. For work admitted earlier than it runs (a
+        stream whose errors must come before its first byte, a task)."""
+        if admission is None:
+            yield None
+            return
         try:
             yield admission
         except ThinktankError as exc:
             admission.status = exc.status
             raise
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away, or the server is stopping
             admission.status = 499
             raise
         except BaseException:

@@ -11,7 +11,6 @@ nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
@@ -232,24 +231,24 @@ class Conversations:
         self, turn: Turn, principal: Principal, ip: str | None, thread: Thread, content: str, model: str,
         options: TurnOptions, admission: Admission,
     ) -> None:
-        status = 200
         stored: list[ThreadMessage] = []
+        admission.stream = options.stream
         try:
-            stored = await self._turn(turn, principal, thread, content, model, options, admission)
+            async with self.gate.recording(admission):
+                try:
+                    stored = await self._turn(turn, principal, thread, content, model, options, admission)
+                finally:
+                    await self._release(thread.id)
         except ThinktankError as exc:
-            status, turn.error = exc.status, exc
+            turn.error = exc
         except asyncio.CancelledError:
-            status = 499
             turn.error = ConflictError("The reply was cancelled: the server is stopping.", code="turn_cancelled")
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
         except Exception:
             log.exception("turn in thread %s failed", thread.id)
-            status, turn.error = 500, ThinktankError("Internal error; see the server log.")
-        finally:
-            await self._release(thread.id)
-            await admission.finish(status, stream=options.stream)
+            turn.error = ThinktankError("Internal error; see the server log.")
         if turn.error is not None:
             turn.emit("error", **turn.error.to_body())
         else:
@@ -257,7 +256,7 @@ class Conversations:
         turn.ended_at = self.clock.monotonic()
         turn.close()
         turn.done.set()
-        if stored and status == 200 and await self.memory.enabled(principal.user_id):
+        if stored and turn.error is None and await self.memory.enabled(principal.user_id):
             self._spawn(self._extract(principal, ip, thread, model, stored))
 
     def _keep(self, turn: Turn) -> None:
@@ -460,8 +459,6 @@ class Conversations:
         if user is None:
             return
         extractor = self._helper_model(self.config.memory.model, principal, model)
-        admission: Admission | None = None
-        status = 200
         try:
             before = await self.threads.messages_of(thread.id, after=max(user.seq - 2, 0), limit=1)
             previous = before[0].content if before and before[0].role == "assistant" and before[0].seq < user.seq \
@@ -469,9 +466,10 @@ class Conversations:
             known = await self.memory.relevant(principal.user_id, user.content, KNOWN_IN_PROMPT)
             messages = extraction_messages(user.content, previous, known)
             estimate = sum(cx.message_tokens(str(m.content)) for m in messages) + _EXTRACTION_TOKENS
-            admission = await self.gate.admit(principal, ip, extractor, estimate)
-            request = ChatRequest(model=extractor, messages=messages, max_tokens=_EXTRACTION_TOKENS, temperature=0)
-            response = await self.catalog.complete(request, admission.ctx)
+            async with self.gate.admitted(principal, ip, extractor, estimate) as admission:
+                request = ChatRequest(model=extractor, messages=messages, max_tokens=_EXTRACTION_TOKENS,
+                                      temperature=0)
+                response = await self.catalog.complete(request, admission.ctx)
             reply = message_text(response.choices[0].message) if response.choices else ""
             found = parse_extraction(reply)
             if found is None:
@@ -481,15 +479,8 @@ class Conversations:
             await self.memory.remember(principal.user_id, found, source_message_id=user.id, source_thread_id=thread.id,
                                        labels=known_labels(known))
         except ThinktankError as exc:
-            status = exc.status
             log.warning("memory: extraction for message %s failed (%s: %s)", user.id, type(exc).__name__, exc.message)
         except asyncio.CancelledError:
-            status = 499
             raise
         except Exception:
-            status = 500
             log.exception("memory: extraction for message %s failed", user.id)
-        finally:
-            if admission is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(admission.finish(status))

@@ -189,7 +189,7 @@ async def reembed_kb(kb: str, body: ReembedIn, request: Request, principal: Prin
         text_bytes = (await conn.execute(select(func.coalesce(func.sum(func.length(KbChunk.text)), 0))
                                          .where(KbChunk.kb_id == found.id))).scalar_one()
     admission = await _admit(state, principal, request, body.embedding_model, int(text_bytes) // 4 + 1)
-    view = await _settled(admission, state.knowledge.reembed(principal, found.id, body.embedding_model,
+    view = await _settled(state, admission, state.knowledge.reembed(principal, found.id, body.embedding_model,
                                                              admission.ctx if admission is not None else None))
     return _kb(view)
 
@@ -236,17 +236,10 @@ async def _admit(
     return await state.gate.admit(principal, client_ip(request), model, tokens)
 
 
-async def _settled(admission: Admission | None, work: Awaitable[T]) -> T:
+async def _settled(state: AppState, admission: Admission | None, work: Awaitable[T]) -> T:
     """``work``'s result, its admission (if any) recorded as 200, or with the error's status."""
-    try:
-        result = await work
-    except ThinktankError as exc:
-        if admission is not None:
-            await admission.finish(exc.status)
-        raise
-    if admission is not None:
-        await admission.finish(200)
-    return result
+    async with state.gate.recording(admission):
+        return await work
 
 
 def _result(index: int, r: IngestResult, pending: bool) -> dict[str, Any]:
@@ -329,16 +322,12 @@ async def _ingest(
                                          ctx=admission.ctx if admission is not None else None)
 
     if stream:
-        return StreamingResponse(_stream(found, items, pending, ingest, admission), headers=sse.HEADERS)
-    try:
+        return StreamingResponse(_stream(state, found, items, pending, ingest, admission), headers=sse.HEADERS)
+    async with state.gate.recording(admission):
         ingested = await ingest(None)
-    except ThinktankError as exc:
+        status, body = _answer(found, _merge(items, ingested), pending)
         if admission is not None:
-            await admission.finish(exc.status)
-        raise
-    status, body = _answer(found, _merge(items, ingested), pending)
-    if admission is not None:
-        await admission.finish(status)
+            admission.status = status
     return JSONResponse(body, status)
 
 
@@ -377,7 +366,7 @@ def _event(kind: str, data: dict[str, Any]) -> bytes:
 
 
 async def _stream(
-    kb: KnowledgeBase, items: Sequence[Item], pending: bool,
+    state: AppState, kb: KnowledgeBase, items: Sequence[Item], pending: bool,
     ingest: Callable[[Callable[[Progress], None] | None], Awaitable[list[IngestResult]]], admission: Admission | None,
 ) -> AsyncIterator[bytes]:
     """Progress events as the ingestion goes, then the results (with the status a plain request would have
@@ -392,25 +381,27 @@ async def _stream(
             queue.put_nowait(None)
 
     task = asyncio.create_task(run())
-    status = 499
-    try:
-        while (p := await queue.get()) is not None:
-            yield _event("progress", {"done": p.done + refused, "total": p.total + refused, "chunks": p.chunks})
+    if admission is not None:
+        admission.stream, admission.status = True, 499  # until the end is sent
+    async with state.gate.recording(admission):
         try:
-            ingested = await task
-        except ThinktankError as exc:
-            status = exc.status
-            yield _event("error", exc.to_body())
-        else:
-            status, body = _answer(kb, _merge(items, ingested), pending)
-            yield _event("result", {"status": status, **body})
-        yield sse.DONE
-    finally:
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        if admission is not None:
-            await admission.finish(status, stream=True)
+            while (p := await queue.get()) is not None:
+                yield _event("progress", {"done": p.done + refused, "total": p.total + refused, "chunks": p.chunks})
+            try:
+                ingested = await task
+            except ThinktankError as exc:
+                status = exc.status
+                yield _event("error", exc.to_body())
+            else:
+                status, body = _answer(kb, _merge(items, ingested), pending)
+                yield _event("result", {"status": status, **body})
+            if admission is not None:
+                admission.status = status
+            yield sse.DONE
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
 
 @router.get("/knowledge-bases/{kb}/documents")
@@ -451,7 +442,7 @@ async def _search(
     admission = None
     if options.mode != "keyword" and len(models) == 1:
         admission = await _admit(state, principal, request, models.pop(), estimate_text_tokens(body.query))
-    hits = await _settled(admission, state.knowledge.search(
+    hits = await _settled(state, admission, state.knowledge.search(
         principal, list(kbs), body.query, options, ctx=admission.ctx if admission is not None else None))
     return {"object": "list", "query": body.query, "data": [
         {"object": "search_result", "rank": rank, "chunk_id": h.chunk_id, "document_id": h.document_id,
