@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from .config import Settings
-from .errors import ThinktankError
+from ..config import Settings
+from ..errors import ThinktankError
 
 if TYPE_CHECKING:
-    from .gateway.router import Router
+    from ..gateway.router import Router
 
 T = TypeVar("T")
 
@@ -47,10 +47,10 @@ def _settings(config: Path | None, demo: bool, **overrides: Any) -> Settings:
 
 def _with_router(settings: Settings, work: Callable[[Router], Awaitable[T]]) -> T:
     """Build the router from the settings, run ``work`` with it, close the HTTP client; errors exit 2."""
-    from .api.app import build_config
-    from .gateway.router import Router
-    from .providers._http import HttpClient
-    from .providers.base import ProviderContext
+    from ..api.app import build_config
+    from ..gateway.router import Router
+    from ..providers._http import HttpClient
+    from ..providers.base import ProviderContext
 
     async def run() -> T:
         http = HttpClient()
@@ -84,8 +84,8 @@ def serve(
 
     import uvicorn
 
-    from .api.app import create_app
-    from .discovery import NO_MODELS_HELP
+    from ..api.app import create_app
+    from ..discovery import NO_MODELS_HELP
 
     settings = _settings(config, demo, host=host, port=port, workers=workers, log_level=log_level)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -107,8 +107,8 @@ def serve(
         uvicorn.run(application, **common)
         return
     # Migrate once, here, before the workers start (each would otherwise race to do it).
-    from .store.db import default_database_url
-    from .store.migrate import upgrade
+    from ..store.db import default_database_url
+    from ..store.migrate import upgrade
 
     upgrade(settings.database_url or default_database_url(settings.data_dir))
     # Each worker builds its own app from the same settings, passed through the environment.
@@ -123,7 +123,7 @@ def serve(
 def models(config: ConfigOpt = None, demo: DemoOpt = False,
            timeout: Annotated[float, typer.Option(help="Seconds to wait for each upstream.")] = 5.0) -> None:
     """List the configured models and whether each upstream answers."""
-    from .providers.base import Probe
+    from ..providers.base import Probe
 
     async def probe(model: Any) -> str:
         if not isinstance(model, Probe):
@@ -143,7 +143,7 @@ def models(config: ConfigOpt = None, demo: DemoOpt = False,
 
     rows = _with_router(_settings(config, demo), run)
     if not rows:
-        from .discovery import NO_MODELS_HELP
+        from ..discovery import NO_MODELS_HELP
 
         typer.echo(NO_MODELS_HELP)
         return
@@ -163,7 +163,7 @@ def chat(
     no_stream: Annotated[bool, typer.Option("--no-stream", help="Wait for the whole answer.")] = False,
 ) -> None:
     """Ask a model and stream its answer to the terminal."""
-    from .types import ChatRequest, Message, Usage
+    from ..types import ChatRequest, Message, Usage
 
     messages = ([Message(role="system", content=system)] if system else []) + [Message(role="user", content=prompt)]
     request = ChatRequest(model=model, messages=messages, stream=not no_stream)
@@ -197,14 +197,14 @@ def mock_upstream(
     stream_delay: Annotated[float, typer.Option(help="Seconds between streamed words.")] = 0.0,
 ) -> None:
     """Run a fake OpenAI-compatible upstream (for trying thinktank and for load tests)."""
-    from .mock_upstream import run
+    from ..mock_upstream import run
 
     typer.echo(f"mock upstream on http://{host}:{port}/v1 (model: any name)", err=True)
     run(host, port, latency, stream_delay)
 
 
 def _register_admin_commands() -> None:
-    from .cli_accounts import db_app, keys_app, usage_command, users_app
+    from .accounts import db_app, keys_app, usage_command, users_app
 
     app.add_typer(db_app, name="db")
     app.add_typer(users_app, name="users")
@@ -213,7 +213,7 @@ def _register_admin_commands() -> None:
 
 
 def _register_deliberation_commands() -> None:
-    from .cli_deliberation import ask_command, debate_command, leaderboard_command
+    from .runs import ask_command, debate_command, leaderboard_command
 
     app.command("ask")(ask_command)
     app.command("debate")(debate_command)
@@ -221,8 +221,8 @@ def _register_deliberation_commands() -> None:
 
 
 def _register_knowledge_commands() -> None:
-    from .cli_kb import kb_app
-    from .cli_knowledge import eval_app
+    from .eval import eval_app
+    from .kb import kb_app
 
     app.add_typer(eval_app, name="eval")
     app.add_typer(kb_app, name="kb")

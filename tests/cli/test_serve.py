@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from .fakes.process import Server, free_port, run
+from ..fakes.process import Server, free_port, run
 
 
 def test_serve_generates_admin_key_once_and_stores_only_its_hash(server: type[Server], env: dict[str, str],

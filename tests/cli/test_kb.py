@@ -17,8 +17,8 @@ from thinktank.api.app import create_app
 from thinktank.cli import app
 from thinktank.config import Settings, parse_config
 
-from .fakes.documents import docx, pdf
-from .fakes.server import serving
+from ..fakes.documents import docx, pdf
+from ..fakes.server import serving
 
 if TYPE_CHECKING:
     from thinktank.knowledge.embeddings import LocalEmbedder
@@ -181,7 +181,7 @@ async def test_settings_from_the_environment_and_errors(url: str, tmp_path: Path
 
 
 def test_batches_by_count_and_size(tmp_path: Path) -> None:
-    from thinktank.cli_kb import batches
+    from thinktank.cli.kb import batches
 
     sizes = [10, 10, 10, 100, 5, 5]
     paths = []

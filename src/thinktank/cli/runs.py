@@ -14,17 +14,17 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from .cli import ConfigOpt, DemoOpt, _fail, _settings
-from .errors import ThinktankError
+from ..errors import ThinktankError
+from . import ConfigOpt, DemoOpt, _fail, _settings
 
 if TYPE_CHECKING:
     from rich.console import Console, JustifyMethod
 
-    from .accounts.principal import Principal
-    from .api.state import AppState
-    from .config import DebateConfig, EnsembleConfig
-    from .deliberation.runs import Event, LiveRun
-    from .deliberation.service import Kind
+    from ..accounts.principal import Principal
+    from ..api.state import AppState
+    from ..config import DebateConfig, EnsembleConfig
+    from ..deliberation.runs import Event, LiveRun
+    from ..deliberation.service import Kind
 
 __all__ = ["ask_command", "debate_command", "leaderboard_command"]
 
@@ -39,7 +39,7 @@ def _with_state(config: Path | None, demo: bool, work: Callable[[AppState], Awai
     """Build the app's state, start it, run ``work``, stop it (whatever happens); errors exit 2."""
     import logging
 
-    from .api.app import _start, _stop, create_app
+    from ..api.app import _start, _stop, create_app
 
     settings = _settings(config, demo)
 
@@ -74,7 +74,7 @@ def _with_state(config: Path | None, demo: bool, work: Callable[[AppState], Awai
 
 def _choose(kind: str, configured: Sequence[str], name: str | None, option: str) -> str:
     """The configured ensemble or debate to run: the one named, or the only one there is."""
-    from .errors import InvalidRequestError, ModelNotFoundError
+    from ..errors import InvalidRequestError, ModelNotFoundError
 
     listing = ", ".join(configured)
     if name is not None:
@@ -93,9 +93,9 @@ def _choose(kind: str, configured: Sequence[str], name: str | None, option: str)
 async def _start_run(state: AppState, kind: Kind, name: str, cfg: EnsembleConfig | DebateConfig, question: str,
                      principal: Principal) -> LiveRun:
     """Admit and start a run as the API does: access checked, rate limits and budgets applied."""
-    from .deliberation.service import RunOptions
-    from .gateway.tokens import estimate_text_tokens
-    from .types import Message
+    from ..deliberation.service import RunOptions
+    from ..gateway.tokens import estimate_text_tokens
+    from ..types import Message
 
     service = state.deliberation
     model = f"{kind}/{name}"

@@ -11,8 +11,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from .config import Settings
-from .errors import ThinktankError
+from ..config import Settings
+from ..errors import ThinktankError
 
 __all__ = ["db_app", "keys_app", "print_table", "usage_command", "users_app"]
 
@@ -25,15 +25,15 @@ keys_app = typer.Typer(help="Virtual API keys.", no_args_is_help=True)
 
 def _run(work: Callable[[Any], Awaitable[T]]) -> T:
     """Open the database (migrated), run ``work`` with the services, close; errors exit 2."""
-    from .accounts.keys import KeyService
-    from .accounts.principal import Authenticator
-    from .accounts.secrets import PasswordHashing
-    from .accounts.usage import UsageQuery
-    from .accounts.users import UserService
-    from .auth import AdminKey, hash_key
-    from .clock import SystemClock
-    from .store.db import Database, default_database_url
-    from .store.migrate import upgrade_async
+    from ..accounts.keys import KeyService
+    from ..accounts.principal import Authenticator
+    from ..accounts.secrets import PasswordHashing
+    from ..accounts.usage import UsageQuery
+    from ..accounts.users import UserService
+    from ..auth import AdminKey, hash_key
+    from ..clock import SystemClock
+    from ..store.db import Database, default_database_url
+    from ..store.migrate import upgrade_async
 
     settings = Settings()
 
@@ -79,8 +79,8 @@ def _when(ts: float | None) -> str:
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply the migrations (the server also does it when it starts)."""
-    from .store.db import default_database_url, normalize_url
-    from .store.migrate import upgrade
+    from ..store.db import default_database_url, normalize_url
+    from ..store.migrate import upgrade
 
     settings = Settings()
     url = normalize_url(settings.database_url or default_database_url(settings.data_dir))
@@ -101,7 +101,7 @@ def users_create(
     """Create a user (the first admin: thinktank users create you@example.com --admin)."""
     from pydantic import ValidationError
 
-    from .accounts.schemas import UserCreate
+    from ..accounts.schemas import UserCreate
 
     try:
         data = UserCreate(email=email, password=password, role="admin" if admin else "member", tier=tier,
@@ -132,8 +132,8 @@ def users_revoke(user_id: str) -> None:
 async def _owner(services: Any, email: str | None) -> Any:
     from sqlalchemy import select
 
-    from .errors import NotFoundError
-    from .store.tables import User
+    from ..errors import NotFoundError
+    from ..store.tables import User
 
     if email is None:
         return services.auth.known_admin()
@@ -157,7 +157,7 @@ def keys_create(
     expires_in_days: Annotated[float | None, typer.Option(help="Lifetime in days.")] = None,
 ) -> None:
     """Create a key; the full key is printed this once."""
-    from .accounts.schemas import KeyCreate
+    from ..accounts.schemas import KeyCreate
 
     expires_at = time.time() + expires_in_days * 86400 if expires_in_days else None
     data = KeyCreate(

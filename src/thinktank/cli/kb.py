@@ -151,7 +151,7 @@ def _print_json(data: Any) -> None:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    from .cli_accounts import print_table
+    from .accounts import print_table
 
     print_table(headers, rows)
 
@@ -362,7 +362,7 @@ def add(
     api_key: KeyOpt = None,
 ) -> None:
     """Upload files and folders: a changed file replaces its earlier version, an unchanged one is left alone."""
-    from .knowledge.parsers import SUPPORTED
+    from ..knowledge.parsers import SUPPORTED
 
     found = collect(paths, list(SUPPORTED))
     skipped = [f"{n} {what}" for n, what in ((found.unsupported, "unsupported"), (found.hidden, "hidden")) if n]

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .config import Settings
-from .errors import ThinktankError
+from ..config import Settings
+from ..errors import ThinktankError
 
 if TYPE_CHECKING:
-    from .knowledge.ingest import Progress
+    from ..knowledge.ingest import Progress
 
 __all__ = ["eval_app", "progress_bar"]
 
@@ -61,12 +61,12 @@ def eval_retrieval(
 ) -> None:
     """Ingest a BEIR-format set into a temporary knowledge base and print nDCG@10, Recall@100 and
     MRR@10; the last line is ``ndcg@10=0.XXXX`` (of the last mode given)."""
-    from .clock import SystemClock
-    from .knowledge.embeddings import LocalEmbedder
-    from .knowledge.evaluation import EvalSetup, load_corpus, load_qrels, load_queries, run_evaluation
-    from .knowledge.retrieval import SearchOptions
-    from .store.db import Database
-    from .store.migrate import upgrade_async
+    from ..clock import SystemClock
+    from ..knowledge.embeddings import LocalEmbedder
+    from ..knowledge.evaluation import EvalSetup, load_corpus, load_qrels, load_queries, run_evaluation
+    from ..knowledge.retrieval import SearchOptions
+    from ..store.db import Database
+    from ..store.migrate import upgrade_async
 
     modes = {"hybrid": "hybrid", "bm25": "keyword", "keyword": "keyword", "dense": "vector", "vector": "vector"}
     chosen = [m.strip() for m in mode.split(",") if m.strip()]
