@@ -1,11 +1,11 @@
-"""``thinktank db|users|keys|usage``: administration straight on the database (run it where the
-server's data lives; it acts as the admin)."""
+"""``thinktank users|keys``: accounts, straight on the database (run it where the server's data
+lives, with its THINKTANK_DATA_DIR or THINKTANK_DATABASE_URL; it acts as the admin)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
@@ -13,24 +13,23 @@ import typer
 
 from ..config import Settings
 from ..errors import ThinktankError
+from .common import fail, print_table, when
 
-__all__ = ["db_app", "keys_app", "print_table", "usage_command", "users_app"]
+__all__ = ["keys_app", "users_app"]
 
 T = TypeVar("T")
 
-db_app = typer.Typer(help="The database.", no_args_is_help=True)
 users_app = typer.Typer(help="Users (admins and members).", no_args_is_help=True)
 keys_app = typer.Typer(help="Virtual API keys.", no_args_is_help=True)
 
 
 def _run(work: Callable[[Any], Awaitable[T]]) -> T:
     """Open the database (migrated), run ``work`` with the services, close; errors exit 2."""
+    from ..accounts.admin_key import AdminKey
     from ..accounts.keys import KeyService
     from ..accounts.principal import Authenticator
     from ..accounts.secrets import PasswordHashing
-    from ..accounts.usage import UsageQuery
     from ..accounts.users import UserService
-    from ..auth import AdminKey, hash_key
     from ..clock import SystemClock
     from ..store.db import Database, default_database_url
     from ..store.migrate import upgrade_async
@@ -42,7 +41,7 @@ def _run(work: Callable[[Any], Awaitable[T]]) -> T:
         try:
             await upgrade_async(db.url)
             clock = SystemClock()
-            auth = Authenticator(db, AdminKey(hash_key("-")), clock, cache_ttl=0)
+            auth = Authenticator(db, AdminKey.of("-"), clock, cache_ttl=0)
 
             @dataclass
             class Services:
@@ -50,42 +49,16 @@ def _run(work: Callable[[Any], Awaitable[T]]) -> T:
                 auth: Authenticator
                 users: UserService
                 keys: KeyService
-                usage: UsageQuery
 
             return await work(Services(db, auth, UserService(db, clock, PasswordHashing(), auth),
-                                       KeyService(db, clock, auth), UsageQuery(db)))
+                                       KeyService(db, clock, auth)))
         finally:
             await db.close()
 
     try:
         return asyncio.run(run())
     except ThinktankError as exc:
-        typer.secho(f"error: {exc.message}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
-
-
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    cells = [[("" if v is None else str(v)) for v in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    typer.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    for r in cells:
-        typer.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
-
-
-def _when(ts: float | None) -> str:
-    return "" if ts is None else time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts))
-
-
-@db_app.command("upgrade")
-def db_upgrade() -> None:
-    """Apply the migrations (the server also does it when it starts)."""
-    from ..store.db import default_database_url, normalize_url
-    from ..store.migrate import upgrade
-
-    settings = Settings()
-    url = normalize_url(settings.database_url or default_database_url(settings.data_dir))
-    upgrade(url)
-    typer.echo("database is up to date")
+        fail(exc.message)
 
 
 @users_app.command("create")
@@ -108,8 +81,7 @@ def users_create(
                           budget_usd=budget, budget_period=period)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        typer.secho(f"error: {'.'.join(map(str, first['loc']))}: {first['msg']}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        fail(f"{'.'.join(map(str, first['loc']))}: {first['msg']}")
     user = _run(lambda s: s.users.create_user(data))
     typer.echo(f"created {user.role} {user.email} ({user.id})")
 
@@ -119,7 +91,7 @@ def users_list() -> None:
     users = _run(lambda s: s.users.list_users())
     print_table(["id", "email", "role", "tier", "budget", "created", "revoked"],
                 [[u.id, u.email, u.role, u.tier, u.budget_usd and f"${u.budget_usd:g}/{u.budget_period}",
-                  _when(u.created_at), _when(u.revoked_at)] for u in users])
+                  when(u.created_at), when(u.revoked_at)] for u in users])
 
 
 @users_app.command("revoke")
@@ -181,8 +153,8 @@ def keys_list(all_keys: Annotated[bool, typer.Option("--all", help="Include revo
     keys = _run(work)
     print_table(["id", "name", "prefix", "owner", "models", "budget", "rpm", "expires", "revoked"],
                 [[k.id, k.name, k.prefix + "…", k.owner_id, ",".join(k.allowed_models or []) or "*",
-                  k.budget_usd and f"${k.budget_usd:g}/{k.budget_period}", k.rpm, _when(k.expires_at),
-                  _when(k.revoked_at)] for k in keys])
+                  k.budget_usd and f"${k.budget_usd:g}/{k.budget_period}", k.rpm, when(k.expires_at),
+                  when(k.revoked_at)] for k in keys])
 
 
 @keys_app.command("revoke")
@@ -202,22 +174,3 @@ def keys_rotate(key_id: str) -> None:
         return await s.keys.rotate(s.auth.known_admin(), key_id)
 
     typer.echo(_run(work).key)
-
-
-def usage_command(
-    by: Annotated[str, typer.Option("--by", help="model, key, user, deployment or day.")] = "model",
-    days: Annotated[float, typer.Option(help="How many days back.")] = 30.0,
-) -> None:
-    """Requests, tokens and spend over a time range, as a table."""
-    if by not in ("model", "key", "user", "deployment", "day"):
-        typer.secho("error: --by takes model, key, user, deployment or day", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
-
-    async def work(s: Any) -> Any:
-        return await s.usage.aggregate(s.auth.known_admin(), by, time.time() - days * 86400, None,
-                                       "group" if by == "day" else "cost")
-
-    rows = _run(work)
-    print_table([by, "requests", "prompt tokens", "completion tokens", "cost usd", "errors"],
-                [[r["group"], r["requests"], r["prompt_tokens"], r["completion_tokens"], f"{r['cost_usd']:.6f}",
-                  r["errors"]] for r in rows])

@@ -13,6 +13,7 @@ import typer
 
 from ..config import Settings
 from ..errors import ThinktankError
+from .common import fail
 
 if TYPE_CHECKING:
     from ..knowledge.ingest import Progress
@@ -105,5 +106,4 @@ def eval_retrieval(
         with tempfile.TemporaryDirectory(prefix="thinktank-eval-") as workdir:
             asyncio.run(run(Path(workdir)))
     except ThinktankError as exc:
-        typer.secho(f"error: {exc.message}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        fail(exc.message)
