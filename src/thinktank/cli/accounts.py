@@ -19,8 +19,8 @@ __all__ = ["keys_app", "users_app"]
 
 T = TypeVar("T")
 
-users_app = typer.Typer(help="Users (admins and members).", no_args_is_help=True)
-keys_app = typer.Typer(help="Virtual API keys.", no_args_is_help=True)
+users_app = typer.Typer(help="Users (admins and members), on the database.", no_args_is_help=True)
+keys_app = typer.Typer(help="Virtual API keys, on the database.", no_args_is_help=True)
 
 
 def _run(work: Callable[[Any], Awaitable[T]]) -> T:
@@ -63,12 +63,13 @@ def _run(work: Callable[[Any], Awaitable[T]]) -> T:
 
 @users_app.command("create")
 def users_create(
-    email: Annotated[str, typer.Argument()],
-    password: Annotated[str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True,
-                                          help="Asked for when not given.")],
+    email: Annotated[str, typer.Argument(help="Their email address (they sign in with it).")],
+    password: Annotated[str | None, typer.Option(
+        prompt=True, hide_input=True, confirmation_prompt=True, show_default=False,
+        help="At least 8 characters; asked for (hidden) when not given.")] = None,
     admin: Annotated[bool, typer.Option("--admin", help="An admin, not a member.")] = False,
-    tier: Annotated[str | None, typer.Option(help="Rate-limit tier.")] = None,
-    budget: Annotated[float | None, typer.Option(help="USD per --period.")] = None,
+    tier: Annotated[str | None, typer.Option(help="Rate-limit tier.", show_default=False)] = None,
+    budget: Annotated[float | None, typer.Option(help="USD per --period.", show_default=False)] = None,
     period: Annotated[str, typer.Option(help="day, month or total.")] = "month",
 ) -> None:
     """Create a user (the first admin: thinktank users create you@example.com --admin)."""
@@ -77,7 +78,7 @@ def users_create(
     from ..accounts.schemas import UserCreate
 
     try:
-        data = UserCreate(email=email, password=password, role="admin" if admin else "member", tier=tier,
+        data = UserCreate(email=email, password=password or "", role="admin" if admin else "member", tier=tier,
                           budget_usd=budget, budget_period=period)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
@@ -88,6 +89,7 @@ def users_create(
 
 @users_app.command("list")
 def users_list() -> None:
+    """Every user, revoked ones included."""
     users = _run(lambda s: s.users.list_users())
     print_table(["id", "email", "role", "tier", "budget", "created", "revoked"],
                 [[u.id, u.email, u.role, u.tier, u.budget_usd and f"${u.budget_usd:g}/{u.budget_period}",
@@ -95,10 +97,13 @@ def users_list() -> None:
 
 
 @users_app.command("revoke")
-def users_revoke(user_id: str) -> None:
+def users_revoke(user_id: Annotated[str, typer.Argument(help="The user's id (see `thinktank users list`).")]) -> None:
     """Revoke a user and every session and key they hold."""
     user = _run(lambda s: s.users.revoke_user(user_id))
     typer.echo(f"revoked {user.email} and all their credentials")
+
+
+KeyIdArg = Annotated[str, typer.Argument(help="The key's id (see `thinktank keys list`).")]
 
 
 async def _owner(services: Any, email: str | None) -> Any:
@@ -120,13 +125,15 @@ async def _owner(services: Any, email: str | None) -> Any:
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="A name to recognise it by.")] = "",
-    user: Annotated[str | None, typer.Option(help="Owner's email (default: the admin).")] = None,
-    models: Annotated[str | None, typer.Option(help="Comma-separated models it may call.")] = None,
-    budget: Annotated[float | None, typer.Option(help="USD per --period.")] = None,
+    user: Annotated[str | None, typer.Option(help="Owner's email (default: the admin).", show_default=False)] = None,
+    models: Annotated[str | None, typer.Option(help="Comma-separated models it may call (default: all).",
+                                               show_default=False)] = None,
+    budget: Annotated[float | None, typer.Option(help="USD per --period.", show_default=False)] = None,
     period: Annotated[str, typer.Option(help="day, month or total.")] = "month",
-    rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
-    tpm: Annotated[int | None, typer.Option(help="Tokens per minute.")] = None,
-    expires_in_days: Annotated[float | None, typer.Option(help="Lifetime in days.")] = None,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute.", show_default=False)] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute.", show_default=False)] = None,
+    expires_in_days: Annotated[float | None, typer.Option(help="Lifetime in days (default: no expiry).",
+                                                          show_default=False)] = None,
 ) -> None:
     """Create a key; the full key is printed this once."""
     from ..accounts.schemas import KeyCreate
@@ -147,6 +154,8 @@ def keys_create(
 
 @keys_app.command("list")
 def keys_list(all_keys: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False) -> None:
+    """Every key (known by its prefix: the full key is shown only when it is made)."""
+
     async def work(s: Any) -> Any:
         return await s.keys.list(s.auth.known_admin(), include_revoked=all_keys)
 
@@ -158,7 +167,9 @@ def keys_list(all_keys: Annotated[bool, typer.Option("--all", help="Include revo
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: str) -> None:
+def keys_revoke(key_id: KeyIdArg) -> None:
+    """Revoke a key: it stops working at once."""
+
     async def work(s: Any) -> Any:
         return await s.keys.revoke(s.auth.known_admin(), key_id)
 
@@ -167,10 +178,11 @@ def keys_revoke(key_id: str) -> None:
 
 
 @keys_app.command("rotate")
-def keys_rotate(key_id: str) -> None:
+def keys_rotate(key_id: KeyIdArg) -> None:
     """A new secret for the key; the old one stops working."""
 
     async def work(s: Any) -> Any:
         return await s.keys.rotate(s.auth.known_admin(), key_id)
 
     typer.echo(_run(work).key)
+
