@@ -1,4 +1,4 @@
-"""``thinktank db|users|keys`` on the database; a key made there used on the server, and ``usage``."""
+"""``thinktank db|users|keys|teams`` on the database; a key made there used on the server, and ``usage``."""
 
 from __future__ import annotations
 
@@ -30,6 +30,13 @@ def test_admin_commands_and_a_cli_key_on_the_server(server: type[Server], local_
     assert r.exit_code == 2 and "exists already" in r.stderr
     r = cli("users", "create", "bob@example.com", "--password", "short")
     assert r.exit_code == 2 and r.stderr.startswith("error: password: ")
+
+    made = ok(cli("teams", "create", "research", "--budget", "20"))
+    assert made.startswith("created team research (team_")
+    team_id = made.split("(")[1].rstrip(")\n")
+    assert ok(cli("teams", "list")).splitlines()[1].split()[:3] == [team_id, "research", "$20/month"]
+    ok(cli("users", "create", "ann@example.com", "--password", "ann-pass-123", "--team", team_id))
+    assert "ann@example.com" in ok(cli("users", "list"))
 
     key = ok(cli("keys", "create", "--name", "ci", "--user", "root@example.com", "--budget", "5", "--period", "day",
                  "--rpm", "100")).strip()

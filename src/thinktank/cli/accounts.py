@@ -1,4 +1,4 @@
-"""``thinktank users|keys``: accounts, straight on the database (run it where the server's data
+"""``thinktank users|keys|teams``: accounts, straight on the database (run it where the server's data
 lives, with its THINKTANK_DATA_DIR or THINKTANK_DATABASE_URL; it acts as the admin)."""
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from ..config import Settings
 from ..errors import ThinktankError
 from .common import fail, print_table, when
 
-__all__ = ["keys_app", "users_app"]
+__all__ = ["keys_app", "teams_app", "users_app"]
 
 T = TypeVar("T")
 
 users_app = typer.Typer(help="Users (admins and members), on the database.", no_args_is_help=True)
 keys_app = typer.Typer(help="Virtual API keys, on the database.", no_args_is_help=True)
+teams_app = typer.Typer(help="Teams (a shared budget for their members), on the database.", no_args_is_help=True)
 
 
 def _run(work: Callable[[Any], Awaitable[T]]) -> T:
@@ -68,6 +69,8 @@ def users_create(
         prompt=True, hide_input=True, confirmation_prompt=True, show_default=False,
         help="At least 8 characters; asked for (hidden) when not given.")] = None,
     admin: Annotated[bool, typer.Option("--admin", help="An admin, not a member.")] = False,
+    team: Annotated[str | None, typer.Option(help="A team's id (see `thinktank teams list`).",
+                                             show_default=False)] = None,
     tier: Annotated[str | None, typer.Option(help="Rate-limit tier.", show_default=False)] = None,
     budget: Annotated[float | None, typer.Option(help="USD per --period.", show_default=False)] = None,
     period: Annotated[str, typer.Option(help="day, month or total.")] = "month",
@@ -78,8 +81,8 @@ def users_create(
     from ..accounts.schemas import UserCreate
 
     try:
-        data = UserCreate(email=email, password=password or "", role="admin" if admin else "member", tier=tier,
-                          budget_usd=budget, budget_period=period)
+        data = UserCreate(email=email, password=password or "", role="admin" if admin else "member", team_id=team,
+                          tier=tier, budget_usd=budget, budget_period=period)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         fail(f"{'.'.join(map(str, first['loc']))}: {first['msg']}")
@@ -186,3 +189,32 @@ def keys_rotate(key_id: KeyIdArg) -> None:
 
     typer.echo(_run(work).key)
 
+
+@teams_app.command("create")
+def teams_create(
+    name: Annotated[str, typer.Argument(help="The team's name (unique).")],
+    budget: Annotated[float | None, typer.Option(help="USD per --period, shared by the members.",
+                                                 show_default=False)] = None,
+    period: Annotated[str, typer.Option(help="day, month or total.")] = "month",
+) -> None:
+    """Create a team; put users in it with `thinktank users create --team TEAM_ID`."""
+    from pydantic import ValidationError
+
+    from ..accounts.schemas import TeamCreate
+
+    try:
+        data = TeamCreate(name=name, budget_usd=budget, budget_period=period)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        fail(f"{'.'.join(map(str, first['loc']))}: {first['msg']}")
+    team = _run(lambda s: s.users.create_team(data))
+    typer.echo(f"created team {team.name} ({team.id})")
+
+
+@teams_app.command("list")
+def teams_list() -> None:
+    """Every team, with its budget."""
+    teams = _run(lambda s: s.users.list_teams())
+    print_table(["id", "name", "budget", "created"],
+                [[t.id, t.name, (t.budget_usd is not None and f"${t.budget_usd:g}/{t.budget_period}") or "",
+                  when(t.created_at)] for t in teams])
