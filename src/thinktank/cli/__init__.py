@@ -2,7 +2,7 @@
 
 Commands that use models (``chat``, ``ask``, ``debate``, ``models``, ``leaderboard``, ``usage``,
 ``kb``) are clients of a server (see :mod:`.client`); ``serve`` runs one; ``users``, ``keys``,
-``teams`` and ``db`` work on the server's data directly, where it runs.
+``teams``, ``db`` and ``admin-key`` work on the server's data directly, where it runs.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import typer
 
 from .accounts import keys_app, teams_app, users_app
+from .admin_key import admin_key_app
 from .db import db_app
 from .eval import eval_app
 from .kb import kb_app
@@ -40,6 +41,7 @@ app.add_typer(kb_app, name="kb")
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
 app.add_typer(teams_app, name="teams")
+app.add_typer(admin_key_app, name="admin-key")
 app.add_typer(db_app, name="db")
 app.add_typer(eval_app, name="eval")
 app.command("mock-upstream")(mock_upstream)
