@@ -85,3 +85,13 @@ def test_a_damaged_file_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "admin_key.sha256").write_text("not a hash\n")
     with pytest.raises(ConfigError, match=r"admin_key\.sha256: not a stored admin key; .*admin-key reset"):
         start(tmp_path)
+
+
+def test_a_data_directory_that_cannot_be_written(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    data = tmp_path / "file" / "data"  # below a file: never a directory, whoever runs the test
+    key, status = start(data, CHOSEN)  # the variable still says which key it is
+    assert status.how == "unstored" and key.verify(CHOSEN)
+    assert status.describe().startswith("admin key: THINKTANK_ADMIN_KEY (sk-cho…), in force while the variable is set")
+    with pytest.raises(ConfigError, match=r"cannot store a new admin key .*THINKTANK_ADMIN_KEY"):
+        start(data)

@@ -28,7 +28,7 @@ __all__ = ["FILE", "AdminKey", "AdminKeyStatus", "generate", "hash_key", "key_pa
 FILE = "admin_key.sha256"
 _GENERATED = "tt-admin-"
 
-How = Literal["generated", "stored", "environment", "saved", "replaced"]
+How = Literal["generated", "stored", "environment", "saved", "replaced", "unstored"]
 
 
 def hash_key(key: str) -> bytes:
@@ -60,7 +60,7 @@ def read_stored(path: Path) -> Stored | None:
     """The stored key's hash (and prefix), or None when there is none yet."""
     try:
         lines = path.read_text(encoding="ascii").splitlines()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the stored admin key ({exc})") from None
@@ -94,6 +94,8 @@ class AdminKeyStatus:
     prefix: str | None
     key: str | None = None
     """The plaintext, only when the key was generated just now (to be shown this once)."""
+    problem: str | None = None
+    """Why THINKTANK_ADMIN_KEY could not be stored (``unstored``)."""
 
     def describe(self) -> str:
         shown = f" ({self.prefix}…)" if self.prefix else ""
@@ -109,6 +111,9 @@ class AdminKeyStatus:
             return f"admin key: the one stored in {self.path} {which}"
         if self.how == "environment":
             return f"admin key: THINKTANK_ADMIN_KEY{shown}, the one stored in {self.path}"
+        if self.how == "unstored":
+            return (f"admin key: THINKTANK_ADMIN_KEY{shown}, in force while the variable is set: it could not be "
+                    f"stored in {self.path} ({self.problem})")
         if self.how == "saved":
             return (f"admin key: THINKTANK_ADMIN_KEY{shown}, now stored (hashed) in {self.path}: it stays in force "
                     "when the variable is not set")
@@ -145,13 +150,25 @@ class AdminKey:
             else:
                 how = "replaced"
             if how != "environment" or stored is None or stored.prefix != _prefix(given):
-                _store(path, given)  # (the same key is stored again only to add its prefix to an older file)
+                try:
+                    _store(path, given)  # (the same key is stored again only to add its prefix to an older file)
+                except OSError as exc:  # a read-only data directory: the variable still says which key it is
+                    if how != "environment":
+                        return cls(digest), AdminKeyStatus("unstored", path, _prefix(given), problem=_reason(exc))
             return cls(digest), AdminKeyStatus(how, path, _prefix(given))
         if stored is not None:
             return cls(stored.digest), AdminKeyStatus("stored", path, stored.prefix)
         key = generate()
-        _store(path, key)
+        try:
+            _store(path, key)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot store a new admin key ({_reason(exc)}): make the data directory "
+                              "writable (THINKTANK_DATA_DIR) or set THINKTANK_ADMIN_KEY") from None
         return cls(hash_key(key)), AdminKeyStatus("generated", path, _prefix(key), key)
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
 
 
 def _write_private(path: Path, text: str) -> None:
