@@ -14,7 +14,7 @@ from thinktank.store.db import Database
 
 from .fakes import openai as openai_fmt
 from .fakes.clock import FakeClock
-from .fakes.process import Server
+from .fakes.process import Server, clean_env
 from .fakes.upstream import FakeUpstream
 
 if TYPE_CHECKING:
@@ -185,10 +185,7 @@ async def redis_url() -> str:
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items()
-             if not k.endswith("_API_KEY") and not k.startswith("THINKTANK_")}
-    return {**clean, "THINKTANK_DATA_DIR": str(tmp_path / "data"), "OLLAMA_HOST": "127.0.0.1:9",
-            "HOME": str(tmp_path)}
+    return clean_env(tmp_path)
 
 
 @pytest.fixture

@@ -84,10 +84,11 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_unknown_provider_and_missing_key_name_the_file(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, admin_key="k")
     bad = write(tmp_path, "models:\n  - {name: a, provider: nosuch}\n")
-    with pytest.raises(ConfigError, match=r"thinktank.yaml: unknown provider 'nosuch'; known providers: .*anthropic"):
+    unknown = r"thinktank\.yaml: models\[0\] \('a'\): provider: unknown provider 'nosuch' \(known: .*anthropic"
+    with pytest.raises(ConfigError, match=unknown):
         create_app(settings.model_copy(update={"config": bad}))
     bad = write(tmp_path, "models:\n  - {name: gpt-4o, provider: openai, api_key_env: NOPE_NOT_SET}\n")
-    with pytest.raises(ConfigError, match=r"thinktank\.yaml: model 'gpt-4o': api_key_env: .*NOPE_NOT_SET"):
+    with pytest.raises(ConfigError, match=r"thinktank\.yaml: models\[0\] \('gpt-4o'\): api_key_env: .*NOPE_NOT_SET"):
         create_app(settings.model_copy(update={"config": bad}))
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
@@ -14,6 +16,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def clean_env(root: Path) -> dict[str, str]:
+    """This process's environment without thinktank's or any provider's settings, with its own data
+    directory and home under ``root`` (and no Ollama to find)."""
+    clean = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("THINKTANK_")}
+    return {**clean, "THINKTANK_DATA_DIR": str(root / "data"), "OLLAMA_HOST": "127.0.0.1:9", "HOME": str(root)}
 
 
 def run(args: list[str], env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -12,11 +12,11 @@ from typing import Literal
 
 from sqlalchemy import select
 
-from ..auth import AdminKey
 from ..clock import Clock
 from ..errors import AuthenticationError, ModelNotFoundError
 from ..store.db import Database
 from ..store.tables import SYSTEM_USER_ID, ApiKey, Session, Team, User
+from .admin_key import AdminKey
 from .budget_stores import BudgetSpec
 from .secrets import KEY_PREFIX, SESSION_PREFIX, token_hash
 

@@ -13,7 +13,7 @@ import secrets
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from ..auth import hash_key
+from .admin_key import hash_key
 
 __all__ = ["PasswordHashing", "new_token", "token_hash"]
 

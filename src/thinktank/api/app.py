@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..auth import AdminKey
+from ..accounts.admin_key import AdminKey, AdminKeyStatus
 from ..clock import Clock, SystemClock
 from ..config import GatewayConfig, Settings, load_config
 from ..discovery import NO_MODELS_HELP, demo_config, discover, merge
@@ -39,7 +39,7 @@ from .state import AppState
 if TYPE_CHECKING:
     from ..knowledge.embeddings import LocalEmbedder
 
-__all__ = ["ThinktankApp", "app_from_env", "build_config", "create_app"]
+__all__ = ["ThinktankApp", "app_from_env", "build_config", "create_app", "worker_app"]
 
 log = logging.getLogger("thinktank")
 
@@ -54,13 +54,8 @@ def build_config(settings: Settings, environ: Mapping[str, str]) -> GatewayConfi
     return config
 
 
-def _announce_key(key: str) -> None:
-    print(
-        "\n  thinktank generated an admin API key. It is shown only this once; store it now:\n\n"
-        f"      {key}\n\n  (Only its hash is kept. Set THINKTANK_ADMIN_KEY to choose your own.)\n",
-        file=sys.stderr,
-        flush=True,
-    )
+def _announce_key(status: AdminKeyStatus) -> None:
+    print(status.describe(), file=sys.stderr, flush=True)
 
 
 def create_app(
@@ -69,10 +64,16 @@ def create_app(
     *,
     clock: Clock | None = None,
     registry: ProviderRegistry | None = None,
-    announce_key: Callable[[str], None] = _announce_key,
+    announce_key: Callable[[AdminKeyStatus], None] = _announce_key,
+    admin_key: AdminKey | None = None,
+    quiet: bool = False,
     local_embedder: LocalEmbedder | None = None,
 ) -> ThinktankApp:
-    """``local_embedder``: share one already-built local model (tests); by default one is made, loaded on
+    """``announce_key`` is told which admin key is in force (a generated one included, to show once).
+    ``admin_key``: a key for this app alone, neither stored nor announced (``thinktank --local``).
+    ``quiet``: no notices at start (the hint when no model is configured, the admin key in force) but a
+    freshly generated key; for the workers ``thinktank serve`` starts, whose parent said it all.
+    ``local_embedder``: share one already-built local model (tests); by default one is made, loaded on
     first use, with its cache under the data directory."""
     settings = settings or Settings()
     if config is None:
@@ -85,11 +86,12 @@ def create_app(
         if settings.config is not None:
             raise ConfigError(f"{settings.config}: {exc.message}") from None
         raise
-    if not router.deployments:
+    if not router.deployments and not quiet:
         log.warning(NO_MODELS_HELP)
-    admin_key, new_key = AdminKey.from_settings(settings)
-    if new_key is not None:
-        announce_key(new_key)
+    if admin_key is None:
+        admin_key, status = AdminKey.from_settings(settings)
+        if status.key is not None or not quiet:
+            announce_key(status)
     state = build_state(settings, router, admin_key, http, clock, local_embedder)
     return ThinktankApp(state, _fastapi_app(state))
 
@@ -177,8 +179,14 @@ async def _stop(state: AppState) -> None:
 
 
 def app_from_env() -> ThinktankApp:
-    """Factory for ``uvicorn --factory`` and for each worker process of ``thinktank serve --workers``."""
+    """Factory for ``uvicorn --factory``: the settings from the environment."""
     return create_app(Settings())
+
+
+def worker_app() -> ThinktankApp:
+    """Factory for each worker process of ``thinktank serve --workers``: the parent has already said what
+    a start says (the admin key in force, the hint when no model is configured)."""
+    return create_app(Settings(), quiet=True)
 
 
 def _error_body(message: str, type_: str = "invalid_request_error") -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..auth import AdminKey
+from ..accounts.admin_key import AdminKey
 from ..clock import Clock, SystemClock
 from ..config import Settings
 from ..gateway.router import Router

@@ -436,6 +436,9 @@ class Deliberation:
 
     async def document(self, run_id: str, principal: Principal, name: str) -> str | None:
         await self._owned(run_id, principal)
+        run = self.live.get(run_id)
+        if run is not None and name in run.documents:
+            return run.documents[name]  # written, and maybe not saved yet (the run is ending)
         return await self.store.document(run_id, name)
 
     async def cancel(self, run_id: str, principal: Principal) -> str:

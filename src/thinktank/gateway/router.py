@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from ..clock import Clock
-from ..config import GatewayConfig, Strategy
+from ..config import DeploymentConfig, GatewayConfig, Strategy
 from ..errors import (
+    ConfigError,
     ContextWindowExceededError,
     DeadlineExceededError,
     InvalidRequestError,
@@ -29,7 +30,7 @@ from ..errors import (
     UpstreamBadResponseError,
     UpstreamTimeoutError,
 )
-from ..providers.base import EmbeddingModel, ProviderContext
+from ..providers.base import DeploymentModel, EmbeddingModel, ProviderContext
 from ..providers.registry import ProviderRegistry
 from ..types import (
     ChatChunk,
@@ -123,12 +124,11 @@ class Router:
         self.observers: list[Observer] = list(observers or [])
         self.deployments: list[Deployment] = []
         seen: dict[str, int] = {}
-        for d in config.models:
+        for i, d in enumerate(config.models):
             count = seen.get(d.name, 0)
             seen[d.name] = count + 1
             dep_id = d.id or (d.name if count == 0 else f"{d.name}#{count + 1}")
-            factory = self._registry.get(d.provider)
-            model = factory(d.model_copy(update={"id": dep_id}), ctx)
+            model = self._build(i, d.model_copy(update={"id": dep_id}), ctx)
             self.deployments.append(
                 Deployment(dep_id, d, model, price_for(d), d.timeout or rc.timeout)
             )
@@ -146,6 +146,20 @@ class Router:
                 g.name, members, g.strategy or rc.strategy, g.fallbacks, g.context_window_fallbacks
             )
         self._aliases = dict(config.aliases)
+
+    def _build(self, index: int, d: DeploymentConfig, ctx: ProviderContext) -> DeploymentModel:
+        """The provider's model for ``models[index]``; a config error names the entry as the config's own
+        errors do: ``models[0] ('a'): provider: unknown provider 'x' (known: ...)``."""
+        where = f"models[{index}] ('{d.name}')"
+        try:
+            factory = self._registry.get(d.provider)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: provider: {exc.message}") from None
+        try:
+            return factory(d, ctx)
+        except ConfigError as exc:  # providers say "model 'a': ..."; the entry's index tells which one
+            said = exc.message.removeprefix(f"model '{d.name}': ")
+            raise ConfigError(f"{where}: {said}") from None
 
     # -- names -----------------------------------------------------------------------------------
     @property

@@ -46,7 +46,7 @@ class ProviderRegistry:
         ep = self._entry_points().get(name)
         if ep is None:
             known = ", ".join(self.names()) or "none (is thinktank installed? run: pip install -e .)"
-            raise ConfigError(f"unknown provider '{name}'; known providers: {known}")
+            raise ConfigError(f"unknown provider '{name}' (known: {known})")
         factory: ProviderFactory = ep.load()
         self._loaded[name] = factory
         return factory

@@ -11,15 +11,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .config import Settings
-from .errors import ThinktankError
+from ..config import Settings
+from ..errors import ThinktankError
+from .common import fail
 
 if TYPE_CHECKING:
-    from .knowledge.ingest import Progress
+    from ..knowledge.ingest import Progress
 
 __all__ = ["eval_app", "progress_bar"]
 
-eval_app = typer.Typer(help="Evaluations.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluations (retrieval quality).", no_args_is_help=True)
 
 
 @contextmanager
@@ -44,29 +45,33 @@ def progress_bar(label: str, enabled: bool = True) -> Iterator[Callable[[Progres
 
 @eval_app.command("retrieval")
 def eval_retrieval(
-    corpus: Annotated[Path, typer.Option(help="corpus.jsonl: {_id, title, text} per line", exists=True,
-                                         dir_okay=False)],
-    queries: Annotated[Path, typer.Option(help="queries.jsonl: {_id, text} per line", exists=True, dir_okay=False)],
-    qrels: Annotated[Path, typer.Option(help="qrels.tsv: query-id, corpus-id, score", exists=True, dir_okay=False)],
-    backend: Annotated[str, typer.Option(help="sqlite (a temporary file) or postgres (THINKTANK_DATABASE_URL)")]
-    = "sqlite",
-    mode: Annotated[str, typer.Option(help="hybrid, bm25 or dense; several, comma-separated, share one ingestion")]
-    = "hybrid",
-    fusion: Annotated[str, typer.Option(help="score or rrf")] = "score",
-    keyword_weight: Annotated[float, typer.Option(help="weight of BM25 in the fusion")] = 0.3,
-    vector_weight: Annotated[float, typer.Option(help="weight of the vectors in the fusion")] = 0.7,
-    chunk_tokens: Annotated[int, typer.Option(help="target chunk size, in the model's tokens")] = 200,
-    chunk_overlap: Annotated[int, typer.Option(help="overlap between chunks cut for size")] = 40,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    corpus: Annotated[Path, typer.Option(
+        help="The corpus.jsonl: {_id, title, text} per line.", exists=True, dir_okay=False)],
+    queries: Annotated[Path, typer.Option(
+        help="The queries.jsonl: {_id, text} per line.", exists=True, dir_okay=False)],
+    qrels: Annotated[Path, typer.Option(
+        help="The qrels.tsv: query-id, corpus-id, score.", exists=True, dir_okay=False)],
+    backend: Annotated[str, typer.Option(
+        help="Where: sqlite (a temporary file) or postgres (THINKTANK_DATABASE_URL).")] = "sqlite",
+    mode: Annotated[str, typer.Option(
+        help="Search: hybrid, bm25 or dense; several, comma-separated, share one ingestion.")] = "hybrid",
+    fusion: Annotated[str, typer.Option(help="Fusion: score or rrf.")] = "score",
+    keyword_weight: Annotated[float, typer.Option(help="Weight of BM25 in the fusion.")] = 0.3,
+    vector_weight: Annotated[float, typer.Option(help="Weight of the vectors in the fusion.")] = 0.7,
+    chunk_tokens: Annotated[int, typer.Option(help="Target chunk size, in the model's tokens.")] = 200,
+    chunk_overlap: Annotated[int, typer.Option(help="Overlap between chunks cut for size.")] = 40,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Ingest a BEIR-format set into a temporary knowledge base and print nDCG@10, Recall@100 and
-    MRR@10; the last line is ``ndcg@10=0.XXXX`` (of the last mode given)."""
-    from .clock import SystemClock
-    from .knowledge.embeddings import LocalEmbedder
-    from .knowledge.evaluation import EvalSetup, load_corpus, load_qrels, load_queries, run_evaluation
-    from .knowledge.retrieval import SearchOptions
-    from .store.db import Database
-    from .store.migrate import upgrade_async
+    """Retrieval quality on a BEIR-format set: nDCG@10, Recall@100 and MRR@10.
+
+    The set goes into a temporary knowledge base; the last line printed is ndcg@10=0.XXXX (of the last mode).
+    """
+    from ..clock import SystemClock
+    from ..knowledge.embeddings import LocalEmbedder
+    from ..knowledge.evaluation import EvalSetup, load_corpus, load_qrels, load_queries, run_evaluation
+    from ..knowledge.retrieval import SearchOptions
+    from ..store.db import Database
+    from ..store.migrate import upgrade_async
 
     modes = {"hybrid": "hybrid", "bm25": "keyword", "keyword": "keyword", "dense": "vector", "vector": "vector"}
     chosen = [m.strip() for m in mode.split(",") if m.strip()]
@@ -105,5 +110,4 @@ def eval_retrieval(
         with tempfile.TemporaryDirectory(prefix="thinktank-eval-") as workdir:
             asyncio.run(run(Path(workdir)))
     except ThinktankError as exc:
-        typer.secho(f"error: {exc.message}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        fail(exc.message)

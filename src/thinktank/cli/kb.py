@@ -1,8 +1,8 @@
-"""``thinktank kb``: knowledge bases on a running server, over its HTTP API.
+"""``thinktank kb``: knowledge bases, over the server's HTTP API (``/api/v1/knowledge-bases``).
 
-Every command talks to ``--url`` (``$THINKTANK_URL``, default http://127.0.0.1:8000) with
-``--api-key`` (``$THINKTANK_API_KEY``): an admin key, a key made for you, or a session token.
-An error from the server is printed as its message and exits 2.
+Every command talks to ``--url`` (``$THINKTANK_URL``) with ``--api-key`` (``$THINKTANK_API_KEY``): an
+admin key, a key made for you, or a session token; or, with ``--local``, to the server started in this
+process (see :mod:`.client`). An error from the server is printed as its message and exits 2.
 """
 
 from __future__ import annotations
@@ -12,148 +12,48 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
 
-if TYPE_CHECKING:
-    import httpx
+from .client import DEFAULT_URL, ApiError, Client, ConfigOpt, DemoOpt, KeyOpt, LocalOpt, Target, UrlOpt, connect
+from .common import print_json, print_table
 
 __all__ = ["kb_app"]
 
-kb_app = typer.Typer(help="Knowledge bases on a running server (create, share, add documents, search).",
+kb_app = typer.Typer(help="Knowledge bases on the server (create, share, add documents, search).",
                      no_args_is_help=True)
 
-UrlOpt = Annotated[str, typer.Option("--url", envvar="THINKTANK_URL", help="The thinktank server.")]
-KeyOpt = Annotated[str | None, typer.Option(
-    "--api-key", envvar="THINKTANK_API_KEY", help="API key or session token ($THINKTANK_API_KEY).",
-    show_default=False)]
 KbArg = Annotated[str, typer.Argument(help="The knowledge base: its id (kb_...) or name.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the server's JSON.")]
-DEFAULT_URL = "http://127.0.0.1:8000"
 _STATUSES = ("added", "replaced", "unchanged", "duplicate", "failed")
 
 
-class ApiError(Exception):
-    def __init__(self, message: str, status: int | None = None, results: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.results = results
-        """A refused batch's per-item results, when the server sent them."""
-
-
-def _results(response: httpx.Response) -> dict[str, Any] | None:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) and isinstance(body.get("data"), list) else None
-
-
-def _message(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return f"HTTP {response.status_code}: {response.text[:200].strip() or response.reason_phrase}"
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict) and error.get("message"):
-        return str(error["message"])
-    return f"HTTP {response.status_code}"
-
-
-class Client:
-    """The server's ``/api/v1``; any failure is an :class:`ApiError` with the server's message."""
-
-    def __init__(self, url: str, api_key: str | None) -> None:
-        import httpx
-
-        self.url = url.rstrip("/")
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(base_url=self.url + "/api/v1", headers=headers,
-                                 timeout=httpx.Timeout(30.0, read=900.0))
-
-    def close(self) -> None:
-        self.http.close()
-
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        import httpx
-
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise ApiError(f"cannot reach {self.url}: {exc}") from None
-        if response.status_code >= 400:
-            raise ApiError(_message(response), response.status_code, _results(response))
-        return response.json() if response.content else None
-
-    def upload(self, path: str, parts: list[tuple[str, tuple[str, bytes]]],
-               progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        """Post files with ``stream=true``; ``progress`` sees each progress event; returns the results."""
-        import httpx
-
-        try:
-            with self.http.stream("POST", path, files=parts, params={"stream": "true"}) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise ApiError(_message(response), response.status_code)
-                return _read_events(response, progress)
-        except httpx.HTTPError as exc:
-            raise ApiError(f"cannot reach {self.url}: {exc}") from None
-
-
-def _read_events(response: httpx.Response, progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+def _upload(client: Client, path: str, parts: list[tuple[str, tuple[str, bytes]]],
+            progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Post files with ``stream=true``; ``progress`` sees each progress event; returns the results."""
     import orjson
 
-    kind, result = "message", None
-    for line in response.iter_lines():
-        if line.startswith("event:"):
-            kind = line[6:].strip()
-        elif line.startswith("data:"):
-            data = line[5:].strip()
-            if data == "[DONE]":
+    result: dict[str, Any] | None = None
+    with client.stream("POST", path, files=parts, params={"stream": "true"}) as events:
+        for message in events:
+            if message.data == "[DONE]":
                 break
-            event = orjson.loads(data)
-            if kind == "progress":
+            event = orjson.loads(message.data)
+            if message.event == "progress":
                 progress(event)
-            elif kind == "result":
+            elif message.event == "result":
                 result = event
-            elif kind == "error":
+            elif message.event == "error":
                 raise ApiError(str(event.get("error", {}).get("message", "the upload failed")))
-        elif not line:
-            kind = "message"
     if result is None:
         raise ApiError("the server ended the upload without a result")
     return dict(result)
 
 
-@contextmanager
-def _client(url: str, api_key: str | None) -> Iterator[Client]:
-    client = Client(url, api_key)
-    try:
-        yield client
-    except ApiError as exc:
-        typer.secho(f"error: {exc.message}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
-    finally:
-        client.close()
-
-
 def _kb(ref: str) -> str:
-    return "/knowledge-bases/" + quote(ref, safe="")
-
-
-def _print_json(data: Any) -> None:
-    import orjson
-
-    typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    from .cli_accounts import print_table
-
-    print_table(headers, rows)
+    return "/api/v1/knowledge-bases/" + quote(ref, safe="")
 
 
 # -- knowledge bases -------------------------------------------------------------------------------
@@ -170,6 +70,9 @@ def create(
     as_json: JsonOpt = False,
     url: UrlOpt = DEFAULT_URL,
     api_key: KeyOpt = None,
+    local: LocalOpt = False,
+    config: ConfigOpt = None,
+    demo: DemoOpt = False,
 ) -> None:
     """Create a knowledge base."""
     body: dict[str, Any] = {"name": name, "description": description}
@@ -177,37 +80,52 @@ def create(
                        ("chunk_overlap", chunk_overlap)):
         if value is not None:
             body[key] = value
-    with _client(url, api_key) as c:
-        kb = c.call("POST", "/knowledge-bases", json=body)
+    with connect(Target(url, api_key, local, config, demo)) as c:
+        kb = c.call("POST", "/api/v1/knowledge-bases", json=body)
     if as_json:
-        _print_json(kb)
+        print_json(kb)
     else:
         typer.echo(f"created {kb['name']} ({kb['id']}, {kb['embedding_model']})")
 
 
 @kb_app.command("list")
-def list_kbs(as_json: JsonOpt = False, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None) -> None:
+def list_kbs(
+    as_json: JsonOpt = False,
+    url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = None,
+    local: LocalOpt = False,
+    config: ConfigOpt = None,
+    demo: DemoOpt = False,
+) -> None:
     """Your knowledge bases and those shared with you."""
-    with _client(url, api_key) as c:
-        data = c.call("GET", "/knowledge-bases")
+    with connect(Target(url, api_key, local, config, demo)) as c:
+        data = c.call("GET", "/api/v1/knowledge-bases")
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     if not data["data"]:
         typer.echo("No knowledge bases yet: thinktank kb create NAME")
         return
-    _table(["id", "name", "access", "documents", "chunks", "pending", "model"],
+    print_table(["id", "name", "access", "documents", "chunks", "pending", "model"],
            [[k["id"], k["name"], k["access"], k["documents"], k["chunks"], k["pending"], k["embedding_model"]]
             for k in data["data"]])
 
 
 @kb_app.command("show")
-def show(kb: KbArg, as_json: JsonOpt = False, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None) -> None:
+def show(
+    kb: KbArg,
+    as_json: JsonOpt = False,
+    url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = None,
+    local: LocalOpt = False,
+    config: ConfigOpt = None,
+    demo: DemoOpt = False,
+) -> None:
     """One knowledge base."""
-    with _client(url, api_key) as c:
+    with connect(Target(url, api_key, local, config, demo)) as c:
         data = c.call("GET", _kb(kb))
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     for key in ("id", "name", "description", "owner_id", "access", "embedding_model", "dimension", "chunk_tokens",
                 "chunk_overlap", "documents", "chunks", "pending"):
@@ -220,11 +138,14 @@ def delete(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
     url: UrlOpt = DEFAULT_URL,
     api_key: KeyOpt = None,
+    local: LocalOpt = False,
+    config: ConfigOpt = None,
+    demo: DemoOpt = False,
 ) -> None:
     """Delete a knowledge base with all its documents."""
     if not yes:
         typer.confirm(f"Delete the knowledge base '{kb}' and all its documents?", abort=True)
-    with _client(url, api_key) as c:
+    with connect(Target(url, api_key, local, config, demo)) as c:
         c.call("DELETE", _kb(kb))
     typer.echo(f"deleted {kb}")
 
@@ -237,33 +158,52 @@ def share(
     access: Annotated[str, typer.Option(help="read or write.")] = "read",
     url: UrlOpt = DEFAULT_URL,
     api_key: KeyOpt = None,
+    local: LocalOpt = False,
+    config: ConfigOpt = None,
+    demo: DemoOpt = False,
 ) -> None:
     """Share a knowledge base with a user or a team (sharing again changes the access)."""
     if (user is None) == (team is None):
         raise typer.BadParameter("give --user or --team")
     if access not in ("read", "write"):
         raise typer.BadParameter("--access is read or write")
-    with _client(url, api_key) as c:
+    with connect(Target(url, api_key, local, config, demo)) as c:
         made = c.call("POST", _kb(kb) + "/shares", json={"user": user, "team": team, "access": access})
     typer.echo(f"shared {kb} with {user or team} ({made['access']}); share id {made['id']}")
 
 
 @kb_app.command("shares")
-def shares(kb: KbArg, as_json: JsonOpt = False, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None) -> None:
+def shares(
+    kb: KbArg,
+    as_json: JsonOpt = False,
+    url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = None,
+    local: LocalOpt = False,
+    config: ConfigOpt = None,
+    demo: DemoOpt = False,
+) -> None:
     """Who a knowledge base is shared with."""
-    with _client(url, api_key) as c:
+    with connect(Target(url, api_key, local, config, demo)) as c:
         data = c.call("GET", _kb(kb) + "/shares")
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
-    _table(["id", "user", "team", "access"], [[s["id"], s["user_id"], s["team_id"], s["access"]] for s in data["data"]])
+    print_table(["id", "user", "team", "access"],
+                [[s["id"], s["user_id"], s["team_id"], s["access"]] for s in data["data"]])
 
 
 @kb_app.command("unshare")
-def unshare(kb: KbArg, share_id: Annotated[int, typer.Argument(help="From `thinktank kb shares`.")],
-            url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None) -> None:
+def unshare(
+    kb: KbArg,
+    share_id: Annotated[int, typer.Argument(help="The share's id (see `thinktank kb shares`).")],
+    url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = None,
+    local: LocalOpt = False,
+    config: ConfigOpt = None,
+    demo: DemoOpt = False,
+) -> None:
     """Take a share back."""
-    with _client(url, api_key) as c:
+    with connect(Target(url, api_key, local, config, demo)) as c:
         c.call("DELETE", f"{_kb(kb)}/shares/{share_id}")
     typer.echo(f"removed share {share_id}")
 
@@ -360,9 +300,12 @@ def add(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     url: UrlOpt = DEFAULT_URL,
     api_key: KeyOpt = None,
+    local: LocalOpt = False,
+    config: ConfigOpt = None,
+    demo: DemoOpt = False,
 ) -> None:
     """Upload files and folders: a changed file replaces its earlier version, an unchanged one is left alone."""
-    from .knowledge.parsers import SUPPORTED
+    from ..knowledge.parsers import SUPPORTED
 
     found = collect(paths, list(SUPPORTED))
     skipped = [f"{n} {what}" for n, what in ((found.unsupported, "unsupported"), (found.hidden, "hidden")) if n]
@@ -382,7 +325,7 @@ def add(
     counts = dict.fromkeys(_STATUSES, 0)
     failures: list[tuple[Path, str]] = []
     pending = 0
-    with _client(url, api_key) as c, _bar(len(found.files), not quiet) as update:
+    with connect(Target(url, api_key, local, config, demo)) as c, _bar(len(found.files), not quiet) as update:
         done = chunks = 0
         for batch in batches(found.files, batch_files, int(batch_mb * 1024 * 1024)):
             parts = [("files", (found.names[p], p.read_bytes())) for p in batch]
@@ -391,7 +334,7 @@ def add(
                 update(base + int(event.get("done", 0)), base_chunks + int(event.get("chunks", 0)))
 
             try:
-                result = c.upload(_kb(kb) + "/documents", parts, step)
+                result = _upload(c, _kb(kb) + "/documents", parts, step)
             except ApiError as exc:
                 if exc.status != 413:
                     raise
@@ -422,9 +365,12 @@ def reembed(
                                                              "gateway model).")],
     url: UrlOpt = DEFAULT_URL,
     api_key: KeyOpt = None,
+    local: LocalOpt = False,
+    config: ConfigOpt = None,
+    demo: DemoOpt = False,
 ) -> None:
     """Embed every chunk again with another model and switch the knowledge base to it."""
-    with _client(url, api_key) as c:
+    with connect(Target(url, api_key, local, config, demo)) as c:
         view = c.call("POST", _kb(kb) + "/reembed", json={"embedding_model": model})
     typer.echo(f"{view['name']}: {view['chunks']} chunks embedded with {view['embedding_model']} "
                f"({view['dimension']} dimensions)")
@@ -436,15 +382,18 @@ def add_url(
     urls: Annotated[list[str], typer.Argument(help="Public http(s) URLs of pages or files.")],
     url: UrlOpt = DEFAULT_URL,
     api_key: KeyOpt = None,
+    local: LocalOpt = False,
+    config: ConfigOpt = None,
+    demo: DemoOpt = False,
 ) -> None:
     """Fetch web pages or files (on the server) and add them, each known by its URL."""
-    with _client(url, api_key) as c:
+    with connect(Target(url, api_key, local, config, demo)) as c:
         try:
             result = c.call("POST", _kb(kb) + "/urls", json={"urls": urls})
         except ApiError as exc:
-            if exc.results is None:
+            if not (isinstance(exc.body, dict) and isinstance(exc.body.get("data"), list)):
                 raise
-            result = exc.results
+            result = exc.body
     failed = 0
     for address, item in zip(urls, result["data"], strict=True):
         if item["status"] == "failed":
@@ -465,23 +414,33 @@ def docs(
     as_json: JsonOpt = False,
     url: UrlOpt = DEFAULT_URL,
     api_key: KeyOpt = None,
+    local: LocalOpt = False,
+    config: ConfigOpt = None,
+    demo: DemoOpt = False,
 ) -> None:
     """The documents of a knowledge base."""
-    with _client(url, api_key) as c:
+    with connect(Target(url, api_key, local, config, demo)) as c:
         data = c.call("GET", _kb(kb) + "/documents", params={"status": status} if status else None)
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
-    _table(["id", "source", "kind", "status", "chunks", "pages", "bytes"],
+    print_table(["id", "source", "kind", "status", "chunks", "pages", "bytes"],
            [[d["id"], d["source"], d["kind"], d["status"], d["chunks"], d["pages"], d["size_bytes"]]
             for d in data["data"]])
 
 
 @kb_app.command("rm-doc")
-def rm_doc(kb: KbArg, doc_id: Annotated[str, typer.Argument(help="The document's id.")],
-           url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None) -> None:
+def rm_doc(
+    kb: KbArg,
+    doc_id: Annotated[str, typer.Argument(help="The document's id (see `thinktank kb docs`).")],
+    url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = None,
+    local: LocalOpt = False,
+    config: ConfigOpt = None,
+    demo: DemoOpt = False,
+) -> None:
     """Remove a document."""
-    with _client(url, api_key) as c:
+    with connect(Target(url, api_key, local, config, demo)) as c:
         c.call("DELETE", f"{_kb(kb)}/documents/{quote(doc_id, safe='')}")
     typer.echo(f"removed {doc_id}")
 
@@ -494,11 +453,14 @@ def review(
                                                  show_default=False)] = None,
     url: UrlOpt = DEFAULT_URL,
     api_key: KeyOpt = None,
+    local: LocalOpt = False,
+    config: ConfigOpt = None,
+    demo: DemoOpt = False,
 ) -> None:
     """Approve a contribution (it becomes searchable) or reject it."""
     if approve is None:
         raise typer.BadParameter("give --approve or --reject")
-    with _client(url, api_key) as c:
+    with connect(Target(url, api_key, local, config, demo)) as c:
         doc = c.call("POST", f"{_kb(kb)}/documents/{quote(doc_id, safe='')}/review", json={"approve": approve})
     typer.echo(f"{doc['source']}: {doc['status']}")
 
@@ -519,15 +481,18 @@ def search(
     as_json: JsonOpt = False,
     url: UrlOpt = DEFAULT_URL,
     api_key: KeyOpt = None,
+    local: LocalOpt = False,
+    config: ConfigOpt = None,
+    demo: DemoOpt = False,
 ) -> None:
     """Search knowledge bases; prints the passages ranked best first."""
     if mode not in ("hybrid", "keyword", "vector"):
         raise typer.BadParameter("--mode is hybrid, keyword or vector")
-    with _client(url, api_key) as c:
-        data = c.call("POST", "/knowledge-bases/search",
+    with connect(Target(url, api_key, local, config, demo)) as c:
+        data = c.call("POST", "/api/v1/knowledge-bases/search",
                       json={"knowledge_bases": kbs, "query": query, "top_k": top_k, "mode": mode})
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     if not data["data"]:
         typer.echo("No results.")

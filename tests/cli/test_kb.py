@@ -17,8 +17,8 @@ from thinktank.api.app import create_app
 from thinktank.cli import app
 from thinktank.config import Settings, parse_config
 
-from .fakes.documents import docx, pdf
-from .fakes.server import serving
+from ..fakes.documents import docx, pdf
+from ..fakes.server import serving
 
 if TYPE_CHECKING:
     from thinktank.knowledge.embeddings import LocalEmbedder
@@ -169,7 +169,7 @@ async def test_settings_from_the_environment_and_errors(url: str, tmp_path: Path
     r = await kb(url, "wrong-key", "list")
     assert r.exit_code == 2 and r.stderr.startswith("error: ")
     r = await kb("http://127.0.0.1:9", ADMIN, "list")
-    assert r.exit_code == 2 and "cannot reach http://127.0.0.1:9" in r.stderr
+    assert r.exit_code == 2 and "cannot reach a thinktank server at http://127.0.0.1:9 " in r.stderr
     r = await kb(url, ADMIN, "create", "bad name")
     assert r.exit_code == 2 and "error: name:" in r.stderr
     r = await kb(url, ADMIN, "share", "x")
@@ -181,7 +181,7 @@ async def test_settings_from_the_environment_and_errors(url: str, tmp_path: Path
 
 
 def test_batches_by_count_and_size(tmp_path: Path) -> None:
-    from thinktank.cli_kb import batches
+    from thinktank.cli.kb import batches
 
     sizes = [10, 10, 10, 100, 5, 5]
     paths = []
@@ -191,3 +191,11 @@ def test_batches_by_count_and_size(tmp_path: Path) -> None:
         paths.append(p)
     groups: list[list[Any]] = [[p.name for p in b] for b in batches(paths, max_files=2, max_bytes=25)]
     assert groups == [["f0.txt", "f1.txt"], ["f2.txt"], ["f3.txt"], ["f4.txt", "f5.txt"]]
+
+
+def test_local_creates_and_lists_in_this_machines_data(local_env: Path) -> None:
+    r = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["kb", "create", "notes", "--local"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("created notes (kb_")
+    listed = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["kb", "list", "--local"])
+    assert listed.exit_code == 0 and listed.stdout.splitlines()[1].split()[1:3] == ["notes", "admin"]

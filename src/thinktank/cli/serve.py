@@ -1,0 +1,86 @@
+"""``thinktank serve``: the OpenAI-compatible server (and the API, and the web pages)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from typing import Annotated, Any
+
+import typer
+
+from .common import ConfigOpt, DemoOpt, fail, settings
+
+__all__ = ["listen", "serve"]
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (not yet listening), or a clear error and exit 2 when it cannot be."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart need not wait
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        where = f"http://[{host}]:{port}" if family == socket.AF_INET6 else f"http://{host}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            fail(f"cannot serve on {where}: the address is already in use (another `thinktank serve`, or another "
+                 "program, listens there): stop it or choose another --port")
+        fail(f"cannot serve on {where}: {exc.strerror or exc}")
+    return sock
+
+
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).", show_default=False)]
+    = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).", show_default=False)] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default 1).", show_default=False)] = None,
+    demo: DemoOpt = False,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error (default info).",
+                                                  show_default=False)] = None,
+) -> None:
+    """Run the OpenAI-compatible server."""
+    import logging
+
+    import uvicorn
+
+    from ..api.app import create_app
+    from ..errors import ThinktankError
+
+    s = settings(config, demo, host=host, port=port, workers=workers, log_level=log_level)
+    logging.basicConfig(level=s.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The port first: nothing is said (no admin key generated) for a start that cannot listen.
+    sock = listen(s.host, s.port)
+    try:
+        # Validate everything (and say which admin key is in force) before any worker starts.
+        application = create_app(s)
+    except ThinktankError as exc:
+        sock.close()
+        fail(exc.message)
+    models = application.state.router.models()
+    names = " (" + ", ".join(m.id for m in models[:12]) + (", ..." if len(models) > 12 else "") + ")" if models else ""
+    typer.echo(f"thinktank serving {len(models)} models{names} on http://{s.host}:{s.port}/v1", err=True)
+    common: dict[str, Any] = {
+        "log_level": s.log_level.lower(), "access_log": False, "server_header": False, "timeout_keep_alive": 30,
+    }
+    if s.workers == 1:
+        server = uvicorn.Server(uvicorn.Config(application, **common))
+        server.run(sockets=[sock])
+        if not server.started:
+            raise typer.Exit(3)
+        return
+    sock.close()  # each worker binds it (it was free a moment ago)
+    # Migrate once, here, before the workers start (each would otherwise race to do it).
+    from ..store.db import default_database_url
+    from ..store.migrate import upgrade
+
+    upgrade(s.database_url or default_database_url(s.data_dir))
+    # Each worker builds its own app from the same settings, passed through the environment.
+    os.environ["THINKTANK_DATA_DIR"] = str(s.data_dir)
+    os.environ["THINKTANK_DEMO"] = "true" if s.demo else "false"
+    if s.config is not None:
+        os.environ["THINKTANK_CONFIG"] = str(s.config.resolve())
+    uvicorn.run("thinktank.api.app:worker_app", factory=True, workers=s.workers, host=s.host, port=s.port,
+                **common)
