@@ -207,6 +207,24 @@ def _fastapi_app(state: AppState) -> FastAPI:
             await state.http.close()
 
     app = FastAPI(title="thinktank", version=__version__, lifespan=lifespan, redoc_url=None)
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, with the OpenAI endpoints (served by raw handlers) added."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            from .routes.openai import openapi_paths
+
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            paths, schemas = openapi_paths()
+            schema["paths"] = {**paths, **schema.get("paths", {})}
+            components = schema.setdefault("components", {})
+            components["schemas"] = {**schemas, **components.get("schemas", {})}
+            components.setdefault("securitySchemes", {})["HTTPBearer"] = {"type": "http", "scheme": "bearer"}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.state.thinktank = state
     from .routes import accounts, keys, knowledge, memory, runs, threads, usage
 

@@ -266,3 +266,68 @@ async def _wait_disconnect(receive: Receive) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
+
+
+def _json_body(schema: str, description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+
+
+_ERROR = {"description": "An error in OpenAI's shape: {\"error\": {\"message\", \"type\", \"param\", \"code\"}}"}
+
+
+def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The OpenAI endpoints (served by the raw handlers above, not by FastAPI) for ``/docs``: their paths
+    and the schemas they use."""
+    from pydantic.json_schema import models_json_schema
+
+    from ...types import EmbeddingResponse
+
+    _, top = models_json_schema(
+        [(m, "validation") for m in (ChatRequest, ChatResponse, ChatChunk, EmbeddingRequest, EmbeddingResponse)],
+        ref_template="#/components/schemas/{model}")
+    schemas: dict[str, Any] = dict(top.get("$defs", {}))
+    security: list[dict[str, list[str]]] = [{"HTTPBearer": []}]
+    errors = {"400": _ERROR, "401": _ERROR, "404": _ERROR, "429": _ERROR, "502": _ERROR}
+    chat = {
+        "post": {
+            "tags": ["openai"], "summary": "Chat completions (any model name: a deployment, a group, "
+            "ensemble/…, debate/…, kb/…)", "operationId": "chat_completions", "security": security,
+            "description": "OpenAI's chat completions. `stream: true` answers with server-sent events "
+            "(`data: {chunk}` … `data: [DONE]`; comments `: …` show an ensemble's progress). Beyond OpenAI's "
+            "fields: `knowledge_bases` and `knowledge` ground any model in your knowledge bases (the answer "
+            "carries `citations`); a run model takes `cache`, `tags` and `max_cost_usd`. Headers: "
+            "`x-thinktank-cost-usd`, `x-thinktank-deployment`, `x-thinktank-run-id`.",
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/ChatRequest"}}}},
+            "responses": {"200": {"description": "The answer, or with stream=true its chunks (ChatChunk) as SSE",
+                                  "content": {
+                                      "application/json": {"schema": {"$ref": "#/components/schemas/ChatResponse"}},
+                                      "text/event-stream": {"schema": {"$ref": "#/components/schemas/ChatChunk"}}}},
+                          **errors},
+        }
+    }
+    embeddings = {
+        "post": {
+            "tags": ["openai"], "summary": "Embeddings", "operationId": "embeddings", "security": security,
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/EmbeddingRequest"}}}},
+            "responses": {"200": _json_body("EmbeddingResponse", "One embedding per input, in order"), **errors},
+        }
+    }
+    listing = {"type": "object", "properties": {"object": {"const": "list"}, "data": {
+        "type": "array", "items": {"$ref": "#/components/schemas/ModelObject"}}}}
+    schemas["ModelObject"] = {"type": "object", "required": ["id", "object", "created", "owned_by"], "properties": {
+        "id": {"type": "string"}, "object": {"const": "model"}, "created": {"type": "integer"},
+        "owned_by": {"type": "string"}, "description": {"type": "string"},
+        "thinktank_kind": {"enum": ["model", "group", "alias", "ensemble", "debate", "knowledge_base"]}}}
+    models = {"get": {"tags": ["openai"], "summary": "The model names you may use", "operationId": "list_models",
+                      "security": security, "responses": {"200": {"description": "Every name", "content": {
+                          "application/json": {"schema": listing}}}, "401": _ERROR}}}
+    one = {"get": {"tags": ["openai"], "summary": "One model name", "operationId": "get_model",
+                   "security": security, "parameters": [{"name": "model", "in": "path", "required": True,
+                                                         "schema": {"type": "string"}}],
+                   "responses": {"200": _json_body("ModelObject", "The model"), "404": _ERROR}}}
+    paths = {"/v1/chat/completions": chat, "/v1/embeddings": embeddings, "/v1/models": models,
+             "/v1/models/{model}": one}
+    return paths, schemas
