@@ -285,6 +285,11 @@ class Catalog:
                                           f"answers from knowledge base {kb.id[len(KB_PREFIX):]} with {answering}"))
         return out
 
+    def configured(self) -> list[str]:
+        """Every name the configuration defines (deployments, groups, aliases, ensembles, debates), for
+        anyone; knowledge bases, which are data, come with :meth:`models`."""
+        return [m.id for m in self.router.models()] + ([mid for mid, _, _ in self._runs.models()] if self._runs else [])
+
     def context_window(self, name: str, default: int) -> int:
         """The context window a prompt for ``name`` must fit: the smallest of the deployments it reaches
         (a composite's members all get the prompt), ``default`` when none says."""

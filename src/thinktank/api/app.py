@@ -286,7 +286,7 @@ def _fastapi_app(state: AppState) -> FastAPI:
         """Readiness: started, with the number of models it serves."""
         if not state.ready:
             return JSONResponse({"status": "starting"}, 503)
-        body: dict[str, Any] = {"status": "ready", "models": len(state.router.models())}
+        body: dict[str, Any] = {"status": "ready", "models": len(state.catalog.configured())}
         if not state.router.deployments:
             body["hint"] = NO_MODELS_HELP
         return JSONResponse(body)

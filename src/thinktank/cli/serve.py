@@ -59,8 +59,8 @@ def serve(
     except ThinktankError as exc:
         sock.close()
         fail(exc.message)
-    models = application.state.router.models()
-    names = " (" + ", ".join(m.id for m in models[:12]) + (", ..." if len(models) > 12 else "") + ")" if models else ""
+    models = application.state.catalog.configured()
+    names = " (" + ", ".join(models[:12]) + (", ..." if len(models) > 12 else "") + ")" if models else ""
     typer.echo(f"thinktank serving {len(models)} models{names} on http://{s.host}:{s.port}/v1", err=True)
     common: dict[str, Any] = {
         "log_level": s.log_level.lower(), "access_log": False, "server_header": False, "timeout_keep_alive": 30,
