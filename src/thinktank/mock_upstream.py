@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from .api import sse
+
 __all__ = ["make_app", "run"]
 
 
@@ -52,13 +54,13 @@ def make_app(latency: float = 0.0, stream_delay: float = 0.0) -> web.Application
                              "finish_reason": "stop"}],
                 "usage": usage,
             }), content_type="application/json")
-        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        resp = web.StreamResponse(headers=sse.HEADERS)
         await resp.prepare(request)
 
         def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
             chunk = {"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": created, "model": model,
                      "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
-            return b"data: " + orjson.dumps(chunk) + b"\n\n"
+            return sse.event(orjson.dumps(chunk))
 
         for i, w in enumerate(words):
             if i and stream_delay:
@@ -70,8 +72,8 @@ def make_app(latency: float = 0.0, stream_delay: float = 0.0) -> web.Application
         if isinstance(opts, dict) and opts.get("include_usage"):
             last = {"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": created, "model": model,
                     "choices": [], "usage": usage}
-            await resp.write(b"data: " + orjson.dumps(last) + b"\n\n")
-        await resp.write(b"data: [DONE]\n\n")
+            await resp.write(sse.event(orjson.dumps(last)))
+        await resp.write(sse.DONE)
         await resp.write_eof()
         return resp
 
