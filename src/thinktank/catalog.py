@@ -28,7 +28,7 @@ from .types import ChatChunk, ChatRequest, ChatResponse
 
 if TYPE_CHECKING:
     from .deliberation.service import Deliberation
-    from .knowledge.grounded import GroundedModels
+    from .knowledge.grounded import GroundedModels, KnowledgeParams
     from .knowledge.service import KnowledgeService
     from .providers.base import ChatModel
 
@@ -212,21 +212,27 @@ class Catalog:
         extra = request.model_extra or {}
         if "knowledge_bases" not in extra and "knowledge" not in extra:
             return self.resolve(request.model, principal), request
-        grounding = self.grounding()
-        refs, params, rest = grounding.fields(extra)
-        model = self.resolve(request.model, principal)
+        refs, params, rest = self.grounding().fields(extra)
+        if not refs and not request.model.startswith(KB_PREFIX):
+            raise InvalidRequestError("knowledge: name the knowledge bases in knowledge_bases (or use a kb/<name> "
+                                      "model)", param="knowledge_bases")
         if params.rerank_model is not None:
+            self.resolve(request.model, principal)  # the model's own errors first
             self._check_helper(principal, params.rerank_model, "knowledge.rerank_model")
         plain = request.model_copy()
         plain.__pydantic_extra__ = rest
-        if request.model.startswith(KB_PREFIX):
+        return self.grounded(request.model, principal, refs, params=params), plain
+
+    def grounded(self, name: str, principal: Principal | None, knowledge_bases: list[str], *,
+                 params: KnowledgeParams | None = None) -> ChatModel:
+        """``name`` answering from ``knowledge_bases`` too (checked for ``principal``): grounded once, so
+        ``kb/x`` with more knowledge bases searches them all together."""
+        model = self.resolve(name, principal)
+        if name.startswith(KB_PREFIX):
             answering = self.knowledge_model()
             assert answering is not None  # resolve() said so
-            model = self._model(answering)  # grounded once, in kb/<name> and the request's knowledge bases
-        elif not refs:
-            raise InvalidRequestError("knowledge: name the knowledge bases in knowledge_bases (or use a kb/<name> "
-                                      "model)", param="knowledge_bases")
-        return grounding.wrap(model, refs, name=request.model, params=params), plain
+            model = self._model(answering)
+        return self.grounding().wrap(model, knowledge_bases, name=name, params=params)
 
     def _check_helper(self, principal: Principal | None, name: str, param: str) -> None:
         if not self.allows(principal, name):

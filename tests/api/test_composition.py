@@ -245,3 +245,26 @@ async def test_a_key_budget_bounds_the_whole_tree(env: Env) -> None:
     rows = (await env.http.get(env.url + "/api/v1/usage?group_by=key", headers=AUTH)).json()["data"]
     [row] = [u for u in rows if u["group"] == key_id]
     assert spent <= row["cost_usd"] <= 0.002 + 1e-12  # the refused run's partial spend included
+
+
+async def test_a_thread_on_a_kb_model_with_knowledge_bases_of_its_own_is_grounded_once(env: Env) -> None:
+    alice, headers = await env.user("alice@example.com")
+    await support_kb(env, alice)
+    other = (await env.app.state.knowledge.create(alice, "policies")).kb
+    from thinktank.knowledge.ingest import Source
+
+    await env.app.state.knowledge.add(alice, other.id, [Source("returns.md", b"# Returns\n\nRefunds need a receipt.")])
+    assert (await env.http.put(env.url + "/api/v1/me/memory/settings", headers=headers,
+                               json={"enabled": False})).status_code == 200
+    r = await env.http.post(env.url + "/api/v1/threads", headers=headers,
+                            json={"model": "kb/support", "knowledge_bases": ["policies"]})
+    assert r.status_code == 201, r.text
+    env.script.say("fake-mini", Reply(json=fmt.completion("You need a receipt [3].")))
+    r = await env.http.post(env.url + f"/api/v1/threads/{r.json()['id']}/messages", headers=headers,
+                            json={"content": "What do refunds need?"})
+    assert r.status_code == 200, r.text
+    [sent] = env.chats("fake-mini")
+    # one set of passages, from both knowledge bases, numbered once
+    assert {a["source"] for a, _ in passages(sent["messages"])} == {"refunds.md", "shipping.md", "returns.md"}
+    cited = r.json()["message"]["context"]["citations"]
+    assert len(cited) == 1 and cited[0]["index"] == 3

@@ -132,6 +132,18 @@ class Turn:
 
 
 @dataclass
+class _Reply:
+    """What the model answered a turn: its text, usage, finish reason, the citations it returned itself and
+    the run that answered (a run model)."""
+
+    text: str
+    usage: Usage
+    finish: str | None
+    citations: list[dict[str, Any]] | None
+    run_id: str | None
+
+
+@dataclass
 class _Prompt:
     messages: list[Message]
     context: dict[str, Any]
@@ -307,16 +319,17 @@ class Conversations:
         request = ChatRequest(model=model, messages=prompt.messages, stream=options.stream,
                               max_tokens=options.max_tokens, temperature=options.temperature)
         mark = len(ctx.records)
-        text, usage, finish, cited = await self._call(turn, request, admission)
+        answer = await self._call(turn, request, admission, thread.knowledge_bases)
+        text, usage, finish = answer.text, answer.usage, answer.finish
         answered = ctx.records[mark:]
         context = dict(prompt.context)
         if prompt.grounding is not None:
             context["retrieved"] = [c.to_dict() for c in prompt.grounding.citations]
             context["citations"] = [c.to_dict() for c in prompt.grounding.cited(text)]
-        elif cited is not None:
-            context["citations"] = cited  # the model grounds itself (kb/...)
-        if ctx.run_id is not None:
-            context["run_id"] = ctx.run_id  # the model is a run (ensemble/..., debate/...)
+        elif answer.citations is not None:
+            context["citations"] = answer.citations  # the model grounds itself (kb/...)
+        if answer.run_id is not None:
+            context["run_id"] = answer.run_id  # the model is a run (ensemble/..., debate/...)
         reply = NewMessage(
             role="assistant", content=text, model=model, deployment=answered[-1].deployment if answered else None,
             prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
@@ -327,33 +340,34 @@ class Conversations:
                        "turn_cost_usd": round(sum(r.cost for r in ctx.records), 10)}
         return rows
 
-    async def _call(self, turn: Turn, request: ChatRequest, admission: Admission) -> tuple[
-            str, Usage, str | None, list[dict[str, Any]] | None]:
-        """The reply: its text, usage, finish reason and the citations the model itself returned."""
-        model = self.catalog.resolve(request.model, admission.principal)
+    async def _call(self, turn: Turn, request: ChatRequest, admission: Admission,
+                    knowledge_bases: list[str] | None = None) -> _Reply:
+        if request.model.startswith("kb/") and knowledge_bases:
+            model = self.catalog.grounded(request.model, admission.principal, knowledge_bases)
+        else:
+            model = self.catalog.resolve(request.model, admission.principal)
         if not request.stream:
             response = await model.complete(request, admission.ctx)
             choice = response.choices[0] if response.choices else None
-            text = message_text(choice.message) if choice is not None else ""
-            return (text, response.usage or Usage(), choice.finish_reason if choice is not None else None,
-                    response.citations)
+            return _Reply(message_text(choice.message) if choice is not None else "", response.usage or Usage(),
+                          choice.finish_reason if choice is not None else None, response.citations, response.run_id)
         parts: list[str] = []
-        usage: Usage | None = None
-        finish: str | None = None
-        cited: list[dict[str, Any]] | None = None
+        reply = _Reply("", Usage(), None, None, None)
         async for chunk in model.stream(request, admission.ctx):
+            reply.run_id = chunk.run_id or reply.run_id
             if chunk.usage is not None:
-                usage = chunk.usage
+                reply.usage = chunk.usage
             if chunk.citations is not None:
-                cited = chunk.citations
+                reply.citations = chunk.citations
             for c in chunk.choices:
                 if c.delta.content:
                     parts.append(c.delta.content)
                     turn.emit("delta", content=c.delta.content)
                     await self._progress(turn.thread_id)
                 if c.finish_reason:
-                    finish = c.finish_reason
-        return "".join(parts), usage or Usage(), finish, cited
+                    reply.finish = c.finish_reason
+        reply.text = "".join(parts)
+        return reply
 
     # -- the prompt ------------------------------------------------------------------------------
 
@@ -402,8 +416,8 @@ class Conversations:
                     *(Message(role="assistant" if m.role == "assistant" else "user", content=m.content)
                       for m in history if m.role in ("user", "assistant")),
                     Message(role="user", content=content)]
-        if not thread.knowledge_bases:
-            return _Prompt(messages, context)
+        if not thread.knowledge_bases or model.startswith("kb/"):
+            return _Prompt(messages, context)  # (a kb/ model searches the thread's knowledge bases with its own)
         kcfg = self.config.knowledge
         grounder = Grounder(self.knowledge, self.catalog, top_k=kcfg.top_k,
                             max_context_tokens=min(kcfg.max_context_tokens, max(budget.prompt // 3, 100)))

@@ -120,34 +120,38 @@ class RunModel:
 
     async def stream(self, request: ChatRequest, ctx: CallContext | None = None) -> AsyncIterator[ChatChunk]:
         run, ctx = await self._start(request, ctx)
-        cid, created = f"chatcmpl-{run.id}", int(run.created_at)
         ended = False
         try:
-            yield ChatChunk.progress(f"run {run.id}", model=self.name)
-            first = True
-            async for event in run.follow(0):
-                if event.type == "synthesis_token" and event.data.get("replace") and not first:
-                    # The synthesis broke off and the run answered with the best member's answer instead:
-                    # streamed text cannot be taken back, so the stream ends with an error saying so.
-                    raise RunFailedError(
-                        f"The synthesis broke off; the run's answer is in GET /api/v1/runs/{run.id}.")
-                if event.type == "synthesis_token" and event.data.get("text"):
-                    text: str = event.data["text"]
-                    delta = Delta(role="assistant", content=text) if first else Delta(content=text)
-                    first = False
-                    yield ChatChunk(id=cid, created=created, model=self.name, choices=[ChunkChoice(delta=delta)])
-                elif event.type == "stage_started":
-                    yield ChatChunk.progress(f"stage {_text(event.data.get('stage'))}", model=self.name)
-            await self._service.wait(run)
+            async for chunk in self._chunks(run):
+                chunk.produced_by(run_id=run.id)
+                yield chunk
             ended = True
-            if run.status != "completed":
-                raise run_error(run)
-            yield ChatChunk(id=cid, created=created, model=self.name,
-                            choices=[ChunkChoice(delta=Delta(), finish_reason="stop")])
-            yield ChatChunk(id=cid, created=created, model=self.name, choices=[], usage=run_usage(run))
         finally:
             if not ended:
                 await self._finish(run, ctx)
+
+    async def _chunks(self, run: LiveRun) -> AsyncIterator[ChatChunk]:
+        cid, created = f"chatcmpl-{run.id}", int(run.created_at)
+        yield ChatChunk.progress(f"run {run.id}", model=self.name)
+        first = True
+        async for event in run.follow(0):
+            if event.type == "synthesis_token" and event.data.get("replace") and not first:
+                # The synthesis broke off and the run answered with the best member's answer instead:
+                # streamed text cannot be taken back, so the stream ends with an error saying so.
+                raise RunFailedError(f"The synthesis broke off; the run's answer is in GET /api/v1/runs/{run.id}.")
+            if event.type == "synthesis_token" and event.data.get("text"):
+                text: str = event.data["text"]
+                delta = Delta(role="assistant", content=text) if first else Delta(content=text)
+                first = False
+                yield ChatChunk(id=cid, created=created, model=self.name, choices=[ChunkChoice(delta=delta)])
+            elif event.type == "stage_started":
+                yield ChatChunk.progress(f"stage {_text(event.data.get('stage'))}", model=self.name)
+        await self._service.wait(run)
+        if run.status != "completed":
+            raise run_error(run)
+        yield ChatChunk(id=cid, created=created, model=self.name,
+                        choices=[ChunkChoice(delta=Delta(), finish_reason="stop")])
+        yield ChatChunk(id=cid, created=created, model=self.name, choices=[], usage=run_usage(run))
 
 
 def _text(value: Any) -> str:

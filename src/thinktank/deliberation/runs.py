@@ -198,15 +198,17 @@ class LiveRun:
         started = self.clock.monotonic()
         who = {"role": role, "model": model} if label is None else {"role": role, "label": label}
         citations: list[dict[str, Any]] | None = None
+        child: str | None = None
         try:
             async with asyncio.timeout(timeout):
                 if on_text is None:
                     response = await self.models.complete(request, ctx)
                     text = response.choices[0].message.content or "" if response.choices else ""
-                    citations = response.citations
+                    citations, child = response.citations, response.run_id
                 else:
                     parts: list[str] = []
                     async for chunk in self.models.stream(request, ctx):
+                        child = chunk.run_id or child
                         if chunk.citations is not None:
                             citations = chunk.citations
                         for choice in chunk.choices:
@@ -232,12 +234,13 @@ class LiveRun:
         self._account(record, ctx, stage)
         record.answer = text
         record.latency_ms = round(latency * 1000, 3)
-        child = {"run_id": ctx.run_id} if ctx.run_id else {}
+        child = child or ctx.run_id
         if announce:
             self.emit("model_answered", stage=stage, **who, latency_ms=record.latency_ms,
-                      tokens=record.prompt_tokens + record.completion_tokens, cost_usd=record.cost_usd, **child)
+                      tokens=record.prompt_tokens + record.completion_tokens, cost_usd=record.cost_usd,
+                      **({"run_id": child} if child else {}))
         return Reply(text, model, record.deployment, record.prompt_tokens, record.completion_tokens,
-                     record.cost_usd, latency, ctx.run_id, citations)
+                     record.cost_usd, latency, child, citations)
 
     async def ask_parsed(
         self, stage: str, role: str, model: str, messages: list[Message], parse: Callable[[str], Any], hint: str,

@@ -182,7 +182,7 @@ class OpenAIHandlers:
     ) -> int | None:
         """Send the stream; the status of a failure midway, else None."""
         failed: int | None = None
-        run_id = admission.ctx.run_id
+        run_id = (first.run_id if first is not None else None) or admission.ctx.run_id
         await send({"type": "http.response.start", "status": 200, "headers": [
             *sse.HEADERS_RAW, *([(b"x-thinktank-run-id", run_id.encode())] if run_id else []),
         ]})
