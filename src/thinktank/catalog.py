@@ -142,6 +142,12 @@ class Catalog:
             return False
         return self._exists(name)
 
+    def permit(self, principal: Principal | None, name: str) -> None:
+        """404 unless ``principal`` may use ``name`` (as for a name that does not exist: a key does not learn
+        what it may not use). Existence is the caller's to check (an embedding model, say)."""
+        if principal is not None:
+            principal.check_model(name)
+
     def _exists(self, name: str) -> bool:
         if name.startswith(KB_PREFIX):
             return bool(name[len(KB_PREFIX):].strip()) and self.knowledge_model() is not None
@@ -161,8 +167,7 @@ class Catalog:
         """404 unless ``name`` exists and is allowed to ``principal``; 400 naming the model unless every name
         it reaches (``uses``, default: its own) is too; 400 naming the path for a cycle."""
         if uses is None:
-            if principal is not None:
-                principal.check_model(name)
+            self.permit(principal, name)
             if not self._exists(name):
                 if name.startswith(KB_PREFIX) and not name[len(KB_PREFIX):].strip():
                     raise InvalidRequestError("model: name the knowledge base, as kb/<name>", param="model")
@@ -256,8 +261,7 @@ class Catalog:
         if ctx is not None and ctx.depth > MAX_DEPTH:
             raise InvalidRequestError(f"models nest deeper than {MAX_DEPTH} levels", param="model",
                                       code="model_cycle")
-        if principal is not None:
-            principal.check_model(request.model)
+        self.permit(principal, request.model)
         if not self._exists(request.model):
             self.check(None, request.model)  # raises what a client would get for the name
         return self._model(request.model)

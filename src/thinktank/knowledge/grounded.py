@@ -23,11 +23,12 @@ Neither field goes to the inner model. The answer comes back with ``citations``:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..accounts.principal import Principal
 from ..config import KnowledgeConfig
 from ..errors import InvalidRequestError
 from ..gateway.context import CallContext
@@ -82,9 +83,10 @@ class GroundedModel:
     """``inner`` answering from passages of ``knowledge_bases``, with citations."""
 
     def __init__(self, inner: ChatModel, knowledge_bases: list[str], grounder: Grounder, *, name: str,
-                 options: SearchOptions, rerank_model: str | None, rerank_if_allowed: str | None = None) -> None:
+                 options: SearchOptions, rerank_model: str | None, rerank_if_allowed: str | None = None,
+                 allows: Callable[[Principal, str], bool] = lambda _p, _m: True) -> None:
         """``rerank_model``: the caller asked for it (checked); ``rerank_if_allowed``: the configured one, used
-        when the caller may use it."""
+        when the caller may use it (``allows`` says: the catalog's check)."""
         self.inner = inner
         self.knowledge_bases = knowledge_bases
         self._grounder = grounder
@@ -92,6 +94,7 @@ class GroundedModel:
         self._options = options
         self._rerank = rerank_model
         self._rerank_if_allowed = rerank_if_allowed
+        self._allows = allows
 
     @property
     def name(self) -> str:
@@ -102,7 +105,7 @@ class GroundedModel:
         if principal is None:
             raise InvalidRequestError("A grounded answer needs a caller whose knowledge bases it reads.")
         rerank = self._rerank
-        if rerank is None and self._rerank_if_allowed and principal.may_use(self._rerank_if_allowed):
+        if rerank is None and self._rerank_if_allowed and self._allows(principal, self._rerank_if_allowed):
             rerank = self._rerank_if_allowed
         grounding = await self._grounder.ground(principal, self.knowledge_bases, request.messages,
                                                 options=self._options, ctx=ctx, rerank_model=rerank)
@@ -135,6 +138,7 @@ class GroundedModels:
 
     def __init__(self, knowledge: KnowledgeService, catalog: Catalog, config: KnowledgeConfig) -> None:
         self.config = config
+        self._allows = catalog.allows
         self.grounder = Grounder(knowledge, catalog, top_k=config.top_k, max_context_tokens=config.max_context_tokens)
 
     @staticmethod
@@ -150,5 +154,5 @@ class GroundedModels:
         if name.startswith("kb/"):
             refs = list(dict.fromkeys([name[3:].strip(), *refs]))
         return GroundedModel(inner, refs, self.grounder, name=name, rerank_model=params.rerank_model,
-                             rerank_if_allowed=self.config.rerank_model, options=SearchOptions(
+                             rerank_if_allowed=self.config.rerank_model, allows=self._allows, options=SearchOptions(
                                  top_k=params.top_k or self.config.top_k, mode=params.mode or "hybrid"))

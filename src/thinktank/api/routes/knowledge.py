@@ -148,7 +148,7 @@ def _document(doc: KbDocument) -> dict[str, Any]:
 async def create_kb(body: KbCreate, principal: PrincipalDep, state: StateDep) -> dict[str, Any]:
     """A knowledge base of the caller's. Its embedding model can be changed later with ``…/reembed``."""
     if body.embedding_model is not None and body.embedding_model != LOCAL_MODEL:
-        principal.check_model(body.embedding_model)
+        state.catalog.permit(principal, body.embedding_model)
     view = await state.knowledge.create(
         principal, body.name, description=body.description, embedding_model=body.embedding_model,
         chunk_tokens=body.chunk_tokens, chunk_overlap=body.chunk_overlap,
@@ -232,7 +232,7 @@ async def _admit(
     """The gate's admission for work embedding with a gateway model; none for the local model."""
     if model == LOCAL_MODEL:
         return None
-    principal.check_model(model)
+    state.catalog.permit(principal, model)
     return await state.gate.admit(principal, client_ip(request), model, tokens)
 
 

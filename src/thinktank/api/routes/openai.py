@@ -214,7 +214,7 @@ class OpenAIHandlers:
             principal = await self.principal(scope)
             request = parse_body(await read_body(scope, receive, self.state.settings.max_body_bytes),
                                  EmbeddingRequest)
-            principal.check_model(request.model)
+            self.state.catalog.permit(principal, request.model)
             ids = request.token_ids()
             estimate = sum(map(len, ids)) if ids is not None else sum(len(t) for t in request.texts()) // 4 + 1
             async with self.state.gate.admitted(principal, _ip(scope), request.model, estimate) as admission:

@@ -127,7 +127,7 @@ async def _start(
     cfg = service.resolve(kind, name, body.overrides())
     model = f"{kind}/{name}" if name else f"{kind}/custom"
     if name is not None:
-        principal.check_model(model)
+        state.catalog.permit(principal, model)
     service.check_access(principal, cfg, model)
     messages = body.conversation()
     estimate = sum(estimate_text_tokens(message_text(m)) for m in messages) + (body.max_tokens or 0)
