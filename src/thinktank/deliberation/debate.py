@@ -24,7 +24,7 @@ from ..errors import RunFailedError, ThinktankError
 from ..types import Message
 from . import judging
 from .ensemble import gather_or_stop, last_question
-from .personas import Persona, persona_from_mapping, select_panel
+from .experts import Persona, persona_from_mapping, select_panel
 from .runs import LiveRun
 
 __all__ = ["DebateRunner", "Expert"]
