@@ -42,8 +42,8 @@ from ..types import Message
 from .debate import DebateRunner
 from .ensemble import EnsembleRunner, last_question
 from .experts import Persona, load_library
+from .run_store import RunStore
 from .runs import Event, LiveRun
-from .store import RunStore
 
 if TYPE_CHECKING:
     from ..catalog import Catalog
