@@ -9,7 +9,7 @@ import pytest
 
 from thinktank.config import DebateConfig
 from thinktank.deliberation.debate import DebateRunner
-from thinktank.deliberation.personas import LIBRARY, Persona
+from thinktank.deliberation.experts import Persona, load_library
 from thinktank.deliberation.runs import LiveRun
 from thinktank.errors import RunFailedError
 from thinktank.gateway.router import Router
@@ -117,7 +117,7 @@ async def test_unparseable_analysis_twice_is_an_error_and_the_panel_still_comes_
     ctx: ProviderContext, clock: FakeClock,
 ) -> None:
     router = make_router(ctx, [moderator(analysis="It is mostly about security, I think."), experts()])
-    run, runner = debate(router, clock, debate_cfg(), library=list(LIBRARY), question=SECURITY_Q)
+    run, runner = debate(router, clock, debate_cfg(), library=list(load_library()), question=SECURITY_Q)
     analysis = await runner.analyse()
     assert analysis["error"].startswith("unparseable reply twice (")
     assert {k: v for k, v in analysis.items() if k != "error"} == {"domains": [], "kind": "unknown", "needs": []}
@@ -142,7 +142,7 @@ async def test_default_panel_size_follows_the_number_of_domains(
     ctx: ProviderContext, clock: FakeClock, domains: list[str], size: int,
 ) -> None:
     router = make_router(ctx, [moderator(), experts()])
-    run, runner = debate(router, clock, debate_cfg(), library=list(LIBRARY))
+    run, runner = debate(router, clock, debate_cfg(), library=list(load_library()))
     panel = await runner.recruit({"domains": domains})
     assert len(panel) == size
     assert len({e.persona.name for e in panel}) == size
@@ -153,7 +153,7 @@ async def test_default_panel_size_follows_the_number_of_domains(
 @pytest.mark.parametrize("n", [1, 2, 7])
 async def test_experts_setting_is_honoured(ctx: ProviderContext, clock: FakeClock, n: int) -> None:
     router = make_router(ctx, [moderator(), experts()])
-    _, runner = debate(router, clock, debate_cfg(experts=n), library=list(LIBRARY))
+    _, runner = debate(router, clock, debate_cfg(experts=n), library=list(load_library()))
     assert len(await runner.recruit({"domains": FOUR})) == n
 
 
@@ -162,14 +162,14 @@ async def test_personas_restrict_the_panel_and_models_are_assigned_in_turn(
 ) -> None:
     allowed = ["Marcus Hale", "Elena Novak", "Samuel Osei", "Grace Mbeki"]
     router = make_router(ctx, [moderator(), mock("x"), mock("y")])
-    _, runner = debate(router, clock, debate_cfg(models=["x", "y"], personas=allowed), library=list(LIBRARY))
+    _, runner = debate(router, clock, debate_cfg(models=["x", "y"], personas=allowed), library=list(load_library()))
     panel = await runner.recruit({"domains": ["clinical medicine"]})
     assert len(panel) == 3
     assert {e.persona.name for e in panel} <= set(allowed)
     assert panel[0].persona.name == "Samuel Osei"  # the one matching the domain
     assert [e.model for e in panel] == ["x", "y", "x"]
 
-    _, runner = debate(router, clock, debate_cfg(personas=["Marcus Hale", "Elena Novak"]), library=list(LIBRARY))
+    _, runner = debate(router, clock, debate_cfg(personas=["Marcus Hale", "Elena Novak"]), library=list(load_library()))
     assert sorted(e.persona.name for e in await runner.recruit({"domains": FOUR})) == ["Elena Novak", "Marcus Hale"]
 
 

@@ -54,6 +54,17 @@ async def clone_pg(template: str) -> tuple[str, str]:
     return name, _pg_url(name)
 
 
+async def make_empty_pg() -> tuple[str, str]:
+    """A fresh PostgreSQL database with no tables (for migrating step by step); returns (name, url)."""
+    name = f"tt_empty_{secrets.token_hex(6)}"
+    conn = await _admin()
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return name, _pg_url(name)
+
+
 async def drop_pg(name: str) -> None:
     conn = await _admin()
     try:

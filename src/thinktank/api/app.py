@@ -125,8 +125,8 @@ def build_state(
     usage_writer = UsageWriter(db, clock)
     gate = Gate(limiter, ledger, usage_writer, clock, global_daily_budget=settings.global_daily_budget_usd)
     from ..catalog import Catalog
+    from ..deliberation.run_store import RunStore
     from ..deliberation.service import Deliberation
-    from ..deliberation.store import RunStore
 
     catalog = Catalog(router)
     deliberation = Deliberation(router.config, catalog, RunStore(db), clock)

@@ -1,1 +1,1 @@
-"""Ensemble and debate deliberation: ranking math and judge-reply parsing."""
+"""Ensemble and debate deliberation: runs, ranking math, judge-reply parsing, the expert library, the run store."""

@@ -22,9 +22,9 @@ from ..accounts.budgets import BudgetExceededError
 from ..config import DebateConfig
 from ..errors import RunFailedError, ThinktankError
 from ..types import Message
-from . import ranking as rk
+from . import judging
 from .ensemble import gather_or_stop, last_question
-from .personas import Persona, persona_from_mapping, select_panel
+from .experts import Persona, persona_from_mapping, select_panel
 from .runs import LiveRun
 
 __all__ = ["DebateRunner", "Expert"]
@@ -81,9 +81,9 @@ class DebateRunner:
         )
 
         def parse(text: str) -> dict[str, Any]:
-            data = rk.extract_json(text)
+            data = judging.extract_json(text)
             if not isinstance(data, dict) or not isinstance(data.get("domains"), list):
-                raise rk.JudgeParseError("expected a JSON object with a 'domains' list")
+                raise judging.JudgeParseError("expected a JSON object with a 'domains' list")
             domains = [str(d) for d in data["domains"] if isinstance(d, str) and d.strip()][:4]
             needs = data.get("needs")
             return {"domains": domains, "kind": str(data.get("kind") or "other"),
@@ -133,13 +133,13 @@ class DebateRunner:
         )
 
         def parse(text: str) -> list[Persona]:
-            data = rk.extract_json(text)
+            data = judging.extract_json(text)
             items = data.get("experts") if isinstance(data, dict) else data
             if not isinstance(items, list) or not items:
-                raise rk.JudgeParseError("expected a JSON object with an 'experts' list")
+                raise judging.JudgeParseError("expected a JSON object with an 'experts' list")
             people = [persona_from_mapping({**item, "model": None}) for item in items[:size] if isinstance(item, dict)]
             if len({p.name for p in people}) != len(people) or not people:
-                raise rk.JudgeParseError("the experts need distinct names")
+                raise judging.JudgeParseError("the experts need distinct names")
             return people
 
         recruiter = self.cfg.analyst or self.cfg.moderator_model
@@ -213,7 +213,7 @@ class DebateRunner:
             '{"agreement": <0.0 = opposed, 1.0 = fully agree>, "summary": "<one sentence>"}'
         )
         score, reason = await self._ask_json(
-            f"round {number}", "judge", judge, _JUDGE_SYSTEM, prompt, lambda t: rk.parse_score(t, "agreement"),
+            f"round {number}", "judge", judge, _JUDGE_SYSTEM, prompt, lambda t: judging.parse_score(t, "agreement"),
             'Reply with a JSON object {"agreement": <number from 0 to 1>}.')
         self.run.emit("convergence", round=number, score=score, threshold=self.cfg.convergence,
                       **({"error": reason} if reason else {}))

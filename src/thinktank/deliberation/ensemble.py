@@ -26,6 +26,7 @@ from ..accounts.budgets import BudgetExceededError
 from ..config import RUBRIC, EnsembleConfig
 from ..errors import RunFailedError, ThinktankError
 from ..types import Message, message_text
+from . import judging
 from . import ranking as rk
 from .runs import LiveRun, Reply
 
@@ -212,7 +213,8 @@ class EnsembleRunner:
 
             async def go() -> tuple[Answer, Any, str | None]:
                 parsed, reason = await self._judged(
-                    f"reviewer {reviewer.label}", reviewer.model, prompt, lambda t: rk.parse_ranking(t, anon), hint)
+                    f"reviewer {reviewer.label}", reviewer.model, prompt,
+                    lambda t: judging.parse_ranking(t, anon), hint)
                 return reviewer, [to_public[x] for x in parsed] if parsed else None, reason
             return go
 
@@ -247,7 +249,7 @@ class EnsembleRunner:
 
             async def go() -> tuple[int, str, Answer, Any, str | None]:
                 scores, reason = await self._judged(
-                    f"judge {j + 1}", judge, prompt, lambda t: rk.parse_scores(t, criteria),
+                    f"judge {j + 1}", judge, prompt, lambda t: judging.parse_scores(t, criteria),
                     f"Reply with a JSON object with the keys {', '.join(criteria)} (numbers 0-100).")
                 return j, judge, a, scores, reason
             return go
@@ -293,8 +295,8 @@ class EnsembleRunner:
             async def go() -> tuple[int, str, Answer, Answer, Any, Any, str | None]:
                 hint = 'Reply with a JSON object {"winner": "A"}, {"winner": "B"} or {"winner": "tie"}.'
                 forward, reverse = await asyncio.gather(
-                    self._judged(f"judge {j + 1}", judge, prompt(x, y), rk.parse_verdict, hint),
-                    self._judged(f"judge {j + 1}", judge, prompt(y, x), rk.parse_verdict, hint),
+                    self._judged(f"judge {j + 1}", judge, prompt(x, y), judging.parse_verdict, hint),
+                    self._judged(f"judge {j + 1}", judge, prompt(y, x), judging.parse_verdict, hint),
                 )
                 return j, judge, x, y, forward[0], reverse[0], forward[1] or reverse[1]
             return go

@@ -41,9 +41,9 @@ from ..store.tables import new_id
 from ..types import Message
 from .debate import DebateRunner
 from .ensemble import EnsembleRunner, last_question
-from .personas import LIBRARY, Persona
+from .experts import Persona, load_library
+from .run_store import RunStore
 from .runs import Event, LiveRun
-from .store import RunStore
 
 if TYPE_CHECKING:
     from ..catalog import Catalog
@@ -147,7 +147,7 @@ class Deliberation:
         own = [Persona(p.name, p.domain, p.backstory, p.stance, p.model, tuple(k.lower() for k in p.keywords))
                for p in config.personas]
         names = {p.name for p in own}
-        self.library: list[Persona] = [*own, *(p for p in LIBRARY if p.name not in names)]
+        self.library: list[Persona] = [*own, *(p for p in load_library() if p.name not in names)]
         self.live: dict[str, LiveRun] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}

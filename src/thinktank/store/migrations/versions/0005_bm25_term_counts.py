@@ -11,7 +11,11 @@ Create Date: 2026-11-22 10:00:00
 
 from __future__ import annotations
 
+import re
+import unicodedata
+from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -22,6 +26,50 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 _FTS = (("kb_chunks_fts", "kb_chunks", "context, text"), ("kb_documents_fts", "kb_document_texts", "title, body"))
+
+# -- frozen on purpose ------------------------------------------------------------------------------------------------
+# A copy of thinktank.knowledge.bm25's analysis (Analyzer.count and what it uses) as it was when this migration was
+# written. It is frozen on purpose: this migration must go on counting existing documents exactly as it did, so later
+# changes to the live tokenizer must not reach it (a change there that needs stored counts redone brings its own
+# migration). Do not import it from, or update it to match, the live code.
+
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_STOPWORDS = frozenset({
+    "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it", "no", "not", "of",
+    "on", "or", "such", "that", "the", "their", "then", "there", "these", "they", "this", "to", "was", "will", "with",
+})
+
+
+def _fold(text: str) -> str:
+    text = text.lower()
+    if text.isascii():
+        return text
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(_fold(text))
+
+
+def _terms(stemmer: Any, text: str) -> list[str]:
+    words = [w for w in _words(text) if w not in _STOPWORDS]
+    return list(stemmer.stemWords(words)) if words else []
+
+
+def _count(stemmer: Any, *texts: str) -> tuple[str, bytes, int]:
+    """(distinct terms space-separated, their counts as uint32 LE, length in words) of ``texts``."""
+    import numpy as np
+
+    counter: Counter[str] = Counter()
+    length = 0
+    for text in texts:
+        length += len(_words(text))
+        counter.update(_terms(stemmer, text))
+    return " ".join(counter), np.fromiter(counter.values(), "<u4", len(counter)).tobytes(), length
+
+
+# -- end of the frozen copy -------------------------------------------------------------------------------------------
 
 
 def upgrade() -> None:
@@ -35,16 +83,16 @@ def upgrade() -> None:
             for suffix in ("ai", "ad", "au"):
                 op.execute(f"DROP TRIGGER IF EXISTS {content}_{suffix}")
             op.execute(f"DROP TABLE IF EXISTS {table}")
-    from thinktank.knowledge.bm25 import Analyzer
+    import Stemmer
 
-    analyzer = Analyzer()
+    stemmer = Stemmer.Stemmer("porter")
     texts = sa.table("kb_document_texts", sa.column("id", sa.Integer), sa.column("title", sa.Text),
                      sa.column("body", sa.Text), sa.column("terms", sa.Text),
                      sa.column("term_counts", sa.LargeBinary), sa.column("length", sa.Integer))
     for row_id, title, body in bind.execute(sa.select(texts.c.id, texts.c.title, texts.c.body)).all():
-        counted = analyzer.count(title or "", body or "")
+        terms, counts, length = _count(stemmer, title or "", body or "")
         bind.execute(texts.update().where(texts.c.id == row_id).values(
-            terms=counted.terms, term_counts=counted.counts, length=counted.length))
+            terms=terms, term_counts=counts, length=length))
 
 
 def downgrade() -> None:

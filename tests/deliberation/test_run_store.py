@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from thinktank.catalog import Catalog
 from thinktank.config import parse_config
+from thinktank.deliberation.run_store import RunStore
 from thinktank.deliberation.runs import LiveRun
 from thinktank.deliberation.service import STALE_AFTER, Deliberation
-from thinktank.deliberation.store import RunStore
 from thinktank.gateway.context import CallContext
 from thinktank.gateway.router import Router
 from thinktank.providers.base import ProviderContext

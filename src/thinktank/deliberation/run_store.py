@@ -1,4 +1,7 @@
-"""Persistence of runs, their calls, events and documents, and of the leaderboard's comparisons."""
+"""RunStore: persistence of runs, their calls, events and documents, and of the leaderboard's comparisons.
+
+The deliberation side of the database; the database itself (engine, tables, migrations) is :mod:`thinktank.store`.
+"""
 
 from __future__ import annotations
 
