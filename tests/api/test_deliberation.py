@@ -65,6 +65,7 @@ def config(url: str, **ensemble: Any) -> dict[str, Any]:
             {"name": "all-broken", "members": ["broken", "down"], "strategy": "heuristic"},
             {"name": "waits", "members": ["alpha", "slow"], "strategy": "heuristic"},
             {"name": "pair", "members": ["alpha", "beta"], "strategy": "heuristic"},
+            {"name": "slowish", "members": ["alpha", "snail"], "strategy": "heuristic"},
         ],
         "debates": [{"name": "panel", "models": ["alpha", "beta"], "rounds": 2}],
     }
@@ -406,3 +407,36 @@ async def test_run_survives_client_disconnect(api: str, client: httpx.AsyncClien
             break
         await asyncio.sleep(0.05)
     assert run["status"] == "completed"
+
+
+async def test_a_streamed_chat_completion_on_an_ensemble_goes_on_when_its_client_leaves(
+        api: str, client: httpx.AsyncClient) -> None:
+    """The run a chat completion started finishes without its client, and the request is recorded with
+    everything the run cost (after it ends), as a client that went away (499)."""
+    body = {"model": "ensemble/slowish", "messages": [{"role": "user", "content": "q"}], "stream": True}
+    async with client.stream("POST", api + "/v1/chat/completions", headers=AUTH, json=body) as r:
+        assert r.status_code == 200
+        run_id = r.headers["x-thinktank-run-id"]
+        async for line in r.aiter_lines():
+            if line.startswith(": stage answer"):
+                break  # members are answering (snail takes 0.4 s): the client goes away
+    for _ in range(200):
+        run = (await client.get(api + f"/api/v1/runs/{run_id}", headers=AUTH)).json()
+        if run["status"] != "running":
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the run never ended")
+    # the run went on to the end: both members answered
+    assert run["status"] == "completed", run
+    assert len([c for c in run["calls"] if c["answer"]]) == 2 and run["cost_usd"] > 0
+    usage: list[dict[str, Any]] = []
+    for _ in range(100):  # recorded once the run has ended (the writer is buffered)
+        await asyncio.sleep(0.05)
+        usage = (await client.get(api + "/api/v1/usage?group_by=model", headers=AUTH)).json()["data"]
+        if any(u["group"] == "ensemble/slowish" for u in usage):
+            break
+    [row] = [u for u in usage if u["group"] == "ensemble/slowish"]
+    assert row["requests"] == 1 and row["cost_usd"] == pytest.approx(run["cost_usd"])
+    # snail answered after the client left: its tokens are in the record too
+    assert row["prompt_tokens"] == run["prompt_tokens"] and row["completion_tokens"] == run["completion_tokens"]
