@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Literal
 
 from .accounts.principal import Principal
 from .errors import ConfigError, InvalidRequestError, ModelNotFoundError
-from .gateway.context import MAX_DEPTH, CallContext
+from .gateway.context import CallContext
 from .gateway.router import Router
+from .names import KB_PREFIX, MAX_DEPTH, RUN_PREFIXES, find_cycle
 from .types import ChatChunk, ChatRequest, ChatResponse
 
 if TYPE_CHECKING:
@@ -34,8 +35,6 @@ if TYPE_CHECKING:
 
 __all__ = ["KB_PREFIX", "Catalog", "ModelEntry", "RoutedModel"]
 
-KB_PREFIX = "kb/"
-RUN_PREFIXES = ("ensemble/", "debate/")
 Kind = Literal["model", "group", "alias", "ensemble", "debate", "knowledge_base"]
 
 
@@ -116,24 +115,13 @@ class Catalog:
         return []
 
     def _refuse_cycles(self, root: str, *, start: Iterable[str] | None = None, config: bool = False) -> None:
-        """Walk every name reachable from ``root``; a name met again on its own path is a cycle."""
-
-        def walk(name: str, path: tuple[str, ...]) -> None:
-            if len(path) > MAX_DEPTH:
-                raise self._cycle_error(f"models nest deeper than {MAX_DEPTH} levels: {' -> '.join(path)}", config)
-            for used in dict.fromkeys(self.uses(name) if name != root or start is None else start):
-                if used in path:
-                    raise self._cycle_error(
-                        f"'{root}' contains itself: {' -> '.join((*path, used))}", config)
-                walk(used, (*path, used))
-
-        walk(root, (root,))
-
-    @staticmethod
-    def _cycle_error(message: str, config: bool) -> Exception:
+        """A name that reaches itself (or nests too deep) is refused, naming the path."""
+        why = find_cycle(root, self.uses, start=start)
+        if why is None:
+            return
         if config:
-            return ConfigError(message)
-        return InvalidRequestError(message, param="model", code="model_cycle")
+            raise ConfigError(why)
+        raise InvalidRequestError(why, param="model", code="model_cycle")
 
     # -- access ----------------------------------------------------------------------------------
     def allows(self, principal: Principal | None, name: str) -> bool:

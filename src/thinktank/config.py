@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .bounds import OutputTokens
 from .errors import ConfigError
+from .names import find_cycle, is_kb_name
 
 __all__ = [
     "ConversationsConfig",
@@ -391,12 +392,33 @@ class GatewayConfig(_In):
                     raise ValueError(f"duplicate {kind} '{name}'")
                 seen.add((kind, name))
             for m in used:
-                if m not in known and not _is_kb_name(m):
+                if m not in known and not is_kb_name(m):
                     raise ValueError(f"{kind} '{name}': unknown model '{m}'")
         for key in ("model", "rerank_model"):
             m = getattr(self.knowledge, key)
-            if m is not None and m not in known and not _is_kb_name(m):
+            if m is not None and m not in known and not is_kb_name(m):
                 raise ValueError(f"knowledge: {key}: unknown model '{m}'")
+        return self
+
+    @model_validator(mode="after")
+    def _no_cycles(self) -> GatewayConfig:
+        """No name may reach itself: ``ensemble/a`` -> ``ensemble/b`` -> ``ensemble/a``, or the knowledge
+        model being an ensemble with a ``kb/...`` member."""
+        graph: dict[str, list[str]] = {f"ensemble/{e.name}": e.models() for e in self.ensembles}
+        for d in self.debates:
+            own = [p.model for p in self.personas if p.model and (not d.personas or p.name in d.personas)]
+            graph[f"debate/{d.name}"] = [*d.models_used(), *own]
+        answering = self.knowledge.model or next((d.name for d in self.models if d.mode == "chat"), None)
+
+        def uses(name: str) -> list[str]:
+            if is_kb_name(name):
+                return [answering] if answering else []
+            return graph.get(name, [])
+
+        for name in [*graph, *([answering] if answering else [])]:
+            why = find_cycle(name, uses)
+            if why is not None:
+                raise ValueError(why)
         return self
 
     @model_validator(mode="after")
@@ -404,13 +426,9 @@ class GatewayConfig(_In):
         known = self.catalog_names()
         for where, m in (("conversations: summary_model", self.conversations.summary_model),
                          ("memory: model", self.memory.model)):
-            if m is not None and m not in known and not _is_kb_name(m):
+            if m is not None and m not in known and not is_kb_name(m):
                 raise ValueError(f"{where}: unknown model '{m}'")
         return self
-
-
-def _is_kb_name(name: str) -> bool:
-    return name.startswith("kb/") and bool(name[3:].strip())
 
 
 def _describe_location(data: Any, loc: tuple[int | str, ...]) -> str:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .router import UsageRecord
     from .strategies import Deployment
 
-__all__ = ["MAX_DEPTH", "CallContext", "Hold", "Meter"]
+__all__ = ["CallContext", "Hold", "Meter"]
 
 
 class Hold(Protocol):
@@ -29,10 +29,6 @@ class Meter(Protocol):
     async def reserve(self, deployment: Deployment, prompt_tokens: int, output_tokens: int | None) -> Hold:
         """Hold the worst-case cost of one attempt, or raise (e.g. a budget is exhausted)."""
         ...
-
-
-#: How deep models may nest (an ensemble whose member is an ensemble whose member ...).
-MAX_DEPTH = 8
 
 
 @dataclass
