@@ -27,6 +27,8 @@ from .gateway.router import Router
 from .names import KB_PREFIX, MAX_DEPTH, RUN_PREFIXES, find_cycle
 from .types import ChatChunk, ChatRequest, ChatResponse
 
+_COMPOSITE = (KB_PREFIX, *RUN_PREFIXES)
+
 if TYPE_CHECKING:
     from .deliberation.service import Deliberation
     from .knowledge.grounded import GroundedModels, KnowledgeParams
@@ -79,6 +81,8 @@ class Catalog:
         self._runs: Deliberation | None = None
         self._knowledge: KnowledgeService | None = None
         self._grounding: GroundedModels | None = None
+        self._routed_models: dict[str, RoutedModel] = {}
+        """One RoutedModel per name served (they hold nothing but the name)."""
 
     def bind_runs(self, runs: Deliberation) -> None:
         self._runs = runs
@@ -166,6 +170,8 @@ class Catalog:
                 raise ModelNotFoundError(
                     f"The model '{name}' does not exist here. GET /v1/models lists the models you can use.",
                     param="model")
+            if not name.startswith(_COMPOSITE):
+                return  # the router's: it uses no other name
         self._refuse_cycles(name, start=uses)
         seen: set[str] = set()
         pending = list(self.uses(name) if uses is None else uses)
@@ -197,7 +203,10 @@ class Catalog:
             answering = self.knowledge_model()
             assert answering is not None
             return self.grounding().wrap(self._model(answering), [name[len(KB_PREFIX):].strip()], name=name)
-        return RoutedModel(self.router, name)
+        routed = self._routed_models.get(name)
+        if routed is None:
+            routed = self._routed_models[name] = RoutedModel(self.router, name)
+        return routed
 
     def for_request(self, request: ChatRequest, principal: Principal | None) -> tuple[ChatModel, ChatRequest]:
         """The model that answers a chat request, and the request it gets: thinktank's own fields
