@@ -12,13 +12,13 @@ from typing import Literal
 
 from sqlalchemy import select
 
-from ..auth import AdminKey
+from ..auth import AdminKey, hash_key
 from ..clock import Clock
 from ..errors import AuthenticationError, ModelNotFoundError
 from ..store.db import Database
 from ..store.tables import SYSTEM_USER_ID, ApiKey, Session, Team, User
 from .budget_stores import BudgetSpec
-from .secrets import KEY_PREFIX, SESSION_PREFIX, token_hash
+from .secrets import KEY_PREFIX, SESSION_PREFIX
 
 __all__ = ["Authenticator", "Principal"]
 
@@ -88,10 +88,11 @@ class Authenticator:
         self._admin_key = admin_key
         self._clock = clock
         self._ttl = cache_ttl
-        self._cache: dict[str, tuple[Principal, float]] = {}
+        self._cache: dict[bytes, tuple[Principal, float]] = {}
+        """By the SHA-256 of the token (the digest of :func:`hash_key`, as the admin key check uses)."""
         self._admin = Principal(user_id=SYSTEM_USER_ID, role="admin", is_admin_key=True)
 
-    def _cached(self, digest: str) -> Principal | None:
+    def _cached(self, digest: bytes) -> Principal | None:
         hit = self._cache.get(digest)
         if hit is None:
             return None
@@ -122,10 +123,13 @@ class Authenticator:
         """The principal for the admin key or a recently seen token, without touching the database."""
         if not token:
             return None
-        if self._admin_key.verify(token):
+        digest = hash_key(token)  # one hash serves the admin key check and the cache
+        if self._admin_key.verify_digest(digest):
             return self._admin
-        principal = self._cached(token_hash(token))
-        return None if principal is None else self._check_expiry(principal)
+        principal = self._cached(digest)
+        if principal is None:
+            return None
+        return principal if principal.expires_at is None else self._check_expiry(principal)
 
     async def resolve(self, token: str) -> Principal:
         known = self.known(token)
@@ -135,12 +139,12 @@ class Authenticator:
         """Look a token up in the database (after ``known`` missed) and cache what it finds."""
         if not token:
             raise AuthenticationError("No API key: send 'Authorization: Bearer <key>'.")
-        digest = token_hash(token)
+        digest = hash_key(token)
         principal: Principal | None = None
         if token.startswith(SESSION_PREFIX):
-            principal = await self._session(digest)
+            principal = await self._session(digest.hex())
         elif token.startswith(KEY_PREFIX):
-            principal = await self._key(digest)
+            principal = await self._key(digest.hex())
         if principal is None:
             raise AuthenticationError("The API key is not valid.")
         self._cache[digest] = (principal, self._clock.monotonic() + self._ttl)
