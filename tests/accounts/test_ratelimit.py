@@ -261,29 +261,29 @@ def _limit(amount: int, per: type[RateLimitItem], *ids: str, tokens: bool = Fals
 async def test_local_windows_open_at_the_first_hit_and_end_with_their_length(clock: FakeClock) -> None:
     windows = LocalWindows(clock.time)
     rpm, tpd = _limit(2, RateLimitItemPerMinute, "a"), _limit(100, RateLimitItemPerDay, "a", tokens=True)
-    assert windows.admit_now([rpm, tpd], [1, 60]) == -1
+    assert windows.admit_now([rpm, tpd], 60) is None
     clock.advance(30)
-    assert windows.admit_now([rpm, tpd], [1, 50]) == 1  # the day's tokens: refused, nothing charged
-    assert windows.admit_now([rpm, tpd], [1, 40]) == -1
-    assert windows.admit_now([rpm], [1]) == 0
+    assert windows.admit_now([rpm, tpd], 50) is tpd  # the day's tokens: refused, nothing charged
+    assert windows.admit_now([rpm, tpd], 40) is None
+    assert windows.admit_now([rpm], 0) is rpm
     assert await windows.stats(rpm) == (0, clock.time() + 30)
     clock.advance(30)  # the minute that began with the first hit is over; the day is not
-    assert windows.admit_now([rpm, tpd], [1, 1]) == 1
-    assert windows.admit_now([rpm], [1]) == -1
+    assert windows.admit_now([rpm, tpd], 1) is tpd
+    assert windows.admit_now([rpm], 0) is None
     assert await windows.stats(rpm) == (1, clock.time() + 60)
-    windows.fill_now([tpd], [500])  # filled to its limit, never past it
+    windows.fill_now([tpd], 500)  # filled to its limit, never past it
     assert await windows.stats(tpd) == (0, clock.time() - 60 + 86400)
     clock.advance(86400)
-    assert windows.admit_now([tpd], [100]) == -1
+    assert windows.admit_now([tpd], 100) is None
 
 
 async def test_local_windows_forget_ended_windows(clock: FakeClock) -> None:
     windows = LocalWindows(clock.time)
     for i in range(100):
-        assert windows.admit_now([_limit(1, RateLimitItemPerMinute, f"ip{i}")], [1]) == -1
+        assert windows.admit_now([_limit(1, RateLimitItemPerMinute, f"ip{i}")], 0) is None
     assert len(windows._counts) == 100
     clock.advance(LocalWindows.SWEEP_EVERY + 1)
-    assert windows.admit_now([_limit(1, RateLimitItemPerMinute, "new")], [1]) == -1
+    assert windows.admit_now([_limit(1, RateLimitItemPerMinute, "new")], 0) is None
     assert list(windows._counts) == [_limit(1, RateLimitItemPerMinute, "new").key]
 
 

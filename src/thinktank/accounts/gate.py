@@ -16,7 +16,7 @@ from ..gateway.context import CallContext, Hold
 from ..gateway.strategies import Deployment
 from .budgets import BudgetLedger, BudgetSpec, Reservation
 from .principal import Principal
-from .ratelimit import RateLimiter, Subject
+from .ratelimit import RateLimiter, RatePlan, Subject
 from .usage import UsageEvent, UsageWriter
 
 __all__ = ["Admission", "BudgetMeter", "Gate"]
@@ -103,6 +103,7 @@ class _Governance(NamedTuple):
     principal: Principal
     ip: str | None
     subject: Subject
+    plan: RatePlan
     meter: BudgetMeter | None
 
 
@@ -150,13 +151,14 @@ class Gate:
         meter = BudgetMeter(self.ledger, specs, self._default_output) if specs else None
         if len(self._governance) >= self.CACHE:
             self._governance.clear()
-        made = self._governance[id(principal)] = _Governance(principal, ip, subject, meter)
+        plan = self.limiter.plan(subject)
+        made = self._governance[id(principal)] = _Governance(principal, ip, subject, plan, meter)
         return made
 
     async def admit(self, principal: Principal, ip: str | None, model: str, estimated_tokens: int) -> Admission:
         """Check the rate limits (429 with Retry-After) and prepare the budget meter."""
         governance = self._governance_of(principal, ip)
-        await self.limiter.hit_request(governance.subject, estimated_tokens)
+        await self.limiter.admit(governance.plan, estimated_tokens)
         return Admission(
             gate=self, principal=principal, subject=governance.subject, model=model,
             estimated_tokens=estimated_tokens, ctx=CallContext(meter=governance.meter, principal=principal),

@@ -36,9 +36,9 @@ from limits.storage import storage_from_string
 
 from ..config import TierConfig
 from ..errors import ConfigError, RateLimitError
-from .windows import LibraryWindows, Limit, LocalWindows, RedisWindows, Windows
+from .windows import LibraryWindows, Limit, LocalWindows, RatePlan, RedisWindows, Windows
 
-__all__ = ["RateLimiter", "Subject", "TierConfig"]
+__all__ = ["RateLimiter", "RatePlan", "Subject", "TierConfig"]
 
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster"})
 #: Single-server schemes, and the scheme redis-py expects for each.
@@ -126,7 +126,7 @@ class RateLimiter:
             else:
                 self._windows = LibraryWindows(strategies.FixedWindowRateLimiter(self._storage))
         self._items: dict[tuple[type[RateLimitItem], int], RateLimitItem] = {}
-        self._plans: dict[Subject, tuple[Limit, ...]] = {}
+        self._plans: dict[Subject, RatePlan] = {}
         self._tiers = dict(tiers or {})
         self._ip_rpm = ip_rpm
         self._prefix = key_prefix
@@ -137,11 +137,11 @@ class RateLimiter:
     #: Subjects whose limits are remembered (a few per key, user or address); past it, all are forgotten.
     PLAN_CACHE = 4096
 
-    def _limits(self, s: Subject) -> tuple[Limit, ...]:
+    def plan(self, s: Subject) -> RatePlan:
         """Every limit that applies to ``s`` (remembered: the same caller asks again and again)."""
         plan = self._plans.get(s)
         if plan is None:
-            plan = self._plan(s)
+            plan = RatePlan.of(self._plan(s))
             if len(self._plans) >= self.PLAN_CACHE:
                 self._plans.clear()
             self._plans[s] = plan
@@ -188,32 +188,33 @@ class RateLimiter:
         return RateLimitError(message, retry_after=retry, code="rate_limit_exceeded")
 
     async def hit_request(self, subject: Subject, estimated_tokens: int) -> None:
-        """Admit one request costing ``estimated_tokens``, or raise :class:`RateLimitError` (429).
+        """Admit one request costing ``estimated_tokens``, or raise :class:`RateLimitError` (429)."""
+        await self.admit(self.plan(subject), estimated_tokens)
+
+    async def admit(self, plan: RatePlan, estimated_tokens: int) -> None:
+        """``hit_request`` for a caller whose plan is at hand.
 
         A refused request consumes none of the limits (with Redis Sentinel or Cluster, up to the
         race described in the module doc). Token limits apply only if ``estimated_tokens`` > 0.
         """
-        plan = self._limits(subject)
-        if not plan:
-            return
         if estimated_tokens > 0:
-            limits: tuple[Limit, ...] | list[Limit] = plan
-            costs = [estimated_tokens if lim.tokens else 1 for lim in plan]
-            for lim, cost in zip(plan, costs, strict=True):
-                if cost > lim.amount:  # could never pass: say so instead of a misleading Retry-After
-                    raise RateLimitError(
-                        f"Rate limit: this request needs about {cost} tokens but {lim.describe()}",
-                        retry_after=lim.window, code="request_too_large",
-                    )
+            limits = plan.limits
+            largest = plan.largest
+            if largest is not None and estimated_tokens > largest.amount:
+                # It could never pass: say so instead of a misleading Retry-After.
+                raise RateLimitError(
+                    f"Rate limit: this request needs about {estimated_tokens} tokens but {largest.describe()}",
+                    retry_after=largest.window, code="request_too_large",
+                )
         else:
-            limits = [lim for lim in plan if not lim.tokens]
-            if not limits:
-                return
-            costs = [1] * len(limits)
+            limits = plan.requests
+        if not limits:
+            return
         local = self._local
-        refused = local.admit_now(limits, costs) if local is not None else await self._windows.admit(limits, costs)
-        if refused >= 0:
-            raise await self._refusal(limits[refused])
+        refused = (local.admit_now(limits, estimated_tokens) if local is not None
+                   else await self._windows.admit(limits, estimated_tokens))
+        if refused is not None:
+            raise await self._refusal(refused)
 
     async def add_tokens(self, subject: Subject, tokens: int) -> None:
         """Charge ``tokens`` more (actual minus estimated) to the token limits; no-op if not positive.
@@ -221,11 +222,10 @@ class RateLimiter:
         The tokens were spent already, so this never refuses; a window that cannot hold them all is
         filled to its limit (the excess is not carried into the next window).
         """
-        if tokens <= 0:
-            return
-        limits = [lim for lim in self._limits(subject) if lim.tokens]
-        if limits:
-            await self._windows.fill(limits, [tokens] * len(limits))
+        if tokens > 0:
+            limits = self.plan(subject).tokens
+            if limits:
+                await self._windows.fill(limits, tokens)
 
     # -- failed authentication -----------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from limits.aio import strategies
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["LibraryWindows", "Limit", "LocalWindows", "RedisWindows", "Windows"]
+__all__ = ["LibraryWindows", "Limit", "LocalWindows", "RatePlan", "RedisWindows", "Windows"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,14 +53,35 @@ class Limit:
         return f"{self.who} allows {self.item.amount} {unit} per {self.item.GRANULARITY.name}"
 
 
+@dataclass(frozen=True, slots=True)
+class RatePlan:
+    """The limits of one caller, worked out once (see ``RateLimiter.plan``)."""
+
+    limits: tuple[Limit, ...]
+    requests: tuple[Limit, ...]
+    """The request counts alone: what a request without a token estimate is charged to."""
+    tokens: tuple[Limit, ...]
+    """The token limits alone."""
+    largest: Limit | None
+    """The token limit with the smallest amount: the largest request anything could admit."""
+
+    @classmethod
+    def of(cls, limits: Sequence[Limit]) -> RatePlan:
+        tokens = tuple(lim for lim in limits if lim.tokens)
+        return cls(tuple(limits), tuple(lim for lim in limits if not lim.tokens), tokens,
+                   min(tokens, key=lambda lim: lim.amount) if tokens else None)
+
+
 class Windows(Protocol):
-    async def admit(self, limits: Sequence[Limit], costs: Sequence[int]) -> int:
-        """Charge every limit its cost if all have room and return -1; else charge none and
-        return the index of the first limit without room."""
+    """A request costs 1 in a request count and ``tokens`` in a token limit."""
+
+    async def admit(self, limits: Sequence[Limit], tokens: int) -> Limit | None:
+        """Charge every limit its cost if all have room and return None; else charge none and
+        return the first limit without room."""
         ...
 
-    async def fill(self, limits: Sequence[Limit], costs: Sequence[int]) -> None:
-        """Charge each limit its cost, or what is left of its window if that is less."""
+    async def fill(self, limits: Sequence[Limit], tokens: int) -> None:
+        """Charge each limit ``tokens``, or what is left of its window if that is less."""
         ...
 
     async def stats(self, limit: Limit) -> tuple[int, float]:
@@ -84,37 +105,37 @@ class LocalWindows:
         for key in [k for k, (_, end) in self._counts.items() if end <= now]:
             del self._counts[key]
 
-    def admit_now(self, limits: Sequence[Limit], costs: Sequence[int]) -> int:
+    def admit_now(self, limits: Sequence[Limit], tokens: int) -> Limit | None:
         now = self._now()
         if now >= self._sweep_at:
             self._sweep(now)
         counts = self._counts
-        for i, limit in enumerate(limits):
+        for limit in limits:
             entry = counts.get(limit.key)
-            if entry is not None and entry[1] > now and entry[0] + costs[i] > limit.amount:
-                return i
-        for i, limit in enumerate(limits):
+            if entry is not None and entry[1] > now and entry[0] + (tokens if limit.tokens else 1) > limit.amount:
+                return limit
+        for limit in limits:
             entry = counts.get(limit.key)
             if entry is None or entry[1] <= now:
-                counts[limit.key] = [costs[i], now + limit.window]
+                counts[limit.key] = [tokens if limit.tokens else 1, now + limit.window]
             else:
-                entry[0] += costs[i]
-        return -1
+                entry[0] += tokens if limit.tokens else 1
+        return None
 
-    def fill_now(self, limits: Sequence[Limit], costs: Sequence[int]) -> None:
+    def fill_now(self, limits: Sequence[Limit], tokens: int) -> None:
         now = self._now()
-        for limit, cost in zip(limits, costs, strict=True):
+        for limit in limits:
             entry = self._counts.get(limit.key)
             if entry is None or entry[1] <= now:
-                self._counts[limit.key] = [min(cost, limit.amount), now + limit.window]
+                self._counts[limit.key] = [min(tokens, limit.amount), now + limit.window]
             else:
-                entry[0] = max(entry[0], min(entry[0] + cost, limit.amount))
+                entry[0] = max(entry[0], min(entry[0] + tokens, limit.amount))
 
-    async def admit(self, limits: Sequence[Limit], costs: Sequence[int]) -> int:
-        return self.admit_now(limits, costs)
+    async def admit(self, limits: Sequence[Limit], tokens: int) -> Limit | None:
+        return self.admit_now(limits, tokens)
 
-    async def fill(self, limits: Sequence[Limit], costs: Sequence[int]) -> None:
-        self.fill_now(limits, costs)
+    async def fill(self, limits: Sequence[Limit], tokens: int) -> None:
+        self.fill_now(limits, tokens)
 
     async def stats(self, limit: Limit) -> tuple[int, float]:
         now = self._now()
@@ -164,20 +185,20 @@ class RedisWindows:
         self._fill = client.register_script(_FILL_LUA)
 
     @staticmethod
-    def _args(limits: Sequence[Limit], costs: Sequence[int]) -> list[int]:
+    def _args(limits: Sequence[Limit], tokens: int) -> list[int]:
         args: list[int] = []
-        for limit, cost in zip(limits, costs, strict=True):
-            args += (limit.amount, cost, limit.window)
+        for limit in limits:
+            args += (limit.amount, tokens if limit.tokens else 1, limit.window)
         return args
 
-    async def admit(self, limits: Sequence[Limit], costs: Sequence[int]) -> int:
+    async def admit(self, limits: Sequence[Limit], tokens: int) -> Limit | None:
         keys = [self.PREFIX + lim.key for lim in limits]
-        refused = int(await self._admit(keys=keys, args=self._args(limits, costs)))
-        return refused - 1
+        refused = int(await self._admit(keys=keys, args=self._args(limits, tokens)))
+        return limits[refused - 1] if refused else None
 
-    async def fill(self, limits: Sequence[Limit], costs: Sequence[int]) -> None:
+    async def fill(self, limits: Sequence[Limit], tokens: int) -> None:
         if limits:
-            await self._fill(keys=[self.PREFIX + lim.key for lim in limits], args=self._args(limits, costs))
+            await self._fill(keys=[self.PREFIX + lim.key for lim in limits], args=self._args(limits, tokens))
 
     async def stats(self, limit: Limit) -> tuple[int, float]:
         key = self.PREFIX + limit.key
@@ -196,23 +217,23 @@ class LibraryWindows:
     def __init__(self, strategy: strategies.FixedWindowRateLimiter) -> None:
         self._strategy = strategy
 
-    async def admit(self, limits: Sequence[Limit], costs: Sequence[int]) -> int:
+    async def admit(self, limits: Sequence[Limit], tokens: int) -> Limit | None:
         s = self._strategy
         # A fixed window's hit adds before it compares, so a refused hit still counts: test first,
         # unless the one limit is a request count (a refused request then only fills a full window).
-        if len(limits) > 1 or costs[0] > 1:
-            for i, limit in enumerate(limits):
-                if not await s.test(limit.item, *limit.ids, cost=costs[i]):
-                    return i
-        for i, limit in enumerate(limits):
-            if not await s.hit(limit.item, *limit.ids, cost=costs[i]):
-                return i
-        return -1
+        if len(limits) > 1 or limits[0].tokens:
+            for limit in limits:
+                if not await s.test(limit.item, *limit.ids, cost=tokens if limit.tokens else 1):
+                    return limit
+        for limit in limits:
+            if not await s.hit(limit.item, *limit.ids, cost=tokens if limit.tokens else 1):
+                return limit
+        return None
 
-    async def fill(self, limits: Sequence[Limit], costs: Sequence[int]) -> None:
+    async def fill(self, limits: Sequence[Limit], tokens: int) -> None:
         s = self._strategy
-        for limit, cost in zip(limits, costs, strict=True):
-            if await s.hit(limit.item, *limit.ids, cost=min(cost, limit.amount)):
+        for limit in limits:
+            if await s.hit(limit.item, *limit.ids, cost=min(tokens, limit.amount)):
                 continue
             remaining = (await s.get_window_stats(limit.item, *limit.ids)).remaining
             if remaining > 0:
