@@ -494,3 +494,107 @@ async def test_redis_budgets_expire_after_their_period(redis_url: str, clock: Fa
         if keys:
             await client.delete(*keys)
         await client.aclose()
+
+
+# -- (i) the hot path does not wait for the store ------------------------------------------------------
+
+
+class GatedStore:
+    """A real store whose commits wait until the test opens the gate (a slow database, say)."""
+
+    def __init__(self, store: BudgetStore) -> None:
+        self.store = store
+        self.gate = asyncio.Event()
+        self.committing = asyncio.Event()
+        self.acquires = 0
+
+    async def acquire(self, spec: BudgetSpec, period_key: str, amount: float) -> bool:
+        self.acquires += 1
+        return await self.store.acquire(spec, period_key, amount)
+
+    async def commit(self, spec: BudgetSpec, period_key: str, spent_delta: float, lease_delta: float) -> None:
+        self.committing.set()
+        await self.gate.wait()
+        await self.store.commit(spec, period_key, spent_delta, lease_delta)
+
+    async def read(self, spec: BudgetSpec, period_key: str) -> tuple[float, float, float]:
+        return await self.store.read(spec, period_key)
+
+
+async def test_reservations_go_on_while_a_flush_is_being_written(backend: Backend) -> None:
+    s = spec(10.0)
+    gated = GatedStore(backend.store)
+    ledger = BudgetLedger(gated, backend.clock, lease_fraction=0.2)
+    outstanding = await ledger.reserve([s], 0.3)  # the lease is kept for it: only spend is written
+    first = await ledger.reserve([s], 0.3)
+    await ledger.settle(first, 0.25)
+    flushing = asyncio.create_task(ledger.flush())
+    await asyncio.wait_for(gated.committing.wait(), 5)
+    costs = [0.25]
+    for i in range(8):  # all served from the lease while the write waits; none of them waits
+        r = await asyncio.wait_for(ledger.reserve([s], 0.1), 1)
+        await asyncio.wait_for(ledger.settle(r, 0.01 * i), 1)
+        costs.append(0.01 * i)
+    big = asyncio.create_task(ledger.reserve([s], 9.9))  # beyond the lease: waits for the store
+    await asyncio.sleep(0.01)
+    assert not flushing.done() and not big.done()
+    gated.gate.set()
+    await flushing
+    with pytest.raises(BudgetExceededError):  # 0.25 spent + 2.0 leased + 8.48 more > 10
+        await big
+    await ledger.settle(outstanding, 0.3)
+    costs.append(0.3)
+    await ledger.close()
+    _limit, spent, leased = await backend.check_invariant(s)
+    assert spent == pytest.approx(sum(costs)) and leased == pytest.approx(0.0, abs=TOL)
+
+
+async def test_a_reservation_during_a_flush_that_hands_the_lease_back_leases_anew(backend: Backend) -> None:
+    s = spec(1.0)
+    gated = GatedStore(backend.store)
+    ledger = BudgetLedger(gated, backend.clock, lease_fraction=0.5)
+    r = await ledger.reserve([s], 0.2)
+    await ledger.settle(r, 0.2)
+    flushing = asyncio.create_task(ledger.flush())  # nothing outstanding: the whole lease goes back
+    await asyncio.wait_for(gated.committing.wait(), 5)
+    later = asyncio.create_task(ledger.reserve([s], 0.2))  # must not count on the lease going back
+    await asyncio.sleep(0.01)
+    assert not later.done()
+    gated.gate.set()
+    await flushing
+    r2 = await later
+    assert gated.acquires == 2
+    _limit, spent, leased = await backend.check_invariant(s)
+    assert spent == pytest.approx(0.2) and leased == pytest.approx(0.5)
+    await ledger.settle(r2, 0.2)
+    await ledger.close()
+    _limit, spent, leased = await backend.check_invariant(s)
+    assert spent == pytest.approx(0.4) and leased == pytest.approx(0.0, abs=TOL)
+
+
+async def test_the_background_flush_keeps_the_lease_of_a_busy_budget(backend: Backend) -> None:
+    s = spec(10.0)
+    counting = GatedStore(backend.store)
+    counting.gate.set()
+    ledger = BudgetLedger(counting, backend.clock, lease_fraction=0.1)
+    for i in range(5):  # a request between every two flushes: one lease serves them all
+        r = await ledger.reserve([s], 0.1)
+        await ledger.settle(r, 0.05)
+        await ledger.flush(keep_used=True)  # writes the spend with the lease it used; keeps the rest
+        _limit, spent, leased = await backend.check_invariant(s)
+        assert leased == pytest.approx(1.0 - 0.05 * (i + 1))
+    assert counting.acquires == 1 and spent == pytest.approx(0.25)
+    await ledger.flush(keep_used=True)  # a whole round unused: handed back
+    assert await backend.read(s) == pytest.approx((10.0, 0.25, 0.0), abs=TOL)
+    await ledger.close()
+
+
+async def test_a_zero_reservation_outstanding_across_a_flush_is_still_charged(backend: Backend) -> None:
+    s = spec(1.0)
+    ledger = BudgetLedger(backend.store, backend.clock)
+    r = await ledger.reserve([s], 0.0)  # nothing set aside, but the request is under way
+    await ledger.flush()  # must not forget the budget the reservation points at
+    await ledger.settle(r, 0.05)
+    await ledger.close()
+    _limit, spent, leased = await backend.check_invariant(s)
+    assert spent == pytest.approx(0.05) and leased == pytest.approx(0.0, abs=TOL)

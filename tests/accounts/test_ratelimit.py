@@ -15,9 +15,13 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
+from limits import RateLimitItem, RateLimitItemPerDay, RateLimitItemPerMinute
 
 from thinktank.accounts.ratelimit import RateLimiter, Subject, TierConfig
+from thinktank.accounts.windows import Limit, LocalWindows
 from thinktank.errors import ConfigError, RateLimitError
+
+from ..fakes.clock import FakeClock
 
 MakeLimiter = Callable[..., RateLimiter]
 
@@ -220,6 +224,67 @@ async def test_refused_request_consumes_no_other_limit(make: MakeLimiter) -> Non
         await _refused(limiter, Subject(key_id="t", key_tpm=100, user_id="u3", user_rpm=1, tier="free"), 50)
     await limiter.hit_request(Subject(key_id="t", key_tpm=100, user_id="u4", user_rpm=1), 50)
     await _admit(limiter, Subject(user_id="u3", tier="free"), 2)  # 1 + 2 of the day's 3
+
+
+# -- admission is all or nothing, even under concurrency -----------------------------------------
+
+
+async def test_concurrent_requests_refused_by_one_limit_consume_no_other(make: MakeLimiter) -> None:
+    limiter = make()
+    tight = Subject(key_id="k", key_rpm=100, user_id="u", user_rpm=10)
+    results = await asyncio.gather(*(limiter.hit_request(tight, 0) for _ in range(60)), return_exceptions=True)
+    assert sum(r is None for r in results) == 10
+    assert all(r is None or isinstance(r, RateLimitError) for r in results)
+    # The 50 refusals took nothing from the key: 90 of its 100 requests are left, exactly.
+    other = Subject(key_id="k", key_rpm=100, user_id="v", user_rpm=1000)
+    results = await asyncio.gather(*(limiter.hit_request(other, 0) for _ in range(120)), return_exceptions=True)
+    assert sum(r is None for r in results) == 90
+
+
+async def test_tokens_concurrently_never_exceed_the_window(make: MakeLimiter) -> None:
+    limiter = make()
+    subject = Subject(key_id="k", key_tpm=1000, user_id="u", user_tpm=700)
+    results = await asyncio.gather(*(limiter.hit_request(subject, 30) for _ in range(50)), return_exceptions=True)
+    assert sum(r is None for r in results) == 23  # 23 * 30 = 690 <= 700 < 720
+    exc = await _refused(limiter, Subject(key_id="k", key_tpm=1000), 311)  # the key holds 690, not more
+    assert "key k allows 1000 tokens" in exc.message
+    await limiter.hit_request(Subject(key_id="k", key_tpm=1000), 310)
+
+
+# -- the in-memory windows themselves ---------------------------------------------------------
+
+
+def _limit(amount: int, per: type[RateLimitItem], *ids: str, tokens: bool = False) -> Limit:
+    return Limit.of(per(amount, namespace="t"), ids, tokens=tokens, who="x")
+
+
+async def test_local_windows_open_at_the_first_hit_and_end_with_their_length(clock: FakeClock) -> None:
+    windows = LocalWindows(clock.time)
+    rpm, tpd = _limit(2, RateLimitItemPerMinute, "a"), _limit(100, RateLimitItemPerDay, "a", tokens=True)
+    assert windows.admit_now([rpm, tpd], 60) is None
+    clock.advance(30)
+    assert windows.admit_now([rpm, tpd], 50) is tpd  # the day's tokens: refused, nothing charged
+    assert windows.admit_now([rpm, tpd], 40) is None
+    assert windows.admit_now([rpm], 0) is rpm
+    assert await windows.stats(rpm) == (0, clock.time() + 30)
+    clock.advance(30)  # the minute that began with the first hit is over; the day is not
+    assert windows.admit_now([rpm, tpd], 1) is tpd
+    assert windows.admit_now([rpm], 0) is None
+    assert await windows.stats(rpm) == (1, clock.time() + 60)
+    windows.fill_now([tpd], 500)  # filled to its limit, never past it
+    assert await windows.stats(tpd) == (0, clock.time() - 60 + 86400)
+    clock.advance(86400)
+    assert windows.admit_now([tpd], 100) is None
+
+
+async def test_local_windows_forget_ended_windows(clock: FakeClock) -> None:
+    windows = LocalWindows(clock.time)
+    for i in range(100):
+        assert windows.admit_now([_limit(1, RateLimitItemPerMinute, f"ip{i}")], 0) is None
+    assert len(windows._counts) == 100
+    clock.advance(LocalWindows.SWEEP_EVERY + 1)
+    assert windows.admit_now([_limit(1, RateLimitItemPerMinute, "new")], 0) is None
+    assert list(windows._counts) == [_limit(1, RateLimitItemPerMinute, "new").key]
 
 
 # -- failed authentication -------------------------------------------------------------------

@@ -133,6 +133,10 @@ class AdminKey:
     def verify(self, presented: str) -> bool:
         return hmac.compare_digest(hash_key(presented), self._digest)
 
+    def verify_digest(self, presented: bytes) -> bool:
+        """``verify`` for a key already hashed with :func:`hash_key` (a caller that needs the digest anyway)."""
+        return hmac.compare_digest(presented, self._digest)
+
     @classmethod
     def from_settings(cls, settings: Settings) -> tuple[AdminKey, AdminKeyStatus]:
         """The admin key in force: THINKTANK_ADMIN_KEY when given (stored if it is new), else the stored

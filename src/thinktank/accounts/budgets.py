@@ -7,6 +7,11 @@ flushed and idle leases handed back every ``flush_interval`` seconds. Lease = mo
 whatever the processes hold, ``spent + leased <= limit`` holds in the store, and a request is
 admitted only if its worst-case cost fits.
 
+While the lease covers it, a reservation, a settle or a release is a few additions with no await
+(nothing else can run in between on the event loop), even while a flush is being written: what a
+write in flight will take away (spend recorded, lease handed back) is counted as gone already.
+Only leasing more and writing to the store take the budget's lock.
+
 Only a settle whose actual cost exceeds what was reserved can push a budget past its limit (the
 money was spent; it is charged, never dropped).
 """
@@ -88,35 +93,40 @@ class _Budget:
     """Held by outstanding reservations."""
     pending: float = 0.0
     """Settled spend not yet written to the store."""
+    committing: float = 0.0
+    """Of ``pending``, what a store write in flight is recording."""
+    returning: float = 0.0
+    """Of ``leased``, what a store write in flight is handing back."""
+    holds: int = 0
+    """Outstanding reservations: flush never forgets an entry that has one."""
     users: int = 0
-    """Coroutines working on this entry; flush forgets an entry only when none is."""
+    """Coroutines working on this entry under its lock; flush forgets an entry only when none is."""
+    touched: bool = False
+    """Reserved from since the background flush last looked (its lease is then kept)."""
 
     @property
     def free(self) -> float:
-        return self.leased - self.reserved - self.pending
-
-
-@dataclass(eq=False)
-class _Part:
-    budget: _Budget
-    amount: float
+        """What a new reservation may take: the lease left once the writes in flight are done."""
+        return (self.leased - self.returning) - self.reserved - (self.pending - self.committing)
 
 
 class Reservation:
     """Money set aside for one request in each of its budgets. Settle or release it exactly once."""
 
-    def __init__(self, amount: float, parts: tuple[_Part, ...]) -> None:
+    __slots__ = ("_budgets", "amount", "charged", "state")
+
+    def __init__(self, amount: float, budgets: tuple[_Budget, ...]) -> None:
         self.amount = amount
-        self._parts = parts
+        self._budgets = budgets
         self.state: Literal["active", "settled", "released"] = "active"
         self.charged = 0.0
 
     @property
     def specs(self) -> tuple[BudgetSpec, ...]:
-        return tuple(p.budget.spec for p in self._parts)
+        return tuple(b.spec for b in self._budgets)
 
     def __repr__(self) -> str:
-        return f"Reservation(amount={self.amount!r}, state={self.state!r}, budgets={len(self._parts)})"
+        return f"Reservation(amount={self.amount!r}, state={self.state!r}, budgets={len(self._budgets)})"
 
 
 def _budget_id(spec: BudgetSpec, pkey: str) -> _BudgetId:
@@ -168,17 +178,18 @@ class BudgetLedger:
         if amount <= 0:
             budget.reserved += amount
             return True
-        if amount <= budget.free + EPSILON:
-            budget.reserved += amount
-            return True
         limit = budget.spec.limit_usd or 0.0
-        shortfall = amount - budget.free
-        want = max(shortfall, limit * self._lease_fraction)
-        for ask in (want, shortfall) if want > shortfall else (shortfall,):
-            if await self._lease(budget, ask):
-                budget.reserved += amount
-                return True
-        return False
+        while amount > budget.free + EPSILON:
+            shortfall = amount - budget.free
+            want = max(shortfall, limit * self._lease_fraction)
+            for ask in (want, shortfall) if want > shortfall else (shortfall,):
+                if await self._lease(budget, ask):
+                    break
+            else:
+                return False
+            # Reservations served from the lease meanwhile may have taken some of it: look again.
+        budget.reserved += amount
+        return True
 
     async def _lease(self, budget: _Budget, ask: float) -> bool:
         """Lease ``ask`` from the store. If the caller is cancelled meanwhile, a grant still counts."""
@@ -220,10 +231,11 @@ class BudgetLedger:
         free_here = max(own.free, 0.0) if own is not None else 0.0
         return max((spec.limit_usd or 0.0) - spent - leased + free_here, 0.0)
 
-    async def _give_back(self, parts: Sequence[_Part]) -> None:
-        for part in parts:
-            async with self._using(part.budget) as budget:
-                budget.reserved -= part.amount
+    @staticmethod
+    def _give_back(budgets: Sequence[_Budget], amount: float) -> None:
+        for budget in budgets:
+            budget.reserved -= amount
+            budget.holds -= 1
 
     # -- the API --------------------------------------------------------------------------------
 
@@ -239,19 +251,25 @@ class BudgetLedger:
         if self._closed:
             raise RuntimeError("the budget ledger is closed")
         now = self._clock.time()
-        done: list[_Part] = []
+        done: list[_Budget] = []
         try:
             for spec in specs:
                 if spec.limit_usd is None:
                     continue
                 budget = self._entry(spec, period_key(spec.period, now))
-                async with self._using(budget):
-                    budget.spec = spec  # the newest limit wins
-                    if not await self._take(budget, amount):
-                        raise await self._exceeded(budget, amount, now)
-                done.append(_Part(budget, amount))
+                budget.spec = spec  # the newest limit wins
+                budget.touched = True
+                if amount <= budget.free + EPSILON:  # the lease covers it: no await, nothing in between
+                    budget.reserved += amount
+                    budget.holds += 1
+                else:
+                    async with self._using(budget):
+                        if not await self._take(budget, amount):
+                            raise await self._exceeded(budget, amount, now)
+                        budget.holds += 1
+                done.append(budget)
         except BaseException:
-            await asyncio.shield(self._give_back(done))
+            self._give_back(done, amount)
             raise
         return Reservation(amount, tuple(done))
 
@@ -267,28 +285,35 @@ class BudgetLedger:
             return
         reservation.state = "settled"
         reservation.charged = actual_cost
-        for part in reservation._parts:
-            async with self._using(part.budget) as budget:
-                budget.reserved -= part.amount
-                budget.pending += actual_cost
-                deficit = -budget.free
-                if deficit > EPSILON and not self._closed:
-                    try:
-                        await self._lease(budget, deficit)
-                    except Exception:
-                        log.exception("leasing the overrun of %s failed; it is charged at flush", budget.spec.label)
-                if self._closed:
-                    await self._flush_one(budget, return_all=True)
+        amount = reservation.amount
+        for budget in reservation._budgets:
+            budget.reserved -= amount
+            budget.holds -= 1
+            budget.pending += actual_cost
+            if self._closed or -budget.free > EPSILON:
+                await self._after_settle(budget)
+
+    async def _after_settle(self, budget: _Budget) -> None:
+        """A settle that overran the lease (lease the overrun) or came after close (write it now)."""
+        async with self._using(budget):
+            deficit = -budget.free
+            if deficit > EPSILON and not self._closed:
+                try:
+                    await self._lease(budget, deficit)
+                except Exception:
+                    log.exception("leasing the overrun of %s failed; it is charged at flush", budget.spec.label)
+            if self._closed:
+                await self._flush_one(budget, return_all=True)
 
     async def release(self, reservation: Reservation) -> None:
         """Free the reservation, charging nothing (the request failed or never ran). Idempotent."""
         if reservation.state != "active":
             return
         reservation.state = "released"
-        await self._give_back(reservation._parts)
+        self._give_back(reservation._budgets, reservation.amount)
         if self._closed:
-            for part in reservation._parts:
-                async with self._using(part.budget) as budget:
+            for budget in reservation._budgets:
+                async with self._using(budget):
                     await self._flush_one(budget, return_all=True)
 
     async def remaining(self, spec: BudgetSpec) -> float:
@@ -299,16 +324,24 @@ class BudgetLedger:
 
     # -- flushing -------------------------------------------------------------------------------
 
-    async def _flush_one(self, budget: _Budget, *, return_all: bool) -> None:
-        """Under the budget's lock: write pending spend, hand back the lease it used and idle lease."""
-        spent = budget.pending
-        if return_all or budget.reserved <= EPSILON:
-            give = budget.leased
-        else:
-            give = min(spent, budget.leased - budget.reserved)
-        give = max(give, 0.0)
+    async def _flush_one(self, budget: _Budget, *, return_all: bool, keep_used: bool = False) -> None:
+        """Under the budget's lock: write pending spend, hand back the lease it used and idle lease.
+
+        ``keep_used``: a budget reserved from since the last such flush keeps its lease (the
+        background flush: a busy budget should not go back to the store for a lease each round).
+        """
+        spent = budget.pending - budget.committing  # what a write still in flight records is not ours
+        leased = budget.leased - budget.returning
+        idle = budget.reserved <= EPSILON and not (keep_used and budget.touched)
+        if keep_used:
+            budget.touched = False
+        give = leased if return_all or idle else min(spent, leased - budget.reserved)
+        spent, give = max(spent, 0.0), max(give, 0.0)
         if spent <= 0 and give <= 0:
             return
+        # Counted as done from now on: reservations served meanwhile see the lease that will be left.
+        budget.committing += spent
+        budget.returning += give
         task = asyncio.ensure_future(self._store.commit(budget.spec, budget.pkey, spent, give))
         apply = functools.partial(self._committed, budget, spent, give)
         try:
@@ -320,6 +353,12 @@ class BudgetLedger:
 
     @staticmethod
     def _committed(budget: _Budget, spent: float, give: float, task: asyncio.Future[None]) -> None:
+        budget.committing -= spent
+        budget.returning -= give
+        if abs(budget.committing) <= EPSILON:
+            budget.committing = 0.0
+        if abs(budget.returning) <= EPSILON:
+            budget.returning = 0.0
         if task.cancelled() or task.exception() is not None:
             return
         budget.pending -= spent
@@ -329,22 +368,24 @@ class BudgetLedger:
         if abs(budget.pending) <= EPSILON:
             budget.pending = 0.0
 
-    async def flush(self, *, return_all: bool = False) -> None:
+    async def flush(self, *, return_all: bool = False, keep_used: bool = False) -> None:
         """Write accumulated spend to the store and hand back leases no reservation is using.
 
         ``return_all`` hands back every lease, even those backing outstanding reservations (their
-        settles are then written by later flushes). Every budget is tried; the first failure is
-        raised after the others were flushed.
+        settles are then written by later flushes); ``keep_used`` keeps the lease of a budget
+        reserved from since the last ``keep_used`` flush (the background flush does this). Every
+        budget is tried; the first failure is raised after the others were flushed.
         """
         error: Exception | None = None
         for bid, budget in list(self._budgets.items()):
             async with self._using(budget):
                 try:
-                    await self._flush_one(budget, return_all=return_all)
+                    await self._flush_one(budget, return_all=return_all, keep_used=keep_used)
                 except Exception as exc:
                     error = error or exc
                     continue
-                idle = budget.leased == 0 and budget.pending == 0 and abs(budget.reserved) <= EPSILON
+                idle = (budget.leased == 0 and budget.pending == 0 and abs(budget.reserved) <= EPSILON
+                        and budget.holds == 0 and budget.committing == 0 and budget.returning == 0)
                 if idle and budget.users == 1 and self._budgets.get(bid) is budget:
                     del self._budgets[bid]  # nobody refers to it: forget it (old periods go this way)
         if error is not None:
@@ -353,7 +394,7 @@ class BudgetLedger:
     async def _run(self) -> None:
         while True:
             await self._clock.sleep(self._flush_interval)
-            self._flushing = asyncio.ensure_future(self.flush())
+            self._flushing = asyncio.ensure_future(self.flush(keep_used=True))
             try:
                 await asyncio.shield(self._flushing)
             except asyncio.CancelledError:

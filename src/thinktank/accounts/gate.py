@@ -12,6 +12,7 @@ import math
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..clock import Clock
 from ..errors import ThinktankError
@@ -19,7 +20,7 @@ from ..gateway.context import CallContext, Hold
 from ..gateway.strategies import Deployment
 from .budgets import BudgetLedger, BudgetSpec, Reservation
 from .principal import Principal
-from .ratelimit import RateLimiter, Subject
+from .ratelimit import RateLimiter, RatePlan, Subject
 from .usage import UsageEvent, UsageWriter
 
 __all__ = ["Admission", "BudgetMeter", "Gate"]
@@ -110,8 +111,21 @@ class Admission:
             await gate.limiter.add_tokens(self.subject, tokens - self.estimated_tokens)
 
 
+class _Governance(NamedTuple):
+    """What admitting a caller needs that depends only on who it is: remembered per principal."""
+
+    principal: Principal
+    ip: str | None
+    subject: Subject
+    plan: RatePlan
+    meter: BudgetMeter | None
+
+
 class Gate:
     """Admits requests (``admitted`` is the usual way: ``async with gate.admitted(...) as admission``)."""
+
+    #: Principals (with their address) remembered; past it, all are forgotten at once.
+    CACHE = 4096
 
     def __init__(
         self, limiter: RateLimiter, ledger: BudgetLedger, usage: UsageWriter, clock: Clock,
@@ -131,6 +145,9 @@ class Gate:
         self._id_prefix = secrets.token_hex(6) + "-"
         self._ids = itertools.count(1)
         self._later: set[asyncio.Task[None]] = set()
+        # By id(principal): the authenticator hands out the same Principal for as long as it caches
+        # it, and the entry keeps it alive, so its id cannot be reused while it is here.
+        self._governance: dict[int, _Governance] = {}
 
     def _specs(self, principal: Principal) -> list[BudgetSpec]:
         specs = list(principal.budgets)
@@ -138,20 +155,31 @@ class Gate:
             specs.append(self._global)
         return specs
 
-    async def admit(self, principal: Principal, ip: str | None, model: str, estimated_tokens: int) -> Admission:
-        """Check the rate limits (429 with Retry-After) and prepare the budget meter."""
+    def _governance_of(self, principal: Principal, ip: str | None) -> _Governance:
+        known = self._governance.get(id(principal))
+        if known is not None and known.principal is principal and known.ip == ip:
+            return known
         subject = Subject(
             key_id=principal.key_id, user_id=None if principal.is_admin_key else principal.user_id, ip=ip,
             key_rpm=principal.key_rpm, key_tpm=principal.key_tpm, user_rpm=principal.user_rpm,
             user_tpm=principal.user_tpm, tier=principal.tier,
         )
-        await self.limiter.hit_request(subject, estimated_tokens)
         specs = self._specs(principal)
         meter = BudgetMeter(self.ledger, specs, self._default_output) if specs else None
+        if len(self._governance) >= self.CACHE:
+            self._governance.clear()
+        plan = self.limiter.plan(subject)
+        made = self._governance[id(principal)] = _Governance(principal, ip, subject, plan, meter)
+        return made
+
+    async def admit(self, principal: Principal, ip: str | None, model: str, estimated_tokens: int) -> Admission:
+        """Check the rate limits (429 with Retry-After) and prepare the budget meter."""
+        governance = self._governance_of(principal, ip)
+        await self.limiter.admit(governance.plan, estimated_tokens)
         return Admission(
-            gate=self, principal=principal, subject=subject, model=model, estimated_tokens=estimated_tokens,
-            ctx=CallContext(meter=meter, principal=principal), started=self.clock.monotonic(),
-            request_id=f"{self._id_prefix}{next(self._ids):x}",
+            gate=self, principal=principal, subject=governance.subject, model=model,
+            estimated_tokens=estimated_tokens, ctx=CallContext(meter=governance.meter, principal=principal),
+            started=self.clock.monotonic(), request_id=f"{self._id_prefix}{next(self._ids):x}",
         )
 
     @contextlib.asynccontextmanager

@@ -2,11 +2,16 @@
 
 ``Authenticator.resolve`` turns a bearer token into a ``Principal``. Lookups are cached for a few
 seconds (the hot path must not hit the database on every request); revocations made through this
-process drop the cached entries at once, other processes see them within ``cache_ttl``.
+process drop the cached entries at once, other processes see them within ``cache_ttl``. A token
+in use is looked up again in the background during the last fifth of its time in the cache, so a
+busy key never waits for the database (and never sends every request in flight to it at once when
+its entry runs out); an entry is never trusted past ``cache_ttl`` all the same.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -16,11 +21,13 @@ from ..clock import Clock
 from ..errors import AuthenticationError, ModelNotFoundError
 from ..store.db import Database
 from ..store.tables import SYSTEM_USER_ID, ApiKey, Session, Team, User
-from .admin_key import AdminKey
+from .admin_key import AdminKey, hash_key
 from .budget_stores import BudgetSpec
-from .secrets import KEY_PREFIX, SESSION_PREFIX, token_hash
+from .secrets import KEY_PREFIX, SESSION_PREFIX
 
 __all__ = ["Authenticator", "Principal"]
+
+log = logging.getLogger(__name__)
 
 Period = Literal["day", "month", "total"]
 
@@ -82,32 +89,82 @@ def _user_budgets(user: User, team: Team | None) -> list[BudgetSpec]:
     return out
 
 
+@dataclass(slots=True)
+class _Cached:
+    principal: Principal
+    until: float
+    """Monotonic time after which it is not trusted."""
+    refresh_at: float
+    """Monotonic time from which the next use starts one background lookup."""
+    session: bool
+    """A session token (else an API key)."""
+
+
+#: The share of ``cache_ttl`` at the end of which a used entry is looked up again in the background.
+REFRESH_SHARE = 0.2
+
+
 class Authenticator:
     def __init__(self, db: Database, admin_key: AdminKey, clock: Clock, *, cache_ttl: float = 5.0) -> None:
         self._db = db
         self._admin_key = admin_key
         self._clock = clock
         self._ttl = cache_ttl
-        self._cache: dict[str, tuple[Principal, float]] = {}
+        self._cache: dict[bytes, _Cached] = {}
+        """By the SHA-256 of the token (the digest of :func:`hash_key`, as the admin key check uses)."""
         self._admin = Principal(user_id=SYSTEM_USER_ID, role="admin", is_admin_key=True)
+        self._generation = 0
+        """Moves on every ``forget``: a lookup that began before one must not cache what it found."""
+        self._refreshes: set[asyncio.Task[None]] = set()
 
-    def _cached(self, digest: str) -> Principal | None:
+    def _remember(self, digest: bytes, principal: Principal, session: bool) -> None:
+        now = self._clock.monotonic()
+        self._cache[digest] = _Cached(principal, now + self._ttl, now + self._ttl * (1 - REFRESH_SHARE), session)
+
+    def _cached(self, digest: bytes) -> Principal | None:
         hit = self._cache.get(digest)
         if hit is None:
             return None
-        principal, until = hit
-        if self._clock.monotonic() >= until:
+        now = self._clock.monotonic()
+        if now >= hit.until:
             del self._cache[digest]
             return None
-        return principal
+        if now >= hit.refresh_at:
+            hit.refresh_at = hit.until  # one refresh per entry
+            task = asyncio.get_running_loop().create_task(self._refresh(digest, hit))
+            self._refreshes.add(task)
+            task.add_done_callback(self._refreshes.discard)
+        return hit.principal
+
+    async def _refresh(self, digest: bytes, hit: _Cached) -> None:
+        generation = self._generation
+        try:
+            principal = await (self._session(digest.hex()) if hit.session else self._key(digest.hex()))
+        except Exception:  # the entry runs out as usual; the request after that looks it up itself
+            log.warning("refreshing a cached principal failed", exc_info=True)
+            return
+        if generation != self._generation or self._cache.get(digest) is not hit:
+            return  # forgotten (revoked here) or replaced meanwhile
+        if principal is None:
+            del self._cache[digest]  # revoked elsewhere
+        else:
+            self._remember(digest, principal, hit.session)
 
     def forget(self, *, user_id: str | None = None, key_id: str | None = None, session_id: str | None = None) -> None:
         """Drop cached principals after a revocation (this process sees it at once)."""
-        for digest, (p, _) in list(self._cache.items()):
+        self._generation += 1
+        for digest, hit in list(self._cache.items()):
+            p = hit.principal
             if (user_id and p.user_id == user_id) or (key_id and p.key_id == key_id) or (
                 session_id and p.session_id == session_id
             ):
                 del self._cache[digest]
+
+    async def close(self) -> None:
+        """Stop the background lookups still running."""
+        for task in list(self._refreshes):
+            task.cancel()
+        await asyncio.gather(*self._refreshes, return_exceptions=True)
 
     def _check_expiry(self, principal: Principal) -> Principal:
         if principal.expires_at is not None and principal.expires_at <= self._clock.time():
@@ -122,10 +179,13 @@ class Authenticator:
         """The principal for the admin key or a recently seen token, without touching the database."""
         if not token:
             return None
-        if self._admin_key.verify(token):
+        digest = hash_key(token)  # one hash serves the admin key check and the cache
+        if self._admin_key.verify_digest(digest):
             return self._admin
-        principal = self._cached(token_hash(token))
-        return None if principal is None else self._check_expiry(principal)
+        principal = self._cached(digest)
+        if principal is None:
+            return None
+        return principal if principal.expires_at is None else self._check_expiry(principal)
 
     async def resolve(self, token: str) -> Principal:
         known = self.known(token)
@@ -135,15 +195,18 @@ class Authenticator:
         """Look a token up in the database (after ``known`` missed) and cache what it finds."""
         if not token:
             raise AuthenticationError("No API key: send 'Authorization: Bearer <key>'.")
-        digest = token_hash(token)
+        digest = hash_key(token)
+        generation = self._generation
         principal: Principal | None = None
-        if token.startswith(SESSION_PREFIX):
-            principal = await self._session(digest)
+        session = token.startswith(SESSION_PREFIX)
+        if session:
+            principal = await self._session(digest.hex())
         elif token.startswith(KEY_PREFIX):
-            principal = await self._key(digest)
+            principal = await self._key(digest.hex())
         if principal is None:
             raise AuthenticationError("The API key is not valid.")
-        self._cache[digest] = (principal, self._clock.monotonic() + self._ttl)
+        if generation == self._generation:  # else a revocation came meanwhile: what was read may be stale
+            self._remember(digest, principal, session)
         return self._check_expiry(principal)
 
     async def principal_of(self, user_id: str) -> Principal | None:

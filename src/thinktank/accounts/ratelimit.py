@@ -1,20 +1,21 @@
 """Request and token rate limits, shared by every process through Redis (or in memory for one process).
 
-Strategies, all from the ``limits`` library:
-
 * **request and token counts** (key/user/ip requests per minute, key/user tokens per minute, tier
-  requests and tokens per minute/day) use the *fixed window*: one counter per limit and window,
-  cost-aware (a request adds its tokens), and the cheapest check — it runs on every request, and
-  measured at a third of the sliding window counter's cost. A window never admits more than its
-  limit, though a burst can straddle two windows (up to twice the limit across a boundary).
-* **failed authentications** use the *moving window*: exact, one timestamp per failure (rare).
+  requests and tokens per minute/day) use *fixed windows* (:mod:`.windows`): one counter per
+  limit and window, cost-aware (a request adds its tokens), the cheapest check — it runs on every
+  request. A window never admits more than its limit, though a burst can straddle two windows (up
+  to twice the limit across a boundary). In memory a check is a few dictionary operations; with
+  Redis, one script call per request tests and charges every counter.
+* **failed authentications** use the ``limits`` library's *moving window*: exact, one timestamp
+  per failure (rare).
 
-Admission is two-phase: every applicable limit is *tested*, and only if all have room is each one
-*hit*. Every hit is atomic (a Lua script in Redis, a lock in memory), so no limit ever admits more
-than it allows, whatever the number of processes. The race this leaves: two requests may both pass
-the tests, then one takes the last slot of limit B after the other already hit limit A; the loser
-is refused yet keeps the slot it took in A (``limits`` cannot give an entry back). That is
-over-counting, never over-admitting, and only under contention at the edge of a limit.
+Admission is all or nothing: a request is charged to every applicable limit only if all have
+room, atomically (in memory nothing runs in between; in Redis one Lua script does it), so no
+limit ever admits more than it allows, whatever the number of processes, and a refused request
+consumes nothing. (With Redis Sentinel or Cluster the counters go through ``limits`` one call at
+a time: every limit is tested, then each is hit; two requests may both pass the tests, then one
+takes the last slot of limit B after the other already hit limit A, and the loser keeps the slot
+it took in A — over-counting, never over-admitting, and only at the edge of a limit.)
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ from limits.storage import storage_from_string
 
 from ..config import TierConfig
 from ..errors import ConfigError, RateLimitError
+from .windows import LibraryWindows, Limit, LocalWindows, RatePlan, RedisWindows, Windows
 
-__all__ = ["RateLimiter", "Subject", "TierConfig"]
+__all__ = ["RateLimiter", "RatePlan", "Subject", "TierConfig"]
 
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster"})
 #: Single-server schemes, and the scheme redis-py expects for each.
@@ -58,19 +60,6 @@ class Subject:
     user_rpm: int | None = None
     user_tpm: int | None = None
     tier: str | None = None
-
-
-@dataclass(frozen=True)
-class _Check:
-    strategy: strategies.RateLimiter
-    item: RateLimitItem
-    ids: tuple[str, ...]
-    cost: int
-    who: str
-    unit: str
-
-    def describe(self) -> str:
-        return f"{self.who} allows {self.item.amount} {self.unit} per {self.item.GRANULARITY.name}"
 
 
 def _open_storage(uri: str | None) -> tuple[Storage, Any]:
@@ -123,8 +112,21 @@ class RateLimiter:
             raise ConfigError("rate limits: auth_max_failures and auth_window_seconds must be at least 1")
         self._storage, self._pool = _open_storage(storage_uri)
         self._moving = strategies.MovingWindowRateLimiter(self._storage)
-        self._fixed = strategies.FixedWindowRateLimiter(self._storage)
+        self._local: LocalWindows | None = None
+        self._windows: Windows
+        if self._pool is not None:
+            from redis.asyncio import Redis
+
+            self._redis: Redis | None = Redis(connection_pool=self._pool)
+            self._windows = RedisWindows(self._redis)
+        else:
+            self._redis = None
+            if (storage_uri or "memory://").startswith(("memory://", "async+memory://")):
+                self._windows = self._local = LocalWindows()
+            else:
+                self._windows = LibraryWindows(strategies.FixedWindowRateLimiter(self._storage))
         self._items: dict[tuple[type[RateLimitItem], int], RateLimitItem] = {}
+        self._plans: dict[Subject, RatePlan] = {}
         self._tiers = dict(tiers or {})
         self._ip_rpm = ip_rpm
         self._prefix = key_prefix
@@ -132,20 +134,29 @@ class RateLimiter:
 
     # -- requests and tokens -------------------------------------------------------------------
 
-    def _checks(self, s: Subject, tokens: int) -> list[_Check]:
-        """Every limit that applies to ``s``: requests cost 1, token limits cost ``tokens`` (if > 0)."""
-        out: list[_Check] = []
+    #: Subjects whose limits are remembered (a few per key, user or address); past it, all are forgotten.
+    PLAN_CACHE = 4096
+
+    def plan(self, s: Subject) -> RatePlan:
+        """Every limit that applies to ``s`` (remembered: the same caller asks again and again)."""
+        plan = self._plans.get(s)
+        if plan is None:
+            plan = RatePlan.of(self._plan(s))
+            if len(self._plans) >= self.PLAN_CACHE:
+                self._plans.clear()
+            self._plans[s] = plan
+        return plan
+
+    def _plan(self, s: Subject) -> tuple[Limit, ...]:
+        out: list[Limit] = []
 
         def add(amount: int | None, per: type[RateLimitItem], who: str, ids: tuple[str, ...], *, tok: bool) -> None:
-            if amount is None or (tok and tokens <= 0):
+            if amount is None:
                 return
             item = self._items.get((per, amount))
             if item is None:
                 item = self._items[(per, amount)] = per(amount, namespace=self._prefix)
-            if tok:
-                out.append(_Check(self._fixed, item, (*ids, "tokens"), tokens, who, "tokens"))
-            else:
-                out.append(_Check(self._fixed, item, (*ids, "requests"), 1, who, "requests"))
+            out.append(Limit.of(item, (*ids, "tokens" if tok else "requests"), tokens=tok, who=who))
 
         minute, day = RateLimitItemPerMinute, RateLimitItemPerDay
         if s.key_id is not None:
@@ -168,38 +179,42 @@ class RateLimiter:
                 add(tier.requests_per_day, day, who, ids, tok=False)
                 add(tier.tokens_per_minute, minute, who, ids, tok=True)
                 add(tier.tokens_per_day, day, who, ids, tok=True)
-        return out
+        return tuple(out)
 
-    async def _refusal(self, check: _Check) -> RateLimitError:
-        stats = await check.strategy.get_window_stats(check.item, *check.ids)
-        retry = _retry_after(stats.reset_time)
-        message = f"Rate limit: {check.describe()}; try again in {math.ceil(retry)}s"
+    async def _refusal(self, limit: Limit) -> RateLimitError:
+        _, reset = await self._windows.stats(limit)
+        retry = _retry_after(reset)
+        message = f"Rate limit: {limit.describe()}; try again in {math.ceil(retry)}s"
         return RateLimitError(message, retry_after=retry, code="rate_limit_exceeded")
 
     async def hit_request(self, subject: Subject, estimated_tokens: int) -> None:
-        """Admit one request costing ``estimated_tokens``, or raise :class:`RateLimitError` (429).
+        """Admit one request costing ``estimated_tokens``, or raise :class:`RateLimitError` (429)."""
+        await self.admit(self.plan(subject), estimated_tokens)
 
-        A refused request consumes none of the limits (up to the race described in the module doc).
+    async def admit(self, plan: RatePlan, estimated_tokens: int) -> None:
+        """``hit_request`` for a caller whose plan is at hand.
+
+        A refused request consumes none of the limits (with Redis Sentinel or Cluster, up to the
+        race described in the module doc). Token limits apply only if ``estimated_tokens`` > 0.
         """
-        checks = self._checks(subject, estimated_tokens)
-        if not checks:
-            return
-        for c in checks:
-            if c.cost > c.item.amount:  # could never pass: say so instead of a misleading Retry-After
+        if estimated_tokens > 0:
+            limits = plan.limits
+            largest = plan.largest
+            if largest is not None and estimated_tokens > largest.amount:
+                # It could never pass: say so instead of a misleading Retry-After.
                 raise RateLimitError(
-                    f"Rate limit: this request needs about {c.cost} tokens but {c.describe()}",
-                    retry_after=c.item.get_expiry(),
-                    code="request_too_large",
+                    f"Rate limit: this request needs about {estimated_tokens} tokens but {largest.describe()}",
+                    retry_after=largest.window, code="request_too_large",
                 )
-        # A fixed window's hit adds before it compares, so a refused hit still counts: test first,
-        # unless the one limit is a request count (a refused request then only fills a full window).
-        if len(checks) > 1 or checks[0].cost > 1:
-            for c in checks:  # one at a time: gather() would cost a task per check on the hot path
-                if not await c.strategy.test(c.item, *c.ids, cost=c.cost):
-                    raise await self._refusal(c)
-        for c in checks:
-            if not await c.strategy.hit(c.item, *c.ids, cost=c.cost):
-                raise await self._refusal(c)
+        else:
+            limits = plan.requests
+        if not limits:
+            return
+        local = self._local
+        refused = (local.admit_now(limits, estimated_tokens) if local is not None
+                   else await self._windows.admit(limits, estimated_tokens))
+        if refused is not None:
+            raise await self._refusal(refused)
 
     async def add_tokens(self, subject: Subject, tokens: int) -> None:
         """Charge ``tokens`` more (actual minus estimated) to the token limits; no-op if not positive.
@@ -207,14 +222,10 @@ class RateLimiter:
         The tokens were spent already, so this never refuses; a window that cannot hold them all is
         filled to its limit (the excess is not carried into the next window).
         """
-        if tokens <= 0:
-            return
-        for c in self._checks(subject, tokens):
-            if c.unit != "tokens" or await c.strategy.hit(c.item, *c.ids, cost=min(c.cost, c.item.amount)):
-                continue
-            remaining = (await c.strategy.get_window_stats(c.item, *c.ids)).remaining
-            if remaining > 0:
-                await c.strategy.hit(c.item, *c.ids, cost=remaining)
+        if tokens > 0:
+            limits = self.plan(subject).tokens
+            if limits:
+                await self._windows.fill(limits, tokens)
 
     # -- failed authentication -----------------------------------------------------------------
 
@@ -242,6 +253,8 @@ class RateLimiter:
         client = getattr(getattr(self._storage, "bridge", None), "storage", None)
         if client is not None and hasattr(client, "aclose"):
             await client.aclose()
+        if self._redis is not None:
+            await self._redis.aclose()
         if self._pool is not None:
             await self._pool.aclose()
         timer = getattr(self._storage, "timer", None)

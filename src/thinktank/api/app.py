@@ -174,6 +174,7 @@ async def _stop(state: AppState) -> None:
     await state.ledger.close()
     await state.usage_writer.close()
     await state.limiter.close()
+    await state.auth.close()  # background lookups of cached keys
     state.embedders.close()
     await state.db.close()
 
