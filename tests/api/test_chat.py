@@ -11,7 +11,7 @@ import openai
 import orjson
 import pytest
 
-from thinktank.accounts.budget_stores import BudgetSpec
+from thinktank.accounts.budget_backends import BudgetSpec
 from thinktank.api.app import create_app
 from thinktank.config import Settings, parse_config
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from thinktank.accounts.budget_stores import SqlBudgetStore
+from thinktank.accounts.budget_backends import SqlBudgetStore
 from thinktank.accounts.budgets import BudgetLedger
-from thinktank.accounts.gate import Gate
+from thinktank.accounts.governance import Gate
 from thinktank.accounts.principal import Principal
 from thinktank.accounts.ratelimit import RateLimiter
 from thinktank.accounts.usage import UsageWriter

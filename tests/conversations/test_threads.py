@@ -168,7 +168,7 @@ async def test_a_failed_turn_stores_nothing_and_is_accounted(build: Build) -> No
 
 
 async def test_budgets_apply_to_turns(build: Build) -> None:
-    from thinktank.accounts.budget_stores import BudgetSpec
+    from thinktank.accounts.budget_backends import BudgetSpec
 
     world = await build(MODELS)
     poor = Principal(user_id=ALICE.user_id, role="member",

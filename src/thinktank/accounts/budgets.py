@@ -1,6 +1,6 @@
 """Budgets that cannot be overspent: reserve before a request, settle after it.
 
-The store (SQL or Redis, see :mod:`.budget_stores`) only ever grants money that fits under the
+The store (SQL or Redis, see :mod:`.budget_backends`) only ever grants money that fits under the
 limit. A :class:`BudgetLedger` leases a slice of each budget from the store and serves
 reservations from that slice in memory, so the hot path rarely touches the store; spend is
 flushed and idle leases handed back every ``flush_interval`` seconds. Lease = money set aside, so
@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from ..clock import Clock
 from ..errors import RateLimitError
-from .budget_stores import (
+from .budget_backends import (
     EPSILON,
     BudgetSpec,
     BudgetStore,

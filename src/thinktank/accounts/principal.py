@@ -22,7 +22,7 @@ from ..errors import AuthenticationError, ModelNotFoundError
 from ..store.db import Database
 from ..store.tables import SYSTEM_USER_ID, ApiKey, Session, Team, User
 from .admin_key import AdminKey, hash_key
-from .budget_stores import BudgetSpec
+from .budget_backends import BudgetSpec
 from .secrets import KEY_PREFIX, SESSION_PREFIX
 
 __all__ = ["Authenticator", "Principal"]

@@ -100,9 +100,9 @@ def build_state(
     settings: Settings, router: Router, admin_key: AdminKey, http: HttpClient, clock: Clock,
     local_embedder: LocalEmbedder | None = None,
 ) -> AppState:
-    from ..accounts.budget_stores import BudgetStore, RedisBudgetStore, SqlBudgetStore
+    from ..accounts.budget_backends import BudgetStore, RedisBudgetStore, SqlBudgetStore
     from ..accounts.budgets import BudgetLedger
-    from ..accounts.gate import Gate
+    from ..accounts.governance import Gate
     from ..accounts.keys import KeyService
     from ..accounts.principal import Authenticator
     from ..accounts.ratelimit import RateLimiter

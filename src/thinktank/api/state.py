@@ -13,7 +13,7 @@ from ..providers._http import HttpClient
 
 if TYPE_CHECKING:
     from ..accounts.budgets import BudgetLedger
-    from ..accounts.gate import Gate
+    from ..accounts.governance import Gate
     from ..accounts.keys import KeyService
     from ..accounts.principal import Authenticator, Principal
     from ..accounts.ratelimit import RateLimiter

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from ..accounts.gate import Admission, Gate
+from ..accounts.governance import Admission, Gate
 from ..accounts.principal import Principal
 from ..catalog import Catalog
 from ..clock import Clock

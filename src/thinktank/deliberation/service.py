@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 from pydantic import ValidationError
 
-from ..accounts.budget_stores import BudgetSpec
+from ..accounts.budget_backends import BudgetSpec
 from ..accounts.budgets import BudgetExceededError
-from ..accounts.gate import PROMPT_SAFETY
+from ..accounts.governance import PROMPT_SAFETY
 from ..accounts.principal import Principal
 from ..clock import Clock
 from ..config import DebateConfig, EnsembleConfig, GatewayConfig

@@ -35,7 +35,7 @@ from ..state import AppState
 from ..uploads import MAX_FILE_BYTES, Item, Scalar, metadata_of, read_items, source_name
 
 if TYPE_CHECKING:
-    from ...accounts.gate import Admission
+    from ...accounts.governance import Admission
     from ...knowledge.service import KbView
     from ...store.tables import KbDocument, KbShare, KnowledgeBase
 

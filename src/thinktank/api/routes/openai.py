@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from ...accounts.gate import Admission
+from ...accounts.governance import Admission
 from ...accounts.principal import Principal
 from ...errors import InvalidRequestError, ModelNotFoundError, ThinktankError
 from ...gateway.tokens import estimate_request_tokens

@@ -1,6 +1,6 @@
-"""The governance of one request: rate limits before it, budget holds around every upstream
-attempt, usage recorded after it. The OpenAI endpoints (and later ensembles and debates) pass
-every request through a Gate."""
+"""Request governance: rate limits before a request, budget holds around every upstream attempt,
+usage recorded after it. Every request that spends (chat, embeddings, runs, thread turns, memory
+extraction, knowledge embeddings) passes through the Gate: ``async with gate.admitted(...)``."""
 
 from __future__ import annotations
 

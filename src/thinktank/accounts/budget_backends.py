@@ -1,4 +1,4 @@
-"""Where budgets live: one row (SQL) or one hash (Redis) per budget and period.
+"""Budget backends, where budgets live: one row (SQL) or one hash (Redis) per budget and period.
 
 A store keeps ``spent + leased <= limit`` with single atomic steps: ``acquire`` leases money only
 if it fits, ``commit`` records spend and hands leases back. Nothing here caches; the per-process
