@@ -18,7 +18,7 @@ import pytest
 from limits import RateLimitItem, RateLimitItemPerDay, RateLimitItemPerMinute
 
 from thinktank.accounts.ratelimit import RateLimiter, Subject, TierConfig
-from thinktank.accounts.windows import Limit, LocalWindows
+from thinktank.accounts.windows import Limit, LocalWindows, RedisWindows
 from thinktank.errors import ConfigError, RateLimitError
 
 from ..fakes.clock import FakeClock
@@ -418,3 +418,50 @@ async def test_two_processes_share_one_redis_limit(redis_url: str, redis_prefix:
             await check.hit_request(tokens_only, 1)
     finally:
         await check.close()
+
+
+# -- Redis: large limits are leased a share at a time ---------------------------------------------
+
+
+def _redis_key(prefix: str, amount: int, *ids: str) -> str:
+    return RedisWindows.PREFIX + Limit.of(RateLimitItemPerMinute(amount, namespace=prefix), ids, tokens=False,
+                                          who="").key
+
+
+async def _counter(url: str, key: str) -> int:
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(url)
+    try:
+        return int(await client.get(key) or 0)
+    finally:
+        await client.aclose()
+
+
+async def test_a_busy_key_takes_a_lease_and_hands_back_what_is_left(redis_url: str, redis_prefix: str) -> None:
+    limiter = RateLimiter(redis_url, key_prefix=redis_prefix)
+    subject = Subject(key_id="k", key_rpm=100_000)
+    key = _redis_key(redis_prefix, 100_000, "key", "k", "requests")
+    try:
+        await _admit(limiter, subject, 500)
+        assert await _counter(redis_url, key) == 1 + 1000  # one lease (1 %) served all 500
+    finally:
+        await limiter.close()
+    assert await _counter(redis_url, key) == 500  # what was not used went back
+
+
+async def test_leases_of_two_processes_never_admit_more_than_the_limit(redis_url: str, redis_prefix: str) -> None:
+    a = RateLimiter(redis_url, key_prefix=redis_prefix)
+    b = RateLimiter(redis_url, key_prefix=redis_prefix)
+    subject = Subject(key_id="k", key_rpm=2000, user_id="u", user_rpm=100_000)
+    try:
+        results = await asyncio.gather(*((a if i % 2 else b).hit_request(subject, 0) for i in range(2600)),
+                                       return_exceptions=True)
+    finally:
+        await a.close()
+        await b.close()
+    admitted = sum(r is None for r in results)
+    assert all(r is None or isinstance(r, RateLimitError) for r in results)
+    assert 2000 - 2 * 20 <= admitted <= 2000  # each may hold up to 1 % unused when the other is refused
+    assert await _counter(redis_url, _redis_key(redis_prefix, 2000, "key", "k", "requests")) == admitted
+    assert await _counter(redis_url, _redis_key(redis_prefix, 100_000, "user", "u", "requests")) == admitted

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Mapping
@@ -39,6 +40,8 @@ from ..errors import ConfigError, RateLimitError
 from .windows import LibraryWindows, Limit, LocalWindows, RatePlan, RedisWindows, Windows
 
 __all__ = ["RateLimiter", "RatePlan", "Subject", "TierConfig"]
+
+log = logging.getLogger(__name__)
 
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster"})
 #: Single-server schemes, and the scheme redis-py expects for each.
@@ -113,12 +116,13 @@ class RateLimiter:
         self._storage, self._pool = _open_storage(storage_uri)
         self._moving = strategies.MovingWindowRateLimiter(self._storage)
         self._local: LocalWindows | None = None
+        self._shared: RedisWindows | None = None
         self._windows: Windows
         if self._pool is not None:
             from redis.asyncio import Redis
 
             self._redis: Redis | None = Redis(connection_pool=self._pool)
-            self._windows = RedisWindows(self._redis)
+            self._windows = self._shared = RedisWindows(self._redis)
         else:
             self._redis = None
             if (storage_uri or "memory://").startswith(("memory://", "async+memory://")):
@@ -250,6 +254,11 @@ class RateLimiter:
 
     async def close(self) -> None:
         """Close the Redis connections (or stop the in-memory expiry task)."""
+        if self._shared is not None:
+            try:
+                await self._shared.close()  # hand back unused leases
+            except Exception:  # pragma: no cover - Redis gone at shutdown: the windows run out anyway
+                log.warning("handing back rate-limit leases failed", exc_info=True)
         client = getattr(getattr(self._storage, "bridge", None), "storage", None)
         if client is not None and hasattr(client, "aclose"):
             await client.aclose()

@@ -7,8 +7,9 @@ hold the counters:
 
 * :class:`LocalWindows`: this process's memory, plain dictionary arithmetic (no await, no lock:
   nothing can run between the test and the charge);
-* :class:`RedisWindows`: one Redis round trip per admission (a Lua script tests and charges every
-  counter atomically), shared by every process;
+* :class:`RedisWindows`: shared by every process through Redis; a process leases a share of a
+  large limit at a time and admits from it in memory (see the class), small limits are charged in
+  Redis on every request (a Lua script tests and charges every counter short of room atomically);
 * :class:`LibraryWindows`: the ``limits`` library's fixed-window strategy, one call per counter
   (Redis Sentinel and Cluster, whose clients ``limits`` builds): tests first, then hits; two
   requests racing for the last slots can over-count (never over-admit), see :mod:`.ratelimit`.
@@ -16,6 +17,7 @@ hold the counters:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -145,20 +147,28 @@ class LocalWindows:
         return max(limit.amount - int(entry[0]), 0), entry[1]
 
 
-# KEYS: the counters; ARGV: for counter i, ARGV[3i-2] its limit, ARGV[3i-1] the cost, ARGV[3i] its window (s).
-_ADMIT_LUA = """
+# KEYS: the counters this process needs more of. ARGV for counter i: ARGV[4i-3] its limit,
+# ARGV[4i-2] what it must get (else nothing is taken anywhere), ARGV[4i-1] what it would like,
+# ARGV[4i] its window (s). Returns {i} for the first counter without room, else {0, grant, pttl, ...}.
+_LEASE_LUA = """
+local current = {}
 for i = 1, #KEYS do
-  local current = tonumber(redis.call('GET', KEYS[i]) or '0')
-  if current + tonumber(ARGV[3 * i - 1]) > tonumber(ARGV[3 * i - 2]) then return i end
+  local c = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if c + tonumber(ARGV[4 * i - 2]) > tonumber(ARGV[4 * i - 3]) then return {i} end
+  current[i] = c
 end
+local out = {0}
 for i = 1, #KEYS do
-  local cost = tonumber(ARGV[3 * i - 1])
-  if redis.call('INCRBY', KEYS[i], cost) == cost then redis.call('EXPIRE', KEYS[i], ARGV[3 * i]) end
+  local grant = math.min(tonumber(ARGV[4 * i - 1]), tonumber(ARGV[4 * i - 3]) - current[i])
+  if redis.call('INCRBY', KEYS[i], grant) == grant then redis.call('EXPIRE', KEYS[i], ARGV[4 * i]) end
+  out[#out + 1] = grant
+  out[#out + 1] = redis.call('PTTL', KEYS[i])
 end
-return 0
+return out
 """
 
-# The same arguments: each counter gets its cost, or what is left below its limit.
+# KEYS: counters; ARGV for counter i: ARGV[3i-2] its limit, ARGV[3i-1] the cost, ARGV[3i] its window (s).
+# Each counter gets its cost, or what is left below its limit.
 _FILL_LUA = """
 for i = 1, #KEYS do
   local current = tonumber(redis.call('GET', KEYS[i]) or '0')
@@ -168,37 +178,124 @@ end
 return 0
 """
 
+# KEYS: counters; ARGV[i]: what this process hands back to counter i (only if it still exists).
+_RETURN_LUA = """
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('DECRBY', KEYS[i], ARGV[i]) end
+end
+return 0
+"""
+
 
 class RedisWindows:
-    """Counters in Redis (one key each, expiring with its window), one script call per admission.
+    """Counters in Redis (one key each, expiring with its window), shared by every process.
+
+    A process takes a share of a large limit at a time (``lease_share`` of it, for limits of at
+    least ``lease_from``) and admits requests from that lease in memory, so a busy key goes to
+    Redis once per lease instead of once per request; smaller limits are charged in Redis on
+    every request. What a process has leased counts as used in Redis, so no limit ever admits
+    more than it allows; the price is that a lease not used up by the end of its window is
+    counted all the same (at most ``lease_share`` of a limit per process and window), and
+    :meth:`close` hands back what is left. A refused request takes nothing: every counter
+    short of room is asked for in one Lua script, all or nothing. Windows are a minute or more.
 
     The keys are the ones the ``limits`` library gives the same counters, with the same expiry
     rule, so processes of an earlier version (which counted through ``limits``) share the counts.
     """
 
     PREFIX = "LIMITS:"
+    #: Leases never outlive what Redis says is left of their window minus this (seconds).
+    MARGIN = 0.5
 
-    def __init__(self, client: Redis, now: Callable[[], float] = time.time) -> None:
+    def __init__(self, client: Redis, now: Callable[[], float] = time.time, *, lease_share: float = 0.01,
+                 lease_from: int = 1000) -> None:
         self._client = client
         self._now = now
-        self._admit = client.register_script(_ADMIT_LUA)
+        self._share = lease_share
+        self._from = lease_from
+        self._lease = client.register_script(_LEASE_LUA)
         self._fill = client.register_script(_FILL_LUA)
+        self._return = client.register_script(_RETURN_LUA)
+        self._leases: dict[str, list[float]] = {}  # key -> [units left, end of its window]
+        self._asking: dict[str, asyncio.Future[None]] = {}  # key -> the lease request on its way
 
-    @staticmethod
-    def _args(limits: Sequence[Limit], tokens: int) -> list[int]:
-        args: list[int] = []
+    def _block(self, limit: Limit) -> int:
+        return int(limit.amount * self._share) if limit.amount >= self._from else 0
+
+    def _take(self, limits: Sequence[Limit], tokens: int, now: float) -> list[Limit]:
+        """Charge the leases if every limit's has room (and return []); else the limits short of it."""
+        leases = self._leases
+        short = []
         for limit in limits:
-            args += (limit.amount, tokens if limit.tokens else 1, limit.window)
-        return args
+            lease = leases.get(limit.key)
+            if lease is None or lease[1] <= now or lease[0] < (tokens if limit.tokens else 1):
+                short.append(limit)
+        if not short:
+            for limit in limits:
+                leases[limit.key][0] -= tokens if limit.tokens else 1
+        return short
 
     async def admit(self, limits: Sequence[Limit], tokens: int) -> Limit | None:
-        keys = [self.PREFIX + lim.key for lim in limits]
-        refused = int(await self._admit(keys=keys, args=self._args(limits, tokens)))
-        return limits[refused - 1] if refused else None
+        while True:
+            now = self._now()
+            short = self._take(limits, tokens, now)
+            if not short:
+                return None
+            # One lease request per counter at a time: the requests that find a counter short
+            # while one is on its way wait for it (else each would lease a share of its own).
+            waiting = next((self._asking[lim.key] for lim in short if lim.key in self._asking), None)
+            if waiting is not None:
+                await asyncio.shield(waiting)
+                continue
+            asked = asyncio.get_running_loop().create_future()
+            for limit in short:
+                self._asking[limit.key] = asked
+            try:
+                refused = await self._ask(short, tokens, now)
+            finally:
+                for limit in short:
+                    del self._asking[limit.key]
+                asked.set_result(None)
+            if refused is not None:
+                return refused
+            # Others may have used the leases meanwhile: take again (what was granted stays leased).
+
+    async def _ask(self, short: Sequence[Limit], tokens: int, now: float) -> Limit | None:
+        """Lease what ``short`` lacks from Redis, all or nothing; the first limit without room, if any."""
+        args: list[int] = []
+        for limit in short:
+            lease = self._leases.get(limit.key)
+            have = int(lease[0]) if lease is not None and lease[1] > now else 0
+            need = (tokens if limit.tokens else 1) - have
+            args += (limit.amount, need, need + self._block(limit), limit.window)
+        result = await self._lease(keys=[self.PREFIX + lim.key for lim in short], args=args)
+        if int(result[0]):
+            return short[int(result[0]) - 1]
+        for i, limit in enumerate(short):
+            grant, ttl_ms = int(result[1 + 2 * i]), int(result[2 + 2 * i])
+            end = now + (ttl_ms / 1000 if ttl_ms > 0 else limit.window) - self.MARGIN
+            lease = self._leases.get(limit.key)
+            if lease is not None and lease[1] > now and end <= lease[1] + 1.0:
+                lease[0] += grant  # the same window (a new one would end a whole window later)
+                lease[1] = min(lease[1], end)
+            else:
+                self._leases[limit.key] = [grant, end]
+        return None
 
     async def fill(self, limits: Sequence[Limit], tokens: int) -> None:
-        if limits:
-            await self._fill(keys=[self.PREFIX + lim.key for lim in limits], args=self._args(limits, tokens))
+        now = self._now()
+        rest: list[Limit] = []
+        args: list[int] = []
+        for limit in limits:
+            lease = self._leases.get(limit.key)
+            taken = min(int(lease[0]), tokens) if lease is not None and lease[1] > now else 0
+            if taken:
+                lease[0] -= taken  # type: ignore[index]
+            if tokens > taken:
+                rest.append(limit)
+                args += (limit.amount, tokens - taken, limit.window)
+        if rest:
+            await self._fill(keys=[self.PREFIX + lim.key for lim in rest], args=args)
 
     async def stats(self, limit: Limit) -> tuple[int, float]:
         key = self.PREFIX + limit.key
@@ -209,6 +306,14 @@ class RedisWindows:
         left = max(limit.amount - int(count or 0), 0)
         ttl = ttl_ms / 1000 if ttl_ms is not None and ttl_ms > 0 else float(limit.window)
         return left, self._now() + ttl
+
+    async def close(self) -> None:
+        """Hand back what is left of the leases whose window is still on."""
+        now = self._now()
+        back = {key: int(left) for key, (left, end) in self._leases.items() if end > now and left >= 1}
+        self._leases.clear()
+        if back:
+            await self._return(keys=[self.PREFIX + k for k in back], args=list(back.values()))
 
 
 class LibraryWindows:
