@@ -45,11 +45,13 @@ def config(url: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def env(settings: Settings, local_embedder: LocalEmbedder) -> AsyncIterator[Env]:
+async def env(settings: Settings, local_embedder: LocalEmbedder, db_url: str) -> AsyncIterator[Env]:
+    """thinktank on SQLite, then on PostgreSQL."""
     from .apps import served
 
     script = Scripted()
-    async with served(settings, local_embedder, script, config) as (url, app, upstream, http):
+    on_db = settings.model_copy(update={"database_url": db_url})
+    async with served(on_db, local_embedder, script, config) as (url, app, upstream, http):
         yield Env(url, app, upstream, http, script)
 
 
@@ -214,16 +216,25 @@ async def test_cycles_are_refused_naming_the_path(env: Env, tmp_path: Path) -> N
         create_app(Settings(data_dir=tmp_path / "b", admin_key=ADMIN), parse_config(via_kb))
 
 
-async def test_a_nested_run_is_bounded_by_max_cost_usd(env: Env) -> None:
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_nested_run_is_bounded_by_max_cost_usd(env: Env, stream: bool) -> None:
     _, headers = await env.user("carol@example.com")
     # each call costs about 24 prompt tokens and holds far more: a cap that fits a few calls only
-    r = await env.chat(headers, model="ensemble/outer", max_cost_usd=0.00005, max_tokens=10)
+    r = await env.chat(headers, model="ensemble/outer", max_cost_usd=0.00005, max_tokens=10, stream=stream)
     run_id = r.headers["x-thinktank-run-id"]
     record = await run_record(env, run_id)
+    assert record["status"] == "budget_exceeded", record
     assert record["cost_usd"] <= 0.00005
-    if r.status_code == 200:
-        pytest.fail(f"the cap should have stopped the run: {record}")
-    assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded"
+    # the child run stopped too: on the cap, or cancelled when its sibling's refusal stopped the parent
+    [child_id] = [e["data"]["run_id"] for e in await run_events(env, run_id) if e["type"] == "child_run"]
+    child = await run_record(env, child_id)
+    assert child["status"] in ("budget_exceeded", "cancelled") and child["request"]["parent_run"] == run_id
+    if stream:
+        assert r.status_code == 200  # the stream had begun: the refusal is its last event
+        [error] = [c for c in sse_data(r.text) if "error" in c]
+        assert error["error"]["code"] == "budget_exceeded"
+    else:
+        assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded"
 
 
 async def test_a_key_budget_bounds_the_whole_tree(env: Env) -> None:
