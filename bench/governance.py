@@ -5,6 +5,7 @@ usage row (and every cent) arrives.
 
     python bench/governance.py                     # every backend and case, 5 s runs
     python bench/governance.py --backends sqlite --seconds 4 --cases admin/priced,vkey/priced
+    python bench/governance.py --peers             # the admin key and the key side by side with Portkey
 
 Four cases per server: the admin key and the virtual key, each on a model without a price
 (``fake-model``: a hold would cost 0, so none is taken) and on the same upstream with list prices
@@ -203,6 +204,27 @@ def run_backend(
     return res
 
 
+def peers(gateway_bench: Path, seconds: int, conc: str) -> None:
+    """The admin key and the governed key on the priced model, then Portkey, through the shared
+    benchmark (one server, SQLite; the targets run one after the other, as in bench/gateway.py)."""
+    data_dir = Path(tempfile.mkdtemp(prefix="tt-gov-peers-"))
+    proc = start(f"sqlite+aiosqlite:///{data_dir / 'thinktank.db'}", data_dir)
+    try:
+        key = str(api("POST", "/api/v1/keys", {
+            "name": "bench", "budget_usd": 1_000_000, "budget_period": "day", "rpm": 100_000_000,
+            "tpm": 1_000_000_000})["key"])
+        url = f"http://127.0.0.1:{PORT}"
+        cmd = [sys.executable, str(gateway_bench), "--target", f"tt-admin={url},Authorization: Bearer {ADMIN}",
+               "--target", f"tt-key={url},Authorization: Bearer {key}", "--target-pid", f"tt-admin={proc.pid}",
+               "--target-pid", f"tt-key={proc.pid}", "--with-portkey", "--model", "fake-priced",
+               "--conc", conc, "--seconds", str(seconds), "--keep"]
+        print("$", " ".join(c.replace(key, "<key>") for c in cmd), flush=True)
+        subprocess.run(cmd, check=False)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gateway-bench", type=Path, default=ROOT.parent / "shared" / "bench" / "gateway_bench.py")
@@ -211,6 +233,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=8, help="best a multiple of the number of cases")
     ap.add_argument("--redis", default=os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0"))
+    ap.add_argument("--peers", action="store_true", help="only the side-by-side run with Portkey (c=1 and 32)")
     a = ap.parse_args()
     cases = a.cases.split(",")
     unknown = [c for c in cases if c not in CASES]
@@ -219,6 +242,12 @@ def main() -> int:
     shared = shared_module(a.gateway_bench)
     shared.need("wrk", "wrk")
     shared.start_upstream()
+    if a.peers:
+        try:
+            peers(a.gateway_bench, a.seconds, "1,32")
+        finally:
+            shared.stop_upstream()
+        return 0
     results = []
     try:
         for backend in a.backends.split(","):

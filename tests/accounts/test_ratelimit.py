@@ -465,3 +465,24 @@ async def test_leases_of_two_processes_never_admit_more_than_the_limit(redis_url
     assert 2000 - 2 * 20 <= admitted <= 2000  # each may hold up to 1 % unused when the other is refused
     assert await _counter(redis_url, _redis_key(redis_prefix, 2000, "key", "k", "requests")) == admitted
     assert await _counter(redis_url, _redis_key(redis_prefix, 100_000, "user", "u", "requests")) == admitted
+
+
+async def test_a_window_about_to_end_is_charged_per_request_not_leased(redis_url: str, redis_prefix: str,
+                                                                      clock: FakeClock) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(redis_url)
+    windows = RedisWindows(client, clock.time)
+    limit = Limit.of(RateLimitItemPerMinute(100_000, namespace=redis_prefix), ("key", "k", "requests"),
+                     tokens=False, who="key k")
+    key = RedisWindows.PREFIX + limit.key
+    try:
+        assert await windows.admit([limit], 0) is None  # leases 1 + 1 %
+        assert int(await client.get(key) or 0) == 1001
+        await client.pexpire(key, 300)  # the window ends in 0.3 s...
+        clock.advance(60)  # ...and this process's lease has run out
+        for _ in range(50):
+            assert await windows.admit([limit], 0) is None
+        assert int(await client.get(key) or 0) == 1001 + 50  # one unit per request, no lease that would go to waste
+    finally:
+        await client.aclose()

@@ -147,20 +147,24 @@ class LocalWindows:
         return max(limit.amount - int(entry[0]), 0), entry[1]
 
 
-# KEYS: the counters this process needs more of. ARGV for counter i: ARGV[4i-3] its limit,
-# ARGV[4i-2] what it must get (else nothing is taken anywhere), ARGV[4i-1] what it would like,
-# ARGV[4i] its window (s). Returns {i} for the first counter without room, else {0, grant, pttl, ...}.
+# KEYS: the counters this process needs more of. ARGV for counter i: ARGV[5i-4] its limit,
+# ARGV[5i-3] what it must get (else nothing is taken anywhere), ARGV[5i-2] what it would like,
+# ARGV[5i-1] its window (s), ARGV[5i] (ms): if its window ends sooner, only what it must get.
+# Returns {i} for the first counter without room, else {0, grant, pttl, ...}.
 _LEASE_LUA = """
 local current = {}
 for i = 1, #KEYS do
   local c = tonumber(redis.call('GET', KEYS[i]) or '0')
-  if c + tonumber(ARGV[4 * i - 2]) > tonumber(ARGV[4 * i - 3]) then return {i} end
+  if c + tonumber(ARGV[5 * i - 3]) > tonumber(ARGV[5 * i - 4]) then return {i} end
   current[i] = c
 end
 local out = {0}
 for i = 1, #KEYS do
-  local grant = math.min(tonumber(ARGV[4 * i - 1]), tonumber(ARGV[4 * i - 3]) - current[i])
-  if redis.call('INCRBY', KEYS[i], grant) == grant then redis.call('EXPIRE', KEYS[i], ARGV[4 * i]) end
+  local want = tonumber(ARGV[5 * i - 2])
+  local ttl = redis.call('PTTL', KEYS[i])
+  if ttl >= 0 and ttl < tonumber(ARGV[5 * i]) then want = tonumber(ARGV[5 * i - 3]) end
+  local grant = math.min(want, tonumber(ARGV[5 * i - 4]) - current[i])
+  if redis.call('INCRBY', KEYS[i], grant) == grant then redis.call('EXPIRE', KEYS[i], ARGV[5 * i - 1]) end
   out[#out + 1] = grant
   out[#out + 1] = redis.call('PTTL', KEYS[i])
 end
@@ -222,13 +226,18 @@ class RedisWindows:
     def _block(self, limit: Limit) -> int:
         return int(limit.amount * self._share) if limit.amount >= self._from else 0
 
-    def _take(self, limits: Sequence[Limit], tokens: int, now: float) -> list[Limit]:
-        """Charge the leases if every limit's has room (and return []); else the limits short of it."""
+    def _take(self, limits: Sequence[Limit], tokens: int, now: float, fresh: frozenset[str] = frozenset()
+              ) -> list[Limit]:
+        """Charge the leases if every limit's has room (and return []); else the limits short of it.
+
+        ``fresh``: keys whose lease was granted just now, usable even if their window is ending
+        (the units were counted in that window when they were granted)."""
         leases = self._leases
         short = []
         for limit in limits:
             lease = leases.get(limit.key)
-            if lease is None or lease[1] <= now or lease[0] < (tokens if limit.tokens else 1):
+            if lease is None or (lease[1] <= now and limit.key not in fresh) or lease[0] < (
+                    tokens if limit.tokens else 1):
                 short.append(limit)
         if not short:
             for limit in limits:
@@ -236,9 +245,10 @@ class RedisWindows:
         return short
 
     async def admit(self, limits: Sequence[Limit], tokens: int) -> Limit | None:
+        fresh: frozenset[str] = frozenset()
         while True:
             now = self._now()
-            short = self._take(limits, tokens, now)
+            short = self._take(limits, tokens, now, fresh)
             if not short:
                 return None
             # One lease request per counter at a time: the requests that find a counter short
@@ -258,6 +268,7 @@ class RedisWindows:
                 asked.set_result(None)
             if refused is not None:
                 return refused
+            fresh = frozenset(lim.key for lim in short)
             # Others may have used the leases meanwhile: take again (what was granted stays leased).
 
     async def _ask(self, short: Sequence[Limit], tokens: int, now: float) -> Limit | None:
@@ -267,7 +278,7 @@ class RedisWindows:
             lease = self._leases.get(limit.key)
             have = int(lease[0]) if lease is not None and lease[1] > now else 0
             need = (tokens if limit.tokens else 1) - have
-            args += (limit.amount, need, need + self._block(limit), limit.window)
+            args += (limit.amount, need, need + self._block(limit), limit.window, int(self.MARGIN * 2000))
         result = await self._lease(keys=[self.PREFIX + lim.key for lim in short], args=args)
         if int(result[0]):
             return short[int(result[0]) - 1]
