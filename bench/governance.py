@@ -214,12 +214,14 @@ def peers(gateway_bench: Path, seconds: int, conc: str) -> None:
             "name": "bench", "budget_usd": 1_000_000, "budget_period": "day", "rpm": 100_000_000,
             "tpm": 1_000_000_000})["key"])
         url = f"http://127.0.0.1:{PORT}"
-        cmd = [sys.executable, str(gateway_bench), "--target", f"tt-admin={url},Authorization: Bearer {ADMIN}",
-               "--target", f"tt-key={url},Authorization: Bearer {key}", "--target-pid", f"tt-admin={proc.pid}",
-               "--target-pid", f"tt-key={proc.pid}", "--with-portkey", "--model", "fake-priced",
-               "--conc", conc, "--seconds", str(seconds), "--keep"]
-        print("$", " ".join(c.replace(key, "<key>") for c in cmd), flush=True)
-        subprocess.run(cmd, check=False)
+        admin = ["--target", f"tt-admin={url},Authorization: Bearer {ADMIN}", "--target-pid", f"tt-admin={proc.pid}"]
+        governed = ["--target", f"tt-key={url},Authorization: Bearer {key}", "--target-pid", f"tt-key={proc.pid}"]
+        # The targets run one after the other: both orders, so that drift shows (Portkey once).
+        for targets, extra in ((governed + admin, ["--with-portkey"]), (admin + governed, [])):
+            cmd = [sys.executable, str(gateway_bench), *targets, *extra, "--model", "fake-priced",
+                   "--conc", conc, "--seconds", str(seconds), "--keep"]
+            print("$", " ".join(c.replace(key, "<key>") for c in cmd), flush=True)
+            subprocess.run(cmd, check=False)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
