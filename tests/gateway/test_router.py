@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import json
 import random
 import struct
 from collections import Counter
@@ -458,3 +459,31 @@ async def test_a_stream_cut_short_settles_what_was_produced(ctx: ProviderContext
     await stream.aclose()  # the client went away
     assert [k for k, _, _ in meter.events] == ["reserve", "settle"]
     assert meter.events[-1][2] > 0  # the prompt and the words produced, never the whole hold twice
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_usage_an_upstream_reports_is_bounded(fake_openai: FakeUpstream, ctx: ProviderContext,
+                                                    stream: bool) -> None:
+    """A negative count would credit budgets; one past 2**53 is more than a usage row holds: both are bounded.
+    (Past 64 bits the answer is not read at all: an upstream bad-response error.)"""
+    body = fmt.completion("hi", prompt_tokens=-5_000_000, completion_tokens=2**60)
+    if stream:
+        chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                 "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}],
+                 "usage": body["usage"]}
+        fake_openai.queue(Reply(sse=[f"data: {json.dumps(chunk)}\n\n", "data: [DONE]\n\n"]))
+    else:
+        fake_openai.queue(Reply(body=json.dumps(body).encode(), headers={"content-type": "application/json"}))
+    records: list[UsageRecord] = []
+    r = router(ctx, {"models": [oa("m", fake_openai.url, input_price=1, output_price=2)]})
+    r.observers.append(records.append)
+    if stream:
+        chunks = [c async for c in r.stream(req(stream=True))]
+        usage = next(c.usage for c in chunks if c.usage is not None)
+    else:
+        usage = (await r.complete(req())).usage
+    assert usage is not None
+    assert usage.prompt_tokens == 0 and usage.completion_tokens == 2**53 - 1
+    assert usage.total_tokens == 2**53 - 1 and usage.cost is not None and usage.cost >= 0
+    [record] = records
+    assert record.prompt_tokens == 0 and record.completion_tokens == 2**53 - 1 and record.cost == usage.cost

@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
+from ..bounds import MAX_SAFE_INT
 from ..clock import Clock
 from ..config import DeploymentConfig, GatewayConfig, Strategy
 from ..errors import (
@@ -320,8 +321,11 @@ class Router:
     ) -> Usage:
         """The one place cost is computed; settles the attempt's budget hold and tells observers."""
         usage = usage or Usage()
+        # The upstream's word, bounded: a negative count would credit budgets, a huge one break the usage row.
+        usage.prompt_tokens = min(max(usage.prompt_tokens, 0), MAX_SAFE_INT)
+        usage.completion_tokens = min(max(usage.completion_tokens, 0), MAX_SAFE_INT)
         usage.cost = attempt.deployment.price.cost(usage.prompt_tokens, usage.completion_tokens)
-        if usage.total_tokens == 0:
+        if usage.total_tokens <= 0 or usage.total_tokens > MAX_SAFE_INT:
             usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
         latency = self._clock.monotonic() - attempt.started
         attempt.deployment.stats.observe(latency)
