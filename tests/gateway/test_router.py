@@ -25,7 +25,7 @@ from thinktank.errors import (
 from thinktank.gateway.router import Router, UsageRecord
 from thinktank.providers.base import ProviderContext
 from thinktank.providers.mock import MockProvider
-from thinktank.types import ChatRequest, EmbeddingRequest
+from thinktank.types import ChatRequest, EmbeddingRequest, Usage
 
 from ..fakes import openai as fmt
 from ..fakes.clock import FakeClock
@@ -477,9 +477,9 @@ async def test_usage_an_upstream_reports_is_bounded(fake_openai: FakeUpstream, c
     records: list[UsageRecord] = []
     r = router(ctx, {"models": [oa("m", fake_openai.url, input_price=1, output_price=2)]})
     r.observers.append(records.append)
+    usage: Usage | None
     if stream:
-        chunks = [c async for c in r.stream(req(stream=True))]
-        usage = next(c.usage for c in chunks if c.usage is not None)
+        usage = [c.usage async for c in r.stream(req(stream=True)) if c.usage is not None][-1]
     else:
         usage = (await r.complete(req())).usage
     assert usage is not None
