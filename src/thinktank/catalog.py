@@ -218,23 +218,20 @@ class Catalog:
         if not refs and not request.model.startswith(KB_PREFIX):
             raise InvalidRequestError("knowledge: name the knowledge bases in knowledge_bases (or use a kb/<name> "
                                       "model)", param="knowledge_bases")
-        if params.rerank_model is not None:
-            self.resolve(request.model, principal)  # the model's own errors first
-            self._check_helper(principal, params.rerank_model, "knowledge.rerank_model")
         plain = request.model_copy()
         plain.__pydantic_extra__ = rest
         return self.grounded(request.model, principal, refs, params=params), plain
 
     def grounded(self, name: str, principal: Principal | None, knowledge_bases: list[str], *,
                  params: KnowledgeParams | None = None) -> ChatModel:
-        """``name`` answering from ``knowledge_bases`` too (checked for ``principal``): grounded once, so
-        ``kb/x`` with more knowledge bases searches them all together."""
-        model = self.resolve(name, principal)
-        if name.startswith(KB_PREFIX):
-            answering = self.knowledge_model()
-            assert answering is not None  # resolve() said so
-            model = self._model(answering)
-        return self.grounding().wrap(model, knowledge_bases, name=name, params=params)
+        """``name`` answering from ``knowledge_bases`` too (checked for ``principal``, and so is a requested
+        rerank model): grounded once, so ``kb/x`` with more knowledge bases searches them all together."""
+        self.check(principal, name)
+        if params is not None and params.rerank_model is not None:
+            self._check_helper(principal, params.rerank_model, "knowledge.rerank_model")
+        answering = self.knowledge_model() if name.startswith(KB_PREFIX) else name
+        assert answering is not None  # check() said so
+        return self.grounding().wrap(self._model(answering), knowledge_bases, name=name, params=params)
 
     def _check_helper(self, principal: Principal | None, name: str, param: str) -> None:
         if not self.allows(principal, name):
