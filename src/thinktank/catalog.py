@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from .accounts.principal import Principal
-from .errors import ConfigError, InvalidRequestError, ModelNotFoundError
+from .errors import InvalidRequestError, ModelNotFoundError
 from .gateway.context import CallContext
 from .gateway.router import Router
 from .names import KB_PREFIX, MAX_DEPTH, RUN_PREFIXES, find_cycle
@@ -85,15 +85,11 @@ class Catalog:
         """One RoutedModel per name served (they hold nothing but the name)."""
 
     def bind_runs(self, runs: Deliberation) -> None:
+        """(The configuration's own cycles were refused when it was read: ``GatewayConfig``.)"""
         self._runs = runs
-        for kind, name in [*(("ensemble", n) for n in runs.ensembles), *(("debate", n) for n in runs.debates)]:
-            self._refuse_cycles(f"{kind}/{name}", config=True)
 
     def bind_knowledge(self, knowledge: KnowledgeService) -> None:
         self._knowledge = knowledge
-        answering = self.config.knowledge.model
-        if answering:
-            self._refuse_cycles(answering, config=True)
 
     @property
     def name(self) -> str:
@@ -118,14 +114,11 @@ class Catalog:
             return self._runs.models_of(cfg) if cfg is not None else []
         return []
 
-    def _refuse_cycles(self, root: str, *, start: Iterable[str] | None = None, config: bool = False) -> None:
-        """A name that reaches itself (or nests too deep) is refused, naming the path."""
+    def _refuse_cycles(self, root: str, *, start: Iterable[str] | None = None) -> None:
+        """A name that reaches itself (or nests too deep) is a 400 naming the path."""
         why = find_cycle(root, self.uses, start=start)
-        if why is None:
-            return
-        if config:
-            raise ConfigError(why)
-        raise InvalidRequestError(why, param="model", code="model_cycle")
+        if why is not None:
+            raise InvalidRequestError(why, param="model", code="model_cycle")
 
     # -- access ----------------------------------------------------------------------------------
     def allows(self, principal: Principal | None, name: str) -> bool:
