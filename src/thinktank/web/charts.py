@@ -167,7 +167,8 @@ def line_chart(
                 f'<text class="label" x="{_n(px(fx))}" y="{_n(base + 16)}" text-anchor="middle">{_text(label)}</text>'
             )
     legend: list[str] = []
-    lx, ly = left, height + 4.0
+    legend_x = 8.0
+    lx, ly = legend_x, height + 4.0
     for i, (name, pts) in enumerate(clean):
         cls = f"series-{i % PALETTE_SIZE}"
         coords = " ".join(f"{_n(px(x))},{_n(py(y))}" for x, y in pts)
@@ -179,8 +180,8 @@ def line_chart(
                 f'<circle class="point {cls}" cx="{_n(px(x))}" cy="{_n(py(y))}" r="3"><title>{tip}</title></circle>'
             )
         item_w = 18 + min(len(name), 28) * _CHAR + 14
-        if lx + item_w > width and lx > left:
-            lx, ly = left, ly + 18
+        if lx + item_w > width and lx > legend_x:
+            lx, ly = legend_x, ly + 18
         legend.append(f'<rect class="{cls}" x="{_n(lx)}" y="{_n(ly)}" width="12" height="12"/>')
         legend.append(
             f'<text class="label" x="{_n(lx + 16)}" y="{_n(ly + 10)}">{_text(_clip(name, 28 * _CHAR))}</text>'
