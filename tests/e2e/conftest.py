@@ -7,17 +7,45 @@ Fixtures: ``server`` (:class:`~tests.e2e.harness.E2EServer`), ``browser``, ``pag
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import re
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, Playwright, ViewportSize, sync_playwright
+from playwright.sync_api import Browser, Error, Page, Playwright, ViewportSize, sync_playwright
 
-from .harness import CHROMIUM_ARGS, DESKTOP, PHONE, E2EServer, PageWatch, chromium_path, start_server
+from .harness import (
+    CHROMIUM_ARGS,
+    DESKTOP,
+    PHONE,
+    E2EServer,
+    PageWatch,
+    chromium_path,
+    screenshot,
+    start_server,
+)
 
 ACTION_TIMEOUT_MS = 10_000
 """How long a Playwright action or navigation may wait before the test fails (its default is 30 s)."""
+
+
+FAILED_CALL = pytest.StashKey[bool]()
+SERVER_LOG_TAIL = 6000
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport,
+                                                                                           pytest.TestReport]:
+    """A failed test's report carries the end of the server's log; its pages are screenshotted at teardown."""
+    report = yield
+    if report.when == "call" and report.failed:
+        item.stash[FAILED_CALL] = True
+        running = getattr(item, "funcargs", {}).get("server")
+        if isinstance(running, E2EServer):
+            report.sections.append(("thinktank serve (end of its log)", running.log()[-SERVER_LOG_TAIL:]))
+    return report
 
 
 @pytest.fixture(scope="session")
@@ -54,15 +82,19 @@ def watch() -> PageWatch:
 
 
 @contextmanager
-def _watched_page(browser: Browser, server: E2EServer, watch: PageWatch, viewport: ViewportSize,
-                  *, phone: bool) -> Iterator[Page]:
+def _watched_page(request: pytest.FixtureRequest, browser: Browser, server: E2EServer, watch: PageWatch,
+                  viewport: ViewportSize, *, phone: bool) -> Iterator[Page]:
     context = browser.new_context(base_url=server.url, viewport=viewport, is_mobile=phone, has_touch=phone)
     context.set_default_timeout(ACTION_TIMEOUT_MS)
     context.route("**/*", watch.route)
     context.on("console", watch.console)
     context.on("weberror", watch.web_error)
+    page = context.new_page()
     try:
-        yield context.new_page()
+        yield page
+        if request.node.stash.get(FAILED_CALL, False):
+            with contextlib.suppress(Error):  # the page as the failure left it, for whoever reads the report
+                screenshot(page, "failed/" + re.sub(r"[^\w.-]+", "_", request.node.nodeid))
     finally:
         context.close()
     problems = watch.problems()
@@ -71,14 +103,15 @@ def _watched_page(browser: Browser, server: E2EServer, watch: PageWatch, viewpor
 
 
 @pytest.fixture
-def page(browser: Browser, server: E2EServer, watch: PageWatch) -> Iterator[Page]:
+def page(request: pytest.FixtureRequest, browser: Browser, server: E2EServer, watch: PageWatch) -> Iterator[Page]:
     """A desktop page (1280x800) in a fresh context whose base URL is the server's."""
-    with _watched_page(browser, server, watch, DESKTOP, phone=False) as p:
+    with _watched_page(request, browser, server, watch, DESKTOP, phone=False) as p:
         yield p
 
 
 @pytest.fixture
-def phone_page(browser: Browser, server: E2EServer, watch: PageWatch) -> Iterator[Page]:
+def phone_page(request: pytest.FixtureRequest, browser: Browser, server: E2EServer,
+               watch: PageWatch) -> Iterator[Page]:
     """A phone-sized page (390x844, touch) in a fresh context whose base URL is the server's."""
-    with _watched_page(browser, server, watch, PHONE, phone=True) as p:
+    with _watched_page(request, browser, server, watch, PHONE, phone=True) as p:
         yield p
