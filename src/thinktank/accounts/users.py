@@ -55,6 +55,11 @@ class UserService:
             raise ConflictError(f"A user with the email {email} exists already.", param="email") from None
         return user
 
+    async def has_users(self) -> bool:
+        """Whether any account exists (the web app's first-run page shows until one does)."""
+        async with self._db.session() as s:
+            return (await s.execute(select(User.id).where(User.id != SYSTEM_USER_ID).limit(1))).first() is not None
+
     async def ensure_admin(self, email: str, password: str) -> bool:
         """Create the first admin from the environment unless that user exists; True if created."""
         async with self._db.session() as s:

@@ -31,6 +31,7 @@ from ..gateway.router import Router
 from ..providers._http import HttpClient
 from ..providers.base import ProviderContext
 from ..providers.registry import ProviderRegistry
+from ..web import is_page
 from .asgi import Receive, Scope, Send, header, read_body, send_error, send_json
 from .routes.openai import OpenAIHandlers
 from .routing import unencodable_text
@@ -335,6 +336,7 @@ class ThinktankApp:
     def __init__(self, state: AppState, fastapi: FastAPI) -> None:
         self.state = state
         self.fastapi = fastapi
+        self._web: Handler | None = None
         h = OpenAIHandlers(state)
         self._routes: dict[str, dict[str, Handler]] = {
             "/v1/chat/completions": {"POST": h.chat_completions},
@@ -379,7 +381,19 @@ class ThinktankApp:
                     await send_error(send, exc)
                     return
                 receive = _replay(body, receive)
+            if is_page(path):
+                await self.web(scope, receive, send)
+                return
         await self.fastapi(scope, receive, send)
+
+    @property
+    def web(self) -> Handler:
+        """The web app, built on the first page asked for (the API alone never imports it)."""
+        if self._web is None:
+            from ..web.app import build_web
+
+            self._web = build_web(self.state)
+        return self._web
 
     async def _guarded(self, handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
         started = False

@@ -9,7 +9,7 @@ from fastapi import Depends, Header, Query, Request
 from ..accounts.principal import Principal
 from ..bounds import MAX_INT32
 from ..errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
-from .asgi import bearer_token
+from .credentials import CSRF_HEADER, credential
 from .state import AppState
 
 __all__ = ["AdminDep", "PrincipalDep", "ResumeDep", "StateDep", "client_ip"]
@@ -30,7 +30,9 @@ def client_ip(request: Request) -> str:
 
 
 async def current_principal(request: Request, state: StateDep) -> Principal:
-    token = bearer_token(request.headers.get("authorization"), request.headers.get("x-api-key"))
+    h = request.headers
+    token = credential(h.get("authorization"), h.get("x-api-key"), h.get("cookie"), request.method,
+                       h.get(CSRF_HEADER), h.get("origin"), h.get("host"))
     return await state.authenticate(token, client_ip(request))
 
 

@@ -24,7 +24,8 @@ from ...gateway.tokens import estimate_request_tokens
 from ...providers.base import ChatModel
 from ...types import ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest
 from .. import sse
-from ..asgi import Receive, Scope, Send, bearer_token, header, read_body, send_bytes, send_error, send_json
+from ..asgi import Receive, Scope, Send, header, read_body, send_bytes, send_error, send_json
+from ..credentials import credential
 from ..state import AppState
 
 __all__ = ["FORBIDDEN_KEYS", "OpenAIHandlers", "parse_body"]
@@ -99,15 +100,21 @@ def _chat_estimate(request: ChatRequest) -> int:
     return estimate_request_tokens(request) + (request.output_limit() or 0)
 
 
+_CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key", b"cookie", b"x-csrf-token", b"origin",
+                                 b"host"})
+
+
 class OpenAIHandlers:
     def __init__(self, state: AppState) -> None:
         self.state = state
 
     async def principal(self, scope: Scope) -> Principal:
-        raw = header(scope, b"authorization")
-        alt = header(scope, b"x-api-key") or header(scope, b"api-key")
-        token = bearer_token(raw.decode("latin-1") if raw is not None else None,
-                             alt.decode("latin-1") if alt is not None else None)
+        h: dict[bytes, str] = {}
+        for k, v in scope["headers"]:
+            if k in _CREDENTIAL_HEADERS and k not in h:
+                h[k] = v.decode("latin-1")
+        token = credential(h.get(b"authorization"), h.get(b"x-api-key") or h.get(b"api-key"), h.get(b"cookie"),
+                           scope["method"], h.get(b"x-csrf-token"), h.get(b"origin"), h.get(b"host"))
         return await self.state.authenticate(token, _ip(scope) or "unknown")
 
     async def chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:

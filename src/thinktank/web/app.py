@@ -1,0 +1,76 @@
+"""The web app's factory: the page routers, the static files, HTML error pages and the security headers."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from urllib.parse import quote
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..api.asgi import ASGIApp
+from ..api.routing import unencodable_text
+from ..api.state import AppState
+from ..errors import ThinktankError
+from .headers import secured
+from .render import Pages
+from .session import LoginRequired, maybe_user
+
+__all__ = ["build_web"]
+
+log = logging.getLogger("thinktank.web")
+
+STATIC = Path(__file__).parent / "static"
+
+
+def build_web(state: AppState) -> ASGIApp:
+    """The pages, as an ASGI app sharing ``state`` with the API (its lifespan is the API's)."""
+    from .views import admin, auth, chat, compare, debate, knowledge, me
+
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    app.state.thinktank = state
+    pages = Pages()
+    app.state.pages = pages
+    for module in (auth, chat, compare, debate, knowledge, me, admin):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    async def error_page(request: Request, status: int, message: str) -> Response:
+        user = await maybe_user(request, state)
+        return pages.render(request, "error.html", user, status=status, title=f"Error {status}", status_code=status,
+                            message=message)
+
+    @app.exception_handler(LoginRequired)
+    async def login_required(request: Request, _exc: LoginRequired) -> Response:
+        if request.method != "GET" or request.headers.get("x-requested-with") == "fetch":
+            return await error_page(request, 401, "Sign in first.")
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse("/login?next=" + quote(target, safe=""), status_code=303)
+
+    @app.exception_handler(ThinktankError)
+    async def thinktank_error(request: Request, exc: ThinktankError) -> Response:
+        return await error_page(request, exc.status, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        message = "There is no such page." if exc.status_code == 404 else str(exc.detail)
+        return await error_page(request, exc.status_code, message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x not in ("query", "path", "body"))
+        return await error_page(request, 400, f"{where}: {first.get('msg')}" if where else str(first.get("msg")))
+
+    @app.exception_handler(UnicodeEncodeError)
+    async def unencodable(request: Request, exc: UnicodeEncodeError) -> Response:
+        error = unencodable_text(exc)
+        if error is None:
+            raise exc
+        return await error_page(request, error.status, error.message)
+
+    return secured(app)
