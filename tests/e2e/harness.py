@@ -55,6 +55,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 LOCAL_SCHEMES = frozenset({"data", "blob", "about"})
 
+CLIENT_ERROR_LOAD = re.compile(r"Failed to load resource: the server responded with a status of 4\d\d\b")
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 60.0
 
@@ -177,18 +179,27 @@ class PageWatch:
     console_errors: list[str] = field(default_factory=list)
     page_errors: list[str] = field(default_factory=list)
 
+    documents: set[str] = field(default_factory=set)
+    """The URLs the pages navigated to (their 4xx answers are the app's to give, e.g. a refused sign-in)."""
+
     def route(self, route: Route) -> None:
         url = route.request.url
         if _is_loopback(url):
+            if route.request.is_navigation_request():
+                self.documents.add(url)
             route.fallback()
         else:
             self.off_loopback.append(url)
             route.abort("blockedbyclient")
 
     def console(self, message: ConsoleMessage) -> None:
-        if message.type == "error":
-            where = message.location.get("url", "")
-            self.console_errors.append(f"{message.text} ({where})" if where else message.text)
+        if message.type != "error":
+            return
+        where = message.location.get("url", "")
+        status = CLIENT_ERROR_LOAD.match(message.text)
+        if status is not None and where in self.documents:
+            return  # a page answered 4xx on purpose (Chromium logs it as an error); a 4xx asset is still caught
+        self.console_errors.append(f"{message.text} ({where})" if where else message.text)
 
     def web_error(self, error: WebError) -> None:
         self.page_errors.append(str(error.error))

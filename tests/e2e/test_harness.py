@@ -71,3 +71,15 @@ def test_a_csp_violation_is_caught_as_a_console_error(page: Page, watch: PageWat
     errors = watch.take_console_errors()
     assert any("Content Security Policy" in e for e in errors), errors
     assert watch.problems() == []
+
+
+def test_a_missing_asset_is_caught_but_a_page_may_answer_4xx(page: Page, watch: PageWatch) -> None:
+    response = page.goto("/no-such-page")
+    assert response is not None
+    assert response.status == 404
+    assert watch.problems() == []  # the app said "not found" on purpose
+
+    page.set_content("<p>with a broken image</p><img src='/static/no-such-image.png' alt=''>")
+    errors = watch.take_console_errors()
+    assert any("status of 404" in e and "/static/no-such-image.png" in e for e in errors), errors
+    assert watch.problems() == []

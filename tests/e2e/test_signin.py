@@ -23,7 +23,7 @@ def test_the_admin_signs_in_sees_the_navigation_and_signs_out(page: Page, server
         expect(nav.get_by_role("link", name=name, exact=True)).to_be_visible()
     screenshot(page, "chat-signed-in")
 
-    nav.get_by_role("button", name="Sign out").click()
+    page.get_by_role("banner").get_by_role("button", name="Sign out").click()
     page.wait_for_url(AT_LOGIN)
     expect(page.get_by_role("button", name="Sign in")).to_be_visible()
 
@@ -48,10 +48,13 @@ def test_a_wrong_password_is_refused_on_the_login_page(page: Page, server: E2ESe
     expect(page).to_have_url(AT_LOGIN)
 
 
-def test_a_member_signs_in_on_a_phone(phone_page: Page, server: E2EServer) -> None:
+def test_a_member_signs_in_on_a_phone_and_has_no_admin_link(phone_page: Page, server: E2EServer) -> None:
     server.make_member("e2e-phone-member@example.com", "a phone member's password")
     phone_page.goto("/login")
     screenshot(phone_page, "login")
     login(phone_page, server, "e2e-phone-member@example.com", "a phone member's password")
     expect(phone_page).to_have_url(AT_CHAT)
+    nav = phone_page.get_by_role("navigation").first
+    expect(nav.get_by_role("link", name="Chat", exact=True)).to_be_visible()
+    expect(nav.get_by_role("link", name="Admin", exact=True)).to_have_count(0)  # a member is no admin
     screenshot(phone_page, "chat-signed-in")
