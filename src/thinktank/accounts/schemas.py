@@ -18,6 +18,7 @@ __all__ = [
     "TeamPublic",
     "UserCreate",
     "UserPublic",
+    "UserTier",
 ]
 
 Period = Literal["day", "month", "total"]
@@ -43,6 +44,11 @@ class UserCreate(_In):
     budget_period: Period = "month"
     rpm: RateLimit | None = None
     tpm: RateLimit | None = None
+
+
+class UserTier(_In):
+    tier: str | None = Field(max_length=50)
+    """A tier configured under ``tiers:``; null for none."""
 
 
 class UserPublic(BaseModel):

@@ -97,6 +97,16 @@ class UserService:
         self._auth.forget(user_id=user_id)
         return user
 
+    async def set_tier(self, user_id: str, tier: str | None) -> User:
+        """Put a user in a rate-limit tier (None: no tier); their cached sessions and keys see it at once."""
+        async with self._db.session() as s:
+            user = await s.get(User, user_id)
+            if user is None or user.id == SYSTEM_USER_ID:
+                raise NotFoundError("No such user.")
+            user.tier = tier
+        self._auth.forget(user_id=user_id)
+        return user
+
     async def login(self, email: str, password: str) -> tuple[str, Session, User]:
         async with self._db.session() as s:
             user = (await s.execute(select(User).where(User.email == email.lower()))).scalar_one_or_none()
