@@ -1,5 +1,5 @@
-// The admin pages: confirmations before destructive posts; the usage filters apply as soon as they change.
-import { wireConfirms } from "./confirm.js";
+// The admin pages: the usage filters apply as soon as they change (forms marked data-confirm ask first:
+// app.js does that for every page).
 
 function wireFilters() {
   for (const form of document.querySelectorAll("form.filters")) {
@@ -9,5 +9,4 @@ function wireFilters() {
   }
 }
 
-wireConfirms();
 wireFilters();

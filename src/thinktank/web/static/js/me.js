@@ -1,5 +1,4 @@
-// The Me page: confirmations before destructive posts, and copying a newly shown API key.
-import { wireConfirms } from "./confirm.js";
+// The Me page: copying a newly shown API key (forms marked data-confirm ask first: app.js does that).
 
 function wireCopy() {
   const button = document.getElementById("copy-secret");
@@ -18,5 +17,4 @@ function wireCopy() {
   });
 }
 
-wireConfirms();
 wireCopy();
