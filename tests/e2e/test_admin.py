@@ -75,6 +75,9 @@ def test_admin_creates_a_user_who_makes_a_key_and_the_usage_chart_shows_its_requ
     assert secret not in phone_page.content()
     _until_shown(phone_page, "/me#usage", "#my-requests", str(REQUESTS))
     screenshot(phone_page, "me")
+    # Wide tables scroll inside their box: the page itself is no wider than the phone.
+    assert phone_page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 1
+    assert phone_page.evaluate("window.innerWidth") == 390
 
     # The admin's usage dashboard, by user: the chart's legend and the totals name the new user.
     _until_shown(page, "/admin/usage?by=user&window=1h", "table.usage-totals td", email)

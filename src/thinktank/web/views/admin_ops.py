@@ -32,6 +32,13 @@ WINDOWS: dict[str, tuple[str, float, int]] = {
 GROUPINGS: dict[str, str] = {"model": "Model", "user": "User", "key": "Key"}
 
 
+def fmt_ms(value: float | None) -> str:
+    """Milliseconds for a table: whole above 10, one decimal below (the demo models answer in under 1 ms)."""
+    if value is None:
+        return "—"
+    return f"{value:,.0f}" if value >= 10 else f"{value:.1f}"
+
+
 async def _labels(state: AppState, by: str, user: AdminPage) -> dict[str | None, str]:
     """What a group id is called on the page: a user's email, a key's name and prefix."""
     if by == "user":
@@ -91,7 +98,8 @@ async def usage_page(request: Request, user: AdminPage, state: StateDep) -> Resp
     return pages(request).render(
         request, "admin/usage.html", user, title="Usage", by=by, window=window, window_label=label,
         groupings=GROUPINGS, windows=WINDOWS, labels=labels, emails=emails, latency=latency, errors=errors,
-        latency_chart=bar_chart(p95, title="p95 latency (ms)") if p95 else None, **_charts(series, labels, seconds),
+        latency_chart=bar_chart(p95, title="p95 latency (ms)", value_format=fmt_ms) if p95 else None, ms=fmt_ms,
+        **_charts(series, labels, seconds),
     )
 
 
@@ -99,7 +107,7 @@ async def usage_page(request: Request, user: AdminPage, state: StateDep) -> Resp
 async def health_page(request: Request, user: AdminPage, state: StateDep) -> Response:
     deployments = state.router.health_snapshot()
     return pages(request).render(request, "admin/health.html", user, title="Model health", deployments=deployments,
-                                 now=state.clock.time(),
+                                 now=state.clock.time(), ms=fmt_ms,
                                  failing=sum(1 for d in deployments if d["status"] != "ok"))
 
 
