@@ -224,13 +224,13 @@ async def test_health_lists_every_deployment_and_its_errors(web: WebEnv) -> None
             await c.post("/v1/chat/completions", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
                          json={**CHAT, "model": "demo/flaky"})
     page = await web.admin.get("/admin/health")
-    rows = page.all("table.health tbody tr")
-    names = [r.css("td")[0].text(deep=False).strip() for r in rows]
-    assert {"demo/echo", "demo/flaky", "demo/slow"} <= set(names)
-    flaky = rows[names.index("demo/flaky")]
-    assert flaky.css("ul.recent-errors li"), "the flaky deployment's failures are listed"
-    echo = rows[names.index("demo/echo")]
-    assert [b.text() for b in echo.css(".badge.status")] == ["ok"]
+    cards = {c.css("h2")[0].text(): c for c in page.all("li.deployment")}
+    assert {"demo/echo", "demo/flaky", "demo/slow"} <= set(cards)
+    assert cards["demo/flaky"].css("ul.recent-errors li"), "the flaky deployment's failures are listed"
+    assert [b.text() for b in cards["demo/echo"].css(".badge.status")] == ["ok"]
+    assert not cards["demo/echo"].css("ul.recent-errors")
+    by_user = await web.admin.get("/admin/usage?by=user")  # requests made with the server's admin key
+    assert by_user.texts("table.usage-totals tbody td")[:2] == ["the admin key", "6"]
 
 
 async def test_budgets_show_what_is_left(web: WebEnv) -> None:

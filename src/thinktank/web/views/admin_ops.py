@@ -13,6 +13,7 @@ from ...accounts.budget_report import budget_report
 from ...accounts.usage import SeriesBy
 from ...api.deps import StateDep
 from ...api.state import AppState
+from ...store.tables import SYSTEM_USER_ID
 from ..charts import bar_chart, line_chart
 from ..render import money
 from ..session import AdminPage
@@ -42,11 +43,16 @@ def fmt_ms(value: float | None) -> str:
 async def _labels(state: AppState, by: str, user: AdminPage) -> dict[str | None, str]:
     """What a group id is called on the page: a user's email, a key's name and prefix."""
     if by == "user":
-        return {u.id: u.email for u in await state.users.list_users()}
+        return await _emails(state)
     if by == "key":
         keys = await state.keys.list(user.principal, include_revoked=True)
         return {k.id: f"{k.name or 'unnamed'} ({k.prefix}…)" for k in keys}
     return {}
+
+
+async def _emails(state: AppState) -> dict[str | None, str]:
+    """Each user's email, and what requests made with the server's admin key are recorded under."""
+    return {SYSTEM_USER_ID: "the admin key", **{u.id: u.email for u in await state.users.list_users()}}
 
 
 def _tick_format(seconds: float) -> str:
@@ -92,7 +98,7 @@ async def usage_page(request: Request, user: AdminPage, state: StateDep) -> Resp
     latency = await state.usage_query.latency(user.principal, start, end, cast(SeriesBy, by), limit=20)
     errors = await state.usage_query.recent_errors(user.principal, 20)
     labels = await _labels(state, by, user)
-    emails = labels if by == "user" else {u.id: u.email for u in await state.users.list_users()}
+    emails = labels if by == "user" else await _emails(state)
     p95 = [(labels.get(r["group"], r["group"] or "(none)"), float(r["p95_ms"])) for r in latency
            if r["p95_ms"] is not None]
     return pages(request).render(
