@@ -85,7 +85,7 @@ def run_view(record: dict[str, Any], user: WebUser) -> dict[str, Any]:
         "ranking": ranking, "table": table, "synthesis": result.get("synthesis") or {},
         "answer": result.get("answer"), "running": record.get("status") == "running",
         "can_vote": owner and record.get("status") == "completed" and record.get("kind") == "ensemble",
-        "winner": result.get("winner"), "csrf": user.csrf,
+        "winner": result.get("winner"),
     }
 
 
@@ -106,7 +106,8 @@ async def run_page(request: Request, run_id: str, user: UserPage, state: StateDe
 async def run_fragment(request: Request, run_id: str, user: UserPage, state: StateDep) -> Response:
     """The run's body (answers, ranking, synthesis), for the live page to swap in when the run ends."""
     record = await _record(state, run_id, user)
-    return HTMLResponse(pages(request).fragment("compare/_run_body.html", voted="", **run_view(record, user)))
+    return HTMLResponse(pages(request).fragment("compare/_run_body.html", voted="", csrf=user.csrf,
+                                                      **run_view(record, user)))
 
 
 @router.post("/runs/{run_id}/vote")
