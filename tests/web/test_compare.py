@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 import orjson
+from selectolax.lexbor import LexborNode as Node
 
 from .conftest import Browser, Page, WebEnv
 
@@ -38,6 +39,12 @@ async def _start(b: Browser, question: str, *, arena: bool = False, tags: str = 
     location = r.headers["location"]
     assert location.startswith("/runs/run")
     return location.removeprefix("/runs/")
+
+
+def _sub(node: Node, selector: str) -> Node:
+    found = node.css_first(selector)
+    assert found is not None, selector
+    return found
 
 
 def _no_active_content(page: Page, part: str = "main") -> None:
@@ -111,10 +118,10 @@ async def test_ensemble_run_page_shows_members_ranking_and_synthesis_and_takes_v
     assert page.one("#run-question").text() == "Which database should we start with?"
     assert page.one("#run-status").text() == "completed"
     cards = page.all("article.answer-card")
-    assert sorted(c.css_first(".model-name").text() for c in cards) == sorted(PANEL)
+    assert sorted(_sub(c, ".model-name").text() for c in cards) == sorted(PANEL)
     for card in cards:
-        assert card.css_first(".md").text(strip=True)  # the answer, rendered
-        assert re.search(r"\d+ ms · \d+ tokens · ", card.css_first(".stats").text())
+        assert _sub(card, ".md").text(strip=True)  # the answer, rendered
+        assert re.search(r"\d+ ms · \d+ tokens · ", _sub(card, ".stats").text())
     rows = page.all("#ranking-table tbody tr")
     assert [r.css("td")[0].text() for r in rows] == ["1", "2", "3"]
     assert {r.css("td")[2].text() for r in rows} == set(PANEL)
@@ -122,7 +129,7 @@ async def test_ensemble_run_page_shows_members_ranking_and_synthesis_and_takes_v
     assert "peer_review" in page.one("#ranking").text()
     synthesis = page.one("#synthesis")
     assert "chairman demo/alpha" in synthesis.text()
-    assert "Start with a managed PostgreSQL database" in synthesis.css_first(".md").text()
+    assert "Start with a managed PostgreSQL database" in _sub(synthesis, ".md").text()
     assert page.all("#live") == []  # finished: nothing to follow
     # The fragment the live page swaps in is the same body.
     frag = Page(await b.http.get(f"/runs/{run_id}/fragment"))
@@ -202,7 +209,7 @@ async def test_arena_hides_the_models_everywhere_until_the_vote_then_reveals_the
     page = await b.get(f"/runs/{run_id}")
     assert page.status == 200
     assert _leaks(page.response.text) == []
-    assert [c.css_first("h3").text(strip=True) for c in page.all("article.answer-card")] == ["Answer A", "Answer B"]
+    assert [_sub(c, "h3").text(strip=True) for c in page.all("article.answer-card")] == ["Answer A", "Answer B"]
     frag = await b.http.get(f"/runs/{run_id}/fragment")
     assert _leaks(frag.text) == []
     assert _leaks((await b.api("GET", f"/api/v1/runs/{run_id}")).text) == []
@@ -256,7 +263,7 @@ async def test_model_output_and_the_question_are_never_active_content(web: WebEn
     page = await b.get(f"/runs/{run_id}")
     assert page.status == 200
     assert page.one("#run-question").text() == HOSTILE  # shown as text
-    echoed = [c for c in page.all("article.answer-card") if c.css_first(".model-name").text() == "demo/echo"]
-    assert "alert(1)" in echoed[0].css_first(".md").text()
+    echoed = [c for c in page.all("article.answer-card") if _sub(c, ".model-name").text() == "demo/echo"]
+    assert "alert(1)" in _sub(echoed[0], ".md").text()
     _no_active_content(page)
     _no_active_content(Page(await b.http.get(f"/runs/{run_id}/fragment")), "#run-body")
