@@ -1,4 +1,4 @@
-"""Compare, an ensemble run, the blind arena and the leaderboard in a real Chromium against ``thinktank serve --demo``."""
+"""Compare, an ensemble run, the blind arena and the leaderboard in Chromium against ``thinktank serve --demo``."""
 
 from __future__ import annotations
 
