@@ -47,7 +47,7 @@ async def compare_page(request: Request, user: UserPage, state: StateDep) -> Res
                                                 everyone=False)
     return pages(request).render(
         request, "compare/compare.html", user, title="Compare", models=models, min_models=MIN_MODELS,
-        max_models=MAX_MODELS, ensembles=await ensembles(state, user),
+        max_models=MAX_MODELS, ensembles=[m for m in models if m.kind == "ensemble"],
         recent=recent,
     )
 
