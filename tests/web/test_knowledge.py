@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 import httpx
+from selectolax.lexbor import LexborNode as Node
 
 from .conftest import ADMIN_KEY, Browser, Page, WebEnv
 
@@ -34,6 +35,12 @@ async def _upload(b: Browser, kb: str, name: str, data: bytes, content_type: str
 def _result(r: httpx.Response) -> dict[str, Any]:
     body: dict[str, Any] = r.json()["data"][0]
     return body
+
+
+def _in(node: Node, selector: str) -> Node:
+    found = node.css_first(selector)
+    assert found is not None, f"no {selector!r} in {node.html}"
+    return found
 
 
 def _no_active_content(page: Page) -> None:
@@ -126,22 +133,22 @@ async def test_uploads_have_their_outcomes_and_the_search_shows_its_scores(web: 
     results = page.all("#results li.result")
     assert results, page.response.text
     top = results[0]
-    assert top.css_first("a.doc-link").text(strip=True) == "Alpha"
-    assert "heron nests" in top.css_first(".passage").text()
-    fused = float(top.css_first(".score-fused").text())
-    keyword = float(top.css_first(".score-keyword").text())
-    vector = float(top.css_first(".score-vector").text())
+    assert _in(top, "a.doc-link").text(strip=True) == "Alpha"
+    assert "heron nests" in _in(top, ".passage").text()
+    fused = float(_in(top, ".score-fused").text())
+    keyword = float(_in(top, ".score-keyword").text())
+    vector = float(_in(top, ".score-vector").text())
     assert keyword > 0 and 0 < vector <= 1 and fused > 0
     # a keyword search leaves the vector part out, a vector search the keyword part
     page = await b.get(f"/knowledge/{kb}", params={"q": "volcanoes magma", "mode": "keyword"})
     first = page.one("#results li.result")
-    assert first.css_first("a.doc-link").text(strip=True) == "Beta"
-    assert first.css_first(".score-vector").text(strip=True) == "—"
-    assert float(first.css_first(".score-keyword").text()) > 0
+    assert _in(first, "a.doc-link").text(strip=True) == "Beta"
+    assert _in(first, ".score-vector").text(strip=True) == "—"
+    assert float(_in(first, ".score-keyword").text()) > 0
     page = await b.get(f"/knowledge/{kb}", params={"q": "baking bread", "mode": "vector"})
     first = page.one("#results li.result")
-    assert first.css_first("a.doc-link").text(strip=True) == "Gamma"
-    assert first.css_first(".score-keyword").text(strip=True) == "—"
+    assert _in(first, "a.doc-link").text(strip=True) == "Gamma"
+    assert _in(first, ".score-keyword").text(strip=True) == "—"
     page = await b.get(f"/knowledge/{kb}", params={"q": "zzqx"})
     assert page.status == 200
 
@@ -154,7 +161,7 @@ async def test_uploads_have_their_outcomes_and_the_search_shows_its_scores(web: 
     assert doc_page.status == 200
     cited = doc_page.one(f"li#chunk-{m.group(2)}")
     assert "cited" in (cited.attributes.get("class") or "")
-    assert "heron nests" in cited.css_first(".passage").text()
+    assert "heron nests" in _in(cited, ".passage").text()
     assert doc_page.one("h1").text(strip=True) == "Alpha"
 
 
