@@ -60,18 +60,18 @@ def test_a_folder_upload_shows_each_files_outcome_then_search_finds_the_passage(
 
     folder = _folder(tmp_path)
     page.locator("#folder").set_input_files(folder)
-    expect(page.locator("#upload-summary")).to_contain_text("4 of 4 files done", timeout=60_000)
+    expect(page.locator("#upload-summary")).to_contain_text("4 of 4 done", timeout=60_000)
     names = ("field-notes/herons.md", "field-notes/geology/volcanoes.md", "field-notes/bread.txt",
              "field-notes/tool.exe")
     assert [_outcome(page, n) for n in names] == ["added", "added", "added", "refused"]
     # the same folder again: nothing changed; then a copy of a file under another name
     page.locator("#folder").set_input_files(folder)
-    expect(page.locator("#upload-summary")).to_contain_text("8 of 8 files done", timeout=60_000)
+    expect(page.locator("#upload-summary")).to_contain_text("8 of 8 done", timeout=60_000)
     expect(page.locator("#upload-list li[data-outcome=unchanged]")).to_have_count(3)
     copy = tmp_path / "herons-copy.md"
     copy.write_text(HERON)
     page.locator("#files").set_input_files(copy)
-    expect(page.locator("#upload-summary")).to_contain_text("9 of 9 files done", timeout=60_000)
+    expect(page.locator("#upload-summary")).to_contain_text("9 of 9 done", timeout=60_000)
     for outcome, count in (("added", 3), ("unchanged", 3), ("refused", 2), ("duplicate", 1)):
         expect(page.locator(f"#upload-list li[data-outcome={outcome}]")).to_have_count(count)
         expect(page.locator("#upload-summary")).to_contain_text(f"{count} {outcome}")
@@ -81,9 +81,17 @@ def test_a_folder_upload_shows_each_files_outcome_then_search_finds_the_passage(
         "same content as field-notes/herons.md")
     for bar in page.locator("#upload-list progress").all():
         assert bar.evaluate("b => b.value") == 100
+    # a web page by URL: one on this machine is refused, and says why
+    page.get_by_label("Or a web page").fill("http://127.0.0.1:9/private")
+    page.get_by_role("button", name="Fetch and add").click()
+    expect(page.locator("#upload-summary")).to_contain_text("10 of 10 done")
+    fetched = page.locator("#upload-list li").last
+    expect(fetched).to_have_attribute("data-outcome", "refused")
+    expect(fetched.locator(".name")).to_have_text("http://127.0.0.1:9/private")
+    expect(fetched.locator(".outcome")).to_contain_text(re.compile(r"refused: .*\S"))
     # the refused file's 4xx answer is the one error the console may show
     errors = watch.take_console_errors()
-    assert all("status of 4" in e and "/documents" in e for e in errors), errors
+    assert all("status of 4" in e and re.search(r"/(documents|urls)\b", e) for e in errors), errors
     screenshot(page, "knowledge-upload")
 
     page.get_by_role("link", name="Show the updated document list").click()
@@ -120,7 +128,7 @@ def test_several_files_on_a_phone_and_hostile_names_stay_text(
         files.append(path)
     page.on("dialog", lambda d: (_ for _ in ()).throw(AssertionError(f"a dialog opened: {d.message}")))
     page.locator("#files").set_input_files(files)
-    expect(page.locator("#upload-summary")).to_contain_text("3 of 3 files done", timeout=60_000)
+    expect(page.locator("#upload-summary")).to_contain_text("3 of 3 done", timeout=60_000)
     expect(page.locator("#upload-list li[data-outcome=added]")).to_have_count(3)
     expect(page.locator("#upload-list .name").nth(2)).to_have_text(HOSTILE)
     _fits(page)

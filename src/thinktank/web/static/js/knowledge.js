@@ -1,6 +1,6 @@
 // A knowledge base's page: files and folders (picked or dropped) are uploaded one file per request,
 // a few at a time, each with its progress and its outcome (added, unchanged, duplicate, refused and why).
-import { csrfToken, el } from "./app.js";
+import { api, csrfToken, el } from "./app.js";
 
 const PARALLEL = 3;
 
@@ -21,21 +21,39 @@ function setUp(section) {
 
   function report() {
     const parts = Object.entries(outcomes).map(([k, n]) => `${n} ${k}`);
-    summary.textContent = `${counts.finished} of ${counts.total} files done` + (parts.length ? `: ${parts.join(", ")}` : "");
+    summary.textContent = `${counts.finished} of ${counts.total} done` + (parts.length ? `: ${parts.join(", ")}` : "");
     if (counts.total && counts.finished === counts.total) done.hidden = false;
   }
 
+  function entry(path) {
+    const bar = el("progress", { max: "100", value: "0", "aria-label": `Upload of ${path}` });
+    const outcome = el("span", { class: "outcome", text: "waiting" });
+    const item = el("li", { class: "upload" }, el("span", { class: "name", text: path }), bar, outcome);
+    list.append(item);
+    counts.total += 1;
+    return { path, bar, outcome, item };
+  }
+
   function add(files) {
-    for (const { file, path } of files) {
-      const bar = el("progress", { max: "100", value: "0", "aria-label": `Upload of ${path}` });
-      const outcome = el("span", { class: "outcome", text: "waiting" });
-      const item = el("li", { class: "upload" }, el("span", { class: "name", text: path }), bar, outcome);
-      list.append(item);
-      queue.push({ file, path, bar, outcome, item });
-      counts.total += 1;
-    }
+    for (const { file, path } of files) queue.push({ file, ...entry(path) });
     report();
     pump();
+  }
+
+  async function fetchUrl(url) {
+    const job = entry(url);
+    job.outcome.textContent = "fetching";
+    report();
+    try {
+      const response = await api(`/api/v1/knowledge-bases/${encodeURIComponent(kb)}/urls`, { method: "POST", json: { urls: [url] } });
+      let body = null;
+      try { body = await response.json(); } catch (_) { /* not JSON */ }
+      describe(job, response.status, body);
+    } catch (_) {
+      finish(job, "refused", "refused: the connection failed");
+    }
+    counts.finished += 1;
+    report();
   }
 
   function pump() {
@@ -104,6 +122,17 @@ function setUp(section) {
 
   document.getElementById("files").addEventListener("change", (e) => picked(e.target));
   document.getElementById("folder").addEventListener("change", (e) => picked(e.target));
+
+  const urlForm = document.getElementById("url-form");
+  urlForm.hidden = false;
+  urlForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const input = document.getElementById("url");
+    const url = input.value.trim();
+    if (!url) return;
+    input.value = "";
+    fetchUrl(url);
+  });
 
   zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
   zone.addEventListener("dragleave", () => zone.classList.remove("over"));
