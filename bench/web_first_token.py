@@ -63,7 +63,7 @@ class Upstream:
 
             self.sent.append(time.time())
             await response.write(chunk(MARK + " "))
-            for word in "and the rest of the answer".split():
+            for word in ["and", "the", "rest", "of", "the", "answer"]:
                 await asyncio.sleep(0.02)
                 await response.write(chunk(word + " "))
             done = {"id": "c1", "object": "chat.completion.chunk", "created": int(time.time()),
