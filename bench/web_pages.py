@@ -37,8 +37,8 @@ def seed(data_dir: Path, threads: int, per_thread: int) -> str:
     user_id = db.execute("SELECT id FROM users WHERE email = ?", (EMAIL,)).fetchone()[0]
     rng = random.Random(7)
     now = time.time()
-    words = ("model ensemble debate budget latency token vector search answer question topic plan code "
-             "python rust docs index cache router").split()
+    words = ["model", "ensemble", "debate", "budget", "latency", "token", "vector", "search", "answer", "question",
+             "topic", "plan", "code", "python", "rust", "docs", "index", "cache", "router"]
     newest = ""
     for t in range(threads):
         tid = f"thr_bench{t:07d}"
