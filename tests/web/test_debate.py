@@ -150,7 +150,7 @@ async def test_a_running_debate_renders_from_its_events_and_can_be_cancelled_fro
     page = await b.get(f"/debate/{run_id}")
     assert page.one("#debate-status").text(strip=True) == "cancelled"
     assert not page.all(".cancel-form")
-    assert "cancelled" in body_text(page, ".status-line .error")
+    assert "cancelled" in body_text(page, ".status-line .run-error")
 
 
 async def test_another_users_debate_is_not_found_on_every_page_and_fragment(web: WebEnv) -> None:

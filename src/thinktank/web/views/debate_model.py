@@ -48,12 +48,22 @@ def word_diff(old: str, new: str) -> Diff | None:
         else:
             out.append((op, text))
 
-    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
-        if tag == "equal":
-            add("eq", b[j1:j2])
+    # Changes separated only by whitespace read as one change: the old words struck out, then the new ones.
+    ops = difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
+    changes: list[tuple[bool, int, int, int, int]] = []
+    for k, (tag, i1, i2, j1, j2) in enumerate(ops):
+        gap = tag == "equal" and 0 < k < len(ops) - 1 and all(w.isspace() for w in b[j1:j2])
+        changed = tag != "equal" or gap
+        if changes and changes[-1][0] and changed:
+            changes[-1] = (True, changes[-1][1], i2, changes[-1][3], j2)
         else:
+            changes.append((changed, i1, i2, j1, j2))
+    for changed, i1, i2, j1, j2 in changes:
+        if changed:
             add("del", a[i1:i2])
             add("ins", b[j1:j2])
+        else:
+            add("eq", b[j1:j2])
     return out
 
 

@@ -44,12 +44,22 @@ function follow(root) {
       timeline().replaceWith(next);
       for (const d of open) { const node = document.getElementById(d); if (node) node.open = true; }
       showSynthesis();
+      announce(next);
       if (next.dataset.status !== "running") stop();
       if (hadFocus && !root.contains(document.activeElement)) root.querySelector("h2")?.focus?.();
     } finally {
       busy = false;
       if (again) { again = false; refresh(); }
     }
+  }
+
+  // One live region outside the swapped timeline says what changed (a replaced region is not announced).
+  let said = "";
+  function announce(next) {
+    const region = document.getElementById("debate-announce");
+    const stage = next.querySelector(".stage");
+    const text = next.dataset.status === "running" ? (stage ? stage.textContent : "") : `The debate ${next.dataset.status}.`;
+    if (region && text && text !== said) { said = text; region.textContent = text; }
   }
 
   function soon() {
