@@ -314,3 +314,42 @@ def test_word_diff_marks_what_changed_and_keeps_the_text() -> None:
     assert ("ins", "PostgreSQL") in diff
     assert word_diff("same words", "same words") == [("eq", "same words")]
     assert word_diff("a " * 7000, "b") is None  # too long to compare: shown whole
+
+
+def test_a_running_debate_is_read_from_its_events() -> None:
+    from thinktank.deliberation.experts import load_library
+    from thinktank.deliberation.runs import Event
+    from thinktank.web.views.debate_model import build_debate, from_events
+
+    library = load_library()
+    expert = library[0]
+    panel = [{"name": expert.name, "domain": expert.domain, "stance": expert.stance, "model": "demo/alpha"}]
+    kinds: list[tuple[str, dict[str, Any]]] = [
+        ("run_started", {"kind": "debate"}),
+        ("analysis", {"domains": ["software"], "kind": "decision", "needs": []}),
+        ("panel", {"experts": panel}),
+        ("stage_started", {"stage": "round 1"}),
+        ("round", {"round": 1, "positions": [{"expert": expert.name, "model": "demo/alpha", "stance": "initial",
+                                              "text": "Use SQLite."}]}),
+        ("convergence", {"round": 1, "score": 0.4, "threshold": 0.8}),
+        ("follow_up", {"round": 1, "question": "Why not PostgreSQL?"}),
+        ("stage_started", {"stage": "round 2"}),
+        ("round", {"round": 2, "positions": [{"expert": expert.name, "model": "demo/alpha", "stance": "revise",
+                                              "text": "Use PostgreSQL."}]}),
+        ("stage_started", {"stage": "synthesis"}),
+        ("synthesis_token", {"text": "## Ans"}),
+        ("synthesis_token", {"text": "wer"}),
+    ]
+    events = [Event(i + 1, 0.0, t, d) for i, (t, d) in enumerate(kinds)]
+    record = {"id": "run_x", "name": "demo-panel", "status": "running", "question": "Which database?",
+              "config": {"convergence": 0.8, "recruit": "library"}, "documents": []}
+    debate = build_debate(record, from_events(events), library)
+    assert debate.running and debate.stage == "synthesis" and debate.seq == len(events)
+    assert [c.name for c in debate.panel] == [expert.name]
+    assert debate.panel[0].backstory == expert.backstory  # a library persona's backstory is on its card
+    first, second = debate.rounds
+    assert (first.agreement, first.scored, first.follow_up) == (0.4, True, None)
+    assert (second.agreement, second.scored, second.follow_up) == (None, False, "Why not PostgreSQL?")
+    assert second.positions[0].diff == [("eq", "Use "), ("del", "SQLite."), ("ins", "PostgreSQL.")]
+    assert debate.answer is None and debate.answer_live == "## Answer"
+    assert debate.agreement_points == [(1.0, 0.4)]
