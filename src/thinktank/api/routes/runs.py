@@ -119,11 +119,10 @@ def _sse(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
     return gen()
 
 
-async def start_run(
+async def _start(
     kind: Kind, name: str | None, body: EnsembleIn | DebateIn, request: Request, principal: Principal,
     state: AppState, **extra: Any,
 ) -> LiveRun:
-    """Start a run as the API does (the caller's access, admission, budgets); the web pages start theirs here too."""
     service = state.deliberation
     cfg = service.resolve(kind, name, body.overrides())
     model = f"{kind}/{name}" if name else f"{kind}/custom"
@@ -166,14 +165,14 @@ async def _answer(run: LiveRun, body: EnsembleIn | DebateIn, state: AppState) ->
 @router.post("/ensembles", responses={200: {"description": "The finished run (or its events with stream=true)"}})
 async def run_ensemble(body: EnsembleIn, request: Request, principal: PrincipalDep, state: StateDep) -> Response:
     """Run an ensemble: members answer at once, the answers are ranked, the best or a synthesis returns."""
-    run = await start_run("ensemble", body.ensemble, body, request, principal, state, arena=body.arena)
+    run = await _start("ensemble", body.ensemble, body, request, principal, state, arena=body.arena)
     return await _answer(run, body, state)
 
 
 @router.post("/debates", responses={200: {"description": "The finished run (or its events with stream=true)"}})
 async def run_debate(body: DebateIn, request: Request, principal: PrincipalDep, state: StateDep) -> Response:
     """Run a debate: a panel of experts argues over rounds; a moderator synthesises (and plans)."""
-    run = await start_run("debate", body.debate, body, request, principal, state)
+    run = await _start("debate", body.debate, body, request, principal, state)
     return await _answer(run, body, state)
 
 
