@@ -73,8 +73,9 @@ def test_admin_creates_a_user_who_makes_a_key_and_the_usage_chart_shows_its_requ
     phone_page.goto("/me")
     expect(phone_page.locator("table.keys .key-name")).to_have_text(["e2e script"])
     assert secret not in phone_page.content()
-    _until_shown(phone_page, "/me#usage", "#my-requests", str(REQUESTS))
     screenshot(phone_page, "me")
+    _until_shown(phone_page, "/me/usage", "#my-requests", str(REQUESTS))
+    screenshot(phone_page, "me-usage")
     # Wide tables scroll inside their box: the page itself is no wider than the phone.
     assert phone_page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 1
     assert phone_page.evaluate("window.innerWidth") == 390
@@ -117,12 +118,13 @@ def test_admin_pages_at_desktop_and_phone_width(page: Page, phone_page: Page, se
         for path, name, heading in (("/admin", "admin", "Admin"), ("/admin/usage", "admin-usage-model", "Usage"),
                                     ("/admin/health", "admin-health", "Model health"),
                                     ("/admin/budgets", "admin-budgets", "Budgets"),
-                                    ("/admin/teams", "admin-teams", "Teams"), ("/me", "me-admin", "Me")):
+                                    ("/admin/teams", "admin-teams", "Teams"), ("/me", "me-admin", "Me"),
+                                    ("/me/usage", "me-usage-admin", "My usage and spend")):
             p.goto(path)
             expect(p.get_by_role("heading", level=1)).to_have_text(heading)
             screenshot(p, name)
     # Nothing is wider than a phone: no sideways scrolling of the whole page.
-    for path in ("/admin/usage", "/admin/users", "/me"):
+    for path in ("/admin/usage", "/admin/users", "/admin/health", "/me", "/me/usage"):
         phone_page.goto(path)
         overflow = phone_page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 1, (path, overflow)

@@ -1,5 +1,5 @@
-"""The Me page: what thinktank learned about me (memory), my sessions, my API keys (in :mod:`.me_keys`) and my
-usage and spend."""
+"""The Me page: what thinktank learned about me (memory), my sessions, my API keys (in :mod:`.me_keys`); and
+my usage and spend (``/me/usage``)."""
 
 from __future__ import annotations
 
@@ -81,13 +81,20 @@ async def render_me(request: Request, user: WebUser, state: AppState, *, error: 
         request, "me/index.html", user, title="Me", status=status, error=error, notice=notice(request),
         memory_on=await memory.enabled(principal.user_id), facts=await memory.list_facts(principal), kinds=KINDS,
         sessions=await state.users.list_sessions(principal.user_id), current_session=principal.session_id,
-        keys=keys, usage=await _usage(state, principal),
+        keys=keys,
     )
 
 
 @router.get("/me")
 async def me_page(request: Request, user: UserPage, state: StateDep) -> Response:
     return await render_me(request, user, state)
+
+
+@router.get("/me/usage")
+async def my_usage_page(request: Request, user: UserPage, state: StateDep) -> Response:
+    """A page of its own: it reads a month of usage rows, which the Me page need not wait for."""
+    return pages(request).render(request, "me/usage.html", user, title="My usage and spend",
+                                 usage=await _usage(state, user.principal))
 
 
 def _back(done: str, anchor: str) -> Response:
