@@ -118,6 +118,10 @@ async def test_create_a_user_with_role_tier_team_and_budget(tiered: WebEnv) -> N
     assert r.status_code == 400
     assert Page(r).one("#u-email").attributes["value"] == "not-an-email"
     assert PASSWORD not in r.text
+    r = await _post(web.admin, "/admin/users", email=XSS + "@example.com", password=PASSWORD)
+    assert r.status_code == 400  # not an email; what was typed comes back as text, never as markup
+    assert Page(r).one("#u-email").attributes["value"] == XSS + "@example.com"
+    assert not Page(r).all("main script") and not Page(r).all("main img")
     r = await _post(web.admin, "/admin/users", email="carol@example.com", password="short")
     assert r.status_code == 400 and "password" in Page(r).one('[role="alert"]').text()
     r = await _post(web.admin, "/admin/users", email="carol@example.com", password=PASSWORD, tier="gold")
