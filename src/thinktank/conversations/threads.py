@@ -219,6 +219,13 @@ class ThreadService:
         async with self.db.session() as s:
             return list((await s.execute(query)).scalars().all())
 
+    async def last_messages(self, thread_id: str, limit: int) -> list[ThreadMessage]:
+        """The thread's last ``limit`` messages, in order."""
+        query = (select(ThreadMessage).where(ThreadMessage.thread_id == thread_id)
+                 .order_by(ThreadMessage.seq.desc()).limit(limit))
+        async with self.db.session() as s:
+            return list(reversed((await s.execute(query)).scalars().all()))
+
     async def message_of(self, thread_id: str, message_id: str) -> ThreadMessage | None:
         """The message ``message_id`` if it is one of the thread's."""
         async with self.db.session() as s:
