@@ -37,6 +37,7 @@ def test_serve_without_models_starts_and_says_how_to_add_one(server: type[Server
     assert "No models are configured" in err and "--demo" in err and "OPENAI_API_KEY" in err
     assert err.count("No models are configured") == 1  # once: not by the log and again by the command
     assert err.count("admin key: ") == 1 and "thinktank serving 0 models on http://127.0.0.1:" in err
+    assert "open http://127.0.0.1:" in err
 
 
 def test_serve_with_workers(server: type[Server], env: dict[str, str], fake_upstream_thread: str,

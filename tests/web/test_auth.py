@@ -209,3 +209,12 @@ def test_the_api_alone_never_imports_the_web_app() -> None:
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+async def test_the_rendered_styles_are_served_as_a_file(web: WebEnv) -> None:
+    r = await web.admin.http.get("/static/render.css")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/css")
+    assert ".hl" in r.text  # highlighted code
+    assert "svg.chart" in r.text
+    assert "prefers-color-scheme: dark" in r.text

@@ -322,6 +322,18 @@ class BudgetLedger:
             return float("inf")
         return await self._remaining(spec, period_key(spec.period, self._clock.time()))
 
+    async def standing(self, spec: BudgetSpec) -> tuple[float, float, float]:
+        """``spec``'s current period as (spent, remaining, available): spent as the store has it plus what this
+        process settled and has not written yet; remaining = limit - spent (at least 0); available = what a new
+        request could reserve now (leases other processes hold are not available)."""
+        pkey = period_key(spec.period, self._clock.time())
+        _, spent, _ = await self._store.read(spec, pkey)
+        own = self._budgets.get(_budget_id(spec, pkey))
+        if own is not None:
+            spent += max(own.pending - own.committing, 0.0)
+        limit = spec.limit_usd or 0.0
+        return spent, max(limit - spent, 0.0), await self._remaining(spec, pkey)
+
     # -- flushing -------------------------------------------------------------------------------
 
     async def _flush_one(self, budget: _Budget, *, return_all: bool, keep_used: bool = False) -> None:

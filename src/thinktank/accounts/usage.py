@@ -18,9 +18,11 @@ from ..clock import Clock
 from ..store.db import Database
 from ..store.raw import Batch, Insert, write
 from ..store.tables import UsageRow
+from . import usage_reports
 from .principal import Principal
+from .usage_reports import LatencyBy, SeriesBy
 
-__all__ = ["GroupBy", "UsageEvent", "UsageQuery", "UsageWriter"]
+__all__ = ["GroupBy", "LatencyBy", "SeriesBy", "UsageEvent", "UsageQuery", "UsageWriter"]
 
 log = logging.getLogger("thinktank.usage")
 
@@ -179,6 +181,23 @@ class UsageQuery:
             item["avg_latency_ms"] = round(float(item["avg_latency_ms"] or 0.0), 3)
             out.append(item)
         return out
+
+    # Charts (see :mod:`.usage_reports`, where the queries live).
+    async def series(
+        self, principal: Principal, by: SeriesBy, start: float, end: float, buckets: int, *, top: int = 8,
+    ) -> dict[str, Any]:
+        """Requests, cost, errors and tokens per group (``top`` costliest, the rest as "other") and time bucket."""
+        return await usage_reports.series(self._db, principal, by, start, end, buckets, top=top)
+
+    async def latency(
+        self, principal: Principal, start: float, end: float, by: LatencyBy = "model", *, limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """p50 and p95 ``latency_ms`` of successful requests, requests and errors, per group."""
+        return await usage_reports.latency(self._db, principal, start, end, by, limit=limit)
+
+    async def recent_errors(self, principal: Principal, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest failed requests, newest first."""
+        return await usage_reports.recent_errors(self._db, principal, limit)
 
 
 def _day_iso(day: int) -> str:

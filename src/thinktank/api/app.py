@@ -228,9 +228,9 @@ def _fastapi_app(state: AppState) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.state.thinktank = state
-    from .routes import accounts, keys, knowledge, memory, runs, threads, usage
+    from .routes import accounts, admin, keys, knowledge, memory, runs, threads, usage
 
-    for module in (accounts, keys, usage, runs, knowledge, threads, memory):
+    for module in (accounts, keys, usage, admin, runs, knowledge, threads, memory):
         app.include_router(module.router)
     from sqlalchemy.exc import DBAPIError, IntegrityError
 

@@ -62,6 +62,9 @@ def serve(
     models = application.state.catalog.configured()
     names = " (" + ", ".join(models[:12]) + (", ..." if len(models) > 12 else "") + ")" if models else ""
     typer.echo(f"thinktank serving {len(models)} models{names} on http://{s.host}:{s.port}/v1", err=True)
+    shown = "127.0.0.1" if s.host in ("0.0.0.0", "::") else s.host  # noqa: S104 (naming it, not binding it)
+    host = f"[{shown}]" if ":" in shown else shown
+    typer.echo(f"open http://{host}:{s.port}/ in a browser", err=True)
     common: dict[str, Any] = {
         "log_level": s.log_level.lower(), "access_log": False, "server_header": False, "timeout_keep_alive": 30,
     }

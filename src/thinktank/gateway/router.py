@@ -15,7 +15,7 @@ import asyncio
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from ..bounds import MAX_SAFE_INT
 from ..clock import Clock
@@ -44,7 +44,7 @@ from ..types import (
     encode_embedding,
 )
 from .context import CallContext, Hold
-from .health import Cooldowns
+from .health import Cooldowns, FailureLog
 from .pricing import price_for
 from .retry import Backoff
 from .strategies import Deployment, pick
@@ -122,6 +122,8 @@ class Router:
         rc = config.router
         self._backoff = Backoff(rc.backoff_base, rc.backoff_max, rc.retry_after_max)
         self.cooldowns = Cooldowns(ctx.clock, rc.allowed_fails, rc.cooldown)
+        self.failures = FailureLog(ctx.clock)
+        """The last failures of each deployment (written only when one fails), for :meth:`health_snapshot`."""
         self.observers: list[Observer] = list(observers or [])
         self.deployments: list[Deployment] = []
         seen: dict[str, int] = {}
@@ -197,6 +199,31 @@ class Router:
                 param="model",
             )
         return group
+
+    def health_snapshot(self) -> list[dict[str, Any]]:
+        """Each deployment now: its model name and the configured groups it serves, its provider, whether it is
+        cooling down and for how many more seconds, its failures in a row, calls in flight, its average latency
+        and its last failures (newest first; messages scrubbed of secrets and short)."""
+        groups: dict[str, list[str]] = {}
+        for g in self.config.groups:
+            for dep in self._groups[g.name].deployments:
+                groups.setdefault(dep.id, []).append(g.name)
+        out = []
+        for dep in self.deployments:
+            remaining = self.cooldowns.remaining(dep.id)
+            fails = self.cooldowns.failures(dep.id)
+            out.append({
+                "id": dep.id, "model": dep.name, "groups": groups.get(dep.id, []), "provider": dep.config.provider,
+                "status": "cooling_down" if remaining > 0 else "failing" if fails else "ok",
+                "cooling_down": remaining > 0, "cooldown_remaining_s": round(remaining, 3),
+                "consecutive_failures": fails, "in_flight": dep.stats.in_flight,
+                "avg_latency_ms": None if dep.stats.latency is None else round(dep.stats.latency * 1000, 3),
+                "recent_errors": [
+                    {"ts": f.ts, "status": f.status, "kind": f.kind, "message": f.message}
+                    for f in self.failures.recent(dep.id)
+                ],
+            })
+        return out
 
     # -- the loop --------------------------------------------------------------------------------
     async def _run(
@@ -302,6 +329,7 @@ class Router:
             if isinstance(err, ContextWindowExceededError | UpstreamBadRequestError):
                 raise err
             self.cooldowns.failure(dep.id, err.retry_after)
+            self.failures.record(dep.id, err.upstream_status or err.status, type(err).__name__, err.message)
             untried = [d for d in fitting if d.id not in tried]
             if not err.retryable:
                 if untried and not isinstance(err, UpstreamBadResponseError):

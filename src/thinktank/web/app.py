@@ -27,6 +27,13 @@ log = logging.getLogger("thinktank.web")
 STATIC = Path(__file__).parent / "static"
 
 
+def render_css() -> str:
+    from .charts import CHART_CSS
+    from .markdown import MARKDOWN_CSS, pygments_css
+
+    return "\n".join((pygments_css(), MARKDOWN_CSS, CHART_CSS))
+
+
 def build_web(state: AppState) -> ASGIApp:
     """The pages, as an ASGI app sharing ``state`` with the API (its lifespan is the API's)."""
     from .views import admin, auth, chat, compare, debate, knowledge, me
@@ -37,6 +44,13 @@ def build_web(state: AppState) -> ASGIApp:
     app.state.pages = pages
     for module in (auth, chat, compare, debate, knowledge, me, admin):
         app.include_router(module.router)
+    rendered_css = Response(render_css(), media_type="text/css")
+
+    @app.get("/static/render.css", include_in_schema=False)
+    async def render_css_file() -> Response:
+        """The styles of what the server renders (highlighted code, Markdown tables, charts), made from code."""
+        return rendered_css
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     async def error_page(request: Request, status: int, message: str) -> Response:

@@ -1,4 +1,5 @@
-"""``/api/v1/usage``: totals by model, key, user, deployment or day (members see their own)."""
+"""``/api/v1/usage``: totals by model, key, user, deployment or day, and series over time (members see their
+own)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from ...accounts.usage import GroupBy, SortBy
+from ...accounts.usage import GroupBy, SeriesBy, SortBy
 from ...bounds import MAX_UNIX_TIME
 from ..deps import PrincipalDep, StateDep
 from ..routing import StrictJSONRoute
+from .admin import Buckets, Since, Top, Until, series_response
 
 router = APIRouter(prefix="/api/v1/usage", tags=["usage"], route_class=StrictJSONRoute)
 
@@ -29,3 +31,12 @@ async def usage(
     await state.usage_writer.flush()  # what was just answered is in the report
     rows = await state.usage_query.aggregate(principal, group_by, start, end, sort, limit)
     return {"group_by": group_by, "start": start, "end": end, "data": rows}
+
+
+@router.get("/series")
+async def usage_series(
+    principal: PrincipalDep, state: StateDep, by: SeriesBy = "model", since: Since = None, until: Until = None,
+    buckets: Buckets = 48, top: Top = 8,
+) -> dict[str, Any]:
+    """Requests, cost, errors and tokens per group and time bucket: a member's own, an admin's everyone's."""
+    return await series_response(state, principal, by, since, until, buckets, top)

@@ -1,0 +1,95 @@
+"""Every page of the navigation, in a real browser, at desktop and phone width: named controls, one heading,
+no sideways scrolling on a phone, the skip link first in the tab order, and the dark theme when the system
+asks for it. (Each page's own behaviour is tested in its own module.)"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page
+
+from .harness import E2EServer, login
+
+PAGES = ("/chat", "/compare", "/arena", "/leaderboard", "/debate", "/knowledge", "/me", "/admin")
+
+UNNAMED_CONTROLS = """() => {
+  const named = (el) => {
+    if (el.getAttribute('aria-label') || el.getAttribute('aria-labelledby') || el.getAttribute('title')) return true;
+    if (el.labels && el.labels.length) return true;
+    if ((el.tagName === 'BUTTON' || el.tagName === 'A') && el.textContent.trim()) return true;
+    if (el.tagName === 'INPUT' && ['submit', 'button'].includes(el.type) && el.value) return true;
+    return false;
+  };
+  const visible = (el) => !!(el.offsetWidth || el.offsetHeight || el.getClientRects().length);
+  return [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button, a[href]')]
+    .filter((el) => visible(el) && !named(el))
+    .map((el) => el.outerHTML.slice(0, 120));
+}"""
+
+OVERFLOW = """() => {
+  const width = document.documentElement.clientWidth;
+  return [...document.querySelectorAll('body *')]
+    .filter((el) => {
+      const r = el.getBoundingClientRect();
+      if (!r.width || r.right <= width + 1) return false;
+      for (let p = el.parentElement; p; p = p.parentElement) {  // inside a scrolling box: fine
+        const o = getComputedStyle(p).overflowX;
+        if (o === 'auto' || o === 'scroll' || o === 'hidden') return false;
+      }
+      return true;
+    })
+    .map((el) => el.tagName + '.' + el.className + ' right=' + Math.round(el.getBoundingClientRect().right));
+}"""
+
+BACKGROUND_LUMINANCE = """() => {
+  const [r, g, b] = getComputedStyle(document.body).backgroundColor.match(/\\d+/g).map(Number);
+  return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255;
+}"""
+
+
+def _check(page: Page, path: str) -> list[str]:
+    page.goto(path)
+    problems: list[str] = []
+    if page.locator("h1").count() != 1:
+        problems.append(f"{path}: {page.locator('h1').count()} h1 elements")
+    if page.evaluate("() => document.documentElement.lang") != "en":
+        problems.append(f"{path}: no lang")
+    unnamed: list[Any] = page.evaluate(UNNAMED_CONTROLS)
+    problems += [f"{path}: control without a name: {html}" for html in unnamed]
+    return problems
+
+
+def test_every_page_names_its_controls_on_the_desktop(page: Page, server: E2EServer) -> None:
+    login(page, server, server.admin_email, server.admin_password)
+    problems = [p for path in PAGES for p in _check(page, path)]
+    assert not problems, "\n".join(problems)
+
+
+def test_every_page_fits_a_phone(phone_page: Page, server: E2EServer) -> None:
+    login(phone_page, server, server.admin_email, server.admin_password)
+    problems = []
+    for path in PAGES:
+        problems += _check(phone_page, path)
+        wide: list[str] = phone_page.evaluate(OVERFLOW)
+        problems += [f"{path}: wider than the phone: {w}" for w in wide[:5]]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_skip_link_comes_first_and_focus_is_visible(page: Page, server: E2EServer) -> None:
+    login(page, server, server.admin_email, server.admin_password)
+    page.goto("/chat")
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.textContent.trim()") == "Skip to content"
+    outline = page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle")
+    assert outline not in ("", "none")
+    page.keyboard.press("Enter")
+    assert page.evaluate("() => document.activeElement.id") == "main"
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_the_theme_follows_the_system(page: Page, server: E2EServer, scheme: str) -> None:
+    page.emulate_media(color_scheme="dark" if scheme == "dark" else "light")
+    login(page, server, server.admin_email, server.admin_password)
+    luminance: float = page.evaluate(BACKGROUND_LUMINANCE)
+    assert (luminance < 0.2) if scheme == "dark" else (luminance > 0.8)
