@@ -7,11 +7,18 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from selectolax.lexbor import LexborNode as Node
 
 from .conftest import Browser, Page, WebEnv
 
 HOSTILE = ('<script>alert(1)</script> <img src=x onerror=alert(1)> [click](javascript:alert(1)) '
            '<a href="javascript:alert(2)">x</a> <iframe src="https://evil.example"></iframe>')
+
+
+def _one(node: Node, css: str) -> Node:
+    found = node.css_first(css)
+    assert found is not None, css
+    return found
 
 
 async def _thread(b: Browser, **body: Any) -> dict[str, Any]:
@@ -74,10 +81,10 @@ async def test_a_new_chat_from_the_form_and_the_thread_page(web: WebEnv) -> None
     assert page.one("h1#thread-title").text(strip=True) == "Hello there"  # titled from the first message
     articles = page.all("article.msg")
     assert [a.attributes["data-role"] for a in articles] == ["user", "assistant"]
-    assert articles[0].css_first(".text").text() == "Hello there"
+    assert _one(articles[0], ".text").text() == "Hello there"
     answer = articles[1]
-    assert "scripted demo answer" in answer.css_first(".md").text()
-    assert "tokens" in answer.css_first(".usage").text()
+    assert "scripted demo answer" in _one(answer, ".md").text()
+    assert "tokens" in _one(answer, ".usage").text()
     assert answer.attributes.get("data-last") == "1" and answer.css_first('button[data-action="regenerate"]')
     assert articles[0].css_first('button[data-action="edit"]') and answer.css_first('button[data-action="copy"]')
     assert page.one('#composer textarea[name="message"]') and "hidden" in page.one("#stop").attributes
@@ -110,8 +117,8 @@ async def test_user_and_model_text_is_never_active(web: WebEnv) -> None:
     assert page.status == 200
     assert page.one("h1#thread-title").text().startswith("<script>alert(1)</script>")
     user, answer = page.all("article.msg")
-    assert "<img src=x onerror=alert(1)>" in user.css_first(".text").text()
-    assert "<script>" in answer.css_first(".md").text() or "alert(1)" in answer.css_first(".md").text()
+    assert "<img src=x onerror=alert(1)>" in _one(user, ".text").text()
+    assert "<script>" in _one(answer, ".md").text() or "alert(1)" in _one(answer, ".md").text()
     _no_active_content(page)
     listing = await b.get("/chat")
     assert HOSTILE[:30] in listing.one(".thread-title").text()
@@ -175,7 +182,7 @@ async def test_export_links_and_import_of_an_export(web: WebEnv) -> None:
     thread = await _thread(b, title="To take away")
     await _say(b, thread["id"], "Remember **this**")
     page = await b.get("/chat")
-    links = [a.attributes["href"] for a in page.all(".thread-item a") if "/export" in (a.attributes["href"] or "")]
+    links = [str(a.attributes["href"]) for a in page.all(".thread-item a") if "/export" in str(a.attributes["href"])]
     assert sorted(links) == sorted(f"/api/v1/threads/{thread['id']}/export?format={f}" for f in ("json", "markdown"))
     md = await b.http.get(links[0] if "markdown" in links[0] else links[1])
     assert md.status_code == 200 and "# To take away" in md.text
@@ -185,7 +192,7 @@ async def test_export_links_and_import_of_an_export(web: WebEnv) -> None:
     assert r.status_code == 303, r.text
     imported = await b.get(r.headers["location"])
     assert imported.one("h1#thread-title").text() == "To take away"
-    assert imported.all("article.msg")[0].css_first(".text").text(strip=True) == "Remember **this**"
+    assert _one(imported.all("article.msg")[0], ".text").text(strip=True) == "Remember **this**"
     assert sorted((await b.get("/chat")).texts(".thread-title")) == ["To take away", "To take away"]
     bad = await b.http.post("/chat/import", data={"csrf": b.csrf},
                             files={"file": ("x.json", orjson.dumps({"thread": {}}), "application/json")})
@@ -222,6 +229,6 @@ async def test_a_grounded_answer_lists_its_numbered_sources(web: WebEnv) -> None
     assert cite is not None and cite.attributes["data-cite"] == "1"
     source = answer.css_first(f"details#{answer.attributes['id']}-cite-1")
     assert source is not None
-    assert "tomatoes.txt" in source.css_first("summary").text()
-    assert "six hours" in source.css_first(".passage").text()
+    assert "tomatoes.txt" in _one(source, "summary").text()
+    assert "six hours" in _one(source, ".passage").text()
     _no_active_content(page)
