@@ -168,12 +168,12 @@ class ThreadPage {
     for (const b of this.messages.querySelectorAll('button[data-action="regenerate"]')) b.remove();
     this.cancelEdit();
     const mine = el("article", { class: "msg msg-user pending", "data-role": "user" },
-      el("header", { class: "msg-head row" }, el("span", { class: "who", text: "You" })),
+      el("header", { class: "msg-head row" }, el("span", { class: "msg-who", text: "You" })),
       el("div", { class: "text", text }));
     const live = el("div", { class: "text streaming", "aria-live": "polite", "aria-busy": "true" });
     const progress = el("p", { class: "muted small progress" });
     const answer = el("article", { class: "msg msg-assistant pending", "data-role": "assistant" },
-      el("header", { class: "msg-head row" }, el("span", { class: "who", text: "Assistant" })), progress, live);
+      el("header", { class: "msg-head row" }, el("span", { class: "msg-who", text: "Assistant" })), progress, live);
     this.messages.append(mine, answer);
     answer.scrollIntoView({ block: "end" });
     const turn = { mine, answer, live, progress, lastId: 0, ended: false };
@@ -271,9 +271,22 @@ class ThreadPage {
     } else {
       turn.live.removeAttribute("aria-busy");
     }
+    const title = document.getElementById("thread-title");
+    if (title && title.textContent === "New chat") this.retitle(title);
     this.say(data.message.finish_reason === "stopped" ? "Stopped; the answer so far is kept." : "Answer complete.");
     this.setBusy(false);
     this.input.focus();
+  }
+
+  /** A new chat is titled from its first message once that is stored. */
+  async retitle(heading) {
+    const r = await api(`/api/v1/threads/${encodeURIComponent(this.id)}`);
+    if (!r.ok) return;
+    const thread = await r.json();
+    if (thread.title) {
+      heading.textContent = thread.title;
+      document.title = `${thread.title} · thinktank`;
+    }
   }
 
   fail(turn, message) {
