@@ -440,3 +440,24 @@ async def test_a_streamed_chat_completion_on_an_ensemble_goes_on_when_its_client
     assert row["requests"] == 1 and row["cost_usd"] == pytest.approx(run["cost_usd"])
     # snail answered after the client left: its tokens are in the record too
     assert row["prompt_tokens"] == run["prompt_tokens"] and row["completion_tokens"] == run["completion_tokens"]
+
+
+async def test_a_blind_arena_names_no_model_in_errors_config_or_its_stream(api: str, client: httpx.AsyncClient) -> None:
+    """A member that fails says which model it was in its error ('slow gave no answer...'): hidden too."""
+    body = {"ensemble": "waits", "question": "q", "arena": True, "member_timeout": 0.3, "stream": True}
+    async with client.stream("POST", api + "/api/v1/ensembles", headers=AUTH, json=body) as r:
+        assert r.status_code == 200
+        run_id = r.headers["x-thinktank-run-id"]
+        streamed = [e async for e in sse_events(r)]
+    assert any(e["event"] == "model_failed" for e in streamed)
+    record = (await client.get(api + f"/api/v1/runs/{run_id}", headers=AUTH)).json()
+    assert record["result"]["failed"][0]["error"].startswith("a model gave no answer")
+    assert record["config"]["members"] == "hidden until you vote"
+    events = (await client.get(api + f"/api/v1/runs/{run_id}/events?format=json", headers=AUTH)).json()["data"]
+    replay = await client.get(api + f"/api/v1/runs/{run_id}/events", headers=AUTH)
+    for text in (orjson.dumps(streamed).decode(), orjson.dumps(record).decode(), orjson.dumps(events).decode(),
+                 replay.text):
+        assert "slow" not in text and "alpha" not in text
+    # A vote needs two answers: only one came back, so the models stay hidden.
+    vote = await client.post(api + f"/api/v1/runs/{run_id}/feedback", headers=AUTH, json={"winner": "A"})
+    assert vote.status_code == 400

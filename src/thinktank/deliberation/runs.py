@@ -296,7 +296,7 @@ class LiveRun:
     def record(self) -> dict[str, Any]:
         """The whole run as ``GET /api/v1/runs/{id}`` shows it."""
         return {
-            "id": self.id, "kind": self.kind, "name": self.name, "status": self.status,
+            "id": self.id, "user_id": self.user_id, "kind": self.kind, "name": self.name, "status": self.status,
             "question": self.question, "request": self.request, "config": self.config, "tags": self.tags,
             "result": self.result if self.result is not None else (self.partial or None), "error": self.error,
             "cost_usd": round(self.cost, 10), "prompt_tokens": self.prompt_tokens,

@@ -113,19 +113,55 @@ class _RunCap:
         return _CapHold(self, worst, inner)
 
 
-def redact(record: dict[str, Any]) -> dict[str, Any]:
-    """A blind arena run before the vote: which model wrote which answer stays hidden."""
+_MODEL_KEYS = ("members", "judge", "judges", "chairman")
+"""The configuration fields of an ensemble that name models."""
+
+
+def _secret_names(record: dict[str, Any]) -> list[str]:
+    """Every model name a blind arena's record could give away (longest first, for :func:`_scrub`)."""
     result = record.get("result") or {}
-    if not result.get("arena") or result.get("revealed"):
+    config = record.get("config") or {}
+    names = [str(x.get("model")) for key in ("answers", "failed") for x in result.get(key) or [] if x.get("model")]
+    for key in _MODEL_KEYS:
+        value = config.get(key)
+        names += [value] if isinstance(value, str) else [str(v) for v in value or [] if isinstance(v, str)]
+    return sorted({n for n in names if n and n != "hidden"}, key=len, reverse=True)
+
+
+def _scrub(text: Any, names: Sequence[str]) -> Any:
+    """``text`` with every name in ``names`` replaced (an error message may name the model that failed)."""
+    if not isinstance(text, str):
+        return text
+    for name in names:
+        text = text.replace(name, "a model")
+    return text
+
+
+def redact(record: dict[str, Any]) -> dict[str, Any]:
+    """A blind arena run before the vote: which model wrote which answer stays hidden (also in the
+    configuration's model fields and in error messages)."""
+    result = record.get("result") or {}
+    arena = result.get("arena") or (record.get("request") or {}).get("arena")  # also a run still answering
+    if not arena or result.get("revealed"):
         return record
+    names = _secret_names(record)
     out = dict(record)
-    out["result"] = {**result, "answers": [{k: v for k, v in a.items() if k != "model"} for a in result["answers"]],
-                     "failed": [{k: v for k, v in f.items() if k != "model"} for f in result.get("failed", [])]}
+    if result:
+        out["result"] = {**result, "answers": [{k: v for k, v in a.items() if k != "model"}
+                                               for a in result.get("answers", [])],
+                         "failed": [{k: _scrub(v, names) for k, v in f.items() if k != "model"}
+                                    for f in result.get("failed", [])]}
     out["calls"] = [
-        {**c, "model": "hidden", "deployment": None} if c.get("stage") == "answer" else c
+        {**c, "model": "hidden", "deployment": None, "error": _scrub(c.get("error"), names)}
+        if c.get("stage") == "answer" else c
         for c in record.get("calls", [])
     ]
-    out["config"] = {**record.get("config", {}), "members": "hidden until you vote"}
+    config = dict(record.get("config", {}))
+    for key in _MODEL_KEYS:
+        if key in config:
+            config[key] = "hidden until you vote"
+    out["config"] = config
+    out["error"] = _scrub(record.get("error"), names)
     return out
 
 
@@ -420,19 +456,30 @@ class Deliberation:
         record = await self.get(run_id, principal)  # 404 unless the caller may read it
         arena_hidden = bool(record["request"].get("arena")) and not (record.get("result") or {}).get("revealed")
         run = self.live.get(run_id)
+        names: list[str] = []
+        if arena_hidden:  # what the events must not name: the members (the record above is already redacted)
+            raw = run.record() if run is not None else await self.store.get(run_id)
+            names = _secret_names(raw or {})
         if run is not None:
             async for event in run.follow(after) if follow else _aiter(run.events[after:]):
-                yield _hide(event) if arena_hidden else event
+                yield _hide(event, names) if arena_hidden else event
             return
         while True:
             for event in await self.store.events(run_id, after):
                 after = event.seq
-                yield _hide(event) if arena_hidden else event
+                yield _hide(event, names) if arena_hidden else event
             found = await self.store.owner(run_id)
             if not follow or found is None or found[1] != "running":
                 return
             await self.store.mark_interrupted(self.clock.time(), STALE_AFTER)
             await self.clock.sleep(poll)  # another process runs it: poll what it saves
+
+    @staticmethod
+    async def blind(run: LiveRun, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+        """A blind arena's events as its starter sees them while it runs: no model named."""
+        names = _secret_names(run.record())
+        async for event in events:
+            yield _hide(event, names)
 
     async def document(self, run_id: str, principal: Principal, name: str) -> str | None:
         await self._owned(run_id, principal)
@@ -526,7 +573,6 @@ async def _aiter(events: Sequence[Event]) -> AsyncIterator[Event]:
         yield event
 
 
-def _hide(event: Event) -> Event:
-    if "model" not in event.data:
-        return event
-    return Event(event.seq, event.ts, event.type, {k: v for k, v in event.data.items() if k != "model"})
+def _hide(event: Event, names: Sequence[str]) -> Event:
+    data = {k: _scrub(v, names) for k, v in event.data.items() if k != "model"}
+    return event if data == event.data else Event(event.seq, event.ts, event.type, data)

@@ -23,7 +23,7 @@ _ROW = 34  # height of one row of a bar or interval chart: a line of text above 
 _CHAR = 7.0  # rough width of one character of label text at the size CHART_CSS sets
 
 CHART_CSS = """\
-svg.chart { display: block; width: 100%; height: auto; max-width: 100%; font: 12px system-ui, sans-serif; }
+svg.chart { display: block; width: 100%; height: auto; max-width: min(100%, 52rem); font: 12px system-ui, sans-serif; }
 svg.chart .axis { stroke: #6b7280; stroke-width: 1; fill: none; }
 svg.chart .grid { stroke: #e5e7eb; stroke-width: 1; fill: none; }
 svg.chart .label, svg.chart .value { fill: #374151; }

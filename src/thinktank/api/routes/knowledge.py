@@ -24,9 +24,10 @@ from ...bounds import MAX_INT64, Seq
 from ...errors import InvalidRequestError, ThinktankError
 from ...gateway.tokens import estimate_text_tokens
 from ...knowledge.embeddings import LOCAL_MODEL
+from ...knowledge.explain import Parts, score_parts
 from ...knowledge.index import Filters
 from ...knowledge.ingest import IngestResult, Progress, Source
-from ...knowledge.retrieval import SearchOptions
+from ...knowledge.retrieval import Retrieved, SearchOptions
 from ...store.tables import KbChunk
 from .. import sse
 from ..deps import PrincipalDep, StateDep, client_ip
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from ...knowledge.service import KbView
     from ...store.tables import KbDocument, KbShare, KnowledgeBase
 
-__all__ = ["MAX_FILE_BYTES", "router", "source_name"]
+__all__ = ["MAX_FILE_BYTES", "SearchOneIn", "router", "run_search", "source_name"]
 
 router = APIRouter(prefix="/api/v1", tags=["knowledge"], route_class=StrictJSONRoute)
 T = TypeVar("T")
@@ -99,6 +100,8 @@ class SearchOneIn(_In):
     keyword_weight: float | None = Field(default=None, ge=0, le=_MAX_WEIGHT)
     vector_weight: float | None = Field(default=None, ge=0, le=_MAX_WEIGHT)
     filters: FiltersIn | None = None
+    explain: bool = Field(default=False, description="Give each result its keyword_score (its document's BM25) "
+                          "and vector_score (the cosine of its chunk) beside the fused score.")
 
     def options(self) -> SearchOptions:
         defaults = SearchOptions()
@@ -428,9 +431,11 @@ async def review_document(kb: str, doc_id: str, body: ReviewIn, principal: Princ
 
 # -- search ----------------------------------------------------------------------------------------
 
-async def _search(
+async def run_search(
     refs: Sequence[str], body: SearchOneIn, request: Request, principal: Principal, state: AppState,
 ) -> dict[str, Any]:
+    """The search answer (the web's search playground shows it too): each knowledge base checked for
+    the caller, the query's embedding admitted through the gate when a gateway model makes it."""
     if not body.query.strip():
         raise InvalidRequestError("The query is empty.", param="query")
     options = body.options()
@@ -441,25 +446,39 @@ async def _search(
     models = {kb.embedding_model for kb in kbs.values()}
     admission = None
     if options.mode != "keyword" and len(models) == 1:
-        admission = await _admit(state, principal, request, models.pop(), estimate_text_tokens(body.query))
-    hits = await _settled(state, admission, state.knowledge.search(
-        principal, list(kbs), body.query, options, ctx=admission.ctx if admission is not None else None))
-    return {"object": "list", "query": body.query, "data": [
-        {"object": "search_result", "rank": rank, "chunk_id": h.chunk_id, "document_id": h.document_id,
-         "knowledge_base_id": h.kb_id, "knowledge_base": kbs[h.kb_id].name if h.kb_id in kbs else None,
-         "source": h.source, "title": h.title, "page": h.page, "position": h.position, "context": h.context,
-         "text": h.text, "score": h.score}
-        for rank, h in enumerate(hits, 1)
-    ]}
+        tokens = estimate_text_tokens(body.query) * (2 if body.explain else 1)
+        admission = await _admit(state, principal, request, models.pop(), tokens)
+    ctx = admission.ctx if admission is not None else None
+
+    async def work() -> tuple[list[Retrieved], dict[int, Parts]]:
+        hits = await state.knowledge.search(principal, list(kbs), body.query, options, ctx=ctx)
+        if not body.explain:
+            return hits, {}
+        return hits, await score_parts(state.knowledge, hits, body.query, options.mode,
+                                       {k: kb.embedding_model for k, kb in kbs.items()}, ctx)
+
+    hits, parts = await _settled(state, admission, work())
+    data = []
+    for rank, h in enumerate(hits, 1):
+        item = {"object": "search_result", "rank": rank, "chunk_id": h.chunk_id, "document_id": h.document_id,
+                "knowledge_base_id": h.kb_id, "knowledge_base": kbs[h.kb_id].name if h.kb_id in kbs else None,
+                "source": h.source, "title": h.title, "page": h.page, "position": h.position, "context": h.context,
+                "text": h.text, "score": h.score}
+        if body.explain:
+            part = parts.get(h.chunk_id)
+            item["keyword_score"] = part.keyword if part is not None else None
+            item["vector_score"] = part.vector if part is not None else None
+        data.append(item)
+    return {"object": "list", "query": body.query, "data": data}
 
 
 @router.post("/knowledge-bases/search")
 async def search_many(body: SearchIn, request: Request, principal: PrincipalDep, state: StateDep) -> dict[str, Any]:
     """Search several knowledge bases at once (they must embed with one model, unless mode is keyword)."""
-    return await _search(body.knowledge_bases, body, request, principal, state)
+    return await run_search(body.knowledge_bases, body, request, principal, state)
 
 
 @router.post("/knowledge-bases/{kb}/search")
 async def search_one(kb: str, body: SearchOneIn, request: Request, principal: PrincipalDep,
                      state: StateDep) -> dict[str, Any]:
-    return await _search([kb], body, request, principal, state)
+    return await run_search([kb], body, request, principal, state)

@@ -145,7 +145,10 @@ async def _start(
 async def _answer(run: LiveRun, body: EnsembleIn | DebateIn, state: AppState) -> Response:
     headers = {"x-thinktank-run-id": run.id}
     if body.stream:
-        return StreamingResponse(_sse(run.follow(0)), headers={**headers, **sse.HEADERS})
+        events = run.follow(0)
+        if isinstance(body, EnsembleIn) and body.arena:
+            events = state.deliberation.blind(run, events)
+        return StreamingResponse(_sse(events), headers={**headers, **sse.HEADERS})
     await state.deliberation.wait(run)
     record = redact(run.record())  # the finished run, from memory: no need to read back what was just saved
     if run.status == "completed":
