@@ -84,8 +84,7 @@ def _visit(page: Page, path: str, dialogs: list[str]) -> list[str]:
     return problems
 
 
-def test_hostile_text_never_runs_on_any_page(page: Page, server: E2EServer) -> None:
-    where = _seed(server)
+def _record_dialogs(page: Page) -> list[str]:
     dialogs: list[str] = []
 
     def on_dialog(dialog: Dialog) -> None:
@@ -93,6 +92,12 @@ def test_hostile_text_never_runs_on_any_page(page: Page, server: E2EServer) -> N
         dialog.dismiss()
 
     page.on("dialog", on_dialog)
+    return dialogs
+
+
+def test_hostile_text_never_runs_on_any_page(page: Page, server: E2EServer) -> None:
+    where = _seed(server)
+    dialogs = _record_dialogs(page)
     login(page, server, EMAIL, PASSWORD)
     member_pages = ["/chat", where["thread"], "/knowledge", where["kb"], where["doc"], "/compare", where["run"],
                     "/debate", where["debate"], "/leaderboard", "/me", f"{where['kb']}?q=script"]
@@ -111,8 +116,7 @@ def test_hostile_team_names_never_run_on_admin_pages(page: Page, server: E2EServ
     with _api(server, server.admin_key) as admin:
         r = admin.post("/api/v1/teams", json={"name": "<img src=x onerror=window.__xss=1> team"})
         assert r.status_code == 201, r.text
-    dialogs: list[str] = []
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    dialogs = _record_dialogs(page)
     login(page, server, server.admin_email, server.admin_password)
     links: list[Any] = page.evaluate("() => [...document.querySelectorAll('a[href^=\"/admin\"]')].map(a => a.href)")
     paths = {"/admin", *(re.sub(r"^https?://[^/]+", "", str(u)) for u in links)}
