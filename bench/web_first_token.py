@@ -45,7 +45,8 @@ class Upstream:
     """An OpenAI-compatible streaming server that remembers when it sent each first token."""
 
     def __init__(self) -> None:
-        self.sent: list[float] = []
+        self.sent: dict[str, list[float]] = {}
+        """When each first token went out, by the question asked (a thread's title and memory calls ask others)."""
         self.port = free_port()
 
     def app(self) -> web.Application:
@@ -61,7 +62,9 @@ class Upstream:
                                                                  "finish_reason": None}]}
                 return b"data: " + orjson.dumps(data) + b"\n\n"
 
-            self.sent.append(time.time())
+            messages = body.get("messages") or [{}]
+            asked = str(messages[-1].get("content", ""))
+            self.sent.setdefault(asked, []).append(time.time())
             await response.write(chunk(MARK + " "))
             for word in ["and", "the", "rest", "of", "the", "answer"]:
                 await asyncio.sleep(0.02)
@@ -112,7 +115,7 @@ def start_server(upstream: Upstream, port: int) -> subprocess.Popen[bytes]:
 
 WATCH = """(mark) => {
   window.__firstSeen = [];
-  const seen = new WeakSet();
+  const seen = new WeakSet(document.querySelectorAll('%s'));  // what is already there is not this answer
   new MutationObserver(() => {
     for (const node of document.querySelectorAll('%s')) {
       if (!seen.has(node) && node.textContent.includes(mark)) { seen.add(node); window.__firstSeen.push(Date.now()); }
@@ -136,27 +139,34 @@ def run(page_kind: str, runs: int, url: str, upstream: Upstream) -> list[float]:
         page.click("button[type=submit]")
         page.wait_for_url("**/chat")
         for i in range(runs):
-            before = len(upstream.sent)
+            question = f"question {i} of the benchmark"
             if page_kind == "compare":
                 page.goto("/compare")
                 for model in ("bench/a", "bench/b"):
                     page.check(f"input[value='{model}']")
-                page.evaluate(WATCH % ".compare-col", MARK)
-                page.fill("textarea[name=question]", f"question {i}")
+                page.evaluate(WATCH % (".compare-col", ".compare-col"), MARK)
+                page.fill("textarea[name=question]", question)
                 page.get_by_role("button", name="Ask").click()
                 expected = 2
             else:
-                page.goto("/chat")
-                page.select_option("select[name=model]", "bench/a")
-                page.evaluate(WATCH % "[data-role=assistant], .message.assistant, .assistant", MARK)
-                page.fill("textarea[name=content]", f"question {i}")
-                page.keyboard.press("Control+Enter")
+                if i == 0:  # one thread on bench/a, then its page for every question
+                    page.goto("/chat")
+                    page.select_option("#new-chat select[name=model]", "bench/a")
+                    page.get_by_role("button", name="Start chat").click()
+                    page.wait_for_url("**/chat/thr_*")
+                page.evaluate(WATCH % ("[data-role=assistant]", "[data-role=assistant]"), MARK)
+                page.fill("#message", question)
+                page.click("#send")
                 expected = 1
             page.wait_for_function(f"() => window.__firstSeen && window.__firstSeen.length >= {expected}",
                                    timeout=15_000)
             seen: list[Any] = page.evaluate("() => window.__firstSeen")
-            sent = sorted(upstream.sent[before:])
-            delays += [(s / 1000 - t) * 1000 for s, t in zip(sorted(seen), sent, strict=False)]
+            sent = sorted(upstream.sent.get(question, []))
+            assert len(sent) == expected, f"the upstream saw {len(sent)} requests for {question!r}"
+            # The first sightings, one per answer (a finished chat answer is swapped for the rendered one).
+            delays += [(s / 1000 - t) * 1000 for s, t in zip(sorted(seen)[:expected], sent, strict=False)]
+            if page_kind == "chat":
+                page.wait_for_selector("#stop", state="hidden")
             page.wait_for_timeout(300)  # let the answer finish before the next one
         browser.close()
     return delays

@@ -576,3 +576,85 @@ async def test_shutdown_cancels_a_turn_under_way_and_stores_nothing(
             assert (await s.execute(select(UsageRow.status))).scalars().all() == [499]
     finally:
         await db.close()
+
+
+async def test_stop_cancels_the_upstream_call_and_keeps_the_reply_so_far(env: Env) -> None:
+    """A user's Stop (unlike a client that merely goes away) cancels the upstream request; the turn is stored
+    with the text streamed so far, finish_reason "stopped" and the tokens and cost of what was produced,
+    and the thread takes turns again. Only the thread's owner may stop it."""
+    _, alice = await env.user("alice@example.com")
+    _, bob = await env.user("bob@example.com")
+    thread = await env.thread(alice)
+    stop_url = env.url + f"/api/v1/threads/{thread['id']}/turn/stop"
+    assert (await env.http.post(stop_url, headers=alice)).json() == {"stopped": False}  # nothing under way
+    env.slow_reply()  # the gate is never set: the upstream would wait forever
+    url = env.url + f"/api/v1/threads/{thread['id']}/messages"
+    async with env.http.stream("POST", url, headers=alice, json={"content": "Take your time", "stream": True}) as r:
+        lines = r.aiter_lines()
+        head = [await anext(lines) for _ in range(2)]
+        assert head == ["id: 1", "event: delta"]
+        assert (await env.http.post(stop_url, headers=bob)).status_code == 404
+        assert (await env.http.post(stop_url, headers=alice)).json() == {"stopped": True}
+        text = "\n".join(head + [line async for line in lines])
+    await asyncio.wait_for(env.upstream.cancel_event.wait(), 10)
+    assert env.upstream.cancelled == 1
+    events = sse(text.strip() + "\n\n")
+    assert [t for t, _ in events] == ["delta", "message"]
+    assert [t for t, _ in events][-1] == "message"
+    message = events[-1][1]["message"]
+    assert (message["content"], message["finish_reason"]) == ("Slow", "stopped")
+    assert message["usage"]["completion_tokens"] > 0 and message["cost_usd"] > 0
+    stored = (await env.http.get(url, headers=alice)).json()["data"]
+    assert [(m["content"], m["finish_reason"]) for m in stored] == [("Take your time", None), ("Slow", "stopped")]
+    again = await env.say(alice, thread["id"], "Go on")
+    assert again.status_code == 200 and again.json()["message"]["content"] == "echo: Go on"
+
+
+async def test_edit_a_message_or_regenerate_the_last_answer(env: Env) -> None:
+    """``replaces``: the turn takes the place of a user message and everything after it (the model sees only
+    what came before); the thread's other messages stay."""
+    _, alice = await env.user("alice@example.com")
+    thread = await env.thread(alice)
+    tid = thread["id"]
+    env.script.replies.extend(["first answer", "second answer", "second again", "edited answer"])
+    one = (await env.say(alice, tid, "one")).json()
+    two = (await env.say(alice, tid, "two")).json()
+    regen = await env.say(alice, tid, "two", replaces=two["user_message"]["id"])
+    assert regen.status_code == 200, regen.text
+    url = env.url + f"/api/v1/threads/{tid}/messages"
+    stored = (await env.http.get(url, headers=alice)).json()["data"]
+    assert [(m["seq"], m["content"]) for m in stored] == [(1, "one"), (2, "first answer"), (3, "two"),
+                                                          (4, "second again")]
+    assert "second answer" not in _prompt(env.chats()[-1])
+    assert [m["content"] for m in env.chats()[-1]["messages"]][-1] == "two"
+    edit = await env.say(alice, tid, "uno", replaces=one["user_message"]["id"])
+    assert edit.status_code == 200
+    stored = (await env.http.get(url, headers=alice)).json()["data"]
+    assert [(m["seq"], m["content"]) for m in stored] == [(1, "uno"), (2, "edited answer")]
+    assert [m["content"] for m in env.chats()[-1]["messages"]] == ["uno"]
+    # an answer, an unknown message, another thread's message: 400, nothing sent or changed
+    other = await env.thread(alice)
+    theirs = (await env.say(alice, other["id"], "elsewhere")).json()["user_message"]["id"]
+    sent = len(env.chats())
+    for ref in (edit.json()["message"]["id"], "msg_nope", theirs):
+        r = await env.say(alice, tid, "x", replaces=ref)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "replaces", r.text
+    assert len(env.chats()) == sent
+    assert len((await env.http.get(url, headers=alice)).json()["data"]) == 2
+
+
+async def test_threads_are_searched_by_title(env: Env) -> None:
+    _, alice = await env.user("alice@example.com")
+    _, bob = await env.user("bob@example.com")
+    for title in ("Rust lifetimes", "rusty bikes", "Cooking 100% rice", "under_score"):
+        await env.thread(alice, title=title)
+    await env.thread(bob, title="Rust for bob")
+
+    async def titles(q: str) -> list[str]:
+        r = await env.http.get(env.url + "/api/v1/threads", headers=alice, params={"q": q})
+        return sorted(t["title"] for t in r.json()["data"])
+
+    assert await titles("rust") == ["Rust lifetimes", "rusty bikes"]
+    assert await titles("100%") == ["Cooking 100% rice"]
+    assert await titles("ru_t") == []  # no wildcards
+    assert await titles("_") == ["under_score"]

@@ -353,3 +353,14 @@ def test_a_running_debate_is_read_from_its_events() -> None:
     assert second.positions[0].diff == [("eq", "Use "), ("del", "SQLite."), ("ins", "PostgreSQL.")]
     assert debate.answer is None and debate.answer_live == "## Answer"
     assert debate.agreement_points == [(1.0, 0.4)]
+
+
+async def test_a_debate_run_at_runs_goes_to_its_debate_page(web: WebEnv) -> None:
+    r = await web.admin.api("POST", "/api/v1/debates", json={"debate": "demo-panel", "question": "Which database?",
+                                                             "rounds": 1})
+    assert r.status_code == 200, r.text
+    run_id = r.json()["id"]
+    page = await web.admin.http.get(f"/runs/{run_id}")
+    assert (page.status_code, page.headers["location"]) == (303, f"/debate/{run_id}")
+    stranger = await web.member("runs-stranger@example.com")
+    assert (await stranger.http.get(f"/runs/{run_id}")).status_code == 404  # checked before it redirects

@@ -62,12 +62,20 @@ class TurnOptions:
     stream: bool = False
     max_tokens: int | None = None
     temperature: float | None = None
+    replaces: str | None = None
+    """A user message of the thread: it and every message after it are replaced by this turn's (edit a
+    message and answer again; regenerate an answer with the same content)."""
+
+
+STOPPED = "stopped"
+"""The finish reason of a reply its user stopped (``Conversations.stop``): the text so far is kept."""
 
 
 @dataclass(frozen=True, slots=True)
 class TurnEvent:
     type: str
-    """``summary``, ``delta``, ``message`` (the stored turn) or ``error`` (the OpenAI error shape)."""
+    """``summary``, ``progress`` (a stage of a composite model's answer, ``text``), ``delta``, ``message``
+    (the stored turn) or ``error`` (the OpenAI error shape)."""
     data: dict[str, Any]
     id: int = 0
     """Its number in the turn, from 1: a client that reconnects with ``Last-Event-ID`` resumes after it."""
@@ -90,6 +98,10 @@ class Turn:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     ended_at: float | None = None
     """When its last event went out (monotonic)."""
+    replace_from: int | None = None
+    """The seq of the first message this turn replaces (``TurnOptions.replaces``)."""
+    stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set by ``Conversations.stop``: the reply ends where it is, and what was written so far is stored."""
     _moved: asyncio.Event = field(default_factory=asyncio.Event)
 
     def emit(self, type_: str, **data: Any) -> None:
@@ -206,6 +218,7 @@ class Conversations:
         if len(content) > MAX_CONTENT:
             raise InvalidRequestError(f"content: at most {MAX_CONTENT} characters", param="content")
         model = self.threads.check_model(principal, options.model or thread.model)
+        replace_from = await self._replaced_seq(thread.id, options.replaces) if options.replaces else None
         # One turn at a time: this process's own turns, then every process's, through the lease.
         if thread.id in self._busy or not await self.threads.claim(thread.id, TURN_LEASE):
             raise ConflictError("A reply is still being written in this thread; wait for it to end.",
@@ -218,7 +231,7 @@ class Conversations:
         except BaseException:
             await self._release(thread.id)
             raise
-        turn = Turn(thread.id)
+        turn = Turn(thread.id, replace_from=replace_from)
         self._keep(turn)
         try:
             task = self._spawn(self._run(turn, principal, ip, thread, content, model, options, admission))
@@ -238,6 +251,29 @@ class Conversations:
 
         task.add_done_callback(settled)
         return turn
+
+    async def _replaced_seq(self, thread_id: str, message_id: str) -> int:
+        """The seq of the user message ``message_id`` of the thread, which a turn replaces with what follows
+        it (400 if it is not one, or if the rolling summary already holds it)."""
+        found = await self.threads.message_of(thread_id, message_id)
+        if found is None or found.role != "user":
+            raise InvalidRequestError(f"replaces: '{message_id}' is not a user message of this thread",
+                                      param="replaces")
+        summary = await self.threads.latest_summary(thread_id)
+        if summary is not None and summary.through_seq >= found.seq:
+            raise InvalidRequestError("replaces: that message is already folded into the thread's rolling summary",
+                                      param="replaces")
+        return found.seq
+
+    async def stop(self, principal: Principal, thread_id: str) -> bool:
+        """Stop the thread's turn under way here: its reply ends where it is and is stored as far as it got
+        (finish reason ``stopped``). False if no turn of the thread is running in this process."""
+        thread = await self.threads.get(principal, thread_id)  # 404 for another user's thread
+        turn = self._turns.get(thread.id)
+        if turn is None or turn.done.is_set():
+            return False
+        turn.stop_requested.set()
+        return True
 
     async def _run(
         self, turn: Turn, principal: Principal, ip: str | None, thread: Thread, content: str, model: str,
@@ -322,6 +358,11 @@ class Conversations:
         answer = await self._call(turn, request, admission, thread.knowledge_bases)
         text, usage, finish = answer.text, answer.usage, answer.finish
         answered = ctx.records[mark:]
+        if finish == STOPPED and not usage.total_tokens:  # cut short: what the router accounted for it
+            usage = Usage(prompt_tokens=sum(r.prompt_tokens for r in answered),
+                          completion_tokens=sum(r.completion_tokens for r in answered),
+                          cost=sum(r.cost for r in answered))
+            usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
         context = dict(prompt.context)
         if prompt.grounding is not None:
             context["retrieved"] = [c.to_dict() for c in prompt.grounding.citations]
@@ -335,13 +376,39 @@ class Conversations:
             prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
             cost_usd=float(usage.cost or 0.0), finish_reason=finish, context=context,
         )
-        rows = await self.threads.append(thread.id, [NewMessage(role="user", content=content), reply])
+        rows = await self.threads.append(thread.id, [NewMessage(role="user", content=content), reply],
+                                         replace_from=turn.replace_from)
         turn.result = {"user_message": message_public(rows[0]), "message": message_public(rows[1]),
                        "turn_cost_usd": round(sum(r.cost for r in ctx.records), 10)}
         return rows
 
     async def _call(self, turn: Turn, request: ChatRequest, admission: Admission,
                     knowledge_bases: list[str] | None = None) -> _Reply:
+        """The model's reply; a stop request cancels the call (the upstream request with it) and keeps the
+        text streamed so far."""
+        reply = _Reply("", Usage(), None, None, None)
+        parts: list[str] = []
+        call = asyncio.ensure_future(self._answer(turn, request, admission, knowledge_bases, reply, parts))
+        stop = asyncio.ensure_future(turn.stop_requested.wait())
+        try:
+            await asyncio.wait((call, stop), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not call.done():
+                call.cancel()
+            stop.cancel()
+            await asyncio.gather(call, stop, return_exceptions=True)
+        if not call.cancelled() and call.exception() is None:
+            return call.result()
+        if turn.stop_requested.is_set():
+            reply.text, reply.finish = "".join(parts), STOPPED
+            return reply
+        exc = call.exception() if not call.cancelled() else None
+        if exc is not None:
+            raise exc
+        raise asyncio.CancelledError
+
+    async def _answer(self, turn: Turn, request: ChatRequest, admission: Admission,
+                      knowledge_bases: list[str] | None, reply: _Reply, parts: list[str]) -> _Reply:
         if request.model.startswith("kb/") and knowledge_bases:
             model = self.catalog.grounded(request.model, admission.principal, knowledge_bases)
         else:
@@ -351,9 +418,9 @@ class Conversations:
             choice = response.choices[0] if response.choices else None
             return _Reply(message_text(choice.message) if choice is not None else "", response.usage or Usage(),
                           choice.finish_reason if choice is not None else None, response.citations, response.run_id)
-        parts: list[str] = []
-        reply = _Reply("", Usage(), None, None, None)
         async for chunk in model.stream(request, admission.ctx):
+            if chunk.note:
+                turn.emit("progress", text=chunk.note)
             reply.run_id = chunk.run_id or reply.run_id
             if chunk.usage is not None:
                 reply.usage = chunk.usage
@@ -399,6 +466,8 @@ class Conversations:
         summary = await self.threads.latest_summary(thread.id)
         through = summary.through_seq if summary is not None else 0
         history = await self.threads.messages_of(thread.id, after=through)
+        if turn.replace_from is not None:
+            history = [m for m in history if m.seq < turn.replace_from]
         summary_room = max(conv.summary_tokens, estimate_text_tokens(summary.content) if summary else 0) + 60
         room = budget.prompt - fixed - summary_room
         cx.check_room(room, fixed + summary_room, model, budget)
@@ -414,7 +483,7 @@ class Conversations:
         ])
         messages = [*([system] if system is not None else []),
                     *(Message(role="assistant" if m.role == "assistant" else "user", content=m.content)
-                      for m in history if m.role in ("user", "assistant")),
+                      for m in history if m.role == "user" or (m.role == "assistant" and m.content)),
                     Message(role="user", content=content)]
         if not thread.knowledge_bases or model.startswith("kb/"):
             return _Prompt(messages, context)  # (a kb/ model searches the thread's knowledge bases with its own)

@@ -147,9 +147,14 @@ class ThreadService:
 
     async def list_threads(
         self, principal: Principal, *, archived: bool | None = False, limit: int = 50, before: float | None = None,
+        search: str | None = None,
     ) -> list[dict[str, Any]]:
-        """The caller's threads, most recently active first, with their message count and cost."""
+        """The caller's threads, most recently active first, with their message count and cost; ``search``:
+        only those whose title holds it (any case)."""
         query = select(Thread).where(Thread.user_id == principal.user_id)
+        if search:
+            pattern = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            query = query.where(Thread.title.ilike(f"%{pattern}%", escape="\\"))
         if archived is not None:
             query = query.where(Thread.archived == archived)
         if before is not None:
@@ -214,6 +219,19 @@ class ThreadService:
         async with self.db.session() as s:
             return list((await s.execute(query)).scalars().all())
 
+    async def last_messages(self, thread_id: str, limit: int) -> list[ThreadMessage]:
+        """The thread's last ``limit`` messages, in order."""
+        query = (select(ThreadMessage).where(ThreadMessage.thread_id == thread_id)
+                 .order_by(ThreadMessage.seq.desc()).limit(limit))
+        async with self.db.session() as s:
+            return list(reversed((await s.execute(query)).scalars().all()))
+
+    async def message_of(self, thread_id: str, message_id: str) -> ThreadMessage | None:
+        """The message ``message_id`` if it is one of the thread's."""
+        async with self.db.session() as s:
+            found = await s.get(ThreadMessage, message_id)
+        return found if found is not None and found.thread_id == thread_id else None
+
     async def summaries_of(self, thread_id: str) -> list[ThreadSummary]:
         async with self.db.session() as s:
             return list((await s.execute(select(ThreadSummary).where(ThreadSummary.thread_id == thread_id)
@@ -252,14 +270,21 @@ class ThreadService:
         async with self.db.session() as s:
             await s.execute(update(Thread).where(Thread.id == thread_id).values(busy_until=None))
 
-    async def append(self, thread_id: str, messages: Sequence[NewMessage]) -> list[ThreadMessage]:
-        """Add messages after the last one, together (409 if another turn wrote in between)."""
+    async def append(self, thread_id: str, messages: Sequence[NewMessage], *,
+                     replace_from: int | None = None) -> list[ThreadMessage]:
+        """Add messages after the last one, together (409 if another turn wrote in between); with
+        ``replace_from``, the messages from that seq on (and summaries reaching them) are deleted first."""
         now = self.clock.time()
         try:
             async with self.db.session() as s:
                 thread = await s.get(Thread, thread_id)
                 if thread is None:
                     raise NotFoundError(f"There is no thread '{thread_id}'.", param="thread_id")
+                if replace_from is not None:
+                    await s.execute(delete(ThreadSummary).where(ThreadSummary.thread_id == thread_id,
+                                                                ThreadSummary.through_seq >= replace_from))
+                    await s.execute(delete(ThreadMessage).where(ThreadMessage.thread_id == thread_id,
+                                                                ThreadMessage.seq >= replace_from))
                 last = await self._last_seq(s, thread_id)
                 rows = [
                     ThreadMessage(

@@ -50,6 +50,9 @@ class MessageIn(_In):
     model: str | None = Field(default=None, min_length=1, max_length=256, description="This turn only.")
     max_tokens: OutputTokens | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
+    replaces: str | None = Field(default=None, max_length=64, description=(
+        "The id of a user message of this thread: it and every message after it are replaced by this turn "
+        "(edit a message and answer again; regenerate the last answer by sending its question again)."))
 
 
 class PersonaIn(_In):
@@ -86,12 +89,14 @@ async def list_threads(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before: Annotated[float | None, Query(ge=0, le=MAX_UNIX_TIME, allow_inf_nan=False,
                                           description="Threads last active before this Unix time")] = None,
+    q: Annotated[str | None, Query(max_length=200, description="Only threads whose title holds this")] = None,
 ) -> dict[str, Any]:
     which = {"false": False, "true": True, "all": None}
     if archived not in which:
         raise InvalidRequestError("archived: false, true or all", param="archived")
     threads = state.conversations.threads
-    return {"data": await threads.list_threads(principal, archived=which[archived], limit=limit, before=before)}
+    return {"data": await threads.list_threads(principal, archived=which[archived], limit=limit, before=before,
+                                                 search=q)}
 
 
 @router.post("/threads/import", status_code=201)
@@ -152,7 +157,8 @@ async def send_message(
     client has gone; the learned profile is updated afterwards."""
     turn = await state.conversations.send(
         principal, client_ip(request), thread_id, body.content,
-        TurnOptions(model=body.model, stream=body.stream, max_tokens=body.max_tokens, temperature=body.temperature))
+        TurnOptions(model=body.model, stream=body.stream, max_tokens=body.max_tokens, temperature=body.temperature,
+                    replaces=body.replaces))
     if not body.stream:
         return JSONResponse(await turn.outcome())
     events = turn.events()
@@ -185,6 +191,15 @@ async def turn_events(
             yield _sse(event)
 
     return StreamingResponse(gen(), headers=sse.HEADERS)
+
+
+@router.post("/threads/{thread_id}/turn/stop")
+async def stop_turn(thread_id: str, principal: PrincipalDep, state: StateDep) -> dict[str, Any]:
+    """Stop the thread's reply being written: the upstream call is cancelled and the reply is stored as far
+    as it got, with ``finish_reason: "stopped"`` (its stream ends with the ``message`` event as usual).
+    ``stopped: false`` when no turn of the thread is under way on this server. A client that merely goes
+    away does not stop a turn (it can reconnect with ``GET .../turn/events``)."""
+    return {"stopped": await state.conversations.stop(principal, thread_id)}
 
 
 @router.get("/threads/{thread_id}/export")

@@ -96,6 +96,8 @@ async def _record(state: StateDep, run_id: str, user: WebUser) -> dict[str, Any]
 @router.get("/runs/{run_id}")
 async def run_page(request: Request, run_id: str, user: UserPage, state: StateDep) -> Response:
     record = await _record(state, run_id, user)
+    if record.get("kind") == "debate":  # a debate has its own page (the timeline, the plan)
+        return RedirectResponse(f"/debate/{run_id}", status_code=303)
     view = run_view(record, user)
     title = "Arena" if view["arena"] else f"Run of {record.get('name') or 'an ensemble'}"
     return pages(request).render(request, "compare/run.html", user, title=title,

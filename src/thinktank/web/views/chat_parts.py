@@ -1,0 +1,101 @@
+"""What the chat pages show beside threads: the model picker (with prices), personas and knowledge bases,
+and a stored message as the page shows it (also served alone, as a fragment, once a streamed answer ends)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ...accounts.principal import Principal
+from ...api.state import AppState
+from ...errors import ThinktankError
+from ...store.tables import ThreadMessage
+
+__all__ = ["KINDS", "Choices", "MessageView", "PickerGroup", "PickerModel", "choices", "message_view", "price_label"]
+
+KINDS: tuple[tuple[str, str], ...] = (
+    ("model", "Models"), ("group", "Groups"), ("alias", "Aliases"), ("ensemble", "Ensembles"),
+    ("debate", "Debates"), ("knowledge_base", "Knowledge bases"),
+)
+"""The picker's groups, in order: (catalog kind, label)."""
+
+
+@dataclass(frozen=True)
+class PickerModel:
+    id: str
+    description: str | None
+    price: str | None
+
+
+@dataclass(frozen=True)
+class PickerGroup:
+    label: str
+    models: list[PickerModel]
+
+
+@dataclass(frozen=True)
+class Choices:
+    """What a thread can be set to: the models the user may use, their personas, their knowledge bases."""
+
+    groups: list[PickerGroup]
+    personas: list[Any]
+    knowledge_bases: list[Any]
+
+    def allowed(self, model: str) -> bool:
+        return any(m.id == model for g in self.groups for m in g.models)
+
+
+def _usd(value: float) -> str:
+    return f"${value:,.2f}" if value >= 1 else f"${value:g}"
+
+
+def price_label(state: AppState, name: str) -> str | None:
+    """A routed model's price per million tokens (input / output), if every deployment it reaches has a
+    known one; a range when they differ. None for composites and unknown prices."""
+    try:
+        deployments = state.router.resolve(name).deployments
+    except ThinktankError:
+        return None
+    prices = [d.price for d in deployments]
+    if not prices or not all(p.known for p in prices):
+        return None
+    ins, outs = [p.input for p in prices], [p.output for p in prices]
+    if max(ins) == 0 and max(outs) == 0:
+        return "free"
+    if min(ins) == max(ins) and min(outs) == max(outs):
+        return f"{_usd(ins[0])} in / {_usd(outs[0])} out per M tokens"
+    return f"{_usd(min(ins))}–{_usd(max(ins))} in / {_usd(min(outs))}–{_usd(max(outs))} out per M tokens"
+
+
+async def choices(state: AppState, principal: Principal) -> Choices:
+    entries = await state.catalog.models(principal)
+    by_kind: dict[str, list[PickerModel]] = {}
+    for e in entries:
+        price = price_label(state, e.id) if e.kind in ("model", "group", "alias") else None
+        by_kind.setdefault(e.kind, []).append(PickerModel(e.id, e.description, price))
+    groups = [PickerGroup(label, sorted(by_kind[kind], key=lambda m: m.id)) for kind, label in KINDS
+              if by_kind.get(kind)]
+    personas = await state.conversations.personas.list_personas(principal)
+    kbs = [v.kb for v in await state.knowledge.visible(principal)]
+    return Choices(groups, personas, kbs)
+
+
+@dataclass(frozen=True)
+class MessageView:
+    """A stored message and what the page shows with it."""
+
+    m: ThreadMessage
+    citations: list[dict[str, Any]]
+    max_citation: int
+    """The highest ``[k]`` linked in its text (the sources are listed under it)."""
+    last_answer: bool
+
+    @property
+    def stopped(self) -> bool:
+        return self.m.finish_reason == "stopped"
+
+
+def message_view(m: ThreadMessage, *, last_answer: bool = False) -> MessageView:
+    citations = [c for c in (m.context or {}).get("citations") or [] if isinstance(c, dict)]
+    indexes = [c["index"] for c in citations if isinstance(c.get("index"), int) and 0 < c["index"] < 1000]
+    return MessageView(m, citations, max(indexes, default=0), last_answer)
