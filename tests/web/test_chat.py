@@ -232,3 +232,12 @@ async def test_a_grounded_answer_lists_its_numbered_sources(web: WebEnv) -> None
     assert "tomatoes.txt" in _one(source, "summary").text()
     assert "six hours" in _one(source, ".passage").text()
     _no_active_content(page)
+    # The source opens its passage in the document's page, marked as the one cited.
+    href = _one(source, "a.open-passage").attributes["href"] or ""
+    doc_page = await b.get(href)
+    assert doc_page.status == 200
+    cited = doc_page.all("li.passage-item.cited")
+    assert len(cited) == 1 and "six hours" in cited[0].text()
+    assert cited[0].css_first(f"#{href.rsplit('#', 1)[1]}") is not None  # the anchor the link jumps to
+    stranger = await web.member("passage-stranger@example.com")
+    assert (await stranger.get(href)).status == 404

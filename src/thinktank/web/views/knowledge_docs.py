@@ -26,17 +26,25 @@ def document_url(kb_id: str, doc_id: str, chunk_id: int | None = None) -> str:
     return base if chunk_id is None else f"{base}?chunk={chunk_id}#chunk-{chunk_id}"
 
 
+PASSAGES_PER_PAGE = 100
+
+
 @router.get("/knowledge/{kb}/documents/{doc_id}")
 async def document_page(kb: str, doc_id: str, request: Request, user: UserPage,
                         page: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
-                        chunk: Annotated[int | None, Query(ge=1, le=MAX_INT64)] = None) -> Response:
+                        chunk: Annotated[int | None, Query(ge=1, le=MAX_INT64)] = None,
+                        at: Annotated[int | None, Query(ge=0, le=MAX_INT64,
+                                                        description="A passage's position (a citation's)")] = None,
+                        ) -> Response:
     state = request.app.state.thinktank
     found, access = await state.knowledge.get(user.principal, kb)
     doc = await document(state.db, found, access, user.id, doc_id)
-    passages = await passages_page(state.db, doc, page=page, chunk=chunk)
+    if chunk is None and at is not None:
+        page = at // PASSAGES_PER_PAGE
+    passages = await passages_page(state.db, doc, page=page, chunk=chunk, size=PASSAGES_PER_PAGE)
     can_delete = access in ("write", "admin") or doc.submitted_by == user.id
     return pages(request).render(request, "knowledge/document.html", user, title=doc.title or doc.source,
-                                 kb=found, access=access, doc=doc, passages=passages, chunk=chunk,
+                                 kb=found, access=access, doc=doc, passages=passages, chunk=chunk, at=at,
                                  can_delete=can_delete)
 
 
