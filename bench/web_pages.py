@@ -26,8 +26,8 @@ KEY = "sk-bench-admin-0123456789"
 EMAIL = "bench@example.com"
 PASSWORD = "bench password 123"
 PAGES = ["/chat", "/chat?q=topic+7", "{thread}", "/compare", "/arena", "/leaderboard", "/debate", "/knowledge",
-         "/me", "/me/usage", "/admin", "/admin/users", "/admin/keys", "/admin/usage", "/admin/usage?window=7d", "/admin/usage?window=30d",
-         "/admin/usage?by=user&window=30d", "/admin/health", "/admin/budgets"]
+         "/me", "/me/usage", "/admin", "/admin/users", "/admin/keys", "/admin/usage", "/admin/usage?window=7d",
+         "/admin/usage?window=30d", "/admin/usage?by=user&window=30d", "/admin/health", "/admin/budgets"]
 
 
 def seed(data_dir: Path, threads: int, per_thread: int) -> str:
