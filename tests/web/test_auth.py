@@ -218,3 +218,18 @@ async def test_the_rendered_styles_are_served_as_a_file(web: WebEnv) -> None:
     assert ".hl" in r.text  # highlighted code
     assert "svg.chart" in r.text
     assert "prefers-color-scheme: dark" in r.text
+
+
+async def test_behind_https_the_cookie_is_secure(web: WebEnv) -> None:
+    # uvicorn trusts X-Forwarded-Proto from the proxy in front of it (here: loopback, as by default).
+    b = await web.browser()
+    https = {"x-forwarded-proto": "https"}
+    page = Page(await b.http.get("/login", headers=https))
+    login_cookie = _cookie_attrs(page.response, "tt_login_csrf")
+    assert "secure" in login_cookie
+    # (httpx does not send a Secure cookie over plain HTTP; a browser behind HTTPS would: sent by hand here.)
+    headers = {**https, "cookie": f"tt_login_csrf={login_cookie['value']}"}
+    form = {"csrf": page.form_value("csrf"), "email": ADMIN_EMAIL, "password": PASSWORD}
+    r = await b.http.post("/login", headers=headers, data=form)
+    assert r.status_code == 303, r.text
+    assert "secure" in _cookie_attrs(r, "tt_session")
