@@ -256,3 +256,22 @@ def test_pygments_css_has_light_and_dark() -> None:
     assert ".hl .k" in light and ".hl .k" in dark
     assert "{" in dark and dark.rstrip().endswith("}")
     assert "pre {" not in css  # only rules under .hl, nothing that restyles the page
+
+
+def test_rendered_markdown_is_kept_and_bounded() -> None:
+    from thinktank.web.render import RenderedMarkdown
+
+    cache = RenderedMarkdown(max_chars=4_000)
+    first = cache("**bold** [1]", 1)
+    assert cache("**bold** [1]", 1) is first  # the same text again: not rendered again
+    assert cache("**bold** [1]", 0) is not first  # other citations: another rendering
+    assert str(cache("**bold** [1]", 0)).count("cite") == 0
+    for i in range(200):  # far more than 4,000 characters of texts: the oldest go
+        cache(f"text number {i} " * 5)
+    assert 0 < len(cache) < 200
+    assert cache("**bold** [1]", 1) is not first  # evicted, rendered anew, and still right
+    assert str(cache("**bold** [1]", 1)) == str(first)
+    huge = "x" * 2_000  # more than a quarter of the bound: rendered, never kept
+    before = len(cache)
+    assert "x" * 100 in str(cache(huge))
+    assert len(cache) <= before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from markupsafe import Markup
 from .. import __version__
 from .session import WebUser
 
-__all__ = ["NAV", "Pages", "money", "when"]
+__all__ = ["NAV", "Pages", "RenderedMarkdown", "money", "when"]
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -56,10 +57,35 @@ def iso(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
 
 
-def _markdown(text: str | None, citations: int = 0) -> Markup:
-    from .markdown import render_markdown
+class RenderedMarkdown:
+    """Markdown rendered once per text: a thread page shows the same stored answers on every visit, and
+    rendering is pure Python (about 0.2 to 1.5 s a megabyte). An LRU bounded by the characters it holds."""
 
-    return render_markdown(text or "", citations=citations)
+    def __init__(self, max_chars: int = 16_000_000) -> None:
+        self._max_chars = max_chars
+        self._chars = 0
+        self._done: OrderedDict[tuple[str, int], Markup] = OrderedDict()
+
+    def __call__(self, text: str | None, citations: int = 0) -> Markup:
+        from .markdown import render_markdown
+
+        key = (text or "", citations)
+        found = self._done.get(key)
+        if found is not None:
+            self._done.move_to_end(key)
+            return found
+        html = render_markdown(key[0], citations=citations)
+        size = len(key[0]) + len(html)
+        if size <= self._max_chars // 4:
+            self._done[key] = html
+            self._chars += size
+            while self._chars > self._max_chars:
+                (old_text, _), old_html = self._done.popitem(last=False)
+                self._chars -= len(old_text) + len(old_html)
+        return html
+
+    def __len__(self) -> int:
+        return len(self._done)
 
 
 class Pages:
@@ -68,7 +94,8 @@ class Pages:
     def __init__(self) -> None:
         env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True),
                           trim_blocks=True, lstrip_blocks=True, auto_reload=False)
-        env.filters.update(money=money, when=when, iso=iso, markdown=_markdown)
+        self.markdown = RenderedMarkdown()
+        env.filters.update(money=money, when=when, iso=iso, markdown=self.markdown)
         env.globals.update(version=__version__, nav=NAV)
         self.env = env
 
