@@ -93,3 +93,44 @@ def test_the_theme_follows_the_system(page: Page, server: E2EServer, scheme: str
     login(page, server, server.admin_email, server.admin_password)
     luminance: float = page.evaluate(BACKGROUND_LUMINANCE)
     assert (luminance < 0.2) if scheme == "dark" else (luminance > 0.8)
+
+
+LOW_CONTRAST = """() => {
+  const rgb = (s) => { const m = s.match(/[\\d.]+/g); return m ? m.map(Number) : [0, 0, 0, 0]; };
+  const lum = ([r, g, b]) => {
+    const f = (c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : Math.pow((c + 0.055) / 1.055, 2.4); };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const background = (el) => {
+    for (let e = el; e; e = e.parentElement) {
+      const c = rgb(getComputedStyle(e).backgroundColor);
+      if (c.length < 4 || c[3] > 0.5) return c;
+    }
+    return rgb(getComputedStyle(document.body).backgroundColor);
+  };
+  const out = [];
+  for (const el of document.querySelectorAll('main *, header *')) {
+    if (!el.offsetWidth && !el.offsetHeight) continue;
+    if (el.closest('svg, pre, code, del, [disabled], .sr-only')) continue;
+    const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    if (!own) continue;
+    const style = getComputedStyle(el);
+    const fg = lum(rgb(style.color)), bg = lum(background(el));
+    const ratio = (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05);
+    const large = parseFloat(style.fontSize) >= 24 || (parseFloat(style.fontSize) >= 18.66 && style.fontWeight >= 700);
+    if (ratio < (large ? 3 : 4.5)) out.push(`${el.tagName}.${el.className} ${ratio.toFixed(2)}: ${el.textContent.trim().slice(0, 40)}`);
+  }
+  return out;
+}"""
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_text_has_enough_contrast_on_every_page(page: Page, server: E2EServer, scheme: str) -> None:
+    page.emulate_media(color_scheme="dark" if scheme == "dark" else "light")
+    login(page, server, server.admin_email, server.admin_password)
+    problems: list[str] = []
+    for path in PAGES:
+        page.goto(path)
+        low: list[str] = page.evaluate(LOW_CONTRAST)
+        problems += [f"{path} ({scheme}): {p}" for p in low]
+    assert not problems, "\n".join(problems)
