@@ -27,8 +27,10 @@ PAGE_SIZE = 100
 
 
 def _page_number(request: Request) -> int:
+    """``?page=``: a page number in ASCII digits ("²" and full-width digits are ``isdigit`` but not ``int``);
+    anything else is the first page."""
     raw = request.query_params.get("page", "1")
-    return max(1, int(raw)) if raw.isdigit() and len(raw) < 7 else 1
+    return max(1, int(raw)) if raw.isascii() and raw.isdigit() and len(raw) < 7 else 1
 
 
 def _paged(rows: list[Any], page: int) -> tuple[list[Any], int]:
