@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import logging
 import pkgutil
 import re
@@ -21,6 +22,7 @@ import pytest
 from fastapi.routing import APIRoute
 
 import thinktank.web.views as views_package
+from thinktank.conversations.memory import Candidate
 
 from .conftest import Browser, WebEnv
 
@@ -75,8 +77,8 @@ def _names(pattern: str) -> set[str]:
     return set(re.findall(pattern, text))
 
 
-FORM_FIELDS = sorted(set(COMMON_FIELDS) | _names(r'form(?:\.get|\.getlist)\("(\w+)"') | _names(
-    r'_(?:field|text|number)\(\w+, "(\w+)"'))
+FORM_FIELDS = sorted((set(COMMON_FIELDS) | _names(r'form(?:\.get|\.getlist)\("(\w+)"') | _names(
+    r'_(?:field|text|number)\(\w+, "(\w+)"')) - {"csrf"})  # the right token goes with every form
 QUERY_FIELDS = sorted(set(COMMON_QUERY) | _names(r'query_params\.get\("(\w+)"'))
 
 
@@ -97,15 +99,19 @@ def web_routes() -> list[Route]:
         for route in getattr(router, "routes", []):
             if not isinstance(route, APIRoute):
                 continue
-            for method in route.methods:
+            for method in route.methods or ():
                 query = tuple(p.name for p in route.dependant.query_params)
                 params = tuple(p.name for p in route.dependant.path_params)
                 found[(route.path, method)] = Route(route.path, method, query, params)
-    return sorted(found.values(), key=lambda r: (r.method, _destructive(r.path), r.path))
+    return sorted(found.values(), key=_order)
 
 
-def _destructive(path: str) -> bool:
-    return path.endswith(("/delete", "/revoke", "/clear", "/rotate", "/cancel"))
+def _order(route: Route) -> tuple[str, int, int, str]:
+    """Forms that end what they act on come last, inner objects before what holds them (a document's before
+    its knowledge base's), so every form is reached while the real objects still exist."""
+    path = route.path
+    rank = 2 if path.endswith(("/delete", "/revoke", "/clear")) else 1 if path.endswith(("/rotate", "/cancel")) else 0
+    return route.method, rank, -path.count("/"), path
 
 
 def fill(path: str, value: str, ids: dict[str, str] | None = None) -> str:
@@ -207,37 +213,88 @@ def form_bodies(csrf: str) -> Iterator[tuple[str, bytes, str]]:
 
 BIG = b"a" * 10_000_000
 
+HOSTILE_JSON: list[object] = [None, -1, 0, 2**63 - 1, -(2**63), 1e308, -1e308, 1.5, "", "\x00\x1b\r\n", "a" * 100_000,
+                              [], {}, [{"a": 1}], True, "../../etc/passwd", "<script>alert(1)</script>"]
+"""What each value of an imported export becomes (JSON has no NaN or lone surrogates: those are sent as text)."""
+
+
+def import_files(export: dict[str, object]) -> Iterator[tuple[str, bytes]]:
+    """(what, file): ``export`` with each of its values (in the thread, the first message, the top) hostile,
+    then files that are not JSON or not an export."""
+    def leaves(value: object, where: tuple[str | int, ...]) -> Iterator[tuple[str | int, ...]]:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield from leaves(v, (*where, k))
+        elif isinstance(value, list) and value:
+            yield from leaves(value[0], (*where, 0))
+        yield where
+
+    def replaced(value: object, where: tuple[str | int, ...], new: object) -> object:
+        if not where:
+            return new
+        head, rest = where[0], where[1:]
+        if isinstance(value, dict):
+            return {**value, str(head): replaced(value.get(str(head)), rest, new)}
+        if isinstance(value, list) and isinstance(head, int):
+            return [replaced(value[0], rest, new), *value[1:]]
+        return value
+
+    for where in leaves(export, ()):
+        if not where:
+            continue
+        for new in HOSTILE_JSON:
+            yield f"{'.'.join(map(str, where))}={str(new)[:30]!r}", json.dumps(replaced(export, where, new)).encode()
+    text = json.dumps(export)
+    for what, data in (("NaN", text.replace('"version": 1', '"version": NaN')),
+                       ("Infinity", text.replace('"exported_at": ', '"exported_at": Infinity, "x": ')),
+                       ("big integer", text.replace('"version": 1', '"version": 99999999999999999999999999')),
+                       ("lone surrogate", text.replace('"format": "', '"format": "\\ud800')),
+                       ("deep", "[" * 100_000 + "]" * 100_000), ("not JSON", "\xff\xfe\x00"), ("empty", ""),
+                       ("a list", "[]"), ("latin-1", text.encode().decode("latin-1"))):
+        yield what, data.encode("utf-8", "surrogatepass")
+
 
 # -- the walk ------------------------------------------------------------------------------------------
 
 
-async def objects(b: Browser) -> dict[str, str]:
-    """Real ids this user owns (a thread and its message, a run, a debate, a knowledge base), so the pages
-    behind them are reached with hostile query parameters and forms, not only turned away as 404s."""
+async def objects(env: WebEnv, b: Browser) -> dict[str, str]:
+    """Real ids this user owns (a thread and its message, a run, a debate, a knowledge base and a document
+    in it, a memory, an API key; for an admin, another user), so the pages and forms behind them are reached
+    with hostile query parameters and bodies, not only turned away as 404s."""
     ids: dict[str, str] = {}
+    origin = {"origin": b.url}
     r = await b.http.post("/chat/new", data={"csrf": b.csrf, "model": "demo/echo", "message": "hello"},
-                          headers={"origin": b.url})
+                          headers=origin)
     assert r.status_code == 303, r.text
     ids["thread_id"] = r.headers["location"].rsplit("/", 1)[-1]
-    messages = await b.api("GET", f"/api/v1/threads/{ids['thread_id']}/messages")
-    if messages.status_code == 200:
-        data = messages.json()
-        rows = data.get("data") if isinstance(data, dict) else data
-        if rows:
-            ids["message_id"] = rows[0]["id"]
-    r = await b.http.post("/knowledge", data={"csrf": b.csrf, "name": "fuzz-kb"}, headers={"origin": b.url})
+    r = await b.api("GET", f"/api/v1/threads/{ids['thread_id']}/messages")
+    assert r.status_code == 200, r.text
+    ids["message_id"] = r.json()["data"][0]["id"]
+    r = await b.http.post("/knowledge", data={"csrf": b.csrf, "name": "fuzz-kb"}, headers=origin)
     assert r.status_code == 303, r.text
     ids["kb"] = r.headers["location"].rsplit("/", 1)[-1]
+    r = await b.api("POST", f"/api/v1/knowledge-bases/{ids['kb']}/documents",
+                    files={"files": ("notes.md", b"# Herons\n\nHerons wade in shallow water.\n", "text/markdown")})
+    assert r.status_code == 201, r.text
+    ids["doc_id"] = r.json()["data"][0]["document_id"]
     r = await b.http.post("/runs", data={"csrf": b.csrf, "ensemble": "demo-council", "question": "why?"},
-                          headers={"origin": b.url})
+                          headers=origin)
     assert r.status_code == 303, r.text
-    run_id = r.headers["location"].rsplit("/", 1)[-1]
+    ids["run_id"] = r.headers["location"].rsplit("/", 1)[-1]
     r = await b.http.post("/debate", data={"csrf": b.csrf, "debate": "demo-panel", "question": "why?",
-                                           "rounds": "1"}, headers={"origin": b.url})
+                                           "rounds": "1"}, headers=origin)
     assert r.status_code == 303, r.text
-    debate_id = r.headers["location"].rsplit("/", 1)[-1]
-    ids["run_id"] = run_id
-    ids["debate_id"] = debate_id
+    ids["debate_id"] = r.headers["location"].rsplit("/", 1)[-1]
+    me = (await b.api("GET", "/api/v1/me")).json()
+    facts = await env.app.state.conversations.memory.remember(
+        me["user_id"], [Candidate("fact", "I keep herons")], source_message_id=None, source_thread_id=None)
+    ids["memory_id"] = facts[0].id
+    r = await b.api("POST", "/api/v1/keys", json={"name": "fuzz"})
+    assert r.status_code == 201, r.text
+    ids["key_id"] = r.json()["id"]
+    if me.get("role") == "admin":
+        other = await env.member("other@example.com")
+        ids["user_id"] = (await other.api("GET", "/api/v1/me")).json()["user_id"]
     return ids
 
 
@@ -248,8 +305,11 @@ def _ids_for(path: str, ids: dict[str, str]) -> dict[str, str]:
     return own
 
 
-async def walk(b: Browser, failures: Failures) -> None:
-    ids = await objects(b)
+async def walk(env: WebEnv, b: Browser, failures: Failures) -> None:
+    ids = await objects(env, b)
+    r = await b.api("GET", f"/api/v1/threads/{ids['thread_id']}/export?format=json")
+    assert r.status_code == 200, r.text
+    export = r.json()
     routes = [r for r in web_routes() if r.path not in ("/logout",)]
     # Pages: hostile path segments, then each page reached with every query parameter hostile.
     for route in (r for r in routes if r.method == "GET"):
@@ -264,6 +324,9 @@ async def walk(b: Browser, failures: Failures) -> None:
             url = base + "?" + "&".join(f"{n}={value}" for n in names)
             response = await send(b, "GET", url)
             failures.check(response, f"GET {url}", page=page)
+            for name in route.query:  # a declared parameter that fails validation would hide the others
+                url = f"{base}?{name}={value}"
+                failures.check(await send(b, "GET", url), f"GET {url}", page=page)
         url = base + "?" + "&".join(f"{n}=1&{n}=2" for n in names) + "&%ED%A0%80=%FF&%zz&=&&"
         failures.check(await send(b, "GET", url), f"GET {url}", page=page)
     # Forms: hostile path segments with a plain body, then every body at the real objects' forms.
@@ -283,6 +346,11 @@ async def walk(b: Browser, failures: Failures) -> None:
         big = b"csrf=" + b.csrf.encode() + b"&title=" + BIG
         failures.check(await send(b, "POST", url, content=big, content_type="application/x-www-form-urlencoded",
                                   headers={"x-csrf-token": b.csrf}), f"POST {url} 10 MB field")
+    # A thread's JSON export, imported with each of its values hostile.
+    for what, data in import_files(export):
+        files = {"file": ("thread.json", data, "application/json")}
+        failures.check(await b.http.post("/chat/import", data={"csrf": b.csrf}, files=files,
+                                         headers={"origin": b.url}), f"POST /chat/import {what}")
     # What the pages' scripts call on the API.
     for method, path in SCRIPT_API_ROUTES:
         for value in PATH_VALUES:
@@ -296,6 +364,15 @@ async def walk(b: Browser, failures: Failures) -> None:
                  b"GET /runs/%ED%A0%80/fragment HTTP/1.1", b"GET /\xc0\xaf HTTP/1.1"):
         status = await raw_request(b.url, head + b"\r\ncookie: " + _cookie(b).encode())
         failures.raw(status, head.decode("latin-1"))
+    # Hostile headers: the session cookie, the origin, the CSRF header, the host.
+    for extra in (b"cookie: tt_session=\xed\xa0\x80", b"cookie: tt_session=%ED%A0%80; tt_session=" + b"a" * 5000,
+                  b"cookie: " + _cookie(b).encode() + b"\r\norigin: \xff\xfe",
+                  b"cookie: " + _cookie(b).encode() + b"\r\norigin: " + b.url.encode()
+                  + b"\r\nx-csrf-token: \xed\xa0\x80\r\ncontent-type: application/x-www-form-urlencoded",
+                  b"cookie: " + _cookie(b).encode() + b"\r\nx-requested-with: \xff"):
+        for head in (b"GET /chat HTTP/1.1", b"POST /chat/new HTTP/1.1", b"POST /compare/render HTTP/1.1"):
+            status = await raw_request(b.url, head + b"\r\n" + extra, b"csrf=\xed\xa0\x80&title=\xff")
+            failures.raw(status, (head + b" " + extra).decode("latin-1"))
     # Signing out last: the session ends.
     failures.check(await send(b, "POST", "/logout", content=b"csrf=\xed\xa0\x80",
                               content_type="application/x-www-form-urlencoded"), "POST /logout hostile csrf")
@@ -326,7 +403,7 @@ def _report(failures: Failures, records: list[logging.LogRecord]) -> str:
 
 async def test_admin_never_gets_a_500(web: WebEnv, server_errors: pytest.LogCaptureFixture) -> None:
     failures = Failures()
-    await walk(web.admin, failures)
+    await walk(web, web.admin, failures)
     errors = [r for r in server_errors.records if r.levelno >= logging.ERROR]
     assert not failures.items and not errors, _report(failures, errors)
     assert failures.count > 1000  # the walk reached every route
@@ -334,7 +411,7 @@ async def test_admin_never_gets_a_500(web: WebEnv, server_errors: pytest.LogCapt
 
 async def test_member_never_gets_a_500(web: WebEnv, server_errors: pytest.LogCaptureFixture) -> None:
     failures = Failures()
-    await walk(await web.member("fuzz@example.com"), failures)
+    await walk(web, await web.member("fuzz@example.com"), failures)
     errors = [r for r in server_errors.records if r.levelno >= logging.ERROR]
     assert not failures.items and not errors, _report(failures, errors)
     assert failures.count > 1000
