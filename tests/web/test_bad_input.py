@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import json
 import logging
 import pkgutil
@@ -24,7 +25,7 @@ from fastapi.routing import APIRoute
 import thinktank.web.views as views_package
 from thinktank.conversations.memory import Candidate
 
-from .conftest import Browser, WebEnv
+from .conftest import ADMIN_KEY, Browser, WebEnv
 
 VIEWS = Path(views_package.__file__).parent
 
@@ -87,7 +88,9 @@ class Route:
     path: str
     method: str
     query: tuple[str, ...] = ()
-    params: tuple[str, ...] = field(default=())
+    params: tuple[str, ...] = ()
+    reads: tuple[str, ...] = field(default=())
+    """The form fields the view names (each is also sent alone: a field that fails first hides the others)."""
 
 
 def web_routes() -> list[Route]:
@@ -102,7 +105,9 @@ def web_routes() -> list[Route]:
             for method in route.methods or ():
                 query = tuple(p.name for p in route.dependant.query_params)
                 params = tuple(p.name for p in route.dependant.path_params)
-                found[(route.path, method)] = Route(route.path, method, query, params)
+                words = set(re.findall(r'"(\w+)"', inspect.getsource(route.endpoint)))
+                reads = tuple(sorted(words & set(FORM_FIELDS)))
+                found[(route.path, method)] = Route(route.path, method, query, params, reads)
     return sorted(found.values(), key=_order)
 
 
@@ -134,8 +139,9 @@ class Failures:
         status = response.status_code
         if status >= 500:
             self.items.append(f"{status} {what[:300]}")
-        elif page and status == 200 and not response.headers.get("content-type", "").startswith("text/html"):
-            self.items.append(f"{status} not HTML: {what[:300]}")
+        elif (page and not 300 <= status < 400 and status != 413
+              and not response.headers.get("content-type", "").startswith("text/html")):
+            self.items.append(f"{status} not an HTML page or a redirect: {what[:300]}")
 
     def raw(self, status: int, what: str) -> None:
         self.count += 1
@@ -313,22 +319,21 @@ async def walk(env: WebEnv, b: Browser, failures: Failures) -> None:
     routes = [r for r in web_routes() if r.path not in ("/logout",)]
     # Pages: hostile path segments, then each page reached with every query parameter hostile.
     for route in (r for r in routes if r.method == "GET"):
-        page = not route.path.endswith(("/fragment", "/timeline")) and "/messages/" not in route.path
         if route.params:
             for value in PATH_VALUES:
                 url = fill(route.path, value)
-                failures.check(await send(b, "GET", url), f"GET {url}")
+                failures.check(await send(b, "GET", url), f"GET {url}", page=True)
         base = fill(route.path, "x", _ids_for(route.path, ids))
         names = sorted(set(route.query) | set(QUERY_FIELDS))
         for value in QUERY_VALUES:
             url = base + "?" + "&".join(f"{n}={value}" for n in names)
             response = await send(b, "GET", url)
-            failures.check(response, f"GET {url}", page=page)
+            failures.check(response, f"GET {url}", page=True)
             for name in route.query:  # a declared parameter that fails validation would hide the others
                 url = f"{base}?{name}={value}"
-                failures.check(await send(b, "GET", url), f"GET {url}", page=page)
+                failures.check(await send(b, "GET", url), f"GET {url}", page=True)
         url = base + "?" + "&".join(f"{n}=1&{n}=2" for n in names) + "&%ED%A0%80=%FF&%zz&=&&"
-        failures.check(await send(b, "GET", url), f"GET {url}", page=page)
+        failures.check(await send(b, "GET", url), f"GET {url}", page=True)
     # Forms: hostile path segments with a plain body, then every body at the real objects' forms.
     for route in (r for r in routes if r.method == "POST"):
         if route.params:
@@ -337,15 +342,21 @@ async def walk(env: WebEnv, b: Browser, failures: Failures) -> None:
                 body = b"csrf=" + b.csrf.encode() + b"&title=x&tier=&text=x"
                 failures.check(await send(b, "POST", url, content=body,
                                           content_type="application/x-www-form-urlencoded",
-                                          headers={"x-csrf-token": b.csrf}), f"POST {url}")
+                                          headers={"x-csrf-token": b.csrf}), f"POST {url}", page=True)
         url = fill(route.path, "no-such-id", _ids_for(route.path, ids))
         for what, body, content_type in form_bodies(b.csrf):
             response = await send(b, "POST", url, content=body, content_type=content_type or None,
                                   headers={"x-csrf-token": b.csrf})
-            failures.check(response, f"POST {url} {what}")
+            failures.check(response, f"POST {url} {what}", page=True)
+        for name in route.reads:
+            for value in FORM_VALUES:
+                body = b"csrf=" + b.csrf.encode() + b"&" + name.encode() + b"=" + value
+                failures.check(await send(b, "POST", url, content=body,
+                                          content_type="application/x-www-form-urlencoded"),
+                               f"POST {url} {name}={value[:40]!r}", page=True)
         big = b"csrf=" + b.csrf.encode() + b"&title=" + BIG
         failures.check(await send(b, "POST", url, content=big, content_type="application/x-www-form-urlencoded",
-                                  headers={"x-csrf-token": b.csrf}), f"POST {url} 10 MB field")
+                                  headers={"x-csrf-token": b.csrf}), f"POST {url} 10 MB field", page=True)
     # A thread's JSON export, imported with each of its values hostile.
     for what, data in import_files(export):
         files = {"file": ("thread.json", data, "application/json")}
@@ -415,6 +426,53 @@ async def test_member_never_gets_a_500(web: WebEnv, server_errors: pytest.LogCap
     errors = [r for r in server_errors.records if r.levelno >= logging.ERROR]
     assert not failures.items and not errors, _report(failures, errors)
     assert failures.count > 1000
+
+
+async def signed_out_form(b: Browser, path: str, fields: dict[str, bytes], failures: Failures) -> None:
+    """The sign-in or first-run form, fetched for its CSRF value and cookie, then posted with each of
+    ``fields`` in turn hostile (the others as given)."""
+    for name in fields:
+        for value in FORM_VALUES:
+            page = await b.get(path)
+            if page.status != 200:  # signed in, or set up: the rest is the other page's
+                return
+            body = {"csrf": page.form_value("csrf").encode(), **fields, name: value}
+            content = b"&".join(k.encode() + b"=" + v for k, v in body.items())
+            failures.check(await send(b, "POST", path, content=content,
+                                      content_type="application/x-www-form-urlencoded"),
+                           f"POST {path} {name}={value[:40]!r}")
+
+
+async def test_signed_out_never_gets_a_500(web: WebEnv, server_errors: pytest.LogCaptureFixture) -> None:
+    """Before signing in: every page and form with hostile ids and bodies, and the sign-in form's fields."""
+    b = await web.browser()
+    failures = Failures()
+    for route in web_routes():
+        for value in ("no-such-id", "%ED%A0%80", "a" * 5000):
+            url = fill(route.path, value) + "?next=%ED%A0%80&page=%C2%B2"
+            if route.method == "GET":
+                failures.check(await send(b, "GET", url), f"GET {url}")
+            else:
+                for what, body, content_type in form_bodies("no-session"):
+                    failures.check(await send(b, "POST", url, content=body, content_type=content_type or None),
+                                   f"POST {url} {what}")
+    await signed_out_form(b, "/login", {"email": b"admin%40example.com", "password": b"wrong", "next": b"%2Fchat"},
+                          failures)
+    errors = [r for r in server_errors.records if r.levelno >= logging.ERROR]
+    assert not failures.items and not errors, _report(failures, errors)
+    assert failures.count > 1000
+
+
+async def test_first_run_form_never_gets_a_500(fresh: tuple[str, Browser],
+                                               server_errors: pytest.LogCaptureFixture) -> None:
+    """The first-run form, with the server's admin key and each field in turn hostile."""
+    _url, b = fresh
+    failures = Failures()
+    await signed_out_form(b, "/setup", {"admin_key": ADMIN_KEY.encode(), "email": b"first%40example.com",
+                                        "password": b"correct+horse+battery+staple"}, failures)
+    errors = [r for r in server_errors.records if r.levelno >= logging.ERROR]
+    assert not failures.items and not errors, _report(failures, errors)
+    assert failures.count > 30
 
 
 async def test_a_500_is_caught(web: WebEnv, server_errors: pytest.LogCaptureFixture,
