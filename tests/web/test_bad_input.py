@@ -13,7 +13,7 @@ import json
 import logging
 import pkgutil
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -194,6 +194,7 @@ def form_bodies(csrf: str) -> Iterator[tuple[str, bytes, str]]:
     yield "bad charset", b"csrf=" + token + b"&title=x", urlencoded + "; charset=no-such-charset"
     yield "empty body", b"", urlencoded
     yield "no csrf", b"title=x", urlencoded
+    yield "many fields", b"csrf=" + token + b"".join(b"&f%d=1" % i for i in range(3000)), urlencoded
     yield "hostile csrf", b"csrf=%ED%A0%80&title=x", urlencoded
     yield "raw csrf", b"csrf=\xed\xa0\x80&title=x", urlencoded
     yield "broken pairs", b"csrf=" + token + b"&&=&==&title&%&%zz=%zz&a=%", urlencoded
@@ -218,6 +219,8 @@ def form_bodies(csrf: str) -> Iterator[tuple[str, bytes, str]]:
 
 
 BIG = b"a" * 10_000_000
+NEAR_LIMIT = 1024 * 1024 - 4096
+"""A field this long is within the body limit (4 MiB) and the form parser's limit for a field (1 MiB)."""
 
 HOSTILE_JSON: list[object] = [None, -1, 0, 2**63 - 1, -(2**63), 1e308, -1e308, 1.5, "", "\x00\x1b\r\n", "a" * 100_000,
                               [], {}, [{"a": 1}], True, "../../etc/passwd", "<script>alert(1)</script>"]
@@ -354,9 +357,21 @@ async def walk(env: WebEnv, b: Browser, failures: Failures) -> None:
                 failures.check(await send(b, "POST", url, content=body,
                                           content_type="application/x-www-form-urlencoded"),
                                f"POST {url} {name}={value[:40]!r}", page=True)
-        big = b"csrf=" + b.csrf.encode() + b"&title=" + BIG
-        failures.check(await send(b, "POST", url, content=big, content_type="application/x-www-form-urlencoded",
-                                  headers={"x-csrf-token": b.csrf}), f"POST {url} 10 MB field", page=True)
+        for name in route.reads[:1] or ("title",):  # a field just within the body limit reaches the view
+            big = b"csrf=" + b.csrf.encode() + b"&" + name.encode() + b"=" + BIG[:NEAR_LIMIT]
+            failures.check(await send(b, "POST", url, content=big, content_type="application/x-www-form-urlencoded",
+                                      headers={"x-csrf-token": b.csrf}), f"POST {url} 1 MB {name}", page=True)
+    # A 10 MB field: over the body limit, with its length said and without (sent in chunks).
+    big = b"csrf=" + b.csrf.encode() + b"&message=" + BIG
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(big), 1 << 20):
+            yield big[start:start + (1 << 20)]
+
+    for content in (big, chunks()):
+        r = await b.http.post("/chat/new", content=content, headers={
+            "origin": b.url, "content-type": "application/x-www-form-urlencoded"})
+        failures.check(r, "POST /chat/new 10 MB field", page=True)
     # A thread's JSON export, imported with each of its values hostile.
     for what, data in import_files(export):
         files = {"file": ("thread.json", data, "application/json")}
@@ -369,6 +384,15 @@ async def walk(env: WebEnv, b: Browser, failures: Failures) -> None:
             failures.check(await send(b, method, url, content=b'{"content": "\\ud800", "title": 1e999}',
                                       content_type="application/json", headers={"x-csrf-token": b.csrf}),
                            f"{method} {url}")
+    # The static files: hostile names, traversal, overlong names; and methods no route has.
+    for value in (*PATH_VALUES, "app.css%00.js", "js%2F..%2F..%2F..%2Fapi%2Fapp.py", "%2E%2E/%2E%2E/etc/passwd",
+                  "a" * 255 + ".css", ("a" * 200 + "/") * 10 + "x.css", "app.css/", "js/", "?v=%ED%A0%80"):
+        url = f"/static/{value}"
+        failures.check(await send(b, "GET", url), f"GET {url}")
+    for route in routes[::3]:
+        for method in ("PUT", "DELETE", "OPTIONS", "PATCH", "HEAD"):
+            url = fill(route.path, "no-such-id")
+            failures.check(await b.http.request(method, url, headers={"origin": b.url}), f"{method} {url}")
     # Raw bytes that are not UTF-8 in the path and the query.
     for head in (b"GET /chat/\xed\xa0\x80 HTTP/1.1", b"GET /knowledge/\xff\xfe HTTP/1.1",
                  b"GET /chat?q=\xed\xa0\x80&before=\xff HTTP/1.1", b"GET /admin/users?page=\xc2\xb2 HTTP/1.1",
