@@ -384,6 +384,12 @@ async def walk(env: WebEnv, b: Browser, failures: Failures) -> None:
             failures.check(await send(b, method, url, content=b'{"content": "\\ud800", "title": 1e999}',
                                       content_type="application/json", headers={"x-csrf-token": b.csrf}),
                            f"{method} {url}")
+    # The streams the pages follow, of this user's own run, debate and thread, resumed from hostile places.
+    for path in (f"/api/v1/runs/{ids['run_id']}/events", f"/api/v1/runs/{ids['debate_id']}/events",
+                 f"/api/v1/threads/{ids['thread_id']}/turn/events"):
+        for value in RESUME_VALUES:
+            await follow(b, f"{path}?after={value.decode('latin-1')}&format=json", failures)
+            await follow(b, path, failures, {"last-event-id": value})
     # The static files: hostile names, traversal, overlong names; and methods no route has.
     for value in (*PATH_VALUES, "app.css%00.js", "js%2F..%2F..%2F..%2Fapi%2Fapp.py", "%2E%2E/%2E%2E/etc/passwd",
                   "a" * 255 + ".css", ("a" * 200 + "/") * 10 + "x.css", "app.css/", "js/", "?v=%ED%A0%80"):
@@ -411,6 +417,27 @@ async def walk(env: WebEnv, b: Browser, failures: Failures) -> None:
     # Signing out last: the session ends.
     failures.check(await send(b, "POST", "/logout", content=b"csrf=\xed\xa0\x80",
                               content_type="application/x-www-form-urlencoded"), "POST /logout hostile csrf")
+
+
+RESUME_VALUES = [b"-1", b"0", b"99999999999999999999999999", b"1e309", b"nan", b"1.5", b"0x10", b"\xff\xfe", b"",
+                 b"a" * 2000, b"%ED%A0%80"]
+"""Where a stream is resumed from (``Last-Event-ID``, ``?after=``)."""
+
+
+async def follow(b: Browser, url: str, failures: Failures, headers: dict[str, bytes] | None = None) -> None:
+    """Read a stream to its end (the runs have ended, so it ends: an error inside it is logged, and fails the
+    test); one still going after a few seconds is left."""
+    request = b.http.build_request("GET", url, headers=headers)
+    response = await b.http.send(request, stream=True)
+    try:
+        failures.check(response, f"GET {url} {headers or ''}")
+        async with asyncio.timeout(5):
+            async for _chunk in response.aiter_bytes():
+                pass
+    except TimeoutError:
+        pass
+    finally:
+        await response.aclose()
 
 
 def _cookie(b: Browser) -> str:
