@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import io
 import json
 import logging
 import pkgutil
 import re
+import zipfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -352,11 +354,11 @@ async def walk(env: WebEnv, b: Browser, failures: Failures) -> None:
                                   headers={"x-csrf-token": b.csrf})
             failures.check(response, f"POST {url} {what}", page=True)
         for name in route.reads:
-            for value in FORM_VALUES:
-                body = b"csrf=" + b.csrf.encode() + b"&" + name.encode() + b"=" + value
-                failures.check(await send(b, "POST", url, content=body,
+            for field_value in FORM_VALUES:
+                one = b"csrf=" + b.csrf.encode() + b"&" + name.encode() + b"=" + field_value
+                failures.check(await send(b, "POST", url, content=one,
                                           content_type="application/x-www-form-urlencoded"),
-                               f"POST {url} {name}={value[:40]!r}", page=True)
+                               f"POST {url} {name}={field_value[:40]!r}", page=True)
         for name in route.reads[:1] or ("title",):  # a field just within the body limit reaches the view
             big = b"csrf=" + b.csrf.encode() + b"&" + name.encode() + b"=" + BIG[:NEAR_LIMIT]
             failures.check(await send(b, "POST", url, content=big, content_type="application/x-www-form-urlencoded",
@@ -387,9 +389,9 @@ async def walk(env: WebEnv, b: Browser, failures: Failures) -> None:
     # The streams the pages follow, of this user's own run, debate and thread, resumed from hostile places.
     for path in (f"/api/v1/runs/{ids['run_id']}/events", f"/api/v1/runs/{ids['debate_id']}/events",
                  f"/api/v1/threads/{ids['thread_id']}/turn/events"):
-        for value in RESUME_VALUES:
-            await follow(b, f"{path}?after={value.decode('latin-1')}&format=json", failures)
-            await follow(b, path, failures, {"last-event-id": value})
+        for resume in RESUME_VALUES:
+            await follow(b, f"{path}?after={resume.decode('latin-1')}&format=json", failures)
+            await follow(b, path, failures, {b"last-event-id": resume})
     # The static files: hostile names, traversal, overlong names; and methods no route has.
     for value in (*PATH_VALUES, "app.css%00.js", "js%2F..%2F..%2F..%2Fapi%2Fapp.py", "%2E%2E/%2E%2E/etc/passwd",
                   "a" * 255 + ".css", ("a" * 200 + "/") * 10 + "x.css", "app.css/", "js/", "?v=%ED%A0%80"):
@@ -424,7 +426,7 @@ RESUME_VALUES = [b"-1", b"0", b"99999999999999999999999999", b"1e309", b"nan", b
 """Where a stream is resumed from (``Last-Event-ID``, ``?after=``)."""
 
 
-async def follow(b: Browser, url: str, failures: Failures, headers: dict[str, bytes] | None = None) -> None:
+async def follow(b: Browser, url: str, failures: Failures, headers: dict[bytes, bytes] | None = None) -> None:
     """Read a stream to its end (the runs have ended, so it ends: an error inside it is logged, and fails the
     test); one still going after a few seconds is left."""
     request = b.http.build_request("GET", url, headers=headers)
@@ -524,6 +526,60 @@ async def test_first_run_form_never_gets_a_500(fresh: tuple[str, Browser],
     errors = [r for r in server_errors.records if r.levelno >= logging.ERROR]
     assert not failures.items and not errors, _report(failures, errors)
     assert failures.count > 30
+
+
+def docx(style: str) -> bytes:
+    """A one-paragraph-and-a-heading DOCX whose heading has the paragraph style ``style``."""
+    xml = ('<?xml version="1.0"?><w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main">'
+           f'<w:body><w:p><w:pPr><w:pStyle w:val="{style}"/></w:pPr><w:r><w:t>Head</w:t></w:r></w:p>'
+           '<w:p><w:r><w:t>Herons wade in shallow water.</w:t></w:r></w:p></w:body></w:document>')
+    data = io.BytesIO()
+    with zipfile.ZipFile(data, "w") as archive:
+        archive.writestr("word/document.xml", xml)
+    return data.getvalue()
+
+
+DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+HOSTILE_DOCUMENTS: list[tuple[str, bytes, str]] = [
+    ("h.docx", docx("Heading\u00b2"), DOCX),  # "²": isdigit, but not int's (a 500 once)
+    ("h.docx", docx("Heading" + "9" * 5000), DOCX),  # more digits than int() reads
+    ("h.docx", docx("Heading99999999999999999999999"), DOCX),
+    ("h.docx", b"PK\x03\x04 not a zip", DOCX),
+    ("h.html", b"<h\xc2\xb2>x</h\xc2\xb2><h1>\xed\xa0\x80</h1><h99999999999>y</h99999999999><p>body</p>", "text/html"),
+    ("h.pdf", b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>", "application/pdf"),
+    ("h.json", b"[" * 100_000 + b"]" * 100_000, "application/json"),
+    ("h.json", b'{"a": NaN, "b": 1e999, "c": "\\ud800"}', "application/json"),
+    ("h.csv", b"a,b\n\"," + b"x" * 200_000 + b"\n\xff\xfe,\n", "text/csv"),
+    ("h.md", b"", "text/markdown"),
+    ("h.md", b"\xff\xfe\x00\xd8", "text/markdown"),  # UTF-16 with a lone surrogate
+    ("../../\xed\xa0\x80" + "a" * 5000 + ".md", b"# x\n\nHerons.", "text/markdown"),  # raw bytes in the name
+    ("..%2F..%2F\u202e\x1b\x7f" + "a" * 300 + ".md", b"# x\n\nHerons.", "text/markdown"),
+]
+
+
+async def test_hostile_documents_never_get_a_500(web: WebEnv, server_errors: pytest.LogCaptureFixture) -> None:
+    """Documents uploaded as the knowledge page's script does (one file a request), each made to trip a parser;
+    then the knowledge base's page and each document's page."""
+    b = web.admin
+    r = await b.http.post("/knowledge", data={"csrf": b.csrf, "name": "hostile"}, headers={"origin": b.url})
+    assert r.status_code == 303, r.text
+    kb = r.headers["location"].rsplit("/", 1)[-1]
+    failures = Failures()
+    docs: list[str] = []
+    for i, (name, data, content_type) in enumerate(HOSTILE_DOCUMENTS):
+        raw_name = f"{i}-{name}".encode("latin-1") if name.isascii() or "\xed" in name else f"{i}-{name}".encode()
+        body = (b"--XyZ\r\ncontent-disposition: form-data; name=\"files\"; filename=\"" + raw_name
+                + b"\"\r\ncontent-type: " + content_type.encode() + b"\r\n\r\n" + data + b"\r\n--XyZ--\r\n")
+        r = await send(b, "POST", f"/api/v1/knowledge-bases/{kb}/documents", content=body,
+                       content_type="multipart/form-data; boundary=XyZ", headers={"x-csrf-token": b.csrf})
+        failures.check(r, f"upload {name[:40]!r} {data[:40]!r}")
+        if r.status_code < 300:
+            docs += [d["document_id"] for d in r.json()["data"] if d.get("document_id")]
+    for path in (f"/knowledge/{kb}", *(f"/knowledge/{kb}/documents/{d}" for d in docs)):
+        failures.check(await send(b, "GET", path), f"GET {path}", page=True)
+    errors = [r for r in server_errors.records if r.levelno >= logging.ERROR]
+    assert not failures.items and not errors, _report(failures, errors)
+    assert docs  # some were indexed, and their pages shown
 
 
 async def test_a_500_is_caught(web: WebEnv, server_errors: pytest.LogCaptureFixture,

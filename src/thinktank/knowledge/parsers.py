@@ -14,7 +14,7 @@ import io
 import json
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
@@ -90,6 +90,8 @@ def extract(data: bytes, kind: str, limits: Limits | None = None) -> Extracted:
     lim = limits or Limits()
     parser: Callable[[bytes, Limits], Extracted] = _PARSERS[kind]
     out = parser(data, lim)
+    out.title = valid_unicode(out.title) if out.title is not None else None
+    out.blocks = [b if (text := valid_unicode(b.text)) is b.text else replace(b, text=text) for b in out.blocks]
     total = 0
     for i, block in enumerate(out.blocks):
         total += len(block.text)
@@ -105,6 +107,16 @@ def extract(data: bytes, kind: str, limits: Limits | None = None) -> Extracted:
 
 
 # -- text ----------------------------------------------------------------------------------------
+
+def valid_unicode(text: str) -> str:
+    """``text`` with each lone surrogate (a JSON escape such as ``\\ud800``) as U+FFFD: the tokenizer, the
+    database and the pages take only text that encodes as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
+
 
 def _is_utf16(data: bytes) -> bool:
     return data.startswith((b"\xff\xfe", b"\xfe\xff"))
@@ -258,8 +270,9 @@ def _docx(data: bytes, lim: Limits) -> Extracted:
             continue
         style = para.find(f"{_W}pPr/{_W}pStyle")
         name = (style.get(f"{_W}val") or "") if style is not None else ""
-        if name.lower().startswith("heading") and name[7:].isdigit():
-            blocks.append(Block("heading", body, level=int(name[7:])))
+        level = name[7:]  # "Heading2"; ASCII digits only ("Heading²" is isdigit but not int), and few of them
+        if name.lower().startswith("heading") and level.isascii() and level.isdigit() and len(level) <= 2:
+            blocks.append(Block("heading", body, level=int(level)))
         elif name.lower() == "title":
             blocks.append(Block("heading", body, level=1))
         elif para.find(f"{_W}pPr/{_W}numPr") is not None:
@@ -278,17 +291,20 @@ def _csv(data: bytes, lim: Limits) -> Extracted:
     except csv.Error:
         dialect = csv.excel
     rows = csv.reader(io.StringIO(text), dialect)
-    header = next(rows, None)
     out = Extracted([], warnings=warnings)
-    if header is None:
-        return out
-    for n, row in enumerate(rows):
-        if n >= lim.max_csv_rows:
-            out.warnings.append(f"Only the first {lim.max_csv_rows:,} rows were read.")
-            break
-        pairs = [f"{h.strip()}: {v.strip()}" for h, v in zip(header, row, strict=False) if v.strip()]
-        if pairs:
-            out.blocks.append(Block("paragraph", "; ".join(pairs)))
+    try:  # a field over the csv module's limit (128 KiB), say
+        header = next(rows, None)
+        if header is None:
+            return out
+        for n, row in enumerate(rows):
+            if n >= lim.max_csv_rows:
+                out.warnings.append(f"Only the first {lim.max_csv_rows:,} rows were read.")
+                break
+            pairs = [f"{h.strip()}: {v.strip()}" for h, v in zip(header, row, strict=False) if v.strip()]
+            if pairs:
+                out.blocks.append(Block("paragraph", "; ".join(pairs)))
+    except csv.Error as exc:
+        raise UnprocessableError(f"The CSV cannot be read: {exc}.") from None
     if not out.blocks:  # a header and nothing else: the header is the text
         out.blocks.append(Block("paragraph", ", ".join(header)))
     return out
@@ -300,6 +316,8 @@ def _json(data: bytes, _: Limits) -> Extracted:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UnprocessableError(f"The JSON is not valid: {exc}") from None
+    except RecursionError:
+        raise UnprocessableError("The JSON is nested too deeply to read.") from None
     blocks: list[Block] = []
     items = value if isinstance(value, list) else [value]
     for item in items:
