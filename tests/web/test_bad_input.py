@@ -582,6 +582,37 @@ async def test_hostile_documents_never_get_a_500(web: WebEnv, server_errors: pyt
     assert docs  # some were indexed, and their pages shown
 
 
+HOSTILE_URLS = [
+    "http://" + "a" * 64 + ".invalid/", "http://xn--zz.invalid/", "http://xn--/", "http://[::1", "http://[::1]:99999/",
+    "http://127.0.0.1:-1/", "http://127.0.0.1:0/", "http://%ED%A0%80/", "http://exa mple.invalid/", "http:///x",
+    "ftp://127.0.0.1/", "javascript:alert(1)", "file:///etc/passwd", "http://ex\x00ample.invalid/",
+    "http://a\u3002invalid/", "http://" + "a." * 120 + "invalid/", "http://\u00e9\u00e9.invalid/",
+    "http://\u0130\u0131.invalid/", "http://\ufb03.invalid/", "http://\u200d.invalid/", "http://..invalid/",
+    "http://0x7f.1/", "http://2130706433/", "http://[::ffff:127.0.0.1]/", "http://user:pw@127.0.0.1/",
+    "//127.0.0.1/", "http://-.invalid/", "http://a_b.invalid/", "http://1.2.3.4.5/", "\t\r\n", " ",
+    "http://169.254.169.254/latest/meta-data/", "http://example.invalid:8080\\@127.0.0.1/",
+]
+"""URLs to add to a knowledge base, as the page's script sends them: ill-formed hosts and ports that must be
+refused as the client's mistake, none fetched (loopback and private addresses are refused, the rest are
+names under .invalid, which never resolve)."""
+
+
+async def test_hostile_urls_never_get_a_500(web: WebEnv, server_errors: pytest.LogCaptureFixture) -> None:
+    b = web.admin
+    r = await b.http.post("/knowledge", data={"csrf": b.csrf, "name": "urls"}, headers={"origin": b.url})
+    assert r.status_code == 303, r.text
+    kb = r.headers["location"].rsplit("/", 1)[-1]
+    failures = Failures()
+    for url in HOSTILE_URLS:
+        for stream in ("", "?stream=true"):
+            r = await b.api("POST", f"/api/v1/knowledge-bases/{kb}/urls{stream}", json={"urls": [url]})
+            failures.check(r, f"add URL {url[:80]!r} {stream}")
+            if r.status_code < 300:
+                assert "refused" in r.text or "failed" in r.text, r.text  # nothing was fetched and added
+    errors = [r for r in server_errors.records if r.levelno >= logging.ERROR]
+    assert not failures.items and not errors, _report(failures, errors)
+
+
 async def test_a_500_is_caught(web: WebEnv, server_errors: pytest.LogCaptureFixture,
                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The checks above do fail on a 500: a view that raises is reported, and the server logs it."""
