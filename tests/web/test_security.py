@@ -490,6 +490,8 @@ async def test_hostile_names_are_text_on_every_page_and_chart(web: WebEnv) -> No
         page = await b.get(path)
         assert page.status == 200, path
         _no_active_content(page)
+    chart = await web.admin.get("/admin/usage?by=key&window=24h")
+    assert any(HOSTILE[:60] in t for t in chart.texts("svg text, svg title, table td"))  # shown, as text
     for path in ("/admin/usage?by=key&window=24h", "/admin/usage?by=user", "/admin/keys", "/admin"):
         page = await web.admin.get(path)
         assert page.status == 200, path
@@ -517,3 +519,26 @@ async def test_conflicts_from_the_services_keep_their_status_on_the_page(web: We
     r = await _post(b, "/knowledge", {"name": "same"})
     assert r.status_code == 409
     assert r.headers["content-type"].startswith("text/html")
+
+
+async def test_no_page_names_an_arenas_models_before_the_vote(web: WebEnv) -> None:
+    b = await web.member("alice@example.com")
+    members = web.app.state.deliberation.ensembles["demo-council"].members
+    assert members
+    page = await b.get("/arena")
+    r = await b.http.post("/runs", data={"csrf": page.csrf, "ensemble": "ensemble/demo-council",
+                                         "question": "Which database?", "arena": "1"})
+    assert r.status_code == 303
+    run = r.headers["location"].removeprefix("/runs/")
+    await _finish(b, run)
+    texts: dict[str, str] = {}
+    for path in (f"/runs/{run}", f"/runs/{run}/fragment", f"/runs/{run}?voted=A", "/me/usage", "/me",
+                 "/leaderboard", "/debate"):
+        r = await b.http.get(path)
+        assert r.status_code == 200, path
+        texts[path] = r.text
+    texts["/compare#recent-runs"] = (await b.get("/compare")).one("#recent-runs").html or ""
+    for path, text in texts.items():
+        assert not [m for m in members if m in text], path
+    assert (await b.http.get(f"/debate/{run}")).status_code == 404
+    assert (await b.http.get(f"/debate/{run}/timeline")).status_code == 404
