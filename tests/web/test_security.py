@@ -5,6 +5,7 @@ pages show; the status of error pages."""
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -542,3 +543,31 @@ async def test_no_page_names_an_arenas_models_before_the_vote(web: WebEnv) -> No
         assert not [m for m in members if m in text], path
     assert (await b.http.get(f"/debate/{run}")).status_code == 404
     assert (await b.http.get(f"/debate/{run}/timeline")).status_code == 404
+
+
+async def test_an_imported_thread_cannot_bring_active_content_or_links_off_the_knowledge_pages(web: WebEnv) -> None:
+    b = await web.member("alice@example.com")
+    a_kb = (await web.admin.api("POST", "/api/v1/knowledge-bases", json={"name": "admins"})).json()["id"]
+    citation = {"index": 1, "title": HOSTILE, "source": "javascript:alert(1)", "snippet": HOSTILE,
+                "context": HOSTILE, "kb_name": HOSTILE, "kb_id": "../../../logout?x=", "document_id": "//evil.example",
+                "position": 0}
+    export = {"format": "thinktank.thread", "version": 1,
+              "thread": {"title": HOSTILE, "model": "demo/echo", "knowledge_bases": [a_kb], "persona_id": "per_x"},
+              "messages": [{"role": "user", "content": HOSTILE},
+                           {"role": "assistant", "content": f"See [1]. {HOSTILE} [x](javascript:alert(4))",
+                            "context": {"citations": [citation]}}]}
+    page = await b.get("/chat")
+    r = await b.http.post("/chat/import", data={"csrf": page.csrf},
+                          files={"file": ("t.json", json.dumps(export).encode(), "application/json")})
+    assert r.status_code == 303, r.text
+    thread_id = r.headers["location"].removeprefix("/chat/")
+    assert (await b.api("GET", f"/api/v1/threads/{thread_id}")).json()["knowledge_bases"] == []  # not hers
+    page = await b.get(r.headers["location"])
+    assert page.status == 200
+    _no_active_content(page)
+    for a in page.all("main a[href]"):
+        href = a.attributes.get("href") or ""
+        resolved = httpx.URL(web.url + f"/chat/{thread_id}").join(href)
+        assert resolved.host == httpx.URL(web.url).host, href
+        if "open-passage" in (a.attributes.get("class") or ""):
+            assert resolved.path.startswith("/knowledge/"), href
