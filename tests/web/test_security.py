@@ -571,3 +571,17 @@ async def test_an_imported_thread_cannot_bring_active_content_or_links_off_the_k
         assert resolved.host == httpx.URL(web.url).host, href
         if "open-passage" in (a.attributes.get("class") or ""):
             assert resolved.path.startswith("/knowledge/"), href
+
+
+async def test_input_echoed_on_error_pages_is_text(web: WebEnv) -> None:
+    b = await web.member("alice@example.com")
+    thread = (await b.api("POST", "/api/v1/threads", json={"model": "demo/echo"})).json()["id"]
+    hostile = httpx.URL("/x").copy_with(path="/" + HOSTILE).raw_path.decode()[1:]
+    for path, status in [(f"/chat/{hostile}", 404), (f"/chat/{thread}/messages/{hostile}", 404),
+                         (f"/knowledge/{hostile}", 404), (f"/runs/{hostile}", 404), (f"/debate/{hostile}", 404),
+                         (f"/chat?before={hostile}", 400)]:
+        page = await b.get(path)
+        assert page.status == status, (path, page.status)
+        assert page.response.headers["content-type"].startswith("text/html"), path
+        _no_active_content(page)
+        assert not page.all("main img") and not page.all("main svg"), path
