@@ -585,3 +585,16 @@ async def test_input_echoed_on_error_pages_is_text(web: WebEnv) -> None:
         assert page.response.headers["content-type"].startswith("text/html"), path
         _no_active_content(page)
         assert not page.all("main img") and not page.all("main svg"), path
+
+
+async def test_too_many_wrong_admin_keys_on_the_first_run_page_is_a_429(fresh: tuple[str, Browser]) -> None:
+    _url, b = fresh
+    statuses = []
+    for _ in range(14):
+        page = await b.get("/setup")
+        r = await b.http.post("/setup", data={"csrf": page.form_value("csrf"), "admin_key": "sk-guess",
+                                              "email": "a@example.com", "password": PASSWORD})
+        statuses.append(r.status_code)
+    assert statuses[0] == 400 and statuses[-1] == 429, statuses
+    assert int(r.headers["retry-after"]) > 0
+    assert "Too many" in Page(r).one('[role="alert"]').text()
