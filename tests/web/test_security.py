@@ -8,12 +8,17 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from thinktank.api.app import create_app
+from thinktank.config import Settings, TierConfig
 from thinktank.conversations.memory import Candidate
+from thinktank.discovery import demo_config
+from thinktank.knowledge.embeddings import LocalEmbedder
 from thinktank.web.views import (
     admin,
     admin_ops,
@@ -28,7 +33,8 @@ from thinktank.web.views import (
     runs,
 )
 
-from .conftest import ADMIN_EMAIL, PASSWORD, Browser, Page, WebEnv
+from ..fakes.server import serving
+from .conftest import ADMIN_EMAIL, ADMIN_KEY, PASSWORD, Browser, Page, WebEnv
 
 HOSTILE = '</script><script>alert(1)</script>"\'><img src=x onerror=alert(2)><svg onload=alert(3)>'
 
@@ -598,3 +604,32 @@ async def test_too_many_wrong_admin_keys_on_the_first_run_page_is_a_429(fresh: t
     assert statuses[0] == 400 and statuses[-1] == 429, statuses
     assert int(r.headers["retry-after"]) > 0
     assert "Too many" in Page(r).one('[role="alert"]').text()
+
+
+async def test_a_rate_limited_member_gets_429_pages_with_retry_after(tmp_path: Path,
+                                                                    local_embedder: LocalEmbedder) -> None:
+    config = demo_config()
+    config = config.model_copy(update={"tiers": {"tiny": TierConfig(requests_per_minute=1)}})
+    settings = Settings(data_dir=tmp_path / "data", admin_key=ADMIN_KEY, admin_email=ADMIN_EMAIL,
+                        admin_password=PASSWORD)
+    app = create_app(settings, config, local_embedder=local_embedder, quiet=True)
+    async with serving(app) as url:
+        env = WebEnv(url, app, Browser(url))
+        try:
+            b = await env.member("slow@example.com", tier="tiny")
+            page = await b.get("/debate")
+            form = {"csrf": page.csrf, "debate": "demo-panel", "question": "q?", "rounds": "1"}
+            first = await b.http.post("/debate", data=form)
+            assert first.status_code == 303, first.text
+            second = await b.http.post("/debate", data=form)
+            assert second.status_code == 429
+            assert int(second.headers["retry-after"]) > 0
+            assert Page(second).one('[role="alert"]').text(strip=True)
+            chat_page = await b.get("/chat")
+            r = await b.http.post("/chat/new", data={"csrf": chat_page.csrf, "model": "demo/echo", "message": "hi"})
+            assert r.status_code == 429
+            assert int(r.headers["retry-after"]) > 0
+            assert r.headers["content-type"].startswith("text/html")
+        finally:
+            for br in [env.admin, *env._browsers]:
+                await br.close()
