@@ -167,6 +167,13 @@ async def test_another_members_ids_are_404_on_every_page_fragment_and_download(w
     # ?after= on the document list only pages Bob's own documents.
     page = await b.get(f"/knowledge/{bkb}?after=")
     assert "diary.md" not in page.response.text
+    # Lists and their paging and search parameters only ever show Bob's own rows.
+    for path in ("/chat?before=4000000000", "/chat?q=secret", "/chat?archived=1&before=4000000000",
+                 "/debate?before=4000000000", "/compare", "/knowledge", "/me", "/me/usage"):
+        page = await b.get(path)
+        assert page.status == 200, path
+        text = page.response.text
+        assert not [x for x in (o.thread, o.run, o.debate, o.kb, o.key, o.fact, "secret plan", "PIN") if x in text], path
     # A member on admin pages: 403.
     for path in ("/admin", "/admin/users", "/admin/teams", "/admin/keys", "/admin/usage", "/admin/health",
                  "/admin/budgets"):
@@ -208,6 +215,17 @@ async def test_another_members_ids_are_refused_on_every_form_and_nothing_changes
     mine = (await b.api("POST", "/api/v1/threads", json={"model": "demo/echo"})).json()["id"]
     r = await _post(b, f"/chat/{mine}/settings", {"model": "demo/echo", "kb": o.kb})
     assert r.status_code in (400, 403, 404), r.status_code
+    # Nor use her persona, nor make one of her document, nor ask her knowledge base by its name.
+    persona = (await a.api("POST", "/api/v1/personas", json={"name": "me", "system_prompt": "I am Alice"})).json()
+    r = await _post(b, "/chat/new", {"model": "demo/echo", "persona": persona["id"], "message": "who are you?"})
+    assert r.status_code == 404, r.status_code
+    r = await b.api("POST", "/api/v1/personas", json={"name": "x", "knowledge_base": o.kb, "document_id": o.doc})
+    assert r.status_code == 404, r.text
+    r = await b.api("POST", "/v1/chat/completions", json={"model": "kb/alice-kb", "messages": [
+        {"role": "user", "content": "What is the vault code?"}]})
+    assert r.status_code in (403, 404) and "4711" not in r.text, r.text
+    assert (await b.api("GET", "/api/v1/threads")).json()["data"] == [
+        t for t in (await b.api("GET", "/api/v1/threads")).json()["data"] if t["id"] == mine]
     # Bob's thread cannot replace Alice's message.
     r = await _post(b, f"/chat/{mine}/send", {"message": "x", "replaces": o.message})
     assert r.status_code in (400, 404), r.status_code
