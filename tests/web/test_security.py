@@ -172,8 +172,8 @@ async def test_another_members_ids_are_404_on_every_page_fragment_and_download(w
                  "/debate?before=4000000000", "/compare", "/knowledge", "/me", "/me/usage"):
         page = await b.get(path)
         assert page.status == 200, path
-        text = page.response.text
-        assert not [x for x in (o.thread, o.run, o.debate, o.kb, o.key, o.fact, "secret plan", "PIN") if x in text], path
+        theirs = (o.thread, o.run, o.debate, o.kb, o.key, o.fact, "secret plan", "PIN")
+        assert not [x for x in theirs if x in page.response.text], path
     # A member on admin pages: 403.
     for path in ("/admin", "/admin/users", "/admin/teams", "/admin/keys", "/admin/usage", "/admin/health",
                  "/admin/budgets"):
