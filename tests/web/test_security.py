@@ -651,3 +651,22 @@ async def test_a_rate_limited_member_gets_429_pages_with_retry_after(tmp_path: P
         finally:
             for br in [env.admin, *env._browsers]:
                 await br.close()
+
+
+async def test_a_hostile_tag_is_text_in_the_leaderboard_and_its_chart(web: WebEnv) -> None:
+    b = await web.member("alice@example.com")
+    tag = '"><svg/onload=alert(1)></title><script>x</script>'
+    page = await b.get("/arena")
+    r = await b.http.post("/runs", data={"csrf": page.csrf, "ensemble": "ensemble/demo-council",
+                                         "question": "Which database?", "arena": "1", "tags": tag})
+    assert r.status_code == 303, r.text
+    run = r.headers["location"].removeprefix("/runs/")
+    await _finish(b, run)
+    r = await _post(b, f"/runs/{run}/vote", {"winner": "A"}, csrf=page.csrf)
+    assert r.status_code == 303, r.text
+    board = await b.get("/leaderboard", params={"tag": tag})
+    assert board.status == 200
+    assert board.all("main svg"), "the chart is drawn for the tag"
+    assert any(tag in t for t in board.texts("main svg title, main svg text, main h2, main p, main caption"))
+    _no_active_content(board)
+    assert not board.all("main svg svg") and not board.all("main script")
