@@ -670,3 +670,15 @@ async def test_a_hostile_tag_is_text_in_the_leaderboard_and_its_chart(web: WebEn
     assert any(tag in t for t in board.texts("main svg title, main svg text, main h2, main p, main caption"))
     _no_active_content(board)
     assert not board.all("main svg svg") and not board.all("main script")
+
+
+async def test_trailing_slash_redirects_stay_on_this_site(web: WebEnv) -> None:
+    """Starlette's slash redirect is absolute, built from the Host header: a browser always sends ours, so a
+    link can never make it point elsewhere (a forged Host is the sender's own problem; pages are no-store)."""
+    ours = httpx.URL(web.url)
+    for path in ("/chat/", "/knowledge/", "/me/", "//evil.example/chat/", "/chat/%2F%2Fevil.example/",
+                 "/\\evil.example/chat/"):
+        r = await web.admin.http.get(path)
+        if r.is_redirect:
+            target = ours.join(r.headers["location"])
+            assert (target.host, target.port) == (ours.host, ours.port), (path, r.headers["location"])
