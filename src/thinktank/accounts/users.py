@@ -66,7 +66,10 @@ class UserService:
             exists = (await s.execute(select(User.id).where(User.email == email.lower()))).first()
         if exists:
             return False
-        await self.create_user(UserCreate(email=email, password=password, role="admin"))
+        try:
+            await self.create_user(UserCreate(email=email, password=password, role="admin"))
+        except ConflictError:  # another worker of this server made it at the same moment
+            return False
         return True
 
     async def list_users(self) -> list[User]:

@@ -53,10 +53,13 @@ def build_web(state: AppState) -> ASGIApp:
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    async def error_page(request: Request, status: int, message: str) -> Response:
+    async def error_page(request: Request, status: int, message: str,
+                         headers: dict[str, str] | None = None) -> Response:
         user = await maybe_user(request, state)
-        return pages.render(request, "error.html", user, status=status, title=f"Error {status}", status_code=status,
-                            message=message)
+        response = pages.render(request, "error.html", user, status=status, title=f"Error {status}",
+                                status_code=status, message=message)
+        response.headers.update(headers or {})  # e.g. a 429's Retry-After
+        return response
 
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, _exc: LoginRequired) -> Response:
@@ -67,7 +70,7 @@ def build_web(state: AppState) -> ASGIApp:
 
     @app.exception_handler(ThinktankError)
     async def thinktank_error(request: Request, exc: ThinktankError) -> Response:
-        return await error_page(request, exc.status, exc.message)
+        return await error_page(request, exc.status, exc.message, exc.headers())
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -8,7 +8,7 @@ from fastapi.responses import RedirectResponse, Response
 from ...accounts.schemas import UserCreate
 from ...api.credentials import CSRF_FIELD
 from ...api.deps import StateDep, client_ip
-from ...errors import AuthenticationError, ThinktankError
+from ...errors import AuthenticationError, RateLimitError, ThinktankError
 from ..session import (
     MaybeUser,
     check_form_csrf,
@@ -129,8 +129,12 @@ async def setup(request: Request, state: StateDep) -> Response:
         token, session, _user = await state.users.login(email, password)
     except (ThinktankError, ValueError) as exc:
         error = exc.message if isinstance(exc, ThinktankError) else _first_error(exc)
-        return _signed_out_page(request, "setup.html", "Welcome to thinktank", status=400, error=error,
-                                email=form.get("email", ""))
+        response = _signed_out_page(request, "setup.html", "Welcome to thinktank",
+                                    status=exc.status if isinstance(exc, RateLimitError) else 400, error=error,
+                                    email=form.get("email", ""))
+        if isinstance(exc, RateLimitError):
+            response.headers.update(exc.headers())  # Retry-After
+        return response
     response = RedirectResponse("/chat", status_code=303)
     set_session_cookie(response, token, int(session.expires_at - state.clock.time()), is_secure(request))
     return response

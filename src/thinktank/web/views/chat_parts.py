@@ -3,6 +3,7 @@ and a stored message as the page shows it (also served alone, as a fragment, onc
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,7 +96,18 @@ class MessageView:
         return self.m.finish_reason == "stopped"
 
 
+_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+"""What a knowledge base's or a document's id looks like: a citation's link is built from them."""
+
+
+def _linkable(c: dict[str, Any]) -> dict[str, Any]:
+    """The citation, without the ids of its passage link unless both are ids (an imported thread's context is
+    the importer's text: ``../`` in one would make the link leave the knowledge pages)."""
+    ok = all(isinstance(c.get(k), str) and _ID.fullmatch(c[k]) for k in ("kb_id", "document_id"))
+    return c if ok else {**c, "kb_id": None, "document_id": None}
+
+
 def message_view(m: ThreadMessage, *, last_answer: bool = False) -> MessageView:
-    citations = [c for c in (m.context or {}).get("citations") or [] if isinstance(c, dict)]
+    citations = [_linkable(c) for c in (m.context or {}).get("citations") or [] if isinstance(c, dict)]
     indexes = [c["index"] for c in citations if isinstance(c.get("index"), int) and 0 < c["index"] < 1000]
     return MessageView(m, citations, max(indexes, default=0), last_answer)

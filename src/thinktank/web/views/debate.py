@@ -101,7 +101,9 @@ async def start_debate(request: Request, user: UserPage, state: StateDep) -> Res
     except ThinktankError as exc:
         if exc.status >= 500:
             raise
-        return await _index(request, user, state, error=exc.message, form=values, status=exc.status)
+        response = await _index(request, user, state, error=exc.message, form=values, status=exc.status)
+        response.headers.update(exc.headers())  # a 429's Retry-After
+        return response
     return RedirectResponse(f"/debate/{run.id}", status_code=303)
 
 
