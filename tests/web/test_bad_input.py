@@ -412,8 +412,12 @@ async def walk(env: WebEnv, b: Browser, failures: Failures) -> None:
                   b"cookie: " + _cookie(b).encode() + b"\r\norigin: \xff\xfe",
                   b"cookie: " + _cookie(b).encode() + b"\r\norigin: " + b.url.encode()
                   + b"\r\nx-csrf-token: \xed\xa0\x80\r\ncontent-type: application/x-www-form-urlencoded",
-                  b"cookie: " + _cookie(b).encode() + b"\r\nx-requested-with: \xff"):
-        for head in (b"GET /chat HTTP/1.1", b"POST /chat/new HTTP/1.1", b"POST /compare/render HTTP/1.1"):
+                  b"cookie: " + _cookie(b).encode() + b"\r\nx-requested-with: \xff",
+                  b"authorization: Bearer \xed\xa0\x80\r\nx-api-key: " + b"\xff" * 5000,
+                  b"cookie: " + _cookie(b).encode() + b"\r\norigin: null\r\ncontent-type: multipart/form-data; "
+                  b"boundary=" + b"\xff" * 100):
+        for head in (b"GET /chat HTTP/1.1", b"POST /chat/new HTTP/1.1", b"POST /compare/render HTTP/1.1",
+                     b"GET /api/v1/threads HTTP/1.1", b"POST /api/v1/threads HTTP/1.1"):
             status = await raw_request(b.url, head + b"\r\n" + extra, b"csrf=\xed\xa0\x80&title=\xff")
             failures.raw(status, (head + b" " + extra).decode("latin-1"))
     # Signing out last: the session ends.

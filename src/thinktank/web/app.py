@@ -55,7 +55,10 @@ def build_web(state: AppState) -> ASGIApp:
 
     async def error_page(request: Request, status: int, message: str,
                          headers: dict[str, str] | None = None) -> Response:
-        user = await maybe_user(request, state)
+        try:
+            user = await maybe_user(request, state)
+        except ThinktankError:  # a client refused for too many failed sign-ins (429) still gets its page
+            user = None
         response = pages.render(request, "error.html", user, status=status, title=f"Error {status}",
                                 status_code=status, message=message)
         response.headers.update(headers or {})  # e.g. a 429's Retry-After
