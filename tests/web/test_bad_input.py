@@ -617,6 +617,27 @@ async def test_hostile_urls_never_get_a_500(web: WebEnv, server_errors: pytest.L
     assert not failures.items and not errors, _report(failures, errors)
 
 
+async def test_too_many_bad_session_cookies_get_a_429_page(web: WebEnv,
+                                                            server_errors: pytest.LogCaptureFixture) -> None:
+    """Bad session cookies count as failed sign-ins; past the limit every page and form answers 429 as an HTML
+    page (the error page once looked the user up again, was refused again, and made it a 500)."""
+    b = await web.browser()
+    failures = Failures()
+    statuses: list[int] = []
+    for i in range(60):
+        cookie = {"cookie": f"tt_session=forged-{i}"}
+        for method, path in (("GET", "/chat"), ("POST", "/chat/new"), ("GET", "/runs/x/fragment")):
+            r = await send(b, method, path, content=b"csrf=x" if method == "POST" else None,
+                           content_type="application/x-www-form-urlencoded", headers=cookie)
+            failures.check(r, f"{method} {path} forged cookie {i}", page=True)
+            statuses.append(r.status_code)
+        if statuses[-3:] == [429, 429, 429]:
+            break
+    errors = [r for r in server_errors.records if r.levelno >= logging.ERROR]
+    assert not failures.items and not errors, _report(failures, errors)
+    assert statuses[-3:] == [429, 429, 429]
+
+
 async def test_a_500_is_caught(web: WebEnv, server_errors: pytest.LogCaptureFixture,
                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The checks above do fail on a 500: a view that raises is reported, and the server logs it."""
