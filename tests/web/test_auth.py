@@ -233,3 +233,22 @@ async def test_behind_https_the_cookie_is_secure(web: WebEnv) -> None:
     r = await b.http.post("/login", headers=headers, data=form)
     assert r.status_code == 303, r.text
     assert "secure" in _cookie_attrs(r, "tt_session")
+
+
+async def test_a_dead_session_cookie_is_forgotten_not_counted_again_and_again(web: WebEnv) -> None:
+    dead = await web.member("stale@example.com")
+    other = await web.browser()
+    assert (await other.sign_in("stale@example.com")).status_code == 303
+    # The first browser's session ends elsewhere (signed out from another one): the browser still holds it.
+    sessions = (await other.api("GET", "/api/v1/sessions")).json()
+    old = next(x["id"] for x in sessions if not x["current"])
+    assert (await other.api("DELETE", f"/api/v1/sessions/{old}")).status_code == 204
+    assert dead.http.cookies.get("tt_session")
+    first = await dead.http.get("/chat")
+    assert first.status_code == 303
+    assert 'tt_session=""' in first.headers["set-cookie"]  # forgotten at once
+    assert dead.http.cookies.get("tt_session") is None
+    for _ in range(30):  # more visits than the failed sign-in limit: the dead token is not sent again
+        assert (await dead.http.get("/chat")).status_code == 303
+    r = await dead.sign_in("stale@example.com")
+    assert r.status_code == 303  # not throttled

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from ..api.asgi import ASGIApp, Message, Receive, Scope, Send
+from ..api.credentials import SESSION_COOKIE
+from .session import STALE_SESSION
 
 __all__ = ["CONTENT_SECURITY_POLICY", "secured"]
 
@@ -21,6 +23,8 @@ _COMMON = [
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
 ]
 _PAGE_CACHE = (b"cache-control", b"no-store")
+_SESSION_PREFIX = SESSION_COOKIE.encode() + b"="
+_FORGET_SESSION = (b"set-cookie", _SESSION_PREFIX + b'""; Max-Age=0; Path=/; HttpOnly; SameSite=lax')
 _STATIC_CACHE = (b"cache-control", b"public, max-age=3600")
 
 
@@ -38,6 +42,9 @@ def secured(app: ASGIApp) -> ASGIApp:
                 headers = [h for h in message.get("headers", []) if h[0].lower() != b"cache-control"]
                 headers.extend(_COMMON)
                 headers.append(_STATIC_CACHE if static else _PAGE_CACHE)
+                if scope.get(STALE_SESSION) and not any(
+                        k.lower() == b"set-cookie" and v.startswith(_SESSION_PREFIX) for k, v in headers):
+                    headers.append(_FORGET_SESSION)
                 message["headers"] = headers
             await send(message)
 

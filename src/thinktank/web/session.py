@@ -17,6 +17,7 @@ from ..errors import AuthenticationError, PermissionDeniedError
 
 __all__ = [
     "LOGIN_CSRF_COOKIE",
+    "STALE_SESSION",
     "AdminPage",
     "LoginRequired",
     "MaybeUser",
@@ -30,6 +31,9 @@ __all__ = [
     "set_login_csrf",
     "set_session_cookie",
 ]
+
+STALE_SESSION = "thinktank.stale_session"
+"""Set in the request's scope when its session cookie is no longer a session (``web.headers`` clears it)."""
 
 LOGIN_CSRF_COOKIE = "tt_login_csrf"
 """Before a session exists (the sign-in and first-run forms): a random value the form must repeat."""
@@ -66,6 +70,9 @@ async def maybe_user(request: Request, state: StateDep) -> WebUser | None:
     try:
         principal = await state.authenticate(token, client_ip(request))
     except AuthenticationError:
+        # An expired or revoked session: the response tells the browser to forget the cookie, so it is not
+        # looked up (and counted as a failed sign-in) again on every page.
+        request.scope[STALE_SESSION] = True
         return None
     if principal.session_id is None:  # an API key pasted into the cookie: pages are for people's sessions
         return None
