@@ -241,3 +241,32 @@ async def test_a_grounded_answer_lists_its_numbered_sources(web: WebEnv) -> None
     assert cited[0].css_first(f"#{href.rsplit('#', 1)[1]}") is not None  # the anchor the link jumps to
     stranger = await web.member("passage-stranger@example.com")
     assert (await stranger.get(href)).status == 404
+
+
+async def test_a_long_thread_pages_back_to_its_earlier_messages(web: WebEnv) -> None:
+    from thinktank.store.tables import ThreadMessage
+
+    b = web.admin
+    thread = await _thread(b, model="demo/echo")
+    async with web.app.state.db.session() as s:  # 205 messages, as a long conversation leaves them
+        s.add_all(ThreadMessage(id=f"msg_long{i:04d}", thread_id=thread["id"], seq=i,
+                                role="user" if i % 2 else "assistant", content=f"message number {i}",
+                                created_at=1_800_000_000.0 + i) for i in range(1, 206))
+    latest = await b.get(f"/chat/{thread['id']}")
+    shown = latest.all("article.msg")
+    assert len(shown) == 200
+    assert "message number 6" in shown[0].text() and "message number 205" in shown[-1].text()
+    assert latest.one("#composer").attributes.get("hidden") is None
+    href = latest.one('a[rel="prev"]').attributes["href"]
+    assert href == f"/chat/{thread['id']}?before=6"
+    earlier = await b.get(href or "")
+    older = earlier.all("article.msg")
+    assert [_one(m, ".text, .md").text(strip=True) for m in older] == [f"message number {i}" for i in range(1, 6)]
+    assert not earlier.all('a[rel="prev"]')  # nothing before the first
+    assert "hidden" in earlier.one("#composer").attributes  # no replying from the past
+    assert not earlier.all('[data-action="edit"]')
+    assert earlier.one('#latest-note a[rel="next"]').attributes["href"] == f"/chat/{thread['id']}#end"
+    for bad in ("0", "-1", "99999999999999999999", "x"):
+        assert (await b.get(f"/chat/{thread['id']}?before={bad}")).status == 400
+    stranger = await web.member("long-thread-stranger@example.com")
+    assert (await stranger.get(href or "")).status == 404

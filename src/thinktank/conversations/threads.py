@@ -219,10 +219,12 @@ class ThreadService:
         async with self.db.session() as s:
             return list((await s.execute(query)).scalars().all())
 
-    async def last_messages(self, thread_id: str, limit: int) -> list[ThreadMessage]:
-        """The thread's last ``limit`` messages, in order."""
-        query = (select(ThreadMessage).where(ThreadMessage.thread_id == thread_id)
-                 .order_by(ThreadMessage.seq.desc()).limit(limit))
+    async def last_messages(self, thread_id: str, limit: int, before: int | None = None) -> list[ThreadMessage]:
+        """The thread's last ``limit`` messages (before the one numbered ``before``, if given), in order."""
+        query = select(ThreadMessage).where(ThreadMessage.thread_id == thread_id)
+        if before is not None:
+            query = query.where(ThreadMessage.seq < before)
+        query = query.order_by(ThreadMessage.seq.desc()).limit(limit)
         async with self.db.session() as s:
             return list(reversed((await s.execute(query)).scalars().all()))
 

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from ...api.deps import StateDep, client_ip
-from ...bounds import MAX_UNIX_TIME
+from ...bounds import MAX_INT32, MAX_UNIX_TIME
 from ...conversations.exports import ThreadImport, import_thread
 from ...conversations.service import TurnOptions
 from ...errors import InvalidRequestError, NotFoundError
@@ -110,19 +110,23 @@ async def import_chat(request: Request, user: UserPage, state: StateDep) -> Resp
 
 
 @router.get("/chat/{thread_id}")
-async def thread_page(thread_id: str, request: Request, user: UserPage, state: StateDep) -> Response:
+async def thread_page(
+    thread_id: str, request: Request, user: UserPage, state: StateDep,
+    before: Annotated[int | None, Query(ge=1, le=MAX_INT32, description="Earlier messages: those before this one")]
+    = None,
+) -> Response:
     threads = state.conversations.threads
     thread = await threads.get(user.principal, thread_id)
-    rows = await threads.last_messages(thread.id, PAGE_MESSAGES + 1)
-    earlier = len(rows) > PAGE_MESSAGES
+    rows = await threads.last_messages(thread.id, PAGE_MESSAGES + 1, before=before)
+    earlier = rows[1].seq if len(rows) > PAGE_MESSAGES else None
     rows = rows[-PAGE_MESSAGES:]
-    last_answer = rows[-1].id if rows and rows[-1].role == "assistant" else None
+    last_answer = rows[-1].id if rows and rows[-1].role == "assistant" and before is None else None
     messages = [message_view(m, last_answer=m.id == last_answer) for m in rows]
     picks = await choices(state, user.principal)
     kb_names = {kb.id: kb.name for kb in picks.knowledge_bases}
     return pages(request).render(
         request, "chat/thread.html", user, title=thread.title or "New chat", thread=thread, messages=messages,
-        earlier=earlier, choices=picks, kb_names=kb_names, model_allowed=picks.allowed(thread.model))
+        earlier=earlier, before=before, choices=picks, kb_names=kb_names, model_allowed=picks.allowed(thread.model))
 
 
 @router.get("/chat/{thread_id}/messages/{message_id}")
