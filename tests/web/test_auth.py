@@ -252,3 +252,13 @@ async def test_a_dead_session_cookie_is_forgotten_not_counted_again_and_again(we
         assert (await dead.http.get("/chat")).status_code == 303
     r = await dead.sign_in("stale@example.com")
     assert r.status_code == 303  # not throttled
+
+
+async def test_a_trailing_slash_is_a_relative_redirect_whatever_the_host(web: WebEnv) -> None:
+    for path, target in (("/chat/", "/chat"), ("/knowledge/x/", "/knowledge/x"), ("/chat/?q=a", "/chat?q=a"),
+                         ("//evil.example/chat/", None), ("/chat//evil.example/", "/chat//evil.example")):
+        r = await web.admin.http.get(path, headers={"host": "evil.example"})
+        if target is None:
+            assert not r.headers.get("location", "").startswith(("//", "http")), r.headers.get("location")
+            continue
+        assert (r.status_code, r.headers["location"]) == (308, target), path

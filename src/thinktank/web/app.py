@@ -12,7 +12,7 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..api.asgi import ASGIApp
+from ..api.asgi import ASGIApp, Receive, Scope, Send
 from ..api.routing import unencodable_text
 from ..api.state import AppState
 from ..errors import ThinktankError
@@ -38,7 +38,7 @@ def build_web(state: AppState) -> ASGIApp:
     """The pages, as an ASGI app sharing ``state`` with the API (its lifespan is the API's)."""
     from .views import admin, auth, chat, compare, debate, knowledge, me, runs
 
-    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None, redirect_slashes=False)
     app.state.thinktank = state
     pages = Pages()
     app.state.pages = pages
@@ -93,4 +93,22 @@ def build_web(state: AppState) -> ASGIApp:
             raise exc
         return await error_page(request, error.status, error.message)
 
-    return secured(app)
+    return secured(_without_trailing_slash(app))
+
+
+def _without_trailing_slash(app: ASGIApp) -> ASGIApp:
+    """``/chat/`` is ``/chat``: a redirect to the path alone, relative (Starlette's own is absolute, built
+    from the Host header, which a proxy may pass through as the client sent it)."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] == "http" and len(path) > 1 and path.endswith("/") and not path.startswith("/static/"):
+            target = "/" + path.strip("/")  # one leading slash: never //host
+            query = scope.get("query_string", b"")
+            location = quote(target, safe="/%:@!$&'()*+,;=-._~") + ("?" + query.decode("latin-1") if query else "")
+            await send({"type": "http.response.start", "status": 308, "headers": [(b"location", location.encode())]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await app(scope, receive, send)
+
+    return wrapped
