@@ -38,15 +38,15 @@ def csrf_token(session_token: str) -> str:
 
 
 def cookie_value(cookie_header: str | None, name: str) -> str | None:
-    """One cookie's value from a ``Cookie`` header (the last one wins, as browsers send the most specific last)."""
+    """One cookie's value from a ``Cookie`` header: the first of that name (browsers send the one with the
+    longest path first; ours is set for ``/``)."""
     if not cookie_header:
         return None
-    found: str | None = None
     for part in cookie_header.split(";"):
         key, sep, value = part.strip().partition("=")
         if sep and key == name:
-            found = value.strip().strip('"')
-    return found
+            return value.strip().strip('"')
+    return None
 
 
 def same_origin(origin: str | None, host: str | None) -> bool:
