@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -65,23 +66,27 @@ class RenderedMarkdown:
         self._max_chars = max_chars
         self._chars = 0
         self._done: OrderedDict[tuple[str, int], Markup] = OrderedDict()
+        self._lock = threading.Lock()  # long texts are rendered in worker threads (views/compare.py)
 
     def __call__(self, text: str | None, citations: int = 0) -> Markup:
         from .markdown import render_markdown
 
         key = (text or "", citations)
-        found = self._done.get(key)
-        if found is not None:
-            self._done.move_to_end(key)
-            return found
+        with self._lock:
+            found = self._done.get(key)
+            if found is not None:
+                self._done.move_to_end(key)
+                return found
         html = render_markdown(key[0], citations=citations)
         size = len(key[0]) + len(html)
         if size <= self._max_chars // 4:
-            self._done[key] = html
-            self._chars += size
-            while self._chars > self._max_chars:
-                (old_text, _), old_html = self._done.popitem(last=False)
-                self._chars -= len(old_text) + len(old_html)
+            with self._lock:
+                if key not in self._done:
+                    self._done[key] = html
+                    self._chars += size
+                while self._chars > self._max_chars:
+                    (old_text, _), old_html = self._done.popitem(last=False)
+                    self._chars -= len(old_text) + len(old_html)
         return html
 
     def __len__(self) -> int:

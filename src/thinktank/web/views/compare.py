@@ -7,6 +7,7 @@ Ensemble and arena runs are started and shown by :mod:`.runs`.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -75,9 +76,11 @@ async def render_answer(request: Request, user: UserPage) -> Response:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidRequestError("The text must be UTF-8.") from None
-    from ..markdown import render_markdown
-
-    return HTMLResponse(f'<div class="md">{render_markdown(text)}</div>')
+    render = pages(request).markdown
+    # Long Markdown takes a while in pure Python: in a thread, so the event loop (and every other request)
+    # keeps going meanwhile.
+    html = render(text) if len(raw) < 16_384 else await asyncio.to_thread(render, text)
+    return HTMLResponse(f'<div class="md">{html}</div>')
 
 
 @router.get("/arena")
