@@ -142,6 +142,7 @@ def test_the_chat_pages_at_phone_width(phone_page: Page, server: E2EServer) -> N
                                                                       timeout=SLOW_ANSWER_MS)
     expect(page.get_by_role("heading", level=1)).to_have_text("Hello from a phone")  # titled once stored
     expect(page.locator("article.msg-user .msg-who")).to_be_visible()
+    page.wait_for_load_state("load")  # measured once styled
     width = page.evaluate("() => document.documentElement.scrollWidth <= document.documentElement.clientWidth")
     assert width, "the thread page scrolls sideways on a phone"
     screenshot(page, "chat-thread")

@@ -27,7 +27,9 @@ UNNAMED_CONTROLS = """() => {
     .map((el) => el.outerHTML.slice(0, 120));
 }"""
 
-OVERFLOW = """() => {
+OVERFLOW = """async () => {
+  // Measured once the page has loaded: before its stylesheet applies, every wide table "overflows".
+  if (document.readyState !== 'complete') await new Promise((r) => addEventListener('load', r, { once: true }));
   const width = document.documentElement.clientWidth;
   return [...document.querySelectorAll('body *')]
     .filter((el) => {
