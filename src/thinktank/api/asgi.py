@@ -19,7 +19,6 @@ __all__ = [
     "Receive",
     "Scope",
     "Send",
-    "bearer_token",
     "header",
     "read_body",
     "send_bytes",
@@ -34,14 +33,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _JSON = (b"content-type", b"application/json")
-
-
-def bearer_token(authorization: str | None, api_key: str | None) -> str:
-    """The credential of a request: ``Authorization: Bearer <token>``, else an API-key header."""
-    if authorization is not None:
-        scheme, _, value = authorization.partition(" ")
-        return value.strip() if scheme.lower() == "bearer" else ""
-    return (api_key or "").strip()
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
