@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -27,6 +29,14 @@ def user_public(u: User) -> UserPublic:
 def team_public(t: Team) -> TeamPublic:
     return TeamPublic(id=t.id, name=t.name, budget_usd=t.budget_usd, budget_period=t.budget_period,
                       created_at=t.created_at)
+
+
+def configured_tier(tier: str | None, tiers: Collection[str]) -> str | None:
+    """``tier`` if it is one the config defines under ``tiers:`` (or None: no tier); else a 400 naming them."""
+    if tier is not None and tier not in tiers:
+        known = ", ".join(sorted(tiers)) or "none are configured"
+        raise InvalidRequestError(f"There is no tier '{tier}' (tiers: {known}).", param="tier")
+    return tier
 
 
 class UserService:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from ...accounts.schemas import LoginIn, LoginOut, TeamCreate, TeamPublic, UserCreate, UserPublic, UserTier
-from ...accounts.users import team_public, user_public
-from ...errors import AuthenticationError, InvalidRequestError, NotFoundError
+from ...accounts.users import configured_tier, team_public, user_public
+from ...errors import AuthenticationError, NotFoundError
 from ..deps import AdminDep, PrincipalDep, StateDep, client_ip, session_of
 from ..routing import StrictJSONRoute
 
@@ -87,11 +87,8 @@ async def revoke_user(user_id: str, _admin: AdminDep, state: StateDep) -> UserPu
 @router.put("/users/{user_id}/tier")
 async def set_user_tier(user_id: str, body: UserTier, _admin: AdminDep, state: StateDep) -> UserPublic:
     """Move a user to another rate-limit tier (one configured under ``tiers:``), or to none."""
-    tiers = state.router.config.tiers
-    if body.tier is not None and body.tier not in tiers:
-        known = ", ".join(sorted(tiers)) or "none are configured"
-        raise InvalidRequestError(f"There is no tier '{body.tier}' (tiers: {known}).", param="tier")
-    return user_public(await state.users.set_tier(user_id, body.tier))
+    tier = configured_tier(body.tier, state.router.config.tiers)
+    return user_public(await state.users.set_tier(user_id, tier))
 
 
 @router.post("/teams", status_code=201)

@@ -10,6 +10,7 @@ from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 
 from ...accounts.schemas import TeamCreate, UserCreate
+from ...accounts.users import configured_tier
 from ...api.deps import StateDep
 from ...api.state import AppState
 from ...errors import InvalidRequestError, ThinktankError
@@ -78,9 +79,7 @@ async def users_page(request: Request, user: AdminPage, state: StateDep) -> Resp
 async def user_create(request: Request, user: AdminPage, state: StateDep) -> Response:
     form = await checked_form(request, user)
     try:
-        tier = form.get("tier") or None
-        if tier is not None and tier not in state.router.config.tiers:
-            raise InvalidRequestError(f"There is no tier '{tier}'.", param="tier")
+        tier = configured_tier(form.get("tier") or None, state.router.config.tiers)
         data = UserCreate.model_validate({
             "email": form.get("email", "").strip(), "password": form.get("password", ""),
             "role": form.get("role") or "member", "team_id": form.get("team_id") or None, "tier": tier,
@@ -98,9 +97,10 @@ async def user_create(request: Request, user: AdminPage, state: StateDep) -> Res
 @router.post("/admin/users/{user_id}/tier")
 async def user_tier(user_id: str, request: Request, user: AdminPage, state: StateDep) -> Response:
     form = await checked_form(request, user)
-    tier = form.get("tier") or None
-    if tier is not None and tier not in state.router.config.tiers:
-        return await _users_page(request, user, state, error=f"There is no tier '{tier}'.", status=400)
+    try:
+        tier = configured_tier(form.get("tier") or None, state.router.config.tiers)
+    except InvalidRequestError as exc:
+        return await _users_page(request, user, state, error=exc.message, status=exc.status)
     await state.users.set_tier(user_id, tier)
     return RedirectResponse("/admin/users?done=tier_changed", status_code=303)
 
