@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
+from pydantic import ValidationError
 
 from ...accounts.schemas import UserCreate
 from ...api.credentials import CSRF_FIELD
@@ -21,6 +22,7 @@ from ..session import (
     set_session_cookie,
 )
 from .common import pages
+from .forms import first_error
 
 __all__ = ["router"]
 
@@ -113,7 +115,6 @@ async def setup(request: Request, state: StateDep) -> Response:
     if await state.users.has_users():
         return RedirectResponse("/login", status_code=303)
     ip = client_ip(request)
-    error = ""
     try:
         await state.check_auth_allowed(ip)
         try:
@@ -128,7 +129,10 @@ async def setup(request: Request, state: StateDep) -> Response:
                                                                  "role": "admin"}))
         token, session, _user = await state.users.login(email, password)
     except (ThinktankError, ValueError) as exc:
-        error = exc.message if isinstance(exc, ThinktankError) else _first_error(exc)
+        if isinstance(exc, ThinktankError):
+            error = exc.message
+        else:
+            error = first_error(exc) if isinstance(exc, ValidationError) else str(exc)
         response = _signed_out_page(request, "setup.html", "Welcome to thinktank",
                                     status=exc.status if isinstance(exc, RateLimitError) else 400, error=error,
                                     email=form.get("email", ""))
@@ -139,12 +143,3 @@ async def setup(request: Request, state: StateDep) -> Response:
     set_session_cookie(response, token, int(session.expires_at - state.clock.time()), is_secure(request))
     return response
 
-
-def _first_error(exc: ValueError) -> str:
-    from pydantic import ValidationError
-
-    if isinstance(exc, ValidationError) and exc.errors():
-        first = exc.errors()[0]
-        where = ".".join(str(x) for x in first.get("loc", ()))
-        return f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
-    return str(exc)

@@ -12,8 +12,9 @@ from fastapi.responses import RedirectResponse, Response
 from ...bounds import MAX_INT64
 from ...errors import InvalidRequestError, ThinktankError
 from ...knowledge.browse import document, passages_page
-from ..session import UserPage, WebUser, check_form_csrf
+from ..session import UserPage, WebUser
 from .common import pages
+from .forms import checked_form
 
 __all__ = ["document_url", "router"]
 
@@ -49,9 +50,7 @@ async def document_page(kb: str, doc_id: str, request: Request, user: UserPage,
 
 
 async def _form(request: Request, user: WebUser) -> dict[str, str]:
-    form = await request.form()
-    check_form_csrf(request, user, form.get("csrf"))
-    return {k: v.strip() for k, v in form.items() if isinstance(v, str)}
+    return {k: v.strip() for k, v in (await checked_form(request, user)).items()}
 
 
 @router.post("/knowledge/{kb}/documents/{doc_id}/delete")
