@@ -39,6 +39,12 @@ svg.chart .series-5 { fill: #0891b2; stroke: #0891b2; }
 svg.chart .series-6 { fill: #db2777; stroke: #db2777; }
 svg.chart .series-7 { fill: #65a30d; stroke: #65a30d; }
 svg.chart .line[class*="series-"] { fill: none; }
+@media (max-width: 600px) {
+  /* A 640-unit chart squeezed into a phone's width would set its 12px text at 5px: keep it readable,
+     and let the box that holds it scroll sideways instead of the page. */
+  svg.chart { min-width: 32rem; }
+  *:has(> svg.chart) { overflow-x: auto; }
+}
 @media (prefers-color-scheme: dark) {
   svg.chart .axis { stroke: #9ca3af; }
   svg.chart .grid { stroke: #374151; }
