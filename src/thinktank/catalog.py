@@ -1,7 +1,7 @@
 """The catalog: every public name as a ChatModel, for one principal.
 
-A name is a deployment, a group or an alias (served by the Router), ``ensemble/<name>`` or
-``debate/<name>`` (a run), or ``kb/<name>`` (the knowledge model grounded in that knowledge base); a
+A name is a deployment, a group or an alias (served by the Router), ``ensemble/<name>``,
+``debate/<name>`` or ``agent/<name>`` (a run), or ``kb/<name>`` (the knowledge model grounded in that knowledge base); a
 chat request's ``knowledge_bases`` grounds any of them. Composites hold the models they use by name and
 reach them through the catalog again, so any name works in any role: an ensemble member that is
 ``kb/handbook``, a debate expert that is ``ensemble/council``, a thread on ``debate/panel``.
@@ -37,7 +37,12 @@ if TYPE_CHECKING:
 
 __all__ = ["KB_PREFIX", "Catalog", "ModelEntry", "RoutedModel"]
 
-Kind = Literal["model", "group", "alias", "ensemble", "debate", "knowledge_base"]
+Kind = Literal["model", "group", "alias", "ensemble", "debate", "agent", "knowledge_base"]
+RunKind = Literal["ensemble", "debate", "agent"]
+
+
+def _kind(prefix: str) -> RunKind:
+    return "ensemble" if prefix == "ensemble" else "debate" if prefix == "debate" else "agent"
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,7 @@ class Catalog:
             return [answering] if answering else []
         if name.startswith(RUN_PREFIXES) and self._runs is not None:
             kind, short = name.split("/", 1)
-            cfg = (self._runs.ensembles if kind == "ensemble" else self._runs.debates).get(short)
+            cfg = self._runs.table(_kind(kind)).get(short)
             return self._runs.models_of(cfg) if cfg is not None else []
         return []
 
@@ -140,7 +145,7 @@ class Catalog:
             if self._runs is None:
                 return False
             kind, short = name.split("/", 1)
-            return short in (self._runs.ensembles if kind == "ensemble" else self._runs.debates)
+            return short in self._runs.table(_kind(kind))
         try:
             self.router.resolve(name)
         except ModelNotFoundError:
@@ -191,7 +196,7 @@ class Catalog:
             from .deliberation.models import RunModel
 
             kind, short = name.split("/", 1)
-            return RunModel(self._runs, "ensemble" if kind == "ensemble" else "debate", short)
+            return RunModel(self._runs, _kind(kind), short)
         if name.startswith(KB_PREFIX):
             answering = self.knowledge_model()
             assert answering is not None
@@ -269,8 +274,7 @@ class Catalog:
         if self._runs is not None:
             for mid, kind, description in self._runs.models():
                 if principal.may_use(mid):  # listed as the key names it; using it says what it lacks
-                    out.append(ModelEntry(mid, "ensemble" if kind == "ensemble" else "debate", "thinktank",
-                                          description))
+                    out.append(ModelEntry(mid, _kind(kind), "thinktank", description))
         answering = self.knowledge_model()
         if knowledge_bases and self._knowledge is not None and answering is not None \
                 and self.allows(principal, answering):

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .agents.config import BUILTIN_TOOLS, AgentConfig, McpServerConfig, tool_server
 from .bounds import OutputTokens
 from .errors import ConfigError
 from .names import find_cycle, is_kb_name
@@ -350,13 +351,15 @@ class GatewayConfig(_In):
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
     conversations: ConversationsConfig = Field(default_factory=ConversationsConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    agents: list[AgentConfig] = Field(default_factory=list)
+    mcp_servers: list[McpServerConfig] = Field(default_factory=list)
 
     def catalog_names(self) -> set[str]:
         """Every model name the configuration defines: deployments (and their ids), groups, aliases,
         ``ensemble/<name>`` and ``debate/<name>`` (knowledge bases, ``kb/<name>``, are data, not config)."""
         return ({d.name for d in self.models} | {d.id for d in self.models if d.id} | {g.name for g in self.groups}
                 | set(self.aliases) | {f"ensemble/{e.name}" for e in self.ensembles}
-                | {f"debate/{d.name}" for d in self.debates})
+                | {f"debate/{d.name}" for d in self.debates} | {f"agent/{a.name}" for a in self.agents})
 
     @model_validator(mode="after")
     def _references(self) -> GatewayConfig:
@@ -385,6 +388,7 @@ class GatewayConfig(_In):
         for kind, name, used in [
             *(("ensemble", e.name, e.models()) for e in self.ensembles),
             *(("debate", d.name, d.models_used()) for d in self.debates),
+            *(("agent", a.name, a.models_used()) for a in self.agents),
             *(("persona", p.name, [p.model] if p.model else []) for p in self.personas),
         ]:
             if kind != "persona":
@@ -408,6 +412,8 @@ class GatewayConfig(_In):
         for d in self.debates:
             own = [p.model for p in self.personas if p.model and (not d.personas or p.name in d.personas)]
             graph[f"debate/{d.name}"] = [*d.models_used(), *own]
+        for a in self.agents:
+            graph[f"agent/{a.name}"] = a.models_used()
         answering = self.knowledge.model or next((d.name for d in self.models if d.mode == "chat"), None)
 
         def uses(name: str) -> list[str]:
@@ -419,6 +425,22 @@ class GatewayConfig(_In):
             why = find_cycle(name, uses)
             if why is not None:
                 raise ValueError(why)
+        return self
+
+    @model_validator(mode="after")
+    def _agent_tools(self) -> GatewayConfig:
+        """Every tool an agent lists is a built-in one or a tool of a configured MCP server."""
+        servers = {s.name for s in self.mcp_servers}
+        if len(servers) != len(self.mcp_servers):
+            raise ValueError("two mcp_servers have the same name")
+        for a in self.agents:
+            for ref in a.tool_refs():
+                server = tool_server(ref.name)
+                if server is None and ref.name not in BUILTIN_TOOLS and ref.name not in servers:
+                    raise ValueError(f"agent '{a.name}': unknown tool '{ref.name}' (built-in tools: "
+                                     f"{', '.join(BUILTIN_TOOLS)}; an MCP server's as <server>.<tool> or <server>.*)")
+                if server is not None and server not in servers:
+                    raise ValueError(f"agent '{a.name}': tool '{ref.name}': no MCP server '{server}' is configured")
         return self
 
     @model_validator(mode="after")

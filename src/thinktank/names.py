@@ -1,6 +1,7 @@
 """Model names: the prefixes that say what a name is, and the walk over the names a name uses.
 
-``ensemble/<name>`` and ``debate/<name>`` are runs of the configuration's ensembles and debates;
+``ensemble/<name>``, ``debate/<name>`` and ``agent/<name>`` are runs of the configuration's ensembles, debates
+and agents;
 ``kb/<name>`` is the knowledge model grounded in a knowledge base (data, not configuration); any other
 name is a deployment, a group or an alias, served by the router.
 """
@@ -12,7 +13,7 @@ from collections.abc import Callable, Iterable
 __all__ = ["KB_PREFIX", "MAX_DEPTH", "RUN_PREFIXES", "find_cycle", "is_kb_name"]
 
 KB_PREFIX = "kb/"
-RUN_PREFIXES = ("ensemble/", "debate/")
+RUN_PREFIXES = ("ensemble/", "debate/", "agent/")
 MAX_DEPTH = 8
 """How deep models may nest (an ensemble whose member is an ensemble whose member ...)."""
 

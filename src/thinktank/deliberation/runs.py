@@ -23,20 +23,38 @@ from ..accounts.budgets import BudgetExceededError
 from ..clock import Clock
 from ..errors import ThinktankError, UpstreamTimeoutError
 from ..gateway.context import CallContext
-from ..types import ChatRequest, Message
+from ..types import ChatRequest, Message, ToolCall
 
 if TYPE_CHECKING:
     from ..providers.base import ChatModel
 
-__all__ = ["CallRecord", "Event", "EventType", "LiveRun", "Reply", "RunStatus"]
+__all__ = ["FINAL", "PAUSED", "CallRecord", "Event", "EventType", "LiveRun", "Reply", "RunEnded", "RunPaused",
+           "RunStatus"]
 
 EventType = Literal[
     "run_started", "stage_started", "stage_finished", "model_answered", "model_failed", "review",
     "ranking", "round", "convergence", "follow_up", "panel", "analysis", "synthesis_token", "document",
-    "cost", "cache_hit", "done", "error", "child_run",
+    "cost", "cache_hit", "done", "error", "child_run", "step", "tool_call", "tool_result", "approval_requested",
+    "approval_decided", "resumed",
 ]
-RunStatus = Literal["running", "completed", "failed", "cancelled", "budget_exceeded"]
-FINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled", "budget_exceeded"})
+RunStatus = Literal["running", "completed", "failed", "cancelled", "budget_exceeded", "step_limit", "time_limit",
+                    "awaiting_approval"]
+FINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled", "budget_exceeded", "step_limit", "time_limit"})
+PAUSED = "awaiting_approval"
+"""A run waiting for a person's decision: not finished, and not executing anywhere."""
+
+
+class RunPaused(Exception):
+    """Raised by a runner to pause its run (its state is already stored): the run waits, holding nothing."""
+
+
+class RunEnded(Exception):
+    """Raised by a runner that stopped at a limit (``step_limit``, ``time_limit``) with what it has."""
+
+    def __init__(self, status: str, result: dict[str, Any]) -> None:
+        super().__init__(status)
+        self.status = status
+        self.result = result
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +102,8 @@ class Reply:
     """The child run that answered, when the model was itself a run."""
     citations: list[dict[str, Any]] | None = None
     """The passages a grounded model cited."""
+    tool_calls: list[ToolCall] | None = None
+    """The tools the model asked to call (a call offered ``tools``)."""
 
 
 @dataclass
@@ -139,6 +159,11 @@ class LiveRun:
     def finished(self) -> bool:
         return self.status in FINAL
 
+    @property
+    def stopped(self) -> bool:
+        """Finished, or paused: nothing more happens here (a follower's stream ends)."""
+        return self.status in FINAL or self.status == PAUSED
+
     async def follow(self, after: int = 0) -> AsyncIterator[Event]:
         """The events after ``after`` and then each new one as it happens, until the run ends."""
         while True:
@@ -146,7 +171,7 @@ class LiveRun:
             while after < len(self.events):
                 after += 1
                 yield self.events[after - 1]
-            if self.finished:
+            if self.stopped:
                 return
             await waiter.wait()
 
@@ -180,6 +205,7 @@ class LiveRun:
         on_text: Callable[[str], object] | None = None,
         announce: bool = True,
         label: str | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> Reply:
         """One routed call, recorded whatever happens. ``on_text`` streams the answer as it comes.
 
@@ -192,21 +218,23 @@ class LiveRun:
         )
         self.calls.append(record)
         request = ChatRequest(model=model, messages=messages, max_tokens=max_tokens or self.default_max_tokens,
-                              temperature=temperature,
-                              stream=on_text is not None)
+                              temperature=temperature, stream=on_text is not None, tools=tools or None)
         ctx = self.ctx.child(self.id)
         started = self.clock.monotonic()
         who = {"role": role, "model": model} if label is None else {"role": role, "label": label}
         citations: list[dict[str, Any]] | None = None
         child: str | None = None
+        calls: list[ToolCall] | None = None
         try:
             async with asyncio.timeout(timeout):
                 if on_text is None:
                     response = await self.models.complete(request, ctx)
                     text = response.choices[0].message.content or "" if response.choices else ""
                     citations, child = response.citations, response.run_id
+                    calls = response.choices[0].message.tool_calls if response.choices else None
                 else:
                     parts: list[str] = []
+                    pieces = ToolCallPieces()
                     async for chunk in self.models.stream(request, ctx):
                         child = chunk.run_id or child
                         if chunk.citations is not None:
@@ -215,7 +243,10 @@ class LiveRun:
                             if choice.delta.content:
                                 parts.append(choice.delta.content)
                                 on_text(choice.delta.content)
+                            if choice.delta.tool_calls:
+                                pieces.add(choice.delta.tool_calls)
                     text = "".join(parts)
+                    calls = pieces.calls()
         except TimeoutError:
             error: ThinktankError = UpstreamTimeoutError(f"{model} gave no answer within {timeout:g} s")
             self._failed(record, ctx, started, error, who, stage, announce)
@@ -240,7 +271,7 @@ class LiveRun:
                       tokens=record.prompt_tokens + record.completion_tokens, cost_usd=record.cost_usd,
                       **({"run_id": child} if child else {}))
         return Reply(text, model, record.deployment, record.prompt_tokens, record.completion_tokens,
-                     record.cost_usd, latency, child, citations)
+                     record.cost_usd, latency, child, citations, calls or None)
 
     async def ask_parsed(
         self, stage: str, role: str, model: str, messages: list[Message], parse: Callable[[str], Any], hint: str,
@@ -314,3 +345,34 @@ def call_dict(c: CallRecord) -> dict[str, Any]:
         "completion_tokens": c.completion_tokens, "cost_usd": c.cost_usd, "latency_ms": c.latency_ms,
         "error": c.error, "ts": c.ts,
     }
+
+
+class ToolCallPieces:
+    """A streamed answer's tool calls, put together from their deltas (OpenAI sends each call's id and name
+    once, then its arguments in pieces, all under the call's ``index``)."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, Any]] = {}
+
+    def add(self, deltas: list[dict[str, Any]]) -> None:
+        for i, delta in enumerate(deltas):
+            index = delta.get("index", i)
+            if not isinstance(index, int):
+                index = i
+            call = self._calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
+            if isinstance(delta.get("id"), str) and delta["id"]:
+                call["id"] = delta["id"]
+            raw = delta.get("function")
+            function: dict[str, Any] = raw if isinstance(raw, dict) else {}
+            if isinstance(function.get("name"), str) and function["name"]:
+                call["name"] = function["name"]
+            if isinstance(function.get("arguments"), str):
+                call["arguments"] += function["arguments"]
+
+    def calls(self) -> list[ToolCall]:
+        out = []
+        for index in sorted(self._calls):
+            c = self._calls[index]
+            out.append(ToolCall.model_validate({"id": c["id"] or f"call_{index}", "type": "function",
+                                                "function": {"name": c["name"], "arguments": c["arguments"]}}))
+        return out

@@ -26,6 +26,7 @@ from ..accounts.budget_backends import BudgetSpec
 from ..accounts.budgets import BudgetExceededError
 from ..accounts.governance import PROMPT_SAFETY
 from ..accounts.principal import Principal
+from ..agents.config import AgentConfig
 from ..clock import Clock
 from ..config import DebateConfig, EnsembleConfig, GatewayConfig
 from ..errors import (
@@ -39,25 +40,33 @@ from ..gateway.context import CallContext, Hold, Meter
 from ..gateway.strategies import Deployment
 from ..store.tables import new_id
 from ..types import Message
+from .arena import hide as _hide
+from .arena import redact, secret_names
 from .debate import DebateRunner
 from .ensemble import EnsembleRunner, last_question
 from .experts import Persona, load_library
 from .run_store import RunStore
-from .runs import Event, LiveRun
+from .runs import Event, LiveRun, RunEnded, RunPaused
 
 if TYPE_CHECKING:
     from ..catalog import Catalog
 
-__all__ = ["Deliberation", "Kind", "OnEnd", "RunOptions", "redact"]
+__all__ = ["Deliberation", "Kind", "OnEnd", "RunConfig", "RunOptions", "Runner", "kind_of", "redact"]
+
 
 log = logging.getLogger("thinktank.deliberation")
 
-Kind = Literal["ensemble", "debate"]
+Kind = Literal["ensemble", "debate", "agent"]
+RunConfig = EnsembleConfig | DebateConfig | AgentConfig
+Runner = Callable[[], Awaitable[dict[str, Any]]]
+AgentRunners = Callable[[LiveRun, AgentConfig, list[Message], "RunOptions"], Runner]
+"""Makes the runner of an agent run (bound by the agents service)."""
 #: Seconds without a save after which a 'running' run counts as interrupted (saves come every 0.5 s).
 STALE_AFTER = 30.0
 #: A run younger than this is not saved mid-way (most ensembles finish before; one write is cheaper).
 FIRST_SAVE_AFTER = 2.0
-_STATUS_CODE = {"completed": 200, "failed": 502, "budget_exceeded": 429, "cancelled": 499}
+_STATUS_CODE = {"completed": 200, "failed": 502, "budget_exceeded": 429, "cancelled": 499, "step_limit": 200,
+                "time_limit": 200, "awaiting_approval": 202}
 
 OnEnd = Callable[[int, bool], Awaitable[None]]
 """Told how a run ended: its HTTP-like status and whether it was served from the cache (the native
@@ -113,58 +122,6 @@ class _RunCap:
         return _CapHold(self, worst, inner)
 
 
-_MODEL_KEYS = ("members", "judge", "judges", "chairman")
-"""The configuration fields of an ensemble that name models."""
-
-
-def _secret_names(record: dict[str, Any]) -> list[str]:
-    """Every model name a blind arena's record could give away (longest first, for :func:`_scrub`)."""
-    result = record.get("result") or {}
-    config = record.get("config") or {}
-    names = [str(x.get("model")) for key in ("answers", "failed") for x in result.get(key) or [] if x.get("model")]
-    for key in _MODEL_KEYS:
-        value = config.get(key)
-        names += [value] if isinstance(value, str) else [str(v) for v in value or [] if isinstance(v, str)]
-    return sorted({n for n in names if n and n != "hidden"}, key=len, reverse=True)
-
-
-def _scrub(text: Any, names: Sequence[str]) -> Any:
-    """``text`` with every name in ``names`` replaced (an error message may name the model that failed)."""
-    if not isinstance(text, str):
-        return text
-    for name in names:
-        text = text.replace(name, "a model")
-    return text
-
-
-def redact(record: dict[str, Any]) -> dict[str, Any]:
-    """A blind arena run before the vote: which model wrote which answer stays hidden (also in the
-    configuration's model fields and in error messages)."""
-    result = record.get("result") or {}
-    arena = result.get("arena") or (record.get("request") or {}).get("arena")  # also a run still answering
-    if not arena or result.get("revealed"):
-        return record
-    names = _secret_names(record)
-    out = dict(record)
-    if result:
-        out["result"] = {**result, "answers": [{k: v for k, v in a.items() if k != "model"}
-                                               for a in result.get("answers", [])],
-                         "failed": [{k: _scrub(v, names) for k, v in f.items() if k != "model"}
-                                    for f in result.get("failed", [])]}
-    out["calls"] = [
-        {**c, "model": "hidden", "deployment": None, "error": _scrub(c.get("error"), names)}
-        if c.get("stage") == "answer" else c
-        for c in record.get("calls", [])
-    ]
-    config = dict(record.get("config", {}))
-    for key in _MODEL_KEYS:
-        if key in config:
-            config[key] = "hidden until you vote"
-    out["config"] = config
-    out["error"] = _scrub(record.get("error"), names)
-    return out
-
-
 class Deliberation:
     def __init__(
         self, config: GatewayConfig, catalog: Catalog, store: RunStore, clock: Clock, *,
@@ -180,6 +137,8 @@ class Deliberation:
         self._default_output = default_output_tokens
         self.ensembles = {e.name: e for e in config.ensembles}
         self.debates = {d.name: d for d in config.debates}
+        self.agents = {a.name: a for a in config.agents}
+        self._agent_runners: AgentRunners | None = None
         own = [Persona(p.name, p.domain, p.backstory, p.stance, p.model, tuple(k.lower() for k in p.keywords))
                for p in config.personas]
         names = {p.name for p in own}
@@ -196,16 +155,24 @@ class Deliberation:
         return [
             *((f"ensemble/{n}", "ensemble", e.description) for n, e in self.ensembles.items()),
             *((f"debate/{n}", "debate", d.description) for n, d in self.debates.items()),
+            *((f"agent/{n}", "agent", a.description) for n, a in self.agents.items()),
         ]
 
-    def resolve(self, kind: Kind, name: str | None, overrides: Mapping[str, Any]) -> EnsembleConfig | DebateConfig:
+    def bind_agents(self, runners: AgentRunners) -> None:
+        self._agent_runners = runners
+
+    def table(self, kind: Kind) -> Mapping[str, RunConfig]:
+        """The configured runs of ``kind``, by name."""
+        return self.ensembles if kind == "ensemble" else self.debates if kind == "debate" else self.agents
+
+    def resolve(self, kind: Kind, name: str | None, overrides: Mapping[str, Any]) -> RunConfig:
         """The configuration of a run: the named one with the request's overrides (400 if invalid)."""
-        table: Mapping[str, EnsembleConfig | DebateConfig] = self.ensembles if kind == "ensemble" else self.debates
+        table = self.table(kind)
         if name is not None:
             base = table.get(name)
             if base is None:
                 raise ModelNotFoundError(
-                    f"There is no {kind} '{name}'. GET /v1/models lists the ensembles and debates you can use.",
+                    f"There is no {kind} '{name}'. GET /v1/models lists the ensembles, debates and agents you can use.",
                     param=kind,
                 )
             data = base.model_dump(exclude_unset=False)
@@ -217,7 +184,8 @@ class Deliberation:
         if "chairman" in changes and "synthesis" not in changes:
             data["synthesis"] = None
         data.update(changes)
-        model_type = EnsembleConfig if kind == "ensemble" else DebateConfig
+        model_type: type[RunConfig] = (
+            EnsembleConfig if kind == "ensemble" else DebateConfig if kind == "debate" else AgentConfig)
         try:
             cfg = model_type.model_validate(data)
         except ValidationError as exc:
@@ -232,22 +200,24 @@ class Deliberation:
                 raise InvalidRequestError(f"personas: unknown persona '{unknown[0]}'", param="personas")
         return cfg
 
-    def models_of(self, cfg: EnsembleConfig | DebateConfig) -> list[str]:
+    def models_of(self, cfg: RunConfig) -> list[str]:
         """Every model name a run of ``cfg`` may call."""
+        if isinstance(cfg, AgentConfig):
+            return cfg.models_used()
         if isinstance(cfg, EnsembleConfig):
             return list(dict.fromkeys(cfg.models()))
         own = [p.model for p in self.library if p.model and (not cfg.personas or p.name in cfg.personas)]
         return list(dict.fromkeys([*cfg.models_used(), *own]))
 
-    def check_access(self, principal: Principal, cfg: EnsembleConfig | DebateConfig, name: str) -> None:
+    def check_access(self, principal: Principal, cfg: RunConfig, name: str) -> None:
         """Every model the run would call must exist and be allowed to the caller (400 naming it), and none
         may contain the run itself (400 naming the path)."""
-        kind = "ensemble" if isinstance(cfg, EnsembleConfig) else "debate"
+        kind = kind_of(cfg)
         self.catalog.check(principal, name or f"{kind}/custom", uses=self.models_of(cfg), role="members")
 
     # -- running ---------------------------------------------------------------------------------
     @staticmethod
-    def _cache_key(kind: str, cfg: EnsembleConfig | DebateConfig, messages: Sequence[Message], opts: RunOptions) -> str:
+    def _cache_key(kind: str, cfg: RunConfig, messages: Sequence[Message], opts: RunOptions) -> str:
         payload = {
             "kind": kind, "config": cfg.model_dump(mode="json", exclude={"cache_ttl", "description"}),
             "messages": [m.model_dump(mode="json", exclude_none=True) for m in messages],
@@ -256,7 +226,7 @@ class Deliberation:
         return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
     async def start(
-        self, kind: Kind, cfg: EnsembleConfig | DebateConfig, *, principal: Principal, ctx: CallContext,
+        self, kind: Kind, cfg: RunConfig, *, principal: Principal, ctx: CallContext,
         messages: list[Message], options: RunOptions, on_end: OnEnd | None = None,
     ) -> LiveRun:
         """Start a run (or serve it from the cache) that spends under ``ctx``. ``on_end`` is told when the
@@ -271,7 +241,7 @@ class Deliberation:
             raise
 
     async def _start(
-        self, kind: Kind, cfg: EnsembleConfig | DebateConfig, *, principal: Principal, ctx: CallContext,
+        self, kind: Kind, cfg: RunConfig, *, principal: Principal, ctx: CallContext,
         messages: list[Message], options: RunOptions, on_end: OnEnd | None,
     ) -> LiveRun:
         question = last_question(messages)
@@ -304,16 +274,24 @@ class Deliberation:
             run.default_max_tokens = options.max_tokens  # a child run keeps within what its parent's hold assumes
         run.emit("run_started", kind=kind, name=cfg.name, run_id=run.id)
         await self.store.create(run)
-        runner: Callable[[], Awaitable[dict[str, Any]]]
-        if isinstance(cfg, EnsembleConfig):
+        runner: Runner
+        if isinstance(cfg, AgentConfig):
+            if self._agent_runners is None:
+                raise InvalidRequestError("Agents are not available in this server.", param="model")
+            runner = self._agent_runners(run, cfg, messages, options)
+        elif isinstance(cfg, EnsembleConfig):
             runner = EnsembleRunner(run, cfg, messages, random.Random(self._rng.getrandbits(64)), arena=options.arena,
                                     max_tokens=options.max_tokens, temperature=options.temperature)
         else:
             runner = DebateRunner(run, cfg, messages, self.library, max_tokens=options.max_tokens)
+        self.launch(run, runner, on_end)
+        return run
+
+    def launch(self, run: LiveRun, runner: Runner, on_end: OnEnd | None) -> None:
+        """Execute ``run`` here as a task of its own (a new run, or a paused or interrupted one resumed)."""
         self.live[run.id] = run
         self._locks[run.id] = asyncio.Lock()
         self._tasks[run.id] = asyncio.get_running_loop().create_task(self._execute(run, runner, on_end))
-        return run
 
     async def _from_cache(self, run: LiveRun, hit: dict[str, Any], on_end: OnEnd | None) -> LiveRun:
         run.cached_from = hit["id"]
@@ -331,11 +309,14 @@ class Deliberation:
             await on_end(200, True)
         return run
 
-    async def _execute(self, run: LiveRun, runner: Callable[[], Awaitable[dict[str, Any]]],
-                       on_end: OnEnd | None) -> None:
+    async def _execute(self, run: LiveRun, runner: Runner, on_end: OnEnd | None) -> None:
         status, error, code = "completed", None, 200
         try:
             run.result = await runner()
+        except RunPaused:
+            status = "awaiting_approval"
+        except RunEnded as ended:
+            status, run.result = ended.status, ended.result
         except BudgetExceededError as exc:
             status, error = "budget_exceeded", exc.message
             run.refusal = exc
@@ -350,15 +331,16 @@ class Deliberation:
             log.exception("run %s failed", run.id)
             status, error = "failed", "Internal error; see the server log."
         code = _STATUS_CODE[status]
-        if run.result is None and run.partial:
+        if run.result is None and run.partial and status != "awaiting_approval":
             run.result = {**run.partial, "answer": None, "partial": True}
         run.error = error
-        run.finished_at = self.clock.time()
         run.status = status
-        if error is not None:
-            run.emit("error", message=error, status=code)
-        run.emit("done", status=status, cost_usd=round(run.cost, 10),
-                 answer=(run.result or {}).get("answer") if not (run.result or {}).get("arena") else None)
+        if status != "awaiting_approval":  # a paused run is not finished: it goes on when someone decides
+            run.finished_at = self.clock.time()
+            if error is not None:
+                run.emit("error", message=error, status=code)
+            run.emit("done", status=status, cost_usd=round(run.cost, 10),
+                     answer=(run.result or {}).get("answer") if not (run.result or {}).get("arena") else None)
         try:
             await asyncio.shield(self._save(run))
         except Exception:
@@ -459,7 +441,7 @@ class Deliberation:
         names: list[str] = []
         if arena_hidden:  # what the events must not name: the members (the record above is already redacted)
             raw = run.record() if run is not None else await self.store.get(run_id)
-            names = _secret_names(raw or {})
+            names = secret_names(raw or {})
         if run is not None:
             async for event in run.follow(after) if follow else _aiter(run.events[after:]):
                 yield _hide(event, names) if arena_hidden else event
@@ -477,7 +459,7 @@ class Deliberation:
     @staticmethod
     async def blind(run: LiveRun, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
         """A blind arena's events as its starter sees them while it runs: no model named."""
-        names = _secret_names(run.record())
+        names = secret_names(run.record())
         async for event in events:
             yield _hide(event, names)
 
@@ -568,11 +550,10 @@ class Deliberation:
         return board
 
 
+async def kind_of(cfg: RunConfig) -> Kind:
+    return "agent" if isinstance(cfg, AgentConfig) else "ensemble" if isinstance(cfg, EnsembleConfig) else "debate"
+
+
 async def _aiter(events: Sequence[Event]) -> AsyncIterator[Event]:
     for event in events:
         yield event
-
-
-def _hide(event: Event, names: Sequence[str]) -> Event:
-    data = {k: _scrub(v, names) for k, v in event.data.items() if k != "model"}
-    return event if data == event.data else Event(event.seq, event.ts, event.type, data)
