@@ -44,6 +44,9 @@ class Principal:
     is_admin_key: bool = False
     allowed_models: frozenset[str] | None = None
     """None: every model."""
+    allowed_tools: frozenset[str] | None = None
+    """The agent tools this caller's agents may use: built-in tool names, ``server`` (every tool of an MCP
+    server) or ``server.tool``. None: every tool."""
     key_rpm: int | None = None
     key_tpm: int | None = None
     user_rpm: int | None = None
@@ -58,6 +61,16 @@ class Principal:
 
     def may_use(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models
+
+    def may_use_tool(self, qualified: str) -> bool:
+        """Whether an agent working for this caller may see and call tool ``qualified`` (``knowledge_search``,
+        ``git.git_log``)."""
+        if self.allowed_tools is None:
+            return True
+        if qualified in self.allowed_tools:
+            return True
+        server = qualified.split(".", 1)[0] if "." in qualified else None
+        return server is not None and (server in self.allowed_tools or f"{server}.*" in self.allowed_tools)
 
     def check_model(self, model: str) -> None:
         if not self.may_use(model):
@@ -221,8 +234,8 @@ class Authenticator:
         user, team = row
         return Principal(
             user_id=user.id, role=user.role, email=user.email, team_id=user.team_id, tier=user.tier,
-            allowed_models=_intersect(user.allowed_models, None), user_rpm=user.rpm, user_tpm=user.tpm,
-            budgets=tuple(_user_budgets(user, team)),
+            allowed_models=_intersect(user.allowed_models, None), allowed_tools=_intersect(user.allowed_tools, None),
+            user_rpm=user.rpm, user_tpm=user.tpm, budgets=tuple(_user_budgets(user, team)),
         )
 
     async def _session(self, digest: str) -> Principal | None:
@@ -237,7 +250,8 @@ class Authenticator:
         sess, user, team = row
         return Principal(
             user_id=user.id, role=user.role, email=user.email, team_id=user.team_id, tier=user.tier,
-            session_id=sess.id, allowed_models=_intersect(user.allowed_models, None), user_rpm=user.rpm,
+            session_id=sess.id, allowed_models=_intersect(user.allowed_models, None),
+            allowed_tools=_intersect(user.allowed_tools, None), user_rpm=user.rpm,
             user_tpm=user.tpm, expires_at=sess.expires_at, budgets=tuple(_user_budgets(user, team)),
         )
 
@@ -259,6 +273,7 @@ class Authenticator:
         return Principal(
             user_id=user.id, role=user.role, email=user.email, team_id=user.team_id, tier=user.tier,
             key_id=key.id, allowed_models=_intersect(user.allowed_models, key.allowed_models),
+            allowed_tools=_intersect(user.allowed_tools, key.allowed_tools),
             key_rpm=key.rpm, key_tpm=key.tpm, user_rpm=user.rpm, user_tpm=user.tpm, expires_at=key.expires_at,
             budgets=tuple(budgets),
         )

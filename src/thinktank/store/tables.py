@@ -66,6 +66,8 @@ class User(Base):
     team_id: Mapped[str | None] = mapped_column(ForeignKey("teams.id", ondelete="SET NULL"))
     tier: Mapped[str | None] = mapped_column(String(50))
     allowed_models: Mapped[list[str] | None] = mapped_column(JSON)
+    allowed_tools: Mapped[list[str] | None] = mapped_column(JSON)
+    """Agent tools and MCP servers this user's agents may use (None: all)."""
     budget_usd: Mapped[float | None] = mapped_column(Float)
     budget_period: Mapped[str] = mapped_column(String(8), default="month")
     rpm: Mapped[int | None] = mapped_column(_BIG_INT)
@@ -95,6 +97,8 @@ class ApiKey(Base):
     owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_by_key: Mapped[str | None] = mapped_column(String(32))
     allowed_models: Mapped[list[str] | None] = mapped_column(JSON)
+    allowed_tools: Mapped[list[str] | None] = mapped_column(JSON)
+    """Agent tools and MCP servers this key's agents may use (None: all)."""
     budget_usd: Mapped[float | None] = mapped_column(Float)
     budget_period: Mapped[str] = mapped_column(String(8), default="month")
     rpm: Mapped[int | None] = mapped_column(_BIG_INT)
@@ -160,10 +164,10 @@ class Run(Base):
     user_id: Mapped[str] = mapped_column(String(32))
     key_id: Mapped[str | None] = mapped_column(String(32))
     kind: Mapped[str] = mapped_column(String(16))
-    """``ensemble`` or ``debate``."""
+    """``ensemble``, ``debate`` or ``agent``."""
     name: Mapped[str] = mapped_column(String(256))
     status: Mapped[str] = mapped_column(String(24))
-    """running, completed, failed, cancelled or budget_exceeded."""
+    """running, completed, failed, cancelled, budget_exceeded, step_limit, time_limit or awaiting_approval."""
     question: Mapped[str] = mapped_column(Text)
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -475,4 +479,19 @@ class MemorySetting(Base):
 
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
     enabled: Mapped[bool] = mapped_column(Boolean)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class AgentState(Base):
+    """An agent run's checkpoint: its conversation with tool calls and results, its steps, what waits for
+    approval; written with the run's events after every completed step."""
+
+    __tablename__ = "agent_states"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    state: Mapped[dict[str, Any]] = mapped_column(JSON)
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    """Checkpoints written so far."""
+    deadline: Mapped[float | None] = mapped_column(Float, index=True)
+    """While the run awaits approval: when the proposed call is denied if nobody decides."""
     updated_at: Mapped[float] = mapped_column(Float)
