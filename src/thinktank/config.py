@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     """The largest document upload (one request to ``/api/v1/knowledge-bases/{kb}/documents``)."""
     upstream_connections: int = Field(default=1000, ge=1)
     log_level: str = "info"
+    run_stale_after: float = Field(default=30.0, gt=0, le=86_400)
+    """Seconds without a save after which a running agent run counts as interrupted and is resumed elsewhere."""
 
 
 class _In(BaseModel):

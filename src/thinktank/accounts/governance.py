@@ -182,6 +182,16 @@ class Gate:
             started=self.clock.monotonic(), request_id=f"{self._id_prefix}{next(self._ids):x}",
         )
 
+    def resumed(self, principal: Principal, model: str) -> Admission:
+        """Work taken up again without a request (a paused or interrupted run going on): its budgets apply
+        as ever; the rate limits were passed when it was asked for."""
+        governance = self._governance_of(principal, None)
+        return Admission(
+            gate=self, principal=principal, subject=governance.subject, model=model, estimated_tokens=0,
+            ctx=CallContext(meter=governance.meter, principal=principal), started=self.clock.monotonic(),
+            request_id=f"{self._id_prefix}{next(self._ids):x}",
+        )
+
     @contextlib.asynccontextmanager
     async def admitted(
         self, principal: Principal, ip: str | None, model: str, estimated_tokens: int,

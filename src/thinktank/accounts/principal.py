@@ -255,12 +255,25 @@ class Authenticator:
             user_tpm=user.tpm, expires_at=sess.expires_at, budgets=tuple(_user_budgets(user, team)),
         )
 
-    async def _key(self, digest: str) -> Principal | None:
+    async def principal_for(self, user_id: str, key_id: str | None) -> Principal | None:
+        """The principal work started by ``user_id`` (with key ``key_id``, if a key) goes on as: its models,
+        tools and budgets as they are now; None if the user or the key has been revoked (or has expired)."""
+        if key_id is None:
+            return await self.principal_of(user_id)
+        principal = await self._key(key_id, by_id=True)
+        if principal is None or principal.user_id != user_id:
+            return None
+        if principal.expires_at is not None and principal.expires_at <= self._clock.time():
+            return None
+        return principal
+
+    async def _key(self, digest: str, *, by_id: bool = False) -> Principal | None:
+        which = ApiKey.id == digest if by_id else ApiKey.key_hash == digest
         async with self._db.session() as s:
             row = (await s.execute(
                 select(ApiKey, User, Team).join(User, ApiKey.owner_id == User.id)
                 .outerjoin(Team, User.team_id == Team.id)
-                .where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None), User.revoked_at.is_(None))
+                .where(which, ApiKey.revoked_at.is_(None), User.revoked_at.is_(None))
             )).first()
         if row is None:
             return None

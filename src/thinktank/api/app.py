@@ -140,12 +140,18 @@ def build_state(
     from ..conversations.service import Conversations
 
     conversations = Conversations(db, clock, router.config, catalog, gate, knowledge, embedders.local)
+    from ..agents.service import Agents
+    from ..agents.store import AgentStore
+    from ..agents.toolbox import Toolbox
+
+    agents = Agents(deliberation, AgentStore(db), Toolbox(None, None, router.config.mcp_servers), gate, auth, clock,
+                    stale_after=settings.run_stale_after)
     return AppState(
         settings=settings, router=router, admin_key=admin_key, http=http, db=db, auth=auth,
         users=UserService(db, clock, PasswordHashing(), auth), keys=KeyService(db, clock, auth),
         usage_writer=usage_writer, usage_query=UsageQuery(db), limiter=limiter, ledger=ledger, gate=gate,
         deliberation=deliberation, embedders=embedders, knowledge=knowledge,
-        conversations=conversations, clock=clock, catalog=catalog,
+        conversations=conversations, clock=clock, catalog=catalog, agents=agents,
     )
 
 
@@ -162,13 +168,17 @@ async def _start(state: AppState) -> None:
     state.usage_writer.start()
     state.ledger.start()
     await state.deliberation.start_background()
+    await state.agents.start_background()  # interrupted agent runs go on; overdue approvals are denied
     # Everything loaded so far lives as long as the process: keep it out of the garbage
     # collector's way (a full collection would otherwise walk ~130k objects again and again).
     gc.freeze()
 
 
 async def _stop(state: AppState) -> None:
-    await state.deliberation.close()  # runs still going end as cancelled, settled and recorded
+    await state.agents.close()
+    # Runs still going end as cancelled, settled and recorded; agent runs are left to resume at the next start
+    # (or on another worker) from their checkpoint.
+    await state.deliberation.close()
     await state.conversations.close()  # turns and memory extractions still going are cancelled
     await state.gate.drain()  # requests whose runs went on after their client left are recorded
     await state.knowledge.close()  # HNSW index builds still going are cancelled
@@ -228,9 +238,9 @@ def _fastapi_app(state: AppState) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.state.thinktank = state
-    from .routes import accounts, admin, keys, knowledge, memory, runs, threads, usage
+    from .routes import accounts, admin, agents, keys, knowledge, memory, runs, threads, usage
 
-    for module in (accounts, keys, usage, admin, runs, knowledge, threads, memory):
+    for module in (accounts, keys, usage, admin, runs, agents, knowledge, threads, memory):
         app.include_router(module.router)
     from sqlalchemy.exc import DBAPIError, IntegrityError
 

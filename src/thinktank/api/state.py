@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ..accounts.ratelimit import RateLimiter
     from ..accounts.usage import UsageQuery, UsageWriter
     from ..accounts.users import UserService
+    from ..agents.service import Agents
     from ..catalog import Catalog
     from ..conversations.service import Conversations
     from ..deliberation.service import Deliberation
@@ -56,6 +57,7 @@ class AppState:
     knowledge: KnowledgeService
     conversations: Conversations
     catalog: Catalog
+    agents: Agents
     clock: Clock = field(default_factory=SystemClock)
     started_at: float = 0.0
     ready: bool = False

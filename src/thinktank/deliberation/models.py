@@ -1,7 +1,10 @@
-"""``ensemble/<name>`` and ``debate/<name>`` as ChatModels.
+"""``ensemble/<name>``, ``debate/<name>`` and ``agent/<name>`` as ChatModels.
 
 ``complete`` runs the run and returns its final answer (``run_id`` names the run); ``stream`` sends
-progress while members and judges work, then the synthesis as it is written. Either way the run's
+progress while members and judges work (an agent: the tools it calls), then the synthesis (an agent: its
+answer) as it is written. An agent that stops at a limit answers with what it had (``finish_reason``
+``length``); one that waits for a person's approval answers with a notice saying so (``finish_reason``
+``awaiting_approval``) and goes on once someone decides. Either way the run's
 events go to the run store as for the native endpoints (replay with ``Last-Event-ID``, cancel,
 feedback). A request may set thinktank's run options beside the OpenAI ones: ``cache`` (or the caller's
 ``x-thinktank-cache: allow``), ``tags`` and ``max_cost_usd``.
@@ -23,7 +26,7 @@ from ..accounts.principal import Principal
 from ..errors import ConflictError, InvalidRequestError, RateLimitError, RunFailedError, ThinktankError
 from ..gateway.context import CallContext
 from ..types import ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, ResponseMessage, Usage
-from .runs import LiveRun
+from .runs import PAUSED, LiveRun
 from .service import Deliberation, Kind, RunOptions
 
 __all__ = ["RunModel", "run_error", "run_usage"]
@@ -107,14 +110,18 @@ class RunModel:
         except asyncio.CancelledError:
             await self._finish(run, ctx)
             raise
-        if run.status != "completed":
+        if run.status not in _ANSWERED:
             raise run_error(run)
         answer = (run.result or {}).get("answer") or ""
+        if run.status == PAUSED:
+            answer = awaiting_notice(run)
         response = ChatResponse(
             id=f"chatcmpl-{run.id}", created=int(run.created_at), model=self.name,
-            choices=[Choice(index=0, message=ResponseMessage(content=answer), finish_reason="stop")],
+            choices=[Choice(index=0, message=ResponseMessage(content=answer), finish_reason=_FINISH[run.status])],
             usage=run_usage(run),
         )
+        if run.status == "completed" and run.result and run.result.get("citations"):
+            response.citations = run.result["citations"]
         response.produced_by(run_id=run.id)
         return response
 
@@ -146,12 +153,35 @@ class RunModel:
                 yield ChatChunk(id=cid, created=created, model=self.name, choices=[ChunkChoice(delta=delta)])
             elif event.type == "stage_started":
                 yield ChatChunk.progress(f"stage {_text(event.data.get('stage'))}", model=self.name)
+            elif event.type == "tool_call":
+                yield ChatChunk.progress(f"tool {_text(event.data.get('tool'))}", model=self.name)
         await self._service.wait(run)
-        if run.status != "completed":
+        if run.status not in _ANSWERED:
             raise run_error(run)
+        if run.status == PAUSED:
+            notice = awaiting_notice(run)
+            notice = notice if first else "\n\n" + notice
+            delta = Delta(role="assistant", content=notice) if first else Delta(content=notice)
+            yield ChatChunk(id=cid, created=created, model=self.name, choices=[ChunkChoice(delta=delta)])
         yield ChatChunk(id=cid, created=created, model=self.name,
-                        choices=[ChunkChoice(delta=Delta(), finish_reason="stop")])
-        yield ChatChunk(id=cid, created=created, model=self.name, choices=[], usage=run_usage(run))
+                        choices=[ChunkChoice(delta=Delta(), finish_reason=_FINISH[run.status])])
+        citations = (run.result or {}).get("citations") if run.status == "completed" else None
+        yield ChatChunk(id=cid, created=created, model=self.name, choices=[], usage=run_usage(run),
+                        citations=citations or None)
+
+
+_ANSWERED = frozenset({"completed", "step_limit", "time_limit", PAUSED})
+"""How a run may end and still answer: with its answer, what it had at a limit, or a notice that it waits."""
+_FINISH = {"completed": "stop", "step_limit": "length", "time_limit": "length", PAUSED: "awaiting_approval"}
+
+
+def awaiting_notice(run: LiveRun) -> str:
+    """What a chat answer says while its agent run waits for a person's decision."""
+    calls = next((e.data.get("calls") for e in reversed(run.events) if e.type == "approval_requested"), None) or []
+    tools = ", ".join(sorted({str(c.get("tool")) for c in calls if isinstance(c, dict)})) or "a tool"
+    return (f"[Waiting for approval: this agent wants to call {tools}. Approve or deny it in the web app, or with "
+            f"POST /api/v1/runs/{run.id}/approve or /deny; the answer then continues in the run "
+            f"(GET /api/v1/runs/{run.id}).]")
 
 
 def _text(value: Any) -> str:

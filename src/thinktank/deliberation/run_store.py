@@ -9,14 +9,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import Table, and_, insert, select, update
+from sqlalchemy import Table, and_, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..errors import ConflictError
 from ..store.db import Database
 from ..store.raw import Batch, Insert, write
 from ..store.tables import Comparison, Run, RunCall, RunDocument, RunEvent
-from .runs import CallRecord, Event, LiveRun
+from .runs import PAUSED, CallRecord, Event, LiveRun
 
 __all__ = ["RunStore"]
 
@@ -65,6 +65,11 @@ _UPDATE_FINAL = (
     "result = ?, error = ?, finished_at = ? WHERE id = ?"
 )
 _SELECT_CANCEL = "SELECT cancel_requested FROM runs WHERE id = ?"
+_UPSERT_STATE = (
+    "INSERT INTO agent_states (run_id, state, version, deadline, updated_at) VALUES (?, ?, 1, ?, ?) "
+    "ON CONFLICT (run_id) DO UPDATE SET state = excluded.state, version = agent_states.version + 1, "
+    "deadline = excluded.deadline, updated_at = excluded.updated_at"
+)
 
 
 class RunStore:
@@ -75,8 +80,9 @@ class RunStore:
         batch = Batch()
         batch.insert(_RUN_INSERT, [_run_row(run)])
         added = self._append(batch, run, len(run.calls))
+        checkpoint = self._checkpoint(batch, run)
         await write(self._db, batch)
-        self._saved(run, added)
+        self._saved(run, added, checkpoint)
 
     async def save(self, run: LiveRun) -> bool:
         """Write what is new (events, finished calls, totals, and at the end status, result and
@@ -89,6 +95,7 @@ class RunStore:
         limit = len(run.calls) if pending is None or run.finished else pending
         batch = Batch()
         added = self._append(batch, run, max(limit, run.saved_calls))
+        checkpoint = self._checkpoint(batch, run)
         totals = (run.clock.time(), run.cost, run.prompt_tokens, run.completion_tokens, run.status)
         if run.finished:
             batch.insert(_DOC_INSERT, [(run.id, n, c, run.finished_at) for n, c in run.documents.items()])
@@ -97,7 +104,7 @@ class RunStore:
             batch.execute(_UPDATE_PROGRESS, (*totals, run.id))
             batch.value(_SELECT_CANCEL, (run.id,))
         values = await write(self._db, batch)
-        self._saved(run, added)
+        self._saved(run, added, checkpoint)
         return bool(values and values[0])
 
     @staticmethod
@@ -110,9 +117,19 @@ class RunStore:
         return len(events), len(calls)
 
     @staticmethod
-    def _saved(run: LiveRun, added: tuple[int, int]) -> None:
+    def _checkpoint(batch: Batch, run: LiveRun) -> tuple[str, float | None] | None:
+        """An agent's state to write with the events it goes with."""
+        checkpoint = run.checkpoint
+        if checkpoint is not None:
+            batch.execute(_UPSERT_STATE, (run.id, checkpoint[0], checkpoint[1], run.clock.time()))
+        return checkpoint
+
+    @staticmethod
+    def _saved(run: LiveRun, added: tuple[int, int], checkpoint: tuple[str, float | None] | None = None) -> None:
         run.saved_events += added[0]
         run.saved_calls += added[1]
+        if checkpoint is not None and run.checkpoint is checkpoint:
+            run.checkpoint = None  # written (a newer one, set meanwhile, waits for the next save)
 
     # -- reading ---------------------------------------------------------------------------------
     async def get(self, run_id: str) -> dict[str, Any] | None:
@@ -174,13 +191,39 @@ class RunStore:
 
     async def mark_interrupted(self, now: float, max_silence: float) -> int:
         """Runs still 'running' whose process stopped saving them (it crashed): failed, interrupted."""
-        stale = and_(_RUN.c.status == "running", _RUN.c.heartbeat_at < now - max_silence)
+        # Agent runs are resumed from their checkpoint instead (thinktank.agents.service).
+        stale = and_(_RUN.c.status == "running", _RUN.c.heartbeat_at < now - max_silence, _RUN.c.kind != "agent")
         async with self._db.engine.begin() as conn:
             result = await conn.execute(update(_RUN).where(stale).values(
                 status="failed", finished_at=now,
                 error="Interrupted: the server running it stopped before it finished.",
             ))
         return int(result.rowcount or 0)
+
+    async def cancel_paused(self, run_id: str, now: float) -> bool:
+        """Cancel a run that waits for a decision (no process executes it): False if it no longer waits."""
+        async with self._db.engine.begin() as conn:
+            result = await conn.execute(update(_RUN).where(and_(_RUN.c.id == run_id, _RUN.c.status == PAUSED))
+                                        .values(status="cancelled", finished_at=now, error="The run was cancelled."))
+            if not result.rowcount:
+                return False
+            last = (await conn.execute(select(func.max(_EVENTS.c.seq)).where(_EVENTS.c.run_id == run_id))).scalar()
+            await conn.execute(insert(_EVENTS), [{"run_id": run_id, "seq": (last or 0) + 1, "ts": now, "type": "done",
+                                                  "data": {"status": "cancelled", "cost_usd": None}}])
+        return True
+
+    async def fail(self, run_id: str, now: float, error: str) -> None:
+        """A run that cannot go on (nobody executes it)."""
+        async with self._db.engine.begin() as conn:
+            await conn.execute(update(_RUN).where(_RUN.c.id == run_id)
+                               .values(status="failed", finished_at=now, error=error))
+
+    async def release(self, run_ids: Sequence[str]) -> None:
+        """Runs this process stops executing (a shutdown): free for any process to take up at once."""
+        if run_ids:
+            async with self._db.engine.begin() as conn:
+                await conn.execute(update(_RUN).where(and_(_RUN.c.id.in_(list(run_ids)), _RUN.c.status == "running"))
+                                   .values(heartbeat_at=0.0))
 
     async def request_cancel(self, run_id: str) -> None:
         async with self._db.engine.begin() as conn:

@@ -145,6 +145,8 @@ class LiveRun:
     """The budget refusal that stopped the run (a parent run stops on its child's)."""
     saved_events: int = 0
     saved_calls: int = 0
+    checkpoint: tuple[str, float | None] | None = None
+    """An agent's state to write with the next save (its JSON, and the approval deadline), then None."""
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     # -- events ----------------------------------------------------------------------------------

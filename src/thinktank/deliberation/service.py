@@ -46,7 +46,7 @@ from .debate import DebateRunner
 from .ensemble import EnsembleRunner, last_question
 from .experts import Persona, load_library
 from .run_store import RunStore
-from .runs import Event, LiveRun, RunEnded, RunPaused
+from .runs import PAUSED, Event, LiveRun, RunEnded, RunPaused
 
 if TYPE_CHECKING:
     from ..catalog import Catalog
@@ -66,7 +66,7 @@ STALE_AFTER = 30.0
 #: A run younger than this is not saved mid-way (most ensembles finish before; one write is cheaper).
 FIRST_SAVE_AFTER = 2.0
 _STATUS_CODE = {"completed": 200, "failed": 502, "budget_exceeded": 429, "cancelled": 499, "step_limit": 200,
-                "time_limit": 200, "awaiting_approval": 202}
+                "time_limit": 200, "awaiting_approval": 202, "running": 503}
 
 OnEnd = Callable[[int, bool], Awaitable[None]]
 """Told how a run ended: its HTTP-like status and whether it was served from the cache (the native
@@ -147,6 +147,7 @@ class Deliberation:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._saver: asyncio.Task[None] | None = None
+        self._closing = False
         catalog.bind_runs(self)
 
     # -- configuration ---------------------------------------------------------------------------
@@ -267,9 +268,7 @@ class Deliberation:
             if hit is not None:
                 return await self._from_cache(run, hit, on_end)
         if options.max_cost_usd is not None:
-            cap = options.max_tokens or self._default_output
-            run.default_max_tokens = cap  # every call is capped at what its hold assumes
-            ctx.meter = _RunCap(ctx.meter, options.max_cost_usd, run, cap)
+            self.cap(run, options.max_cost_usd, options.max_tokens)
         elif ctx.parent_run is not None and options.max_tokens:
             run.default_max_tokens = options.max_tokens  # a child run keeps within what its parent's hold assumes
         run.emit("run_started", kind=kind, name=cfg.name, run_id=run.id)
@@ -286,6 +285,15 @@ class Deliberation:
             runner = DebateRunner(run, cfg, messages, self.library, max_tokens=options.max_tokens)
         self.launch(run, runner, on_end)
         return run
+
+    def cap(self, run: LiveRun, max_cost_usd: float, max_tokens: int | None) -> None:
+        """Hold ``run`` to ``max_cost_usd`` (what it has spent already counts): every call is capped at the
+        output its hold assumes."""
+        cap = max_tokens or self._default_output
+        run.default_max_tokens = cap
+        meter = _RunCap(run.ctx.meter, max_cost_usd, run, cap)
+        meter.spent = run.cost
+        run.ctx.meter = meter
 
     def launch(self, run: LiveRun, runner: Runner, on_end: OnEnd | None) -> None:
         """Execute ``run`` here as a task of its own (a new run, or a paused or interrupted one resumed)."""
@@ -321,7 +329,9 @@ class Deliberation:
             status, error = "budget_exceeded", exc.message
             run.refusal = exc
         except asyncio.CancelledError:
-            status, error = "cancelled", "The run was cancelled."
+            # An agent run stopped by a shutdown is resumed from its checkpoint (here or by another process).
+            status, error = ("running", None) if self._closing and run.kind == "agent" else (
+                "cancelled", "The run was cancelled.")
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
@@ -335,7 +345,7 @@ class Deliberation:
             run.result = {**run.partial, "answer": None, "partial": True}
         run.error = error
         run.status = status
-        if status != "awaiting_approval":  # a paused run is not finished: it goes on when someone decides
+        if status not in ("awaiting_approval", "running"):  # paused or interrupted: it goes on later
             run.finished_at = self.clock.time()
             if error is not None:
                 run.emit("error", message=error, status=code)
@@ -343,6 +353,8 @@ class Deliberation:
                      answer=(run.result or {}).get("answer") if not (run.result or {}).get("arena") else None)
         try:
             await asyncio.shield(self._save(run))
+            if status == "running":
+                await asyncio.shield(self.store.release([run.id]))
         except Exception:
             log.exception("saving run %s failed", run.id)
         finally:
@@ -351,6 +363,10 @@ class Deliberation:
             self._tasks.pop(run.id, None)
             if on_end is not None:
                 await on_end(code, False)
+
+    async def save(self, run: LiveRun) -> bool:
+        """Write what is new of ``run`` now (an agent's checkpoint with it); whether a cancel was asked."""
+        return await self._save(run)
 
     async def _save(self, run: LiveRun) -> bool:
         lock = self._locks.get(run.id)
@@ -399,6 +415,7 @@ class Deliberation:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._saver
             self._saver = None
+        self._closing = True
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -472,6 +489,10 @@ class Deliberation:
 
     async def cancel(self, run_id: str, principal: Principal) -> str:
         _, status = await self._owned(run_id, principal)
+        if status == PAUSED and run_id not in self.live:
+            if await self.store.cancel_paused(run_id, self.clock.time()):
+                return "cancelled"
+            _, status = await self._owned(run_id, principal)
         if status != "running":
             raise ConflictError(f"The run has already ended ({status}).")
         task = self._tasks.get(run_id)
@@ -550,7 +571,7 @@ class Deliberation:
         return board
 
 
-async def kind_of(cfg: RunConfig) -> Kind:
+def kind_of(cfg: RunConfig) -> Kind:
     return "agent" if isinstance(cfg, AgentConfig) else "ensemble" if isinstance(cfg, EnsembleConfig) else "debate"
 
 

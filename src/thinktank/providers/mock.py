@@ -10,6 +10,9 @@ Options (the deployment's ``options`` mapping)::
       - match: "name: (?P<name>\\w+)"
         reply: "Hello \\g<name>"     # template: true fills in the match's groups
         template: true
+      - match: "^(?!.*tool_result).*refund"   # no tool result yet: ask for a tool
+        tool_calls:                          # (with template: true, string arguments are filled in too)
+          - {name: knowledge_search, arguments: {query: "refund policy"}}
     replies: ["first answer", "second answer"]   # cycled when no rule matches; default: echo the last user message
     latency: 0.2          # seconds before the answer (through the injected clock)
     chunk_delay: 0.02     # seconds between streamed words
@@ -29,12 +32,14 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import math
 import random
 import re
 import struct
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -52,7 +57,9 @@ from ..types import (
     EmbeddingRequest,
     EmbeddingResponse,
     EmbeddingUsage,
+    FunctionCall,
     ResponseMessage,
+    ToolCall,
     Usage,
     message_text,
 )
@@ -62,27 +69,40 @@ from .base import ProviderContext
 __all__ = ["MockOptions", "MockProvider", "MockRule"]
 
 
+class MockToolCall(BaseModel):
+    """A tool call a rule answers with (OpenAI's ``tool_calls``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
 class MockRule(BaseModel):
     """One scripted answer: when ``match`` (a Python regex) is found in the prompt, answer with
-    ``reply``, or with ``replies`` cycled per rule. Exactly one of the two is given."""
+    ``reply``, or with ``replies`` cycled per rule, or call tools (``tool_calls``, with an optional ``reply``
+    as the text beside them). Exactly one of ``reply`` and ``replies`` is given, unless ``tool_calls`` is."""
 
     model_config = ConfigDict(extra="forbid")
 
     match: str
     reply: str | None = None
     replies: list[str] | None = Field(default=None, min_length=1)
+    tool_calls: list[MockToolCall] | None = Field(default=None, min_length=1)
     template: bool = False
     """The answer names the match's groups (``\\g<name>``, ``\\1``), filled in from the prompt."""
 
     @model_validator(mode="after")
     def _exactly_one_answer(self) -> MockRule:
-        if (self.reply is None) == (self.replies is None):
+        if self.reply is not None and self.replies is not None:
             raise ValueError("give exactly one of 'reply' or 'replies'")
+        if self.reply is None and self.replies is None and self.tool_calls is None:
+            raise ValueError("give exactly one of 'reply' or 'replies' (or tool_calls)")
         return self
 
     def answers(self) -> list[str]:
         """The rule's answers in cycling order."""
-        return [self.reply] if self.reply is not None else list(self.replies or ())
+        return [self.reply] if self.reply is not None else list(self.replies or ("",))
 
 
 _KEEP_REQUESTS = 100
@@ -117,7 +137,7 @@ class MockProvider:
             first = exc.errors(include_url=False)[0]
             field = ".".join(str(x) for x in first["loc"])
             raise ConfigError(f"model '{deployment.name}': options.{field}: {first['msg']}") from None
-        self._rules: list[tuple[re.Pattern[str], Iterator[str], bool]] = []
+        self._rules: list[tuple[re.Pattern[str], Iterator[str], bool, list[MockToolCall] | None]] = []
         for i, rule in enumerate(self.options.rules):
             try:
                 pattern = re.compile(rule.match, re.IGNORECASE | re.DOTALL)
@@ -125,7 +145,7 @@ class MockProvider:
                 raise ConfigError(
                     f"model '{deployment.name}': options.rules[{i}].match: invalid regular expression: {exc}"
                 ) from None
-            self._rules.append((pattern, itertools.cycle(rule.answers()), rule.template))
+            self._rules.append((pattern, itertools.cycle(rule.answers()), rule.template, rule.tool_calls))
         self._replies = itertools.cycle(self.options.replies) if self.options.replies else None
         self._rng = random.Random(self.options.seed)
         self.calls = 0
@@ -155,17 +175,37 @@ class MockProvider:
                 now=self._ctx.clock.time(),
             )
 
-    def _reply_text(self, request: ChatRequest) -> str:
+    def _reply(self, request: ChatRequest) -> tuple[str, list[ToolCall] | None]:
+        """The answer's text, and the tools it calls (only when the request offers tools)."""
         if self._rules:
             prompt = "\n".join(message_text(m) for m in request.messages)
-            for pattern, answers, template in self._rules:
+            for pattern, answers, template, tool_calls in self._rules:
+                if tool_calls is not None and not request.tools:
+                    continue
                 found = pattern.search(prompt)
                 if found:
-                    return found.expand(next(answers)) if template else next(answers)
+                    text = found.expand(next(answers)) if template else next(answers)
+                    return text, self._calls(tool_calls, found if template else None)
         if self._replies is not None:
-            return next(self._replies)
+            return next(self._replies), None
         last = next((m for m in reversed(request.messages) if m.role == "user"), request.messages[-1])
-        return f"[mock {self.deployment.upstream_model}] You said: {message_text(last)[:500]}"
+        return f"[mock {self.deployment.upstream_model}] You said: {message_text(last)[:500]}", None
+
+    def _calls(self, calls: list[MockToolCall] | None, found: re.Match[str] | None) -> list[ToolCall] | None:
+        if calls is None:
+            return None
+
+        def fill(value: Any) -> Any:
+            if found is not None and isinstance(value, str):
+                return found.expand(value)
+            if isinstance(value, dict):
+                return {k: fill(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [fill(v) for v in value]
+            return value
+
+        return [ToolCall(id=f"call_{uuid.uuid4().hex[:12]}", function=FunctionCall(
+            name=c.name, arguments=json.dumps(fill(c.arguments)))) for c in calls]
 
     def _usage(self, request: ChatRequest, text: str) -> Usage:
         p, c = estimate_request_tokens(request), estimate_text_tokens(text)
@@ -173,31 +213,40 @@ class MockProvider:
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         await self._before(request)
-        text = self._reply_text(request)
+        text, calls = self._reply(request)
         n = request.n or 1
         return ChatResponse(
             id=f"chatcmpl-mock-{uuid.uuid4().hex[:12]}",
             created=int(self._ctx.clock.time()),
             model=self.deployment.upstream_model,
             choices=[
-                Choice(index=i, message=ResponseMessage(content=text), finish_reason="stop") for i in range(n)
+                Choice(index=i, message=ResponseMessage(content=text or (None if calls else ""), tool_calls=calls),
+                       finish_reason="tool_calls" if calls else "stop") for i in range(n)
             ],
             usage=self._usage(request, text),
         )
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         await self._before(request)
-        text = self._reply_text(request)
+        text, calls = self._reply(request)
         cid = f"chatcmpl-mock-{uuid.uuid4().hex[:12]}"
         created, model = int(self._ctx.clock.time()), self.deployment.upstream_model
-        words = text.split(" ")
+        words = text.split(" ") if text or not calls else []
         for i, word in enumerate(words):
             if i and self.options.chunk_delay:
                 await self._ctx.clock.sleep(self.options.chunk_delay)
             piece = word if i == 0 else " " + word
             delta = Delta(role="assistant", content=piece) if i == 0 else Delta(content=piece)
             yield ChatChunk(id=cid, created=created, model=model, choices=[ChunkChoice(delta=delta)])
-        yield ChatChunk(id=cid, created=created, model=model, choices=[ChunkChoice(finish_reason="stop")])
+        for i, call in enumerate(calls or []):  # as OpenAI streams them: id and name, then the arguments
+            head = {"index": i, "id": call.id, "type": "function", "function": {"name": call.function.name,
+                                                                                "arguments": ""}}
+            yield ChatChunk(id=cid, created=created, model=model, choices=[ChunkChoice(delta=Delta(
+                role="assistant" if i == 0 and not words else None, tool_calls=[head]))])
+            yield ChatChunk(id=cid, created=created, model=model, choices=[ChunkChoice(delta=Delta(
+                tool_calls=[{"index": i, "function": {"arguments": call.function.arguments}}]))])
+        yield ChatChunk(id=cid, created=created, model=model,
+                        choices=[ChunkChoice(finish_reason="tool_calls" if calls else "stop")])
         yield ChatChunk(id=cid, created=created, model=model, choices=[], usage=self._usage(request, text))
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:

@@ -28,7 +28,7 @@ router = APIRouter(prefix="/api/v1", tags=["deliberation"], route_class=StrictJS
 _DOCUMENTS = {"plan.md", "tasks.md"}
 
 
-class _RunIn(BaseModel):
+class RunIn(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     question: str | None = Field(default=None, description="The question (or give messages).")
@@ -55,8 +55,12 @@ class _RunIn(BaseModel):
         return RunOptions(cache=self.cache, tags=self.tags, max_cost_usd=self.max_cost_usd,
                           max_tokens=self.max_tokens, temperature=self.temperature, **extra)
 
+    def overrides(self) -> dict[str, Any]:
+        """The fields that change the configured run (each kind names its own)."""
+        return {}
 
-class EnsembleIn(_RunIn):
+
+class EnsembleIn(RunIn):
     ensemble: str | None = Field(default=None, description="A configured ensemble; omit to give members here.")
     arena: bool = Field(default=False, description="Blind arena: two answers, models revealed after your vote.")
     members: list[str] | None = None
@@ -78,7 +82,7 @@ class EnsembleIn(_RunIn):
         }, exclude_none=True)
 
 
-class DebateIn(_RunIn):
+class DebateIn(RunIn):
     debate: str | None = Field(default=None, description="A configured debate; omit to give models here.")
     models: list[str] | None = None
     moderator: str | None = None
@@ -112,15 +116,15 @@ def _event(event: Event) -> bytes:
     return sse.event(event.json(), id=event.seq, name=event.type)
 
 
-def _sse(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
+def sse_events(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
     async def gen() -> AsyncIterator[bytes]:
         async for event in events:
             yield _event(event)
     return gen()
 
 
-async def _start(
-    kind: Kind, name: str | None, body: EnsembleIn | DebateIn, request: Request, principal: Principal,
+async def start_run(
+    kind: Kind, name: str | None, body: RunIn, request: Request, principal: Principal,
     state: AppState, **extra: Any,
 ) -> LiveRun:
     service = state.deliberation
@@ -142,17 +146,19 @@ async def _start(
                                options=body.options(**extra), on_end=recorded)
 
 
-async def _answer(run: LiveRun, body: EnsembleIn | DebateIn, state: AppState) -> Response:
+async def answer_run(run: LiveRun, body: RunIn, state: AppState) -> Response:
     headers = {"x-thinktank-run-id": run.id}
     if body.stream:
         events = run.follow(0)
         if isinstance(body, EnsembleIn) and body.arena:
             events = state.deliberation.blind(run, events)
-        return StreamingResponse(_sse(events), headers={**headers, **sse.HEADERS})
+        return StreamingResponse(sse_events(events), headers={**headers, **sse.HEADERS})
     await state.deliberation.wait(run)
     record = redact(run.record())  # the finished run, from memory: no need to read back what was just saved
-    if run.status == "completed":
+    if run.status in ("completed", "step_limit", "time_limit"):
         return Response(orjson.dumps(record), media_type="application/json", headers=headers)
+    if run.status == "awaiting_approval":  # the run waits for a person: 202, decided with .../approve or .../deny
+        return Response(orjson.dumps(record), 202, media_type="application/json", headers=headers)
     status = {"failed": 502, "budget_exceeded": 429, "cancelled": 409}.get(run.status, 500)
     code = {"failed": "run_failed", "budget_exceeded": "budget_exceeded", "cancelled": "run_cancelled"}.get(run.status)
     body_out = {"error": {"message": run.error or run.status, "type": "run_error", "param": None, "code": code},
@@ -165,21 +171,22 @@ async def _answer(run: LiveRun, body: EnsembleIn | DebateIn, state: AppState) ->
 @router.post("/ensembles", responses={200: {"description": "The finished run (or its events with stream=true)"}})
 async def run_ensemble(body: EnsembleIn, request: Request, principal: PrincipalDep, state: StateDep) -> Response:
     """Run an ensemble: members answer at once, the answers are ranked, the best or a synthesis returns."""
-    run = await _start("ensemble", body.ensemble, body, request, principal, state, arena=body.arena)
-    return await _answer(run, body, state)
+    run = await start_run("ensemble", body.ensemble, body, request, principal, state, arena=body.arena)
+    return await answer_run(run, body, state)
 
 
 @router.post("/debates", responses={200: {"description": "The finished run (or its events with stream=true)"}})
 async def run_debate(body: DebateIn, request: Request, principal: PrincipalDep, state: StateDep) -> Response:
     """Run a debate: a panel of experts argues over rounds; a moderator synthesises (and plans)."""
-    run = await _start("debate", body.debate, body, request, principal, state)
-    return await _answer(run, body, state)
+    run = await start_run("debate", body.debate, body, request, principal, state)
+    return await answer_run(run, body, state)
 
 
 @router.get("/runs")
 async def list_runs(
-    principal: PrincipalDep, state: StateDep, kind: Literal["ensemble", "debate"] | None = None,
-    status: Literal["running", "completed", "failed", "cancelled", "budget_exceeded"] | None = None,
+    principal: PrincipalDep, state: StateDep, kind: Literal["ensemble", "debate", "agent"] | None = None,
+    status: Literal["running", "completed", "failed", "cancelled", "budget_exceeded", "step_limit", "time_limit",
+                    "awaiting_approval"] | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before: Annotated[float | None, Query(ge=0, le=MAX_UNIX_TIME, allow_inf_nan=False,
                                           description="Runs created before this Unix time")] = None,

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from ...api.credentials import CSRF_FIELD
 from ...api.deps import StateDep
-from ...api.routes.runs import DebateIn, _start
+from ...api.routes.runs import DebateIn, start_run
 from ...api.state import AppState
 from ...bounds import MAX_UNIX_TIME
 from ...errors import ConflictError, InvalidRequestError, NotFoundError, ThinktankError
@@ -94,7 +94,7 @@ async def start_debate(request: Request, user: UserPage, state: StateDep) -> Res
         body = DebateIn(debate=name, question=str(values["question"] or ""), rounds=_number(values["rounds"], "rounds"),
                         experts=_number(values["experts"], "experts"), plan=bool(values["plan"]),
                         follow_up=bool(values["follow_up"]))
-        run = await _start("debate", name, body, request, user.principal, state)
+        run = await start_run("debate", name, body, request, user.principal, state)
     except ValidationError as exc:
         err = exc.errors(include_url=False, include_input=False)[0]
         return await _index(request, user, state, error=str(err["msg"]), form=values, status=400)

@@ -14,7 +14,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from ...api.deps import StateDep
-from ...api.routes.runs import EnsembleIn, _start
+from ...api.routes import runs as api_runs
+from ...api.routes.runs import EnsembleIn
 from ...errors import InvalidRequestError
 from ..session import UserPage, WebUser, check_form_csrf
 from .common import pages
@@ -55,7 +56,7 @@ async def start_run(request: Request, user: UserPage, state: StateDep) -> Respon
         raise InvalidRequestError(f"The question is too long (at most {MAX_QUESTION:,} characters).")
     arena = _field(form, "arena") == "1"
     body = EnsembleIn(ensemble=ensemble, question=question, tags=_tags(_field(form, "tags")), arena=arena)
-    run = await _start("ensemble", ensemble, body, request, user.principal, state, arena=arena)
+    run = await api_runs.start_run("ensemble", ensemble, body, request, user.principal, state, arena=arena)
     return RedirectResponse(f"/runs/{run.id}", status_code=303)
 
 

@@ -1,0 +1,227 @@
+"""The agent loop: call the model with the tools' schemas, run the calls it asks for (independent ones at
+once), give back the results, repeat until it answers or a limit is hit.
+
+Every model call goes through :meth:`LiveRun.call` (the catalog and the router underneath: budgets, rate
+limits, cost, ``max_cost_usd``); every tool call is a record of the run (stage ``tool``) with its arguments,
+result or error, latency and the cost of what it asked of other models. After each completed step the
+state is checkpointed (:mod:`.state`) with the run's events, so a resumed run goes on from there.
+
+A call that needs approval pauses the run (:class:`RunPaused`) once the step's other calls are done: the
+run then holds no task and no connection until someone decides (:mod:`.service`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from ..accounts.budgets import BudgetExceededError
+from ..clock import Clock
+from ..deliberation.runs import CallRecord, LiveRun, RunEnded, RunPaused
+from ..errors import ThinktankError
+from ..types import Message, ToolCall
+from .config import AgentConfig
+from .state import AgentState, PendingCall
+from .toolbox import Offered, check_arguments
+from .tools import ToolContext, ToolError, ToolOutput, as_data
+
+__all__ = ["AgentRunner"]
+
+log = logging.getLogger("thinktank.agents")
+
+Checkpoint = Callable[[], Awaitable[None]]
+
+
+class AgentRunner:
+    """Runs one agent run from ``state`` (new, or as its last checkpoint left it)."""
+
+    def __init__(self, run: LiveRun, cfg: AgentConfig, state: AgentState, offered: Callable[[], Awaitable[Offered]],
+                 checkpoint: Callable[[AgentState], Awaitable[None]], clock: Clock, *, approval_timeout: float) -> None:
+        self.run = run
+        self.cfg = cfg
+        self.state = state
+        self._offer = offered
+        self._checkpoint = checkpoint
+        self._clock = clock
+        self._approval_timeout = approval_timeout
+        self._started = clock.monotonic()
+        self._offered: Offered | None = None
+        self._lock = asyncio.Lock()
+
+    # -- time ------------------------------------------------------------------------------------
+    def _elapsed(self) -> float:
+        return self.state.elapsed + (self._clock.monotonic() - self._started)
+
+    def _remaining(self) -> float:
+        return self.cfg.time_limit - self._elapsed()
+
+    async def _save(self) -> None:
+        async with self._lock:  # parallel tool calls finish at once: one checkpoint at a time
+            elapsed, self.state.elapsed = self.state.elapsed, self._elapsed()
+            try:
+                await self._checkpoint(self.state)
+            finally:
+                self.state.elapsed = elapsed
+
+    # -- the loop --------------------------------------------------------------------------------
+    async def __call__(self) -> dict[str, Any]:
+        self._offered = offered = await self._offer()
+        for warning in offered.warnings:
+            if warning not in self.state.warnings:
+                self.state.warnings.append(warning)
+                self.run.emit("step", kind="warning", message=warning)
+        while True:
+            if self.state.pending:
+                await self._finish_calls(offered)
+            if self.state.steps >= self.cfg.max_steps:
+                raise RunEnded("step_limit", self.state.result(status="step_limit"))
+            remaining = self._remaining()
+            if remaining <= 0:
+                raise RunEnded("time_limit", self.state.result(status="time_limit"))
+            step = self.state.steps + 1
+            self.run.emit("step", step=step, kind="model", model=self.cfg.model)
+            try:
+                reply = await self.run.call(
+                    "step", "agent", self.cfg.model, [Message.model_validate(m) for m in self.state.messages],
+                    timeout=min(self.cfg.step_timeout, remaining), max_tokens=self.cfg.max_tokens,
+                    temperature=self.cfg.temperature, tools=offered.schemas() or None, on_text=self._text,
+                    label=f"step {step}",
+                )
+            except TimeoutError:
+                raise RunEnded("time_limit", self.state.result(status="time_limit")) from None
+            self.state.steps = step
+            calls = reply.tool_calls or []
+            assistant: dict[str, Any] = {"role": "assistant", "content": reply.text or None}
+            if calls:
+                assistant["tool_calls"] = [c.model_dump(exclude_none=True) for c in calls]
+            self.state.messages.append(assistant)
+            self.state.pending = [self._pending(c, offered) for c in calls]
+            await self._save()
+            if not calls:
+                return self.state.result()
+
+    def _text(self, text: str) -> None:
+        self.state.answer.append(text)
+        self.run.emit("synthesis_token", text=text)
+
+    def _pending(self, call: ToolCall, offered: Offered) -> PendingCall:
+        name = call.function.name or ""
+        pending = PendingCall(id=call.id, name=name, raw_arguments=call.function.arguments or "")
+        tool = offered.tools.get(name)
+        if tool is None:
+            pending.problem = f"there is no tool '{name}' (the tools are: {', '.join(offered.tools) or 'none'})"
+            return pending
+        pending.qualified = tool.spec.qualified
+        pending.needs_approval = offered.approval.get(name, False)
+        try:
+            parsed = orjson.loads(pending.raw_arguments or "{}")
+        except orjson.JSONDecodeError as exc:
+            pending.problem = f"the arguments are not valid JSON ({exc})"
+            return pending
+        pending.arguments = parsed if isinstance(parsed, dict) else None
+        pending.problem = check_arguments(tool.spec.parameters, parsed)
+        return pending
+
+    # -- tool calls ------------------------------------------------------------------------------
+    async def _finish_calls(self, offered: Offered) -> None:
+        """Run the step's calls that may run; pause if some wait for a decision; then give the results back."""
+        ready = [c for c in self.state.pending if not c.done and not c.waiting]
+        if ready:
+            limit = asyncio.Semaphore(self.cfg.parallel_tools)
+
+            async def one(call: PendingCall) -> None:
+                async with limit:
+                    await self._execute(call, offered)
+                await self._save()
+
+            await asyncio.gather(*(one(c) for c in ready))
+        waiting = self.state.waiting()
+        if waiting:
+            if self.state.approval_deadline is None:
+                self.state.approval_deadline = self._clock.time() + self._approval_timeout
+            self.run.emit("approval_requested", calls=[c.public() for c in waiting],
+                          deadline=self.state.approval_deadline)
+            await self._save()
+            raise RunPaused
+        self.state.approval_deadline = None
+        for call in self.state.pending:
+            self.state.messages.append({"role": "tool", "tool_call_id": call.id, "content": call.result or ""})
+        self.state.pending = []
+        await self._save()
+
+    async def _execute(self, call: PendingCall, offered: Offered) -> None:
+        tool = offered.tools.get(call.name)
+        label = call.qualified or call.name
+        if call.problem is not None or tool is None:
+            self._refused(call, f"Tool error: {call.problem or 'the tool is no longer available'}")
+            return
+        if call.decision == "denied":
+            why = f": {call.reason}" if call.reason else ""
+            self._refused(call, f"The user denied this call{why}. Do not call it again with the same arguments.")
+            return
+        arguments = call.arguments or {}
+        record = CallRecord(len(self.run.calls) + 1, "tool", "tool", label, [{"arguments": arguments}],
+                            self._clock.time())
+        self.run.calls.append(record)
+        self.run.emit("tool_call", call_id=call.id, tool=label, arguments=arguments,
+                      **({"approved": True} if call.decision == "approved" else {}))
+        ctx = self.run.ctx.child(self.run.id)
+        tc = ToolContext(principal=self.run.ctx.principal, ctx=ctx, clock=self._clock, run_id=self.run.id,
+                         knowledge_bases=list(self.cfg.knowledge_bases), models=list(self.cfg.models))
+        started = self._clock.monotonic()
+        timeout = max(0.001, min(self.cfg.tool_timeout, self._remaining()))
+        try:
+            async with asyncio.timeout(timeout):
+                output = await tool.call(arguments, tc)
+        except ToolError as exc:
+            output = ToolOutput(exc.message, is_error=True)
+        except TimeoutError:
+            output = ToolOutput(f"the tool gave no result within {timeout:g} s", is_error=True)
+        except BudgetExceededError:
+            self._account(record, ctx, started, "stopped: a budget was reached")
+            raise
+        except ThinktankError as exc:
+            output = ToolOutput(exc.message, is_error=True)
+        except Exception:
+            log.exception("tool %s failed in run %s", label, self.run.id)
+            output = ToolOutput("the tool failed (an internal error; see the server log)", is_error=True)
+        self._account(record, ctx, started, output.text if output.is_error else None)
+        record.answer = None if output.is_error else output.text
+        if output.citations:
+            known = {(c.get("document_id"), c.get("position"), c.get("chunk_id")) for c in self.state.citations}
+            for c in output.citations:
+                if (c.get("document_id"), c.get("position"), c.get("chunk_id")) not in known:
+                    self.state.citations.append(c)
+        self.run.emit("tool_result", call_id=call.id, tool=label, ok=not output.is_error,
+                      latency_ms=record.latency_ms, cost_usd=record.cost_usd, preview=output.text[:300])
+        self._result(call, as_data(label, output.text) if not output.is_error else f"Tool error: {output.text}",
+                     error=output.is_error)
+
+    def _account(self, record: CallRecord, ctx: Any, started: float, error: str | None) -> None:
+        record.latency_ms = round((self._clock.monotonic() - started) * 1000, 3)
+        record.error = error
+        for usage in ctx.records:
+            record.prompt_tokens += usage.prompt_tokens
+            record.completion_tokens += usage.completion_tokens
+            record.cost_usd += usage.cost
+        self.run.ctx.records.extend(ctx.records)
+        if ctx.records:
+            self.run.cost += record.cost_usd
+            self.run.prompt_tokens += record.prompt_tokens
+            self.run.completion_tokens += record.completion_tokens
+            self.run.stage_costs["tool"] = self.run.stage_costs.get("tool", 0.0) + record.cost_usd
+            self.run.emit("cost", cost_usd=round(self.run.cost, 10), stage="tool")
+
+    def _refused(self, call: PendingCall, text: str) -> None:
+        self.run.emit("tool_result", call_id=call.id, tool=call.qualified or call.name, ok=False, preview=text[:300],
+                      **({"denied": True} if call.decision == "denied" else {}))
+        self._result(call, text, error=True)
+
+    @staticmethod
+    def _result(call: PendingCall, text: str, *, error: bool) -> None:
+        call.result = text
+        call.is_error = error
