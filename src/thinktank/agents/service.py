@@ -57,7 +57,13 @@ class Agents:
         self.stale_after = stale_after
         self.sweep_every = sweep_every
         self._sweeper: asyncio.Task[None] | None = None
+        self._ended: list[Callable[[LiveRun], Awaitable[None]]] = []
         runs.bind_agents(self._new_runner)
+
+    def on_resumed_end(self, callback: Callable[[LiveRun], Awaitable[None]]) -> None:
+        """``callback(run)`` when a run taken up again (after a pause or an interruption) ends or pauses again:
+        whoever showed its first answer (a thread) can show the rest."""
+        self._ended.append(callback)
 
     # -- a new run -------------------------------------------------------------------------------
     def _new_runner(self, run: LiveRun, cfg: AgentConfig, messages: list[Message], options: RunOptions
@@ -186,6 +192,11 @@ class Agents:
 
         async def recorded(status: int, cache_hit: bool) -> None:
             await admission.finish(status, cache_hit=cache_hit)
+            for callback in self._ended:
+                try:
+                    await callback(run)
+                except Exception:
+                    log.exception("agents: telling that run %s ended failed", run.id)
 
         self.runs.launch(run, self._runner(run, cfg, state), recorded)
 

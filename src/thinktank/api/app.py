@@ -146,6 +146,7 @@ def build_state(
 
     agents = Agents(deliberation, AgentStore(db), Toolbox(None, None, router.config.mcp_servers), gate, auth, clock,
                     stale_after=settings.run_stale_after)
+    agents.on_resumed_end(conversations.agent_run_ended)
     return AppState(
         settings=settings, router=router, admin_key=admin_key, http=http, db=db, auth=auth,
         users=UserService(db, clock, PasswordHashing(), auth), keys=KeyService(db, clock, auth),

@@ -23,6 +23,7 @@ from ..accounts.principal import Principal
 from ..catalog import Catalog
 from ..clock import Clock
 from ..config import GatewayConfig
+from ..deliberation.runs import PAUSED, LiveRun
 from ..errors import ConflictError, InvalidRequestError, NotFoundError, ThinktankError
 from ..gateway.tokens import estimate_text_tokens
 from ..knowledge.embeddings import Embedder
@@ -251,6 +252,17 @@ class Conversations:
 
         task.add_done_callback(settled)
         return turn
+
+    async def agent_run_ended(self, run: LiveRun) -> None:
+        """An agent run that paused a thread's turn ended: its message shows the answer (or why there is none)."""
+        if run.status == PAUSED:
+            return
+        answer = (run.result or {}).get("answer") or ""
+        if run.status not in ("completed", "step_limit", "time_limit"):
+            answer = (answer + "\n\n" if answer else "") + f"[The agent run {run.status.replace('_', ' ')}: " \
+                f"{run.error or 'no answer'}]"
+        finish = {"completed": "stop", "step_limit": "length", "time_limit": "length"}.get(run.status, run.status)
+        await self.threads.answered_by_run(run.id, answer, finish, run.cost, run.prompt_tokens, run.completion_tokens)
 
     async def _replaced_seq(self, thread_id: str, message_id: str) -> int:
         """The seq of the user message ``message_id`` of the thread, which a turn replaces with what follows
