@@ -51,6 +51,7 @@ PASSAGE_CHARS = 1500
 _MAX_TOP_K = 20
 _MAX_RECALL = 50
 _MAX_QUESTION = 100_000
+_MAX_PDF_PAGES = 200
 
 
 # -- arguments -----------------------------------------------------------------------------------
@@ -130,6 +131,8 @@ def _cut(text: str, chars: int) -> tuple[str, bool]:
 # -- the tools -----------------------------------------------------------------------------------
 
 class KnowledgeSearch:
+    """``knowledge_search``: hybrid search of the caller's knowledge bases; passages as text, citations beside."""
+
     def __init__(self, knowledge: KnowledgeService) -> None:
         from ..knowledge.grounding import QUERY_CHARS
 
@@ -219,6 +222,8 @@ class KnowledgeSearch:
 
 
 class AskModel:
+    """``ask_model``: one question to a model of the agent's ``models`` the caller may use, costed to the run."""
+
     def __init__(self, catalog: Catalog) -> None:
         self.spec = ToolSpec(
             "ask_model", "ask_model",
@@ -275,6 +280,8 @@ class AskModel:
 
 
 class FetchUrl:
+    """``fetch_url``: a public page or document through the SSRF-safe fetcher, as title and text."""
+
     def __init__(self, fetcher: UrlFetcher) -> None:
         self.spec = ToolSpec(
             "fetch_url", "fetch_url",
@@ -295,7 +302,7 @@ class FetchUrl:
         max_chars = args.integer("max_chars", low=100, high=MAX_FETCH_CHARS, default=DEFAULT_FETCH_CHARS)
         try:
             source = await self.fetcher.fetch(url)
-            extracted = await asyncio.to_thread(_extract, source, max_chars)
+            extracted = await asyncio.to_thread(_extract, source)
         except ThinktankError as exc:
             raise ToolError(f"fetch_url: {exc.message}") from None
         text, cut = _cut(_as_text(extracted), max_chars)
@@ -308,15 +315,17 @@ class FetchUrl:
             "url": final, "title": extracted.title, "content_type": source.content_type, "truncated": cut})
 
 
-def _extract(source: Source, max_chars: int) -> Extracted:
-    """The document's text (in a worker thread: PDF parsing is CPU-bound), a little over ``max_chars``."""
+def _extract(source: Source) -> Extracted:
+    """The document's text (in a worker thread: PDF parsing is CPU-bound). The parsers' text limit cuts
+    whole blocks, so it is not set to ``max_chars`` (one long paragraph would leave nothing); the body is
+    already bounded by the fetcher's ``max_bytes``, and PDFs are read up to ``_MAX_PDF_PAGES``."""
     from ..knowledge.parsers import Limits, detect_kind, extract
 
     try:
         kind = detect_kind(source.name, source.content_type, source.data)
     except UnsupportedMediaTypeError:
         kind = _sniff(source)
-    return extract(source.data, kind, Limits(max_pages=500, max_chars=2 * max_chars + 10_000))
+    return extract(source.data, kind, Limits(max_pages=_MAX_PDF_PAGES))
 
 
 def _sniff(source: Source) -> str:
@@ -363,6 +372,8 @@ _MEMORY_OFF = "memory is switched off for this user (they can switch it on in th
 
 
 class MemoryRecall:
+    """``memory_recall``: the caller's memories most relevant to a query, or the latest."""
+
     def __init__(self, memory: MemoryService) -> None:
         self.spec = ToolSpec(
             "memory_recall", "memory_recall",
@@ -394,6 +405,8 @@ class MemoryRecall:
 
 
 class MemoryRemember:
+    """``memory_remember``: one memory stored for the caller (a duplicate confirms the known one)."""
+
     def __init__(self, memory: MemoryService) -> None:
         from ..conversations.memory import KINDS, MAX_TEXT
 
@@ -435,6 +448,8 @@ class MemoryRemember:
 
 
 class MemoryForget:
+    """``memory_forget``: one of the caller's memories deleted by id."""
+
     def __init__(self, memory: MemoryService) -> None:
         self.spec = ToolSpec(
             "memory_forget", "memory_forget",
@@ -455,6 +470,8 @@ class MemoryForget:
 
 
 class CurrentTime:
+    """``current_time``: the injected clock's time, in UTC or an IANA zone."""
+
     def __init__(self, clock: Clock) -> None:
         self.spec = ToolSpec(
             "current_time", "current_time",
