@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .knowledge.service import KnowledgeService
     from .providers.base import ChatModel
 
-__all__ = ["KB_PREFIX", "Catalog", "ModelEntry", "RoutedModel"]
+__all__ = ["KB_PREFIX", "Catalog", "ModelEntry", "RoutedModel", "refuse_tool_sources"]
 
 Kind = Literal["model", "group", "alias", "ensemble", "debate", "agent", "knowledge_base"]
 RunKind = Literal["ensemble", "debate", "agent"]
@@ -74,6 +74,24 @@ class RoutedModel:
 
     def stream(self, request: ChatRequest, ctx: CallContext | None = None) -> AsyncIterator[ChatChunk]:
         return self._router.stream(self._for_me(request), ctx)
+
+
+_SOURCE_FIELDS = ("mcp_servers", "mcp_server", "mcp", "servers", "command", "server_url")
+
+
+def refuse_tool_sources(request: ChatRequest) -> None:
+    """400 for a request that names an MCP server or a command: thinktank connects only to the MCP servers of
+    its own configuration and runs no command a request gives. Tools in a request are functions (the client
+    runs them), as in OpenAI's API."""
+    named = next((f for f in _SOURCE_FIELDS if f in (request.model_extra or {})), None)
+    if named is not None:
+        raise InvalidRequestError(f"{named}: a request cannot name MCP servers or commands; agents use the MCP "
+                                  "servers of the server's configuration", param=named)
+    for i, tool in enumerate(request.tools or []):
+        if tool.get("type", "function") != "function" or any(f in tool for f in _SOURCE_FIELDS):
+            raise InvalidRequestError(f"tools[{i}]: only function tools (run by the client) are accepted; thinktank "
+                                      "does not connect to MCP servers or run commands named in a request",
+                                      param=f"tools[{i}]")
 
 
 class Catalog:
@@ -210,6 +228,7 @@ class Catalog:
         """The model that answers a chat request, and the request it gets: thinktank's own fields
         (``knowledge_bases``, ``knowledge``) taken off, and the model grounded when they ask for it."""
         extra = request.model_extra or {}
+        refuse_tool_sources(request)
         if "knowledge_bases" not in extra and "knowledge" not in extra:
             return self.resolve(request.model, principal), request
         refs, params, rest = self.grounding().fields(extra)

@@ -259,7 +259,7 @@ class Authenticator:
         """The principal work started by ``user_id`` (with key ``key_id``, if a key) goes on as: its models,
         tools and budgets as they are now; None if the user or the key has been revoked (or has expired)."""
         if key_id is None:
-            return await self.principal_of(user_id)
+            return self._admin if user_id == self._admin.user_id else await self.principal_of(user_id)
         principal = await self._key(key_id, by_id=True)
         if principal is None or principal.user_id != user_id:
             return None

@@ -178,7 +178,7 @@ class KnowledgeSearch:
             return ToolOutput(f"No passages matched the query in: {searched}.", citations=[])
         citations: list[dict[str, Any]] = []
         parts: list[str] = []
-        for index, item in enumerate(found, 1):
+        for index, item in enumerate(found, tc.citation_start):
             passage, _ = _cut(item.text, PASSAGE_CHARS)
             snippet, cut = _cut(item.text, SNIPPET_CHARS - 1)
             kb_name = names.get(item.kb_id, "")
@@ -513,6 +513,12 @@ class BuiltinTools:
             "memory_forget": MemoryForget(memory),
             "current_time": CurrentTime(clock),
         }
+        self._fetch = self._tools["fetch_url"]
+
+    def use_fetcher(self, fetcher: UrlFetcher) -> None:
+        """Fetch with ``fetcher`` from now on (a test's, allowed to reach its loopback server)."""
+        assert isinstance(self._fetch, FetchUrl)
+        self._fetch.fetcher = fetcher
         assert tuple(self._tools) == BUILTIN_TOOLS
 
     @staticmethod

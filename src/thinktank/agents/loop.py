@@ -51,6 +51,7 @@ class AgentRunner:
         self._started = clock.monotonic()
         self._offered: Offered | None = None
         self._lock = asyncio.Lock()
+        self._next_citation = max((int(c.get("index") or 0) for c in state.citations), default=0) + 1
 
     # -- time ------------------------------------------------------------------------------------
     def _elapsed(self) -> float:
@@ -171,7 +172,9 @@ class AgentRunner:
                       **({"approved": True} if call.decision == "approved" else {}))
         ctx = self.run.ctx.child(self.run.id)
         tc = ToolContext(principal=self.run.ctx.principal, ctx=ctx, clock=self._clock, run_id=self.run.id,
-                         knowledge_bases=list(self.cfg.knowledge_bases), models=list(self.cfg.models))
+                         knowledge_bases=list(self.cfg.knowledge_bases), models=list(self.cfg.models),
+                         citation_start=self._next_citation)
+        self._next_citation += 50  # room for this call's passages (parallel calls number apart)
         started = self._clock.monotonic()
         timeout = max(0.001, min(self.cfg.tool_timeout, self._remaining()))
         try:
@@ -192,10 +195,7 @@ class AgentRunner:
         self._account(record, ctx, started, output.text if output.is_error else None)
         record.answer = None if output.is_error else output.text
         if output.citations:
-            known = {(c.get("document_id"), c.get("position"), c.get("chunk_id")) for c in self.state.citations}
-            for c in output.citations:
-                if (c.get("document_id"), c.get("position"), c.get("chunk_id")) not in known:
-                    self.state.citations.append(c)
+            self.state.citations += output.citations
         self.run.emit("tool_result", call_id=call.id, tool=label, ok=not output.is_error,
                       latency_ms=record.latency_ms, cost_usd=record.cost_usd, preview=output.text[:300])
         self._result(call, as_data(label, output.text) if not output.is_error else f"Tool error: {output.text}",

@@ -68,7 +68,7 @@ def _required(qualified: str, cfg: AgentConfig, servers: Mapping[str, McpServerC
 class Toolbox:
     def __init__(self, builtin: BuiltinLookup | None, mcp: McpLookup | None,
                  servers: Iterable[McpServerConfig] = ()) -> None:
-        self._builtin = builtin
+        self.builtin = builtin
         self._mcp = mcp
         self.servers = {s.name: s for s in servers}
 
@@ -81,7 +81,7 @@ class Toolbox:
         for ref in refs:
             server = tool_server(ref.name) or (ref.name if ref.name in self.servers else None)
             if server is None:
-                tool = self._builtin.get(ref.name) if self._builtin is not None and ref.name in BUILTIN_TOOLS else None
+                tool = self.builtin.get(ref.name) if self.builtin is not None and ref.name in BUILTIN_TOOLS else None
                 if tool is not None and principal.may_use_tool(ref.name):
                     out.tools[tool.spec.name] = tool
             elif server not in wanted_servers:

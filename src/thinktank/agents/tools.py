@@ -83,6 +83,9 @@ class ToolContext:
     """The agent's configured knowledge bases (``knowledge_search`` without any named)."""
     models: list[str] = field(default_factory=list)
     """What ``ask_model`` may ask."""
+    citation_start: int = 1
+    """The number of the first passage this call quotes: passages are numbered across the whole run, so that
+    the answer's ``[n]`` name one passage each."""
 
 
 class Tool(Protocol):

@@ -35,7 +35,7 @@ from ..web import is_page
 from .asgi import Receive, Scope, Send, header, read_body, send_error, send_json
 from .routes.openai import OpenAIHandlers
 from .routing import unencodable_text
-from .state import AppState
+from .state import AppState, _default_fetcher
 
 if TYPE_CHECKING:
     from ..knowledge.embeddings import LocalEmbedder
@@ -140,19 +140,22 @@ def build_state(
     from ..conversations.service import Conversations
 
     conversations = Conversations(db, clock, router.config, catalog, gate, knowledge, embedders.local)
+    from ..agents.builtin import BuiltinTools
     from ..agents.service import Agents
     from ..agents.store import AgentStore
     from ..agents.toolbox import Toolbox
 
-    agents = Agents(deliberation, AgentStore(db), Toolbox(None, None, router.config.mcp_servers), gate, auth, clock,
-                    stale_after=settings.run_stale_after)
+    fetcher = _default_fetcher()
+    builtin = BuiltinTools(catalog, knowledge, conversations.memory, fetcher, clock)
+    toolbox = Toolbox(builtin, None, router.config.mcp_servers)
+    agents = Agents(deliberation, AgentStore(db), toolbox, gate, auth, clock, stale_after=settings.run_stale_after)
     agents.on_resumed_end(conversations.agent_run_ended)
     return AppState(
         settings=settings, router=router, admin_key=admin_key, http=http, db=db, auth=auth,
         users=UserService(db, clock, PasswordHashing(), auth), keys=KeyService(db, clock, auth),
         usage_writer=usage_writer, usage_query=UsageQuery(db), limiter=limiter, ledger=ledger, gate=gate,
         deliberation=deliberation, embedders=embedders, knowledge=knowledge,
-        conversations=conversations, clock=clock, catalog=catalog, agents=agents,
+        conversations=conversations, clock=clock, catalog=catalog, agents=agents, url_fetcher=fetcher,
     )
 
 

@@ -79,6 +79,9 @@ class RunModel:
             err = exc.errors(include_url=False, include_input=False)[0]
             where = ".".join(str(x) for x in err["loc"])
             raise InvalidRequestError(f"{where}: {err['msg']}", param=where) from None
+        if self._kind == "agent" and (request.tools or request.tool_choice is not None):
+            raise InvalidRequestError(f"tools: '{self.name}' uses the tools its configuration gives it; a request "
+                                      "cannot add tools to an agent", param="tools")
         service = self._service
         cfg = service.resolve(self._kind, self._config_name, {})
         service.check_access(ctx.principal, cfg, self.name)
