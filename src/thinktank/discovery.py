@@ -7,6 +7,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
+from .agents.config import AgentConfig, ToolRef
 from .config import DebateConfig, DeploymentConfig, EnsembleConfig, GatewayConfig, GroupConfig, KnowledgeConfig
 
 __all__ = ["NO_MODELS_HELP", "demo_config", "discover", "merge"]
@@ -80,6 +81,8 @@ def demo_config() -> GatewayConfig:
             update={"mode": "embedding"}
         ),
         mock("demo/librarian", "answers kb/<name> questions by quoting the best passage", rules=_LIBRARIAN),
+        mock("demo/researcher", "an agent's brain: searches your documents, fetches a URL you name, then answers",
+             rules=_RESEARCHER),
     ]
     groups = [GroupConfig(name="demo/auto", models=["demo/flaky"], fallbacks=["demo/fast"])]
     panel = [
@@ -95,8 +98,13 @@ def demo_config() -> GatewayConfig:
         name="demo-panel", models=[m.name for m in panel], rounds=3,
         description="MOCK (offline demo): a scripted expert panel debates, converges and synthesises",
     )]
+    agents = [AgentConfig(
+        name="demo-researcher", model="demo/researcher",
+        tools=["knowledge_search", ToolRef(name="fetch_url", approval="required"), "current_time"],
+        description="MOCK (offline demo): searches your knowledge bases, fetches a page after you approve, answers",
+    )]
     return GatewayConfig(models=[*models, *panel], groups=groups, ensembles=ensembles, debates=debates,
-                         knowledge=KnowledgeConfig(model="demo/librarian"))
+                         knowledge=KnowledgeConfig(model="demo/librarian"), agents=agents)
 
 
 # The demo librarian: quotes the first sentence of the best passage it is given, citing it.
@@ -109,6 +117,32 @@ _LIBRARIAN: list[dict[str, Any]] = [
     {"match": r'<passage-[0-9a-f]+ id="1"[^>]*>\s*(?P<text>[^<]{1,240})', "template": True,  # no sentence end
      "reply": "According to your documents: \\g<text>… [1]\n\n(MOCK demo answer: the librarian quotes the best "
               "passage it was given.)"},
+]
+
+
+# The demo researcher (the brain of agent/demo-researcher): before any tool result, it searches the knowledge
+# bases for the question and fetches the first URL in it; then it answers from what the tools returned.
+_FIRST = r"(?s)^(?!.*<tool_result tool=)(?!.*Tool error)"
+_LAST_LINE = r".*\n(?P<q>[^\n]*?)"
+_URL = r"(?P<url>https?://[^\s\"'<>]+?)[.,;:!?)]*(?=\s|$)"
+_RESEARCHER: list[dict[str, Any]] = [
+    {"match": _FIRST + _LAST_LINE + _URL, "template": True, "tool_calls": [
+        {"name": "knowledge_search", "arguments": {"query": "\\g<q>"}},
+        {"name": "fetch_url", "arguments": {"url": "\\g<url>"}}]},
+    {"match": _FIRST + r".*\n(?P<q>[^\n]+)$", "template": True, "tool_calls": [
+        {"name": "knowledge_search", "arguments": {"query": "\\g<q>"}}]},
+    {"match": r'(?s)tool_result tool="knowledge_search">\s*\[(?P<n>\d+)\][^\n]*\n(?P<kb>[^\n]{1,300}?[.!?])(?=\s).*'
+              r'tool_result tool="fetch_url">\s*Title: (?P<title>[^\n]*)\n.*?\n\n(?P<page>[^\n]{1,300}?[.!?])(?=\s)',
+     "template": True, "reply": "From your documents: \\g<kb> [\\g<n>]\n\nFrom the page \"\\g<title>\": \\g<page>\n\n"
+                                "(MOCK demo answer: the researcher quotes what its tools returned.)"},
+    {"match": r'(?s)tool_result tool="knowledge_search">\s*\[(?P<n>\d+)\][^\n]*\n(?P<kb>[^\n]{1,300}?[.!?])(?=\s)'
+              r'.*(?:Tool error|denied this call)[^\n]*?(?P<why>(?:fetch_url: )?[^\n]*)',
+     "template": True, "reply": "From your documents: \\g<kb> [\\g<n>]\n\nThe page could not be read: \\g<why>\n\n"
+                                "(MOCK demo answer: the researcher quotes what its tools returned.)"},
+    {"match": r'(?s)tool_result tool="knowledge_search">\s*\[(?P<n>\d+)\][^\n]*\n(?P<kb>[^\n]{1,300}?[.!?])(?=\s)',
+     "template": True, "reply": "From your documents: \\g<kb> [\\g<n>]\n\n(MOCK demo answer: the researcher quotes "
+                                "what its tools returned.)"},
+    {"match": r"tool_result", "reply": "Your documents and the page had nothing on that. (MOCK demo answer.)"},
 ]
 
 
