@@ -8,9 +8,12 @@ request's overrides can add approvals, never take one away.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
 
 from .config import BUILTIN_TOOLS, AgentConfig, McpServerConfig, ToolRef, tool_server
 from .tools import Tool
@@ -100,6 +103,21 @@ class Toolbox:
         return out
 
 
+@functools.lru_cache(maxsize=512)
+def _validator(schema_json: str) -> Any:
+    """A checked validator of a tool's schema (None when the schema itself is not valid), made once per schema:
+    checking a schema against its meta-schema costs more than a whole agent step."""
+    import jsonschema
+
+    schema = orjson.loads(schema_json)
+    try:
+        validator_class = jsonschema.validators.validator_for(schema)
+        validator_class.check_schema(schema)
+    except jsonschema.SchemaError:
+        return None
+    return validator_class(schema)
+
+
 def check_arguments(schema: dict[str, Any], arguments: Any) -> str | None:
     """Why ``arguments`` do not match the tool's JSON ``schema`` (None when they do, or when the schema
     itself is not valid: the tool then judges its arguments itself)."""
@@ -107,12 +125,10 @@ def check_arguments(schema: dict[str, Any], arguments: Any) -> str | None:
         return "the arguments must be a JSON object"
     import jsonschema
 
-    try:
-        validator_class = jsonschema.validators.validator_for(schema)
-        validator_class.check_schema(schema)
-    except jsonschema.SchemaError:
+    validator = _validator(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS).decode())
+    if validator is None:
         return None
-    error = jsonschema.exceptions.best_match(validator_class(schema).iter_errors(arguments))
+    error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path)
