@@ -136,7 +136,9 @@ async def concurrent_part(n: int) -> dict[str, float]:
     config_ = uvicorn.Config(mcp_app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     server = uvicorn.Server(config_)
     task = asyncio.create_task(server.serve())
-    while not server.started:
+    for _ in range(1000):  # uvicorn says it has started by a flag only
+        if server.started:
+            break
         await asyncio.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
