@@ -176,11 +176,13 @@ _DEMO_PANEL = [
 
 
 def merge(base: GatewayConfig, extra: GatewayConfig) -> GatewayConfig:
-    """``base`` with ``extra``'s models, groups, aliases, ensembles, debates and personas added."""
+    """``base`` with ``extra``'s models, groups, aliases, ensembles, debates, personas, agents and MCP servers
+    added."""
     return GatewayConfig.model_validate({
         **base.model_dump(), "models": [*base.models, *extra.models], "groups": [*base.groups, *extra.groups],
         "aliases": {**base.aliases, **extra.aliases}, "ensembles": [*base.ensembles, *extra.ensembles],
         "debates": [*base.debates, *extra.debates], "personas": [*base.personas, *extra.personas],
+        "agents": [*base.agents, *extra.agents], "mcp_servers": [*base.mcp_servers, *extra.mcp_servers],
         # What ``base`` sets of the knowledge section wins; the rest comes from ``extra``.
         "knowledge": {**extra.knowledge.model_dump(exclude_defaults=True),
                       **base.knowledge.model_dump(exclude_defaults=True)},

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from thinktank.agents.builtin import BuiltinTools
 from thinktank.api.app import ThinktankApp, create_app
 from thinktank.config import Settings, parse_config
 from thinktank.knowledge.embeddings import LocalEmbedder
@@ -55,6 +56,12 @@ class AgentEnv:
         r = await self.get(f"/api/v1/runs/{run_id}/events", headers, format="json")
         assert r.status_code == 200, r.text
         return list(r.json()["data"])
+
+    def builtin(self) -> BuiltinTools:
+        """The app's built-in agent tools (a test points ``fetch_url`` at its loopback site)."""
+        builtin = self.app.state.agents.toolbox.builtin
+        assert isinstance(builtin, BuiltinTools)
+        return builtin
 
     async def user(self, email: str) -> dict[str, str]:
         """A member made with the admin API: headers with their session."""

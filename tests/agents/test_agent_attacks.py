@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.applications import Starlette
@@ -28,7 +29,7 @@ async def test_a_document_telling_the_agent_to_call_a_tool_still_needs_the_appro
     tmp_path: Path, local_embedder: LocalEmbedder,
 ) -> None:
     # The model is gullible: whenever a tool result tells it to call memory_remember, it does.
-    rules = [
+    rules: list[dict[str, Any]] = [
         {"match": "owes us 1000 dollars.*tool_result tool=\"memory_remember\"", "reply": "Done as the note said."},
         {"match": r"call memory_remember with the text '(?P<t>[^']+)'", "template": True,
          "tool_calls": [{"name": "memory_remember", "arguments": {"text": "\\g<t>"}}]},
@@ -68,13 +69,12 @@ async def test_a_page_s_instructions_are_data_and_cannot_close_the_delimiter(tmp
     site = Starlette(routes=[Route("/kettles", kettles)])
     async with serving(site) as site_url:
         port = int(site_url.rsplit(":", 1)[1])
-        rules = [{"match": BEFORE_TOOLS + ".*kettle", "tool_calls": [{"name": "fetch_url",
+        rules: list[dict[str, Any]] = [{"match": BEFORE_TOOLS + ".*kettle", "tool_calls": [{"name": "fetch_url",
                                                                       "arguments": {"url": f"{site_url}/kettles"}}]},
                  {"match": "tool_result tool=\"fetch_url\"", "reply": "Kettles boil water."}]
         config = {"models": [brain(rules)], "agents": [{"name": "reader", "model": "brain", "tools": ["fetch_url"]}]}
         async with agents_app(tmp_path, config) as env:
-            builtin = env.app.state.agents.toolbox.builtin
-            builtin.use_fetcher(UrlFetcher(UrlPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),),
+            env.builtin().use_fetcher(UrlFetcher(UrlPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),),
                                                      allowed_ports=frozenset({port}))))
             r = await env.post("/v1/chat/completions", {"model": "agent/reader",
                                                         "messages": [{"role": "user", "content": "about kettles?"}]})
@@ -97,13 +97,13 @@ async def test_a_tool_that_hangs_times_out_and_the_run_goes_on(tmp_path: Path) -
     site = Starlette(routes=[Route("/slow", slow)])
     async with serving(site) as site_url:
         port = int(site_url.rsplit(":", 1)[1])
-        rules = [{"match": BEFORE_TOOLS + "(?!.*Tool error).*slow page",
+        rules: list[dict[str, Any]] = [{"match": BEFORE_TOOLS + "(?!.*Tool error).*slow page",
                   "tool_calls": [{"name": "fetch_url", "arguments": {"url": f"{site_url}/slow"}}]},
                  {"match": "Tool error: (?P<e>[^\n]*)", "template": True, "reply": "Could not read it: \\g<e>"}]
         config = {"models": [brain(rules)],
                   "agents": [{"name": "reader", "model": "brain", "tools": ["fetch_url"], "tool_timeout": 0.5}]}
         async with agents_app(tmp_path, config) as env:
-            env.app.state.agents.toolbox.builtin.use_fetcher(UrlFetcher(UrlPolicy(
+            env.builtin().use_fetcher(UrlFetcher(UrlPolicy(
                 allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),), allowed_ports=frozenset({port}))))
             r = await env.post("/v1/chat/completions", {"model": "agent/reader",
                                                         "messages": [{"role": "user", "content": "the slow page?"}]})
@@ -115,7 +115,8 @@ async def test_a_tool_that_hangs_times_out_and_the_run_goes_on(tmp_path: Path) -
 
 
 async def test_max_cost_usd_stops_an_agent_that_keeps_calling(tmp_path: Path) -> None:
-    rules = [{"match": "what time", "reply": "again", "tool_calls": [{"name": "current_time", "arguments": {}}]}]
+    rules: list[dict[str, Any]] = [{"match": "what time", "reply": "again",
+                                    "tool_calls": [{"name": "current_time", "arguments": {}}]}]
     config = {"models": [brain(rules, name="pricey")], "agents": [
         {"name": "spender", "model": "pricey", "tools": ["current_time"], "max_steps": 50}]}
     config["models"][0].update(input_price=1000.0, output_price=1000.0)

@@ -12,7 +12,7 @@ import pytest
 
 from .agent_apps import AUTH, BEFORE_TOOLS, agents_app, brain
 
-CLOCK_RULES = [
+CLOCK_RULES: list[dict[str, Any]] = [
     {"match": BEFORE_TOOLS + "(?!.*denied this call)(?!.*Tool error).*what time",
      "tool_calls": [{"name": "current_time", "arguments": {"timezone": "Europe/Paris"}}]},
     {"match": r'tool_result tool="current_time">\s*(?P<iso>\S+)', "template": True, "reply": "It is \\g<iso>."},
@@ -76,7 +76,7 @@ async def test_the_native_endpoint_streams_every_step(tmp_path: Path) -> None:
 
 
 async def test_arguments_that_do_not_match_the_schema_are_a_tool_error_and_the_run_goes_on(tmp_path: Path) -> None:
-    rules = [{"match": BEFORE_TOOLS + "(?!.*Tool error).*what time",
+    rules: list[dict[str, Any]] = [{"match": BEFORE_TOOLS + "(?!.*Tool error).*what time",
               "tool_calls": [{"name": "current_time", "arguments": {"timezone": 42, "extra": True}}]},
              *CLOCK_RULES[3:]]
     config = {"models": [brain(rules)], "agents": [{"name": "clock", "model": "brain", "tools": ["current_time"]}]}
@@ -90,7 +90,7 @@ async def test_arguments_that_do_not_match_the_schema_are_a_tool_error_and_the_r
 
 
 async def test_a_model_that_calls_tools_forever_ends_at_the_step_limit_with_what_it_had(tmp_path: Path) -> None:
-    rules = [{"match": "what time", "reply": "Checking again.",
+    rules: list[dict[str, Any]] = [{"match": "what time", "reply": "Checking again.",
               "tool_calls": [{"name": "current_time", "arguments": {}}]}]
     config = {"models": [brain(rules)],
               "agents": [{"name": "loop", "model": "brain", "tools": ["current_time"], "max_steps": 3}]}
@@ -105,7 +105,7 @@ async def test_a_model_that_calls_tools_forever_ends_at_the_step_limit_with_what
 
 
 async def test_an_unknown_tool_name_is_a_tool_error(tmp_path: Path) -> None:
-    rules = [{"match": BEFORE_TOOLS + "(?!.*Tool error).*what time",
+    rules: list[dict[str, Any]] = [{"match": BEFORE_TOOLS + "(?!.*Tool error).*what time",
               "tool_calls": [{"name": "rm_rf", "arguments": {}}]},
              *CLOCK_RULES[3:]]
     config = {"models": [brain(rules)], "agents": [{"name": "clock", "model": "brain", "tools": ["current_time"]}]}

@@ -32,7 +32,7 @@ async def test_the_demo_researcher_answers_from_a_knowledge_base_and_an_approved
         port = int(site.rsplit(":", 1)[1])
         config = demo_config().model_dump(mode="json", exclude_none=True)
         async with agents_app(tmp_path, config, local_embedder=local_embedder) as env:
-            env.app.state.agents.toolbox.builtin.use_fetcher(UrlFetcher(UrlPolicy(
+            env.builtin().use_fetcher(UrlFetcher(UrlPolicy(
                 allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),), allowed_ports=frozenset({port}))))
             assert (await env.post("/api/v1/knowledge-bases", {"name": "handbook"})).status_code == 201
             text = b"# Refunds\n\nRefunds are paid within 30 days of a return. Keep the receipt."

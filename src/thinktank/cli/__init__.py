@@ -11,6 +11,7 @@ import typer
 
 from .accounts import keys_app, teams_app, users_app
 from .admin_key import admin_key_app
+from .agents import agent_command
 from .db import db_app
 from .eval import eval_app
 from .kb import kb_app
@@ -35,6 +36,7 @@ app.command("models")(models_command)
 app.command("chat")(chat_command)
 app.command("ask")(ask_command)
 app.command("debate")(debate_command)
+app.command("agent")(agent_command)
 app.command("leaderboard")(leaderboard_command)
 app.command("usage")(usage_command)
 app.add_typer(kb_app, name="kb")
