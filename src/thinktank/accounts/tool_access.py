@@ -27,7 +27,7 @@ __all__ = ["MAX_TOOLS", "ToolList", "ToolName", "covers", "intersect_tools", "pa
 MAX_TOOLS = 100
 """Entries in one allowlist, at most."""
 
-_ENTRY = re.compile(r"[A-Za-z0-9_-]+(?:\.(?:\*|[A-Za-z0-9_.-]+))?")
+_ENTRY = re.compile(r"[A-Za-z0-9_-]+(?:\.(?:\*|[A-Za-z0-9_-][A-Za-z0-9_.-]*))?")
 _HELP = ("a tool is a built-in tool's name (knowledge_search), an MCP server's name (git), server.* or "
          "server.tool, of letters, digits and _ - . only ('*' only as server.*)")
 
