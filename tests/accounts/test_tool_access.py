@@ -55,10 +55,10 @@ def test_a_user_and_a_key_together_allow_exactly_what_both_allow(user: list[str]
 
 
 def test_the_meeting_of_lists_keeps_the_narrower_entry() -> None:
-    assert intersect_tools(["git"], ["git.git_log"]) == {"git.git_log"}
-    assert intersect_tools(["git.*"], ["git"]) == {"git.*"}
+    assert intersect_tools(["git"], ["git.git_log"]) == frozenset({"git.git_log"})
+    assert intersect_tools(["git.*"], ["git"]) == frozenset({"git.*"})
     assert intersect_tools(["git.git_log"], ["git.git_diff"]) == frozenset()
-    assert intersect_tools(None, ["git"]) == {"git"} and intersect_tools([], None) == frozenset()
+    assert intersect_tools(None, ["git"]) == frozenset({"git"}) and intersect_tools([], None) == frozenset()
     assert intersect_tools(None, None) is None
 
 
@@ -145,7 +145,7 @@ async def test_a_key_made_with_tools_gives_a_principal_that_reads_them(
     made = await keys.create(owner, KeyCreate(tools=["git", "search.find", "knowledge_search"]))
     assert made.tools == ["git", "search.find", "knowledge_search"]
     p = await auth.lookup(made.key)
-    assert p.allowed_tools == {"git", "search.find", "knowledge_search"}
+    assert p.allowed_tools == frozenset({"git", "search.find", "knowledge_search"})
     assert [q for q in QUALIFIED if p.may_use_tool(q)] == [
         "knowledge_search", "git.git_log", "git.git_diff", "git.git_status", "search.find", "git"]
     star = await auth.lookup((await keys.create(owner, KeyCreate(tools=["git.*"]))).key)
@@ -163,7 +163,7 @@ async def test_a_key_gets_its_creators_list_and_can_never_widen_it(
     inherited = await keys.create(owner, KeyCreate())
     assert inherited.tools == ["git", "knowledge_search"]
     narrow = await keys.create(owner, KeyCreate(tools=["git.git_log"]))
-    assert (await auth.lookup(narrow.key)).allowed_tools == {"git.git_log"}
+    assert (await auth.lookup(narrow.key)).allowed_tools == frozenset({"git.git_log"})
     for wider in (["fetch_url"], ["git.git_log", "search"], ["search.find"], ["gitx.*"]):
         with pytest.raises(PermissionDeniedError) as info:
             await keys.create(owner, KeyCreate(tools=wider))
@@ -183,7 +183,7 @@ async def test_a_users_list_and_a_keys_list_meet(
     key = await keys.create(owner, KeyCreate(tools=["git.git_log", "fetch_url", "search"]))
     await users.set_tools(owner.user_id, ["git", "search.find", "knowledge_search"])
     p = await auth.lookup(key.key)
-    assert p.allowed_tools == {"git.git_log", "search.find"}
+    assert p.allowed_tools == frozenset({"git.git_log", "search.find"})
     assert p.may_use_tool("git.git_log") and p.may_use_tool("search.find")
     assert not p.may_use_tool("fetch_url") and not p.may_use_tool("knowledge_search")
     assert not p.may_use_tool("git.git_diff") and not p.may_use_tool("search.fetch")
@@ -207,10 +207,10 @@ async def test_a_changed_user_list_is_seen_at_once_by_cached_keys_and_sessions(
     assert auth.known(key.key) is None and auth.known(session) is None
     p = await auth.lookup(key.key)
     assert p.allowed_tools == frozenset() and not p.may_use_tool("git.git_log")
-    assert (await auth.lookup(session)).allowed_tools == {"knowledge_search"}
+    assert (await auth.lookup(session)).allowed_tools == frozenset({"knowledge_search"})
 
     await users.set_tools(owner.user_id, None)
-    assert (await auth.resolve(key.key)).allowed_tools == {"git"}
+    assert (await auth.resolve(key.key)).allowed_tools == frozenset({"git"})
     assert (await auth.resolve(session)).allowed_tools is None
     with pytest.raises(NotFoundError):
         await users.set_tools("usr_nobody", [])

@@ -5,6 +5,7 @@ comma-separated, ``*`` for every tool, empty for none; a bad entry is an error o
 from __future__ import annotations
 
 import httpx
+from selectolax.lexbor import LexborNode as Node
 
 from .conftest import Browser, Page, WebEnv
 
@@ -13,6 +14,12 @@ XSS = "<script>alert(1)</script>"
 
 async def _post(b: Browser, path: str, **data: str) -> httpx.Response:
     return await b.http.post(path, data={"csrf": b.csrf, **data})
+
+
+def _text(row: Node, selector: str) -> str:
+    cell = row.css_first(selector)
+    assert cell is not None, selector
+    return cell.text()
 
 
 async def _user(web: WebEnv, email: str) -> dict[str, object]:
@@ -73,7 +80,7 @@ async def test_a_member_makes_a_key_within_their_tools_and_sees_each_keys(web: W
     assert (await _post(jo, "/me/keys", name="as before")).status_code == 201  # a form without the field
 
     page = await jo.get("/me")
-    rows = {row.css_first(".key-name").text(): row.css_first(".tools").text() for row in page.all("table.keys tr[id]")}
+    rows = {_text(row, ".key-name"): _text(row, ".tools") for row in page.all("table.keys tr[id]")}
     assert rows == {"agents": "git.git_log", "all of mine": "git, knowledge_search", "no tools": "none",
                     "as before": "git, knowledge_search"}
 
@@ -85,8 +92,7 @@ async def test_a_member_makes_a_key_within_their_tools_and_sees_each_keys(web: W
     assert len((await jo.api("GET", "/api/v1/keys")).json()) == 4
 
     admin_keys = await web.admin.get("/admin/keys")
-    shown = {row.css_first(".key-name").text(): row.css_first(".tools").text()
-             for row in admin_keys.all("table.keys tr[id]")}
+    shown = {_text(row, ".key-name"): _text(row, ".tools") for row in admin_keys.all("table.keys tr[id]")}
     assert shown["agents"] == "git.git_log" and shown["no tools"] == "none"
     open_key = (await web.admin.api("POST", "/api/v1/keys", json={"name": "admin's"})).json()
     admin_keys = await web.admin.get("/admin/keys")
