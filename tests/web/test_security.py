@@ -306,7 +306,8 @@ async def test_every_form_refuses_a_missing_or_foreign_token_and_a_cross_site_or
         "/me/memory/clear": {}, "/me/memory/{memory_id}": {"text": "pwned"}, "/me/memory/{memory_id}/delete": {},
         "/me/sessions/{session_id}/revoke": {}, "/me/keys": {"name": "evil"}, "/me/keys/{key_id}/rotate": {},
         "/me/keys/{key_id}/revoke": {}, "/admin/users": {"email": "evil@example.com", "password": PASSWORD},
-        "/admin/users/{user_id}/tier": {}, "/admin/users/{user_id}/revoke": {}, "/admin/teams": {"name": "evil"},
+        "/admin/users/{user_id}/tier": {}, "/admin/users/{user_id}/tools": {"tools": ""},
+        "/admin/users/{user_id}/revoke": {}, "/admin/teams": {"name": "evil"},
         "/admin/keys/{key_id}/revoke": {},
     }
     assert set(routes) == _post_routes()  # a new form must be added here
@@ -346,6 +347,7 @@ async def test_every_form_refuses_a_missing_or_foreign_token_and_a_cross_site_or
     assert (await a.get(f"/knowledge/{o.kb}/documents/{o.doc}")).status == 200
     users = {u.email: u for u in await web.app.state.users.list_users()}
     assert "evil@example.com" not in users and users["alice@example.com"].revoked_at is None
+    assert users["alice@example.com"].allowed_tools is None
     assert (await a.get("/chat")).status == 200
 
 

@@ -11,6 +11,7 @@ from ..store.tables import ApiKey, new_id
 from .principal import Authenticator, Principal
 from .schemas import KeyCreate, KeyCreated, KeyPublic
 from .secrets import KEY_PREFIX, new_token, token_hash
+from .tool_access import covers
 
 __all__ = ["KeyService", "key_public"]
 
@@ -19,9 +20,9 @@ PREFIX_LEN = len(KEY_PREFIX) + 8
 
 def key_public(k: ApiKey) -> KeyPublic:
     return KeyPublic(
-        id=k.id, name=k.name, prefix=k.prefix, owner_id=k.owner_id, models=k.allowed_models, budget_usd=k.budget_usd,
-        budget_period=k.budget_period, rpm=k.rpm, tpm=k.tpm, expires_at=k.expires_at, metadata=k.metadata_,
-        created_at=k.created_at, revoked_at=k.revoked_at,
+        id=k.id, name=k.name, prefix=k.prefix, owner_id=k.owner_id, models=k.allowed_models, tools=k.allowed_tools,
+        budget_usd=k.budget_usd, budget_period=k.budget_period, rpm=k.rpm, tpm=k.tpm, expires_at=k.expires_at,
+        metadata=k.metadata_, created_at=k.created_at, revoked_at=k.revoked_at,
     )
 
 
@@ -35,6 +36,15 @@ def _bounded(data: KeyCreate, creator: Principal) -> KeyCreate:
             extra = ", ".join(sorted(set(data.models) - creator.allowed_models))
             raise PermissionDeniedError(f"A key cannot allow models its creator may not use: {extra}.",
                                         param="models")
+    if creator.allowed_tools is not None:
+        if data.tools is None:
+            update["tools"] = sorted(creator.allowed_tools)
+        else:
+            wider = [t for t in data.tools if not covers(creator.allowed_tools, t)]
+            if wider:
+                raise PermissionDeniedError(
+                    f"A key cannot allow tools its creator may not use: {', '.join(wider)} "
+                    "(GET /api/v1/me lists the tools you may use).", param="tools")
     limited = [(b.limit_usd, b) for b in creator.budgets if b.limit_usd is not None]
     if limited:
         limit, tightest = min(limited, key=lambda pair: pair[0])
@@ -72,8 +82,8 @@ class KeyService:
         row = ApiKey(
             id=new_id("key"), name=data.name, prefix=secret[:PREFIX_LEN], key_hash=token_hash(secret),
             owner_id=creator.user_id, created_by_key=creator.key_id, allowed_models=data.models,
-            budget_usd=data.budget_usd, budget_period=data.budget_period, rpm=data.rpm, tpm=data.tpm,
-            expires_at=data.expires_at, metadata_=data.metadata, created_at=self._clock.time(),
+            allowed_tools=data.tools, budget_usd=data.budget_usd, budget_period=data.budget_period, rpm=data.rpm,
+            tpm=data.tpm, expires_at=data.expires_at, metadata_=data.metadata, created_at=self._clock.time(),
         )
         async with self._db.session() as s:
             s.add(row)

@@ -24,6 +24,7 @@ from ..store.tables import SYSTEM_USER_ID, ApiKey, Session, Team, User
 from .admin_key import AdminKey, hash_key
 from .budget_backends import BudgetSpec
 from .secrets import KEY_PREFIX, SESSION_PREFIX
+from .tool_access import intersect_tools
 
 __all__ = ["Authenticator", "Principal"]
 
@@ -45,8 +46,9 @@ class Principal:
     allowed_models: frozenset[str] | None = None
     """None: every model."""
     allowed_tools: frozenset[str] | None = None
-    """The agent tools this caller's agents may use: built-in tool names, ``server`` (every tool of an MCP
-    server) or ``server.tool``. None: every tool."""
+    """The agent tools this caller's agents may use: built-in tool names, ``server`` or ``server.*`` (every tool
+    of an MCP server) or ``server.tool``; a key's and its user's lists together (:func:`.tool_access.intersect_tools`).
+    None: every tool."""
     key_rpm: int | None = None
     key_tpm: int | None = None
     user_rpm: int | None = None
@@ -234,8 +236,9 @@ class Authenticator:
         user, team = row
         return Principal(
             user_id=user.id, role=user.role, email=user.email, team_id=user.team_id, tier=user.tier,
-            allowed_models=_intersect(user.allowed_models, None), allowed_tools=_intersect(user.allowed_tools, None),
-            user_rpm=user.rpm, user_tpm=user.tpm, budgets=tuple(_user_budgets(user, team)),
+            allowed_models=_intersect(user.allowed_models, None),
+            allowed_tools=intersect_tools(user.allowed_tools, None), user_rpm=user.rpm, user_tpm=user.tpm,
+            budgets=tuple(_user_budgets(user, team)),
         )
 
     async def _session(self, digest: str) -> Principal | None:
@@ -251,7 +254,7 @@ class Authenticator:
         return Principal(
             user_id=user.id, role=user.role, email=user.email, team_id=user.team_id, tier=user.tier,
             session_id=sess.id, allowed_models=_intersect(user.allowed_models, None),
-            allowed_tools=_intersect(user.allowed_tools, None), user_rpm=user.rpm,
+            allowed_tools=intersect_tools(user.allowed_tools, None), user_rpm=user.rpm,
             user_tpm=user.tpm, expires_at=sess.expires_at, budgets=tuple(_user_budgets(user, team)),
         )
 
@@ -286,7 +289,7 @@ class Authenticator:
         return Principal(
             user_id=user.id, role=user.role, email=user.email, team_id=user.team_id, tier=user.tier,
             key_id=key.id, allowed_models=_intersect(user.allowed_models, key.allowed_models),
-            allowed_tools=_intersect(user.allowed_tools, key.allowed_tools),
+            allowed_tools=intersect_tools(user.allowed_tools, key.allowed_tools),
             key_rpm=key.rpm, key_tpm=key.tpm, user_rpm=user.rpm, user_tpm=user.tpm, expires_at=key.expires_at,
             budgets=tuple(budgets),
         )

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 
 from ..bounds import MAX_SAFE_INT, MAX_UNIX_TIME, RateLimit, Usd
+from .tool_access import ToolList
 
 __all__ = [
     "KeyCreate",
@@ -19,6 +20,7 @@ __all__ = [
     "UserCreate",
     "UserPublic",
     "UserTier",
+    "UserTools",
 ]
 
 Period = Literal["day", "month", "total"]
@@ -40,6 +42,9 @@ class UserCreate(_In):
     team_id: str | None = Field(default=None, max_length=32)
     tier: str | None = Field(default=None, max_length=50)
     models: list[str] | None = Field(default=None, max_length=1000)
+    tools: ToolList | None = None
+    """Agent tools and MCP servers their agents may use (``knowledge_search``, ``git``, ``git.*``,
+    ``git.git_log``); null: all."""
     budget_usd: Usd | None = None
     budget_period: Period = "month"
     rpm: RateLimit | None = None
@@ -51,6 +56,11 @@ class UserTier(_In):
     """A tier configured under ``tiers:``; null for none."""
 
 
+class UserTools(_In):
+    tools: ToolList | None
+    """The agent tools and MCP servers the user's agents may use; null: all, ``[]``: none."""
+
+
 class UserPublic(BaseModel):
     id: str
     email: str
@@ -58,6 +68,7 @@ class UserPublic(BaseModel):
     team_id: str | None
     tier: str | None
     models: list[str] | None
+    tools: list[str] | None
     budget_usd: float | None
     budget_period: str
     rpm: int | None
@@ -90,6 +101,8 @@ class KeyCreate(_In):
     name: str = Field(default="", max_length=200)
     models: list[str] | None = Field(default=None, max_length=1000)
     """Models the key may call (default: all its creator may call)."""
+    tools: ToolList | None = None
+    """Agent tools and MCP servers its agents may use (default: all its creator may use)."""
     budget_usd: Usd | None = None
     budget_period: Period = "month"
     rpm: RateLimit | None = None
@@ -121,6 +134,7 @@ class KeyPublic(BaseModel):
     prefix: str
     owner_id: str
     models: list[str] | None
+    tools: list[str] | None
     budget_usd: float | None
     budget_period: str
     rpm: int | None

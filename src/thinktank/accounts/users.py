@@ -21,8 +21,8 @@ __all__ = ["UserService", "team_public", "user_public"]
 def user_public(u: User) -> UserPublic:
     return UserPublic(
         id=u.id, email=u.email, role=u.role, team_id=u.team_id, tier=u.tier, models=u.allowed_models,
-        budget_usd=u.budget_usd, budget_period=u.budget_period, rpm=u.rpm, tpm=u.tpm, created_at=u.created_at,
-        revoked_at=u.revoked_at,
+        tools=u.allowed_tools, budget_usd=u.budget_usd, budget_period=u.budget_period, rpm=u.rpm, tpm=u.tpm,
+        created_at=u.created_at, revoked_at=u.revoked_at,
     )
 
 
@@ -53,7 +53,8 @@ class UserService:
         password_hash = await self._passwords.hash(data.password)
         user = User(
             id=new_id("usr"), email=email, password_hash=password_hash, role=data.role, team_id=data.team_id,
-            tier=data.tier, allowed_models=data.models, budget_usd=data.budget_usd, budget_period=data.budget_period,
+            tier=data.tier, allowed_models=data.models, allowed_tools=data.tools,
+            budget_usd=data.budget_usd, budget_period=data.budget_period,
             rpm=data.rpm, tpm=data.tpm, created_at=self._clock.time(),
         )
         try:
@@ -117,6 +118,17 @@ class UserService:
             if user is None or user.id == SYSTEM_USER_ID:
                 raise NotFoundError("No such user.")
             user.tier = tier
+        self._auth.forget(user_id=user_id)
+        return user
+
+    async def set_tools(self, user_id: str, tools: list[str] | None) -> User:
+        """Set the agent tools a user's agents may use (None: all); their cached sessions and keys see it at once
+        (each key keeps its own list, and is allowed what both lists allow)."""
+        async with self._db.session() as s:
+            user = await s.get(User, user_id)
+            if user is None or user.id == SYSTEM_USER_ID:
+                raise NotFoundError("No such user.")
+            user.allowed_tools = tools
         self._auth.forget(user_id=user_id)
         return user
 

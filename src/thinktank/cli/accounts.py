@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import BaseModel
 
 from ..config import Settings
 from ..errors import ThinktankError
@@ -18,10 +19,31 @@ from .common import fail, print_table, when
 __all__ = ["keys_app", "teams_app", "users_app"]
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 users_app = typer.Typer(help="Users (admins and members), on the database.", no_args_is_help=True)
 keys_app = typer.Typer(help="Virtual API keys, on the database.", no_args_is_help=True)
 teams_app = typer.Typer(help="Teams (a shared budget for their members), on the database.", no_args_is_help=True)
+
+
+TOOLS_HELP = ("Agent tools and MCP servers allowed, comma-separated: knowledge_search, git (a whole server), "
+              "git.* or git.git_log; '*' for all, '' for none.")
+
+
+def _tools_shown(tools: list[str] | None) -> str:
+    """An allowlist in a table: ``*`` for every tool, ``-`` for none."""
+    return "*" if tools is None else ",".join(tools) or "-"
+
+
+def _validated(model: type[M], **fields: Any) -> M:
+    """``model`` made of ``fields``; its first validation error exits 2 (``error: tools.0: ...``)."""
+    from pydantic import ValidationError
+
+    try:
+        return model(**fields)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        fail(f"{'.'.join(map(str, first['loc']))}: {first['msg']}")
 
 
 def _run(work: Callable[[Any], Awaitable[T]]) -> T:
@@ -74,18 +96,15 @@ def users_create(
     tier: Annotated[str | None, typer.Option(help="Rate-limit tier.", show_default=False)] = None,
     budget: Annotated[float | None, typer.Option(help="USD per --period.", show_default=False)] = None,
     period: Annotated[str, typer.Option(help="day, month or total.")] = "month",
+    tools: Annotated[str | None, typer.Option(help=TOOLS_HELP + " Default: all.", show_default=False)] = None,
 ) -> None:
     """Create a user (the first admin: thinktank users create you@example.com --admin)."""
-    from pydantic import ValidationError
-
     from ..accounts.schemas import UserCreate
+    from ..accounts.tool_access import parse_tool_list
 
-    try:
-        data = UserCreate(email=email, password=password or "", role="admin" if admin else "member", team_id=team,
-                          tier=tier, budget_usd=budget, budget_period=period)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        fail(f"{'.'.join(map(str, first['loc']))}: {first['msg']}")
+    data = _validated(UserCreate, email=email, password=password or "", role="admin" if admin else "member",
+                      team_id=team, tier=tier, budget_usd=budget, budget_period=period,
+                      tools=None if tools is None else parse_tool_list(tools))
     user = _run(lambda s: s.users.create_user(data))
     typer.echo(f"created {user.role} {user.email} ({user.id})")
 
@@ -94,9 +113,23 @@ def users_create(
 def users_list() -> None:
     """Every user, revoked ones included."""
     users = _run(lambda s: s.users.list_users())
-    print_table(["id", "email", "role", "tier", "budget", "created", "revoked"],
+    print_table(["id", "email", "role", "tier", "budget", "tools", "created", "revoked"],
                 [[u.id, u.email, u.role, u.tier, u.budget_usd and f"${u.budget_usd:g}/{u.budget_period}",
-                  when(u.created_at), when(u.revoked_at)] for u in users])
+                  _tools_shown(u.allowed_tools), when(u.created_at), when(u.revoked_at)] for u in users])
+
+
+@users_app.command("tools")
+def users_tools(
+    user_id: Annotated[str, typer.Argument(help="The user's id (see `thinktank users list`).")],
+    tools: Annotated[str, typer.Argument(help=TOOLS_HELP, show_default=False)],
+) -> None:
+    """Set the agent tools a user's agents may use (their keys: what both lists allow)."""
+    from ..accounts.schemas import UserTools
+    from ..accounts.tool_access import parse_tool_list
+
+    data = _validated(UserTools, tools=parse_tool_list(tools))
+    user = _run(lambda s: s.users.set_tools(user_id, data.tools))
+    typer.echo(f"{user.email} may use tools: {_tools_shown(user.allowed_tools)}")
 
 
 @users_app.command("revoke")
@@ -131,6 +164,8 @@ def keys_create(
     user: Annotated[str | None, typer.Option(help="Owner's email (default: the admin).", show_default=False)] = None,
     models: Annotated[str | None, typer.Option(help="Comma-separated models it may call (default: all).",
                                                show_default=False)] = None,
+    tools: Annotated[str | None, typer.Option(help=TOOLS_HELP + " Default: all its owner may use.",
+                                              show_default=False)] = None,
     budget: Annotated[float | None, typer.Option(help="USD per --period.", show_default=False)] = None,
     period: Annotated[str, typer.Option(help="day, month or total.")] = "month",
     rpm: Annotated[int | None, typer.Option(help="Requests per minute.", show_default=False)] = None,
@@ -140,10 +175,12 @@ def keys_create(
 ) -> None:
     """Create a key; the full key is printed this once."""
     from ..accounts.schemas import KeyCreate
+    from ..accounts.tool_access import parse_tool_list
 
     expires_at = time.time() + expires_in_days * 86400 if expires_in_days else None
-    data = KeyCreate(
-        name=name, models=models.split(",") if models else None, budget_usd=budget,
+    data = _validated(
+        KeyCreate, name=name, models=models.split(",") if models else None,
+        tools=None if tools is None else parse_tool_list(tools), budget_usd=budget,
         budget_period=period, rpm=rpm, tpm=tpm, expires_at=expires_at,
     )
 
@@ -163,10 +200,10 @@ def keys_list(all_keys: Annotated[bool, typer.Option("--all", help="Include revo
         return await s.keys.list(s.auth.known_admin(), include_revoked=all_keys)
 
     keys = _run(work)
-    print_table(["id", "name", "prefix", "owner", "models", "budget", "rpm", "expires", "revoked"],
+    print_table(["id", "name", "prefix", "owner", "models", "tools", "budget", "rpm", "expires", "revoked"],
                 [[k.id, k.name, k.prefix + "…", k.owner_id, ",".join(k.allowed_models or []) or "*",
-                  k.budget_usd and f"${k.budget_usd:g}/{k.budget_period}", k.rpm, when(k.expires_at),
-                  when(k.revoked_at)] for k in keys])
+                  _tools_shown(k.allowed_tools), k.budget_usd and f"${k.budget_usd:g}/{k.budget_period}", k.rpm,
+                  when(k.expires_at), when(k.revoked_at)] for k in keys])
 
 
 @keys_app.command("revoke")
@@ -198,15 +235,9 @@ def teams_create(
     period: Annotated[str, typer.Option(help="day, month or total.")] = "month",
 ) -> None:
     """Create a team; put users in it with `thinktank users create --team TEAM_ID`."""
-    from pydantic import ValidationError
-
     from ..accounts.schemas import TeamCreate
 
-    try:
-        data = TeamCreate(name=name, budget_usd=budget, budget_period=period)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        fail(f"{'.'.join(map(str, first['loc']))}: {first['msg']}")
+    data = _validated(TeamCreate, name=name, budget_usd=budget, budget_period=period)
     team = _run(lambda s: s.users.create_team(data))
     typer.echo(f"created team {team.name} ({team.id})")
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from ...accounts.schemas import LoginIn, LoginOut, TeamCreate, TeamPublic, UserCreate, UserPublic, UserTier
+from ...accounts.schemas import (
+    LoginIn,
+    LoginOut,
+    TeamCreate,
+    TeamPublic,
+    UserCreate,
+    UserPublic,
+    UserTier,
+    UserTools,
+)
 from ...accounts.users import configured_tier, team_public, user_public
 from ...errors import AuthenticationError, NotFoundError
 from ..deps import AdminDep, PrincipalDep, StateDep, client_ip, session_of
@@ -55,6 +64,7 @@ async def me(principal: PrincipalDep, state: StateDep) -> dict[str, object]:
         "user_id": principal.user_id, "role": principal.role, "key_id": principal.key_id,
         "team_id": principal.team_id, "admin_key": principal.is_admin_key,
         "models": sorted(principal.allowed_models) if principal.allowed_models is not None else None,
+        "tools": sorted(principal.allowed_tools) if principal.allowed_tools is not None else None,
     }
     if not principal.is_admin_key:
         info["user"] = user_public(await state.users.get_user(principal.user_id)).model_dump()
@@ -89,6 +99,13 @@ async def set_user_tier(user_id: str, body: UserTier, _admin: AdminDep, state: S
     """Move a user to another rate-limit tier (one configured under ``tiers:``), or to none."""
     tier = configured_tier(body.tier, state.router.config.tiers)
     return user_public(await state.users.set_tier(user_id, tier))
+
+
+@router.put("/users/{user_id}/tools")
+async def set_user_tools(user_id: str, body: UserTools, _admin: AdminDep, state: StateDep) -> UserPublic:
+    """Set the agent tools and MCP servers a user's agents may use (null: all, ``[]``: none); their keys are
+    allowed what both the key's list and this one allow."""
+    return user_public(await state.users.set_tools(user_id, body.tools))
 
 
 @router.post("/teams", status_code=201)

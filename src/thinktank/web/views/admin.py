@@ -1,4 +1,4 @@
-"""The admin pages: an overview, users (create, tier, revoke), teams (create, list) and every key (revoke).
+"""The admin pages: an overview, users (create, tier, agent tools, revoke), teams (create, list) and every key (revoke).
 The usage dashboard, model health and budgets are in :mod:`.admin_ops`. Members get 403 on each."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 
-from ...accounts.schemas import TeamCreate, UserCreate
+from ...accounts.schemas import TeamCreate, UserCreate, UserTools
+from ...accounts.tool_access import parse_tool_list
 from ...accounts.users import configured_tier
 from ...api.deps import StateDep
 from ...api.state import AppState
@@ -85,6 +86,7 @@ async def user_create(request: Request, user: AdminPage, state: StateDep) -> Res
             "role": form.get("role") or "member", "team_id": form.get("team_id") or None, "tier": tier,
             "budget_usd": optional_float(form.get("budget_usd"), "budget_usd"),
             "budget_period": form.get("budget_period") or "month",
+            "tools": parse_tool_list(form["tools"]) if "tools" in form else None,
         })
         await state.users.create_user(data)
     except ValidationError as exc:
@@ -103,6 +105,18 @@ async def user_tier(user_id: str, request: Request, user: AdminPage, state: Stat
         return await _users_page(request, user, state, error=exc.message, status=exc.status)
     await state.users.set_tier(user_id, tier)
     return RedirectResponse("/admin/users?done=tier_changed", status_code=303)
+
+
+@router.post("/admin/users/{user_id}/tools")
+async def user_tools(user_id: str, request: Request, user: AdminPage, state: StateDep) -> Response:
+    """The tools field: comma-separated entries, ``*`` for every tool, empty for none."""
+    form = await checked_form(request, user)
+    try:
+        data = UserTools.model_validate({"tools": parse_tool_list(form.get("tools", ""))})
+    except ValidationError as exc:
+        return await _users_page(request, user, state, error=first_error(exc), status=400)
+    await state.users.set_tools(user_id, data.tools)
+    return RedirectResponse("/admin/users?done=tools_changed", status_code=303)
 
 
 @router.post("/admin/users/{user_id}/revoke")

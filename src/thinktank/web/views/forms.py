@@ -25,6 +25,7 @@ NOTICES: dict[str, str] = {
     "user_created": "The user was created.",
     "user_revoked": "The user was revoked with all their sessions and keys.",
     "tier_changed": "The tier was changed.",
+    "tools_changed": "The agent tools were changed.",
     "team_created": "The team was created.",
 }
 """The messages a page shows after a redirect (``?done=<name>``): a fixed set, so a link cannot make a page

@@ -8,6 +8,7 @@ from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 
 from ...accounts.schemas import KeyCreate, KeyCreated
+from ...accounts.tool_access import parse_tool_list
 from ...api.deps import StateDep
 from ...api.state import AppState
 from ...errors import NotFoundError, ThinktankError
@@ -52,6 +53,7 @@ async def key_create(request: Request, user: UserPage, state: StateDep) -> Respo
             "budget_usd": optional_float(form.get("budget_usd"), "budget_usd"),
             "budget_period": form.get("budget_period") or "month",
             "expires_at": None if days is None else state.clock.time() + days * DAY,
+            "tools": parse_tool_list(form["tools"]) if "tools" in form else None,
         })
         if days is not None and days <= 0:
             raise ValueError("expires_days: a key must live more than 0 days")
