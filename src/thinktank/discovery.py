@@ -142,6 +142,10 @@ _RESEARCHER: list[dict[str, Any]] = [
     {"match": r'(?s)tool_result tool="knowledge_search">\s*\[(?P<n>\d+)\][^\n]*\n(?P<kb>[^\n]{1,300}?[.!?])(?=\s)',
      "template": True, "reply": "From your documents: \\g<kb> [\\g<n>]\n\n(MOCK demo answer: the researcher quotes "
                                 "what its tools returned.)"},
+    {"match": r"The user denied this call: (?P<why>[^\n]*?)\. Do not", "template": True,
+     "reply": "You did not let me read the page (\\g<why>), and your documents had nothing on it. (MOCK demo answer.)"},
+    {"match": r"Tool error: fetch_url: (?P<why>[^\n]*)", "template": True,
+     "reply": "The page could not be read: \\g<why> (MOCK demo answer.)"},
     {"match": r"tool_result", "reply": "Your documents and the page had nothing on that. (MOCK demo answer.)"},
 ]
 

@@ -238,3 +238,21 @@ async def test_a_thread_turn_on_a_paused_agent_shows_the_answer_once_approved(tm
                 break
             await asyncio.sleep(0.02)
         assert messages[-1]["content"].startswith("It is ") and messages[-1]["cost_usd"] > 0
+
+
+async def test_a_streamed_run_that_pauses_ends_its_stream_and_the_rest_follows_after_the_decision(
+    tmp_path: Path,
+) -> None:
+    async with agents_app(tmp_path, _config(approval="required")) as env:
+        async with env.http.stream("POST", env.url + "/api/v1/agents", headers=AUTH,
+                                   json={"agent": "clock", "question": "what time is it?", "stream": True}) as r:
+            run_id = r.headers["x-thinktank-run-id"]
+            lines = [line async for line in r.aiter_lines()]
+        names = [line[len("event: "):] for line in lines if line.startswith("event: ")]
+        assert names[-1] == "approval_requested" and "done" not in names
+        last = max(int(line[len("id: "):]) for line in lines if line.startswith("id: "))
+        assert (await env.post(f"/api/v1/runs/{run_id}/approve", {})).status_code == 202
+        async with env.http.stream("GET", env.url + f"/api/v1/runs/{run_id}/events",
+                                   headers={**AUTH, "Last-Event-ID": str(last)}) as r:
+            rest = [line[len("event: "):] async for line in r.aiter_lines() if line.startswith("event: ")]
+        assert rest[0] == "approval_decided" and rest[-1] == "done" and "tool_result" in rest

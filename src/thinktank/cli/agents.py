@@ -3,13 +3,12 @@
 The run starts with ``POST /api/v1/agents`` and ``"stream": true``; each step is printed as it comes (the
 model thinking, each tool call with its arguments and how it went) and the answer streams. When a call
 waits for approval, the terminal asks (``y`` approve, ``n`` deny with a reason, ``e`` edit the arguments);
-with ``--no-input`` (or no terminal) it prints how to decide later and stops, leaving the run waiting.
+with ``--no-input`` it prints how to decide later and stops, leaving the run waiting.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -21,7 +20,8 @@ from .common import print_json
 __all__ = ["agent_command"]
 
 
-def _events(client: Client, path: str, body: dict[str, Any] | None, after: int = 0) -> tuple[str, int]:
+def _events(client: Client, path: str, body: dict[str, Any] | None, after: int = 0, *,
+            answer: bool = True) -> tuple[str, int]:
     """Print a run's events as they come (a new run from ``body``, or ``path``'s events after ``after``);
     the run's id and the last event's number."""
     method, kwargs = ("POST", {"json": body}) if body is not None else ("GET", {"headers": {"Last-Event-ID": str(
@@ -32,7 +32,8 @@ def _events(client: Client, path: str, body: dict[str, Any] | None, after: int =
         for message in events:
             data = json.loads(message.data) if message.data else {}
             last = int(data.get("seq") or last)
-            _show(message.event, data)
+            if answer or message.event != "synthesis_token":
+                _show(message.event, data)
     return run_id, last
 
 
@@ -98,7 +99,7 @@ def agent_command(
     demo: DemoOpt = False,
 ) -> None:
     """Run an agent: it calls tools (your documents, pages, other models, MCP servers) until it answers."""
-    interactive = not no_input and sys.stdin.isatty()
+    interactive = not no_input
     with connect(Target(url, api_key, local, config, demo)) as client:
         listing = client.call("GET", "/api/v1/agents")["data"]
         names = [a["name"] for a in listing]
@@ -107,15 +108,17 @@ def agent_command(
                 raise ApiError("Choose an agent with --agent: " + (", ".join(names) or "none is configured "
                                                                     "(add 'agents:' to the config, or try --demo)"))
             agent = names[0]
-        run_id, last = _events(client, "/api/v1/agents", {"agent": agent, "question": question, "stream": True})
+        run_id, last = _events(client, "/api/v1/agents", {"agent": agent, "question": question, "stream": True},
+                               answer=not as_json)
         path = f"/api/v1/runs/{quote(run_id, safe='')}"
         record = client.call("GET", path)
         while record["status"] == "awaiting_approval" and _decide(client, run_id, interactive):
-            _, last = _events(client, f"{path}/events", None, last)
+            _, last = _events(client, f"{path}/events", None, last, answer=not as_json)
             record = client.call("GET", path)
-    typer.echo("")
     if as_json:
         print_json(record)
+    else:
+        typer.echo("")
     status = record["status"]
     if status not in ("completed", "awaiting_approval"):
         typer.secho(f"the run ended {status}: {record.get('error') or ''}", fg=typer.colors.RED, err=True)

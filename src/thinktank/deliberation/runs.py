@@ -157,6 +157,11 @@ class LiveRun:
         changed.set()
         return event
 
+    def wake(self) -> None:
+        """Let followers look again (the run paused: nothing more comes, their streams end)."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
     @property
     def finished(self) -> bool:
         return self.status in FINAL

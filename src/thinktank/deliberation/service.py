@@ -345,7 +345,9 @@ class Deliberation:
             run.result = {**run.partial, "answer": None, "partial": True}
         run.error = error
         run.status = status
-        if status not in ("awaiting_approval", "running"):  # paused or interrupted: it goes on later
+        if status in ("awaiting_approval", "running"):  # paused or interrupted: it goes on later
+            run.wake()
+        else:
             run.finished_at = self.clock.time()
             if error is not None:
                 run.emit("error", message=error, status=code)
