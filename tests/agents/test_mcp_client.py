@@ -13,10 +13,13 @@ from typing import Any
 
 import pytest
 
+from thinktank.accounts.principal import Principal
 from thinktank.agents.config import McpServerConfig
 from thinktank.agents.mcp_client import McpClients, McpServerError, McpTool
 from thinktank.agents.tools import Tool, ToolContext, ToolError, ToolOutput
+from thinktank.clock import SystemClock
 from thinktank.errors import ConfigError
+from thinktank.gateway.context import CallContext
 
 from ..fakes.clock import FakeClock
 from ..fakes.process import free_port
@@ -25,7 +28,9 @@ from .conftest import alive, children, node_server, raw_server, sdk_server
 pytestmark = pytest.mark.filterwarnings("error")
 
 Make = Callable[..., McpClients]
-TC: ToolContext = None  # type: ignore[assignment]  # MCP tools do not use the context
+TC = ToolContext(principal=Principal(user_id="usr_test", role="member"), ctx=CallContext(), clock=SystemClock(),
+                 run_id="run_test")
+"""MCP tools read only the call's time limit (none here: each server's own timeout applies)."""
 
 
 def by_name(tools: list[Tool]) -> dict[str, Tool]:

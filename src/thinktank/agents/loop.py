@@ -171,14 +171,14 @@ class AgentRunner:
         self.run.emit("tool_call", call_id=call.id, tool=label, arguments=arguments,
                       **({"approved": True} if call.decision == "approved" else {}))
         ctx = self.run.ctx.child(self.run.id)
+        timeout = max(0.001, min(self.cfg.tool_timeout, self._remaining()))
         tc = ToolContext(principal=self.run.ctx.principal, ctx=ctx, clock=self._clock, run_id=self.run.id,
                          knowledge_bases=list(self.cfg.knowledge_bases), models=list(self.cfg.models),
-                         citation_start=self._next_citation)
+                         time_limit=timeout, citation_start=self._next_citation)
         self._next_citation += 50  # room for this call's passages (parallel calls number apart)
         started = self._clock.monotonic()
-        timeout = max(0.001, min(self.cfg.tool_timeout, self._remaining()))
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout + 1.0):  # the tool's own limit first; this one if it ignores it
                 output = await tool.call(arguments, tc)
         except ToolError as exc:
             output = ToolOutput(exc.message, is_error=True)

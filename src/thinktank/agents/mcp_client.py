@@ -72,7 +72,7 @@ class McpTool:
     async def call(self, arguments: dict[str, Any], tc: ToolContext) -> ToolOutput:
         """Call the tool on its server; a failure of the server or of the call is a :class:`ToolError`."""
         assert self._spec.server is not None
-        return await self._clients.call(self._spec.server, self.tool, arguments)
+        return await self._clients.call(self._spec.server, self.tool, arguments, time_limit=tc.time_limit)
 
     def __repr__(self) -> str:
         return f"McpTool({self._spec.qualified!r})"

@@ -265,3 +265,7 @@ class Agents:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
+
+    async def close_tools(self) -> None:
+        """Stop the MCP servers' connections and processes (after the runs using them have stopped)."""
+        await self.toolbox.close()

@@ -33,6 +33,8 @@ class McpLookup(Protocol):
         """The tools of ``servers``, and a message for each server that could not be reached."""
         ...
 
+    async def close(self) -> None: ...
+
 
 @dataclass
 class Offered:
@@ -74,6 +76,10 @@ class Toolbox:
         self.builtin = builtin
         self._mcp = mcp
         self.servers = {s.name: s for s in servers}
+
+    async def close(self) -> None:
+        if self._mcp is not None:
+            await self._mcp.close()
 
     async def offer(self, cfg: AgentConfig, principal: Principal, configured: AgentConfig | None = None) -> Offered:
         """The tools ``cfg`` lists that ``principal`` may use. ``configured``: the agent as the config file

@@ -83,6 +83,8 @@ class ToolContext:
     """The agent's configured knowledge bases (``knowledge_search`` without any named)."""
     models: list[str] = field(default_factory=list)
     """What ``ask_model`` may ask."""
+    time_limit: float | None = None
+    """Seconds this call may take (the loop also stops it then; a tool that can end it cleanly should)."""
     citation_start: int = 1
     """The number of the first passage this call quotes: passages are numbered across the whole run, so that
     the answer's ``[n]`` name one passage each."""

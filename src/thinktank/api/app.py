@@ -147,7 +147,9 @@ def build_state(
 
     fetcher = _default_fetcher()
     builtin = BuiltinTools(catalog, knowledge, conversations.memory, fetcher, clock)
-    toolbox = Toolbox(builtin, None, router.config.mcp_servers)
+    from ..agents.mcp_client import McpClients
+
+    toolbox = Toolbox(builtin, McpClients(router.config.mcp_servers, clock=clock), router.config.mcp_servers)
     agents = Agents(deliberation, AgentStore(db), toolbox, gate, auth, clock, stale_after=settings.run_stale_after)
     agents.on_resumed_end(conversations.agent_run_ended)
     return AppState(
@@ -179,10 +181,11 @@ async def _start(state: AppState) -> None:
 
 
 async def _stop(state: AppState) -> None:
-    await state.agents.close()
+    await state.agents.close()  # the MCP servers' connections and processes too
     # Runs still going end as cancelled, settled and recorded; agent runs are left to resume at the next start
     # (or on another worker) from their checkpoint.
     await state.deliberation.close()
+    await state.agents.close_tools()
     await state.conversations.close()  # turns and memory extractions still going are cancelled
     await state.gate.drain()  # requests whose runs went on after their client left are recorded
     await state.knowledge.close()  # HNSW index builds still going are cancelled
