@@ -139,6 +139,14 @@ def resource_text(result: ReadResourceResult) -> str:
     return content.text
 
 
+@pytest.fixture
+async def served_db(tmp_path: Path, local_embedder: LocalEmbedder, db_url: str) -> AsyncIterator[Served]:
+    """thinktank on the test's database: a SQLite file, then a real PostgreSQL database."""
+    app = create_app(settings_for(tmp_path, database_url=db_url), parse_config(CONFIG), local_embedder=local_embedder)
+    async with serving(app) as url, httpx.AsyncClient(timeout=60) as http:
+        yield Served(url, app, http)
+
+
 def text_of(result: Any) -> str:
     """The text blocks of a tool result, joined."""
     return "\n".join(block.text for block in result.content if getattr(block, "type", None) == "text")

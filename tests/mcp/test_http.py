@@ -151,6 +151,48 @@ async def test_knowledge_search_cites_documents_and_kb_models_answer_from_them(s
         assert again.structured_content["status"] == "unchanged"
 
 
+async def test_on_both_databases(served_db: Served) -> None:
+    """What the MCP server reads and writes itself (a document's text, with its access rule), and through the
+    services, on SQLite and on PostgreSQL."""
+    served = served_db
+    owner = await served.user("olga@example.com")
+    reader = await served.user("rita@example.com")
+    kb_id = await served.knowledge_base("shared", owner)
+    r = await served.http.post(served.url + f"/api/v1/knowledge-bases/{kb_id}/shares",
+                               headers={"Authorization": f"Bearer {owner}"},
+                               json={"user": "rita@example.com", "access": "read"})
+    assert r.status_code == 201, r.text
+    async with served.client(reader) as client:
+        contributed = await client.call_tool("add_document", {"knowledge_base": kb_id, "name": "tip.md",
+                                                              "text": "Oolong is steeped at 90 degrees."})
+        assert contributed.structured_content["document_status"] == "pending"
+        assert "review" in text_of(contributed)
+        own = await client.read_resource(contributed.structured_content["uri"])  # the author reads it
+        assert "Oolong" in resource_text(own)
+        kept = await client.call_tool("remember", {"text": "Drinks oolong."})
+        assert not kept.is_error
+        assert (await client.call_tool("recall", {"query": "tea"})).structured_content["memories"][0]["text"] == \
+            "Drinks oolong."
+    async with served.client(owner) as client:
+        added = await client.call_tool("add_document", {"knowledge_base": kb_id, "name": "tea.md", "text": TEA})
+        assert added.structured_content["document_status"] == "approved"
+        pending = await client.read_resource(contributed.structured_content["uri"])  # an admin of the base
+        assert "Oolong" in resource_text(pending)
+        run = await client.call_tool("run_debate", {"debate": "panel", "question": "Which database?", "plan": True})
+        plan = await client.read_resource(f"thinktank://runs/{run.structured_content['id']}/tasks.md")
+        assert resource_text(plan).startswith("# Tasks")
+    other = await served.user("sam@example.com")
+    async with served.client(other) as client:
+        with pytest.raises(MCPError, match="not found"):
+            await client.read_resource(added.structured_content["uri"])
+    async with served.client(reader) as client:
+        found = await client.call_tool("search_knowledge", {"knowledge_bases": [kb_id], "query": "green tea",
+                                                            "mode": "keyword"})
+        assert found.structured_content["results"][0]["document_id"] == added.structured_content["document_id"]
+        approved = await client.read_resource(added.structured_content["uri"])
+        assert "Green tea" in resource_text(approved)
+
+
 async def test_add_document_fetches_public_urls_only(served: Served) -> None:
     async def page(request: Request) -> HTMLResponse:
         return HTMLResponse("<html><head><title>Kettles</title></head><body><p>A kettle boils water for tea and "

@@ -25,7 +25,7 @@ def mcp_command(
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error (default warning); logs go "
                                                        "to stderr.", show_default=False)] = None,
 ) -> None:
-    """Serve MCP on stdin/stdout (stdout carries the protocol alone)."""
+    """Serve thinktank over MCP on stdin/stdout for desktop assistants, acting as the key's user."""
     import asyncio
     import logging
     import sys

@@ -174,13 +174,14 @@ _BAD_UNICODE = "The request holds text that is not valid Unicode (a lone surroga
 
 
 def _answer_text(answer: Answer) -> str:
+    """The answer, then the passages it cites as search_knowledge shows them."""
     parts = [answer.text]
     if answer.citations:
         cited = []
         for i, c in enumerate(answer.citations, 1):
-            where = c.get("title") or c.get("source") or c.get("document_id") or "a document"
             page = f", page {c['page']}" if c.get("page") else ""
-            cited.append(f"[{c.get('index', i)}] {where}{page}")
+            cited.append(f"[{c.get('index', i)}] {c.get('title') or c.get('source')} ({c.get('kb_name')}, document "
+                         f"{c.get('document_id')}, position {c.get('position')}{page})")
         parts.append("Sources:\n" + "\n".join(cited))
     return "\n\n".join(p for p in parts if p)
 
