@@ -295,13 +295,20 @@ async def test_rate_limits_apply_to_tool_calls(served: Served) -> None:
     assert "try again in" in text_of(answers[2])
 
 
-async def test_budgets_apply_to_tool_calls(served: Served) -> None:
-    key = await served.key(budget_usd=5, budget_period="total")
+async def test_budgets_apply_to_tool_calls_and_usage_is_recorded(served: Served) -> None:
+    dora = await served.user("dora@example.com")
+    key = await served.key(token=dora, budget_usd=5, budget_period="total")
     async with served.client(key) as client:
         cheap = await client.call_tool("ask_model", {"model": "alpha", "question": "hi"})
         assert not cheap.is_error
         dear = await client.call_tool("ask_model", {"model": "pricey", "question": "hi", "max_tokens": 100})
         assert dear.is_error and "budget" in text_of(dear).lower()
+    # recorded as the user's requests, as the API records them
+    r = await served.http.get(served.url + "/api/v1/usage?group_by=model", headers={"Authorization": f"Bearer {dora}"})
+    rows = {row["group"]: row for row in r.json()["data"]}
+    assert set(rows) == {"alpha", "pricey"}
+    assert (rows["alpha"]["requests"], rows["alpha"]["errors"]) == (1, 0)
+    assert (rows["pricey"]["requests"], rows["pricey"]["errors"]) == (1, 1)
     async with served.client() as client:
         capped = await client.call_tool("run_ensemble", {"ensemble": "costly", "question": "hi", "max_tokens": 50,
                                                          "max_cost_usd": 0.5})

@@ -15,6 +15,7 @@ whoever reaches them, has nothing to add and is off: the host may be any name th
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 __all__ = ["McpHttp"]
 
 _CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key"})
+_PER_REQUEST_LOGGERS = ("mcp.server.streamable_http_manager", "mcp.server.streamable_http")
+"""The SDK's transport loggers: at INFO they tell a session manager's start and stop and a session's end, which
+here (a manager per request, no sessions) is three lines for every request."""
 _CHALLENGE = (b"www-authenticate", b'Bearer realm="thinktank"')
 
 
@@ -41,6 +45,10 @@ class McpHttp:
 
     def __init__(self, state: AppState) -> None:
         self.state = state
+        for name in _PER_REQUEST_LOGGERS:
+            logger = logging.getLogger(name)
+            if logger.level == logging.NOTSET:  # a level configured on purpose stays
+                logger.setLevel(logging.WARNING)
 
     async def _principal(self, scope: Scope) -> Principal:
         h: dict[bytes, str] = {}
