@@ -119,3 +119,6 @@ def test_without_a_valid_key_it_says_so_and_serves_nothing(stdio_env: dict[str, 
     assert wrong.returncode == 2 and wrong.stdout == b""
     assert b"error:" in wrong.stderr and b"key" in wrong.stderr.lower()
     assert os.path.exists(clean["THINKTANK_DATA_DIR"])  # the app started (and stopped) before saying so
+    loud = subprocess.run([sys.executable, "-m", "thinktank", "mcp", "--log-level", "loud"], input=b"",
+                          env=stdio_env, capture_output=True, timeout=60, check=False)
+    assert loud.returncode == 2 and loud.stdout == b"" and b"unknown log level 'loud'" in loud.stderr

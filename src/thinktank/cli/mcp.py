@@ -22,8 +22,8 @@ def mcp_command(
     api_key: Annotated[str | None, typer.Option(
         "--api-key", "--key", envvar="THINKTANK_API_KEY", show_envvar=True, show_default=False,
         help="The key whose user the tools act as.")] = None,
-    log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error (default warning); logs go "
-                                                       "to stderr.", show_default=False)] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error (default: $THINKTANK_LOG_LEVEL, "
+                                                       "else warning); logs go to stderr.", show_default=False)] = None,
 ) -> None:
     """Serve thinktank over MCP on stdin/stdout for desktop assistants, acting as the key's user."""
     import asyncio
@@ -35,7 +35,10 @@ def mcp_command(
     if not api_key or not api_key.strip():
         fail(_NO_KEY)
     s = settings(config, demo)
-    logging.basicConfig(stream=sys.stderr, level=(log_level or "warning").upper(),
+    level = (log_level or (s.log_level if "log_level" in s.model_fields_set else "warning")).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        fail(f"unknown log level {level.lower()!r}: debug, info, warning or error")
+    logging.basicConfig(stream=sys.stderr, level=level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from ..api.app import create_app
 
