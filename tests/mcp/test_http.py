@@ -332,6 +332,10 @@ async def test_without_a_key_it_is_401(served: Served) -> None:
         async with served.client(None) as client:
             await client.list_tools()
     assert [type(e) for e in leaves(refused.value)] == [MCPError]
+    # the key in X-Api-Key does (a stateless server needs no handshake before a call)
+    listed = await served.http.post(served.mcp_url, json=body, headers={
+        **headers, "X-Api-Key": ADMIN, "MCP-Protocol-Version": "2025-06-18"})
+    assert listed.status_code == 200 and "ask_model" in listed.text
     # stateless: no stream to GET, no session to DELETE
     for method in ("GET", "DELETE"):
         r = await served.http.request(method, served.mcp_url, headers={**AUTH, **headers})
