@@ -28,6 +28,7 @@ from ..config import GatewayConfig, Settings, load_config
 from ..discovery import NO_MODELS_HELP, demo_config, discover, merge
 from ..errors import ConfigError, ConflictError, PayloadTooLargeError, ThinktankError, retry_after_header
 from ..gateway.router import Router
+from ..mcp import is_mcp
 from ..providers._http import HttpClient
 from ..providers.base import ProviderContext
 from ..providers.registry import ProviderRegistry
@@ -354,6 +355,7 @@ class ThinktankApp:
         self.state = state
         self.fastapi = fastapi
         self._web: Handler | None = None
+        self._mcp: Handler | None = None
         h = OpenAIHandlers(state)
         self._routes: dict[str, dict[str, Handler]] = {
             "/v1/chat/completions": {"POST": h.chat_completions},
@@ -401,6 +403,9 @@ class ThinktankApp:
             if is_page(path):
                 await self.web(scope, receive, send)
                 return
+            if is_mcp(path):
+                await self._guarded(self.mcp, scope, receive, send)
+                return
         await self.fastapi(scope, receive, send)
 
     @property
@@ -411,6 +416,15 @@ class ThinktankApp:
 
             self._web = build_web(self.state)
         return self._web
+
+    @property
+    def mcp(self) -> Handler:
+        """``/mcp``, built on the first request there (the API alone never imports the MCP SDK)."""
+        if self._mcp is None:
+            from ..mcp.http import McpHttp
+
+            self._mcp = McpHttp(self.state)
+        return self._mcp
 
     async def _guarded(self, handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
         started = False

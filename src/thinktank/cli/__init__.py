@@ -1,7 +1,8 @@
 """The ``thinktank`` command: one module per command group.
 
 Commands that use models (``chat``, ``ask``, ``debate``, ``models``, ``leaderboard``, ``usage``,
-``kb``) are clients of a server (see :mod:`.client`); ``serve`` runs one; ``users``, ``keys``,
+``kb``) are clients of a server (see :mod:`.client`); ``serve`` runs one and ``mcp`` runs the app behind an MCP
+stdio session; ``users``, ``keys``,
 ``teams``, ``db`` and ``admin-key`` work on the server's data directly, where it runs.
 """
 
@@ -15,6 +16,7 @@ from .agents import agent_command
 from .db import db_app
 from .eval import eval_app
 from .kb import kb_app
+from .mcp import mcp_command
 from .mock_upstream import mock_upstream
 from .models import chat_command, models_command
 from .runs import ask_command, debate_command, leaderboard_command
@@ -39,6 +41,7 @@ app.command("debate")(debate_command)
 app.command("agent")(agent_command)
 app.command("leaderboard")(leaderboard_command)
 app.command("usage")(usage_command)
+app.command("mcp")(mcp_command)
 app.add_typer(kb_app, name="kb")
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
