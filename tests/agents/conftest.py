@@ -20,6 +20,7 @@ from thinktank.agents.mcp_client import McpClients
 
 from ..fakes.clock import FakeClock
 from ..fakes.process import free_port
+from .mcp_servers.npm import ensure_installed
 
 SERVERS = Path(__file__).parent / "mcp_servers"
 RAW_SERVER = SERVERS / "raw_server.py"
@@ -29,18 +30,7 @@ SDK_SERVER = SERVERS / "sdk_server.py"
 @pytest.fixture(scope="session")
 def node_modules() -> Path:
     """tests/agents/mcp_servers/node_modules, installed with ``npm ci`` (from the committed lock) if missing."""
-    modules = SERVERS / "node_modules"
-    packages = ("server-everything", "server-filesystem", "server-memory", "inspector")
-    if not all((modules / "@modelcontextprotocol" / name / "package.json").is_file() for name in packages):
-        npm = shutil.which("npm")
-        if npm is None or shutil.which("node") is None:
-            pytest.fail("the MCP tests run the reference MCP servers on Node.js: install Node.js 20+ and npm "
-                        f"(then `npm ci` in {SERVERS} is run for you)", pytrace=False)
-        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=SERVERS, capture_output=True, text=True,
-                              timeout=900, check=False)
-        if done.returncode != 0:
-            pytest.fail(f"`npm ci` in {SERVERS} failed:\n{done.stdout}\n{done.stderr}", pytrace=False)
-    return modules
+    return ensure_installed()
 
 
 def node_server(modules: Path, package: str, *args: str) -> list[str]:

@@ -4,9 +4,7 @@ scripted mock models), users and keys made through its HTTP API, and MCP clients
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from thinktank.knowledge.embeddings import LocalEmbedder
 from thinktank.mcp.caller import Caller
 from thinktank.mcp.server import build_server
 
+from ..agents.mcp_servers.npm import ensure_installed
 from ..fakes.server import serving
 
 ADMIN = "tt-test-admin-key-0123456789"
@@ -161,7 +160,5 @@ def inspector() -> list[str]:
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         raise RuntimeError("These tests run the MCP Inspector: install Node.js and npm (apt-get install nodejs npm)")
-    if not INSPECTOR_CLI.exists():
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=INSPECTOR_DIR, check=True, capture_output=True,
-                       timeout=600, env={**os.environ, "npm_config_update_notifier": "false"})
+    ensure_installed()
     return [node, str(INSPECTOR_CLI), "--cli"]

@@ -345,9 +345,7 @@ class Deliberation:
             run.result = {**run.partial, "answer": None, "partial": True}
         run.error = error
         run.status = status
-        if status in ("awaiting_approval", "running"):  # paused or interrupted: it goes on later
-            run.wake()
-        else:
+        if status not in ("awaiting_approval", "running"):  # paused or interrupted: it goes on later
             run.finished_at = self.clock.time()
             if error is not None:
                 run.emit("error", message=error, status=code)
@@ -360,9 +358,12 @@ class Deliberation:
         except Exception:
             log.exception("saving run %s failed", run.id)
         finally:
-            self.live.pop(run.id, None)
-            self._locks.pop(run.id, None)
-            self._tasks.pop(run.id, None)
+            if self.live.get(run.id) is run:  # (a paused run taken up again is another LiveRun)
+                self.live.pop(run.id, None)
+                self._locks.pop(run.id, None)
+                self._tasks.pop(run.id, None)
+            # A paused run's followers stop only now: what they do next (approve) needs it saved as paused.
+            run.wake()
             if on_end is not None:
                 await on_end(code, False)
 
