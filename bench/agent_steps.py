@@ -150,13 +150,18 @@ async def concurrent_part(n: int) -> dict[str, float]:
                                              for _ in range(n)), return_exceptions=True)
             wall = time.perf_counter() - started
             runs = await app.state.deliberation.store.runs(None, kind="agent", limit=n + 10)
+            records = [await app.state.deliberation.store.get(r["id"]) for r in runs]
+            tool_calls = [c for rec in records if rec for c in rec["calls"] if c["stage"] == "tool"]
+            tool_errors = sum(1 for c in tool_calls if c["error"])
+            answers = sum(1 for rec in records if rec and (rec["result"] or {}).get("answer") == "The sum is 5.")
         finally:
             await lifespan.__aexit__(None, None, None)
             server.should_exit = True
             await task
     errors = [r for r in results if isinstance(r, BaseException) or r != "stop"]
     completed = sum(1 for r in runs if r["status"] == "completed")
-    return {"runs": n, "errors": len(errors), "completed": completed, "wall_s": wall}
+    return {"runs": n, "errors": len(errors), "completed": completed, "wall_s": wall, "tool_calls": len(tool_calls),
+            "tool_errors": tool_errors, "answers": answers}
 
 
 async def paused_part(n: int) -> dict[str, float]:
@@ -203,8 +208,9 @@ def main() -> None:
               f"thinktank's own {r['own_cpu_ms_per_step']:.3f} ms/step, {r['wall_ms_per_run']:.1f} ms/run")
     print(f"  => own CPU per step: {own:.3f} ms")
     at_once = asyncio.run(concurrent_part(args.concurrent))
-    print(f"{at_once['runs']} agent runs at once with an MCP tool: {at_once['completed']} completed, "
-          f"{at_once['errors']} errors, {at_once['wall_s']:.2f} s")
+    print(f"{at_once['runs']} agent runs at once with an MCP tool (+1 warm-up): {at_once['completed']} completed, "
+          f"{at_once['errors']} errors, {at_once['tool_calls']} MCP tool calls ({at_once['tool_errors']} failed), "
+          f"{at_once['answers']} right answers, {at_once['wall_s']:.2f} s")
     paused = asyncio.run(paused_part(args.paused))
     print(f"{paused['paused']} paused runs: {paused['live_runs']} in memory, {paused['executing_tasks']} tasks; "
           f"{paused['stored_bytes_per_run']:.0f} bytes stored per run ({paused['checkpoint_bytes_per_run']:.0f} of "
