@@ -82,3 +82,32 @@ def test_a_killed_server_s_agent_run_resumes_in_the_next_one_from_its_checkpoint
     assert "resumed" in _events(second.url, run_id)
     memories = httpx.get(f"{second.url}/api/v1/me/memory", headers=H, timeout=5).json()["data"]
     assert [m["text"] for m in memories] == ["The user's favourite colour is teal."]  # remembered once
+
+
+def test_an_interrupted_run_resumes_when_asked(server: type[Server], env: dict[str, str], tmp_path: Path) -> None:
+    cfg = tmp_path / "agents.yaml"
+    cfg.write_text(CONFIG)
+    run_env = {**env, "THINKTANK_CONFIG": str(cfg), "THINKTANK_ADMIN_KEY": ADMIN,
+               "THINKTANK_RUN_STALE_AFTER": "3600"}  # never by itself within this test
+    first = server([], run_env)
+    with httpx.stream("POST", f"{first.url}/api/v1/agents", headers=H, timeout=10,
+                      json={"agent": "keeper", "question": "Please remember that my favourite colour is teal.",
+                            "stream": True}) as r:
+        run_id = r.headers["x-thinktank-run-id"]
+        _wait(first.url, run_id, lambda rec: any(c["stage"] == "tool" for c in rec["calls"]))
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(timeout=10)
+    second = server([], run_env)
+    assert httpx.get(f"{second.url}/api/v1/runs/{run_id}", headers=H, timeout=5).json()["status"] == "running"
+    deadline = time.monotonic() + 30
+    while True:  # refused (409) while the run's last save is younger than the silence that proves it stopped
+        r = httpx.post(f"{second.url}/api/v1/runs/{run_id}/resume", headers=H, timeout=5)
+        if r.status_code == 202 or time.monotonic() > deadline:
+            break
+        assert r.status_code == 409, r.text
+        time.sleep(0.5)
+    assert r.status_code == 202, r.text
+    record = _wait(second.url, run_id, lambda rec: rec["status"] != "running")
+    assert record["status"] == "completed" and [c["stage"] for c in record["calls"]] == ["step", "tool", "step"]
+    again = httpx.post(f"{second.url}/api/v1/runs/{run_id}/resume", headers=H, timeout=5)
+    assert again.status_code == 409

@@ -256,3 +256,16 @@ async def test_a_streamed_run_that_pauses_ends_its_stream_and_the_rest_follows_a
                                    headers={**AUTH, "Last-Event-ID": str(last)}) as r:
             rest = [line[len("event: "):] async for line in r.aiter_lines() if line.startswith("event: ")]
         assert rest[0] == "approval_decided" and rest[-1] == "done" and "tool_result" in rest
+
+
+async def test_the_time_limit_ends_a_slow_run_with_what_it_had(tmp_path: Path) -> None:
+    rules = [{"match": "what time", "reply": "Still thinking.", "tool_calls": [{"name": "current_time",
+                                                                               "arguments": {}}]}]
+    config = {"models": [brain(rules, latency=0.3)],
+              "agents": [{"name": "slow", "model": "brain", "tools": ["current_time"], "time_limit": 0.5}]}
+    async with agents_app(tmp_path, config) as env:
+        r = await env.post("/api/v1/agents", {"agent": "slow", "question": "what time is it?"})
+        assert r.status_code == 200, r.text
+        run = r.json()
+        assert run["status"] == "time_limit"
+        assert run["result"]["answer"].startswith("Still thinking.") and run["result"]["stopped"] == "time_limit"

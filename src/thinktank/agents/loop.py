@@ -22,7 +22,7 @@ import orjson
 from ..accounts.budgets import BudgetExceededError
 from ..clock import Clock
 from ..deliberation.runs import CallRecord, LiveRun, RunEnded, RunPaused
-from ..errors import ThinktankError
+from ..errors import ThinktankError, UpstreamTimeoutError
 from ..types import Message, ToolCall
 from .config import AgentConfig
 from .state import AgentState, PendingCall
@@ -85,6 +85,7 @@ class AgentRunner:
                 raise RunEnded("time_limit", self.state.result(status="time_limit"))
             step = self.state.steps + 1
             self.run.emit("step", step=step, kind="model", model=self.cfg.model)
+            limited = remaining < self.cfg.step_timeout  # this call's timeout is the run's time left
             try:
                 reply = await self.run.call(
                     "step", "agent", self.cfg.model, [Message.model_validate(m) for m in self.state.messages],
@@ -92,7 +93,9 @@ class AgentRunner:
                     temperature=self.cfg.temperature, tools=offered.schemas() or None, on_text=self._text,
                     label=f"step {step}",
                 )
-            except TimeoutError:
+            except UpstreamTimeoutError:
+                if not limited:
+                    raise  # the model itself was too slow: the run fails, saying so
                 raise RunEnded("time_limit", self.state.result(status="time_limit")) from None
             self.state.steps = step
             calls = reply.tool_calls or []
