@@ -158,6 +158,7 @@ class Run(Base):
     __table_args__ = (
         Index("ix_runs_user_created", "user_id", "created_at"),
         Index("ix_runs_cache", "user_id", "cache_key", "finished_at"),
+        Index("ix_runs_status_heartbeat", "status", "heartbeat_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

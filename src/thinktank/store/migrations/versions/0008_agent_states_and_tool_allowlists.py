@@ -3,6 +3,7 @@
 ``agent_states``: an agent run's checkpoint (its conversation with tool calls and results, its steps, the
 calls waiting for approval and until when), written with the run's events after every completed step, so
 that a run resumes after a restart without repeating or paying again for what it finished.
+``ix_runs_status_heartbeat``: the runs every worker looks for every few seconds (interrupted ones).
 ``users.allowed_tools`` and ``api_keys.allowed_tools``: the agent tools and MCP servers a user's or a key's
 agents may use (NULL: all).
 
@@ -36,6 +37,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint('run_id'),
     )
     op.create_index(op.f('ix_agent_states_deadline'), 'agent_states', ['deadline'], unique=False)
+    # What every worker looks for every few seconds: running runs nobody has saved for a while.
+    op.create_index('ix_runs_status_heartbeat', 'runs', ['status', 'heartbeat_at'], unique=False)
     # Plain ALTER TABLE ... ADD COLUMN on both databases: a batch rebuild of ``users`` on SQLite would drop
     # the old table, and with foreign keys on, every session, key and thread with it.
     op.add_column('users', sa.Column('allowed_tools', sa.JSON(), nullable=True))
@@ -45,5 +48,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_column('api_keys', 'allowed_tools')  # ALTER TABLE ... DROP COLUMN (SQLite 3.35 and later)
     op.drop_column('users', 'allowed_tools')
+    op.drop_index('ix_runs_status_heartbeat', table_name='runs')
     op.drop_index(op.f('ix_agent_states_deadline'), table_name='agent_states')
     op.drop_table('agent_states')
