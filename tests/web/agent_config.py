@@ -6,6 +6,7 @@ The model, by what its prompt holds (the first rule that matches answers):
 - a denial with a reason: an answer quoting the reason (so a test sees the model read it);
 - a question about the time, before any tool result or denial: a call of ``current_time`` in UTC;
 - ``hostile``, before any tool error: a call whose arguments hold markup (shown as text, never run);
+- ``two clocks``: a call in UTC, then (once it has that result) another in Tokyo: two approvals in one run;
 - the tool's result: an answer in Markdown quoting it.
 """
 
@@ -29,6 +30,10 @@ RULES: list[dict[str, Any]] = [
      "tool_calls": [{"name": "current_time", "arguments": {"timezone": "UTC"}}]},
     {"match": r"^(?!.*(?:Tool error|user denied this call)).*hostile",
      "tool_calls": [{"name": "current_time", "arguments": {"timezone": HOSTILE_ZONE}}]},
+    {"match": r"^(?!.*tool_result tool=).*two clocks",
+     "tool_calls": [{"name": "current_time", "arguments": {"timezone": "UTC"}}]},
+    {"match": r"two clocks(?=.*tool_result tool=)(?!(?:.*tool_result tool=){2})",
+     "tool_calls": [{"name": "current_time", "arguments": {"timezone": "Asia/Tokyo"}}]},
     {"match": r'<tool_result tool="current_time">\s*(?P<now>[^\n]+)', "template": True,
      "reply": " It is **\\g<now>** now."},
 ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -236,9 +237,10 @@ async def test_the_run_page_shows_the_steps_the_card_and_then_the_answer(web: We
     assert page.one("#run-status").text(strip=True) == "completed"
     assert page.all("section.approval") == []
     assert "Asia/Tokyo" in page.one("#agent-run .md.answer strong").text()
-    tool = page.one(".agent-steps li.step-tool")
-    assert "ms" in tool.css_first(".step-stats").text() and "$0" in tool.css_first(".step-stats").text()
-    assert [n.text(strip=True) for n in page.all(".agent-steps li.step-model .step-stats")][0].endswith("$0")
+    latency = r"(?:<1|[0-9]+) ms|[0-9]+\.[0-9]{2} s"
+    assert re.fullmatch(f"(?:{latency}) · \\$0", _said(page, ".agent-steps li.step-tool .step-stats")[0])
+    for stats in _said(page, ".agent-steps li.step-model .step-stats"):
+        assert re.fullmatch(f"(?:{latency}) · [0-9]+ tokens · \\$0", stats), stats
     fragment = Page(await b.http.get(f"/runs/{run_id}/fragment"))
     assert fragment.one("#agent-run").attributes["data-status"] == "completed"
 
@@ -308,3 +310,28 @@ async def test_a_streamed_turn_and_the_runs_event_stream_end_when_the_run_pauses
             if line.startswith("event: "):
                 seen.append(line[7:])
     assert seen[-1] == "approval_requested" and "step" in seen and "done" not in seen
+
+
+async def test_a_second_approval_in_the_same_run_gets_its_own_card(web: WebEnv) -> None:
+    b = web.admin
+    thread_id, message = await _ask(b, "Read two clocks")
+    run_id = message["context"]["run_id"]
+    first = (await b.get(f"/chat/{thread_id}")).one("section.approval").attributes["data-call"]
+    r = await _decide(b, run_id, f"/chat/{thread_id}", decision="approve", arguments='{"timezone": "UTC"}')
+    assert r.status_code == 303
+    for _ in range(WAIT_ROUNDS):  # the run goes on, then waits again
+        if (await b.api("GET", f"/api/v1/runs/{run_id}")).json()["status"] == "awaiting_approval":
+            break
+        await asyncio.sleep(0.05)
+    page = await b.get(f"/chat/{thread_id}")
+    card = page.one("section.approval")
+    assert card.attributes["data-call"] != first
+    assert json.loads(page.one("section.approval textarea").text()) == {"timezone": "Asia/Tokyo"}
+    assert [n.attributes["data-state"] for n in page.all(".agent-steps li.step-tool")] == ["ok", "waiting"]
+    assert page.one(f'article[id="{message["id"]}"]').attributes["data-finish"] == "awaiting_approval"
+    r = await _decide(b, run_id, f"/chat/{thread_id}", decision="approve", arguments='{"timezone": "Asia/Tokyo"}')
+    answer = await _answer(b, thread_id)
+    assert answer["finish_reason"] == "stop" and "(UTC, " in answer["content"]
+    page = await b.get(f"/chat/{thread_id}")
+    assert page.all("section.approval") == []
+    assert [n.attributes["data-state"] for n in page.all(".agent-steps li.step-tool")] == ["ok", "ok"]

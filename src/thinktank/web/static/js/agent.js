@@ -82,7 +82,7 @@ export class AgentSteps {
   }
 
   modelItem(step, model) {
-    const li = el("li", { class: "step step-model running", "data-step": String(step) },
+    const li = el("li", { class: "step step-model is-running", "data-step": String(step) },
       el("span", { class: "step-title" }, `Step ${step}: model `, el("code", { text: model })), " ",
       el("span", { class: "step-stats muted small" }));
     this.list.append(li);
@@ -92,7 +92,7 @@ export class AgentSteps {
   toolItem(callId, tool) {
     const found = this.find("call", callId);
     if (found) return found;
-    const li = el("li", { class: "step step-tool running", "data-call": callId, "data-state": "running",
+    const li = el("li", { class: "step step-tool is-running", "data-call": callId, "data-state": "running",
                           "data-decision": "", "data-edited": "" },
       el("span", { class: "step-title" }, "Tool ", el("code", { text: tool })), " ",
       el("span", { class: "badge step-state" }), " ",
@@ -107,7 +107,7 @@ export class AgentSteps {
     if (state !== undefined) li.dataset.state = state;
     if (decision !== undefined) li.dataset.decision = decision || "";
     if (edited !== undefined) li.dataset.edited = edited ? "1" : "";
-    li.className = `step step-tool ${li.dataset.state}`;
+    li.className = `step step-tool is-${li.dataset.state}`;
     li.querySelector(".step-state").textContent = toolLabel(li.dataset.state, li.dataset.decision,
                                                             li.dataset.edited === "1");
   }
@@ -125,7 +125,7 @@ export class AgentSteps {
   }
 
   note(message, tone = "info") {
-    this.list.append(el("li", { class: `step step-note ${tone}`, text: message }));
+    this.list.append(el("li", { class: `step step-note is-${tone}`, text: message }));
   }
 
   refreshSummary() {
@@ -157,7 +157,7 @@ export class AgentSteps {
         const n = /^step (\d+)$/.exec(text(d.label));
         const li = n ? this.find("step", n[1]) : null;
         if (!li) break;
-        li.className = `step step-model ${event.type === "model_answered" ? "ok" : "failed"}`;
+        li.className = `step step-model is-${event.type === "model_answered" ? "ok" : "failed"}`;
         li.querySelector(".step-stats").textContent = stats(
           duration(d.latency_ms), typeof d.tokens === "number" ? `${d.tokens} tokens` : "", money(d.cost_usd));
         if (d.error) li.append(el("p", { class: "step-error error", text: text(d.error) }));

@@ -86,8 +86,11 @@ class ThreadPage {
       if (/^[0-9]+$/.test(k || "")) a.setAttribute("href", `#${article.id}-cite-${k}`);
     }
     const steps = article.querySelector("details.agent-steps");
-    if (steps && article.dataset.finish === "awaiting_approval" && steps.dataset.status === "running") {
-      this.continueRun(article);
+    if (steps && article.dataset.finish === "awaiting_approval") {
+      const status = steps.dataset.status;
+      if (status === "running") this.continueRun(article);
+      // Ended a moment ago: the server writes the answer into the message just after the run's end.
+      else if (status !== "awaiting_approval") this.refreshMessage(article, { quiet: true, tries: 4 });
     }
   }
 
@@ -138,21 +141,21 @@ class ThreadPage {
   }
 
   /** The stored message once the server has written the run's answer into it (just after the run ends). */
-  async refreshMessage(article) {
+  async refreshMessage(article, { quiet = false, tries = REFRESH_TRIES } = {}) {
     const wasOpen = !!article.querySelector("details.agent-steps[open]");
-    for (let i = 0; i < REFRESH_TRIES; i++) {
+    for (let i = 0; i < tries; i++) {
       const fresh = await this.fragment(article.dataset.id);
       if (fresh && fresh.dataset.finish !== "awaiting_approval") {
         const steps = fresh.querySelector("details.agent-steps");
         if (steps && wasOpen) steps.open = true;
         article.replaceWith(fresh);
         this.wire(fresh);
-        this.say("Answer complete.");
+        if (!quiet) this.say("Answer complete.");
         return;
       }
       await sleep(Math.min(2000, 150 * 2 ** i));
     }
-    this.say("The agent has finished; reload the page to see its answer.");
+    if (!quiet) this.say("The agent has finished; reload the page to see its answer.");
   }
 
   onMessageClick(e) {
@@ -345,8 +348,8 @@ class ThreadPage {
     const [user, reply] = await Promise.all([this.fragment(data.user_message.id), this.fragment(data.message.id)]);
     if (user) turn.mine.replaceWith(user);
     const wasOpen = !!turn.answer.querySelector("details.agent-steps[open]");
-    if (turn.agent) turn.agent.stop();
     if (reply) {
+      if (turn.agent) turn.agent.stop(); // the stored message shows the steps (and any card) itself
       const steps = reply.querySelector("details.agent-steps");
       if (steps && wasOpen) steps.open = true;
       turn.answer.replaceWith(reply);
