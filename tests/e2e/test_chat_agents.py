@@ -17,7 +17,7 @@ from playwright.sync_api import Locator, Page, Route, expect
 
 from ..web.agent_config import AGENT, HOSTILE_ZONE, agent_section
 from .harness import E2EServer, login, screenshot, start_server
-from .test_pages_a11y import LOW_CONTRAST, UNNAMED_CONTROLS
+from .test_pages_a11y import LOW_CONTRAST, OVERFLOW, UNNAMED_CONTROLS
 
 AT_THREAD = re.compile(r"/chat/thr_[0-9a-f]+$")
 ARGS_LABEL = "Arguments (JSON; edit them to change the call)"
@@ -244,3 +244,15 @@ def test_markup_in_what_the_model_proposed_and_the_tool_said_stays_text(page: Pa
     expect(tool.locator(".step-result")).to_contain_text(HOSTILE_ZONE, timeout=RUN_MS)
     expect(tool.locator(".step-state")).to_have_text("approved · failed")
     assert page.locator("main img, main script, main iframe").count() == 0
+
+
+def test_the_card_and_the_steps_fit_a_phone(phone_page: Page, server: E2EServer) -> None:
+    page = phone_page
+    login(page, server, server.admin_email, server.admin_password)
+    _start_chat(page, "What time is it on a phone?")
+    answer = page.locator("article.msg-assistant").last
+    expect(answer.locator("section.approval")).to_be_visible(timeout=RUN_MS)
+    _open_steps(answer)
+    wide: list[str] = page.evaluate(OVERFLOW)
+    assert wide == [], wide
+    screenshot(page, "chat-agent-approval")

@@ -329,7 +329,8 @@ export class AgentLive {
     this.steps = found ? new AgentSteps(found) : null;
     this.controller = null;
     this.waiting = false;
-    this.done = false;
+    // A block the server drew of a run that had already ended: nothing more will come.
+    this.done = !!found && !["running", "awaiting_approval"].includes(found.dataset.status);
   }
 
   ensureSteps() {

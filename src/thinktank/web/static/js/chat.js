@@ -114,8 +114,10 @@ class ThreadPage {
     const article = form.closest("article.msg");
     if (!(await decide(form, decision))) return;
     this.say(decision === "deny" ? "Denied; the agent goes on." : "Approved; the agent goes on.");
-    // A card still in the streaming answer: the stored message replaces it in a moment, and goes on from there.
+    // A card still in the streaming answer: the stored message replaces it in a moment and goes on from there
+    // (finish() follows the run then, as the stored message may have been read before this decision).
     if (article && article.dataset.id) this.continueRun(article);
+    else if (article) article.dataset.decided = "1";
   }
 
   /** After a decision: the rest of the steps and the answer as the run writes it; then the stored message. */
@@ -144,8 +146,9 @@ class ThreadPage {
   async refreshMessage(article, { quiet = false, tries = REFRESH_TRIES } = {}) {
     const wasOpen = !!article.querySelector("details.agent-steps[open]");
     for (let i = 0; i < tries; i++) {
+      if (!article.isConnected) return; // replaced meanwhile (by another look at the same message)
       const fresh = await this.fragment(article.dataset.id);
-      if (fresh && fresh.dataset.finish !== "awaiting_approval") {
+      if (fresh && fresh.dataset.finish !== "awaiting_approval" && article.isConnected) {
         const steps = fresh.querySelector("details.agent-steps");
         if (steps && wasOpen) steps.open = true;
         article.replaceWith(fresh);
@@ -354,6 +357,7 @@ class ThreadPage {
       if (steps && wasOpen) steps.open = true;
       turn.answer.replaceWith(reply);
       this.wire(reply);
+      if (turn.answer.dataset.decided && reply.querySelector("details.agent-steps")) this.continueRun(reply);
     } else {
       turn.live.removeAttribute("aria-busy");
     }
