@@ -144,13 +144,12 @@ class ThreadPage {
 
   /** The stored message once the server has written the run's answer into it (just after the run ends). */
   async refreshMessage(article, { quiet = false, tries = REFRESH_TRIES } = {}) {
-    const wasOpen = !!article.querySelector("details.agent-steps[open]");
     for (let i = 0; i < tries; i++) {
       if (!article.isConnected) return; // replaced meanwhile (by another look at the same message)
       const fresh = await this.fragment(article.dataset.id);
       if (fresh && fresh.dataset.finish !== "awaiting_approval" && article.isConnected) {
         const steps = fresh.querySelector("details.agent-steps");
-        if (steps && wasOpen) steps.open = true;
+        if (steps && article.querySelector("details.agent-steps[open]")) steps.open = true; // as the reader left it
         article.replaceWith(fresh);
         this.wire(fresh);
         if (!quiet) this.say("Answer complete.");
