@@ -372,6 +372,7 @@ export class AgentLive {
       const tools = [...new Set((data.calls || []).map((c) => text(c.tool)))].join(", ");
       this.say(`The agent asks to call ${tools}: approve or deny it in the card.`);
     } else if (data.type === "approval_decided") {
+      this.waiting = false; // a call still undecided is asked for again (approval_requested)
       const ids = data.call_id ? [data.call_id] : data.call_ids || [];
       for (const card of this.scope.querySelectorAll("section.approval")) {
         if (ids.includes(card.dataset.call)) card.remove();
