@@ -97,7 +97,7 @@ class E2EServer:
             os.killpg(self.proc.pid, signal.SIGKILL)
 
 
-def _launch(root: Path, attempt: int) -> E2EServer:
+def _launch(root: Path, attempt: int, config: Path | None = None) -> E2EServer:
     port = free_port()
     env = {
         **clean_env(root),
@@ -108,7 +108,8 @@ def _launch(root: Path, attempt: int) -> E2EServer:
     log_path = root / f"server-{attempt}.log"
     with log_path.open("wb") as log:  # a file, not a pipe: a chatty server never blocks on a full pipe
         proc = subprocess.Popen(
-            [sys.executable, "-m", "thinktank", "serve", "--demo", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "thinktank", "serve", "--demo", "--host", "127.0.0.1", "--port", str(port),
+             *(["--config", str(config)] if config is not None else [])],
             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
     return E2EServer(url=f"http://127.0.0.1:{port}", admin_key=ADMIN_KEY, admin_email=ADMIN_EMAIL,
@@ -134,11 +135,12 @@ def _wait_ready(server: E2EServer) -> str | None:
     return f"not ready after {READY_TIMEOUT:.0f}s (last answer from /ready: {last})"
 
 
-def start_server(root: Path) -> E2EServer:
-    """Start ``python -m thinktank serve --demo`` on a free loopback port with its data under ``root``
-    and wait until ``/ready`` says ready. A port taken between choosing and binding is retried."""
+def start_server(root: Path, config: Path | None = None) -> E2EServer:
+    """Start ``python -m thinktank serve --demo`` (with ``config`` beside the demo, if given) on a free loopback
+    port with its data under ``root`` and wait until ``/ready`` says ready. A port taken between choosing and
+    binding is retried."""
     for attempt in range(3):
-        server = _launch(root, attempt)
+        server = _launch(root, attempt, config)
         why = _wait_ready(server)
         if why is None:
             return server

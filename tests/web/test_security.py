@@ -22,6 +22,7 @@ from thinktank.knowledge.embeddings import LocalEmbedder
 from thinktank.web.views import (
     admin,
     admin_ops,
+    agents,
     auth,
     chat,
     compare,
@@ -280,7 +281,8 @@ async def test_a_reader_of_a_shared_knowledge_base_cannot_do_what_its_owner_does
 
 def _post_routes() -> set[str]:
     found: set[str] = set()
-    for module in (auth, chat, compare, runs, debate, knowledge, knowledge_docs, me, me_keys, admin, admin_ops):
+    for module in (auth, chat, compare, runs, agents, debate, knowledge, knowledge_docs, me, me_keys, admin,
+                   admin_ops):
         for route in module.router.routes:
             if "POST" in (getattr(route, "methods", None) or set()):
                 found.add(route.path)
@@ -298,7 +300,8 @@ async def test_every_form_refuses_a_missing_or_foreign_token_and_a_cross_site_or
         "/chat/{thread_id}/send": {"message": "x"}, "/chat/{thread_id}/settings": {"model": "demo/fast"},
         "/chat/{thread_id}/rename": {"title": "pwned"}, "/chat/{thread_id}/archive": {"archived": "1"},
         "/chat/{thread_id}/delete": {}, "/compare/render": {}, "/runs": {"ensemble": "demo-council", "question": "q"},
-        "/runs/{run_id}/vote": {"answer": "A", "vote": "down"}, "/debate": {"debate": "demo-panel", "question": "q"},
+        "/runs/{run_id}/vote": {"answer": "A", "vote": "down"}, "/runs/{run_id}/decide": {"decision": "deny"},
+        "/debate": {"debate": "demo-panel", "question": "q"},
         "/debate/{run_id}/cancel": {}, "/knowledge": {"name": "evil-kb"}, "/knowledge/{kb}/delete": {},
         "/knowledge/{kb}/documents/{doc_id}/delete": {}, "/knowledge/{kb}/documents/{doc_id}/review": {},
         "/knowledge/{kb}/shares": {"who": "mallory@example.com", "access": "admin"},

@@ -18,7 +18,7 @@ from ...conversations.exports import ThreadImport, import_thread
 from ...conversations.service import TurnOptions
 from ...errors import InvalidRequestError, NotFoundError
 from ..session import UserPage, WebUser, check_form_csrf
-from .chat_parts import Choices, choices, message_view
+from .chat_parts import Choices, agent_runs, choices, message_view
 from .common import pages
 
 __all__ = ["router"]
@@ -121,7 +121,8 @@ async def thread_page(
     earlier = rows[1].seq if len(rows) > PAGE_MESSAGES else None
     rows = rows[-PAGE_MESSAGES:]
     last_answer = rows[-1].id if rows and rows[-1].role == "assistant" and before is None else None
-    messages = [message_view(m, last_answer=m.id == last_answer) for m in rows]
+    agents = await agent_runs(state, user.principal, rows)
+    messages = [message_view(m, last_answer=m.id == last_answer, agent=agents.get(m.id)) for m in rows]
     picks = await choices(state, user.principal)
     kb_names = {kb.id: kb.name for kb in picks.knowledge_bases}
     return pages(request).render(
@@ -139,9 +140,11 @@ async def message_fragment(thread_id: str, message_id: str, request: Request, us
     if found is None:
         raise NotFoundError(f"There is no message '{message_id}' in this thread.", param="message_id")
     last = await threads.last_messages(thread.id, 1)
-    view = message_view(found, last_answer=found.role == "assistant" and bool(last) and last[0].id == found.id)
-    html = pages(request).fragment("chat/_message.html", thread=thread, mv=view)
-    return HTMLResponse(html)
+    agents = await agent_runs(state, user.principal, [found])
+    view = message_view(found, last_answer=found.role == "assistant" and bool(last) and last[0].id == found.id,
+                        agent=agents.get(found.id))
+    html = pages(request).fragment("chat/_message.html", thread=thread, mv=view, csrf=user.csrf)
+    return HTMLResponse(html, headers={"cache-control": "no-store"})
 
 
 @router.post("/chat/{thread_id}/send")

@@ -11,12 +11,14 @@ from ...accounts.principal import Principal
 from ...api.state import AppState
 from ...errors import ThinktankError
 from ...store.tables import ThreadMessage
+from .agent_model import AgentRunView, load_agent_run
 
-__all__ = ["KINDS", "Choices", "MessageView", "PickerGroup", "PickerModel", "choices", "message_view", "price_label"]
+__all__ = ["KINDS", "Choices", "MessageView", "PickerGroup", "PickerModel", "agent_runs", "choices", "message_view",
+           "price_label"]
 
 KINDS: tuple[tuple[str, str], ...] = (
     ("model", "Models"), ("group", "Groups"), ("alias", "Aliases"), ("ensemble", "Ensembles"),
-    ("debate", "Debates"), ("knowledge_base", "Knowledge bases"),
+    ("debate", "Debates"), ("agent", "Agents"), ("knowledge_base", "Knowledge bases"),
 )
 """The picker's groups, in order: (catalog kind, label)."""
 
@@ -90,6 +92,8 @@ class MessageView:
     max_citation: int
     """The highest ``[k]`` linked in its text (the sources are listed under it)."""
     last_answer: bool
+    agent: AgentRunView | None = None
+    """The agent run that wrote it (its steps; the approval card while it waits)."""
 
     @property
     def stopped(self) -> bool:
@@ -107,7 +111,29 @@ def _linkable(c: dict[str, Any]) -> dict[str, Any]:
     return c if ok else {**c, "kb_id": None, "document_id": None}
 
 
-def message_view(m: ThreadMessage, *, last_answer: bool = False) -> MessageView:
+def message_view(m: ThreadMessage, *, last_answer: bool = False, agent: AgentRunView | None = None) -> MessageView:
     citations = [_linkable(c) for c in (m.context or {}).get("citations") or [] if isinstance(c, dict)]
     indexes = [c["index"] for c in citations if isinstance(c.get("index"), int) and 0 < c["index"] < 1000]
-    return MessageView(m, citations, max(indexes, default=0), last_answer)
+    return MessageView(m, citations, max(indexes, default=0), last_answer, agent)
+
+
+def _agent_run_id(m: ThreadMessage) -> str | None:
+    """The run of an answer by an agent model (an imported thread's context is the importer's: the run is
+    still looked up as the viewer's own, or not shown)."""
+    run_id = (m.context or {}).get("run_id") if m.role == "assistant" else None
+    if not isinstance(run_id, str) or not _ID.fullmatch(run_id) or not (m.model or "").startswith("agent/"):
+        return None
+    return run_id
+
+
+async def agent_runs(state: AppState, principal: Principal, messages: list[ThreadMessage]
+                     ) -> dict[str, AgentRunView]:
+    """The agent runs that answered ``messages`` (by message id), those the viewer may see."""
+    out: dict[str, AgentRunView] = {}
+    for m in messages:
+        run_id = _agent_run_id(m)
+        if run_id is not None:
+            view = await load_agent_run(state, principal, run_id)
+            if view is not None and view.mine and (view.items or view.waiting):  # a cached answer has no steps
+                out[m.id] = view
+    return out

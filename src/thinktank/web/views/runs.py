@@ -1,4 +1,4 @@
-"""Ensemble and arena runs in the browser: start one from a form, its page (rendered from the stored run, so
+"""Ensemble, arena and agent runs in the browser: start one from a form, its page (rendered from the stored run, so
 it works without JavaScript and on reload), the fragment the live page swaps in when the run ends, and votes.
 
 Starting a run goes through the API's own start (the same catalog permission, model checks and admission);
@@ -18,6 +18,7 @@ from ...api.routes import runs as api_runs
 from ...api.routes.runs import EnsembleIn
 from ...errors import InvalidRequestError
 from ..session import UserPage, WebUser, check_form_csrf
+from . import agents
 from .common import pages
 
 __all__ = ["router", "run_view"]
@@ -99,6 +100,8 @@ async def run_page(request: Request, run_id: str, user: UserPage, state: StateDe
     record = await _record(state, run_id, user)
     if record.get("kind") == "debate":  # a debate has its own page (the timeline, the plan)
         return RedirectResponse(f"/debate/{run_id}", status_code=303)
+    if record.get("kind") == "agent":  # its steps, its answer, the approval card while it waits
+        return agents.render_page(request, user, await agents.agent_context(state, user, record))
     view = run_view(record, user)
     title = "Arena" if view["arena"] else f"Run of {record.get('name') or 'an ensemble'}"
     return pages(request).render(request, "compare/run.html", user, title=title,
@@ -109,6 +112,8 @@ async def run_page(request: Request, run_id: str, user: UserPage, state: StateDe
 async def run_fragment(request: Request, run_id: str, user: UserPage, state: StateDep) -> Response:
     """The run's body (answers, ranking, synthesis), for the live page to swap in when the run ends."""
     record = await _record(state, run_id, user)
+    if record.get("kind") == "agent":
+        return agents.render_body(request, user, await agents.agent_context(state, user, record))
     return HTMLResponse(pages(request).fragment("compare/_run_body.html", voted="", csrf=user.csrf,
                                                       **run_view(record, user)))
 

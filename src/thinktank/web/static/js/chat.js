@@ -1,9 +1,14 @@
 // The chat pages: a new chat from the list, and on a thread's page the answer streamed as it is written
 // (plain text in an aria-live region, then the server-rendered message swapped in), Stop, resuming a
-// broken stream, edit and regenerate, copy, citations that open their source, files dropped on the chat.
+// broken stream, edit and regenerate, copy, citations that open their source, files dropped on the chat; an
+// agent's steps as they happen and its approval cards (agent.js).
+import { AgentLive, AgentSteps, decide, denyOnEnter } from "./agent.js";
 import { api, el, errorOf, readSSE } from "./app.js";
 
 const RESUME_TRIES = 5;
+const REFRESH_TRIES = 8;
+
+const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
 
 // -- the list: a new chat ---------------------------------------------------------------------------
 
@@ -46,6 +51,7 @@ class ThreadPage {
     this.busy = false;
     this.controller = null;
     this.stopping = false;
+    this.following = new WeakSet();
   }
 
   start() {
@@ -61,6 +67,8 @@ class ThreadPage {
     this.stopButton.addEventListener("click", () => this.stop());
     document.getElementById("edit-cancel").addEventListener("click", () => this.cancelEdit());
     this.messages.addEventListener("click", (e) => this.onMessageClick(e));
+    this.messages.addEventListener("submit", (e) => this.onDecision(e));
+    denyOnEnter(this.messages);
     for (const article of this.messages.querySelectorAll("article.msg")) this.wire(article);
     new Uploads(this).start();
     const pending = sessionStorage.getItem(`chat-pending:${this.id}`);
@@ -70,12 +78,86 @@ class ThreadPage {
     }
   }
 
-  /** Citation links point at this message's own sources (several answers on a page each have a [1]). */
+  /** Citation links point at this message's own sources (several answers on a page each have a [1]); an
+   * answer whose agent run goes on after a decision is followed to its end. */
   wire(article) {
     for (const a of article.querySelectorAll("a.cite")) {
       const k = a.dataset.cite;
       if (/^[0-9]+$/.test(k || "")) a.setAttribute("href", `#${article.id}-cite-${k}`);
     }
+    const steps = article.querySelector("details.agent-steps");
+    if (steps && article.dataset.finish === "awaiting_approval") {
+      const status = steps.dataset.status;
+      if (status === "running") this.continueRun(article);
+      // Ended a moment ago: the server writes the answer into the message just after the run's end.
+      else if (status !== "awaiting_approval") this.refreshMessage(article, { quiet: true, tries: 4 });
+    }
+  }
+
+  // -- agents: the steps of a turn's run, decisions, the run going on after one ----------------------------
+
+  /** The turn's model is a run: follow its events too; an agent's steps show in the answer as they happen. */
+  watchRun(turn, runId) {
+    if (turn.agent) return;
+    turn.agent = new AgentLive(turn.answer, runId, {
+      place: (details) => turn.live.before(details),
+      say: (text) => this.say(text),
+    });
+    turn.agent.follow(); // ends by itself when the run pauses or ends
+  }
+
+  async onDecision(e) {
+    const form = e.target;
+    if (!(form instanceof HTMLFormElement) || !form.classList.contains("approval-form")) return;
+    e.preventDefault();
+    const decision = e.submitter && e.submitter.value === "deny" ? "deny" : "approve";
+    const article = form.closest("article.msg");
+    if (!(await decide(form, decision))) return;
+    this.say(decision === "deny" ? "Denied; the agent goes on." : "Approved; the agent goes on.");
+    // A card still in the streaming answer: the stored message replaces it in a moment and goes on from there
+    // (finish() follows the run then, as the stored message may have been read before this decision).
+    if (article && article.dataset.id) this.continueRun(article);
+    else if (article) article.dataset.decided = "1";
+  }
+
+  /** After a decision: the rest of the steps and the answer as the run writes it; then the stored message. */
+  async continueRun(article) {
+    const details = article.querySelector("details.agent-steps");
+    if (!details || this.following.has(article)) return;
+    this.following.add(article);
+    let live = article.querySelector(".answer-live");
+    if (!live) {
+      live = el("div", { class: "text streaming answer-live", "aria-live": "polite", "aria-busy": "true" },
+        new AgentSteps(details).answer);
+      const md = article.querySelector(".md.answer");
+      if (md) md.replaceWith(live);
+      else details.after(live);
+    }
+    live.setAttribute("aria-busy", "true");
+    const agent = new AgentLive(article, details.dataset.run, { answer: live, say: (text) => this.say(text) });
+    const end = await agent.follow();
+    this.following.delete(article);
+    live.removeAttribute("aria-busy");
+    if (end === "done") await this.refreshMessage(article);
+    else if (end === "lost") this.say("Lost track of the agent's run; reload the page to see where it is.");
+  }
+
+  /** The stored message once the server has written the run's answer into it (just after the run ends). */
+  async refreshMessage(article, { quiet = false, tries = REFRESH_TRIES } = {}) {
+    for (let i = 0; i < tries; i++) {
+      if (!article.isConnected) return; // replaced meanwhile (by another look at the same message)
+      const fresh = await this.fragment(article.dataset.id);
+      if (fresh && fresh.dataset.finish !== "awaiting_approval" && article.isConnected) {
+        const steps = fresh.querySelector("details.agent-steps");
+        if (steps && article.querySelector("details.agent-steps[open]")) steps.open = true; // as the reader left it
+        article.replaceWith(fresh);
+        this.wire(fresh);
+        if (!quiet) this.say("Answer complete.");
+        return;
+      }
+      await sleep(Math.min(2000, 150 * 2 ** i));
+    }
+    if (!quiet) this.say("The agent has finished; reload the page to see its answer.");
   }
 
   onMessageClick(e) {
@@ -211,6 +293,8 @@ class ThreadPage {
       turn.live.append(document.createTextNode(data.content || ""));
     } else if (ev.event === "progress") {
       turn.progress.textContent = data.text || "";
+      const run = /^run ([A-Za-z0-9_-]+)$/.exec(data.text || "");
+      if (run) this.watchRun(turn, run[1]);
     } else if (ev.event === "summary") {
       turn.progress.textContent = "Summarised the earlier conversation.";
     } else if (ev.event === "message") {
@@ -265,15 +349,22 @@ class ThreadPage {
   async finish(turn, data) {
     const [user, reply] = await Promise.all([this.fragment(data.user_message.id), this.fragment(data.message.id)]);
     if (user) turn.mine.replaceWith(user);
+    const wasOpen = !!turn.answer.querySelector("details.agent-steps[open]");
     if (reply) {
+      if (turn.agent) turn.agent.stop(); // the stored message shows the steps (and any card) itself
+      const steps = reply.querySelector("details.agent-steps");
+      if (steps && wasOpen) steps.open = true;
       turn.answer.replaceWith(reply);
       this.wire(reply);
+      if (turn.answer.dataset.decided && reply.querySelector("details.agent-steps")) this.continueRun(reply);
     } else {
       turn.live.removeAttribute("aria-busy");
     }
     const title = document.getElementById("thread-title");
     if (title && title.textContent === "New chat") this.retitle(title);
-    this.say(data.message.finish_reason === "stopped" ? "Stopped; the answer so far is kept." : "Answer complete.");
+    const finish = data.message.finish_reason;
+    if (finish === "awaiting_approval") this.say("The agent waits for your decision: approve or deny its tool call.");
+    else this.say(finish === "stopped" ? "Stopped; the answer so far is kept." : "Answer complete.");
     this.setBusy(false);
     this.input.focus();
   }
