@@ -269,3 +269,18 @@ async def test_the_time_limit_ends_a_slow_run_with_what_it_had(tmp_path: Path) -
         run = r.json()
         assert run["status"] == "time_limit"
         assert run["result"]["answer"].startswith("Still thinking.") and run["result"]["stopped"] == "time_limit"
+
+
+async def test_a_thread_on_an_agent_starts_one_run_per_turn_and_a_cancelled_pause_shows_in_the_thread(
+    tmp_path: Path,
+) -> None:
+    async with agents_app(tmp_path, _config(approval="required")) as env:
+        thread = (await env.post("/api/v1/threads", {"model": "agent/clock"})).json()
+        r = await env.post(f"/api/v1/threads/{thread['id']}/messages", {"content": "what time is it?"})
+        run_id = r.json()["message"]["context"]["run_id"]
+        await asyncio.sleep(0.3)  # memory extraction runs after the turn: on the agent's brain, not the agent
+        runs = (await env.get("/api/v1/runs")).json()["data"]
+        assert [x["id"] for x in runs] == [run_id]
+        assert (await env.post(f"/api/v1/runs/{run_id}/cancel", {})).json()["status"] == "cancelled"
+        messages = (await env.get(f"/api/v1/threads/{thread['id']}/messages")).json()["data"]
+        assert messages[-1]["finish_reason"] == "cancelled" and "cancelled" in messages[-1]["content"]

@@ -153,6 +153,7 @@ def build_state(
     toolbox = Toolbox(builtin, McpClients(router.config.mcp_servers, clock=clock), router.config.mcp_servers)
     agents = Agents(deliberation, AgentStore(db), toolbox, gate, auth, clock, stale_after=settings.run_stale_after)
     agents.on_resumed_end(conversations.agent_run_ended)
+    deliberation.paused_cancelled.append(conversations.paused_run_cancelled)
     return AppState(
         settings=settings, router=router, admin_key=admin_key, http=http, db=db, auth=auth,
         users=UserService(db, clock, PasswordHashing(), auth), keys=KeyService(db, clock, auth),

@@ -253,6 +253,11 @@ class Conversations:
         task.add_done_callback(settled)
         return turn
 
+    async def paused_run_cancelled(self, run_id: str) -> None:
+        """An agent run that paused a thread's turn was cancelled while it waited: its message says so."""
+        await self.threads.answered_by_run(run_id, "[The agent run was cancelled while it waited for an approval.]",
+                                           "cancelled", None)
+
     async def agent_run_ended(self, run: LiveRun) -> None:
         """An agent run that paused a thread's turn ended: its message shows the answer (or why there is none)."""
         if run.status == PAUSED:
@@ -262,7 +267,7 @@ class Conversations:
             answer = (answer + "\n\n" if answer else "") + f"[The agent run {run.status.replace('_', ' ')}: " \
                 f"{run.error or 'no answer'}]"
         finish = {"completed": "stop", "step_limit": "length", "time_limit": "length"}.get(run.status, run.status)
-        await self.threads.answered_by_run(run.id, answer, finish, run.cost, run.prompt_tokens, run.completion_tokens)
+        await self.threads.answered_by_run(run.id, answer, finish, (run.cost, run.prompt_tokens, run.completion_tokens))
 
     async def _replaced_seq(self, thread_id: str, message_id: str) -> int:
         """The seq of the user message ``message_id`` of the thread, which a turn replaces with what follows
@@ -511,6 +516,14 @@ class Conversations:
         """A configured helper model (summaries, extraction) if the caller may use it, else the turn's."""
         if configured and self.catalog.allows(principal, configured):
             return configured
+        # An agent would run tools (and may wait for approvals) to write a summary: its brain writes it.
+        seen: set[str] = set()
+        while fallback.startswith("agent/") and fallback not in seen:
+            seen.add(fallback)
+            brain = self.catalog.uses(fallback)[:1]
+            if not brain:
+                break
+            fallback = brain[0]
         return fallback
 
     async def _summarise(

@@ -308,17 +308,19 @@ class ThreadService:
                                 code="thread_busy") from None
         return rows
 
-    async def answered_by_run(self, run_id: str, answer: str, finish_reason: str, cost_usd: float,
-                              prompt_tokens: int, completion_tokens: int) -> int:
+    async def answered_by_run(self, run_id: str, answer: str, finish_reason: str,
+                              usage: tuple[float, int, int] | None) -> int:
         """The assistant messages that a paused agent run left waiting (``finish_reason`` ``awaiting_approval``,
-        ``context.run_id``), now answered by it: how many were updated."""
+        ``context.run_id``), now answered by it (``usage``: the run's cost and tokens, when known): how many
+        were updated."""
         async with self.db.session() as s:
             waiting = (await s.execute(select(ThreadMessage).where(
                 ThreadMessage.finish_reason == "awaiting_approval", ThreadMessage.role == "assistant"))).scalars().all()
             found = [m for m in waiting if (m.context or {}).get("run_id") == run_id]
             for m in found:
-                m.content, m.finish_reason, m.cost_usd = answer, finish_reason, cost_usd
-                m.prompt_tokens, m.completion_tokens = prompt_tokens, completion_tokens
+                m.content, m.finish_reason = answer, finish_reason
+                if usage is not None:  # (cost, prompt tokens, completion tokens) of the whole run
+                    m.cost_usd, m.prompt_tokens, m.completion_tokens = usage
         return len(found)
 
     @staticmethod

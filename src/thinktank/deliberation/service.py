@@ -148,6 +148,8 @@ class Deliberation:
         self._locks: dict[str, asyncio.Lock] = {}
         self._saver: asyncio.Task[None] | None = None
         self._closing = False
+        self.paused_cancelled: list[Callable[[str], Awaitable[None]]] = []
+        """Told the id of a paused run cancelled while nobody executed it (a thread shows it ended)."""
         catalog.bind_runs(self)
 
     # -- configuration ---------------------------------------------------------------------------
@@ -494,6 +496,11 @@ class Deliberation:
         _, status = await self._owned(run_id, principal)
         if status == PAUSED and run_id not in self.live:
             if await self.store.cancel_paused(run_id, self.clock.time()):
+                for callback in self.paused_cancelled:
+                    try:
+                        await callback(run_id)
+                    except Exception:
+                        log.exception("telling that paused run %s was cancelled failed", run_id)
                 return "cancelled"
             _, status = await self._owned(run_id, principal)
         if status != "running":
