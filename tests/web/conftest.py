@@ -4,6 +4,7 @@ through the pages' own forms (cookies, CSRF tokens) and parses what it gets."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from selectolax.lexbor import LexborHTMLParser as HTMLParser
 from selectolax.lexbor import LexborNode as Node
 
 from thinktank.api.app import ThinktankApp, create_app
-from thinktank.config import Settings
+from thinktank.config import GatewayConfig, Settings
 from thinktank.discovery import demo_config
 from thinktank.knowledge.embeddings import LocalEmbedder
 
@@ -116,9 +117,16 @@ class WebEnv:
 
 @pytest.fixture
 async def web(tmp_path: Path, local_embedder: LocalEmbedder) -> AsyncIterator[WebEnv]:
+    async with web_env(tmp_path, local_embedder, demo_config()) as env:
+        yield env
+
+
+@asynccontextmanager
+async def web_env(tmp_path: Path, local_embedder: LocalEmbedder, config: GatewayConfig) -> AsyncIterator[WebEnv]:
+    """The pages of an app serving ``config``, with the admin signed in."""
     settings = Settings(data_dir=tmp_path / "data", admin_key=ADMIN_KEY, admin_email=ADMIN_EMAIL,
                         admin_password=PASSWORD)
-    app = create_app(settings, demo_config(), local_embedder=local_embedder, quiet=True)
+    app = create_app(settings, config, local_embedder=local_embedder, quiet=True)
     async with serving(app) as url:
         admin = Browser(url)
         r = await admin.sign_in(ADMIN_EMAIL)

@@ -15,13 +15,10 @@ from typing import Any
 import orjson
 import pytest
 
-from thinktank.api.app import create_app
-from thinktank.config import Settings
 from thinktank.knowledge.embeddings import LocalEmbedder
 
-from ..fakes.server import serving
 from .agent_config import AGENT, HOSTILE_ZONE, agent_config
-from .conftest import ADMIN_EMAIL, ADMIN_KEY, PASSWORD, Browser, Page, WebEnv
+from .conftest import Browser, Page, WebEnv, web_env
 
 WAIT_ROUNDS = 200
 """How many times (0.05 s apart) a test looks again for what a run that ended has just written."""
@@ -30,19 +27,8 @@ WAIT_ROUNDS = 200
 @pytest.fixture
 async def web(tmp_path: Path, local_embedder: LocalEmbedder) -> AsyncIterator[WebEnv]:
     """The pages with the offline demo and the clock agent."""
-    settings = Settings(data_dir=tmp_path / "data", admin_key=ADMIN_KEY, admin_email=ADMIN_EMAIL,
-                        admin_password=PASSWORD)
-    app = create_app(settings, agent_config(), local_embedder=local_embedder, quiet=True)
-    async with serving(app) as url:
-        admin = Browser(url)
-        r = await admin.sign_in(ADMIN_EMAIL)
-        assert r.status_code == 303, r.text
-        env = WebEnv(url, app, admin)
-        try:
-            yield env
-        finally:
-            for b in [admin, *env._browsers]:
-                await b.close()
+    async with web_env(tmp_path, local_embedder, agent_config()) as env:
+        yield env
 
 
 async def _ask(b: Browser, question: str) -> tuple[str, dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -113,22 +114,21 @@ class UserService:
 
     async def set_tier(self, user_id: str, tier: str | None) -> User:
         """Put a user in a rate-limit tier (None: no tier); their cached sessions and keys see it at once."""
-        async with self._db.session() as s:
-            user = await s.get(User, user_id)
-            if user is None or user.id == SYSTEM_USER_ID:
-                raise NotFoundError("No such user.")
-            user.tier = tier
-        self._auth.forget(user_id=user_id)
-        return user
+        return await self._set(user_id, tier=tier)
 
     async def set_tools(self, user_id: str, tools: list[str] | None) -> User:
         """Set the agent tools a user's agents may use (None: all); their cached sessions and keys see it at once
         (each key keeps its own list, and is allowed what both lists allow)."""
+        return await self._set(user_id, allowed_tools=tools)
+
+    async def _set(self, user_id: str, **values: Any) -> User:
+        """Change a user (404 for none, and for the system user); their cached sessions and keys see it at once."""
         async with self._db.session() as s:
             user = await s.get(User, user_id)
             if user is None or user.id == SYSTEM_USER_ID:
                 raise NotFoundError("No such user.")
-            user.allowed_tools = tools
+            for name, value in values.items():
+                setattr(user, name, value)
         self._auth.forget(user_id=user_id)
         return user
 
