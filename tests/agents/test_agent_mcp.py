@@ -91,3 +91,24 @@ async def test_an_agent_never_sees_a_tool_its_key_may_not_use(tmp_path: Path) ->
         r = await env.post("/v1/chat/completions", {"model": "agent/clock", "messages": [
             {"role": "user", "content": "what time is it?"}]}, AUTH)
         assert r.json()["choices"][0]["message"]["content"] == "I read the clock."
+
+
+async def test_a_request_cannot_waive_a_server_s_approval(tmp_path: Path) -> None:
+    rules: list[dict[str, Any]] = [
+        {"match": BEFORE_TOOLS + ".*say hi", "tool_calls": [{"name": "raw__echo", "arguments": {"text": "hi"}}]},
+        {"match": "tool_result tool=", "reply": "Echoed."},
+    ]
+    server = raw_server(approval="required").model_dump(mode="json", exclude_none=True)
+    config = {"models": [brain(rules)], "mcp_servers": [server],
+              "agents": [{"name": "waiver", "model": "brain", "tools": [{"name": "raw.echo", "approval": "never"}]},
+                         {"name": "plain", "model": "brain", "tools": ["current_time"]}]}
+    async with agents_app(tmp_path, config) as env:
+        # The configuration may waive it for its own agent ...
+        r = await env.post("/api/v1/agents", {"agent": "waiver", "question": "say hi"})
+        assert r.status_code == 200 and r.json()["result"]["answer"] == "Echoed.", r.text
+        # ... a request may not, for another agent or for one it describes itself.
+        for body in ({"agent": "plain", "tools": [{"name": "raw.echo", "approval": "never"}]},
+                     {"model": "brain", "tools": [{"name": "raw.echo", "approval": "never"}], "approval": "never"}):
+            r = await env.post("/api/v1/agents", {**body, "question": "say hi"})
+            assert r.status_code == 202, r.text
+            assert r.json()["status"] == "awaiting_approval"

@@ -70,7 +70,8 @@ class Agents:
                     ) -> Callable[[], Awaitable[dict[str, Any]]]:
         system = "\n\n".join(x for x in (cfg.system or _DEFAULT_SYSTEM, DATA_RULE) if x)
         state = AgentState(messages=[{"role": "system", "content": system},
-                                     *(m.model_dump(mode="json", exclude_none=True) for m in messages)])
+                                     *(m.model_dump(mode="json", exclude_none=True) for m in messages)],
+                           from_request=self.runs.agents.get(cfg.name) != cfg)
         if options.max_tokens is not None and cfg.max_tokens is None:
             cfg = cfg.model_copy(update={"max_tokens": options.max_tokens})
         if options.temperature is not None:
@@ -83,7 +84,7 @@ class Agents:
         principal = run.ctx.principal
 
         async def offered() -> Offered:
-            return await self.toolbox.offer(cfg, principal, configured if configured != cfg else None)
+            return await self.toolbox.offer(cfg, principal, configured, from_request=state.from_request)
 
         async def checkpoint(s: AgentState) -> None:
             run.checkpoint = (s.dumps(), s.approval_deadline)

@@ -73,6 +73,8 @@ class AgentState:
     """While paused: when undecided calls are denied (Unix time)."""
     warnings: list[str] = field(default_factory=list)
     """Tool sources that could not be reached (an MCP server down), as the run reported them."""
+    from_request: bool = False
+    """The request described or changed the agent: the configuration's approvals hold over its own."""
 
     def waiting(self) -> list[PendingCall]:
         return [c for c in self.pending if c.waiting]

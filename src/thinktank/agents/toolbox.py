@@ -60,14 +60,16 @@ def _ref_for(qualified: str, refs: Iterable[ToolRef]) -> ToolRef | None:
     return best
 
 
-def _required(qualified: str, cfg: AgentConfig, servers: Mapping[str, McpServerConfig]) -> bool:
+def _required(qualified: str, cfg: AgentConfig, servers: Mapping[str, McpServerConfig], *,
+              trusted: bool = True) -> bool:
+    """Whether a call of ``qualified`` waits for a person. ``trusted``: ``cfg`` is the configuration file's, whose
+    tool entries may waive their server's approval; a request's may not."""
+    server = tool_server(qualified)
+    server_requires = server is not None and server in servers and servers[server].approval == "required"
     ref = _ref_for(qualified, cfg.tool_refs())
     if ref is not None and ref.approval is not None:
-        return ref.approval == "required"
-    server = tool_server(qualified)
-    if server is not None and server in servers and servers[server].approval == "required":
-        return True
-    return cfg.approval == "required"
+        return ref.approval == "required" or (server_requires and not trusted)
+    return server_requires or cfg.approval == "required"
 
 
 class Toolbox:
@@ -81,9 +83,11 @@ class Toolbox:
         if self._mcp is not None:
             await self._mcp.close()
 
-    async def offer(self, cfg: AgentConfig, principal: Principal, configured: AgentConfig | None = None) -> Offered:
-        """The tools ``cfg`` lists that ``principal`` may use. ``configured``: the agent as the config file
-        has it, when a request changed it (its approvals still hold)."""
+    async def offer(self, cfg: AgentConfig, principal: Principal, configured: AgentConfig | None = None, *,
+                    from_request: bool = False) -> Offered:
+        """The tools ``cfg`` lists that ``principal`` may use. ``from_request``: a request described or changed
+        the agent; then ``configured`` (the agent as the config file has it, if any) still decides what waits
+        for approval too, and no tool entry of the request waives its server's approval."""
         out = Offered()
         refs = cfg.tool_refs()
         wanted_servers: list[str] = []
@@ -104,8 +108,8 @@ class Toolbox:
                     out.tools[tool.spec.name] = tool
         for name, tool in out.tools.items():
             qualified = tool.spec.qualified
-            out.approval[name] = _required(qualified, cfg, self.servers) or (
-                configured is not None and _required(qualified, configured, self.servers))
+            out.approval[name] = _required(qualified, cfg, self.servers, trusted=not from_request) or (
+                from_request and configured is not None and _required(qualified, configured, self.servers))
         return out
 
 
