@@ -24,8 +24,9 @@ from thinktank.providers.mock import MockProvider
 class ShoutProvider(MockProvider):
     """A third-party provider: answers in capitals."""
 
-    def _reply_text(self, request):
-        return super()._reply_text(request).upper()
+    def _reply(self, request):
+        text, calls = super()._reply(request)
+        return text.upper(), calls
 '''
 
 
