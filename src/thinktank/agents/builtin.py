@@ -18,23 +18,22 @@ ToolError: the run stops, as it does for its own model calls.
 
 from __future__ import annotations
 
-import asyncio
 import zoneinfo
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ..accounts.budgets import BudgetExceededError
-from ..errors import ThinktankError, UnsupportedMediaTypeError
+from ..errors import ThinktankError
 from ..types import ChatRequest, Message, message_text
+from .arguments import Args, cut_text, object_schema
 from .config import BUILTIN_TOOLS
+from .fetch_tool import DEFAULT_FETCH_CHARS, MAX_FETCH_CHARS, FetchUrl
 from .tools import Tool, ToolContext, ToolError, ToolOutput, ToolSpec
 
 if TYPE_CHECKING:
     from ..catalog import Catalog
     from ..clock import Clock
     from ..conversations.memory import MemoryService
-    from ..knowledge.ingest import Source
-    from ..knowledge.parsers import Extracted
     from ..knowledge.retrieval import Retrieved
     from ..knowledge.service import KbView, KnowledgeService
     from ..knowledge.urls import UrlFetcher
@@ -42,93 +41,12 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_FETCH_CHARS", "MAX_FETCH_CHARS", "PASSAGE_CHARS", "BuiltinTools"]
 
-DEFAULT_FETCH_CHARS = 8000
-"""What ``fetch_url`` returns of a page's text unless asked for more."""
-MAX_FETCH_CHARS = 20_000
-"""The most ``fetch_url`` returns (the loop cuts any tool result at ``MAX_RESULT_CHARS`` anyway)."""
 PASSAGE_CHARS = 1500
 """The longest passage ``knowledge_search`` shows the model (its citation's snippet is shorter)."""
 _MAX_TOP_K = 20
 _MAX_RECALL = 50
 _MAX_QUESTION = 100_000
-_MAX_PDF_PAGES = 200
 
-
-# -- arguments -----------------------------------------------------------------------------------
-
-def _object(schema: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    return {"type": "object", "properties": schema, "required": required, "additionalProperties": False}
-
-
-class _Args:
-    """A call's arguments, read one by one with their types checked (ToolError for anything wrong)."""
-
-    def __init__(self, arguments: Any, spec: ToolSpec) -> None:
-        if not isinstance(arguments, dict):
-            raise ToolError(f"{spec.name}: the arguments must be a JSON object")
-        known = set(spec.parameters["properties"])
-        unknown = sorted(str(k) for k in arguments if k not in known)
-        if unknown:
-            raise ToolError(f"{spec.name}: unknown argument(s) {', '.join(unknown)}; it takes "
-                            f"{', '.join(sorted(known)) or 'none'}")
-        self.values: dict[str, Any] = arguments
-        self.tool = spec.name
-
-    def text(self, name: str, *, max_chars: int, required: bool = False) -> str | None:
-        value = self.values.get(name)
-        if value is None:
-            if required:
-                raise ToolError(f"{self.tool}: '{name}' is required")
-            return None
-        if not isinstance(value, str):
-            raise ToolError(f"{self.tool}: '{name}' must be a string")
-        value = value.strip()
-        if required and not value:
-            raise ToolError(f"{self.tool}: '{name}' must not be empty")
-        if len(value) > max_chars:
-            raise ToolError(f"{self.tool}: '{name}' has at most {max_chars} characters")
-        return value or None
-
-    def required_text(self, name: str, *, max_chars: int) -> str:
-        value = self.text(name, max_chars=max_chars, required=True)
-        assert value is not None
-        return value
-
-    def integer(self, name: str, *, low: int, high: int, default: int) -> int:
-        value = self.values.get(name)
-        if value is None:
-            return default
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ToolError(f"{self.tool}: '{name}' must be an integer")
-        if not low <= value <= high:
-            raise ToolError(f"{self.tool}: '{name}' must be between {low} and {high}")
-        return value
-
-    def texts(self, name: str, *, max_items: int, max_chars: int) -> list[str] | None:
-        value = self.values.get(name)
-        if value is None:
-            return None
-        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-            raise ToolError(f"{self.tool}: '{name}' must be a list of names")
-        if len(value) > max_items or any(len(v) > max_chars for v in value):
-            raise ToolError(f"{self.tool}: '{name}' has at most {max_items} names of at most {max_chars} characters")
-        return list(dict.fromkeys(v.strip() for v in value)) or None
-
-
-def _cut(text: str, chars: int) -> tuple[str, bool]:
-    """``text`` cut to at most ``chars`` characters (at a space when there is one nearby); whether it was cut."""
-    if len(text) <= chars:
-        return text, False
-    head = text[:chars]
-    space = head.rfind(" ")
-    if space > chars * 3 // 4:
-        head = head[:space]
-    return head.rstrip(), True
-
-
-# -- the tools -----------------------------------------------------------------------------------
 
 class KnowledgeSearch:
     """``knowledge_search``: hybrid search of the caller's knowledge bases; passages as text, citations beside."""
@@ -141,7 +59,7 @@ class KnowledgeSearch:
             "Search the user's knowledge bases (their documents) and return the most relevant passages, numbered "
             "[1], [2]... with the document they come from. Cite a passage by its number when you use it. Without "
             "knowledge_bases, searches the ones this agent is set up with, else all the user can read.",
-            _object({
+            object_schema({
                 "query": {"type": "string", "minLength": 1, "maxLength": QUERY_CHARS,
                           "description": "What to look for: a question or key words."},
                 "knowledge_bases": {"type": "array", "maxItems": 16,
@@ -158,7 +76,7 @@ class KnowledgeSearch:
         from ..knowledge.grounding import SNIPPET_CHARS, Citation
         from ..knowledge.retrieval import SearchOptions
 
-        args = _Args(arguments, self.spec)
+        args = Args(arguments, self.spec)
         query = args.required_text("query", max_chars=self.query_chars)
         named = args.texts("knowledge_bases", max_items=16, max_chars=200)
         top_k = args.integer("top_k", low=1, high=_MAX_TOP_K, default=6)
@@ -179,8 +97,8 @@ class KnowledgeSearch:
         citations: list[dict[str, Any]] = []
         parts: list[str] = []
         for index, item in enumerate(found, tc.citation_start):
-            passage, _ = _cut(item.text, PASSAGE_CHARS)
-            snippet, cut = _cut(item.text, SNIPPET_CHARS - 1)
+            passage, _ = cut_text(item.text, PASSAGE_CHARS)
+            snippet, cut = cut_text(item.text, SNIPPET_CHARS - 1)
             kb_name = names.get(item.kb_id, "")
             citations.append(Citation(
                 index=index, document_id=item.document_id, kb_id=item.kb_id, kb_name=kb_name, source=item.source,
@@ -230,7 +148,7 @@ class AskModel:
             "Ask another model a question and get its answer (a second opinion, a specialist, an ensemble or a "
             "debate). Only the models this agent is set up with can be asked; the question must say everything "
             "the model needs, it does not see this conversation.",
-            _object({
+            object_schema({
                 "model": {"type": "string", "minLength": 1, "maxLength": 256, "description": "The model's name."},
                 "question": {"type": "string", "minLength": 1, "maxLength": _MAX_QUESTION,
                              "description": "The full question."},
@@ -245,7 +163,7 @@ class AskModel:
         return [m for m in dict.fromkeys(tc.models) if self.catalog.allows(tc.principal, m)]
 
     async def call(self, arguments: dict[str, Any], tc: ToolContext) -> ToolOutput:
-        args = _Args(arguments, self.spec)
+        args = Args(arguments, self.spec)
         model = args.required_text("model", max_chars=256)
         question = args.required_text("question", max_chars=_MAX_QUESTION)
         system = args.text("system", max_chars=_MAX_QUESTION)
@@ -279,86 +197,6 @@ class AskModel:
         return ToolOutput(answer or f"({model} gave an empty answer)", citations=response.citations, data=data)
 
 
-class FetchUrl:
-    """``fetch_url``: a public page or document through the SSRF-safe fetcher, as title and text."""
-
-    def __init__(self, fetcher: UrlFetcher) -> None:
-        self.spec = ToolSpec(
-            "fetch_url", "fetch_url",
-            "Fetch a public web page or document (http or https: HTML, PDF, text, Markdown, JSON, CSV, DOCX) and "
-            f"return its title and text, cut to max_chars characters (default {DEFAULT_FETCH_CHARS}). Private "
-            "and local addresses are refused.",
-            _object({
-                "url": {"type": "string", "minLength": 1, "maxLength": 1024, "description": "An http(s) URL."},
-                "max_chars": {"type": "integer", "minimum": 100, "maximum": MAX_FETCH_CHARS,
-                              "description": f"The most characters of text to return (default {DEFAULT_FETCH_CHARS})."},
-            }, ["url"]),
-        )
-        self.fetcher = fetcher
-
-    async def call(self, arguments: dict[str, Any], tc: ToolContext) -> ToolOutput:
-        args = _Args(arguments, self.spec)
-        url = args.required_text("url", max_chars=1024)
-        max_chars = args.integer("max_chars", low=100, high=MAX_FETCH_CHARS, default=DEFAULT_FETCH_CHARS)
-        try:
-            source = await self.fetcher.fetch(url)
-            extracted = await asyncio.to_thread(_extract, source)
-        except ThinktankError as exc:
-            raise ToolError(f"fetch_url: {exc.message}") from None
-        text, cut = _cut(_as_text(extracted), max_chars)
-        final = (source.metadata or {}).get("final_url", source.name)
-        head = [f"Title: {extracted.title}"] if extracted.title else []
-        head.append(f"URL: {final}")
-        if cut:
-            text += f"\n[... cut at {max_chars} characters]"
-        return ToolOutput("\n".join(head) + "\n\n" + text, data={
-            "url": final, "title": extracted.title, "content_type": source.content_type, "truncated": cut})
-
-
-def _extract(source: Source) -> Extracted:
-    """The document's text (in a worker thread: PDF parsing is CPU-bound). The parsers' text limit cuts
-    whole blocks, so it is not set to ``max_chars`` (one long paragraph would leave nothing); the body is
-    already bounded by the fetcher's ``max_bytes``, and PDFs are read up to ``_MAX_PDF_PAGES``."""
-    from ..knowledge.parsers import Limits, detect_kind, extract
-
-    try:
-        kind = detect_kind(source.name, source.content_type, source.data)
-    except UnsupportedMediaTypeError:
-        kind = _sniff(source)
-    return extract(source.data, kind, Limits(max_pages=_MAX_PDF_PAGES))
-
-
-def _sniff(source: Source) -> str:
-    """A kind for a document whose type the parsers do not know (no or a generic Content-Type)."""
-    from ..knowledge.parsers import detect_kind
-
-    head = source.data.lstrip()[:512].lower()
-    if head.startswith(b"%pdf-"):
-        return "pdf"
-    if head.startswith((b"<!doctype html", b"<html")):
-        return "html"
-    declared = (source.content_type or "").split(";")[0].strip().lower()
-    if declared.startswith("text/") or declared.endswith(("+xml", "/xml")):
-        return detect_kind(None, "text/plain", source.data)  # refuses binary data
-    raise UnsupportedMediaTypeError(f"the document's type ({declared or 'unknown'}) cannot be read as text")
-
-
-def _as_text(extracted: Extracted) -> str:
-    lines: list[str] = []
-    page: int | None = None
-    for block in extracted.blocks:
-        if block.page is not None and block.page != page:
-            page = block.page
-            lines.append(f"[page {page}]")
-        if block.kind == "heading":
-            lines.append("#" * max(1, min(block.level, 6)) + " " + block.text)
-        elif block.kind == "list":
-            lines.append("- " + block.text)
-        else:
-            lines.append(block.text)
-    return "\n\n".join(lines)
-
-
 def _fact_line(fact: MemoryFact) -> str:
     return f"- {fact.id} ({fact.kind}) {fact.text}"
 
@@ -379,7 +217,7 @@ class MemoryRecall:
             "memory_recall", "memory_recall",
             "Recall what is remembered about the user (facts, interests, preferences from earlier conversations): "
             "the memories most relevant to query, or the latest ones without a query. Each comes with its id.",
-            _object({
+            object_schema({
                 "query": {"type": "string", "maxLength": 2000, "description": "What the memories should be about."},
                 "limit": {"type": "integer", "minimum": 1, "maximum": _MAX_RECALL,
                           "description": "How many memories at most (default 10)."},
@@ -388,7 +226,7 @@ class MemoryRecall:
         self.memory = memory
 
     async def call(self, arguments: dict[str, Any], tc: ToolContext) -> ToolOutput:
-        args = _Args(arguments, self.spec)
+        args = Args(arguments, self.spec)
         query = args.text("query", max_chars=2000)
         limit = args.integer("limit", low=1, high=_MAX_RECALL, default=10)
         user_id = tc.principal.user_id
@@ -415,7 +253,7 @@ class MemoryRemember:
             "Remember something about the user for later conversations: one short sentence about them in the "
             "third person, without a subject (\"Lives in Lyon.\", \"Prefers answers in French.\"). Only what the "
             "user said about themselves.",
-            _object({
+            object_schema({
                 "text": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT, "description": "The memory."},
                 "kind": {"type": "string", "enum": list(KINDS),
                          "description": "fact (default), interest or preference."},
@@ -428,7 +266,7 @@ class MemoryRemember:
     async def call(self, arguments: dict[str, Any], tc: ToolContext) -> ToolOutput:
         from ..conversations.memory import Candidate, normalize
 
-        args = _Args(arguments, self.spec)
+        args = Args(arguments, self.spec)
         text = " ".join(args.required_text("text", max_chars=self.max_text).split())
         kind = args.text("kind", max_chars=20) or "fact"
         if kind not in self.kinds:
@@ -454,13 +292,13 @@ class MemoryForget:
         self.spec = ToolSpec(
             "memory_forget", "memory_forget",
             "Forget (delete) one of the user's memories by its id (memory_recall gives the ids).",
-            _object({"id": {"type": "string", "minLength": 1, "maxLength": 64, "description": "The memory's id."}},
-                    ["id"]),
+            object_schema({"id": {"type": "string", "minLength": 1, "maxLength": 64,
+                                  "description": "The memory's id."}}, ["id"]),
         )
         self.memory = memory
 
     async def call(self, arguments: dict[str, Any], tc: ToolContext) -> ToolOutput:
-        args = _Args(arguments, self.spec)
+        args = Args(arguments, self.spec)
         fact_id = args.required_text("id", max_chars=64)
         try:
             await self.memory.delete(tc.principal, fact_id)
@@ -476,13 +314,13 @@ class CurrentTime:
         self.spec = ToolSpec(
             "current_time", "current_time",
             "The current date and time, in UTC or in the named IANA time zone (\"Europe/Paris\").",
-            _object({"timezone": {"type": "string", "maxLength": 64,
+            object_schema({"timezone": {"type": "string", "maxLength": 64,
                                   "description": "An IANA time zone name (default UTC)."}}, []),
         )
         self.clock = clock
 
     async def call(self, arguments: dict[str, Any], tc: ToolContext) -> ToolOutput:
-        args = _Args(arguments, self.spec)
+        args = Args(arguments, self.spec)
         name = args.text("timezone", max_chars=64) or "UTC"
         try:
             zone = zoneinfo.ZoneInfo(name)
