@@ -72,10 +72,7 @@ class Agents:
         state = AgentState(messages=[{"role": "system", "content": system},
                                      *(m.model_dump(mode="json", exclude_none=True) for m in messages)],
                            from_request=self.runs.agents.get(cfg.name) != cfg)
-        if options.max_tokens is not None and cfg.max_tokens is None:
-            cfg = cfg.model_copy(update={"max_tokens": options.max_tokens})
-        if options.temperature is not None:
-            cfg = cfg.model_copy(update={"temperature": options.temperature})
+        cfg = _with_options(cfg, options.max_tokens, options.temperature)
         run.checkpoint = (state.dumps(), None)  # written with the run's first record
         return self._runner(run, cfg, state)
 
@@ -186,7 +183,8 @@ class Agents:
         request = run.request
         if request.get("max_cost_usd") is not None:
             self.runs.cap(run, float(request["max_cost_usd"]), request.get("max_tokens"))
-        cfg = AgentConfig.model_validate(run.config)
+        cfg = _with_options(AgentConfig.model_validate(run.config), request.get("max_tokens"),
+                            request.get("temperature"))
         state: AgentState = stored.state
         run.emit(event, **data)  # type: ignore[arg-type]
         run.checkpoint = (state.dumps(), state.approval_deadline)
@@ -270,3 +268,13 @@ class Agents:
     async def close_tools(self) -> None:
         """Stop the MCP servers' connections and processes (after the runs using them have stopped)."""
         await self.toolbox.close()
+
+
+def _with_options(cfg: AgentConfig, max_tokens: int | None, temperature: float | None) -> AgentConfig:
+    """The agent as a run's request asked for it: its ``max_tokens`` (unless the agent sets one) and
+    ``temperature`` (kept in the run's request, so a run taken up again keeps them)."""
+    if max_tokens is not None and cfg.max_tokens is None:
+        cfg = cfg.model_copy(update={"max_tokens": max_tokens})
+    if temperature is not None:
+        cfg = cfg.model_copy(update={"temperature": temperature})
+    return cfg
