@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .agents.config import BUILTIN_TOOLS, AgentConfig, McpServerConfig, tool_server
+from .agents.config import AgentConfig, McpServerConfig, unknown_tool
 from .bounds import OutputTokens
 from .errors import ConfigError
 from .names import find_cycle, is_kb_name
@@ -436,13 +436,9 @@ class GatewayConfig(_In):
         if len(servers) != len(self.mcp_servers):
             raise ValueError("two mcp_servers have the same name")
         for a in self.agents:
-            for ref in a.tool_refs():
-                server = tool_server(ref.name)
-                if server is None and ref.name not in BUILTIN_TOOLS and ref.name not in servers:
-                    raise ValueError(f"agent '{a.name}': unknown tool '{ref.name}' (built-in tools: "
-                                     f"{', '.join(BUILTIN_TOOLS)}; an MCP server's as <server>.<tool> or <server>.*)")
-                if server is not None and server not in servers:
-                    raise ValueError(f"agent '{a.name}': tool '{ref.name}': no MCP server '{server}' is configured")
+            why = unknown_tool(a, servers)
+            if why is not None:
+                raise ValueError(f"agent '{a.name}': {why}")
         return self
 
     @model_validator(mode="after")

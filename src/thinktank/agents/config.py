@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from ..bounds import OutputTokens
 
-__all__ = ["BUILTIN_TOOLS", "AgentConfig", "Approval", "McpServerConfig", "ToolRef", "tool_server"]
+__all__ = ["BUILTIN_TOOLS", "AgentConfig", "Approval", "McpServerConfig", "ToolRef", "tool_server", "unknown_tool"]
 
 BUILTIN_TOOLS: tuple[str, ...] = (
     "knowledge_search", "ask_model", "fetch_url", "memory_recall", "memory_remember", "memory_forget", "current_time",
@@ -56,6 +56,18 @@ class _In(BaseModel):
 def tool_server(name: str) -> str | None:
     """The MCP server a tool name refers to (``git`` for ``git.log`` or ``git.*``), None for a built-in."""
     return name.split(".", 1)[0] if "." in name else None
+
+
+def unknown_tool(cfg: AgentConfig, servers: set[str] | frozenset[str]) -> str | None:
+    """Why one of the tools ``cfg`` lists is neither built in nor a tool of one of ``servers`` (None: all are)."""
+    for ref in cfg.tool_refs():
+        server = tool_server(ref.name)
+        if server is None and ref.name not in BUILTIN_TOOLS and ref.name not in servers:
+            return (f"unknown tool '{ref.name}' (built-in tools: {', '.join(BUILTIN_TOOLS)}; an MCP server's as "
+                    "<server>.<tool> or <server>.*)")
+        if server is not None and server not in servers:
+            return f"tool '{ref.name}': no MCP server '{server}' is configured"
+    return None
 
 
 class ToolRef(_In):

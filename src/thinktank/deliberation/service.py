@@ -26,7 +26,7 @@ from ..accounts.budget_backends import BudgetSpec
 from ..accounts.budgets import BudgetExceededError
 from ..accounts.governance import PROMPT_SAFETY
 from ..accounts.principal import Principal
-from ..agents.config import AgentConfig
+from ..agents.config import AgentConfig, unknown_tool
 from ..clock import Clock
 from ..config import DebateConfig, EnsembleConfig, GatewayConfig
 from ..errors import (
@@ -138,6 +138,7 @@ class Deliberation:
         self.ensembles = {e.name: e for e in config.ensembles}
         self.debates = {d.name: d for d in config.debates}
         self.agents = {a.name: a for a in config.agents}
+        self.mcp_servers = frozenset(m.name for m in config.mcp_servers)
         self._agent_runners: AgentRunners | None = None
         own = [Persona(p.name, p.domain, p.backstory, p.stance, p.model, tuple(k.lower() for k in p.keywords))
                for p in config.personas]
@@ -196,6 +197,10 @@ class Deliberation:
             where = ".".join(str(x) for x in err["loc"]) or kind
             message = str(err["msg"]).removeprefix("Value error, ")
             raise InvalidRequestError(f"{where}: {message}", param=where) from None
+        if isinstance(cfg, AgentConfig):
+            why = unknown_tool(cfg, self.mcp_servers)
+            if why is not None:
+                raise InvalidRequestError(f"tools: {why}", param="tools")
         if isinstance(cfg, DebateConfig) and cfg.personas:
             known = {p.name for p in self.library}
             unknown = [p for p in cfg.personas if p not in known]
