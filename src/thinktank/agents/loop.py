@@ -60,6 +60,16 @@ class AgentRunner:
     def _remaining(self) -> float:
         return self.cfg.time_limit - self._elapsed()
 
+    def _stage(self) -> None:
+        """Put the state as it is now on the run, to go with the next save of its events and calls, whoever
+        makes it (the run's periodic save included): a finished tool call's record is never written without
+        the checkpoint that holds its result, so a run resumed after a crash does not call it again."""
+        elapsed, self.state.elapsed = self.state.elapsed, self._elapsed()
+        try:
+            self.run.checkpoint = (self.state.dumps(), self.state.approval_deadline)
+        finally:
+            self.state.elapsed = elapsed
+
     async def _save(self) -> None:
         async with self._lock:  # parallel tool calls finish at once: one checkpoint at a time
             elapsed, self.state.elapsed = self.state.elapsed, self._elapsed()
@@ -224,7 +234,7 @@ class AgentRunner:
                       **({"denied": True} if call.decision == "denied" else {}))
         self._result(call, text, error=True)
 
-    @staticmethod
-    def _result(call: PendingCall, text: str, *, error: bool) -> None:
+    def _result(self, call: PendingCall, text: str, *, error: bool) -> None:
         call.result = text
         call.is_error = error
+        self._stage()
