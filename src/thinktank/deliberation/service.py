@@ -525,6 +525,10 @@ class Deliberation:
         owner, status = await self._owned(run_id, principal)
         if owner != principal.user_id:
             raise NotFoundError(f"There is no run '{run_id}'.")
+        task = self._tasks.get(run_id)
+        if task is not None and status == "completed":
+            # Its followers saw "done" before it was saved: the vote reads the saved record.
+            await asyncio.shield(task)
         record = await self.store.get(run_id)
         if record is None or record["kind"] != "ensemble" or status != "completed":
             raise ConflictError("Feedback is taken on completed ensemble runs.")
