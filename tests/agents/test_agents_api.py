@@ -284,3 +284,19 @@ async def test_a_thread_on_an_agent_starts_one_run_per_turn_and_a_cancelled_paus
         assert (await env.post(f"/api/v1/runs/{run_id}/cancel", {})).json()["status"] == "cancelled"
         messages = (await env.get(f"/api/v1/threads/{thread['id']}/messages")).json()["data"]
         assert messages[-1]["finish_reason"] == "cancelled" and "cancelled" in messages[-1]["content"]
+
+
+async def test_a_run_whose_checkpoint_cannot_be_read_fails_once_saying_why(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    async with agents_app(tmp_path, _config(approval="required")) as env:
+        run = await _paused(env)
+        async with env.app.state.db.engine.begin() as conn:  # a checkpoint from some other version, and overdue
+            await conn.execute(text("UPDATE agent_states SET state = :s, deadline = 1 WHERE run_id = :r"),
+                               {"s": '{"messages": [], "no_such_field": 1}', "r": run["id"]})
+        for _ in range(200):
+            done = await env.run(run["id"])
+            if done["status"] == "failed":
+                break
+            await asyncio.sleep(0.02)
+        assert done["status"] == "failed" and "could not be resumed" in done["error"]

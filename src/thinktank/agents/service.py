@@ -221,26 +221,35 @@ class Agents:
         now = self.clock.time()
         done = 0
         for run_id in await self.store.overdue(now):
-            if not await self.store.claim_paused(run_id, now):
-                continue
+            if await self.store.claim_paused(run_id, now):
+                done += await self._take_up_or_fail(run_id, timed_out=True)
+        for run_id in await self.store.stale(now, self.stale_after):
+            if run_id not in self.runs.live and await self.store.claim_stale(run_id, now, self.stale_after):
+                done += await self._take_up_or_fail(run_id, timed_out=False)
+        return done
+
+    async def _take_up_or_fail(self, run_id: str, *, timed_out: bool) -> int:
+        """Take up a run this process has claimed (denying its undecided calls if their time is up). One that
+        cannot be taken up (its stored state does not load, say) fails, saying why, rather than being claimed
+        again and again. 1 if it went on."""
+        try:
             stored = await self.store.load(run_id)
             if stored is None:
-                continue
-            timed_out = [c for c in stored.state.pending if c.waiting]
-            for call in timed_out:
+                return 0
+            if not timed_out:
+                await self._take_up(stored, "resumed", reason="interrupted")
+                return 1
+            waiting = [c for c in stored.state.pending if c.waiting]
+            for call in waiting:
                 call.decision = "denied"
                 call.reason = "nobody approved it in time"
             await self._take_up(stored, "approval_decided", decision="denied", reason="timeout",
-                                call_ids=[c.id for c in timed_out])
-            done += 1
-        for run_id in await self.store.stale(now, self.stale_after):
-            if run_id in self.runs.live or not await self.store.claim_stale(run_id, now, self.stale_after):
-                continue
-            stored = await self.store.load(run_id)
-            if stored is not None:
-                await self._take_up(stored, "resumed", reason="interrupted")
-                done += 1
-        return done
+                                call_ids=[c.id for c in waiting])
+            return 1
+        except Exception:
+            log.exception("agents: run %s could not be taken up again", run_id)
+            await self.runs.store.fail(run_id, self.clock.time(), "The run could not be resumed (see the server log).")
+            return 0
 
     async def start_background(self) -> None:
         await self._sweep_safely()
