@@ -23,6 +23,7 @@ from ..accounts.budgets import BudgetExceededError
 from ..clock import Clock
 from ..deliberation.runs import CallRecord, LiveRun, RunEnded, RunPaused
 from ..errors import ThinktankError, UpstreamTimeoutError
+from ..gateway.context import CallContext
 from ..types import Message, ToolCall
 from .config import AgentConfig
 from .state import AgentState, PendingCall
@@ -214,20 +215,11 @@ class AgentRunner:
         self._result(call, as_data(label, output.text) if not output.is_error else f"Tool error: {output.text}",
                      error=output.is_error)
 
-    def _account(self, record: CallRecord, ctx: Any, started: float, error: str | None) -> None:
+    def _account(self, record: CallRecord, ctx: CallContext, started: float, error: str | None) -> None:
+        """The call's latency and error on its record; what it cost (the models it asked) as every call's is."""
         record.latency_ms = round((self._clock.monotonic() - started) * 1000, 3)
         record.error = error
-        for usage in ctx.records:
-            record.prompt_tokens += usage.prompt_tokens
-            record.completion_tokens += usage.completion_tokens
-            record.cost_usd += usage.cost
-        self.run.ctx.records.extend(ctx.records)
-        if ctx.records:
-            self.run.cost += record.cost_usd
-            self.run.prompt_tokens += record.prompt_tokens
-            self.run.completion_tokens += record.completion_tokens
-            self.run.stage_costs["tool"] = self.run.stage_costs.get("tool", 0.0) + record.cost_usd
-            self.run.emit("cost", cost_usd=round(self.run.cost, 10), stage="tool")
+        self.run.account(record, ctx, "tool")
 
     def _refused(self, call: PendingCall, text: str) -> None:
         self.run.emit("tool_result", call_id=call.id, tool=call.qualified or call.name, ok=False, preview=text[:300],

@@ -269,7 +269,7 @@ class LiveRun:
             self._failed(record, ctx, started, ThinktankError("cancelled before it answered"), who, stage, announce)
             raise
         latency = self.clock.monotonic() - started
-        self._account(record, ctx, stage)
+        self.account(record, ctx, stage)
         record.answer = text
         record.latency_ms = round(latency * 1000, 3)
         child = child or ctx.run_id
@@ -303,7 +303,7 @@ class LiveRun:
                             Message(role="user", content=f"Your reply could not be read: {exc}. {hint}")]
         raise AssertionError("unreachable")
 
-    def _account(self, record: CallRecord, ctx: CallContext, stage: str) -> None:
+    def account(self, record: CallRecord, ctx: CallContext, stage: str) -> None:
         """Costs come from the router's accounting (``ctx.records``), the one place they are computed."""
         if ctx.run_id is not None:
             self.emit("child_run", run_id=ctx.run_id, stage=stage, call=record.seq, model=record.model)
@@ -324,7 +324,7 @@ class LiveRun:
         self, record: CallRecord, ctx: CallContext, started: float, exc: ThinktankError, who: dict[str, str],
         stage: str, announce: bool,
     ) -> None:
-        self._account(record, ctx, stage)  # a stream cut short still cost something
+        self.account(record, ctx, stage)  # a stream cut short still cost something
         record.error = exc.message
         record.latency_ms = round((self.clock.monotonic() - started) * 1000, 3)
         if announce:
