@@ -41,12 +41,13 @@ class AgentRunner:
     """Runs one agent run from ``state`` (new, or as its last checkpoint left it)."""
 
     def __init__(self, run: LiveRun, cfg: AgentConfig, state: AgentState, offered: Callable[[], Awaitable[Offered]],
-                 checkpoint: Callable[[AgentState], Awaitable[None]], clock: Clock, *, approval_timeout: float) -> None:
+                 save: Callable[[], Awaitable[object]], clock: Clock, *, approval_timeout: float) -> None:
+        """``save`` writes the run's new events and calls, with the state last put on it (``run.checkpoint``)."""
         self.run = run
         self.cfg = cfg
         self.state = state
         self._offer = offered
-        self._checkpoint = checkpoint
+        self._write = save
         self._clock = clock
         self._approval_timeout = approval_timeout
         self._started = clock.monotonic()
@@ -72,12 +73,13 @@ class AgentRunner:
             self.state.elapsed = elapsed
 
     async def _save(self) -> None:
-        async with self._lock:  # parallel tool calls finish at once: one checkpoint at a time
-            elapsed, self.state.elapsed = self.state.elapsed, self._elapsed()
-            try:
-                await self._checkpoint(self.state)
-            finally:
-                self.state.elapsed = elapsed
+        self._stage()
+        await self._persist()
+
+    async def _persist(self) -> None:
+        """Write what is staged (a newer state staged meanwhile by a parallel call goes with it)."""
+        async with self._lock:  # parallel tool calls finish at once: one write at a time
+            await self._write()
 
     # -- the loop --------------------------------------------------------------------------------
     async def __call__(self) -> dict[str, Any]:
@@ -150,8 +152,8 @@ class AgentRunner:
 
             async def one(call: PendingCall) -> None:
                 async with limit:
-                    await self._execute(call, offered)
-                await self._save()
+                    await self._execute(call, offered)  # it ends by staging the state with the call's result
+                await self._persist()
 
             await asyncio.gather(*(one(c) for c in ready))
         waiting = self.state.waiting()

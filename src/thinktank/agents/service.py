@@ -83,11 +83,10 @@ class Agents:
         async def offered() -> Offered:
             return await self.toolbox.offer(cfg, principal, configured, from_request=state.from_request)
 
-        async def checkpoint(s: AgentState) -> None:
-            run.checkpoint = (s.dumps(), s.approval_deadline)
-            await self.runs.save(run)
+        async def save() -> bool:
+            return await self.runs.save(run)
 
-        return AgentRunner(run, cfg, state, offered, checkpoint, self.clock, approval_timeout=cfg.approval_timeout)
+        return AgentRunner(run, cfg, state, offered, save, self.clock, approval_timeout=cfg.approval_timeout)
 
     # -- decisions -------------------------------------------------------------------------------
     async def _paused_run(self, run_id: str, principal: Principal) -> AgentState:
