@@ -89,13 +89,19 @@ class Agents:
         return AgentRunner(run, cfg, state, offered, save, self.clock, approval_timeout=cfg.approval_timeout)
 
     # -- decisions -------------------------------------------------------------------------------
-    async def _paused_run(self, run_id: str, principal: Principal) -> AgentState:
-        """The state of ``run_id`` if it is the caller's own agent run waiting for a decision."""
+    async def _own(self, run_id: str, principal: Principal) -> str:
+        """The status of ``run_id`` if it is the caller's own agent run (404 otherwise, admins included: only
+        a run's owner decides about it)."""
         found = await self.store.owner(run_id)
         if found is None or found[0] != principal.user_id or found[1] != "agent":
             raise NotFoundError(f"There is no agent run '{run_id}'.")
-        if found[2] != PAUSED:
-            raise ConflictError(f"The run is not waiting for a decision (it is {found[2]}).", code="not_awaiting")
+        return found[2]
+
+    async def _paused_run(self, run_id: str, principal: Principal) -> AgentState:
+        """The state of ``run_id`` if it is the caller's own agent run waiting for a decision."""
+        found = await self._own(run_id, principal)
+        if found != PAUSED:
+            raise ConflictError(f"The run is not waiting for a decision (it is {found}).", code="not_awaiting")
         state = await self.store.state(run_id)
         if state is None or not state.waiting():
             raise ConflictError("The run is not waiting for a decision.", code="not_awaiting")
@@ -200,14 +206,12 @@ class Agents:
 
     async def resume(self, run_id: str, principal: Principal) -> dict[str, Any]:
         """Take up an interrupted run of the caller's now (it resumes by itself within ``stale_after`` s)."""
-        found = await self.store.owner(run_id)
-        if found is None or found[0] != principal.user_id or found[1] != "agent":
-            raise NotFoundError(f"There is no agent run '{run_id}'.")
+        status = await self._own(run_id, principal)
         if run_id in self.runs.live:
             raise ConflictError("The run is running here.", code="run_running")
         silence = min(self.stale_after, 5.0)  # the saver writes a running run every 0.5 s
-        if found[2] != "running" or not await self.store.claim_stale(run_id, self.clock.time(), silence):
-            raise ConflictError(f"The run is not interrupted (it is {found[2]}).", code="not_interrupted")
+        if status != "running" or not await self.store.claim_stale(run_id, self.clock.time(), silence):
+            raise ConflictError(f"The run is not interrupted (it is {status}).", code="not_interrupted")
         stored = await self.store.load(run_id)
         if stored is None:
             raise NotFoundError(f"There is no agent run '{run_id}'.")

@@ -262,11 +262,13 @@ class Conversations:
         """An agent run that paused a thread's turn ended: its message shows the answer (or why there is none)."""
         if run.status == PAUSED:
             return
+        from ..deliberation.models import ANSWERED, FINISH_REASON
+
         answer = (run.result or {}).get("answer") or ""
-        if run.status not in ("completed", "step_limit", "time_limit"):
+        if run.status not in ANSWERED:
             answer = (answer + "\n\n" if answer else "") + f"[The agent run {run.status.replace('_', ' ')}: " \
                 f"{run.error or 'no answer'}]"
-        finish = {"completed": "stop", "step_limit": "length", "time_limit": "length"}.get(run.status, run.status)
+        finish = FINISH_REASON.get(run.status, run.status)
         await self.threads.answered_by_run(run.id, answer, finish, (run.cost, run.prompt_tokens, run.completion_tokens))
 
     async def _replaced_seq(self, thread_id: str, message_id: str) -> int:

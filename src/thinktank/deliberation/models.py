@@ -29,7 +29,7 @@ from ..types import ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, D
 from .runs import PAUSED, LiveRun
 from .service import Deliberation, Kind, RunOptions
 
-__all__ = ["RunModel", "run_error", "run_usage"]
+__all__ = ["ANSWERED", "FINISH_REASON", "RunModel", "awaiting_notice", "run_error", "run_usage"]
 
 
 class _RunFields(BaseModel):
@@ -113,14 +113,14 @@ class RunModel:
         except asyncio.CancelledError:
             await self._finish(run, ctx)
             raise
-        if run.status not in _ANSWERED:
+        if run.status not in ANSWERED:
             raise run_error(run)
         answer = (run.result or {}).get("answer") or ""
         if run.status == PAUSED:
             answer = awaiting_notice(run)
         response = ChatResponse(
             id=f"chatcmpl-{run.id}", created=int(run.created_at), model=self.name,
-            choices=[Choice(index=0, message=ResponseMessage(content=answer), finish_reason=_FINISH[run.status])],
+            choices=[Choice(index=0, message=ResponseMessage(content=answer), finish_reason=FINISH_REASON[run.status])],
             usage=run_usage(run),
         )
         if run.status == "completed" and run.result and run.result.get("citations"):
@@ -159,7 +159,7 @@ class RunModel:
             elif event.type == "tool_call":
                 yield ChatChunk.progress(f"tool {_text(event.data.get('tool'))}", model=self.name)
         await self._service.wait(run)
-        if run.status not in _ANSWERED:
+        if run.status not in ANSWERED:
             raise run_error(run)
         if run.status == PAUSED:
             notice = awaiting_notice(run)
@@ -167,15 +167,16 @@ class RunModel:
             delta = Delta(role="assistant", content=notice) if first else Delta(content=notice)
             yield ChatChunk(id=cid, created=created, model=self.name, choices=[ChunkChoice(delta=delta)])
         yield ChatChunk(id=cid, created=created, model=self.name,
-                        choices=[ChunkChoice(delta=Delta(), finish_reason=_FINISH[run.status])])
+                        choices=[ChunkChoice(delta=Delta(), finish_reason=FINISH_REASON[run.status])])
         citations = (run.result or {}).get("citations") if run.status == "completed" else None
         yield ChatChunk(id=cid, created=created, model=self.name, choices=[], usage=run_usage(run),
                         citations=citations or None)
 
 
-_ANSWERED = frozenset({"completed", "step_limit", "time_limit", PAUSED})
+ANSWERED = frozenset({"completed", "step_limit", "time_limit", PAUSED})
 """How a run may end and still answer: with its answer, what it had at a limit, or a notice that it waits."""
-_FINISH = {"completed": "stop", "step_limit": "length", "time_limit": "length", PAUSED: "awaiting_approval"}
+FINISH_REASON = {"completed": "stop", "step_limit": "length", "time_limit": "length", PAUSED: "awaiting_approval"}
+"""The chat ``finish_reason`` of a run that answered, by its status."""
 
 
 def awaiting_notice(run: LiveRun) -> str:
