@@ -12,12 +12,12 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .agents.config import AgentConfig, McpServerConfig, unknown_tool
 from .bounds import OutputTokens
 from .errors import ConfigError
 from .names import find_cycle, is_kb_name
+from .settings import Settings, default_data_dir
 
 __all__ = [
     "ConversationsConfig",
@@ -39,41 +39,6 @@ __all__ = [
 ]
 
 Strategy = Literal["weighted", "least_busy", "lowest_latency", "cheapest"]
-
-
-def default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "thinktank"
-
-
-class Settings(BaseSettings):
-    """Process settings, from ``THINKTANK_*`` environment variables."""
-
-    model_config = SettingsConfigDict(env_prefix="THINKTANK_", extra="ignore")
-
-    config: Path | None = None
-    data_dir: Path = Field(default_factory=default_data_dir)
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
-    workers: int = Field(default=1, ge=1, le=64)
-    admin_key: SecretStr | None = None
-    admin_email: str | None = None
-    admin_password: SecretStr | None = None
-    database_url: str | None = None
-    """Default: a SQLite file in the data directory. PostgreSQL: postgresql://user@host/db."""
-    redis_url: str | None = None
-    """Shared rate-limit (and budget) counters for several workers or hosts."""
-    auth_cache_ttl: float = Field(default=5.0, ge=0)
-    """Seconds a resolved key or session is trusted before it is looked up again."""
-    global_daily_budget_usd: float | None = Field(default=None, ge=0)
-    demo: bool = False
-    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
-    max_upload_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
-    """The largest document upload (one request to ``/api/v1/knowledge-bases/{kb}/documents``)."""
-    upstream_connections: int = Field(default=1000, ge=1)
-    log_level: str = "info"
-    run_stale_after: float = Field(default=30.0, gt=0, le=86_400)
-    """Seconds without a save after which a running agent run counts as interrupted and is resumed elsewhere."""
 
 
 class _In(BaseModel):

@@ -23,6 +23,8 @@ class Cooldowns:
         self._cooldown = cooldown
         self._fails: dict[str, int] = {}
         self._until: dict[str, float] = {}
+        self.listeners: list[Callable[[str, float], None]] = []
+        """Told ``(deployment, seconds)`` each time a deployment starts a cooldown (metrics, alerts)."""
 
     def success(self, key: str) -> None:
         self._fails.pop(key, None)
@@ -37,6 +39,8 @@ class Cooldowns:
         if fails >= self._allowed:
             duration = max(self._cooldown, retry_after or 0.0)
             self._until[key] = self._clock.monotonic() + duration
+            for listener in self.listeners:
+                listener(key, duration)
             return True
         return False
 
