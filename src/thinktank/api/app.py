@@ -102,21 +102,20 @@ def create_app(
         admin_key, status = AdminKey.from_settings(settings)
         if status.key is not None or not quiet:
             announce_key(status)
+    tracing = _tracing(settings, tracer_provider) if tracer_provider is not None or settings.otel_endpoint else None
     state = build_state(settings, router, admin_key, http, clock, local_embedder)
-    if tracer_provider is not None or settings.otel_endpoint:
-        _trace(state, tracer_provider)
+    if tracing is not None:  # everything that starts spans gets the tracer
+        state.tracing = state.router.tracing = state.deliberation.tracing = state.knowledge.tracing = tracing
     return ThinktankApp(state, _fastapi_app(state))
 
 
-def _trace(state: AppState, provider: TracerProvider | None) -> None:
-    """Hand the tracer to everything that starts spans (only when tracing is on: the import is here)."""
+def _tracing(settings: Settings, provider: TracerProvider | None) -> Tracing | None:
+    """Only when tracing is on: the import is here."""
     from ..observability.otel import build_tracing, from_provider
 
-    tracing: Tracing | None = (
-        from_provider(provider, content=state.settings.otel_content) if provider is not None
-        else build_tracing(state.settings)
-    )
-    state.tracing = state.router.tracing = state.deliberation.tracing = state.knowledge.tracing = tracing
+    if provider is not None:
+        return from_provider(provider, content=settings.otel_content)
+    return build_tracing(settings)
 
 
 def build_state(

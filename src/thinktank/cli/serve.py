@@ -52,7 +52,7 @@ def serve(
 
     s = settings(config, demo, host=host, port=port, workers=workers, log_level=log_level)
     # One format for thinktank's lines and uvicorn's, here and in every worker (uvicorn applies log_config there).
-    log_config = logging_config(s.log_level, s.log_format)
+    log_config = logging_config(s.log_level, s.log_format, content=s.log_content)
     logging.config.dictConfig(log_config)
     # The port first: nothing is said (no admin key generated) for a start that cannot listen.
     sock = listen(s.host, s.port)

@@ -23,6 +23,7 @@ _SECRETS = (
     (re.compile(r"\b(bearer|basic)\s+[^\s\"',;]+", re.IGNORECASE), r"\1 ***"),
     (re.compile(r"\b((?:x-)?api[-_]?key|access_token|secret|password|authorization)(\s*[=:]\s*)[\"']?[^\s\"'&,;]+",
                 re.IGNORECASE), r"\1\2***"),
+    (re.compile(r"([?&](?:key|api_key|token|access_token|sig|signature)=)[^&\s\"']+", re.IGNORECASE), r"\1***"),
     (re.compile(r"\b(?:sk|pk|rk|tt|xai|gsk|hf)[-_][A-Za-z0-9_\-]{8,}"), "***"),
     (re.compile(r"\bAIza[A-Za-z0-9_\-]{10,}"), "***"),
 )
@@ -88,10 +89,15 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
-def logging_config(level: str, fmt: Literal["text", "json"]) -> dict[str, Any]:
+QUIET = {"aiosqlite": "INFO"}
+"""Libraries whose debug lines hold what thinktank never logs (aiosqlite's: every statement with its parameters,
+so the prompts and answers written): no lower than this, whatever the level."""
+
+
+def logging_config(level: str, fmt: Literal["text", "json"], *, content: bool = False) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for the server and uvicorn (its ``log_config``, so that each worker
     process applies it too): one stderr handler in ``fmt`` on the root logger, which uvicorn's loggers
-    propagate to."""
+    propagate to. ``content``: let libraries that log what is stored (statements' parameters) do so at debug."""
     formatter = "thinktank.observability.logs.JsonFormatter" if fmt == "json" else \
         "thinktank.observability.logs.TextFormatter"
     return {
@@ -106,5 +112,11 @@ def logging_config(level: str, fmt: Literal["text", "json"]) -> dict[str, Any]:
             "uvicorn": {"level": level.upper(), "handlers": [], "propagate": True},
             "uvicorn.error": {"level": level.upper(), "handlers": [], "propagate": True},
             "uvicorn.access": {"level": level.upper(), "handlers": [], "propagate": True},
+            **({} if content else {name: {"level": _higher(level, floor), "handlers": [], "propagate": True}
+                                   for name, floor in QUIET.items()}),
         },
     }
+
+
+def _higher(level: str, floor: str) -> str:
+    return max(level.upper(), floor, key=logging.getLevelName)
