@@ -70,7 +70,8 @@ def captured(formatter: logging.Formatter, level: int = logging.DEBUG) -> Iterat
 
 
 @asynccontextmanager
-async def app_on(settings: Settings, upstream: FakeUpstream) -> AsyncIterator[tuple[str, ThinktankApp, httpx.AsyncClient]]:
+async def app_on(settings: Settings, upstream: FakeUpstream,
+                 ) -> AsyncIterator[tuple[str, ThinktankApp, httpx.AsyncClient]]:
     app = create_app(settings, parse_config(config(upstream.url)))
     async with serving(app) as url, httpx.AsyncClient(timeout=30) as http:
         yield url, app, http
@@ -157,10 +158,12 @@ async def test_every_response_carries_a_request_id(settings: Settings, answers: 
     async with app_on(settings, answers) as (url, app, http):
         body = {"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}
         seen = []
-        for method, path, kw in [("GET", "/health", {}), ("GET", "/ready", {}), ("GET", "/v1/models", {}),
+        requests: list[tuple[str, str, dict[str, Any]]] = [
+                                 ("GET", "/health", {}), ("GET", "/ready", {}), ("GET", "/v1/models", {}),
                                  ("POST", "/v1/chat/completions", {"json": body}), ("GET", "/nope", {}),
                                  ("GET", "/api/v1/runs/run_x", {}), ("DELETE", "/v1/models", {}),
-                                 ("POST", "/v1/chat/completions", {"content": b"{"}), ("GET", "/", {})]:
+                                 ("POST", "/v1/chat/completions", {"content": b"{"}), ("GET", "/", {})]
+        for method, path, kw in requests:
             r = await http.request(method, url + path, headers=AUTH, **kw)
             rid = r.headers["x-request-id"]
             assert rid.startswith("req-") and len(r.headers.get_list("x-request-id")) == 1, (path, r.status_code)
@@ -175,7 +178,7 @@ async def test_every_response_carries_a_request_id(settings: Settings, answers: 
             r = await http.get(url + "/health", headers={"x-request-id": sent})
             assert r.headers["x-request-id"] == sent
         for insane in ["a" * 129, "has space", "quote\"d", "new\\nline", "ünïcode", "<script>", ""]:
-            r = await http.get(url + "/health", headers={"x-request-id": insane.encode()})
+            r = await http.get(url + "/health", headers={b"x-request-id": insane.encode()})
             assert r.status_code == 200 and r.headers["x-request-id"].startswith("req-"), insane
 
         # The usage record's id is the request's when generated here; a client's id (maybe reused) is not.
