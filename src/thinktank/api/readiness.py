@@ -40,7 +40,8 @@ class _Probe:
     reachable: bool
     latency_ms: float | None
     error: str | None
-    until: float
+    at: float
+    """When it was probed (``time.monotonic``)."""
 
 
 def _ms(started: float) -> float:
@@ -151,7 +152,7 @@ class Readiness:
     async def _probe(self, target: tuple[str, int]) -> _Probe:
         now = time.monotonic()
         known = self._probes.get(target)
-        if known is not None and known.until > now:
+        if known is not None and now - known.at < self.probe_ttl:
             return known
         running = self._probing.get(target)
         if running is None:  # one connect at a time per host, however many probes ask
@@ -172,7 +173,7 @@ class Readiness:
             error = f"no connection within {self.timeout:g} s"
         except OSError as exc:
             error = scrub_message(exc.strerror or type(exc).__name__)
-        probe = _Probe(error is None, _ms(started) if error is None else None, error, time.monotonic() + self.probe_ttl)
+        probe = _Probe(error is None, _ms(started) if error is None else None, error, time.monotonic())
         self._probes[target] = probe
         return probe
 
