@@ -6,6 +6,7 @@ in batches to a receiver on loopback), and, for the request-id and log work, the
     python bench/tracing.py                       # 6 rounds of 5 s runs per case
     python bench/tracing.py --rounds 4 --seconds 4 --cases off,on
     python bench/tracing.py --baseline-src ../main/src   # what "before" is (default: ../main/src if it exists)
+    python bench/tracing.py --cases off,on,sampled       # sampled: OTEL_TRACES_SAMPLER=parentbased_traceidratio, 0.1
 
 Every case is its own ``thinktank serve`` (one worker, SQLite, text logs at warning) in front of the nginx fake
 upstream of ../shared/bench/gateway_bench.py; governance is on as in bench/governance.py: a virtual key with a
@@ -36,7 +37,7 @@ from governance import CONFIG, cpu_seconds  # bench/governance.py
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = "sk-bench-admin-0123456789"
-PORTS = {"before": 18461, "off": 18462, "on": 18463}
+PORTS = {"before": 18461, "off": 18462, "on": 18463, "sampled": 18464}
 RECEIVER_PORT = 18469
 
 
@@ -82,8 +83,10 @@ def start(case: str, data_dir: Path, baseline_src: Path) -> subprocess.Popen[byt
     env = {k: v for k, v in os.environ.items() if not k.startswith(("THINKTANK_", "OTEL_"))}
     env.update(THINKTANK_ADMIN_KEY=ADMIN, THINKTANK_DATA_DIR=str(data_dir),
                PYTHONPATH=str(baseline_src if case == "before" else ROOT / "src"))
-    if case == "on":
+    if case in ("on", "sampled"):
         env["THINKTANK_OTEL_ENDPOINT"] = f"http://127.0.0.1:{RECEIVER_PORT}"
+    if case == "sampled":  # one trace in ten recorded (the others cost a non-recording span each)
+        env.update(OTEL_TRACES_SAMPLER="parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG="0.1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "thinktank", "serve", "--config", str(CONFIG), "--port", str(port),
          "--log-level", "warning"], env=env, start_new_session=True, cwd=data_dir,
@@ -184,9 +187,9 @@ def main() -> int:
             ratio = f"{statistics.median(x / y for x, y in zip(rps[case], rps['off'], strict=True)):>7.3f}"
         print(f"{case:<8} {statistics.median(rps[case]):>7.0f} {statistics.median(cpu[case]):>6.0f} us "
               f"{statistics.median(p99[case]):>6.1f} ms {ratio}")
-    if "on" in requests:
-        print(f"spans received {receiver.spans} in {receiver.exports} exports for {requests['on']} requests "
-              f"({receiver.spans / max(requests['on'], 1):.2f} a request)")
+    traced = sum(requests.get(c, 0) for c in ("on", "sampled"))
+    if traced:
+        print(f"spans received {receiver.spans} in {receiver.exports} exports for {traced} traced requests")
     print(json.dumps({"rps_runs": rps, "cpu_runs": cpu, "p99_runs": p99, "requests": requests}))
     return 0
 
