@@ -32,8 +32,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from gateway import shared_module  # bench/gateway.py, beside this script
 from governance import CONFIG, cpu_seconds  # bench/governance.py
+
+from gateway import shared_module  # bench/gateway.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = "sk-bench-admin-0123456789"
