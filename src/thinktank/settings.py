@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,5 +44,19 @@ class Settings(BaseSettings):
     """The largest document upload (one request to ``/api/v1/knowledge-bases/{kb}/documents``)."""
     upstream_connections: int = Field(default=1000, ge=1)
     log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"
+    """``json``: one JSON object a line (ts, level, logger, message, request_id and extra fields)."""
+    log_content: bool = False
+    """Log prompts and answers (at debug level). Off: no prompt or answer text is ever logged."""
+    otel_endpoint: str | None = None
+    """OTLP/HTTP collector (``http://collector:4318``; ``/v1/traces`` is added): setting it turns tracing on
+    (the ``otel`` extra). The standard ``OTEL_EXPORTER_OTLP_*``, ``OTEL_TRACES_SAMPLER`` and
+    ``OTEL_SERVICE_NAME`` variables apply."""
+    otel_content: bool = False
+    """Put prompt, answer, query and tool text on spans. Off: spans carry names, counts and timings only."""
+    ready_timeout: float = Field(default=2.0, gt=0, le=60)
+    """Seconds each ``/ready`` check (database, Redis, an upstream's TCP connect) may take."""
+    ready_upstreams: Literal["any", "all", "none"] = "any"
+    """When upstreams make ``/ready`` fail: ``any`` when none is reachable, ``all`` when one is not, ``none`` never."""
     run_stale_after: float = Field(default=30.0, gt=0, le=86_400)
     """Seconds without a save after which a running agent run counts as interrupted and is resumed elsewhere."""

@@ -18,6 +18,7 @@ from ..clock import Clock
 from ..errors import ThinktankError
 from ..gateway.context import CallContext, Hold
 from ..gateway.strategies import Deployment
+from ..observability import request_ids
 from .budgets import BudgetLedger, BudgetSpec, Reservation
 from .principal import Principal
 from .ratelimit import RateLimiter, RatePlan, Subject
@@ -179,7 +180,9 @@ class Gate:
         return Admission(
             gate=self, principal=principal, subject=governance.subject, model=model,
             estimated_tokens=estimated_tokens, ctx=CallContext(meter=governance.meter, principal=principal),
-            started=self.clock.monotonic(), request_id=f"{self._id_prefix}{next(self._ids):x}",
+            started=self.clock.monotonic(),
+            # The HTTP request's own id when it was made here (the x-request-id its client and logs see).
+            request_id=request_ids.claim() or f"{self._id_prefix}{next(self._ids):x}",
         )
 
     def resumed(self, principal: Principal, model: str) -> Admission:

@@ -193,6 +193,7 @@ class AgentRunner:
                          time_limit=timeout, citation_start=self._next_citation)
         self._next_citation += 50  # room for this call's passages (parallel calls number apart)
         started = self._clock.monotonic()
+        span = self.run.tracing.tool(label, call.id, arguments) if self.run.tracing is not None else None
         try:
             async with asyncio.timeout(timeout + 1.0):  # the tool's own limit first; this one if it ignores it
                 output = await tool.call(arguments, tc)
@@ -200,7 +201,9 @@ class AgentRunner:
             output = ToolOutput(exc.message, is_error=True)
         except TimeoutError:
             output = ToolOutput(f"the tool gave no result within {timeout:g} s", is_error=True)
-        except BudgetExceededError:
+        except BudgetExceededError as exc:
+            if span is not None:
+                span.close(exc)
             self._account(record, ctx, started, "stopped: a budget was reached")
             raise
         except ThinktankError as exc:
@@ -208,6 +211,8 @@ class AgentRunner:
         except Exception:
             log.exception("tool %s failed in run %s", label, self.run.id)
             output = ToolOutput("the tool failed (an internal error; see the server log)", is_error=True)
+        if span is not None:
+            self.run.tracing.tool_done(span, output.text, output.is_error)  # type: ignore[union-attr]
         self._account(record, ctx, started, output.text if output.is_error else None)
         record.answer = None if output.is_error else output.text
         if output.citations:

@@ -7,6 +7,7 @@ built here and handed to whoever needs it.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -29,6 +30,7 @@ from ..discovery import NO_MODELS_HELP, demo_config, discover, merge
 from ..errors import ConfigError, ConflictError, PayloadTooLargeError, ThinktankError, retry_after_header
 from ..gateway.router import Router
 from ..mcp import is_mcp
+from ..observability import request_ids
 from ..providers._http import HttpClient
 from ..providers.base import ProviderContext
 from ..providers.registry import ProviderRegistry
@@ -39,7 +41,10 @@ from .routing import unencodable_text
 from .state import AppState, _default_fetcher
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
     from ..knowledge.embeddings import LocalEmbedder
+    from ..observability.tracing import Tracing
 
 __all__ = ["ThinktankApp", "app_from_env", "build_config", "create_app", "worker_app"]
 
@@ -70,13 +75,16 @@ def create_app(
     admin_key: AdminKey | None = None,
     quiet: bool = False,
     local_embedder: LocalEmbedder | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> ThinktankApp:
     """``announce_key`` is told which admin key is in force (a generated one included, to show once).
     ``admin_key``: a key for this app alone, neither stored nor announced (``thinktank --local``).
     ``quiet``: no notices at start (the hint when no model is configured, the admin key in force) but a
     freshly generated key; for the workers ``thinktank serve`` starts, whose parent said it all.
     ``local_embedder``: share one already-built local model (tests); by default one is made, loaded on
-    first use, with its cache under the data directory."""
+    first use, with its cache under the data directory.
+    ``tracer_provider``: trace with this provider (tests; the caller shuts it down) rather than the one
+    ``THINKTANK_OTEL_ENDPOINT`` asks for."""
     settings = settings or Settings()
     if config is None:
         config = build_config(settings, os.environ)
@@ -94,8 +102,20 @@ def create_app(
         admin_key, status = AdminKey.from_settings(settings)
         if status.key is not None or not quiet:
             announce_key(status)
+    tracing = _tracing(settings, tracer_provider) if tracer_provider is not None or settings.otel_endpoint else None
     state = build_state(settings, router, admin_key, http, clock, local_embedder)
+    if tracing is not None:  # everything that starts spans gets the tracer
+        state.tracing = state.router.tracing = state.deliberation.tracing = state.knowledge.tracing = tracing
     return ThinktankApp(state, _fastapi_app(state))
+
+
+def _tracing(settings: Settings, provider: TracerProvider | None) -> Tracing | None:
+    """Only when tracing is on: the import is here."""
+    from ..observability.otel import build_tracing, from_provider
+
+    if provider is not None:
+        return from_provider(provider, content=settings.otel_content)
+    return build_tracing(settings)
 
 
 def build_state(
@@ -112,6 +132,7 @@ def build_state(
     from ..accounts.usage import UsageQuery, UsageWriter
     from ..accounts.users import UserService
     from ..store.db import Database, default_database_url
+    from .readiness import Readiness
 
     db = Database(settings.database_url or default_database_url(settings.data_dir))
     auth = Authenticator(db, admin_key, clock, cache_ttl=settings.auth_cache_ttl)
@@ -160,6 +181,8 @@ def build_state(
         usage_writer=usage_writer, usage_query=UsageQuery(db), limiter=limiter, ledger=ledger, gate=gate,
         deliberation=deliberation, embedders=embedders, knowledge=knowledge,
         conversations=conversations, clock=clock, catalog=catalog, agents=agents, url_fetcher=fetcher,
+        readiness=Readiness(db, router, settings.redis_url, timeout=settings.ready_timeout,
+                            upstreams=settings.ready_upstreams),
     )
 
 
@@ -196,7 +219,11 @@ async def _stop(state: AppState) -> None:
     await state.limiter.close()
     await state.auth.close()  # background lookups of cached keys
     state.embedders.close()
+    if state.readiness is not None:
+        await state.readiness.close()
     await state.db.close()
+    if state.tracing is not None:
+        await asyncio.to_thread(state.tracing.shutdown)  # the last spans exported (the loop goes on meanwhile)
 
 
 def app_from_env() -> ThinktankApp:
@@ -304,13 +331,16 @@ def _fastapi_app(state: AppState) -> FastAPI:
 
     @app.get("/ready", tags=["ops"])
     async def ready() -> JSONResponse:
-        """Readiness: started, with the number of models it serves."""
-        if not state.ready:
+        """Readiness: started, and each dependency checked (the database, Redis when configured, every
+        upstream); 503 when a required one is down (see ``api/readiness.py`` for which are)."""
+        if not state.ready or state.readiness is None:
             return JSONResponse({"status": "starting"}, 503)
-        body: dict[str, Any] = {"status": "ready", "models": len(state.catalog.configured())}
+        ok, checks = await state.readiness.check()
+        body: dict[str, Any] = {"status": "ready" if ok else "not_ready", "models": len(state.catalog.configured()),
+                                "checks": checks}
         if not state.router.deployments:
             body["hint"] = NO_MODELS_HELP
-        return JSONResponse(body)
+        return JSONResponse(body, 200 if ok else 503)
 
     return app
 
@@ -358,6 +388,7 @@ class ThinktankApp:
         self._web: Handler | None = None
         self._mcp: Handler | None = None
         h = OpenAIHandlers(state)
+        self._ids = request_ids.RequestIds()
         self._routes: dict[str, dict[str, Handler]] = {
             "/v1/chat/completions": {"POST": h.chat_completions},
             "/chat/completions": {"POST": h.chat_completions},
@@ -368,6 +399,34 @@ class ThinktankApp:
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.fastapi(scope, receive, send)  # the lifespan
+            return
+        # Every response carries the request's id, and every log line written meanwhile (a context variable).
+        rid = self._ids.for_headers(scope["headers"])
+        request_ids.CURRENT.set(rid)  # each request runs in a task (a context) of its own
+        rid_header = (request_ids.HEADER, rid.value.encode())
+
+        async def send_with_id(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), rid_header]
+            await send(message)
+
+        tracing = self.state.tracing
+        if tracing is None:
+            await self._dispatch(scope, receive, send_with_id)
+        else:
+            await tracing.serve_http(self._dispatch, scope, receive, send_with_id, self._route_of(scope["path"]))
+
+    def _route_of(self, path: str) -> str | None:
+        """The route of a raw handler's path (the span's ``http.route``); None for FastAPI's (known later)."""
+        if path in self._routes:
+            return path
+        if path.startswith(("/v1/models/", "/models/")):
+            return "/v1/models/{model}"
+        return None
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
             methods = self._routes.get(path) or (self._routes.get(path.rstrip("/")) if len(path) > 1 else None)

@@ -26,7 +26,9 @@ if TYPE_CHECKING:
     from ..knowledge.embedders import Embedders
     from ..knowledge.service import KnowledgeService
     from ..knowledge.urls import UrlFetcher
+    from ..observability.tracing import Tracing
     from ..store.db import Database
+    from .readiness import Readiness
 
 __all__ = ["AppState"]
 
@@ -63,6 +65,9 @@ class AppState:
     ready: bool = False
     url_fetcher: UrlFetcher = field(default_factory=_default_fetcher)
     """Fetches the URLs users add to knowledge bases (public addresses only)."""
+    readiness: Readiness | None = None
+    tracing: Tracing | None = None
+    """None when tracing is off (then nothing of OpenTelemetry is imported)."""
 
     async def check_auth_allowed(self, ip: str, account: str | None = None) -> None:
         """429 with Retry-After after too many failed logins or keys from this address."""

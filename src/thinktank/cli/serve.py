@@ -42,15 +42,18 @@ def serve(
                                                   show_default=False)] = None,
 ) -> None:
     """Run the OpenAI-compatible server."""
-    import logging
+    import logging.config
 
     import uvicorn
 
     from ..api.app import create_app
     from ..errors import ThinktankError
+    from ..observability.logs import logging_config
 
     s = settings(config, demo, host=host, port=port, workers=workers, log_level=log_level)
-    logging.basicConfig(level=s.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One format for thinktank's lines and uvicorn's, here and in every worker (uvicorn applies log_config there).
+    log_config = logging_config(s.log_level, s.log_format, content=s.log_content)
+    logging.config.dictConfig(log_config)
     # The port first: nothing is said (no admin key generated) for a start that cannot listen.
     sock = listen(s.host, s.port)
     try:
@@ -67,6 +70,7 @@ def serve(
     typer.echo(f"open http://{host}:{s.port}/ in a browser", err=True)
     common: dict[str, Any] = {
         "log_level": s.log_level.lower(), "access_log": False, "server_header": False, "timeout_keep_alive": 30,
+        "log_config": log_config,
     }
     if s.workers == 1:
         server = uvicorn.Server(uvicorn.Config(application, **common))

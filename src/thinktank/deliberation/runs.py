@@ -26,6 +26,7 @@ from ..gateway.context import CallContext
 from ..types import ChatRequest, Message, ToolCall
 
 if TYPE_CHECKING:
+    from ..observability.tracing import Tracing
     from ..providers.base import ChatModel
 
 __all__ = ["FINAL", "PAUSED", "CallRecord", "Event", "EventType", "LiveRun", "Reply", "RunEnded", "RunPaused",
@@ -147,6 +148,8 @@ class LiveRun:
     saved_calls: int = 0
     checkpoint: tuple[str, float | None] | None = None
     """An agent's state to write with the next save (its JSON, and the approval deadline), then None."""
+    tracing: Tracing | None = None
+    """Spans for its stages and calls, when tracing is on."""
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     # -- events ----------------------------------------------------------------------------------
@@ -188,11 +191,14 @@ class LiveRun:
         self.emit("stage_started", stage=name, **data)
         before = self.stage_costs.get(name, 0.0)
         started = self.clock.monotonic()
+        span = self.tracing.stage(self.kind, self.id, name) if self.tracing is not None else None
         ok = False
         try:
             yield
             ok = True
         finally:
+            if span is not None:
+                span.close(message=None if ok else "the stage failed")
             self.emit(
                 "stage_finished", stage=name, cost_usd=round(self.stage_costs.get(name, 0.0) - before, 10),
                 seconds=round(self.clock.monotonic() - started, 4), **({} if ok else {"failed": True}),
@@ -219,6 +225,38 @@ class LiveRun:
         A failure is recorded, announced (``model_failed``) and raised as a ThinktankError; a
         budget refusal is raised as BudgetExceededError so the run stops.
         """
+        tracing = self.tracing
+        if tracing is None:
+            return await self._call(stage, role, model, messages, timeout=timeout, max_tokens=max_tokens,
+                                    temperature=temperature, on_text=on_text, announce=announce, label=label,
+                                    tools=tools)
+        span = tracing.call(stage, role if label is None else f"{role} {label}", model, messages,
+                            max_tokens or self.default_max_tokens, temperature)
+        try:
+            reply = await self._call(stage, role, model, messages, timeout=timeout, max_tokens=max_tokens,
+                                     temperature=temperature, on_text=on_text, announce=announce, label=label,
+                                     tools=tools)
+        except BaseException as exc:
+            span.close(exc)
+            raise
+        tracing.called(span, reply.deployment, reply.prompt_tokens, reply.completion_tokens, reply.cost, reply.text)
+        return reply
+
+    async def _call(
+        self,
+        stage: str,
+        role: str,
+        model: str,
+        messages: list[Message],
+        *,
+        timeout: float,  # noqa: ASYNC109 - each call's own limit, applied inside
+        max_tokens: int | None,
+        temperature: float | None,
+        on_text: Callable[[str], object] | None,
+        announce: bool,
+        label: str | None,
+        tools: list[dict[str, Any]] | None,
+    ) -> Reply:
         record = CallRecord(
             len(self.calls) + 1, stage, role, model,
             [m.model_dump(exclude_none=True) for m in messages], self.clock.time(),

@@ -50,6 +50,7 @@ from .runs import PAUSED, Event, LiveRun, RunEnded, RunPaused
 
 if TYPE_CHECKING:
     from ..catalog import Catalog
+    from ..observability.tracing import Tracing
 
 __all__ = ["Deliberation", "Kind", "OnEnd", "RunConfig", "RunOptions", "Runner", "kind_of", "redact"]
 
@@ -150,6 +151,8 @@ class Deliberation:
         self._saver: asyncio.Task[None] | None = None
         self._closing = False
         self.paused_cancelled: list[Callable[[str], Awaitable[None]]] = []
+        self.tracing: Tracing | None = None
+        """Spans for each run, its stages and calls, when tracing is on (the app factory sets it)."""
         """Told the id of a paused run cancelled while nobody executed it (a thread shows it ended)."""
         catalog.bind_runs(self)
 
@@ -305,6 +308,7 @@ class Deliberation:
     def launch(self, run: LiveRun, runner: Runner, on_end: OnEnd | None) -> None:
         """Execute ``run`` here as a task of its own (a new run, or a paused or interrupted one resumed)."""
         self.live[run.id] = run
+        run.tracing = self.tracing
         self._locks[run.id] = asyncio.Lock()
         self._tasks[run.id] = asyncio.get_running_loop().create_task(self._execute(run, runner, on_end))
 
@@ -326,6 +330,7 @@ class Deliberation:
 
     async def _execute(self, run: LiveRun, runner: Runner, on_end: OnEnd | None) -> None:
         status, error, code = "completed", None, 200
+        span = self.tracing.run(run.kind, run.name, run.id) if self.tracing is not None else None
         try:
             run.result = await runner()
         except RunPaused:
@@ -352,6 +357,10 @@ class Deliberation:
             run.result = {**run.partial, "answer": None, "partial": True}
         run.error = error
         run.status = status
+        if span is not None:
+            span.span.set_attribute("thinktank.run.status", status)
+            span.span.set_attribute("thinktank.cost_usd", run.cost)
+            span.close(message=error)
         if status not in ("awaiting_approval", "running"):  # paused or interrupted: it goes on later
             run.finished_at = self.clock.time()
             if error is not None:

@@ -12,10 +12,11 @@ Cost is computed here, once, for every answer; observers receive a UsageRecord p
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ..bounds import MAX_SAFE_INT
 from ..clock import Clock
@@ -44,13 +45,20 @@ from ..types import (
     encode_embedding,
 )
 from .context import CallContext, Hold
-from .health import Cooldowns, FailureLog
+from .health import Cooldowns, FailureLog, scrub_message
 from .pricing import price_for
 from .retry import Backoff
 from .strategies import Deployment, pick
 from .tokens import estimate_request_tokens, estimate_text_tokens
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from ..observability.tracing import AttemptTrace, Tracing
+
 __all__ = ["Group", "ModelInfo", "Router", "UsageRecord"]
+
+log = logging.getLogger("thinktank.router")
 
 T = TypeVar("T")
 
@@ -96,6 +104,8 @@ class _Attempt:
     started: float
     hold: Hold | None = None
     settled: bool = False
+    span: Span | None = None
+    """The attempt's span, when tracing: ended once its usage is accounted."""
 
     async def settle(self, cost: float) -> None:
         if self.hold is not None and not self.settled:
@@ -125,6 +135,8 @@ class Router:
         self.failures = FailureLog(ctx.clock)
         """The last failures of each deployment (written only when one fails), for :meth:`health_snapshot`."""
         self.observers: list[Observer] = list(observers or [])
+        self.tracing: Tracing | None = None
+        """Spans for each attempt, when tracing is on (the app factory sets it)."""
         self.deployments: list[Deployment] = []
         seen: dict[str, int] = {}
         for i, d in enumerate(config.models):
@@ -233,6 +245,7 @@ class Router:
         output_tokens: int | None,
         call: Callable[[Deployment, float], Awaitable[T]],
         ctx: CallContext | None = None,
+        trace: AttemptTrace | None = None,
     ) -> tuple[T, _Attempt, int]:
         deadline = self._clock.monotonic() + self.config.router.deadline
         queue: list[str] = [request_model]
@@ -246,7 +259,7 @@ class Router:
             visited.add(group.name)
             try:
                 result, attempt = await self._try_group(
-                    group, prompt_tokens, output_tokens, deadline, call, counter, ctx
+                    group, prompt_tokens, output_tokens, deadline, call, counter, ctx, trace
                 )
                 return result, attempt, counter[0]
             except ContextWindowExceededError as exc:
@@ -271,6 +284,7 @@ class Router:
         call: Callable[[Deployment, float], Awaitable[T]],
         counter: list[int],
         ctx: CallContext | None = None,
+        trace: AttemptTrace | None = None,
     ) -> tuple[T, _Attempt]:
         needed = prompt_tokens + (output_tokens or 0)
         fitting = [d for d in group.deployments if d.fits(needed)]
@@ -300,6 +314,7 @@ class Router:
             attempt_no += 1
             counter[0] += 1
             dep.stats.in_flight += 1
+            span = trace.start(dep, attempt_no) if trace is not None else None
             try:
                 async with asyncio.timeout(timeout):
                     result = await call(dep, timeout)
@@ -314,20 +329,26 @@ class Router:
                 )
             except ProviderError as exc:
                 err = exc
-            except BaseException:
+            except BaseException as exc:
+                if span is not None:
+                    trace.failed(span, exc)  # type: ignore[union-attr]
                 if hold is not None:
                     await hold.release()
                 raise
             else:
                 self.cooldowns.success(dep.id)
-                return result, _Attempt(dep, started, hold)
+                return result, _Attempt(dep, started, hold, span=span)
             finally:
                 dep.stats.in_flight -= 1
+            if span is not None:
+                trace.failed(span, err)  # type: ignore[union-attr]
             if hold is not None:
                 await hold.release()  # a failed attempt costs nothing
             tried.add(dep.id)
             if isinstance(err, ContextWindowExceededError | UpstreamBadRequestError):
                 raise err
+            log.info("upstream %s failed (attempt %d): %s", dep.id, attempt_no,
+                     scrub_message(f"{type(err).__name__}: {err.message}"))
             self.cooldowns.failure(dep.id, err.retry_after)
             self.failures.record(dep.id, err.upstream_status or err.status, type(err).__name__, err.message)
             untried = [d for d in fitting if d.id not in tried]
@@ -358,6 +379,9 @@ class Router:
         latency = self._clock.monotonic() - attempt.started
         attempt.deployment.stats.observe(latency)
         await attempt.settle(usage.cost)
+        if attempt.span is not None and self.tracing is not None:
+            self.tracing.accounted(attempt.span, usage)
+            attempt.span = None
         record = UsageRecord(
             model, attempt.deployment.id, usage.prompt_tokens, usage.completion_tokens, usage.cost,
             latency, 200, stream, n,
@@ -373,7 +397,10 @@ class Router:
             return await dep.model.complete(request)
 
         prompt = estimate_request_tokens(request)
-        response, attempt, n = await self._run(request.model, prompt, request.output_limit(), call, ctx)
+        trace = self.tracing.attempts("chat", request, request.model) if self.tracing is not None else None
+        response, attempt, n = await self._run(request.model, prompt, request.output_limit(), call, ctx, trace)
+        if attempt.span is not None:
+            trace.answered(attempt.span, response)  # type: ignore[union-attr]
         if response.usage is None:
             response.usage = _estimate(prompt, sum(len(c.message.content or "") for c in response.choices))
         response.usage = await self._account(attempt, response.usage, False, n, request.model, ctx)
@@ -398,7 +425,10 @@ class Router:
             return it, first
 
         prompt = estimate_request_tokens(request)
-        (it, first), attempt, n = await self._run(request.model, prompt, request.output_limit(), call, ctx)
+        trace = self.tracing.attempts("chat", request, request.model) if self.tracing is not None else None
+        (it, first), attempt, n = await self._run(request.model, prompt, request.output_limit(), call, ctx, trace)
+        span = attempt.span
+        reasons: list[str] = []
         dep = attempt.deployment
         dep.stats.in_flight += 1
         reported: Usage | None = None
@@ -420,6 +450,8 @@ class Router:
                 if chunk is not held:
                     for c in chunk.choices:
                         text_len += len(c.delta.content or "")
+                        if span is not None and c.finish_reason:
+                            reasons.append(c.finish_reason)
                     yield chunk
                 try:
                     async with asyncio.timeout(dep.timeout):
@@ -432,6 +464,8 @@ class Router:
                     ) from None
             # One figure: accounted once (usage record, cost, budget), then told to the client in the
             # one last chunk, however many times the upstream reported usage.
+            if span is not None:
+                trace.streamed(span, last.model, reasons)  # type: ignore[union-attr]
             usage = await self._account(
                 attempt, reported or _estimate(prompt, text_len), True, n, request.model, ctx
             )
@@ -456,7 +490,10 @@ class Router:
 
         ids = request.token_ids()
         prompt = sum(map(len, ids)) if ids is not None else sum(map(estimate_text_tokens, request.texts()))
-        response, attempt, n = await self._run(request.model, prompt, None, call, ctx)
+        trace = self.tracing.attempts("embeddings", None, request.model) if self.tracing is not None else None
+        response, attempt, n = await self._run(request.model, prompt, None, call, ctx, trace)
+        if attempt.span is not None:
+            attempt.span.set_attribute("gen_ai.response.model", response.model)
         usage = Usage(prompt_tokens=response.usage.prompt_tokens or prompt)
         response.usage.cost = (await self._account(attempt, usage, False, n, request.model, ctx)).cost
         return response

@@ -15,7 +15,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from sqlalchemy import ColumnElement, case, delete, func, or_, select, update
@@ -40,6 +40,9 @@ from .ingest import (
 )
 from .pgvector import PgVectors
 from .retrieval import Retrieved, Retriever, SearchOptions
+
+if TYPE_CHECKING:
+    from ..observability.tracing import Tracing
 
 __all__ = ["Access", "EmbedderFor", "KbView", "KnowledgeService"]
 
@@ -87,6 +90,8 @@ class KnowledgeService:
         self._again: set[str] = set()
         """Knowledge bases that changed while their build (or check) ran: looked at again after it."""
         self._closing = False
+        self.tracing: Tracing | None = None
+        """A span for each search, when tracing is on (the app factory sets it)."""
 
     async def settle(self) -> None:
         """Wait for the index builds under way."""
@@ -420,4 +425,14 @@ class KnowledgeService:
             raise InvalidRequestError("these knowledge bases embed with different models; search them one at a time "
                                       "or in keyword mode", param="knowledge_bases")
         embedder = self.embedder_for(models.pop(), ctx) if models and options.mode != "keyword" else None
-        return await self.retriever.search(ids, query, embedder, options)
+        if self.tracing is None:
+            return await self.retriever.search(ids, query, embedder, options)
+        span = self.tracing.retrieval(ids, query, options.mode, options.top_k)
+        try:
+            found = await self.retriever.search(ids, query, embedder, options)
+        except BaseException as exc:
+            span.close(exc)
+            raise
+        span.span.set_attribute("thinktank.retrieval.hits", len(found))
+        span.close()
+        return found

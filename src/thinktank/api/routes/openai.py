@@ -107,6 +107,8 @@ _CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key", b"c
 class OpenAIHandlers:
     def __init__(self, state: AppState) -> None:
         self.state = state
+        self._log_content = state.settings.log_content
+        """Prompts and answers logged at debug level (``THINKTANK_LOG_CONTENT``); never otherwise."""
 
     async def principal(self, scope: Scope) -> Principal:
         h: dict[bytes, str] = {}
@@ -123,6 +125,12 @@ class OpenAIHandlers:
             principal = await self.principal(scope)
             request = parse_body(await read_body(scope, receive, self.state.settings.max_body_bytes), ChatRequest)
             model, request = self.state.catalog.for_request(request, principal)
+            tracing = self.state.tracing
+            if tracing is not None:
+                tracing.describe_chat(request)
+            if self._log_content:
+                log.debug("chat request for %s: %s", request.model, orjson.dumps(
+                    [m.model_dump(mode="json", exclude_none=True) for m in request.messages]).decode())
             async with self.state.gate.admitted(principal, _ip(scope), request.model,
                                                 _chat_estimate(request)) as admission:
                 admitted = admission
@@ -130,9 +138,18 @@ class OpenAIHandlers:
                 admission.ctx.cache_allowed = allow is not None and allow.lower() in _ALLOW
                 if request.stream:
                     admission.stream = True
-                    admission.status = await self._stream(model, request, admission, receive, send)
+                    try:
+                        admission.status = await self._stream(model, request, admission, receive, send)
+                    finally:
+                        if tracing is not None:
+                            tracing.describe_usage(admission.ctx.records)
                     return
                 response = await model.complete(request, admission.ctx)
+                if tracing is not None:
+                    tracing.describe_usage(admission.ctx.records, response.served_by)
+                if self._log_content:
+                    log.debug("chat answer from %s: %s", response.served_by or request.model, orjson.dumps(
+                        [c.message.model_dump(mode="json", exclude_none=True) for c in response.choices]).decode())
                 await self._send_response(response, admission, send)
         except ThinktankError as exc:
             run_id = admitted.ctx.run_id if admitted is not None else None
@@ -224,8 +241,13 @@ class OpenAIHandlers:
             self.state.catalog.permit(principal, request.model)
             ids = request.token_ids()
             estimate = sum(map(len, ids)) if ids is not None else sum(len(t) for t in request.texts()) // 4 + 1
+            tracing = self.state.tracing
+            if tracing is not None:
+                tracing.describe({"gen_ai.operation.name": "embeddings", "gen_ai.request.model": request.model})
             async with self.state.gate.admitted(principal, _ip(scope), request.model, estimate) as admission:
                 response = await self.state.router.embed(request, admission.ctx)
+                if tracing is not None:
+                    tracing.describe_usage(admission.ctx.records)
                 cost = response.usage.cost or 0.0
                 await send_bytes(send, 200, response.__pydantic_serializer__.to_json(response),
                                  [(b"x-thinktank-cost-usd", f"{cost:.10f}".encode())])
