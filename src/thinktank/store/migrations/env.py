@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from thinktank.store.db import Database, normalize_url
@@ -12,6 +13,9 @@ from thinktank.store.tables import Base
 
 config = context.config
 target_metadata = Base.metadata
+
+MIGRATION_LOCK = 0x7468696E6B74616E  # "thinktan"
+"""The PostgreSQL advisory lock held while migrating (a transaction-scoped lock: released at the commit)."""
 
 
 def _url() -> str:
@@ -37,6 +41,11 @@ def _run(connection: Connection) -> None:
         include_object=_include,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Servers that start at once on one database (replicas, hosts) migrate one after the other: the
+            # others wait here, then read the version the first one committed and have nothing left to do.
+            # Without it, all but one fail on a fresh database (the tables already exist).
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         context.run_migrations()
 
 
