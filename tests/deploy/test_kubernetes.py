@@ -134,7 +134,7 @@ def test_ports_and_probes_match_the_image(base: list[dict[str, Any]]) -> None:
     assert port == {"name": "http", "containerPort": int(expose)}
     assert c["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
-    assert c["startupProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+    assert c["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     service = one(base, "Service")
     assert service["spec"]["ports"][0]["targetPort"] == "http"
     labels = one(base, "Deployment")["spec"]["template"]["metadata"]["labels"]
@@ -249,7 +249,7 @@ def test_a_server_with_the_pods_environment_answers_the_probes(pod: tuple[str, i
     c = container(base)
     startup = c["startupProbe"]
     deadline = time.monotonic() + startup["periodSeconds"] * startup["failureThreshold"]
-    while True:  # as the startup probe does: until /ready answers 200, within its allowance
+    while True:  # as the startup probe does: until /health answers 200, within its allowance
         try:
             if httpx.get(url + startup["httpGet"]["path"], timeout=startup["timeoutSeconds"]).status_code == 200:
                 break
