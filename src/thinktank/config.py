@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from .agents.config import AgentConfig, McpServerConfig, unknown_tool
+from .alerts.config import AlertsConfig
 from .bounds import OutputTokens
 from .errors import ConfigError
 from .names import find_cycle, is_kb_name
@@ -320,6 +321,8 @@ class GatewayConfig(_In):
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     agents: list[AgentConfig] = Field(default_factory=list)
     mcp_servers: list[McpServerConfig] = Field(default_factory=list)
+    alerts: AlertsConfig | None = None
+    """Budget and cooldown alerts to a webhook and/or by email (none without this section)."""
 
     def catalog_names(self) -> set[str]:
         """Every model name the configuration defines: deployments (and their ids), groups, aliases,

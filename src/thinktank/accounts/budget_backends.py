@@ -98,8 +98,10 @@ class BudgetStore(Protocol):
         """Lease ``amount`` if ``spent + leased + amount <= limit``; create the budget if missing."""
         ...
 
-    async def commit(self, spec: BudgetSpec, period_key: str, spent_delta: float, lease_delta: float) -> None:
-        """In one step: ``spent += spent_delta`` and ``leased -= lease_delta`` (never below 0)."""
+    async def commit(self, spec: BudgetSpec, period_key: str, spent_delta: float, lease_delta: float
+                     ) -> float | None:
+        """In one step: ``spent += spent_delta`` and ``leased -= lease_delta`` (never below 0). Returns the
+        budget's spent after the step (what every process has written; None if nothing was to write)."""
         ...
 
     async def read(self, spec: BudgetSpec, period_key: str) -> tuple[float, float, float]:
@@ -159,11 +161,12 @@ class SqlBudgetStore:
             result = await conn.execute(stmt)
             return result.rowcount == 1
 
-    async def commit(self, spec: BudgetSpec, period_key: str, spent_delta: float, lease_delta: float) -> None:
+    async def commit(self, spec: BudgetSpec, period_key: str, spent_delta: float, lease_delta: float
+                     ) -> float | None:
         _check_amount("spent_delta", spent_delta)
         _check_amount("lease_delta", lease_delta)
         if spent_delta == 0 and lease_delta == 0:
-            return
+            return None
         left = BudgetRow.leased_usd - lease_delta
         stmt = (
             update(BudgetRow)
@@ -171,11 +174,12 @@ class SqlBudgetStore:
             .values(spent_usd=BudgetRow.spent_usd + spent_delta,
                     leased_usd=case((left > EPSILON, left), else_=0.0),
                     updated_at=self._clock.time())
+            .returning(BudgetRow.spent_usd)
         )
         async with self._db.session() as session:
             conn = await session.connection()
             await conn.execute(self._upsert(spec, period_key))
-            await conn.execute(stmt)
+            return float((await conn.execute(stmt)).scalar_one())
 
     async def read(self, spec: BudgetSpec, period_key: str) -> tuple[float, float, float]:
         stmt = select(BudgetRow.limit_usd, BudgetRow.spent_usd, BudgetRow.leased_usd).where(
@@ -205,10 +209,11 @@ return 0
 """
 
 # KEYS[1] the budget hash; ARGV: limit, spent_delta, lease_delta, minus lease_delta, eps, ttl seconds (0: none).
+# Returns the spent after the step (HINCRBYFLOAT's string: a Lua number would come back truncated to an integer).
 _COMMIT_LUA = """
 local key = KEYS[1]
 if redis.call('HEXISTS', key, 'limit') == 0 then redis.call('HSET', key, 'limit', ARGV[1]) end
-redis.call('HINCRBYFLOAT', key, 'spent', ARGV[2])
+local spent = redis.call('HINCRBYFLOAT', key, 'spent', ARGV[2])
 local leased = tonumber(redis.call('HGET', key, 'leased') or '0')
 if leased == nil then leased = 0 end
 if leased - tonumber(ARGV[3]) > tonumber(ARGV[5]) then
@@ -218,7 +223,7 @@ else
 end
 local ttl = tonumber(ARGV[6])
 if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-return 1
+return spent
 """
 
 
@@ -247,14 +252,15 @@ class RedisBudgetStore:
         result = await self._acquire(keys=[self.key(spec, period_key)], args=args)
         return int(result) == 1
 
-    async def commit(self, spec: BudgetSpec, period_key: str, spent_delta: float, lease_delta: float) -> None:
+    async def commit(self, spec: BudgetSpec, period_key: str, spent_delta: float, lease_delta: float
+                     ) -> float | None:
         _check_amount("spent_delta", spent_delta)
         _check_amount("lease_delta", lease_delta)
         if spent_delta == 0 and lease_delta == 0:
-            return
+            return None
         args: list[str | int] = [repr(_limit(spec)), repr(float(spent_delta)), repr(float(lease_delta)),
                                  repr(-float(lease_delta)), repr(EPSILON), self._ttl(spec)]
-        await self._commit(keys=[self.key(spec, period_key)], args=args)
+        return float(await self._commit(keys=[self.key(spec, period_key)], args=args))
 
     async def read(self, spec: BudgetSpec, period_key: str) -> tuple[float, float, float]:
         raw = await self._redis.hmget(self.key(spec, period_key), ["limit", "spent", "leased"])

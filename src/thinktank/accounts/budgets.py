@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -152,8 +152,11 @@ class BudgetLedger:
         self._budgets: dict[_BudgetId, _Budget] = {}
         self._task: asyncio.Task[None] | None = None
         self._flushing: asyncio.Future[None] | None = None
-        self._stray: set[asyncio.Future[None]] = set()
+        self._stray: set[asyncio.Future[object]] = set()
         self._closed = False
+        self.listeners: list[Callable[[BudgetSpec, str, float], None]] = []
+        """Told ``(spec, period key, spent)`` after each write of spend to the store, with what the store holds
+        as spent after it (every process's writes): budget alerts, with no query of their own."""
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -211,7 +214,7 @@ class BudgetLedger:
             return
         self._budgets.setdefault(_budget_id(budget.spec, budget.pkey), budget).leased += ask
 
-    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _background(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.ensure_future(coro)
         self._stray.add(task)
         task.add_done_callback(self._stray.discard)
@@ -354,7 +357,8 @@ class BudgetLedger:
         # Counted as done from now on: reservations served meanwhile see the lease that will be left.
         budget.committing += spent
         budget.returning += give
-        task = asyncio.ensure_future(self._store.commit(budget.spec, budget.pkey, spent, give))
+        task: asyncio.Future[float | None] = asyncio.ensure_future(
+            self._store.commit(budget.spec, budget.pkey, spent, give))
         apply = functools.partial(self._committed, budget, spent, give)
         try:
             await asyncio.shield(task)
@@ -363,8 +367,7 @@ class BudgetLedger:
             raise
         apply(task)
 
-    @staticmethod
-    def _committed(budget: _Budget, spent: float, give: float, task: asyncio.Future[None]) -> None:
+    def _committed(self, budget: _Budget, spent: float, give: float, task: asyncio.Future[float | None]) -> None:
         budget.committing -= spent
         budget.returning -= give
         if abs(budget.committing) <= EPSILON:
@@ -379,6 +382,13 @@ class BudgetLedger:
             budget.leased = 0.0
         if abs(budget.pending) <= EPSILON:
             budget.pending = 0.0
+        total = task.result()
+        if spent > 0 and total is not None:
+            for listener in self.listeners:
+                try:
+                    listener(budget.spec, budget.pkey, total)
+                except Exception:
+                    log.exception("a budget listener failed")
 
     async def flush(self, *, return_all: bool = False, keep_used: bool = False) -> None:
         """Write accumulated spend to the store and hand back leases no reservation is using.

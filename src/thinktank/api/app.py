@@ -138,13 +138,21 @@ def build_state(
     auth = Authenticator(db, admin_key, clock, cache_ttl=settings.auth_cache_ttl)
     limiter = RateLimiter(settings.redis_url, router.config.tiers, ip_rpm=router.config.ip_rpm)
     store: BudgetStore
+    redis_client = None
     if settings.redis_url:
         import redis.asyncio as aioredis
 
-        store = RedisBudgetStore(aioredis.from_url(settings.redis_url), clock)
+        redis_client = aioredis.from_url(settings.redis_url)
+        store = RedisBudgetStore(redis_client, clock)
     else:
         store = SqlBudgetStore(db, clock)
     ledger = BudgetLedger(store, clock)
+    alerts = None
+    if router.config.alerts is not None:
+        from ..alerts.service import build_alerts
+
+        alerts = build_alerts(router.config.alerts, clock, db=db, redis=redis_client)
+        alerts.watch(ledger, router.cooldowns, router.config.router.allowed_fails)
     usage_writer = UsageWriter(db, clock)
     gate = Gate(limiter, ledger, usage_writer, clock, global_daily_budget=settings.global_daily_budget_usd)
     from ..catalog import Catalog
@@ -183,6 +191,7 @@ def build_state(
         conversations=conversations, clock=clock, catalog=catalog, agents=agents, url_fetcher=fetcher,
         readiness=Readiness(db, router, settings.redis_url, timeout=settings.ready_timeout,
                             upstreams=settings.ready_upstreams),
+        alerts=alerts,
     )
 
 
@@ -215,6 +224,8 @@ async def _stop(state: AppState) -> None:
     await state.gate.drain()  # requests whose runs went on after their client left are recorded
     await state.knowledge.close()  # HNSW index builds still going are cancelled
     await state.ledger.close()
+    if state.alerts is not None:
+        await state.alerts.close()  # after the ledger's last write, which may cross a threshold
     await state.usage_writer.close()
     await state.limiter.close()
     await state.auth.close()  # background lookups of cached keys

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ..accounts.usage import UsageQuery, UsageWriter
     from ..accounts.users import UserService
     from ..agents.service import Agents
+    from ..alerts.service import Alerts
     from ..catalog import Catalog
     from ..conversations.service import Conversations
     from ..deliberation.service import Deliberation
@@ -68,6 +69,8 @@ class AppState:
     readiness: Readiness | None = None
     tracing: Tracing | None = None
     """None when tracing is off (then nothing of OpenTelemetry is imported)."""
+    alerts: Alerts | None = None
+    """Budget and cooldown alerts (the config's ``alerts:`` section), if configured."""
 
     async def check_auth_allowed(self, ip: str, account: str | None = None) -> None:
         """429 with Retry-After after too many failed logins or keys from this address."""

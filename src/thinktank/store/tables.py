@@ -496,3 +496,16 @@ class AgentState(Base):
     deadline: Mapped[float | None] = mapped_column(Float, index=True)
     """While the run awaits approval: when the proposed call is denied if nobody decides."""
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+class AlertClaim(Base):
+    """An alert some worker has sent (or is sending): taken by one atomic insert, so that two workers seeing the
+    same budget cross a threshold at once send it once, and a restart does not send it again."""
+
+    __tablename__ = "alert_claims"
+
+    key: Mapped[str] = mapped_column(String(512), primary_key=True)
+    """``budget:<scope>:<scope id>:<period>:<threshold>`` or ``cooldown:<deployment>``."""
+    until: Mapped[float | None] = mapped_column(Float, index=True)
+    """When the claim may be taken again (a cooldown's quiet interval) and may be forgotten; None: never."""
+    claimed_at: Mapped[float] = mapped_column(Float)
