@@ -2,8 +2,9 @@
 
 A claim is taken if nobody holds the key, or if its holder's claim has run out (``until`` has passed). On SQL
 it is one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE until <= now RETURNING`` (two workers at once: the
-database orders them and only the first gets a row back); on Redis it is ``SET key NX`` with the claim's
-expiry. Claims outlive the process, so a restarted worker does not send an alert again.
+database orders them and only the first gets a row back); on Redis it is a Lua script (``SET`` unless a claim
+still running holds the key), atomic as every script is. Claims outlive the process, so a restarted worker does
+not send an alert again.
 """
 
 from __future__ import annotations
@@ -75,18 +76,31 @@ class SqlClaims:
         return taken
 
 
+# KEYS[1] the claim; ARGV: now, until ("" for never), expiry in ms (0: none). The holder's end is stored as the
+# value and compared with the caller's clock (the injected one, as the SQL claims do); Redis's own expiry only
+# tidies up, a little after that end.
+_CLAIM_LUA = """
+local held = redis.call('GET', KEYS[1])
+if held and (held == '' or tonumber(held) > tonumber(ARGV[1])) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return 1
+"""
+
+
 class RedisClaims:
-    """One key per claim, set only if absent, expiring when the claim runs out."""
+    """One key per claim, taken atomically (a Lua script: set unless held by a claim still running)."""
+
+    #: Redis forgets a claim this long (ms) after it ran out.
+    TIDY_MS = 60_000
 
     def __init__(self, client: Redis, clock: Clock, prefix: str = "tt:alert") -> None:
-        self._redis = client
         self._clock = clock
         self._prefix = prefix
+        self._claim = client.register_script(_CLAIM_LUA)
 
     async def claim(self, key: str, until: float | None) -> bool:
-        if until is None:
-            return bool(await self._redis.set(f"{self._prefix}:{key}", 1, nx=True))
-        ttl_ms = math.ceil((until - self._clock.time()) * 1000)
-        if ttl_ms <= 0:
-            return True  # a claim that would run out at once holds nothing back
-        return bool(await self._redis.set(f"{self._prefix}:{key}", 1, nx=True, px=ttl_ms))
+        now = self._clock.time()
+        expiry = 0 if until is None else max(math.ceil((until - now) * 1000), 0) + self.TIDY_MS
+        args: list[str | int] = [repr(now), "" if until is None else repr(until), expiry]
+        return int(await self._claim(keys=[f"{self._prefix}:{key}"], args=args)) == 1

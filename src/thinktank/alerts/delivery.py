@@ -200,6 +200,8 @@ class EmailSender:
             raise RuntimeError(f"SMTP {exc.smtp_code}") from None
         except smtplib.SMTPRecipientsRefused:
             raise _Permanent("every recipient refused") from None
+        except smtplib.SMTPNotSupportedError:
+            raise _Permanent("the server does not offer STARTTLS (or AUTH)") from None
 
     async def send(self, alert: Alert) -> bool:
         msg = self._message(alert)
