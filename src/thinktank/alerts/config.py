@@ -69,6 +69,9 @@ class WebhookConfig(RetryConfig):
 class EmailConfig(RetryConfig):
     """A plain-text mail over SMTP (sent from a thread: the standard library's ``smtplib``)."""
 
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
+    """``from`` in the file is ``sender`` here (a Python keyword); a dumped config (``sender``) reads back too."""
+
     host: str = Field(min_length=1, max_length=255)
     port: int | None = Field(default=None, ge=1, le=65535)
     """Default: 587 for ``starttls``, 465 for ``ssl``, 25 for ``none``."""
@@ -86,8 +89,6 @@ class EmailConfig(RetryConfig):
     subject_prefix: str = Field(default="[thinktank]", max_length=100)
     timeout: float = Field(default=30.0, gt=0, le=600)
     """Seconds for each step of the conversation with the server."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
 
     @field_validator("sender")
     @classmethod
