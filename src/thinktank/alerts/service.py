@@ -93,8 +93,10 @@ class Alerts:
             return
         if len(self._seen) >= _SEEN_MAX:
             self._seen.clear()
-        self._seen.update((spec.scope, spec.scope_id, period_key, t) for t in crossed)
-        self._spawn(self._budget(spec, period_key, spent, crossed))
+        told = {(spec.scope, spec.scope_id, period_key, t) for t in crossed}
+        self._seen |= told
+        if not self._spawn(self._budget(spec, period_key, spent, crossed)):
+            self._seen -= told  # dropped: the next write tries again
 
     def cooldown_started(self, deployment: str, seconds: float, failures: int, allowed_fails: int) -> None:
         """A deployment starts a cooldown after ``failures`` in a row. Only the first cooldown of an episode (the
@@ -105,15 +107,17 @@ class Alerts:
 
     # -- claiming and sending -------------------------------------------------------------------
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> bool:
+        """Run ``work`` in a task of its own; False if it was dropped (closed, or too many under way)."""
         if self._closed or len(self._tasks) >= self._config.max_pending:
             work.close()
             log.warning("an alert was dropped: %s", "alerts are closed" if self._closed else
                         f"{len(self._tasks)} are being delivered already (alerts.max_pending)")
-            return
+            return False
         task = asyncio.get_running_loop().create_task(work, name="alert")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return True
 
     def _budget_until(self, spec: BudgetSpec) -> float | None:
         if spec.period == "total":
