@@ -61,6 +61,28 @@ async def test_each_threshold_once_per_period(alert_env: Env, store_settings: di
     assert env.receiver.rejected == 0
 
 
+async def test_a_budget_refusing_requests_tells_its_last_threshold_once(
+    alert_env: Env, store_settings: dict[str, Any],
+) -> None:
+    """A budget refuses a request whose worst case no longer fits, usually before its spend reaches the limit: that
+    refusal is the 100 % alert (marked ``refused``), told once however many requests are refused."""
+    env = alert_env
+    url, app = await env.start(model_config(env.upstream.fake.url, {"webhook": webhook(env.receiver.url)}),
+                               **store_settings)
+    _, key = await env.key(url, 1.0)
+    for cost in (0.55, 0.30, 0.14):  # $0.99: a request's worst case (~$0.02) no longer fits
+        assert (await env.ask(url, key, cost)).status_code == 200
+    await settled(app)
+    assert [a["threshold"] for a in env.receiver.of("budget_threshold")] == [0.5, 0.8]
+    for _ in range(3):
+        assert (await env.ask(url, key)).status_code == 429
+    await settled(app)
+    alerts = env.receiver.of("budget_threshold")
+    assert [(a["threshold"], a["refused"]) for a in alerts] == [(0.5, False), (0.8, False), (1.0, True)]
+    assert alerts[-1]["spent_usd"] == pytest.approx(0.99)
+    assert "refusing requests" in alerts[-1]["message"]
+
+
 async def test_two_workers_crossing_at_once_send_one_alert_and_a_restart_sends_none(
         alert_env: Env, store_settings: dict[str, Any]) -> None:
     env = alert_env

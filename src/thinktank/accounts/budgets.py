@@ -157,6 +157,10 @@ class BudgetLedger:
         self.listeners: list[Callable[[BudgetSpec, str, float], None]] = []
         """Told ``(spec, period key, spent)`` after each write of spend to the store, with what the store holds
         as spent after it (every process's writes): budget alerts, with no query of their own."""
+        self.refusal_listeners: list[Callable[[BudgetSpec, str, float], None]] = []
+        """Told ``(spec, period key, spent)`` when the budget refuses a reservation: it is exhausted for what is
+        asked of it, usually before its spend reaches the limit (a request is admitted only if its worst case
+        fits)."""
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -221,18 +225,22 @@ class BudgetLedger:
 
     async def _exceeded(self, budget: _Budget, amount: float, now: float) -> BudgetExceededError:
         try:
-            remaining = await self._remaining(budget.spec, budget.pkey)
+            remaining, spent = await self._remaining(budget.spec, budget.pkey)
         except Exception:  # the message is best effort; the refusal is not
             log.exception("reading %s for the budget message failed", budget.spec.label)
-            remaining = 0.0
+            remaining, spent = 0.0, None
+        if spent is not None:
+            for listener in self.refusal_listeners:
+                listener(budget.spec, budget.pkey, spent)
         return BudgetExceededError(budget.spec, amount=amount, remaining=remaining,
                                    retry_after=period_reset_in(budget.spec.period, now))
 
-    async def _remaining(self, spec: BudgetSpec, pkey: str) -> float:
+    async def _remaining(self, spec: BudgetSpec, pkey: str) -> tuple[float, float]:
+        """What is left to lease of the budget, and its spend as the store has it."""
         _, spent, leased = await self._store.read(spec, pkey)
         own = self._budgets.get(_budget_id(spec, pkey))
         free_here = max(own.free, 0.0) if own is not None else 0.0
-        return max((spec.limit_usd or 0.0) - spent - leased + free_here, 0.0)
+        return max((spec.limit_usd or 0.0) - spent - leased + free_here, 0.0), spent
 
     @staticmethod
     def _give_back(budgets: Sequence[_Budget], amount: float) -> None:
@@ -323,7 +331,7 @@ class BudgetLedger:
         """What a new request could still reserve in ``spec``'s current period (inf: unlimited)."""
         if spec.limit_usd is None:
             return float("inf")
-        return await self._remaining(spec, period_key(spec.period, self._clock.time()))
+        return (await self._remaining(spec, period_key(spec.period, self._clock.time())))[0]
 
     async def standing(self, spec: BudgetSpec) -> tuple[float, float, float]:
         """``spec``'s current period as (spent, remaining, available): spent as the store has it plus what this
@@ -335,7 +343,7 @@ class BudgetLedger:
         if own is not None:
             spent += max(own.pending - own.committing, 0.0)
         limit = spec.limit_usd or 0.0
-        return spent, max(limit - spent, 0.0), await self._remaining(spec, pkey)
+        return spent, max(limit - spent, 0.0), (await self._remaining(spec, pkey))[0]
 
     # -- flushing -------------------------------------------------------------------------------
 

@@ -43,16 +43,20 @@ def _new_id() -> str:
     return "alt_" + secrets.token_hex(8)
 
 
-def budget_alert(spec: BudgetSpec, period_key: str, threshold: float, spent: float, now: float) -> Alert:
+def budget_alert(
+    spec: BudgetSpec, period_key: str, threshold: float, spent: float, now: float, *, refused: bool = False,
+) -> Alert:
+    """``refused``: the threshold (the last one) is told because the budget refused a request, its spend not
+    having reached it: what is left is less than a request needs."""
     limit = spec.limit_usd or 0.0
     percent = f"{threshold * 100:g}%"
-    summary = (f"{spec.label} has spent ${spent:.2f} of its {_PERIODS[spec.period]} budget of ${limit:.2f} "
-               f"(crossed {percent})")
+    why = f"refusing requests, {percent} reached in effect" if refused else f"crossed {percent}"
+    summary = f"{spec.label} has spent ${spent:.2f} of its {_PERIODS[spec.period]} budget of ${limit:.2f} ({why})"
     payload: dict[str, Any] = {
         "id": _new_id(), "kind": "budget_threshold", "timestamp": _iso(now),
         "scope": spec.scope, "scope_id": spec.scope_id, "name": spec.label,
         "threshold": threshold, "spent_usd": round(spent, 6), "limit_usd": limit,
-        "period": spec.period, "period_key": period_key, "message": summary,
+        "period": spec.period, "period_key": period_key, "refused": refused, "message": summary,
     }
     return Alert("budget_threshold", payload, summary)
 

@@ -71,6 +71,7 @@ class Alerts:
         ``allowed_fails`` failures in a row)."""
         if self._thresholds:
             ledger.listeners.append(self.budget_written)
+            ledger.refusal_listeners.append(self.budget_refused)
         if cooldowns is not None and self._config.cooldowns:
             def started(deployment: str, seconds: float) -> None:
                 self.cooldown_started(deployment, seconds, cooldowns.failures(deployment), allowed_fails)
@@ -79,13 +80,22 @@ class Alerts:
 
     def budget_written(self, spec: BudgetSpec, period_key: str, spent: float) -> None:
         """The ledger wrote spend: ``spent`` is the budget's total in the store now. No await: a few comparisons."""
+        self._check(spec, period_key, spent, refused=False)
+
+    def budget_refused(self, spec: BudgetSpec, period_key: str, spent: float) -> None:
+        """The budget refused a request: it is exhausted for what is asked of it, so its last threshold counts as
+        reached (a budget refuses before its spend reaches the limit, since a request must fit its worst case)."""
+        self._check(spec, period_key, spent, refused=True)
+
+    def _check(self, spec: BudgetSpec, period_key: str, spent: float, *, refused: bool) -> None:
         limit = spec.limit_usd
         if limit is None or limit <= 0 or spec.scope not in BUDGET_SCOPES:
             return
         crossed = []
+        last = self._thresholds[-1]
         for threshold in self._thresholds:
-            if spent + EPSILON < threshold * limit:
-                break
+            if spent + EPSILON < threshold * limit and not (refused and threshold == last):
+                continue
             seen = (spec.scope, spec.scope_id, period_key, threshold)
             if seen not in self._seen:
                 crossed.append(threshold)
@@ -95,7 +105,7 @@ class Alerts:
             self._seen.clear()
         told = {(spec.scope, spec.scope_id, period_key, t) for t in crossed}
         self._seen |= told
-        if not self._spawn(self._budget(spec, period_key, spent, crossed)):
+        if not self._spawn(self._budget(spec, period_key, spent, crossed, refused=refused)):
             self._seen -= told  # dropped: the next write tries again
 
     def cooldown_started(self, deployment: str, seconds: float, failures: int, allowed_fails: int) -> None:
@@ -125,7 +135,9 @@ class Alerts:
         now = self._clock.time()
         return now + period_reset_in(spec.period, now) + CLAIM_AFTER_PERIOD
 
-    async def _budget(self, spec: BudgetSpec, period_key: str, spent: float, crossed: list[float]) -> None:
+    async def _budget(
+        self, spec: BudgetSpec, period_key: str, spent: float, crossed: list[float], *, refused: bool = False,
+    ) -> None:
         for threshold in crossed:  # in order: 50 % is told before 80 %
             key = f"budget:{spec.scope}:{spec.scope_id}:{period_key}:{threshold:g}"
             try:
@@ -135,7 +147,9 @@ class Alerts:
                 self._seen.discard((spec.scope, spec.scope_id, period_key, threshold))  # the next write tries again
                 log.exception("claiming a budget alert failed")
                 continue
-            await self._send(budget_alert(spec, period_key, threshold, spent, self._clock.time()))
+            reached = spent + EPSILON >= threshold * (spec.limit_usd or 0.0)
+            await self._send(budget_alert(spec, period_key, threshold, spent, self._clock.time(),
+                                          refused=refused and not reached))
 
     async def _cooldown(self, deployment: str, seconds: float, failures: int) -> None:
         until = self._clock.time() + self._config.cooldown_interval
