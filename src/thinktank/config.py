@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from .agents.config import AgentConfig, McpServerConfig, unknown_tool
 from .bounds import OutputTokens
+from .cache.config import CacheConfig
 from .errors import ConfigError
 from .names import find_cycle, is_kb_name
 from .settings import Settings, default_data_dir
@@ -320,6 +321,8 @@ class GatewayConfig(_In):
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     agents: list[AgentConfig] = Field(default_factory=list)
     mcp_servers: list[McpServerConfig] = Field(default_factory=list)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    """The response cache (``thinktank.cache.config``)."""
 
     def catalog_names(self) -> set[str]:
         """Every model name the configuration defines: deployments (and their ids), groups, aliases,
@@ -365,6 +368,9 @@ class GatewayConfig(_In):
             for m in used:
                 if m not in known and not is_kb_name(m):
                     raise ValueError(f"{kind} '{name}': unknown model '{m}'")
+        unknown = self.cache.unknown_model(known)
+        if unknown is not None:
+            raise ValueError(f"cache: models: unknown model '{unknown}'")
         for key in ("model", "rerank_model"):
             m = getattr(self.knowledge, key)
             if m is not None and m not in known and not is_kb_name(m):
