@@ -85,7 +85,8 @@ class CachePlan:
     stream: bool
     semantic: _SemanticPlan | None = None
     earlier: bool = False
-    """The caller accepts an earlier answer (what a run's own cache of ensembles and debates needs too)."""
+    """The caller accepts an earlier answer: a run's own cache may serve it too (an ensemble that reaches an
+    agent may not be served by either)."""
 
     @property
     def status(self) -> bytes:
@@ -188,7 +189,9 @@ class ResponseCache:
         read = enabled and ttl > 0 and not asked.no_cache and not asked.no_store and self.cacheable(name)
         write = enabled and ttl > 0 and not asked.no_store and self.cacheable(name)
         max_age = ttl if asked.max_age is None else min(ttl, asked.max_age)
-        earlier = read or (asked.mode in ("allow", "exact") and not asked.no_cache and not asked.no_store)
+        # An agent's own run cache (its cache_ttl, 0 unless configured) decides for it, as before.
+        earlier = read or (name.startswith("agent/") and asked.mode in ("allow", "exact") and not asked.no_cache
+                           and not asked.no_store)
         plan = CachePlan(name, tenant, exact_key(tenant, data), ttl, max_age, read, write, request.stream,
                          earlier=earlier)
         semantic = self.config.semantic_for(name)
