@@ -89,18 +89,28 @@ def answer_of(response: ChatResponse | dict[str, Any], *, model: str, now: float
               served_by: str | None = None, run_id: str | None = None) -> CachedAnswer | None:
     """The answer to keep, or None when it is not complete."""
     if isinstance(response, ChatResponse):
-        served_by, run_id = response.served_by or served_by, response.run_id or run_id
-        data: dict[str, Any] = orjson.loads(response.__pydantic_serializer__.to_json(response))
-    else:
-        data = response
-    if not _complete(data.get("choices") or []):
+        if not response.choices or any(c.finish_reason not in FINISHED for c in response.choices):
+            return None
+        usage = response.usage
+        original = usage.cost if usage is not None else None
+        if usage is not None:
+            usage.cost = 0.0  # serialised as a hit sends it, then put back (the miss still sends its cost)
+        try:
+            body = response.__pydantic_serializer__.to_json(response)
+        finally:
+            if usage is not None:
+                usage.cost = original
+        cost = original or 0.0
+        return CachedAnswer(body=body, model=model, created_at=now, expires_at=now + ttl, cost=cost,
+                            served_by=response.served_by or served_by, run_id=response.run_id or run_id)
+    if not _complete(response.get("choices") or []):
         return None
     cost = 0.0
-    usage = data.get("usage")
-    if isinstance(usage, dict):
-        cost = float(usage.get("cost") or 0.0)
-        usage["cost"] = 0.0
-    return CachedAnswer(body=orjson.dumps(data), model=model, created_at=now, expires_at=now + ttl, cost=cost,
+    usage_data = response.get("usage")
+    if isinstance(usage_data, dict):
+        cost = float(usage_data.get("cost") or 0.0)
+        usage_data["cost"] = 0.0
+    return CachedAnswer(body=orjson.dumps(response), model=model, created_at=now, expires_at=now + ttl, cost=cost,
                         served_by=served_by, run_id=run_id)
 
 
