@@ -105,3 +105,11 @@ async def test_a_streamed_request_gets_a_semantic_hit_as_a_stream(env: CacheEnv)
     r = await env.chat(**ask("what's the capital of france", stream=True))
     assert r.headers["x-thinktank-cache"] == "hit" and "data: [DONE]" in r.text and "Paris." in r.text
     assert env.calls() == 1
+
+
+async def test_a_model_with_the_semantic_layer_on_is_cached_without_being_asked(env: CacheEnv) -> None:
+    plain = {"Authorization": ALLOW["Authorization"]}
+    assert (await env.chat(plain, **ask("How many legs does a spider have?"))).headers["x-thinktank-cache"] == "miss"
+    r = await env.chat(plain, **ask("how many legs does a spider have"))
+    assert r.headers["x-thinktank-cache"] == "hit" and r.headers["x-thinktank-cache-match"] == "semantic"
+    assert "x-thinktank-cache" not in (await env.chat(plain, model="mini")).headers, "mini is not cached"

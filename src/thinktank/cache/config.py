@@ -30,6 +30,7 @@ class SemanticCacheConfig(_In):
     """Answering a question from the answer to an earlier one that means the same (opt-in per model)."""
 
     enabled: bool = False
+    """On: the model's answers are cached without being asked too (unless its ``enabled`` says false)."""
     threshold: float = Field(default=DEFAULT_THRESHOLD, ge=0.5, le=1.0)
     """Cosine of the two questions' embeddings at or above which they may match (the guards apply too)."""
     max_temperature: float = Field(default=0.1, ge=0, le=2)

@@ -136,7 +136,7 @@ class ResponseCache:
         self.counts: Counter[str] = Counter()
         """Hits (``hit_exact``, ``hit_semantic``), misses and stores since start."""
         self._cacheable: dict[str, bool] = {}
-        self._configured = config.enabled or bool(config.models)
+        self._configured = config.enabled or config.semantic.enabled or bool(config.models)
 
     def observe(self, observer: CacheObserver) -> None:
         self.observers.append(observer)
@@ -180,7 +180,7 @@ class ResponseCache:
             return None
         name = request.model
         own = self.config.model(name)
-        enabled = self._enabled(asked, key_ttl, own)
+        enabled = self._enabled(asked, key_ttl, name, own)
         if enabled is None:
             return None
         ttl = self._ttl(asked, key_ttl, own)
@@ -202,8 +202,9 @@ class ResponseCache:
                 plan.semantic = _SemanticPlan(scope_key(tenant, data), question, semantic)
         return plan
 
-    def _enabled(self, asked: CacheHeaders, key_ttl: float | None, own: Any) -> bool | None:
-        """True: the cache is in play (a model that may not be cached is then a ``bypass``); None: it is not."""
+    def _enabled(self, asked: CacheHeaders, key_ttl: float | None, name: str, own: Any) -> bool | None:
+        """True: the cache is in play (a model that may not be cached is then a ``bypass``); None: it is not.
+        A model whose semantic layer is on is cached without being asked, unless it says ``enabled: false``."""
         if asked.mode == "deny":
             return None
         if asked.mode is not None or asked.ttl is not None:
@@ -212,7 +213,7 @@ class ResponseCache:
             return key_ttl > 0 or None
         if own is not None and own.enabled is not None:
             return own.enabled or None
-        return self.config.enabled or None
+        return (self.config.enabled or self.config.semantic_for(name).enabled) or None
 
     def _ttl(self, asked: CacheHeaders, key_ttl: float | None, own: Any) -> float:
         if asked.ttl is not None:
