@@ -113,3 +113,21 @@ async def test_a_model_with_the_semantic_layer_on_is_cached_without_being_asked(
     r = await env.chat(plain, **ask("how many legs does a spider have"))
     assert r.headers["x-thinktank-cache"] == "hit" and r.headers["x-thinktank-cache-match"] == "semantic"
     assert "x-thinktank-cache" not in (await env.chat(plain, model="mini")).headers, "mini is not cached"
+
+
+def test_the_index_is_bounded() -> None:
+    import numpy as np
+
+    from thinktank.cache.semantic import SemanticIndex
+
+    index = SemanticIndex(max_scopes=3, max_questions=10)
+    vector = np.ones(4, np.float32) / 2
+    for scope in range(5):
+        for i in range(4):
+            index.add(f"s{scope}", f"question {i}", vector, f"k{scope}-{i}", expires_at=100, now=0, max_entries=3)
+    assert len(index) <= 10
+    assert index.find("s0", "question 1", vector, 0.9, now=0) is None, "the least recently used scope went"
+    found = index.find("s4", "question 3", vector, 0.9, now=0)
+    assert found is not None and found.key == "k4-3"
+    assert [e.key for e in index._scopes["s4"].entries] == ["k4-1", "k4-2", "k4-3"], "3 kept per scope"
+    assert index.find("s4", "question 3", vector, 0.9, now=100) is None, "expired"

@@ -10,8 +10,8 @@ for word, on everything that carries meaning, and lets them differ only in how i
   "please", "explain", "how do I") is in both, up to case, plural and a few spelling and synonym variants
   (``movie``/``film``). A swapped noun, verb, adjective, entity, unit, month or comparative is a miss, and so
   is a word added or dropped ("how long do cats live" / "... live indoors");
-- **the same numbers in the same order**, as a multiset of values ("two" = "2", "second" = "2nd",
-  "1,000" = "1000"), and the same arithmetic operators ("plus" = "+");
+- **the same numbers in the same order**, read as values ("two" = "2", "second" = "2nd", "1,000" =
+  "1000"), and the same arithmetic operators ("plus" = "+");
 - **the same number of negations** ("not", "no", "never", "without", "-n't", "cannot", ...);
 - **the same anchors in the same order**: entities (capitalised words, acronyms, words with digits), units
   and numbers ("did Google buy YouTube" / "did YouTube buy Google");
@@ -42,6 +42,7 @@ import unicodedata
 from dataclasses import dataclass
 
 __all__ = ["Features", "features", "refusal"]
+
 
 def _words(text: str) -> frozenset[str]:
     return frozenset(text.split())
@@ -264,6 +265,7 @@ def _is_operator(text: str, start: int, end: int) -> bool:
 
 
 def features(text: str) -> Features:
+    """What of ``text`` must agree with another question (computed once per question, kept with it)."""
     text = unicodedata.normalize("NFKC", text)
     content: set[str] = set()
     words: set[str] = set()

@@ -5,8 +5,9 @@ turns: :func:`.keys.scope_key`), by the cosine of their embeddings (the local mo
 and then by the guards of :mod:`.guards`. An entry points at the exact-cache key of the earlier request, so
 the answer itself lives in the answer store (memory, database or Redis) and expires there.
 
-The index is this process's memory: bounded per scope (least recently used first out) and in the number of
-scopes. With several workers each has its own index (a question asked through another worker is not found
+The index is this process's memory: bounded per scope (the oldest questions first out), in the number of
+scopes and in questions altogether (the least recently used scopes first out: 50,000 questions are about
+80 MB). With several workers each has its own index (a question asked through another worker is not found
 semantically, only exactly).
 """
 
@@ -43,12 +44,14 @@ class SemanticMatch:
 
 
 class SemanticIndex:
-    def __init__(self, *, max_scopes: int = 10_000) -> None:
+    def __init__(self, *, max_scopes: int = 10_000, max_questions: int = 50_000) -> None:
         self.max_scopes = max_scopes
+        self.max_questions = max_questions
         self._scopes: OrderedDict[str, _Scope] = OrderedDict()
+        self._count = 0
 
     def __len__(self) -> int:
-        return sum(len(s.entries) for s in self._scopes.values())
+        return self._count
 
     def find(self, scope: str, question: str, vector: np.ndarray, threshold: float, now: float,
              exclude: str | None = None) -> SemanticMatch | None:
@@ -79,12 +82,13 @@ class SemanticIndex:
         found = self._scopes.get(scope)
         if found is None:
             if len(self._scopes) >= self.max_scopes:
-                self._scopes.popitem(last=False)
+                self._count -= len(self._scopes.popitem(last=False)[1].entries)
             found = self._scopes[scope] = _Scope(np.zeros((8, vector.shape[0]), np.float32))
         self._scopes.move_to_end(scope)
         keep = [i for i, e in enumerate(found.entries) if e.expires_at > now and e.key != key]
         keep = keep[-(max_entries - 1):] if max_entries > 1 else []
         if len(keep) != len(found.entries):
+            self._count -= len(found.entries) - len(keep)
             found.vectors[: len(keep)] = found.vectors[keep]
             found.entries = [found.entries[i] for i in keep]
         n = len(found.entries)
@@ -94,3 +98,7 @@ class SemanticIndex:
             found.vectors = grown
         found.vectors[n] = vector
         found.entries.append(_Entry(key, features(question), expires_at))
+        self._count += 1
+        while self._count > self.max_questions and len(self._scopes) > 1:
+            _, oldest = self._scopes.popitem(last=False)
+            self._count -= len(oldest.entries)
