@@ -16,8 +16,12 @@ async def test_an_ensemble_is_cached(cache_env: Start) -> None:
     second = await env.chat(ALLOW, model="ensemble/pair")
     assert second.headers["x-thinktank-cache"] == "hit" and env.calls() == members, "no member was asked again"
     assert second.json()["choices"] == first.json()["choices"]
-    assert second.headers["x-thinktank-run-id"] == run_id, "the run that made the answer"
     assert float(second.headers["x-thinktank-cost-usd"]) == 0
+    # the hit is recorded as a run served from the cache, pointing at the run that made the answer
+    hit_run = (await env.http.get(env.url + f"/api/v1/runs/{second.headers['x-thinktank-run-id']}",
+                                  headers=ALLOW)).json()
+    assert hit_run["cached_from"] == run_id and hit_run["cost_usd"] == 0 and hit_run["status"] == "completed"
+    assert hit_run["result"]["answer"] == first.json()["choices"][0]["message"]["content"]
     streamed = await env.chat(ALLOW, model="ensemble/pair", stream=True, stream_options={"include_usage": True})
     chunks = sse_objects(streamed.text)
     assert stream_text(chunks) == first.json()["choices"][0]["message"]["content"]
@@ -39,4 +43,6 @@ async def test_a_streamed_ensemble_answer_is_kept(cache_env: Start) -> None:
     again = await env.chat(model="ensemble/pair")
     assert again.headers["x-thinktank-cache"] == "hit" and env.calls() == calls
     assert again.json()["choices"][0]["message"]["content"] == text
-    assert again.headers["x-thinktank-run-id"] == first.headers["x-thinktank-run-id"]
+    hit_run = (await env.http.get(env.url + f"/api/v1/runs/{again.headers['x-thinktank-run-id']}",
+                                  headers=ALLOW)).json()
+    assert hit_run["cached_from"] == first.headers["x-thinktank-run-id"]

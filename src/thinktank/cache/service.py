@@ -100,13 +100,14 @@ class CacheHit:
     layer: Literal["exact", "semantic"]
     age: float
 
-    def headers(self) -> list[tuple[bytes, bytes]]:
+    def headers(self, run_id: str | None = None) -> list[tuple[bytes, bytes]]:
+        """``run_id``: the run that records this hit (a run model's), else the run that made the answer."""
         out = [(b"x-thinktank-cache", b"hit"), (b"x-thinktank-cache-match", self.layer.encode()),
                (b"age", str(max(0, int(self.age))).encode())]
         if self.answer.served_by:
             out.append((b"x-thinktank-deployment", self.answer.served_by.encode()))
-        if self.answer.run_id:
-            out.append((b"x-thinktank-run-id", self.answer.run_id.encode()))
+        if run_id or self.answer.run_id:
+            out.append((b"x-thinktank-run-id", (run_id or self.answer.run_id or "").encode()))
         return out
 
 

@@ -138,12 +138,16 @@ class OpenAIHandlers:
                     await self._answer(model, request, admission, receive, send, plan)
                     return
                 admission.cache_hit = True  # no upstream call, no budget hold; the rate limits applied
+                run_id = None
+                record: Any = getattr(model, "served_from_cache", None)  # a run model records a run for it
+                if hit.answer.run_id and record is not None:
+                    run_id = await record(request, admission.ctx, hit.answer.run_id)
                 if request.stream:
                     admission.status = await self._stream(cache.replay(hit), request, admission, receive, send,
-                                                          hit.headers())
+                                                          hit.headers(run_id))
                 else:
                     await send_bytes(send, 200, hit.answer.body, [(b"x-thinktank-cost-usd", b"0.0000000000"),
-                                                                  *hit.headers()])
+                                                                  *hit.headers(run_id)])
         except ThinktankError as exc:
             run_id = admitted.ctx.run_id if admitted is not None else None
             await send_error(send, exc, [(b"x-thinktank-run-id", run_id.encode())] if run_id else None)
