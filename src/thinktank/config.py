@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from .agents.config import AgentConfig, McpServerConfig, unknown_tool
 from .alerts.config import AlertsConfig
 from .bounds import OutputTokens
+from .cache.config import CacheConfig
 from .errors import ConfigError
 from .names import find_cycle, is_kb_name
 from .settings import Settings, default_data_dir
@@ -323,6 +324,8 @@ class GatewayConfig(_In):
     mcp_servers: list[McpServerConfig] = Field(default_factory=list)
     alerts: AlertsConfig | None = None
     """Budget and cooldown alerts to a webhook and/or by email (none without this section)."""
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    """The response cache (``thinktank.cache.config``)."""
 
     def catalog_names(self) -> set[str]:
         """Every model name the configuration defines: deployments (and their ids), groups, aliases,
@@ -368,6 +371,9 @@ class GatewayConfig(_In):
             for m in used:
                 if m not in known and not is_kb_name(m):
                     raise ValueError(f"{kind} '{name}': unknown model '{m}'")
+        unknown = self.cache.unknown_model(known)
+        if unknown is not None:
+            raise ValueError(f"cache: models: unknown model '{unknown}'")
         for key in ("model", "rerank_model"):
             m = getattr(self.knowledge, key)
             if m is not None and m not in known and not is_kb_name(m):

@@ -22,7 +22,7 @@ def key_public(k: ApiKey) -> KeyPublic:
     return KeyPublic(
         id=k.id, name=k.name, prefix=k.prefix, owner_id=k.owner_id, models=k.allowed_models, tools=k.allowed_tools,
         budget_usd=k.budget_usd, budget_period=k.budget_period, rpm=k.rpm, tpm=k.tpm, expires_at=k.expires_at,
-        metadata=k.metadata_, created_at=k.created_at, revoked_at=k.revoked_at,
+        metadata=k.metadata_, created_at=k.created_at, revoked_at=k.revoked_at, cache_ttl=k.cache_ttl,
     )
 
 
@@ -84,6 +84,7 @@ class KeyService:
             owner_id=creator.user_id, created_by_key=creator.key_id, allowed_models=data.models,
             allowed_tools=data.tools, budget_usd=data.budget_usd, budget_period=data.budget_period, rpm=data.rpm,
             tpm=data.tpm, expires_at=data.expires_at, metadata_=data.metadata, created_at=self._clock.time(),
+            cache_ttl=data.cache_ttl,
         )
         async with self._db.session() as s:
             s.add(row)

@@ -56,6 +56,8 @@ class Principal:
     expires_at: float | None = None
     budgets: tuple[BudgetSpec, ...] = field(default_factory=tuple)
     """The key's, the user's and the team's budgets (each with a limit)."""
+    cache_ttl: float | None = None
+    """The key's response cache setting: seconds its answers are kept (0: never; None: as configured)."""
 
     @property
     def is_admin(self) -> bool:
@@ -291,5 +293,5 @@ class Authenticator:
             key_id=key.id, allowed_models=_intersect(user.allowed_models, key.allowed_models),
             allowed_tools=intersect_tools(user.allowed_tools, key.allowed_tools),
             key_rpm=key.rpm, key_tpm=key.tpm, user_rpm=user.rpm, user_tpm=user.tpm, expires_at=key.expires_at,
-            budgets=tuple(budgets),
+            budgets=tuple(budgets), cache_ttl=key.cache_ttl,
         )

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 
 from ..bounds import MAX_SAFE_INT, MAX_UNIX_TIME, RateLimit, Usd
+from ..cache.config import MAX_TTL as MAX_CACHE_TTL
 from .tool_access import ToolList
 
 __all__ = [
@@ -110,6 +111,8 @@ class KeyCreate(_In):
     expires_at: float | None = Field(default=None, gt=0, le=MAX_UNIX_TIME)
     """Unix seconds."""
     metadata: dict[str, str | int | float | bool | None] | None = None
+    cache_ttl: float | None = Field(default=None, ge=0, le=MAX_CACHE_TTL)
+    """Seconds the key's answers are cached (0: never; null: as the server's ``cache:`` configuration says)."""
 
     @field_validator("metadata", mode="before")
     @classmethod
@@ -143,6 +146,7 @@ class KeyPublic(BaseModel):
     metadata: dict[str, Any] | None
     created_at: float
     revoked_at: float | None
+    cache_ttl: float | None = None
 
 
 class KeyCreated(KeyPublic):

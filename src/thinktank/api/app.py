@@ -183,6 +183,10 @@ def build_state(
     agents = Agents(deliberation, AgentStore(db), toolbox, gate, auth, clock, stale_after=settings.run_stale_after)
     agents.on_resumed_end(conversations.agent_run_ended)
     deliberation.paused_cancelled.append(conversations.paused_run_cancelled)
+    from ..cache.service import build_cache
+
+    response_cache = build_cache(router.config.cache, clock, redis_url=settings.redis_url, db=db, uses=catalog.uses,
+                                 embedder=lambda: embedders.local)
     return AppState(
         settings=settings, router=router, admin_key=admin_key, http=http, db=db, auth=auth,
         users=UserService(db, clock, PasswordHashing(), auth), keys=KeyService(db, clock, auth),
@@ -192,6 +196,7 @@ def build_state(
         readiness=Readiness(db, router, settings.redis_url, timeout=settings.ready_timeout,
                             upstreams=settings.ready_upstreams),
         alerts=alerts,
+        response_cache=response_cache,
     )
 
 
@@ -207,6 +212,7 @@ async def _start(state: AppState) -> None:
         log.info("created the admin user %s", s.admin_email)
     state.usage_writer.start()
     state.ledger.start()
+    await state.response_cache.start()
     await state.deliberation.start_background()
     await state.agents.start_background()  # interrupted agent runs go on; overdue approvals are denied
     # Everything loaded so far lives as long as the process: keep it out of the garbage
@@ -223,6 +229,7 @@ async def _stop(state: AppState) -> None:
     await state.conversations.close()  # turns and memory extractions still going are cancelled
     await state.gate.drain()  # requests whose runs went on after their client left are recorded
     await state.knowledge.close()  # HNSW index builds still going are cancelled
+    await state.response_cache.close()
     await state.ledger.close()
     if state.alerts is not None:
         await state.alerts.close()  # after the ledger's last write, which may cross a threshold

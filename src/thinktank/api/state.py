@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..accounts.users import UserService
     from ..agents.service import Agents
     from ..alerts.service import Alerts
+    from ..cache.service import ResponseCache
     from ..catalog import Catalog
     from ..conversations.service import Conversations
     from ..deliberation.service import Deliberation
@@ -61,6 +62,7 @@ class AppState:
     conversations: Conversations
     catalog: Catalog
     agents: Agents
+    response_cache: ResponseCache
     clock: Clock = field(default_factory=SystemClock)
     started_at: float = 0.0
     ready: bool = False

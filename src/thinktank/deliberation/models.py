@@ -93,6 +93,15 @@ class RunModel:
         )
         return run, ctx
 
+    async def served_from_cache(self, request: ChatRequest, ctx: CallContext, run_id: str) -> str | None:
+        """The response cache answers with run ``run_id``'s answer: the id of the run that records it (its
+        ``cached_from`` names ``run_id``), as for a hit of the run cache."""
+        if not isinstance(ctx.principal, Principal):
+            return None
+        run = await self._service.record_cache_hit(self._kind, self._config_name, principal=ctx.principal, ctx=ctx,
+                                                   messages=request.messages, cached_from=run_id)
+        return run.id if run is not None else None
+
     async def _finish(self, run: LiveRun, ctx: CallContext) -> None:
         """The caller stopped waiting (its client went away, or its parent run stopped): a child run stops
         too; a run the API started goes on, and the request is recorded when it ends."""

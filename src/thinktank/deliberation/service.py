@@ -328,6 +328,25 @@ class Deliberation:
             await on_end(200, True)
         return run
 
+    async def record_cache_hit(self, kind: Kind, name: str, *, principal: Principal, ctx: CallContext,
+                               messages: list[Message], cached_from: str) -> LiveRun | None:
+        """The response cache answered a request to this run model with run ``cached_from``'s answer: recorded
+        as a run served from the cache, at no cost, as the run cache records its own hits (None when that run
+        is not the caller's, or is gone)."""
+        cfg = self.table(kind).get(name)
+        original = await self.store.get(cached_from)
+        if cfg is None or original is None or original["user_id"] != principal.user_id:
+            return None
+        run = LiveRun(
+            id=new_id("run"), user_id=principal.user_id, key_id=principal.key_id, kind=kind, name=cfg.name,
+            question=last_question(messages), config=cfg.model_dump(mode="json"), ctx=ctx, models=self.catalog,
+            clock=self.clock, tags=[], created_at=self.clock.time(),
+            request={"messages": [m.model_dump(mode="json", exclude_none=True) for m in messages], "cache": True},
+        )
+        if ctx.run_id is None:
+            ctx.run_id = run.id
+        return await self._from_cache(run, {"id": cached_from, "result": original.get("result")}, None)
+
     async def _execute(self, run: LiveRun, runner: Runner, on_end: OnEnd | None) -> None:
         status, error, code = "completed", None, 200
         span = self.tracing.run(run.kind, run.name, run.id) if self.tracing is not None else None

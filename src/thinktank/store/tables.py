@@ -26,7 +26,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "ApiKey", "Base", "BudgetRow", "Comparison", "KbChunk", "KbDocument", "KbDocumentText", "KbShare", "KnowledgeBase",
-    "Run", "RunCall", "RunDocument", "RunEvent", "Session", "Team", "UsageRow", "User", "new_id",
+    "ResponseCacheRow", "Run", "RunCall", "RunDocument", "RunEvent", "Session", "Team", "UsageRow", "User", "new_id",
 ]
 
 SYSTEM_USER_ID = "usr_system"
@@ -107,6 +107,8 @@ class ApiKey(Base):
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
     created_at: Mapped[float] = mapped_column(Float)
     revoked_at: Mapped[float | None] = mapped_column(Float)
+    cache_ttl: Mapped[float | None] = mapped_column(Float)
+    """Seconds this key's answers are cached (0: never; None: as the configuration says)."""
 
 
 class BudgetRow(Base):
@@ -509,3 +511,17 @@ class AlertClaim(Base):
     until: Mapped[float | None] = mapped_column(Float, index=True)
     """When the claim may be taken again (a cooldown's quiet interval) and may be forgotten; None: never."""
     claimed_at: Mapped[float] = mapped_column(Float)
+
+
+class ResponseCacheRow(Base):
+    """One cached answer (the response cache's database backend); ``key`` hashes the tenant in."""
+
+    __tablename__ = "response_cache"
+    __table_args__ = (Index("ix_response_cache_expires", "expires_at"), Index("ix_response_cache_tenant", "tenant"))
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(256))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)

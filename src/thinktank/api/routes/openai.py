@@ -19,12 +19,13 @@ from pydantic import BaseModel, ValidationError
 
 from ...accounts.governance import Admission
 from ...accounts.principal import Principal
+from ...cache.service import CachePlan
 from ...errors import InvalidRequestError, ModelNotFoundError, ThinktankError
 from ...gateway.tokens import estimate_request_tokens
 from ...providers.base import ChatModel
 from ...types import ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest
 from .. import sse
-from ..asgi import Receive, Scope, Send, header, read_body, send_bytes, send_error, send_json
+from ..asgi import Receive, Scope, Send, read_body, send_bytes, send_error, send_json
 from ..credentials import credential
 from ..state import AppState
 
@@ -36,7 +37,6 @@ log = logging.getLogger("thinktank.api")
 FORBIDDEN_KEYS = frozenset({"api_base", "base_url", "api_key", "azure_endpoint", "api_url", "azure_ad_token"})
 #: Subtrees that are JSON schemas describing the caller's data, not settings.
 _SCHEMA_PATHS = (("tools", "*", "function", "parameters"), ("response_format", "json_schema", "schema"))
-_ALLOW = (b"allow", b"true", b"1")
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -123,43 +123,74 @@ class OpenAIHandlers:
         admitted: Admission | None = None
         try:
             principal = await self.principal(scope)
-            request = parse_body(await read_body(scope, receive, self.state.settings.max_body_bytes), ChatRequest)
-            model, request = self.state.catalog.for_request(request, principal)
+            asked = parse_body(await read_body(scope, receive, self.state.settings.max_body_bytes), ChatRequest)
+            model, request = self.state.catalog.for_request(asked, principal)
             tracing = self.state.tracing
             if tracing is not None:
                 tracing.describe_chat(request)
             if self._log_content:
                 log.debug("chat request for %s: %s", request.model, orjson.dumps(
                     [m.model_dump(mode="json", exclude_none=True) for m in request.messages]).decode())
+            cache = self.state.response_cache
+            plan = cache.plan(asked, principal, scope["headers"])  # the request as asked: knowledge fields too
             async with self.state.gate.admitted(principal, _ip(scope), request.model,
                                                 _chat_estimate(request)) as admission:
                 admitted = admission
-                allow = header(scope, b"x-thinktank-cache")
-                admission.ctx.cache_allowed = allow is not None and allow.lower() in _ALLOW
-                if request.stream:
-                    admission.stream = True
-                    try:
-                        admission.status = await self._stream(model, request, admission, receive, send)
-                    finally:
-                        if tracing is not None:
-                            tracing.describe_usage(admission.ctx.records)
+                admission.stream = request.stream
+                if plan is None:
+                    await self._answer(model, request, admission, receive, send)
                     return
-                response = await model.complete(request, admission.ctx)
-                if tracing is not None:
-                    tracing.describe_usage(admission.ctx.records, response.served_by)
-                if self._log_content:
-                    log.debug("chat answer from %s: %s", response.served_by or request.model, orjson.dumps(
-                        [c.message.model_dump(mode="json", exclude_none=True) for c in response.choices]).decode())
-                await self._send_response(response, admission, send)
+                admission.ctx.cache_allowed = plan.earlier
+                hit = await cache.lookup(plan)
+                if hit is None:
+                    await self._answer(model, request, admission, receive, send, plan)
+                    return
+                admission.cache_hit = True  # no upstream call, no budget hold; the rate limits applied
+                run_id = None
+                record: Any = getattr(model, "served_from_cache", None)  # a run model records a run for it
+                if hit.answer.run_id and record is not None:
+                    run_id = await record(request, admission.ctx, hit.answer.run_id)
+                if request.stream:
+                    admission.status = await self._stream(cache.replay(hit), request, admission, receive, send,
+                                                          hit.headers(run_id))
+                else:
+                    await send_bytes(send, 200, hit.answer.body, [(b"x-thinktank-cost-usd", b"0.0000000000"),
+                                                                  *hit.headers(run_id)])
         except ThinktankError as exc:
             run_id = admitted.ctx.run_id if admitted is not None else None
             await send_error(send, exc, [(b"x-thinktank-run-id", run_id.encode())] if run_id else None)
 
-    async def _send_response(self, response: ChatResponse, admission: Admission, send: Send) -> None:
+    async def _answer(self, model: ChatModel, request: ChatRequest, admission: Admission, receive: Receive,
+                      send: Send, plan: CachePlan | None = None) -> None:
+        """The model answers (and the cache keeps the answer when ``plan`` says so)."""
+        headers = [(b"x-thinktank-cache", plan.status)] if plan is not None else []
+        tracing = self.state.tracing
+        if request.stream:
+            chunks: AsyncIterator[ChatChunk] = model.stream(request, admission.ctx)
+            if plan is not None and plan.write:
+                chunks = self.state.response_cache.recording(plan, chunks)
+            try:
+                admission.status = await self._stream(chunks, request, admission, receive, send, headers)
+            finally:
+                if tracing is not None:
+                    tracing.describe_usage(admission.ctx.records)
+            return
+        response = await model.complete(request, admission.ctx)
+        if tracing is not None:
+            tracing.describe_usage(admission.ctx.records, response.served_by)
+        if self._log_content:
+            log.debug("chat answer from %s: %s", response.served_by or request.model, orjson.dumps(
+                [c.message.model_dump(mode="json", exclude_none=True) for c in response.choices]).decode())
+        if plan is not None:
+            await self.state.response_cache.store_response(plan, response)
+        await self._send_response(response, admission, send, headers)
+
+    async def _send_response(self, response: ChatResponse, admission: Admission, send: Send,
+                             extra: list[tuple[bytes, bytes]] | None = None) -> None:
         ctx = admission.ctx
         # Everything the request paid for (a query's embedding, a rerank, every step of a run), not only
         # the answer's last call.
-        headers = [(b"x-thinktank-cost-usd", f"{ctx.cost():.10f}".encode())]
+        headers = [(b"x-thinktank-cost-usd", f"{ctx.cost():.10f}".encode()), *(extra or [])]
         if response.served_by:
             headers.append((b"x-thinktank-deployment", response.served_by.encode()))
         run_id = response.run_id or ctx.run_id
@@ -168,12 +199,13 @@ class OpenAIHandlers:
         await send_bytes(send, 200, response.__pydantic_serializer__.to_json(response), headers)
 
     async def _stream(
-        self, model: ChatModel, request: ChatRequest, admission: Admission, receive: Receive, send: Send,
+        self, stream: AsyncIterator[ChatChunk], request: ChatRequest, admission: Admission, receive: Receive,
+        send: Send, headers: list[tuple[bytes, bytes]],
     ) -> int:
         """Stream the answer; the status to record (499 when the client went away). Errors before the first
         chunk propagate: the client gets a plain JSON error."""
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        chunks: AsyncIterator[ChatChunk] = aiter(model.stream(request, admission.ctx))
+        chunks: AsyncIterator[ChatChunk] = aiter(stream)
         try:
             first = await anext(chunks)
         except StopAsyncIteration:
@@ -181,7 +213,7 @@ class OpenAIHandlers:
         except BaseException:
             await _close(chunks)
             raise
-        pump = asyncio.ensure_future(self._pump(first, chunks, include_usage, admission, send))
+        pump = asyncio.ensure_future(self._pump(first, chunks, include_usage, admission, send, headers))
         watcher = asyncio.ensure_future(_wait_disconnect(receive))
         status = 200
         try:
@@ -202,14 +234,14 @@ class OpenAIHandlers:
 
     async def _pump(
         self, first: ChatChunk | None, chunks: AsyncIterator[ChatChunk], include_usage: bool, admission: Admission,
-        send: Send,
+        send: Send, headers: list[tuple[bytes, bytes]],
     ) -> int | None:
         """Send the stream; the status of a failure midway, else None."""
         failed: int | None = None
         run_id = (first.run_id if first is not None else None) or admission.ctx.run_id
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            *sse.HEADERS_RAW, *([(b"x-thinktank-run-id", run_id.encode())] if run_id else []),
-        ]})
+        if run_id and not any(name == b"x-thinktank-run-id" for name, _ in headers):
+            headers = [*headers, (b"x-thinktank-run-id", run_id.encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": [*sse.HEADERS_RAW, *headers]})
         try:
             chunk = first
             while chunk is not None:
@@ -325,8 +357,11 @@ def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
             "description": "OpenAI's chat completions. `stream: true` answers with server-sent events "
             "(`data: {chunk}` … `data: [DONE]`; comments `: …` show an ensemble's progress). Beyond OpenAI's "
             "fields: `knowledge_bases` and `knowledge` ground any model in your knowledge bases (the answer "
-            "carries `citations`); a run model takes `cache`, `tags` and `max_cost_usd`. Headers: "
-            "`x-thinktank-cost-usd`, `x-thinktank-deployment`, `x-thinktank-run-id`.",
+            "carries `citations`); a run model takes `cache`, `tags` and `max_cost_usd`. Response cache (any model "
+            "but agents): `x-thinktank-cache: allow|exact|deny`, `x-thinktank-cache-ttl: <seconds>`, `Cache-Control: "
+            "no-cache|no-store|max-age=<seconds>`. Headers: `x-thinktank-cost-usd`, `x-thinktank-deployment`, "
+            "`x-thinktank-run-id`, `x-thinktank-cache: hit|miss|bypass` (with a hit: `x-thinktank-cache-match: "
+            "exact|semantic` and `age`).",
             "requestBody": {"required": True, "content": {
                 "application/json": {"schema": {"$ref": "#/components/schemas/ChatRequest"}}}},
             "responses": {"200": {"description": "The answer, or with stream=true its chunks (ChatChunk) as SSE",
