@@ -186,7 +186,7 @@ def build_state(
     from ..cache.service import build_cache
 
     response_cache = build_cache(router.config.cache, clock, redis_url=settings.redis_url, db=db, uses=catalog.uses,
-                                 embedder=lambda: embedders.local)
+                                 embedder=lambda: embedders.local, knowledge_versions=knowledge.versions)
     return AppState(
         settings=settings, router=router, admin_key=admin_key, http=http, db=db, auth=auth,
         users=UserService(db, clock, PasswordHashing(), auth), keys=KeyService(db, clock, auth),

@@ -14,9 +14,10 @@ must be quick and must not raise (an observer that raises is logged and the requ
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -87,6 +88,10 @@ class CachePlan:
     earlier: bool = False
     """The caller accepts an earlier answer: a run's own cache may serve it too (an ensemble that reaches an
     agent may not be served by either)."""
+    principal: Any = None
+    knowledge: tuple[str, ...] = ()
+    """The knowledge bases the answer is grounded in (the request's, and those of the ``kb/`` models it reaches):
+    their versions, checked for the caller, go into the keys before the first lookup."""
 
     @property
     def status(self) -> bytes:
@@ -124,9 +129,12 @@ class ResponseCache:
     def __init__(
         self, config: CacheConfig, store: AnswerStore, clock: Clock, *,
         uses: Callable[[str], Sequence[str]] | None = None, embedder: Callable[[], Embedder] | None = None,
+        knowledge_versions: Callable[[Any, Sequence[str]], Awaitable[str]] | None = None,
     ) -> None:
         """``uses``: the names a model calls (the catalog's), to keep agents out; ``embedder``: the local
-        embedding model, for the semantic layer."""
+        embedding model, for the semantic layer; ``knowledge_versions``: the versions of knowledge bases for a
+        caller, checking their access (``KnowledgeService.versions``), so a grounded answer is served only while
+        its knowledge bases are unchanged and readable by the caller."""
         self.config = config
         self.store = store
         self.clock = clock
@@ -137,6 +145,8 @@ class ResponseCache:
         self.counts: Counter[str] = Counter()
         """Hits (``hit_exact``, ``hit_semantic``), misses and stores since start."""
         self._cacheable: dict[str, bool] = {}
+        self._grounded_in: dict[str, tuple[str, ...]] = {}
+        self._knowledge_versions = knowledge_versions
         self._configured = config.enabled or config.semantic.enabled or bool(config.models)
 
     def observe(self, observer: CacheObserver) -> None:
@@ -151,6 +161,27 @@ class ResponseCache:
                 log.exception("a cache observer failed")
 
     # -- planning ----------------------------------------------------------------------------------
+    def grounded_in(self, name: str) -> tuple[str, ...]:
+        """The knowledge bases ``name`` answers from: those of every ``kb/`` model it is or reaches."""
+        known = self._grounded_in.get(name)
+        if known is not None:
+            return known
+        found: list[str] = []
+        pending, seen = [name], set()
+        while pending:
+            current = pending.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            if current.startswith(KB_PREFIX):
+                found.append(current[len(KB_PREFIX):].strip())
+            elif self._uses is not None:
+                pending.extend(self._uses(current))
+        refs = tuple(sorted(set(found)))
+        if len(self._grounded_in) < 10_000 and not name.startswith(KB_PREFIX):
+            self._grounded_in[name] = refs
+        return refs
+
     def cacheable(self, name: str) -> bool:
         """Whether answers of ``name`` may be kept: not an agent, not ``cacheable: false``, and nothing it
         reaches is either."""
@@ -193,8 +224,12 @@ class ResponseCache:
         # An agent's own run cache (its cache_ttl, 0 unless configured) decides for it, as before.
         earlier = read or (name.startswith("agent/") and asked.mode in ("allow", "exact") and not asked.no_cache
                            and not asked.no_store)
+        from ..knowledge.grounded import GroundedModels
+
+        asked_kbs, _, _ = GroundedModels.fields(request.model_extra or {})
+        knowledge = tuple(sorted({*asked_kbs, *self.grounded_in(name)})) if read or write else ()
         plan = CachePlan(name, tenant, exact_key(tenant, data), ttl, max_age, read, write, request.stream,
-                         earlier=earlier)
+                         earlier=earlier, principal=principal, knowledge=knowledge)
         semantic = self.config.semantic_for(name)
         if semantic.enabled and asked.mode != "exact" and (read or write) and self._embedder is not None \
                 and _deterministic(request, semantic):
@@ -236,9 +271,28 @@ class ResponseCache:
             return None
         return answer
 
+    async def _ground_keys(self, plan: CachePlan) -> None:
+        """A grounded answer's keys name the versions of its knowledge bases (read access checked: 404 as the
+        grounded model itself would say), so a change to one, or a lost share, never serves an old answer."""
+        if not plan.knowledge:
+            return
+        if self._knowledge_versions is None:
+            plan.read = plan.write = False  # nothing can tell whether the sources changed: not cached
+            return
+        versions = await self._knowledge_versions(plan.principal, plan.knowledge)
+        plan.knowledge = ()
+
+        def vary(key: str) -> str:
+            return hashlib.sha256(f"{key}\n{versions}".encode()).hexdigest()
+
+        plan.key = vary(plan.key)
+        if plan.semantic is not None:
+            plan.semantic.scope = vary(plan.semantic.scope)
+
     async def lookup(self, plan: CachePlan) -> CacheHit | None:
         """The cached answer for ``plan``: an identical request's, else (semantic models) that of a question
         meaning the same."""
+        await self._ground_keys(plan)
         if not plan.read:
             return None
         now = self.clock.time()
@@ -280,8 +334,8 @@ class ResponseCache:
         return await self._put(plan, answer_of(response, model=plan.model, now=now, ttl=plan.ttl), now)
 
     async def _put(self, plan: CachePlan, answer: CachedAnswer | None, now: float) -> bool:
-        if answer is None or len(answer.body) > self.config.max_entry_bytes:
-            return False
+        if answer is None or len(answer.body) > self.config.max_entry_bytes or plan.knowledge:
+            return False  # (a grounded answer whose keys were not given its sources' versions is not kept)
         try:
             await self.store.put(plan.key, plan.tenant, answer)
         except Exception:
@@ -332,6 +386,7 @@ class ResponseCache:
 def build_cache(
     config: CacheConfig, clock: Clock, *, redis_url: str | None = None, db: Database | None = None,
     uses: Callable[[str], Sequence[str]] | None = None, embedder: Callable[[], Embedder] | None = None,
+    knowledge_versions: Callable[[Any, Sequence[str]], Awaitable[str]] | None = None,
 ) -> ResponseCache:
     """The cache with the store the configuration asks for (``auto``: Redis when there is one, else memory)."""
     from ..errors import ConfigError
@@ -349,4 +404,4 @@ def build_cache(
         store = SqlStore(db, clock, cleanup_interval=config.cleanup_interval)
     else:
         store = MemoryStore(config.memory_bytes)
-    return ResponseCache(config, store, clock, uses=uses, embedder=embedder)
+    return ResponseCache(config, store, clock, uses=uses, embedder=embedder, knowledge_versions=knowledge_versions)

@@ -163,6 +163,16 @@ class KnowledgeService:
                 ids.append(kb.id)
         return ids
 
+    async def versions(self, principal: Principal, refs: Sequence[str]) -> str:
+        """What an answer grounded in ``refs`` depends on, for the response cache: each knowledge base's id and
+        ``index_version`` (bumped by every change to what is searchable), each checked for read access (404 on
+        the first that is not: a cached answer is never served to someone who may no longer read its sources)."""
+        seen: dict[str, int] = {}
+        for ref in refs:
+            kb, _ = await self.get(principal, ref)
+            seen[kb.id] = kb.index_version
+        return ",".join(f"{kb_id}:{version}" for kb_id, version in sorted(seen.items()))
+
     # -- knowledge bases -------------------------------------------------------------------------
 
     async def create(
