@@ -125,18 +125,26 @@ def build_state(
         store = SqlBudgetStore(db, clock)
     ledger = BudgetLedger(store, clock)
     usage_writer = UsageWriter(db, clock)
-    gate = Gate(limiter, ledger, usage_writer, clock, global_daily_budget=settings.global_daily_budget_usd)
     from ..catalog import Catalog
+    from ..metrics import make_metrics
+
+    catalog = Catalog(router)
+    metrics = make_metrics(settings, clock, catalog.configured)
+    if metrics.enabled:
+        router.metrics = metrics
+        router.observers.append(metrics.upstream_answered)
+        router.cooldowns.listeners.append(metrics.cooldown)
+    gate = Gate(limiter, ledger, usage_writer, clock, global_daily_budget=settings.global_daily_budget_usd,
+                metrics=metrics)
     from ..deliberation.run_store import RunStore
     from ..deliberation.service import Deliberation
 
-    catalog = Catalog(router)
-    deliberation = Deliberation(router.config, catalog, RunStore(db), clock)
+    deliberation = Deliberation(router.config, catalog, RunStore(db), clock, metrics=metrics)
     from ..knowledge.embedders import Embedders
     from ..knowledge.service import KnowledgeService
 
     embedders = Embedders(router, settings.data_dir / "models", local=local_embedder)
-    knowledge = KnowledgeService(db, clock, embedders.get)
+    knowledge = KnowledgeService(db, clock, embedders.get, metrics=metrics)
     catalog.bind_knowledge(knowledge)
     from ..conversations.service import Conversations
 
@@ -154,13 +162,21 @@ def build_state(
     agents = Agents(deliberation, AgentStore(db), toolbox, gate, auth, clock, stale_after=settings.run_stale_after)
     agents.on_resumed_end(conversations.agent_run_ended)
     deliberation.paused_cancelled.append(conversations.paused_run_cancelled)
-    return AppState(
+    state = AppState(
         settings=settings, router=router, admin_key=admin_key, http=http, db=db, auth=auth,
         users=UserService(db, clock, PasswordHashing(), auth), keys=KeyService(db, clock, auth),
         usage_writer=usage_writer, usage_query=UsageQuery(db), limiter=limiter, ledger=ledger, gate=gate,
         deliberation=deliberation, embedders=embedders, knowledge=knowledge,
         conversations=conversations, clock=clock, catalog=catalog, agents=agents, url_fetcher=fetcher,
+        metrics=metrics,
     )
+    if metrics.enabled:  # prometheus_client is imported only then
+        from ..metrics.prometheus import PrometheusMetrics
+        from .routes.metrics import MetricsEndpoint
+
+        assert isinstance(metrics, PrometheusMetrics)
+        state.metrics_endpoint = MetricsEndpoint(state, metrics)
+    return state
 
 
 async def _start(state: AppState) -> None:
@@ -177,12 +193,16 @@ async def _start(state: AppState) -> None:
     state.ledger.start()
     await state.deliberation.start_background()
     await state.agents.start_background()  # interrupted agent runs go on; overdue approvals are denied
+    if state.metrics_endpoint is not None:
+        await state.metrics_endpoint.start()  # the metrics port, if one is set
     # Everything loaded so far lives as long as the process: keep it out of the garbage
     # collector's way (a full collection would otherwise walk ~130k objects again and again).
     gc.freeze()
 
 
 async def _stop(state: AppState) -> None:
+    if state.metrics_endpoint is not None:
+        await state.metrics_endpoint.close()
     await state.agents.close()  # the MCP servers' connections and processes too
     # Runs still going end as cancelled, settled and recorded; agent runs are left to resume at the next start
     # (or on another worker) from their checkpoint.
@@ -366,6 +386,9 @@ class ThinktankApp:
             "/v1/models": {"GET": h.models},
             "/models": {"GET": h.models},
         }
+        metrics = state.metrics_endpoint
+        if metrics is not None and state.settings.metrics_port is None:
+            self._routes["/metrics"] = {"GET": metrics.asgi, "HEAD": metrics.asgi}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

@@ -9,6 +9,7 @@ from ..accounts.admin_key import AdminKey
 from ..clock import Clock, SystemClock
 from ..config import Settings
 from ..gateway.router import Router
+from ..metrics.sink import MetricsSink
 from ..providers._http import HttpClient
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from ..knowledge.service import KnowledgeService
     from ..knowledge.urls import UrlFetcher
     from ..store.db import Database
+    from .routes.metrics import MetricsEndpoint
 
 __all__ = ["AppState"]
 
@@ -63,6 +65,10 @@ class AppState:
     ready: bool = False
     url_fetcher: UrlFetcher = field(default_factory=_default_fetcher)
     """Fetches the URLs users add to knowledge bases (public addresses only)."""
+    metrics: MetricsSink = field(default_factory=MetricsSink)
+    """What the accounting code records into (does nothing when metrics are off)."""
+    metrics_endpoint: MetricsEndpoint | None = None
+    """Reads the metrics for a scrape (None when metrics are off)."""
 
     async def check_auth_allowed(self, ip: str, account: str | None = None) -> None:
         """429 with Retry-After after too many failed logins or keys from this address."""

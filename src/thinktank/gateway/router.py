@@ -31,6 +31,7 @@ from ..errors import (
     UpstreamBadResponseError,
     UpstreamTimeoutError,
 )
+from ..metrics.sink import MetricsSink
 from ..providers.base import DeploymentModel, EmbeddingModel, ProviderContext
 from ..providers.registry import ProviderRegistry
 from ..types import (
@@ -125,6 +126,8 @@ class Router:
         self.failures = FailureLog(ctx.clock)
         """The last failures of each deployment (written only when one fails), for :meth:`health_snapshot`."""
         self.observers: list[Observer] = list(observers or [])
+        self.metrics = MetricsSink()
+        """Told of retries, fallbacks and failed attempts (the app factory sets the one it made)."""
         self.deployments: list[Deployment] = []
         seen: dict[str, int] = {}
         for i, d in enumerate(config.models):
@@ -239,10 +242,15 @@ class Router:
         visited: set[str] = set()
         last: ProviderError | None = None
         counter = [0]
+        origin: str | None = None
         while queue:
             group = self.resolve(queue.pop(0))
             if group.name in visited:
                 continue
+            if origin is None:
+                origin = group.name
+            else:
+                self.metrics.fallback(origin, group.name)
             visited.add(group.name)
             try:
                 result, attempt = await self._try_group(
@@ -297,6 +305,8 @@ class Router:
             # Budgets see the worst case of this attempt before any money is spent (may raise).
             hold = await ctx.meter.reserve(dep, prompt_tokens, output_tokens) if ctx and ctx.meter else None
             started = self._clock.monotonic()
+            if attempt_no:
+                self.metrics.retried(group.name)
             attempt_no += 1
             counter[0] += 1
             dep.stats.in_flight += 1
@@ -326,6 +336,7 @@ class Router:
             if hold is not None:
                 await hold.release()  # a failed attempt costs nothing
             tried.add(dep.id)
+            self.metrics.upstream_failed(dep.id, err)
             if isinstance(err, ContextWindowExceededError | UpstreamBadRequestError):
                 raise err
             self.cooldowns.failure(dep.id, err.retry_after)

@@ -1,0 +1,246 @@
+"""Prometheus metrics: the recorder the accounting code calls, and what a scrape reads.
+
+**One process or several.** ``prometheus_client`` decides how it stores values once per process, when it is
+first imported: in memory, or, if ``PROMETHEUS_MULTIPROC_DIR`` is set at that moment, in memory-mapped files
+in that directory, one set per process, which a scrape adds up (its multiprocess mode). ``thinktank serve
+--workers N`` sets the variable, to a directory of its own, just before it starts the workers and never
+before its own process built its app (:mod:`.multiproc`), so only the workers write files.
+
+This recorder asks which of the two its process got (``values.ValueClass``) rather than reading the
+variable:
+
+* **in memory**: its metrics are registered in a ``CollectorRegistry`` of its own, made here by the app
+  factory, never in prometheus_client's global registry: any number of apps in one interpreter (the tests)
+  each count alone;
+* **files**: its metrics are registered nowhere (the files are what counts) and a scrape reads the whole
+  directory with a ``MultiProcessCollector``, so whichever worker answers gives the totals of all of them.
+  One app per process: a second app in the same process would go on from the first one's counts, since the
+  files are the process's.
+
+**Cheap on the hot path.** A request ending costs a dictionary lookup for its pre-bound label children
+(cached per model, deployment and status: ``labels()`` alone costs ~1 µs) and a few increments. Model names
+become labels only if the configuration defines them (``other`` otherwise; ``kb/*`` for knowledge bases,
+which are data): a client cannot create series.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, NamedTuple
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+
+from ..clock import Clock
+from .sink import MetricsSink
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
+
+    from ..errors import ProviderError
+    from ..gateway.router import UsageRecord
+
+__all__ = ["PrometheusMetrics"]
+
+#: Seconds; answers of large models take minutes, runs longer.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0)
+FIRST_TOKEN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+RUN_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0, 1280.0, 2560.0)
+
+#: The kind of an upstream failure, by its error class (anything else: ``other``).
+FAILURE_REASONS = {
+    "UpstreamTimeoutError": "timeout", "UpstreamRateLimitError": "rate_limited", "UpstreamServerError": "server_error",
+    "UpstreamConnectionError": "connection", "UpstreamBadResponseError": "bad_response", "UpstreamAuthError": "auth",
+    "UpstreamBadRequestError": "bad_request", "ContextWindowExceededError": "context_window",
+    "DeadlineExceededError": "deadline",
+}
+
+OTHER = "other"
+KNOWLEDGE_BASES = "kb/*"
+NO_DEPLOYMENT = "none"
+
+
+def multiprocess_mode() -> bool:
+    """Whether this process's prometheus_client keeps its values in files (see the module doc)."""
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
+
+
+class _Request(NamedTuple):
+    requests: Counter
+    duration: Histogram
+    first_token: Histogram
+
+
+class _Usage(NamedTuple):
+    prompt: Counter
+    completion: Counter
+    cost: Counter
+
+
+class PrometheusMetrics(MetricsSink):
+    """Counts. ``known_models`` gives the names that may be labels (asked once, at the first request: the
+    catalog knows them only once everything is built)."""
+
+    enabled = True
+
+    def __init__(self, known_models: Callable[[], Iterable[str]], clock: Clock) -> None:
+        self._known_models = known_models
+        self._clock = clock
+        self._labels: dict[str, str] | None = None
+        self.multiprocess = multiprocess_mode()
+        self.directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") if self.multiprocess else None
+        own = None if self.multiprocess else CollectorRegistry(auto_describe=True)
+        self.registry = own
+        """The registry holding the metrics (in memory), or None (files: see :meth:`scrape_registry`)."""
+        self.requests = Counter("thinktank_requests", "Requests admitted and ended, by public model, the deployment "
+                                "that answered last and status (as the usage table records them).",
+                                ["model", "deployment", "status"], registry=own)
+        self.request_duration = Histogram("thinktank_request_duration_seconds", "Time from admission to the end "
+                                          "of the response (a stream: its last chunk).", ["model"], registry=own,
+                                          buckets=LATENCY_BUCKETS)
+        self.first_token = Histogram("thinktank_time_to_first_token_seconds", "Streams: time from admission to "
+                                     "the first chunk.", ["model"], registry=own, buckets=FIRST_TOKEN_BUCKETS)
+        self.tokens = Counter("thinktank_tokens", "Tokens accounted, by public model, deployment and type "
+                              "(input: prompt, output: completion).", ["model", "deployment", "type"], registry=own)
+        self.cost = Counter("thinktank_cost_usd", "Cost accounted (USD), by public model and deployment.",
+                            ["model", "deployment"], registry=own)
+        self.upstream_duration = Histogram("thinktank_upstream_duration_seconds", "Time of the answering upstream "
+                                           "attempt, by deployment.", ["deployment"], registry=own,
+                                           buckets=LATENCY_BUCKETS)
+        self.upstream_failures = Counter("thinktank_upstream_failures", "Failed upstream attempts, by deployment "
+                                         "and kind of failure.", ["deployment", "reason"], registry=own)
+        self.retries = Counter("thinktank_upstream_retries", "Attempts made again after a failed one, by model "
+                               "group.", ["model"], registry=own)
+        self.fallbacks = Counter("thinktank_fallbacks", "Moves from a model group to one of its fallbacks.",
+                                 ["model", "fallback"], registry=own)
+        self.cooldowns = Counter("thinktank_upstream_cooldowns", "Cooldowns started, by deployment.",
+                                 ["deployment"], registry=own)
+        self.cooldown_until = Gauge("thinktank_upstream_cooldown_until_timestamp_seconds", "When the deployment's "
+                                    "latest cooldown ends (Unix time; cooling down while above time()).",
+                                    ["deployment"], registry=own, multiprocess_mode="livemax")
+        self.refusals = Counter("thinktank_refusals", "Requests refused by a rate limit or a budget, by reason "
+                                "and the kind of limit.", ["reason", "scope"], registry=own)
+        self.cache_hits = Counter("thinktank_cache_hits", "Answers served from a cache, by model and cache.",
+                                  ["model", "kind"], registry=own)
+        self.cache_misses = Counter("thinktank_cache_misses", "Cache lookups that found nothing.",
+                                    ["model", "kind"], registry=own)
+        self.runs = Counter("thinktank_runs", "Runs ended, by kind and status.", ["kind", "status"], registry=own)
+        self.run_duration = Histogram("thinktank_run_duration_seconds", "Runs ended: time from creation to end.",
+                                      ["kind"], registry=own, buckets=RUN_BUCKETS)
+        self.documents = Counter("thinktank_ingested_documents", "Documents through knowledge ingestion, by "
+                                 "outcome.", ["status"], registry=own)
+        self.chunks = Counter("thinktank_ingested_chunks", "Chunks written by knowledge ingestion.", registry=own)
+        self._request_children: dict[tuple[str, str, int], _Request] = {}
+        self._usage_children: dict[tuple[str, str], _Usage] = {}
+        self._upstream_children: dict[str, Histogram] = {}
+        self._collectors: list[Collector] = []
+        self._scrape: CollectorRegistry | None = None
+
+    # -- labels ----------------------------------------------------------------------------------
+    def model_label(self, model: str) -> str:
+        """``model`` if the configuration defines it, else ``kb/*`` (a knowledge base) or ``other``."""
+        labels = self._labels
+        if labels is None:
+            labels = self._labels = {name: name for name in self._known_models()}
+        found = labels.get(model)
+        if found is not None:
+            return found
+        return KNOWLEDGE_BASES if model.startswith("kb/") else OTHER
+
+    def _request(self, key: tuple[str, str, int]) -> _Request:
+        found = self._request_children.get(key)
+        if found is None:
+            model, deployment, status = key
+            found = self._request_children[key] = _Request(
+                self.requests.labels(model, deployment, str(status)), self.request_duration.labels(model),
+                self.first_token.labels(model))
+        return found
+
+    def _usage(self, model: str, deployment: str) -> _Usage:
+        key = (model, deployment)
+        found = self._usage_children.get(key)
+        if found is None:
+            found = self._usage_children[key] = _Usage(
+                self.tokens.labels(model, deployment, "input"), self.tokens.labels(model, deployment, "output"),
+                self.cost.labels(model, deployment))
+        return found
+
+    # -- recording -------------------------------------------------------------------------------
+    def request_finished(
+        self, model: str, records: Sequence[UsageRecord], status: int, seconds: float, first_token: float | None,
+    ) -> None:
+        label = self.model_label(model)
+        last = records[-1].deployment if records else None
+        bound = self._request((label, last or NO_DEPLOYMENT, status))
+        bound.requests.inc()
+        bound.duration.observe(seconds)
+        if first_token is not None:
+            bound.first_token.observe(first_token)
+        for r in records:
+            usage = self._usage(label, r.deployment or NO_DEPLOYMENT)
+            if r.prompt_tokens:
+                usage.prompt.inc(r.prompt_tokens)
+            if r.completion_tokens:
+                usage.completion.inc(r.completion_tokens)
+            if r.cost:
+                usage.cost.inc(r.cost)
+
+    def upstream_answered(self, record: UsageRecord) -> None:
+        deployment = record.deployment or NO_DEPLOYMENT
+        child = self._upstream_children.get(deployment)
+        if child is None:
+            child = self._upstream_children[deployment] = self.upstream_duration.labels(deployment)
+        child.observe(record.latency)
+
+    def upstream_failed(self, deployment: str, error: ProviderError) -> None:
+        self.upstream_failures.labels(deployment, FAILURE_REASONS.get(type(error).__name__, OTHER)).inc()
+
+    def retried(self, model: str) -> None:
+        self.retries.labels(model).inc()
+
+    def fallback(self, model: str, to: str) -> None:
+        self.fallbacks.labels(model, to).inc()
+
+    def cooldown(self, deployment: str, seconds: float) -> None:
+        self.cooldowns.labels(deployment).inc()
+        self.cooldown_until.labels(deployment).set(self._clock.time() + seconds)
+
+    def refused(self, reason: str, scope: str) -> None:
+        self.refusals.labels(reason, scope).inc()
+
+    def cache_hit(self, model: str, kind: str) -> None:
+        self.cache_hits.labels(self.model_label(model), kind).inc()
+
+    def cache_miss(self, model: str, kind: str) -> None:
+        self.cache_misses.labels(self.model_label(model), kind).inc()
+
+    def run_ended(self, kind: str, status: str, seconds: float) -> None:
+        self.runs.labels(kind, status).inc()
+        self.run_duration.labels(kind).observe(max(seconds, 0.0))
+
+    def ingested(self, status: str, documents: int, chunks: int) -> None:
+        self.documents.labels(status).inc(documents)
+        if chunks:
+            self.chunks.inc(chunks)
+
+    # -- scraping --------------------------------------------------------------------------------
+    def add_collector(self, collector: Collector) -> None:
+        """A collector read at every scrape besides the metrics (values computed at scrape time)."""
+        self._collectors.append(collector)
+        if self.registry is not None:
+            self.registry.register(collector)
+        elif self._scrape is not None:
+            self._scrape.register(collector)
+
+    def scrape_registry(self) -> CollectorRegistry:
+        """What a scrape reads: this recorder's registry, or (files) every process's files."""
+        if self.registry is not None:
+            return self.registry
+        if self._scrape is None:
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            self._scrape = CollectorRegistry(auto_describe=True)
+            MultiProcessCollector(self._scrape, path=self.directory)  # type: ignore[no-untyped-call]
+            for collector in self._collectors:
+                self._scrape.register(collector)
+        return self._scrape
