@@ -204,3 +204,25 @@ async def test_a_metrics_sink_that_is_off_costs_nothing_and_serves_nothing(tmp_p
             "model": "m", "messages": [{"role": "user", "content": "hi"}]})).status_code == 200
         r = await http.get(url + "/metrics", headers=AUTH)
         assert r.status_code == 404
+
+
+async def test_ingestion_counts_documents_and_chunks(env: Env) -> None:
+    kbs = env.url + "/api/v1/knowledge-bases"
+    r = await env.http.post(kbs, headers=AUTH, json={"name": "notes", "embedding_model": "free"})
+    assert r.status_code == 201, r.text
+    docs = [{"name": "a.md", "text": "# Tea\n\n" + "Green tea is steeped briefly. " * 60},
+            {"name": "b.md", "text": "Coffee is brewed hot."}]
+    first = await env.http.post(kbs + "/notes/documents", headers=AUTH, json={"documents": docs})
+    again = await env.http.post(kbs + "/notes/documents", headers=AUTH, json={"documents": docs[:1]})
+    assert first.status_code == 201 and again.status_code == 200, (first.text, again.text)
+    results = first.json()["data"] + again.json()["data"]
+    assert [d["status"] for d in results] == ["added", "added", "unchanged"]
+
+    m = await env.scrape()
+    assert m.value("thinktank_ingested_documents_total", status="added") == 2
+    assert m.value("thinktank_ingested_documents_total", status="unchanged") == 1
+    written = sum(d["chunks"] for d in first.json()["data"])
+    assert written >= 3
+    assert m.value("thinktank_ingested_chunks_total") == written
+    # The embeddings were requests through the gate too, by the embedding model.
+    assert m.value("thinktank_requests_total", model="free", status="200") >= 1
