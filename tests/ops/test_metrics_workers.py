@@ -95,9 +95,10 @@ def test_two_workers_report_the_totals_of_both(server: type[Server], env: dict[s
     assert codes == [200] * 160
     down = asyncio.run(fire(srv.url, "down", 24))
     assert down == [502] * 24
+    # Each worker adds its counts to its files every second (and at a scrape it answers).
+    wait_for(lambda: sum(served_by_pid(directory).values()) == 184)
     workers = {pid: n for pid, n in served_by_pid(directory).items() if n}
     assert len(workers) == 2, workers  # both workers answered some
-    assert sum(workers.values()) == 184
 
     for _ in range(8):  # each scrape on a connection of its own: either worker may answer
         m = scrape(srv.url + "/metrics")
@@ -139,6 +140,7 @@ def test_workers_share_the_metrics_port(server: type[Server], env: dict[str, str
     assert len(made) == 1
     directory = Path(made.pop())
     assert directory.is_dir() and directory.name.startswith("thinktank-metrics-")
+    wait_for(lambda: sum(served_by_pid(directory).values()) == 60)
     assert len({pid for pid, n in served_by_pid(directory).items() if n}) == 2
     for _ in range(8):
         m = scrape(f"http://127.0.0.1:{port}/metrics")

@@ -77,6 +77,7 @@ class MetricsEndpoint:
 
         if self.budgets is not None:
             await self.budgets.refresh()
+        self.metrics.flush()  # this process's counts, up to now
         registry = self.metrics.scrape_registry()
         directory = self.metrics.directory
         if directory is None:
@@ -128,7 +129,8 @@ class MetricsEndpoint:
 
     # -- the metrics port ------------------------------------------------------------------------
     async def start(self) -> None:
-        """Open the metrics port, if one is set."""
+        """Start the metrics' background work; open the metrics port, if one is set."""
+        await self.metrics.start()
         port = self.state.settings.metrics_port
         if port is None:
             return
@@ -172,5 +174,6 @@ class MetricsEndpoint:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await self.metrics.close()  # what this process still holds goes into its counters (its files)
         if self.metrics.directory is not None:
             mark_self_dead(self.metrics.directory)
