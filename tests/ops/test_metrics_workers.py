@@ -105,6 +105,9 @@ def test_two_workers_report_the_totals_of_both(server: type[Server], env: dict[s
         assert m.value("thinktank_requests_total", model="m", status="200") == 160
         assert m.value("thinktank_requests_total", model="down", status="502") == 24
         assert m.value("thinktank_tokens_total", model="m") > 0
+        assert m.value("thinktank_request_duration_seconds_count", model="m") == 160
+        assert m.value("thinktank_request_duration_seconds_bucket", model="m", le="+Inf") == 160
+        assert m.value("thinktank_upstream_duration_seconds_count", deployment="m") == 160
         assert m.value("thinktank_upstream_failures_total", deployment="down", reason="connection") == 24
     cooling = [pid for pid in workers if (directory / f"gauge_livemax_{pid}.db").exists()]
     assert cooling, "a worker that saw 'down' fail keeps its cooldown in a live gauge"

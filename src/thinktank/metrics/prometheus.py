@@ -17,14 +17,14 @@ variable:
   One app per process: a second app in the same process would go on from the first one's counts, since the
   files are the process's.
 
-**Cheap on the hot path.** A request ending costs a dictionary lookup for its pre-bound label children
-(cached per model, deployment and status: ``labels()`` alone costs ~1 µs), two histogram observations, and
-additions to plain numbers: its count, tokens and cost wait in those and are added to the counters at each
-scrape and, with files, every second by a background task (an increment of a file-backed value costs ~2.5 µs
-here: four a request were 10 µs of ~330). So a scrape may miss at most the last second of another worker's
-requests, and a worker killed outright (SIGKILL) loses at most its last second; a worker that stops adds
-what it holds first. Model names become labels only if the configuration defines them (``other`` otherwise;
-``kb/*`` for knowledge bases, which are data): a client cannot create series.
+**Cheap on the hot path.** A request ending costs a dictionary lookup for its pre-bound label children (cached
+per model, deployment and status: ``labels()`` alone costs ~1 µs) and additions to plain numbers: its count,
+tokens, cost and the buckets of its latencies wait in those and are added to the metrics at each scrape and, with
+files, every second by a background task (prometheus_client's own increments cost ~0.5 µs each in memory and ~2.5
+µs each in a file here, with a lock; a request touched ten of them). So a scrape may miss at most the last second
+of another worker's requests, and a worker killed outright (SIGKILL) loses at most its last second; a worker that
+stops adds what it holds first. Model names become labels only if the configuration defines them (``other``
+otherwise; ``kb/*`` for knowledge bases, which are data): a client cannot create series.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -55,6 +57,8 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0)
 FIRST_TOKEN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
 RUN_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0, 1280.0, 2560.0)
+#: Each bucket list with +Inf last, as a histogram child holds it.
+BOUNDS = {buckets: (*buckets, math.inf) for buckets in (LATENCY_BUCKETS, FIRST_TOKEN_BUCKETS, RUN_BUCKETS)}
 
 #: The kind of an upstream failure, by its error class (anything else: ``other``).
 FAILURE_REASONS = {
@@ -74,12 +78,44 @@ def multiprocess_mode() -> bool:
     return bool(getattr(values.ValueClass, "_multiprocess", False))
 
 
+class _Observations:
+    """Observations of one histogram child not yet added to it: a count per bucket and their sum.
+
+    prometheus_client has no public way to add many observations at once, so :meth:`flush` adds them to the
+    child's per-bucket and sum values (``_buckets``, ``_sum``), exactly what its ``observe`` does one at a time;
+    tests/ops/test_metrics_flush.py checks that the exposition is the same as with ``observe``."""
+
+    __slots__ = ("bounds", "child", "counts", "observed", "total")
+
+    def __init__(self, child: Histogram, bounds: Sequence[float]) -> None:
+        self.child = child
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.observed = 0
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # the first bucket whose bound is not below the value
+        self.observed += 1
+        self.total += value
+
+    def flush(self) -> None:
+        if not self.observed:
+            return
+        counts, total = self.counts, self.total
+        self.counts, self.observed, self.total = [0] * len(self.bounds), 0, 0.0
+        self.child._sum.inc(total)
+        for bucket, count in zip(self.child._buckets, counts, strict=True):
+            if count:
+                bucket.inc(count)
+
+
 class _Request:
-    """The series a kind of ending request (model, deployment, status) touches, and its count not yet added."""
+    """The series a kind of ending request (model, deployment, status) touches, and what is not yet added."""
 
     __slots__ = ("count", "duration", "first_token", "requests")
 
-    def __init__(self, requests: Counter, duration: Histogram, first_token: Histogram) -> None:
+    def __init__(self, requests: Counter, duration: _Observations, first_token: _Observations) -> None:
         self.requests, self.duration, self.first_token = requests, duration, first_token
         self.count = 0
 
@@ -87,6 +123,8 @@ class _Request:
         if self.count:
             count, self.count = self.count, 0
             self.requests.inc(count)
+        self.duration.flush()
+        self.first_token.flush()
 
 
 class _Usage:
@@ -166,7 +204,7 @@ class PrometheusMetrics(MetricsSink):
         self.chunks = Counter("thinktank_ingested_chunks", "Chunks written by knowledge ingestion.", registry=own)
         self._request_children: dict[tuple[str, str, int], _Request] = {}
         self._usage_children: dict[tuple[str, str], _Usage] = {}
-        self._upstream_children: dict[str, Histogram] = {}
+        self._upstream_children: dict[str, _Observations] = {}
         self._collectors: list[Collector] = []
         self._scrape: CollectorRegistry | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -189,8 +227,9 @@ class PrometheusMetrics(MetricsSink):
         if found is None:
             model, deployment, status = key
             found = self._request_children[key] = _Request(
-                self.requests.labels(model, deployment, str(status)), self.request_duration.labels(model),
-                self.first_token.labels(model))
+                self.requests.labels(model, deployment, str(status)),
+                _Observations(self.request_duration.labels(model), BOUNDS[LATENCY_BUCKETS]),
+                _Observations(self.first_token.labels(model), BOUNDS[FIRST_TOKEN_BUCKETS]))
         return found
 
     def _usage(self, model: str, deployment: str) -> _Usage:
@@ -223,7 +262,8 @@ class PrometheusMetrics(MetricsSink):
         deployment = record.deployment or NO_DEPLOYMENT
         child = self._upstream_children.get(deployment)
         if child is None:
-            child = self._upstream_children[deployment] = self.upstream_duration.labels(deployment)
+            child = self._upstream_children[deployment] = _Observations(
+                self.upstream_duration.labels(deployment), BOUNDS[LATENCY_BUCKETS])
         child.observe(record.latency)
 
     def upstream_failed(self, deployment: str, error: ProviderError) -> None:
@@ -264,6 +304,8 @@ class PrometheusMetrics(MetricsSink):
             request.flush()
         for usage in self._usage_children.values():
             usage.flush()
+        for upstream in self._upstream_children.values():
+            upstream.flush()
 
     async def start(self) -> None:
         """With files: flush every ``flush_interval`` seconds, so other workers' scrapes see this one's counts."""
