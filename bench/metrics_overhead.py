@@ -91,13 +91,13 @@ def api(port: int, method: str, path: str, body: object | None = None) -> Any:
         return json.loads(raw) if resp.headers.get_content_type() == "application/json" else raw.decode()
 
 
-def start(name: str, data_dir: Path, workers: int, metrics: bool, config: Path) -> subprocess.Popen[bytes]:
-    port = PORTS[name]
+def start(name: str, port: int, data_dir: Path, workers: int, metrics: bool, config: Path,
+          pin: list[str]) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("THINKTANK_", "PROMETHEUS_"))}
     env.update({"THINKTANK_ADMIN_KEY": ADMIN, "THINKTANK_DATA_DIR": str(data_dir),
                 "THINKTANK_METRICS": "true" if metrics else "false"})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "thinktank", "serve", "--config", str(config), "--port", str(port),
+        [*pin, sys.executable, "-m", "thinktank", "serve", "--config", str(config), "--port", str(port),
          "--workers", str(workers), "--log-level", "warning"], env=env, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=open(data_dir / "server.log", "w"),  # noqa: SIM115
     )
@@ -131,9 +131,9 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def wrk(port: int, lua: Path, seconds: int, conc: int) -> tuple[float, int, int]:
+def wrk(port: int, lua: Path, seconds: int, conc: int, pin: list[str]) -> tuple[float, int, int]:
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{conc}", f"-d{seconds}s", "-s", str(lua), f"http://127.0.0.1:{port}/v1/chat/completions"],
+        [*pin, "wrk", "-t1", f"-c{conc}", f"-d{seconds}s", "-s", str(lua), f"http://127.0.0.1:{port}/v1/chat/completions"],
         capture_output=True, text=True, check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -172,14 +172,23 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--same", choices=["on", "off"], help="an A/A run: both servers with metrics on (or off), to "
                     "see the noise of the method")
+    ap.add_argument("--swap", action="store_true", help="the metrics-off server starts first and takes the first "
+                    "port (an A/A run showed the first one ~2 %% slower: run both ways)")
+    ap.add_argument("--pin", action="store_true", help="servers on CPU 1, wrk on CPU 0 (taskset; one worker)")
     a = ap.parse_args()
+    pin_server = ["taskset", "-c", "1"] if a.pin else []
+    pin_wrk = ["taskset", "-c", "0"] if a.pin else []
     shared = shared_module(a.gateway_bench)
     shared.need("wrk", "wrk")
     shared.need("nginx", "nginx-light")
     work = Path(tempfile.mkdtemp(prefix="tt-metrics-upstream-"))
     config = start_upstream(shared, work)
     dirs = {name: Path(tempfile.mkdtemp(prefix=f"tt-metrics-{name}-")) for name in PORTS}
-    procs = {name: start(name, dirs[name], a.workers, (a.same or name) == "on", config) for name in PORTS}
+    if a.swap:
+        PORTS.update(on=PORTS["off"], off=PORTS["on"])
+    procs = {}
+    for name in sorted(PORTS, key=PORTS.__getitem__):  # the first port first
+        procs[name] = start(name, PORTS[name], dirs[name], a.workers, (a.same or name) == "on", config, pin_server)
     rps: dict[str, list[float]] = {n: [] for n in PORTS}
     cpu: dict[str, list[float]] = {n: [] for n in PORTS}
     completed = dict.fromkeys(PORTS, 0)
@@ -191,14 +200,14 @@ def main() -> int:
                                                      "rpm": 100_000_000, "tpm": 1_000_000_000})["key"]
             luas[name] = shared.lua_script([f"Authorization: Bearer {key}"], MODEL, False)
         for name, port in PORTS.items():  # warm-up, counted too
-            _, total, b = wrk(port, luas[name], 2, a.conc)
+            _, total, b = wrk(port, luas[name], 2, a.conc, pin_wrk)
             completed[name] += total
             bad[name] += b
         for round_no in range(a.rounds):
             order = ["on", "off"] if round_no % 2 == 0 else ["off", "on"]
             for name in order:
                 c0 = cpu_seconds(procs[name].pid)
-                r, total, b = wrk(PORTS[name], luas[name], a.seconds, a.conc)
+                r, total, b = wrk(PORTS[name], luas[name], a.seconds, a.conc, pin_wrk)
                 cpu[name].append((cpu_seconds(procs[name].pid) - c0) / total * 1e6)
                 rps[name].append(r)
                 completed[name] += total
@@ -217,7 +226,8 @@ def main() -> int:
     ratio = statistics.median(on / off for on, off in zip(rps["on"], rps["off"], strict=True))
     cpu_ratio = statistics.median(on / off for on, off in zip(cpu["on"], cpu["off"], strict=True))
     result = {
-        "same": a.same, "workers": a.workers, "conc": a.conc, "seconds": a.seconds, "rounds": a.rounds,
+        "same": a.same, "swap": a.swap, "pin": a.pin, "workers": a.workers, "conc": a.conc, "seconds": a.seconds,
+        "rounds": a.rounds,
         "rps": {n: round(statistics.median(v)) for n, v in rps.items()},
         "cpu_us": {n: round(statistics.median(v)) for n, v in cpu.items()},
         "runs": {n: [round(x) for x in v] for n, v in rps.items()},
