@@ -35,7 +35,6 @@ def test_flushed_values_equal_direct_recording() -> None:
         ttft = rng.choice([None, *FIRST_TOKEN_BUCKETS, rng.uniform(0, 70)])
         record = UsageRecord(model, "dep-1", rng.randint(0, 50), rng.randint(0, 50), 0.0, seconds / 2, 200, False, 1)
         metrics.request_finished(model, [record], status, seconds, ttft)
-        metrics.upstream_answered(record)
         requests.labels(label, "dep-1", str(status)).inc()
         duration.labels(label).observe(seconds)
         if ttft is not None:

@@ -132,7 +132,6 @@ def build_state(
     metrics = make_metrics(settings, clock, catalog.configured)
     if metrics.enabled:
         router.metrics = metrics
-        router.observers.append(metrics.upstream_answered)
         router.cooldowns.listeners.append(metrics.cooldown)
     gate = Gate(limiter, ledger, usage_writer, clock, global_daily_budget=settings.global_daily_budget_usd,
                 metrics=metrics)
@@ -201,8 +200,6 @@ async def _start(state: AppState) -> None:
 
 
 async def _stop(state: AppState) -> None:
-    if state.metrics_endpoint is not None:
-        await state.metrics_endpoint.close()
     await state.agents.close()  # the MCP servers' connections and processes too
     # Runs still going end as cancelled, settled and recorded; agent runs are left to resume at the next start
     # (or on another worker) from their checkpoint.
@@ -216,6 +213,8 @@ async def _stop(state: AppState) -> None:
     await state.limiter.close()
     await state.auth.close()  # background lookups of cached keys
     state.embedders.close()
+    if state.metrics_endpoint is not None:  # last: the requests and runs ended above are counted
+        await state.metrics_endpoint.close()
     await state.db.close()
 
 

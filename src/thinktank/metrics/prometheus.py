@@ -79,7 +79,8 @@ def multiprocess_mode() -> bool:
 
 
 class _Observations:
-    """Observations of one histogram child not yet added to it: a count per bucket and their sum.
+    """Observations of one histogram child not yet added to it: a count per bucket and their sum (the hot path
+    adds to ``counts``, ``observed`` and ``total`` itself: a method call more per observation measured).
 
     prometheus_client has no public way to add many observations at once, so :meth:`flush` adds them to the
     child's per-bucket and sum values (``_buckets``, ``_sum``), exactly what its ``observe`` does one at a time;
@@ -90,14 +91,11 @@ class _Observations:
     def __init__(self, child: Histogram, bounds: Sequence[float]) -> None:
         self.child = child
         self.bounds = bounds
+        """The upper bounds, +Inf last: ``bisect_left(bounds, v)`` is the bucket of ``v`` (the first bound not
+        below it, as ``le`` says)."""
         self.counts = [0] * len(bounds)
         self.observed = 0
         self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1  # the first bucket whose bound is not below the value
-        self.observed += 1
-        self.total += value
 
     def flush(self) -> None:
         if not self.observed:
@@ -128,12 +126,15 @@ class _Request:
 
 
 class _Usage:
-    """The token and cost counters of a model and deployment, and what is not yet added to them."""
+    """The token and cost counters of a model and deployment and the deployment's upstream latency, and what is
+    not yet added to them."""
 
-    __slots__ = ("cost", "cost_counter", "input", "input_counter", "output", "output_counter")
+    __slots__ = ("cost", "cost_counter", "input", "input_counter", "output", "output_counter", "upstream")
 
-    def __init__(self, input_counter: Counter, output_counter: Counter, cost_counter: Counter) -> None:
+    def __init__(self, input_counter: Counter, output_counter: Counter, cost_counter: Counter,
+                 upstream: _Observations) -> None:
         self.input_counter, self.output_counter, self.cost_counter = input_counter, output_counter, cost_counter
+        self.upstream = upstream
         self.input = self.output = 0
         self.cost = 0.0
 
@@ -147,6 +148,7 @@ class _Usage:
         if self.cost:
             cost, self.cost = self.cost, 0.0
             self.cost_counter.inc(cost)
+        self.upstream.flush()
 
 
 class PrometheusMetrics(MetricsSink):
@@ -158,7 +160,8 @@ class PrometheusMetrics(MetricsSink):
     def __init__(self, known_models: Callable[[], Iterable[str]], clock: Clock) -> None:
         self._known_models = known_models
         self._clock = clock
-        self._labels: dict[str, str] | None = None
+        self._labels: dict[str, str] = {}
+        self._labels_loaded = False
         self.multiprocess = multiprocess_mode()
         self.directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") if self.multiprocess else None
         own = None if self.multiprocess else CollectorRegistry(auto_describe=True)
@@ -176,9 +179,9 @@ class PrometheusMetrics(MetricsSink):
                               "(input: prompt, output: completion).", ["model", "deployment", "type"], registry=own)
         self.cost = Counter("thinktank_cost_usd", "Cost accounted (USD), by public model and deployment.",
                             ["model", "deployment"], registry=own)
-        self.upstream_duration = Histogram("thinktank_upstream_duration_seconds", "Time of the answering upstream "
-                                           "attempt, by deployment.", ["deployment"], registry=own,
-                                           buckets=LATENCY_BUCKETS)
+        self.upstream_duration = Histogram("thinktank_upstream_duration_seconds", "Time of each upstream answer "
+                                           "(the answering attempt alone), by deployment.", ["deployment"],
+                                           registry=own, buckets=LATENCY_BUCKETS)
         self.upstream_failures = Counter("thinktank_upstream_failures", "Failed upstream attempts, by deployment "
                                          "and kind of failure.", ["deployment", "reason"], registry=own)
         self.retries = Counter("thinktank_upstream_retries", "Attempts made again after a failed one, by model "
@@ -202,69 +205,70 @@ class PrometheusMetrics(MetricsSink):
         self.documents = Counter("thinktank_ingested_documents", "Documents through knowledge ingestion, by "
                                  "outcome.", ["status"], registry=own)
         self.chunks = Counter("thinktank_ingested_chunks", "Chunks written by knowledge ingestion.", registry=own)
-        self._request_children: dict[tuple[str, str, int], _Request] = {}
-        self._usage_children: dict[tuple[str, str], _Usage] = {}
-        self._upstream_children: dict[str, _Observations] = {}
+        self._request_children: dict[tuple[str, str | None, int], _Request] = {}
+        self._usage_children: dict[tuple[str, str | None], _Usage] = {}
         self._collectors: list[Collector] = []
         self._scrape: CollectorRegistry | None = None
         self._flusher: asyncio.Task[None] | None = None
         self.flush_interval = 1.0
         """Seconds between background flushes (files only: a scrape in this process flushes first anyway)."""
 
-    # -- labels ----------------------------------------------------------------------------------
+    # -- labels ---------------------------------------------------------------------------------
     def model_label(self, model: str) -> str:
         """``model`` if the configuration defines it, else ``kb/*`` (a knowledge base) or ``other``."""
-        labels = self._labels
-        if labels is None:
-            labels = self._labels = {name: name for name in self._known_models()}
-        found = labels.get(model)
+        if not self._labels_loaded:
+            self._labels.update((name, name) for name in self._known_models())
+            self._labels_loaded = True
+        found = self._labels.get(model)
         if found is not None:
             return found
         return KNOWLEDGE_BASES if model.startswith("kb/") else OTHER
 
-    def _request(self, key: tuple[str, str, int]) -> _Request:
-        found = self._request_children.get(key)
-        if found is None:
-            model, deployment, status = key
-            found = self._request_children[key] = _Request(
-                self.requests.labels(model, deployment, str(status)),
-                _Observations(self.request_duration.labels(model), BOUNDS[LATENCY_BUCKETS]),
-                _Observations(self.first_token.labels(model), BOUNDS[FIRST_TOKEN_BUCKETS]))
+    def _bind_request(self, key: tuple[str, str | None, int]) -> _Request:
+        model, deployment, status = key
+        found = self._request_children[key] = _Request(
+            self.requests.labels(model, deployment or NO_DEPLOYMENT, str(status)),
+            _Observations(self.request_duration.labels(model), BOUNDS[LATENCY_BUCKETS]),
+            _Observations(self.first_token.labels(model), BOUNDS[FIRST_TOKEN_BUCKETS]))
         return found
 
-    def _usage(self, model: str, deployment: str) -> _Usage:
-        key = (model, deployment)
-        found = self._usage_children.get(key)
-        if found is None:
-            found = self._usage_children[key] = _Usage(
-                self.tokens.labels(model, deployment, "input"), self.tokens.labels(model, deployment, "output"),
-                self.cost.labels(model, deployment))
+    def _bind_usage(self, key: tuple[str, str | None]) -> _Usage:
+        model, deployment = key
+        deployment = deployment or NO_DEPLOYMENT
+        found = self._usage_children[key] = _Usage(
+            self.tokens.labels(model, deployment, "input"), self.tokens.labels(model, deployment, "output"),
+            self.cost.labels(model, deployment),
+            _Observations(self.upstream_duration.labels(deployment), BOUNDS[LATENCY_BUCKETS]))
         return found
 
     # -- recording -------------------------------------------------------------------------------
     def request_finished(
         self, model: str, records: Sequence[UsageRecord], status: int, seconds: float, first_token: float | None,
     ) -> None:
-        label = self.model_label(model)
-        last = records[-1].deployment if records else None
-        bound = self._request((label, last or NO_DEPLOYMENT, status))
+        # The hot path: one call, dictionary lookups and additions (see the module doc).
+        label = self._labels.get(model) or self.model_label(model)
+        key = (label, records[-1].deployment if records else None, status)
+        bound = self._request_children.get(key) or self._bind_request(key)
         bound.count += 1
-        bound.duration.observe(seconds)
+        hist = bound.duration
+        hist.counts[bisect_left(hist.bounds, seconds)] += 1
+        hist.observed += 1
+        hist.total += seconds
         if first_token is not None:
-            bound.first_token.observe(first_token)
+            hist = bound.first_token
+            hist.counts[bisect_left(hist.bounds, first_token)] += 1
+            hist.observed += 1
+            hist.total += first_token
         for r in records:
-            usage = self._usage(label, r.deployment or NO_DEPLOYMENT)
+            usage_key = (label, r.deployment)
+            usage = self._usage_children.get(usage_key) or self._bind_usage(usage_key)
             usage.input += r.prompt_tokens
             usage.output += r.completion_tokens
             usage.cost += r.cost
-
-    def upstream_answered(self, record: UsageRecord) -> None:
-        deployment = record.deployment or NO_DEPLOYMENT
-        child = self._upstream_children.get(deployment)
-        if child is None:
-            child = self._upstream_children[deployment] = _Observations(
-                self.upstream_duration.labels(deployment), BOUNDS[LATENCY_BUCKETS])
-        child.observe(record.latency)
+            hist = usage.upstream
+            hist.counts[bisect_left(hist.bounds, r.latency)] += 1
+            hist.observed += 1
+            hist.total += r.latency
 
     def upstream_failed(self, deployment: str, error: ProviderError) -> None:
         self.upstream_failures.labels(deployment, FAILURE_REASONS.get(type(error).__name__, OTHER)).inc()
@@ -304,8 +308,6 @@ class PrometheusMetrics(MetricsSink):
             request.flush()
         for usage in self._usage_children.values():
             usage.flush()
-        for upstream in self._upstream_children.values():
-            upstream.flush()
 
     async def start(self) -> None:
         """With files: flush every ``flush_interval`` seconds, so other workers' scrapes see this one's counts."""

@@ -31,11 +31,8 @@ class MetricsSink:
         self, model: str, records: Sequence[UsageRecord], status: int, seconds: float, first_token: float | None,
     ) -> None:
         """A request admitted by the gate ended (``Admission.finish``): the public ``model`` asked for, every
-        upstream answer it was accounted for, its status, its duration, and for a stream the seconds to its
-        first chunk."""
-
-    def upstream_answered(self, record: UsageRecord) -> None:
-        """The router accounted an upstream answer (a router observer): its deployment's latency."""
+        upstream answer it was accounted for (with its deployment, tokens, cost and latency), its status, its
+        duration, and for a stream the seconds to its first chunk."""
 
     def upstream_failed(self, deployment: str, error: ProviderError) -> None:
         """An upstream attempt on ``deployment`` failed with ``error`` (counted by the kind of failure)."""
@@ -67,7 +64,7 @@ class MetricsSink:
         failed), with ``chunks`` chunks written."""
 
     async def start(self) -> None:
-        """The app starts (a metrics port opens here)."""
+        """The app started: background work (if any) begins."""
 
     async def close(self) -> None:
-        """The app stops."""
+        """The app stops: whatever is pending is written."""

@@ -113,10 +113,11 @@ class MetricsEndpoint:
     # -- the main port ---------------------------------------------------------------------------
     async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``GET`` / ``HEAD /metrics`` on the main port."""
-        from .openai import OpenAIHandlers, _ip
+        from .openai import OpenAIHandlers
 
+        client = scope.get("client")
         try:
-            await self.authorize(header(scope, b"authorization"), _ip(scope) or "unknown",
+            await self.authorize(header(scope, b"authorization"), str(client[0]) if client else "unknown",
                                  lambda: OpenAIHandlers(self.state).principal(scope))
             body = await self.scrape()
         except ThinktankError as exc:
