@@ -60,3 +60,12 @@ class Settings(BaseSettings):
     """When upstreams make ``/ready`` fail: ``any`` when none is reachable, ``all`` when one is not, ``none`` never."""
     run_stale_after: float = Field(default=30.0, gt=0, le=86_400)
     """Seconds without a save after which a running agent run counts as interrupted and is resumed elsewhere."""
+    metrics: bool = True
+    """Prometheus metrics at ``GET /metrics`` (see ``thinktank.metrics``); recording them costs a few µs a request."""
+    metrics_token: SecretStr | None = None
+    """A bearer token that alone opens ``/metrics`` (for Prometheus). Without one (and without a metrics port),
+    ``/metrics`` on the main port asks for admin credentials."""
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    """Serve the metrics on this port instead of the main one (open there unless a token is set)."""
+    metrics_host: str | None = None
+    """The address the metrics port binds (default: ``host``)."""

@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ..clock import Clock
-from ..errors import ThinktankError
+from ..errors import RateLimitError, ThinktankError
 from ..gateway.context import CallContext, Hold
 from ..gateway.strategies import Deployment
+from ..metrics.sink import MetricsSink
 from ..observability import request_ids
-from .budgets import BudgetLedger, BudgetSpec, Reservation
+from .budgets import BudgetExceededError, BudgetLedger, BudgetSpec, Reservation
 from .principal import Principal
-from .ratelimit import RateLimiter, RatePlan, Subject
+from .ratelimit import RateLimiter, RateLimitRefusal, RatePlan, Subject
 from .usage import UsageEvent, UsageWriter
 
 __all__ = ["Admission", "BudgetMeter", "Gate"]
@@ -56,10 +57,12 @@ class _NoHold:
 class BudgetMeter:
     """Holds the worst-case cost of an attempt on every budget that applies to the caller."""
 
-    def __init__(self, ledger: BudgetLedger, specs: Sequence[BudgetSpec], default_output: int) -> None:
+    def __init__(self, ledger: BudgetLedger, specs: Sequence[BudgetSpec], default_output: int,
+                 metrics: MetricsSink | None = None) -> None:
         self._ledger = ledger
         self._specs = list(specs)
         self._default_output = default_output
+        self._metrics = metrics or MetricsSink()
 
     async def reserve(self, deployment: Deployment, prompt_tokens: int, output_tokens: int | None) -> Hold:
         worst = deployment.price.cost(
@@ -67,7 +70,12 @@ class BudgetMeter:
         )
         if worst <= 0:
             return _NoHold()
-        return _LedgerHold(self._ledger, await self._ledger.reserve(self._specs, worst))
+        try:
+            reservation = await self._ledger.reserve(self._specs, worst)
+        except BudgetExceededError as exc:
+            self._metrics.refused("budget", exc.spec.scope)
+            raise
+        return _LedgerHold(self._ledger, reservation)
 
 
 @dataclass
@@ -86,7 +94,14 @@ class Admission:
     """The status it is recorded with when it ends (``Gate.admitted`` sets it from an error)."""
     stream: bool = False
     cache_hit: bool = False
+    first_token: float | None = None
+    """A stream: seconds from admission to its first chunk (:meth:`first_chunk` sets it)."""
     _finished: bool = field(default=False, repr=False)
+
+    def first_chunk(self) -> None:
+        """A stream's first chunk is ready to go: its time to first token is now (once)."""
+        if self.first_token is None:
+            self.first_token = self.gate.clock.monotonic() - self.started
 
     async def finish(self, status: int, *, stream: bool = False, cache_hit: bool = False) -> None:
         """Record the request once (an ensemble or debate: all its calls together)."""
@@ -101,13 +116,15 @@ class Admission:
             prompt = sum(r.prompt_tokens for r in records)
             completion = sum(r.completion_tokens for r in records)
         tokens = prompt + completion
+        latency = gate.clock.monotonic() - self.started
         gate.usage.record(UsageEvent(
             request_id=self.request_id, ts=gate.clock.time(), user_id=self.principal.user_id,
             key_id=self.principal.key_id, model=self.model, deployment=records[-1].deployment if records else None,
             prompt_tokens=prompt, completion_tokens=completion, cost_usd=sum(r.cost for r in records),
-            latency_ms=(gate.clock.monotonic() - self.started) * 1000, status=status, stream=stream,
+            latency_ms=latency * 1000, status=status, stream=stream,
             cache_hit=cache_hit,
         ))
+        gate.metrics.request_finished(self.model, records, status, latency, self.first_token)
         if tokens > self.estimated_tokens:
             await gate.limiter.add_tokens(self.subject, tokens - self.estimated_tokens)
 
@@ -131,8 +148,10 @@ class Gate:
     def __init__(
         self, limiter: RateLimiter, ledger: BudgetLedger, usage: UsageWriter, clock: Clock,
         *, global_daily_budget: float | None = None, default_output_tokens: int = 4096,
+        metrics: MetricsSink | None = None,
     ) -> None:
         self.limiter = limiter
+        self.metrics = metrics or MetricsSink()
         self.ledger = ledger
         self.usage = usage
         self.clock = clock
@@ -166,7 +185,7 @@ class Gate:
             user_tpm=principal.user_tpm, tier=principal.tier,
         )
         specs = self._specs(principal)
-        meter = BudgetMeter(self.ledger, specs, self._default_output) if specs else None
+        meter = BudgetMeter(self.ledger, specs, self._default_output, self.metrics) if specs else None
         if len(self._governance) >= self.CACHE:
             self._governance.clear()
         plan = self.limiter.plan(subject)
@@ -176,7 +195,12 @@ class Gate:
     async def admit(self, principal: Principal, ip: str | None, model: str, estimated_tokens: int) -> Admission:
         """Check the rate limits (429 with Retry-After) and prepare the budget meter."""
         governance = self._governance_of(principal, ip)
-        await self.limiter.admit(governance.plan, estimated_tokens)
+        try:
+            await self.limiter.admit(governance.plan, estimated_tokens)
+        except RateLimitError as exc:
+            self.metrics.refused("request_too_large" if exc.code == "request_too_large" else "rate_limit",
+                                 exc.scope if isinstance(exc, RateLimitRefusal) else "other")
+            raise
         return Admission(
             gate=self, principal=principal, subject=governance.subject, model=model,
             estimated_tokens=estimated_tokens, ctx=CallContext(meter=governance.meter, principal=principal),

@@ -39,7 +39,7 @@ from ..config import TierConfig
 from ..errors import ConfigError, RateLimitError
 from .windows import LibraryWindows, Limit, LocalWindows, RatePlan, RedisWindows, Windows
 
-__all__ = ["RateLimiter", "RatePlan", "Subject", "TierConfig"]
+__all__ = ["RateLimitRefusal", "RateLimiter", "RatePlan", "Subject", "TierConfig"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,15 @@ class Subject:
     user_rpm: int | None = None
     user_tpm: int | None = None
     tier: str | None = None
+
+
+class RateLimitRefusal(RateLimitError):
+    """429 from one of the request or token limits; ``scope`` says which kind (key, user, ip or tier: never an
+    id), for the metrics."""
+
+    def __init__(self, message: str, *, retry_after: float, code: str, limit: Limit) -> None:
+        super().__init__(message, retry_after=retry_after, code=code)
+        self.scope = limit.ids[0] if limit.ids else "other"
 
 
 def _open_storage(uri: str | None) -> tuple[Storage, Any]:
@@ -185,11 +194,11 @@ class RateLimiter:
                 add(tier.tokens_per_day, day, who, ids, tok=True)
         return tuple(out)
 
-    async def _refusal(self, limit: Limit) -> RateLimitError:
+    async def _refusal(self, limit: Limit) -> RateLimitRefusal:
         _, reset = await self._windows.stats(limit)
         retry = _retry_after(reset)
         message = f"Rate limit: {limit.describe()}; try again in {math.ceil(retry)}s"
-        return RateLimitError(message, retry_after=retry, code="rate_limit_exceeded")
+        return RateLimitRefusal(message, retry_after=retry, code="rate_limit_exceeded", limit=limit)
 
     async def hit_request(self, subject: Subject, estimated_tokens: int) -> None:
         """Admit one request costing ``estimated_tokens``, or raise :class:`RateLimitError` (429)."""
@@ -206,9 +215,9 @@ class RateLimiter:
             largest = plan.largest
             if largest is not None and estimated_tokens > largest.amount:
                 # It could never pass: say so instead of a misleading Retry-After.
-                raise RateLimitError(
+                raise RateLimitRefusal(
                     f"Rate limit: this request needs about {estimated_tokens} tokens but {largest.describe()}",
-                    retry_after=largest.window, code="request_too_large",
+                    retry_after=largest.window, code="request_too_large", limit=largest,
                 )
         else:
             limits = plan.requests

@@ -43,7 +43,9 @@ from .state import AppState, _default_fetcher
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
 
+    from ..cache.service import CacheEvent
     from ..knowledge.embeddings import LocalEmbedder
+    from ..metrics.sink import MetricsSink
     from ..observability.tracing import Tracing
 
 __all__ = ["ThinktankApp", "app_from_env", "build_config", "create_app", "worker_app"]
@@ -154,18 +156,25 @@ def build_state(
         alerts = build_alerts(router.config.alerts, clock, db=db, redis=redis_client)
         alerts.watch(ledger, router.cooldowns, router.config.router.allowed_fails)
     usage_writer = UsageWriter(db, clock)
-    gate = Gate(limiter, ledger, usage_writer, clock, global_daily_budget=settings.global_daily_budget_usd)
     from ..catalog import Catalog
+    from ..metrics import make_metrics
+
+    catalog = Catalog(router)
+    metrics = make_metrics(settings, clock, catalog.configured)
+    if metrics.enabled:
+        router.metrics = metrics
+        router.cooldowns.listeners.append(metrics.cooldown)
+    gate = Gate(limiter, ledger, usage_writer, clock, global_daily_budget=settings.global_daily_budget_usd,
+                metrics=metrics)
     from ..deliberation.run_store import RunStore
     from ..deliberation.service import Deliberation
 
-    catalog = Catalog(router)
-    deliberation = Deliberation(router.config, catalog, RunStore(db), clock)
+    deliberation = Deliberation(router.config, catalog, RunStore(db), clock, metrics=metrics)
     from ..knowledge.embedders import Embedders
     from ..knowledge.service import KnowledgeService
 
     embedders = Embedders(router, settings.data_dir / "models", local=local_embedder)
-    knowledge = KnowledgeService(db, clock, embedders.get)
+    knowledge = KnowledgeService(db, clock, embedders.get, metrics=metrics)
     catalog.bind_knowledge(knowledge)
     from ..conversations.service import Conversations
 
@@ -187,7 +196,9 @@ def build_state(
 
     response_cache = build_cache(router.config.cache, clock, redis_url=settings.redis_url, db=db, uses=catalog.uses,
                                  embedder=lambda: embedders.local, knowledge_versions=knowledge.versions)
-    return AppState(
+    if metrics.enabled:
+        response_cache.observe(_count_cache(metrics))
+    state = AppState(
         settings=settings, router=router, admin_key=admin_key, http=http, db=db, auth=auth,
         users=UserService(db, clock, PasswordHashing(), auth), keys=KeyService(db, clock, auth),
         usage_writer=usage_writer, usage_query=UsageQuery(db), limiter=limiter, ledger=ledger, gate=gate,
@@ -197,7 +208,27 @@ def build_state(
                             upstreams=settings.ready_upstreams),
         alerts=alerts,
         response_cache=response_cache,
+        metrics=metrics,
     )
+    if metrics.enabled:  # prometheus_client is imported only then
+        from ..metrics.prometheus import PrometheusMetrics
+        from .routes.metrics import MetricsEndpoint
+
+        assert isinstance(metrics, PrometheusMetrics)
+        state.metrics_endpoint = MetricsEndpoint(state, metrics)
+    return state
+
+
+def _count_cache(metrics: MetricsSink) -> Callable[[CacheEvent], None]:
+    """The response cache's hits (kind ``exact`` or ``semantic``) and misses (kind ``response``) as metrics."""
+
+    def count(event: CacheEvent) -> None:
+        if event.kind == "hit":
+            metrics.cache_hit(event.model, event.layer or "exact")
+        elif event.kind == "miss":
+            metrics.cache_miss(event.model, "response")
+
+    return count
 
 
 async def _start(state: AppState) -> None:
@@ -215,6 +246,8 @@ async def _start(state: AppState) -> None:
     await state.response_cache.start()
     await state.deliberation.start_background()
     await state.agents.start_background()  # interrupted agent runs go on; overdue approvals are denied
+    if state.metrics_endpoint is not None:
+        await state.metrics_endpoint.start()  # the metrics port, if one is set
     # Everything loaded so far lives as long as the process: keep it out of the garbage
     # collector's way (a full collection would otherwise walk ~130k objects again and again).
     gc.freeze()
@@ -239,6 +272,8 @@ async def _stop(state: AppState) -> None:
     state.embedders.close()
     if state.readiness is not None:
         await state.readiness.close()
+    if state.metrics_endpoint is not None:  # last: the requests and runs ended above are counted
+        await state.metrics_endpoint.close()
     await state.db.close()
     if state.tracing is not None:
         await asyncio.to_thread(state.tracing.shutdown)  # the last spans exported (the loop goes on meanwhile)
@@ -415,6 +450,9 @@ class ThinktankApp:
             "/v1/models": {"GET": h.models},
             "/models": {"GET": h.models},
         }
+        metrics = state.metrics_endpoint
+        if metrics is not None and state.settings.metrics_port is None:
+            self._routes["/metrics"] = {"GET": metrics.asgi, "HEAD": metrics.asgi}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -9,6 +9,7 @@ from ..accounts.admin_key import AdminKey
 from ..clock import Clock, SystemClock
 from ..config import Settings
 from ..gateway.router import Router
+from ..metrics.sink import MetricsSink
 from ..providers._http import HttpClient
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from ..observability.tracing import Tracing
     from ..store.db import Database
     from .readiness import Readiness
+    from .routes.metrics import MetricsEndpoint
 
 __all__ = ["AppState"]
 
@@ -73,6 +75,10 @@ class AppState:
     """None when tracing is off (then nothing of OpenTelemetry is imported)."""
     alerts: Alerts | None = None
     """Budget and cooldown alerts (the config's ``alerts:`` section), if configured."""
+    metrics: MetricsSink = field(default_factory=MetricsSink)
+    """What the accounting code records into (does nothing when metrics are off)."""
+    metrics_endpoint: MetricsEndpoint | None = None
+    """Reads the metrics for a scrape (None when metrics are off)."""
 
     async def check_auth_allowed(self, ip: str, account: str | None = None) -> None:
         """429 with Retry-After after too many failed logins or keys from this address."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -14,8 +16,9 @@ from .common import ConfigOpt, DemoOpt, fail, settings
 __all__ = ["listen", "serve"]
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` (not yet listening), or a clear error and exit 2 when it cannot be."""
+def listen(host: str, port: int, option: str = "--port") -> socket.socket:
+    """A socket bound to ``host:port`` (not yet listening), or a clear error and exit 2 when it cannot be
+    (naming ``option``, where the port was chosen)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart need not wait
@@ -26,7 +29,7 @@ def listen(host: str, port: int) -> socket.socket:
         where = f"http://[{host}]:{port}" if family == socket.AF_INET6 else f"http://{host}:{port}"
         if exc.errno == errno.EADDRINUSE:
             fail(f"cannot serve on {where}: the address is already in use (another `thinktank serve`, or another "
-                 "program, listens there): stop it or choose another --port")
+                 f"program, listens there): stop it or choose another {option}")
         fail(f"cannot serve on {where}: {exc.strerror or exc}")
     return sock
 
@@ -56,6 +59,13 @@ def serve(
     logging.config.dictConfig(log_config)
     # The port first: nothing is said (no admin key generated) for a start that cannot listen.
     sock = listen(s.host, s.port)
+    if s.metrics and s.metrics_port is not None:  # opened by the app (each worker): fail here if it cannot be
+        listen(s.metrics_host or s.host, s.metrics_port, "THINKTANK_METRICS_PORT").close()
+    from ..metrics.multiproc import ENV, reset_directory, worker_directory
+
+    if s.metrics and os.environ.get(ENV):
+        # The operator's multiprocess directory: last run's counts out, before anything here writes there.
+        reset_directory(Path(os.environ[ENV]))
     try:
         # Validate everything (and say which admin key is in force) before any worker starts.
         application = create_app(s)
@@ -86,8 +96,12 @@ def serve(
     upgrade(s.database_url or default_database_url(s.data_dir))
     # Each worker builds its own app from the same settings, passed through the environment.
     os.environ["THINKTANK_DATA_DIR"] = str(s.data_dir)
+    os.environ["THINKTANK_HOST"] = s.host  # the metrics port binds it by default
     os.environ["THINKTANK_DEMO"] = "true" if s.demo else "false"
     if s.config is not None:
         os.environ["THINKTANK_CONFIG"] = str(s.config.resolve())
-    uvicorn.run("thinktank.api.app:worker_app", factory=True, workers=s.workers, host=s.host, port=s.port,
-                **common)
+    # Metrics: the workers keep their counts in files in one directory (prometheus_client's multiprocess mode,
+    # chosen when a process first imports it), made now, after this process built its own app in memory.
+    with worker_directory(os.environ) if s.metrics else contextlib.nullcontext():
+        uvicorn.run("thinktank.api.app:worker_app", factory=True, workers=s.workers, host=s.host, port=s.port,
+                    **common)

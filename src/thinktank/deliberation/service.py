@@ -38,6 +38,7 @@ from ..errors import (
 )
 from ..gateway.context import CallContext, Hold, Meter
 from ..gateway.strategies import Deployment
+from ..metrics.sink import MetricsSink
 from ..store.tables import new_id
 from ..types import Message
 from .arena import hide as _hide
@@ -103,8 +104,10 @@ class _CapHold:
 class _RunCap:
     """The run's own ``max_cost_usd``, checked before every call like any budget, then the caller's."""
 
-    def __init__(self, inner: Meter | None, limit: float, run: LiveRun, default_output: int) -> None:
+    def __init__(self, inner: Meter | None, limit: float, run: LiveRun, default_output: int,
+                 metrics: MetricsSink | None = None) -> None:
         self._inner, self._limit, self._run, self._default_output = inner, limit, run, default_output
+        self._metrics = metrics or MetricsSink()
         self.held = 0.0
         self.spent = 0.0
 
@@ -113,6 +116,7 @@ class _RunCap:
         remaining = self._limit - self.spent - self.held
         if worst > remaining:
             spec = BudgetSpec("run", self._run.id, self._limit, "total", f"run {self._run.id} (max_cost_usd)")
+            self._metrics.refused("budget", "run")
             raise BudgetExceededError(spec, amount=worst, remaining=remaining, retry_after=0)
         self.held += worst
         try:
@@ -127,10 +131,12 @@ class Deliberation:
     def __init__(
         self, config: GatewayConfig, catalog: Catalog, store: RunStore, clock: Clock, *,
         rng: random.Random | None = None, save_interval: float = 0.5, default_output_tokens: int = 1024,
+        metrics: MetricsSink | None = None,
     ) -> None:
         """Binds itself to ``catalog``: ``ensemble/...`` and ``debate/...`` resolve to its runs, and every
         call of a run reaches its model through the catalog."""
         self.catalog = catalog
+        self.metrics = metrics or MetricsSink()
         self.store = store
         self.clock = clock
         self._rng = rng or random.Random(secrets.randbits(64))
@@ -276,7 +282,9 @@ class Deliberation:
         if options.cache and cfg.cache_ttl > 0:
             hit = await self.store.find_cached(principal.user_id, run.cache_key, now - cfg.cache_ttl)
             if hit is not None:
+                self.metrics.cache_hit(f"{kind}/{cfg.name}", "run")
                 return await self._from_cache(run, hit, on_end)
+            self.metrics.cache_miss(f"{kind}/{cfg.name}", "run")
         if options.max_cost_usd is not None:
             self.cap(run, options.max_cost_usd, options.max_tokens)
         elif ctx.parent_run is not None and options.max_tokens:
@@ -301,7 +309,7 @@ class Deliberation:
         output its hold assumes."""
         cap = max_tokens or self._default_output
         run.default_max_tokens = cap
-        meter = _RunCap(run.ctx.meter, max_cost_usd, run, cap)
+        meter = _RunCap(run.ctx.meter, max_cost_usd, run, cap, self.metrics)
         meter.spent = run.cost
         run.ctx.meter = meter
 
@@ -382,6 +390,7 @@ class Deliberation:
             span.close(message=error)
         if status not in ("awaiting_approval", "running"):  # paused or interrupted: it goes on later
             run.finished_at = self.clock.time()
+            self.metrics.run_ended(run.kind, status, run.finished_at - run.created_at)
             if error is not None:
                 run.emit("error", message=error, status=code)
             run.emit("done", status=status, cost_usd=round(run.cost, 10),

@@ -32,6 +32,7 @@ from ..errors import (
     UpstreamBadResponseError,
     UpstreamTimeoutError,
 )
+from ..metrics.sink import MetricsSink
 from ..providers.base import DeploymentModel, EmbeddingModel, ProviderContext
 from ..providers.registry import ProviderRegistry
 from ..types import (
@@ -137,6 +138,8 @@ class Router:
         self.observers: list[Observer] = list(observers or [])
         self.tracing: Tracing | None = None
         """Spans for each attempt, when tracing is on (the app factory sets it)."""
+        self.metrics = MetricsSink()
+        """Told of retries, fallbacks and failed attempts (the app factory sets the one it made)."""
         self.deployments: list[Deployment] = []
         seen: dict[str, int] = {}
         for i, d in enumerate(config.models):
@@ -252,10 +255,15 @@ class Router:
         visited: set[str] = set()
         last: ProviderError | None = None
         counter = [0]
+        origin: str | None = None
         while queue:
             group = self.resolve(queue.pop(0))
             if group.name in visited:
                 continue
+            if origin is None:
+                origin = group.name
+            else:
+                self.metrics.fallback(origin, group.name)
             visited.add(group.name)
             try:
                 result, attempt = await self._try_group(
@@ -311,6 +319,8 @@ class Router:
             # Budgets see the worst case of this attempt before any money is spent (may raise).
             hold = await ctx.meter.reserve(dep, prompt_tokens, output_tokens) if ctx and ctx.meter else None
             started = self._clock.monotonic()
+            if attempt_no:
+                self.metrics.retried(group.name)
             attempt_no += 1
             counter[0] += 1
             dep.stats.in_flight += 1
@@ -345,6 +355,7 @@ class Router:
             if hold is not None:
                 await hold.release()  # a failed attempt costs nothing
             tried.add(dep.id)
+            self.metrics.upstream_failed(dep.id, err)
             if isinstance(err, ContextWindowExceededError | UpstreamBadRequestError):
                 raise err
             log.info("upstream %s failed (attempt %d): %s", dep.id, attempt_no,

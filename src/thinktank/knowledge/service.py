@@ -25,6 +25,7 @@ from ..accounts.principal import Principal
 from ..clock import Clock
 from ..errors import ConflictError, InvalidRequestError, NotFoundError, PermissionDeniedError
 from ..gateway.context import CallContext
+from ..metrics.sink import MetricsSink
 from ..store.db import Database
 from ..store.tables import KbChunk, KbDocument, KbShare, KnowledgeBase, Team, User, new_id
 from .embeddings import LOCAL_MODEL, Embedder, vectors_to_bytes
@@ -78,8 +79,10 @@ class KnowledgeService:
     def __init__(
         self, db: Database, clock: Clock, embedder_for: EmbedderFor, *,
         retriever: Retriever | None = None, default_chunk_tokens: int = 200, default_chunk_overlap: int = 40,
+        metrics: MetricsSink | None = None,
     ) -> None:
         self.db = db
+        self.metrics = metrics or MetricsSink()
         self.clock = clock
         self.embedder_for = embedder_for
         self.retriever = retriever or Retriever(db)
@@ -306,9 +309,23 @@ class KnowledgeService:
         pg = self.retriever.cache.pg
         ingestor = Ingestor(self.db, self.embedder_for(kb.embedding_model, ctx), self.clock, pg_vectors=pg)
         results = await ingestor.ingest(kb, sources, submitted_by=principal.user_id, status=status, progress=progress)
+        self._count(results)
         if pg is not None and await pg.available() and any(r.status in ("added", "replaced") for r in results):
             self._index_later(pg, kb.id)
         return results
+
+    def _count(self, results: Sequence[IngestResult]) -> None:
+        """Documents by outcome, and the chunks written (added or replaced documents), for the metrics."""
+        if not self.metrics.enabled:
+            return
+        outcomes: dict[str, list[int]] = {}
+        for r in results:
+            seen = outcomes.setdefault(r.status, [0, 0])
+            seen[0] += 1
+            if r.status in ("added", "replaced"):
+                seen[1] += r.chunks
+        for outcome, (documents, chunks) in outcomes.items():
+            self.metrics.ingested(outcome, documents, chunks)
 
     def _index_later(self, pg: PgVectors, kb_id: str) -> None:
         """Build the knowledge base's HNSW index in the background if it has grown large enough: minutes

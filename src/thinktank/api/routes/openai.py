@@ -213,6 +213,8 @@ class OpenAIHandlers:
         except BaseException:
             await _close(chunks)
             raise
+        if first is not None:
+            admission.first_chunk()
         pump = asyncio.ensure_future(self._pump(first, chunks, include_usage, admission, send, headers))
         watcher = asyncio.ensure_future(_wait_disconnect(receive))
         status = 200
