@@ -26,10 +26,6 @@ K8S_OVERLAY = DEPLOY / "k8s" / "overlays" / "example"
 
 SETTINGS_NAMES = frozenset(f"THINKTANK_{name.upper()}" for name in Settings.model_fields)
 """Every THINKTANK_* variable thinktank reads."""
-PENDING_SETTINGS = frozenset({"THINKTANK_METRICS_TOKEN"})
-"""Named by the artefacts for a setting that work in progress adds (the /metrics scrape token, issue 16):
-drop it from here once Settings has it."""
-
 _THINKTANK_NAME = re.compile(r"\bTHINKTANK_[A-Z0-9_]+\b")
 
 
@@ -47,7 +43,7 @@ def tool(name: str, how: str) -> str:
 
 def unknown_settings(names: set[str]) -> set[str]:
     """The THINKTANK_* names among ``names`` that thinktank does not read."""
-    return {n for n in names if n.startswith("THINKTANK_")} - SETTINGS_NAMES - PENDING_SETTINGS
+    return {n for n in names if n.startswith("THINKTANK_")} - SETTINGS_NAMES
 
 
 def thinktank_names(text: str) -> set[str]:
