@@ -46,3 +46,13 @@ def test_the_configuration_refuses_a_debate_whose_persona_runs_on_itself() -> No
            "debates": [{"name": "p", "models": ["g"]}]}
     with pytest.raises(ConfigError, match=r"^t\.yaml: .*'debate/p' contains itself: debate/p -> debate/p"):
         parse_config(cfg, "t.yaml")
+
+
+def test_reachable_walks_every_name_once_whatever_the_shape() -> None:
+    from thinktank.names import reachable
+
+    graph = {"ensemble/a": ["x", "ensemble/b"], "ensemble/b": ["x", "kb/docs", "ensemble/a"], "kb/docs": ["y"]}
+    reached = reachable("ensemble/a", lambda n: graph.get(n, []))
+    assert reached[0] == "ensemble/a"
+    assert sorted(reached) == sorted(["ensemble/a", "ensemble/b", "x", "kb/docs", "y"])
+    assert reachable("solo", None) == ["solo"]

@@ -24,7 +24,7 @@ from .accounts.principal import Principal
 from .errors import InvalidRequestError, ModelNotFoundError
 from .gateway.context import CallContext
 from .gateway.router import Router
-from .names import KB_PREFIX, MAX_DEPTH, RUN_PREFIXES, find_cycle
+from .names import KB_PREFIX, MAX_DEPTH, RUN_PREFIXES, find_cycle, reachable
 from .types import ChatChunk, ChatRequest, ChatResponse
 
 _COMPOSITE = (KB_PREFIX, *RUN_PREFIXES)
@@ -314,16 +314,9 @@ class Catalog:
         """The context window a prompt for ``name`` must fit: the smallest of the deployments it reaches
         (a composite's members all get the prompt), ``default`` when none says."""
         windows: list[int] = []
-        pending, seen = [name], set()
-        while pending:
-            current = pending.pop()
-            if current in seen:
-                continue
-            seen.add(current)
-            used = self.uses(current)
-            if used:
-                pending.extend(used)
-                continue
+        for current in reachable(name, self.uses):
+            if self.uses(current):
+                continue  # a composite: its members get the prompt
             try:
                 group = self.router.resolve(current)
             except ModelNotFoundError:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-__all__ = ["KB_PREFIX", "MAX_DEPTH", "RUN_PREFIXES", "find_cycle", "is_kb_name"]
+__all__ = ["KB_PREFIX", "MAX_DEPTH", "RUN_PREFIXES", "find_cycle", "is_kb_name", "reachable"]
 
 KB_PREFIX = "kb/"
 RUN_PREFIXES = ("ensemble/", "debate/", "agent/")
@@ -42,3 +42,19 @@ def find_cycle(root: str, uses: Callable[[str], Iterable[str]], *, start: Iterab
         return None
 
     return walk(root, (root,))
+
+
+def reachable(root: str, uses: Callable[[str], Iterable[str]] | None) -> list[str]:
+    """``root`` and every name it reaches through ``uses`` (each once, ``root`` first): what a request for it
+    may call, at any depth."""
+    out: list[str] = []
+    pending, seen = [root], set()
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        out.append(current)
+        if uses is not None:
+            pending.extend(uses(current))
+    return out

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..clock import Clock
-from ..names import KB_PREFIX
+from ..names import KB_PREFIX, reachable
 from ..types import ChatChunk, ChatRequest, ChatResponse
 from .config import CacheConfig, SemanticCacheConfig
 from .entry import CachedAnswer, StreamAssembler, answer_of
@@ -164,44 +164,23 @@ class ResponseCache:
     def grounded_in(self, name: str) -> tuple[str, ...]:
         """The knowledge bases ``name`` answers from: those of every ``kb/`` model it is or reaches."""
         known = self._grounded_in.get(name)
-        if known is not None:
-            return known
-        found: list[str] = []
-        pending, seen = [name], set()
-        while pending:
-            current = pending.pop()
-            if current in seen:
-                continue
-            seen.add(current)
-            if current.startswith(KB_PREFIX):
-                found.append(current[len(KB_PREFIX):].strip())
-            elif self._uses is not None:
-                pending.extend(self._uses(current))
-        refs = tuple(sorted(set(found)))
-        if len(self._grounded_in) < 10_000 and not name.startswith(KB_PREFIX):
-            self._grounded_in[name] = refs
-        return refs
+        if known is None:
+            known = tuple(sorted({n[len(KB_PREFIX):].strip() for n in reachable(name, self._uses)
+                                  if n.startswith(KB_PREFIX)}))
+            if len(self._grounded_in) < 10_000 and not name.startswith(KB_PREFIX):
+                self._grounded_in[name] = known
+        return known
 
     def cacheable(self, name: str) -> bool:
         """Whether answers of ``name`` may be kept: not an agent, not ``cacheable: false``, and nothing it
         reaches is either."""
         known = self._cacheable.get(name)
-        if known is not None:
-            return known
-        ok, pending, seen = True, [name], set()
-        while pending and ok:
-            current = pending.pop()
-            if current in seen:
-                continue
-            seen.add(current)
-            own = self.config.model(current)
-            if current.startswith("agent/") or (own is not None and not own.cacheable):
-                ok = False
-            elif self._uses is not None:
-                pending.extend(self._uses(current))
-        if len(self._cacheable) < 10_000 and not name.startswith(KB_PREFIX):
-            self._cacheable[name] = ok
-        return ok
+        if known is None:
+            known = not any(n.startswith("agent/") or not getattr(self.config.model(n), "cacheable", True)
+                            for n in reachable(name, self._uses))
+            if len(self._cacheable) < 10_000 and not name.startswith(KB_PREFIX):
+                self._cacheable[name] = known
+        return known
 
     def plan(self, request: ChatRequest, principal: Any, headers: list[tuple[bytes, bytes]]) -> CachePlan | None:
         """What the cache does for ``request`` (the request as the client sent it), or None when it is not
