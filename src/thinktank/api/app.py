@@ -7,8 +7,6 @@ built here and handed to whoever needs it.
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import logging
 import os
 import re
@@ -36,16 +34,15 @@ from ..providers.base import ProviderContext
 from ..providers.registry import ProviderRegistry
 from ..web import is_page
 from .asgi import Receive, Scope, Send, header, read_body, send_error, send_json
+from .assembly import build_state, start, stop
 from .routes.openai import OpenAIHandlers
 from .routing import unencodable_text
-from .state import AppState, _default_fetcher
+from .state import AppState
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
 
-    from ..cache.service import CacheEvent
     from ..knowledge.embeddings import LocalEmbedder
-    from ..metrics.sink import MetricsSink
     from ..observability.tracing import Tracing
 
 __all__ = ["ThinktankApp", "app_from_env", "build_config", "create_app", "worker_app"]
@@ -120,165 +117,6 @@ def _tracing(settings: Settings, provider: TracerProvider | None) -> Tracing | N
     return build_tracing(settings)
 
 
-def build_state(
-    settings: Settings, router: Router, admin_key: AdminKey, http: HttpClient, clock: Clock,
-    local_embedder: LocalEmbedder | None = None,
-) -> AppState:
-    from ..accounts.budget_backends import BudgetStore, RedisBudgetStore, SqlBudgetStore
-    from ..accounts.budgets import BudgetLedger
-    from ..accounts.governance import Gate
-    from ..accounts.keys import KeyService
-    from ..accounts.principal import Authenticator
-    from ..accounts.ratelimit import RateLimiter
-    from ..accounts.secrets import PasswordHashing
-    from ..accounts.usage import UsageQuery, UsageWriter
-    from ..accounts.users import UserService
-    from ..store.db import Database, default_database_url
-    from .readiness import Readiness
-
-    db = Database(settings.database_url or default_database_url(settings.data_dir))
-    auth = Authenticator(db, admin_key, clock, cache_ttl=settings.auth_cache_ttl)
-    limiter = RateLimiter(settings.redis_url, router.config.tiers, ip_rpm=router.config.ip_rpm)
-    store: BudgetStore
-    redis_client = None
-    if settings.redis_url:
-        import redis.asyncio as aioredis
-
-        redis_client = aioredis.from_url(settings.redis_url)
-        store = RedisBudgetStore(redis_client, clock)
-    else:
-        store = SqlBudgetStore(db, clock)
-    ledger = BudgetLedger(store, clock)
-    alerts = None
-    if router.config.alerts is not None:
-        from ..alerts.service import build_alerts
-
-        alerts = build_alerts(router.config.alerts, clock, db=db, redis=redis_client)
-        alerts.watch(ledger, router.cooldowns, router.config.router.allowed_fails)
-    usage_writer = UsageWriter(db, clock)
-    from ..catalog import Catalog
-    from ..metrics import make_metrics
-
-    catalog = Catalog(router)
-    metrics = make_metrics(settings, clock, catalog.configured)
-    if metrics.enabled:
-        router.metrics = metrics
-        router.cooldowns.listeners.append(metrics.cooldown)
-    gate = Gate(limiter, ledger, usage_writer, clock, global_daily_budget=settings.global_daily_budget_usd,
-                metrics=metrics)
-    from ..deliberation.run_store import RunStore
-    from ..deliberation.service import Deliberation
-
-    deliberation = Deliberation(router.config, catalog, RunStore(db), clock, metrics=metrics)
-    from ..knowledge.embedders import Embedders
-    from ..knowledge.service import KnowledgeService
-
-    embedders = Embedders(router, settings.data_dir / "models", local=local_embedder)
-    knowledge = KnowledgeService(db, clock, embedders.get, metrics=metrics)
-    catalog.bind_knowledge(knowledge)
-    from ..conversations.service import Conversations
-
-    conversations = Conversations(db, clock, router.config, catalog, gate, knowledge, embedders.local)
-    from ..agents.builtin import BuiltinTools
-    from ..agents.service import Agents
-    from ..agents.store import AgentStore
-    from ..agents.toolbox import Toolbox
-
-    fetcher = _default_fetcher()
-    builtin = BuiltinTools(catalog, knowledge, conversations.memory, fetcher, clock)
-    from ..agents.mcp_client import McpClients
-
-    toolbox = Toolbox(builtin, McpClients(router.config.mcp_servers, clock=clock), router.config.mcp_servers)
-    agents = Agents(deliberation, AgentStore(db), toolbox, gate, auth, clock, stale_after=settings.run_stale_after)
-    agents.on_resumed_end(conversations.agent_run_ended)
-    deliberation.paused_cancelled.append(conversations.paused_run_cancelled)
-    from ..cache.service import build_cache
-
-    response_cache = build_cache(router.config.cache, clock, redis_url=settings.redis_url, db=db, uses=catalog.uses,
-                                 embedder=lambda: embedders.local, knowledge_versions=knowledge.versions)
-    if metrics.enabled:
-        response_cache.observe(_count_cache(metrics))
-    state = AppState(
-        settings=settings, router=router, admin_key=admin_key, http=http, db=db, auth=auth,
-        users=UserService(db, clock, PasswordHashing(), auth), keys=KeyService(db, clock, auth),
-        usage_writer=usage_writer, usage_query=UsageQuery(db), limiter=limiter, ledger=ledger, gate=gate,
-        deliberation=deliberation, embedders=embedders, knowledge=knowledge,
-        conversations=conversations, clock=clock, catalog=catalog, agents=agents, url_fetcher=fetcher,
-        readiness=Readiness(db, router, settings.redis_url, timeout=settings.ready_timeout,
-                            upstreams=settings.ready_upstreams),
-        alerts=alerts,
-        response_cache=response_cache,
-        metrics=metrics,
-    )
-    if metrics.enabled:  # prometheus_client is imported only then
-        from ..metrics.prometheus import PrometheusMetrics
-        from .routes.metrics import MetricsEndpoint
-
-        assert isinstance(metrics, PrometheusMetrics)
-        state.metrics_endpoint = MetricsEndpoint(state, metrics)
-    return state
-
-
-def _count_cache(metrics: MetricsSink) -> Callable[[CacheEvent], None]:
-    """The response cache's hits (kind ``exact`` or ``semantic``) and misses (kind ``response``) as metrics."""
-
-    def count(event: CacheEvent) -> None:
-        if event.kind == "hit":
-            metrics.cache_hit(event.model, event.layer or "exact")
-        elif event.kind == "miss":
-            metrics.cache_miss(event.model, "response")
-
-    return count
-
-
-async def _start(state: AppState) -> None:
-    from ..store.migrate import at_head, upgrade_async
-
-    if not await at_head(state.db):
-        await upgrade_async(state.db.url)
-    s = state.settings
-    if s.admin_email and s.admin_password and await state.users.ensure_admin(
-        s.admin_email, s.admin_password.get_secret_value()
-    ):
-        log.info("created the admin user %s", s.admin_email)
-    state.usage_writer.start()
-    state.ledger.start()
-    await state.response_cache.start()
-    await state.deliberation.start_background()
-    await state.agents.start_background()  # interrupted agent runs go on; overdue approvals are denied
-    if state.metrics_endpoint is not None:
-        await state.metrics_endpoint.start()  # the metrics port, if one is set
-    # Everything loaded so far lives as long as the process: keep it out of the garbage
-    # collector's way (a full collection would otherwise walk ~130k objects again and again).
-    gc.freeze()
-
-
-async def _stop(state: AppState) -> None:
-    await state.agents.close()  # the MCP servers' connections and processes too
-    # Runs still going end as cancelled, settled and recorded; agent runs are left to resume at the next start
-    # (or on another worker) from their checkpoint.
-    await state.deliberation.close()
-    await state.agents.close_tools()
-    await state.conversations.close()  # turns and memory extractions still going are cancelled
-    await state.gate.drain()  # requests whose runs went on after their client left are recorded
-    await state.knowledge.close()  # HNSW index builds still going are cancelled
-    await state.response_cache.close()
-    await state.ledger.close()
-    if state.alerts is not None:
-        await state.alerts.close()  # after the ledger's last write, which may cross a threshold
-    await state.usage_writer.close()
-    await state.limiter.close()
-    await state.auth.close()  # background lookups of cached keys
-    state.embedders.close()
-    if state.readiness is not None:
-        await state.readiness.close()
-    if state.metrics_endpoint is not None:  # last: the requests and runs ended above are counted
-        await state.metrics_endpoint.close()
-    await state.db.close()
-    if state.tracing is not None:
-        await asyncio.to_thread(state.tracing.shutdown)  # the last spans exported (the loop goes on meanwhile)
-
-
 def app_from_env() -> ThinktankApp:
     """Factory for ``uvicorn --factory``: the settings from the environment."""
     return create_app(Settings())
@@ -298,13 +136,13 @@ def _fastapi_app(state: AppState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         state.started_at = state.clock.time()
-        await _start(state)
+        await start(state)
         state.ready = True
         try:
             yield
         finally:
             state.ready = False
-            await _stop(state)
+            await stop(state)
             await state.http.close()
 
     app = FastAPI(title="thinktank", version=__version__, lifespan=lifespan, redoc_url=None)
