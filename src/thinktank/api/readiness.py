@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from ..store.db import Database
 
 __all__ = ["Readiness"]
+
+log = logging.getLogger("thinktank.ready")
 
 _REDIS = {"redis": "redis", "rediss": "rediss", "unix": "unix", "redis+unix": "unix"}
 """Single-server Redis schemes this checks (and the scheme redis-py expects); others are reported unchecked."""
@@ -89,8 +92,10 @@ class Readiness:
         except TimeoutError:
             return {"status": "error", "error": f"no answer within {self.timeout:g} s", "latency_ms": _ms(started)}
         except Exception as exc:  # any failure of the dependency is its report, never a 500
-            return {"status": "error", "error": scrub_message(f"{type(exc).__name__}: {exc}"),
-                    "latency_ms": _ms(started)}
+            # /ready answers anyone: the report names the kind of failure, the log (scrubbed) the rest, which
+            # may hold an internal host and port.
+            log.warning("readiness: %s", scrub_message(f"{type(exc).__name__}: {exc}"))
+            return {"status": "error", "error": type(exc).__name__, "latency_ms": _ms(started)}
         return {"status": "ok", "latency_ms": _ms(started)}
 
     async def _database(self) -> None:
