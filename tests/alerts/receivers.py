@@ -18,6 +18,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from ..fakes.server import serve_aiohttp
+
 SECRET = "whsec-test-0123456789abcdef"
 TOLERANCE = 300
 
@@ -53,14 +55,8 @@ class WebhookReceiver:
     async def start(self) -> str:
         app = web.Application()
         app.router.add_post("/hooks/{token}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-        self.url = f"http://127.0.0.1:{port}/hooks/path-token-Zq8"
+        self._runner, base = await serve_aiohttp(app, shutdown_timeout=0.1)
+        self.url = f"{base}/hooks/path-token-Zq8"
         return self.url
 
     async def close(self) -> None:

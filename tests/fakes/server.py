@@ -1,4 +1,4 @@
-"""Run an ASGI app under a real uvicorn server on a free loopback port, inside the test's loop."""
+"""Run an ASGI app under a real uvicorn server, or an aiohttp app, on a free loopback port, inside the test's loop."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import uvicorn
+from aiohttp import web
 
 
 @asynccontextmanager
@@ -27,3 +28,14 @@ async def serving(app: Any) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await task
+
+
+async def serve_aiohttp(app: web.Application, **runner: Any) -> tuple[web.AppRunner, str]:
+    """``app`` served on a free loopback port: its runner (``cleanup()`` stops it) and ``http://127.0.0.1:<port>``.
+    ``runner``: options of :class:`aiohttp.web.AppRunner` beside ``access_log=None``."""
+    started = web.AppRunner(app, access_log=None, **runner)
+    await started.setup()
+    site = web.TCPSite(started, "127.0.0.1", 0)
+    await site.start()
+    server: Any = site._server
+    return started, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"

@@ -17,6 +17,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from .server import serve_aiohttp
+
 
 @dataclass
 class Reply:
@@ -68,14 +70,7 @@ class FakeUpstream:
     async def start(self) -> str:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1, handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-        self.url = f"http://127.0.0.1:{port}"
+        self._runner, self.url = await serve_aiohttp(app, shutdown_timeout=0.1, handler_cancellation=True)
         return self.url
 
     async def close(self) -> None:

@@ -19,7 +19,7 @@ from thinktank.config import Settings, parse_config
 from thinktank.errors import ConfigError
 from thinktank.observability.otel import traces_url
 
-from ..fakes.server import serving
+from ..fakes.server import serve_aiohttp, serving
 from .conftest import AUTH
 
 
@@ -33,12 +33,7 @@ class Receiver:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/v1/traces", self._traces)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server: Any = site._server
-        self.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        self._runner, self.url = await serve_aiohttp(app)
 
     async def _traces(self, request: web.Request) -> web.Response:
         self.content_types.append(request.content_type)

@@ -226,20 +226,20 @@ class LiveRun:
         budget refusal is raised as BudgetExceededError so the run stops.
         """
         tracing = self.tracing
-        if tracing is None:
-            return await self._call(stage, role, model, messages, timeout=timeout, max_tokens=max_tokens,
-                                    temperature=temperature, on_text=on_text, announce=announce, label=label,
-                                    tools=tools)
-        span = tracing.call(stage, role if label is None else f"{role} {label}", model, messages,
-                            max_tokens or self.default_max_tokens, temperature)
+        span = None if tracing is None else tracing.call(
+            stage, role if label is None else f"{role} {label}", model, messages,
+            max_tokens or self.default_max_tokens, temperature)
         try:
             reply = await self._call(stage, role, model, messages, timeout=timeout, max_tokens=max_tokens,
                                      temperature=temperature, on_text=on_text, announce=announce, label=label,
                                      tools=tools)
         except BaseException as exc:
-            span.close(exc)
+            if span is not None:
+                span.close(exc)
             raise
-        tracing.called(span, reply.deployment, reply.prompt_tokens, reply.completion_tokens, reply.cost, reply.text)
+        if tracing is not None and span is not None:
+            tracing.called(span, reply.deployment, reply.prompt_tokens, reply.completion_tokens, reply.cost,
+                           reply.text)
         return reply
 
     async def _call(
