@@ -135,6 +135,7 @@ def costs(a: argparse.Namespace, shared: Any, config: Path, work: Path) -> dict[
 def workers(a: argparse.Namespace, shared: Any, config: Path, work: Path) -> dict[str, Any]:
     ports = {1: 18445, 2: 18446}
     rps: dict[int, list[float]] = {1: [], 2: []}
+    cpu: dict[int, list[float]] = {1: [], 2: []}
     bad = 0
     with contextlib.ExitStack() as stack:
         servers = {}
@@ -149,15 +150,21 @@ def workers(a: argparse.Namespace, shared: Any, config: Path, work: Path) -> dic
             wrk(port, luas[n], 2, a.conc)  # warm-up
         for round_no in range(a.rounds):
             for n in ((1, 2) if round_no % 2 == 0 else (2, 1)):
-                r, _, b = wrk(ports[n], luas[n], a.seconds, a.conc)
+                c0 = cpu_seconds(servers[n].proc.pid)
+                r, total, b = wrk(ports[n], luas[n], a.seconds, a.conc)
+                cpu[n].append((cpu_seconds(servers[n].proc.pid) - c0) / total * 1e6)
                 rps[n].append(r)
                 bad += b
-            print(f"round {round_no + 1}: 1 worker {rps[1][-1]:.0f} req/s, 2 workers {rps[2][-1]:.0f} req/s",
-                  flush=True)
+            print(f"round {round_no + 1}: 1 worker {rps[1][-1]:.0f} req/s ({cpu[1][-1]:.0f} us/req), "
+                  f"2 workers {rps[2][-1]:.0f} req/s ({cpu[2][-1]:.0f} us/req)", flush=True)
     ratio = statistics.median(two / one for one, two in zip(rps[1], rps[2], strict=True))
     return {"backend": a.backend, "conc": a.conc, "seconds": a.seconds, "rounds": a.rounds,
             "rps": {n: round(statistics.median(v)) for n, v in rps.items()},
-            "runs": {n: [round(x) for x in v] for n, v in rps.items()}, "ratio": round(ratio, 3), "non2xx": bad}
+            "runs": {n: [round(x) for x in v] for n, v in rps.items()}, "ratio": round(ratio, 3), "non2xx": bad,
+            "cpu_us_per_request": {n: round(statistics.median(v)) for n, v in cpu.items()},
+            # what two workers would do on two cores of their own: twice one worker's rate, less what a request
+            # costs more with two (the load generator and the fake upstream share these two cores)
+            "ratio_on_own_cores": round(2 * statistics.median(cpu[1]) / statistics.median(cpu[2]), 3)}
 
 
 def main() -> int:
