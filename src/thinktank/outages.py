@@ -159,5 +159,5 @@ class OutageLog:
         self._last[which] = now
         cause = error.__cause__
         what = scrub_message(f"{type(cause).__name__}: {cause}") if cause is not None else "?"
-        log.warning("%s: the %s is unavailable (%s)%s", where, which, what,
+        log.warning("%s: %s is unavailable (%s)%s", where, "Redis" if which == "redis" else f"the {which}", what,
                     f"; {more} more requests failed so since the last report" if more else "")
