@@ -110,6 +110,8 @@ class Database(Protocol):
     url: str
     """What the hosts get as ``THINKTANK_DATABASE_URL``."""
 
+    @property
+    def running(self) -> bool: ...
     def stop(self, mode: Literal["fast", "immediate"] = "fast") -> None: ...
     def start(self) -> None: ...
     def close(self) -> None: ...
@@ -118,6 +120,8 @@ class Database(Protocol):
 class Redis(Protocol):
     url: str
 
+    @property
+    def running(self) -> bool: ...
     def stop(self) -> None: ...
     def start(self) -> None: ...
     def close(self) -> None: ...
@@ -195,6 +199,10 @@ class ExternalPostgres:
         _run_coroutine(_pg_execute(admin_url, f'CREATE DATABASE "{self.name}"'))
         self.url = admin_url.rsplit("/", 1)[0] + "/" + self.name
 
+    @property
+    def running(self) -> bool:
+        return True
+
     def stop(self, mode: Literal["fast", "immediate"] = "fast") -> None:
         raise ServiceError("the database server was given by URL: only a private PostgreSQL can be stopped")
 
@@ -238,8 +246,12 @@ class PrivateRedis:
         log.close()
         wait_for(lambda: _redis_pings(self.port), f"redis-server on port {self.port}", 15)
 
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.running and self.proc is not None:
             self.proc.kill()
             self.proc.wait(10)
 
@@ -253,6 +265,10 @@ class ExternalRedis:
 
     def __init__(self, url: str) -> None:
         self.url = url
+
+    @property
+    def running(self) -> bool:
+        return True
 
     def stop(self) -> None:
         raise ServiceError("Redis was given by URL: only a private Redis can be stopped")

@@ -56,7 +56,7 @@ async def test_a_database_restart_answers_503_meanwhile_and_recovers_without_res
         await load.until(lambda: len(load.of("recovered", "chat")) >= 10 and len(load.of("recovered", "keys")) >= 10,
                          "requests after the recovery")
     finally:
-        if not hosts.db.running:  # type: ignore[attr-defined]
+        if not hosts.db.running:
             await asyncio.to_thread(hosts.db.start)
         await load.stop()
     summary = load.summary()
@@ -101,7 +101,7 @@ async def test_a_redis_restart_answers_503_meanwhile_and_recovers_without_restar
         load.phase = "recovered"
         await load.until(lambda: len(load.of("recovered")) >= 20, "requests after the recovery")
     finally:
-        if hosts.redis.proc is None or hosts.redis.proc.poll() is not None:  # type: ignore[attr-defined]
+        if not hosts.redis.running:
             await asyncio.to_thread(hosts.redis.start)
         await load.stop()
     summary = load.summary()
