@@ -27,6 +27,7 @@ __all__ = [
     "ProviderError",
     "RateLimitError",
     "RunFailedError",
+    "ServiceUnavailableError",
     "ThinktankError",
     "UnprocessableError",
     "UnsupportedMediaTypeError",
@@ -146,6 +147,24 @@ class RateLimitError(ClientError):
     def __init__(self, message: str, *, retry_after: float, code: str | None = None) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
+
+
+class ServiceUnavailableError(ThinktankError):
+    """503: a dependency of the server itself (the database, Redis) cannot be reached; trying again after
+    ``Retry-After`` seconds may succeed. ``dependency`` names it (``database``, ``redis``)."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "service_unavailable"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after: float = DEFAULT_RETRY_AFTER,
+                 dependency: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+        self.dependency = dependency
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": retry_after_header(self.retry_after)}
 
 
 class ProviderError(ThinktankError):

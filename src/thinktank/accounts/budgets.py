@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from ..clock import Clock
 from ..errors import RateLimitError
+from ..outages import OutageLog, unavailable
 from .budget_backends import (
     EPSILON,
     BudgetSpec,
@@ -154,6 +155,7 @@ class BudgetLedger:
         self._flushing: asyncio.Future[None] | None = None
         self._stray: set[asyncio.Future[object]] = set()
         self._closed = False
+        self._outages = OutageLog(clock)
         self.listeners: list[Callable[[BudgetSpec, str, float], None]] = []
         """Told ``(spec, period key, spent)`` after each write of spend to the store, with what the store holds
         as spent after it (every process's writes): budget alerts, with no query of their own."""
@@ -429,8 +431,12 @@ class BudgetLedger:
                 await asyncio.shield(self._flushing)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("flushing budgets failed; retrying in %ss", self._flush_interval)
+            except Exception as exc:
+                down = unavailable(exc)
+                if down is None:
+                    log.exception("flushing budgets failed; retrying in %ss", self._flush_interval)
+                else:  # the store (Redis or the database) is down: said once in a while
+                    self._outages.failed(down, "flushing budgets")
 
     def start(self) -> None:
         """Flush every ``flush_interval`` seconds (on the injected clock) in the background until :meth:`close`."""

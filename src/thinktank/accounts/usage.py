@@ -15,6 +15,7 @@ from typing import Any, Literal, NamedTuple
 from sqlalchemy import Integer, case, func, select
 
 from ..clock import Clock
+from ..outages import OutageLog, unavailable
 from ..store.db import Database
 from ..store.raw import Batch, Insert, write
 from ..store.tables import UsageRow
@@ -58,6 +59,7 @@ class UsageWriter:
         self._buffer: list[UsageEvent] = []
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._outages = OutageLog(clock)
         self.written = 0
 
     def record(self, event: UsageEvent) -> None:
@@ -80,8 +82,12 @@ class UsageWriter:
     async def _flush_logged(self) -> None:
         try:
             await self.flush()
-        except Exception:  # keep the rows, try again next round
-            log.exception("writing usage rows failed; they stay buffered")
+        except Exception as exc:  # keep the rows, try again next round
+            down = unavailable(exc)
+            if down is None:
+                log.exception("writing usage rows failed; they stay buffered")
+            else:  # the database is down: said once in a while, not twice a second
+                self._outages.failed(down, f"writing usage rows ({self.pending} stay buffered)")
 
     async def flush(self) -> int:
         async with self._lock:

@@ -29,6 +29,7 @@ from ..errors import ConfigError, ConflictError, PayloadTooLargeError, Thinktank
 from ..gateway.router import Router
 from ..mcp import is_mcp
 from ..observability import request_ids
+from ..outages import OutageLog, outage_exception_types, unavailable
 from ..providers._http import HttpClient
 from ..providers.base import ProviderContext
 from ..providers.registry import ProviderRegistry
@@ -105,7 +106,8 @@ def create_app(
     state = build_state(settings, router, admin_key, http, clock, local_embedder)
     if tracing is not None:  # everything that starts spans gets the tracer
         state.tracing = state.router.tracing = state.deliberation.tracing = state.knowledge.tracing = tracing
-    return ThinktankApp(state, _fastapi_app(state))
+    outages = OutageLog(clock)
+    return ThinktankApp(state, _fastapi_app(state, outages), outages)
 
 
 def _tracing(settings: Settings, provider: TracerProvider | None) -> Tracing | None:
@@ -132,7 +134,7 @@ def _error_body(message: str, type_: str = "invalid_request_error") -> dict[str,
     return {"error": {"message": message, "type": type_, "param": None, "code": None}}
 
 
-def _fastapi_app(state: AppState) -> FastAPI:
+def _fastapi_app(state: AppState, outages: OutageLog) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         state.started_at = state.clock.time()
@@ -196,15 +198,22 @@ def _fastapi_app(state: AppState) -> FastAPI:
 
     async def unencodable(request: Request, exc: Exception) -> JSONResponse:
         """A lone surrogate that reached a write or a query despite the strict JSON parsing (the database
-        driver cannot encode it): the client's 400, not a 500. Anything else is the server's error."""
+        driver cannot encode it): the client's 400, not a 500. The database or Redis unreachable: a 503 naming
+        it (``api/outages.py``). Anything else is the server's error."""
         error = unencodable_text(exc)
         if error is None:
-            raise exc
+            down = unavailable(exc)
+            if down is None:
+                raise exc
+            outages.failed(down, f"{request.method} {request.url.path}")
+            return JSONResponse(down.to_body(), down.status, headers=down.headers())
         log.warning("%s %s: text that cannot be encoded reached the database", request.method, request.url.path)
         return JSONResponse(error.to_body(), error.status)
 
     app.add_exception_handler(UnicodeEncodeError, unencodable)
     app.add_exception_handler(DBAPIError, unencodable)  # asyncpg's, with the UnicodeEncodeError as its cause
+    for kind in outage_exception_types(state.db.dialect == "postgresql", bool(state.settings.redis_url)):
+        app.add_exception_handler(kind, unencodable)
 
     @app.exception_handler(IntegrityError)
     async def integrity_error(request: Request, _exc: IntegrityError) -> JSONResponse:
@@ -273,9 +282,10 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 class ThinktankApp:
     """Dispatches the OpenAI endpoints to raw handlers and the rest to FastAPI."""
 
-    def __init__(self, state: AppState, fastapi: FastAPI) -> None:
+    def __init__(self, state: AppState, fastapi: FastAPI, outages: OutageLog) -> None:
         self.state = state
         self.fastapi = fastapi
+        self._outages = outages
         self._web: Handler | None = None
         self._mcp: Handler | None = None
         h = OpenAIHandlers(state)
@@ -393,9 +403,12 @@ class ThinktankApp:
             await handler(scope, receive, tracking_send)
         except Exception as exc:
             client = unencodable_text(exc)
+            down = unavailable(exc) if client is None else None  # the database or Redis is down: 503, not 500
             if client is not None:
                 log.warning("%s: text that cannot be encoded reached the database", scope["path"])
+            elif down is not None:
+                self._outages.failed(down, scope["path"])
             else:
                 log.exception("unhandled error in %s", scope["path"])
             if not started:
-                await send_error(send, client or ThinktankError("Internal server error; see the server log."))
+                await send_error(send, client or down or ThinktankError("Internal server error; see the server log."))

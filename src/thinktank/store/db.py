@@ -39,6 +39,11 @@ SQLITE_PRAGMAS = (
 )
 
 
+CONNECT_TIMEOUT = 10.0
+"""Seconds to open a PostgreSQL connection (asyncpg's default is 60): a server that does not answer at all (a
+host gone, packets dropped) fails the request with a 503 after this long rather than holding it for a minute."""
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     for pragma in SQLITE_PRAGMAS:
@@ -60,7 +65,11 @@ class Database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             self._sqlite_path = parsed.database
         else:
+            # pool_pre_ping: a connection the server dropped (a restart, a failover) is replaced when next taken
+            # from the pool, so the pool recovers on its own once the server answers again.
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            if parsed.get_driver_name() == "asyncpg":  # an unreachable server fails a request in bounded time
+                kwargs["connect_args"] = {"timeout": CONNECT_TIMEOUT}
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)

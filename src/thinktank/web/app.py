@@ -16,6 +16,7 @@ from ..api.asgi import ASGIApp, Receive, Scope, Send
 from ..api.routing import unencodable_text
 from ..api.state import AppState
 from ..errors import ThinktankError
+from ..outages import outage_exception_types, unavailable
 from .headers import secured
 from .render import Pages
 from .session import LoginRequired, maybe_user
@@ -92,6 +93,23 @@ def build_web(state: AppState) -> ASGIApp:
         if error is None:
             raise exc
         return await error_page(request, error.status, error.message)
+
+    async def outage(request: Request, exc: Exception) -> Response:
+        """The database or Redis down: a 503 page saying so (rendered without looking the user up)."""
+        client = unencodable_text(exc)
+        if client is not None:
+            return await error_page(request, client.status, client.message)
+        down = unavailable(exc)
+        if down is None:
+            raise exc
+        log.warning("%s %s: the %s is unavailable", request.method, request.url.path, down.dependency)
+        response = pages.render(request, "error.html", None, status=down.status, title=f"Error {down.status}",
+                                status_code=down.status, message=down.message)
+        response.headers.update(down.headers())
+        return response
+
+    for kind in outage_exception_types(state.db.dialect == "postgresql", bool(state.settings.redis_url)):
+        app.add_exception_handler(kind, outage)
 
     return secured(_without_trailing_slash(app))
 

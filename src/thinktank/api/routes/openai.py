@@ -22,6 +22,7 @@ from ...accounts.principal import Principal
 from ...cache.service import CachePlan
 from ...errors import InvalidRequestError, ModelNotFoundError, ThinktankError
 from ...gateway.tokens import estimate_request_tokens
+from ...outages import unavailable
 from ...providers.base import ChatModel
 from ...types import ChatChunk, ChatRequest, ChatResponse, EmbeddingRequest
 from .. import sse
@@ -258,9 +259,15 @@ class OpenAIHandlers:
                     body = sse.event(chunk.__pydantic_serializer__.to_json(chunk, exclude_none=True))
                 await send({"type": "http.response.body", "body": body, "more_body": True})
                 chunk = await anext(chunks, None)
-        except ThinktankError as exc:
-            failed = exc.status
-            await send({"type": "http.response.body", "body": sse.event(orjson.dumps(exc.to_body())),
+        except Exception as exc:
+            # An upstream's error, or the database or Redis lost midway (a run's save): an error event, then the end.
+            error = exc if isinstance(exc, ThinktankError) else unavailable(exc)
+            if error is None:
+                raise
+            if error is not exc:
+                log.warning("a stream ended early: %s", error.message)
+            failed = error.status
+            await send({"type": "http.response.body", "body": sse.event(orjson.dumps(error.to_body())),
                         "more_body": True})
         finally:
             await _close(chunks)

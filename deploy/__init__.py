@@ -1,0 +1,1 @@
+"""Deployment files; ``deploy.multihost`` is a simulated multi-host deployment usable from tests."""
