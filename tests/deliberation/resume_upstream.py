@@ -61,6 +61,7 @@ class PanelUpstream:
     asked: list[Asked] = field(default_factory=list)
     hold: Hold | None = None
     held: list[Asked] = field(default_factory=list)
+    fake: FakeUpstream | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def handle(self, rec: Recorded) -> Reply:
@@ -77,6 +78,11 @@ class PanelUpstream:
             return Reply(sse=openai_fmt.stream_events(re.findall(r"\S+\s*", text), completion_tokens=20))
         return Reply(json=openai_fmt.completion(text, model=model, prompt_tokens=30, completion_tokens=20))
 
+    @property
+    def dropped(self) -> int:
+        """Requests whose client went away before the answer (a held one, when its server let go of it)."""
+        return self.fake.cancelled if self.fake is not None else 0
+
     def count(self, model: str, containing: str = "") -> int:
         with self._lock:
             return sum(1 for a in self.asked if a.model == model and containing in a.prompt)
@@ -90,7 +96,7 @@ def panel_upstream() -> Iterator[PanelUpstream]:
     loop = asyncio.new_event_loop()
 
     def serve() -> None:
-        fake = FakeUpstream(panel.handle)
+        fake = panel.fake = FakeUpstream(panel.handle)
         panel.url = loop.run_until_complete(fake.start())
         started.set()
         loop.run_forever()

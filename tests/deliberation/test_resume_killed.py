@@ -203,3 +203,33 @@ def test_a_run_whose_key_was_revoked_while_its_server_was_down_fails_saying_so(
     events = _events(second.url, run_id)
     assert [e["type"] for e in events[-2:]] == ["error", "done"]
     assert orjson.dumps(events).count(b"revoked") == 1
+
+
+def test_a_server_that_only_stalled_finds_its_run_taken_up_and_stops_it(
+    server: type[Server], run_env: dict[str, str], upstream: PanelUpstream,
+) -> None:
+    upstream.hold = lambda model, _prompt: model == "gamma"
+    first = server([], run_env)
+    body = {"ensemble": "council", "question": "Where does the river cross the valley?"}
+    with _started(first.url, "/api/v1/ensembles", body) as run_id:
+        _wait("the third member pending", lambda: len(upstream.held) == 1 and len(
+            [c for c in _record(first.url, run_id)["calls"] if c["answer"]]) == 2)
+        assert httpx.get(f"{first.url}/api/v1/runs", headers=H, timeout=5).status_code == 200  # saves it
+        first.proc.send_signal(signal.SIGSTOP)  # frozen: it saves nothing more, and its run looks interrupted
+        try:
+            second = server([], run_env)
+            record = _wait("the run to end", lambda: (rec := _record(second.url, run_id))["status"] != "running"
+                           and rec)
+            assert record["status"] == "completed", record["error"]
+        finally:
+            first.proc.send_signal(signal.SIGCONT)
+        # Its next save finds the run is another process's: it stops it there, letting go of the held call.
+        _wait("the stalled server to drop its call", lambda: upstream.dropped == 1)
+    err = first.stop()
+    assert f"run {run_id} was taken up by another process" in err
+    after = _record(second.url, run_id)
+    assert after == record  # the stalled server wrote nothing over it
+    events = _events(second.url, run_id)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert [e["type"] for e in events].count("done") == 1
+    assert [upstream.count(m) for m in ("alpha", "beta", "gamma", "judge", "chair")] == [1, 1, 2, 3, 1]

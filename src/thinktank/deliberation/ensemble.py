@@ -96,7 +96,10 @@ class EnsembleRunner:
     def __init__(self, run: LiveRun, cfg: EnsembleConfig, messages: list[Message], rng: random.Random,
                  *, arena: bool = False, max_tokens: int | None = None, temperature: float | None = None,
                  seed: int | None = None) -> None:
-        if seed is not None and (run.state or {}).get("seed") != seed:
+        saved = (run.state or {}).get("seed")
+        if isinstance(saved, int):
+            rng = random.Random(saved)  # taken up again: the same shuffles as before
+        elif seed is not None:
             run.remember(seed=seed)
         self.run = run
         self.cfg = cfg

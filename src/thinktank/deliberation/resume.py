@@ -103,6 +103,9 @@ class Resumption:
                 return
             await self.agents(run_id)
             return
+        if row["kind"] not in ("ensemble", "debate"):
+            await self.runs.store.fail(run_id, now, f"Runs of kind {row['kind']} are not taken up again.")
+            return
         revived = await self.revive(row, stored.events, stored.calls)
         if revived is None:
             return

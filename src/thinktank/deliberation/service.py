@@ -314,8 +314,7 @@ class Deliberation:
                 raise InvalidRequestError("Agents are not available in this server.", param="model")
             return self._agent_runners(run, cfg, messages, options)
         if isinstance(cfg, EnsembleConfig):
-            seed = (run.state or {}).get("seed")
-            seed = self._rng.getrandbits(64) if not isinstance(seed, int) else seed
+            seed = self._rng.getrandbits(64)  # (one taken up again keeps the seed on its checkpoint)
             return EnsembleRunner(run, cfg, messages, random.Random(seed), seed=seed, arena=options.arena,
                                   max_tokens=options.max_tokens, temperature=options.temperature)
         return DebateRunner(run, cfg, messages, self.library, max_tokens=options.max_tokens)
