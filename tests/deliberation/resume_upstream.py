@@ -125,6 +125,8 @@ models:
 router: {{num_retries: 0}}
 ensembles:
   - {{name: council, members: [alpha, beta, gamma], strategy: rubric, judge: judge, chairman: chair}}
+  - {{name: inner, members: [beta, gamma], strategy: heuristic}}
+  - {{name: outer, members: [alpha, ensemble/inner], strategy: heuristic}}
 debates:
   - {{name: panel, models: [expert-a, expert-b], moderator: moderator, analyst: analyst, judge: judge, experts: 2,
       rounds: 2, personas: [Priya Raman, Marcus Hale]}}

@@ -233,3 +233,30 @@ def test_a_server_that_only_stalled_finds_its_run_taken_up_and_stops_it(
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert [e["type"] for e in events].count("done") == 1
     assert [upstream.count(m) for m in ("alpha", "beta", "gamma", "judge", "chair")] == [1, 1, 2, 3, 1]
+
+
+def test_a_killed_ensemble_asks_a_member_that_is_a_run_again_and_that_child_run_ends(
+    server: type[Server], run_env: dict[str, str], upstream: PanelUpstream,
+) -> None:
+    upstream.hold = lambda model, _prompt: model == "gamma"  # inside the child run (ensemble/inner)
+    first = server([], run_env)
+    body = {"ensemble": "outer", "question": "Where does the river cross the valley?"}
+    with _started(first.url, "/api/v1/ensembles", body) as run_id:
+        _wait("alpha's answer, the child run's gamma pending", lambda: len(upstream.held) == 1 and any(
+            c["answer"] for c in _record(first.url, run_id)["calls"]))
+        runs = httpx.get(f"{first.url}/api/v1/runs", params={"kind": "ensemble"}, headers=H, timeout=5).json()
+        child = next(r["id"] for r in runs["data"] if r["name"] == "inner")
+        _kill_when_saved(first, run_id)
+
+    second = server([], run_env)
+    record = _wait("the run to end", lambda: (rec := _record(second.url, run_id))["status"] != "running" and rec)
+    assert record["status"] == "completed", record["error"]
+    old = _wait("the old child run to end", lambda: (rec := _record(second.url, child))["status"] != "running"
+                and rec)
+    assert old["status"] == "failed"
+    assert old["error"] == f"Interrupted: it is part of run {run_id}, which asks for it again when it goes on."
+    member = next(a for a in record["result"]["answers"] if a["model"] == "ensemble/inner")
+    assert member["run_id"] != child and _record(second.url, member["run_id"])["status"] == "completed"
+    # alpha was not asked again; the child run was asked again as a whole (its own progress is not kept).
+    assert [upstream.count(m) for m in ("alpha", "beta", "gamma")] == [1, 2, 2]
+    assert record["cost_usd"] == pytest.approx(sum(c["cost_usd"] for c in record["calls"]))

@@ -75,8 +75,9 @@ class DebateRunner:
         self.question = last_question(messages)
         self.library = list(library)
         self.max_tokens = max_tokens
-        if run.state is not None:
-            run.documents.update(run.state.get("documents") or {})  # written before the run was taken up
+        if run.state is None:
+            run.state = {}  # its checkpoint (``run.remember``)
+        run.documents.update(run.state.get("documents") or {})  # written before the run was taken up
 
     async def _ask_json(self, stage: str, role: str, model: str, system: str, prompt: str,
                         parse: Callable[[str], Any], hint: str) -> tuple[Any, str | None]:

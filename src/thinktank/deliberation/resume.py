@@ -50,12 +50,13 @@ class Resumption:
     def __init__(self, runs: Deliberation, auth: Authenticator, gate: Gate, *, stale_after: float,
                  sweep_every: float | None = None) -> None:
         """``stale_after``: seconds without a save after which a running run counts as interrupted;
-        ``sweep_every``: how often this process looks for such runs (default: a fifth of that, at most 1 s)."""
+        ``sweep_every``: how often this process looks for such runs (default: half that, at most every 2 s, as
+        often as the agents' sweep for overdue approvals: one indexed query)."""
         self.runs = runs
         self.auth = auth
         self.gate = gate
         self.stale_after = stale_after
-        self.sweep_every = sweep_every if sweep_every is not None else min(1.0, stale_after / 5)
+        self.sweep_every = sweep_every if sweep_every is not None else min(2.0, stale_after / 2)
         self.agents: AgentResume | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
