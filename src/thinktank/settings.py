@@ -58,8 +58,9 @@ class Settings(BaseSettings):
     """Seconds each ``/ready`` check (database, Redis, an upstream's TCP connect) may take."""
     ready_upstreams: Literal["any", "all", "none"] = "any"
     """When upstreams make ``/ready`` fail: ``any`` when none is reachable, ``all`` when one is not, ``none`` never."""
-    run_stale_after: float = Field(default=30.0, gt=0, le=86_400)
-    """Seconds without a save after which a running agent run counts as interrupted and is resumed elsewhere."""
+    run_stale_after: float = Field(default=5.0, gt=0, le=86_400)
+    """Seconds without a save after which a running run (ensemble, debate, agent) counts as interrupted and is
+    taken up by another process (or this one, restarted). Runs are saved every 0.5 s (the first time by 2 s)."""
     metrics: bool = True
     """Prometheus metrics at ``GET /metrics`` (see ``thinktank.metrics``); recording them costs a few µs a request."""
     metrics_token: SecretStr | None = None

@@ -3,7 +3,9 @@ person's decision, decided (approve, with edited arguments, or deny with a reaso
 up again from their checkpoint — after a decision, after an approval's deadline passed (the call is denied),
 or after the process running them stopped (a restart, a killed worker).
 
-Exactly one process takes a run up: each path first moves it with a conditional update (``AgentStore.claim_*``).
+Exactly one process takes a run up: each path first moves it with a conditional update (``AgentStore.claim_*``;
+interrupted runs of every kind are found and claimed by :mod:`thinktank.deliberation.resume`, which hands agent
+runs to :meth:`Agents.take_up_claimed`).
 A paused run holds no task, no connection and no budget hold; resumed, it pays under a new record of usage
 for what it does from then on, with the budgets of its caller as they are now (a revoked key stops it).
 """
@@ -23,7 +25,7 @@ from ..types import Message
 from .config import AgentConfig
 from .loop import AgentRunner
 from .state import AgentState, PendingCall
-from .store import AgentStore
+from .store import AgentStore, Stored
 from .toolbox import Offered, Toolbox, check_arguments
 
 if TYPE_CHECKING:
@@ -58,7 +60,7 @@ class Agents:
         self.sweep_every = sweep_every
         self._sweeper: asyncio.Task[None] | None = None
         self._ended: list[Callable[[LiveRun], Awaitable[None]]] = []
-        runs.bind_agents(self._new_runner)
+        runs.bind_agents(self._new_runner, self.take_up_claimed)
 
     def on_resumed_end(self, callback: Callable[[LiveRun], Awaitable[None]]) -> None:
         """``callback(run)`` when a run taken up again (after a pause or an interruption) ends or pauses again:
@@ -166,28 +168,13 @@ class Agents:
         return {"id": run_id, "status": "running", "call_id": call.id, "decision": call.decision}
 
     # -- taking a run up -------------------------------------------------------------------------
-    async def _take_up(self, stored: Any, event: str, **data: Any) -> None:
+    async def _take_up(self, stored: Stored, event: str, **data: Any) -> None:
         """Rebuild ``stored`` as a live run here and execute it from its checkpoint (it is ours: claimed)."""
-        row = stored.row
-        principal = await self.auth.principal_for(row["user_id"], row["key_id"])
-        run_id = row["id"]
-        if principal is None:
-            await self.runs.store.fail(run_id, self.clock.time(), "The key or account that started the run was "
-                                       "revoked, so it cannot go on.")
+        revived = await self.runs.revive(stored.row, stored.events, stored.calls)
+        if revived is None:  # the key or account that started it was revoked: it failed, saying so
             return
-        admission = self.gate.resumed(principal, f"agent/{row['name']}")
-        run = LiveRun(
-            id=run_id, user_id=row["user_id"], key_id=row["key_id"], kind="agent", name=row["name"],
-            question=row["question"], request=row["request"] or {}, config=row["config"] or {}, ctx=admission.ctx,
-            models=self.runs.catalog, clock=self.clock, tags=list(row["tags"] or []), created_at=row["created_at"],
-            events=stored.events, calls=stored.calls, cost=row["cost_usd"] or 0.0,
-            prompt_tokens=row["prompt_tokens"] or 0, completion_tokens=row["completion_tokens"] or 0,
-            saved_events=len(stored.events), saved_calls=len(stored.calls),
-        )
-        admission.ctx.run_id = run.id
+        run, admission = revived
         request = run.request
-        if request.get("max_cost_usd") is not None:
-            self.runs.cap(run, float(request["max_cost_usd"]), request.get("max_tokens"))
         cfg = _with_options(AgentConfig.model_validate(run.config), request.get("max_tokens"),
                             request.get("temperature"))
         state: AgentState = stored.state
@@ -210,7 +197,7 @@ class Agents:
         if run_id in self.runs.live:
             raise ConflictError("The run is running here.", code="run_running")
         silence = min(self.stale_after, 5.0)  # the saver writes a running run every 0.5 s
-        if status != "running" or not await self.store.claim_stale(run_id, self.clock.time(), silence):
+        if status != "running" or not await self.runs.store.claim_stale(run_id, self.clock.time(), silence):
             raise ConflictError(f"The run is not interrupted (it is {status}).", code="not_interrupted")
         stored = await self.store.load(run_id)
         if stored is None:
@@ -219,29 +206,31 @@ class Agents:
         return {"id": run_id, "status": "running"}
 
     # -- the sweeper -----------------------------------------------------------------------------
+    async def take_up_claimed(self, run_id: str) -> None:
+        """Go on with an interrupted agent run this process has claimed, from its checkpoint (raises if it
+        cannot: the caller fails it)."""
+        stored = await self.store.load(run_id)
+        if stored is None:
+            raise ValueError(f"agent run {run_id} has no checkpoint")
+        await self._take_up(stored, "resumed", reason="interrupted")
+
     async def sweep(self) -> int:
-        """Deny overdue approvals and take up interrupted runs; how many runs went on."""
+        """Deny overdue approvals (interrupted runs are taken up by the runs' own sweep); how many runs went on."""
         now = self.clock.time()
         done = 0
         for run_id in await self.store.overdue(now):
             if await self.store.claim_paused(run_id, now):
-                done += await self._take_up_or_fail(run_id, timed_out=True)
-        for run_id in await self.store.stale(now, self.stale_after):
-            if run_id not in self.runs.live and await self.store.claim_stale(run_id, now, self.stale_after):
-                done += await self._take_up_or_fail(run_id, timed_out=False)
+                done += await self._take_up_or_fail(run_id)
         return done
 
-    async def _take_up_or_fail(self, run_id: str, *, timed_out: bool) -> int:
-        """Take up a run this process has claimed (denying its undecided calls if their time is up). One that
-        cannot be taken up (its stored state does not load, say) fails, saying why, rather than being claimed
-        again and again. 1 if it went on."""
+    async def _take_up_or_fail(self, run_id: str) -> int:
+        """Take up a paused run this process has claimed, denying its undecided calls (their time is up). One
+        that cannot be taken up (its stored state does not load, say) fails, saying why, rather than being
+        claimed again and again. 1 if it went on."""
         try:
             stored = await self.store.load(run_id)
             if stored is None:
                 return 0
-            if not timed_out:
-                await self._take_up(stored, "resumed", reason="interrupted")
-                return 1
             waiting = [c for c in stored.state.pending if c.waiting]
             for call in waiting:
                 call.decision = "denied"

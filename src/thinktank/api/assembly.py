@@ -75,7 +75,8 @@ def build_state(
     from ..deliberation.run_store import RunStore
     from ..deliberation.service import Deliberation
 
-    deliberation = Deliberation(router.config, catalog, RunStore(db), clock, metrics=metrics)
+    deliberation = Deliberation(router.config, catalog, RunStore(db), clock, metrics=metrics, auth=auth, gate=gate,
+                                stale_after=settings.run_stale_after)
     from ..knowledge.embedders import Embedders
     from ..knowledge.service import KnowledgeService
 

@@ -51,6 +51,17 @@ class Expert:
         return {"name": p.name, "domain": p.domain, "stance": p.stance, "model": self.model}
 
 
+def _positions(experts: Sequence[Expert]) -> list[dict[str, Any]]:
+    return [{"expert": e.persona.name, "model": e.model, "stance": e.stance, "text": e.position, "error": e.error}
+            for e in experts]
+
+
+def _restore(experts: Sequence[Expert], positions: Sequence[dict[str, Any]]) -> None:
+    """The experts' positions after a round, as the checkpoint holds them."""
+    for e, p in zip(experts, positions, strict=True):
+        e.position, e.stance, e.error = p["text"], p["stance"], p["error"]
+
+
 def _position_block(e: Expert) -> str:
     return f"{e.persona.name} ({e.persona.domain}):\n<<<\n{(e.position or '').strip()}\n>>>"
 
@@ -64,6 +75,9 @@ class DebateRunner:
         self.question = last_question(messages)
         self.library = list(library)
         self.max_tokens = max_tokens
+        if run.state is None:
+            run.state = {}  # its checkpoint (``run.remember``)
+        run.documents.update(run.state.get("documents") or {})  # written before the run was taken up
 
     async def _ask_json(self, stage: str, role: str, model: str, system: str, prompt: str,
                         parse: Callable[[str], Any], hint: str) -> tuple[Any, str | None]:
@@ -241,32 +255,60 @@ class DebateRunner:
 
     # -- 4/5. the whole debate -------------------------------------------------------------------
     async def __call__(self) -> dict[str, Any]:
+        """Each finished step is put on the run's checkpoint (``run.remember``): a debate taken up again after
+        its process stopped goes on from there (a round under way: with the answers it already had)."""
         run = self.run
-        analysis = await self.analyse()
-        experts = await self.recruit(analysis)
-        rounds: list[dict[str, Any]] = []
+        done = run.state or {}
+        if "analysis" in done:
+            analysis = run.partial["analysis"] = done["analysis"]
+        else:
+            analysis = await self.analyse()
+            run.remember(analysis=analysis)
+        if "panel" in done:
+            experts = [Expert(Persona(**{**p["persona"], "keywords": tuple(p["persona"]["keywords"])}), p["model"])
+                       for p in done["panel"]]
+            run.partial["panel"] = [e.public() for e in experts]
+        else:
+            experts = await self.recruit(analysis)
+            run.remember(panel=[{"persona": e.persona, "model": e.model} for e in experts])
+        rounds: list[dict[str, Any]] = list(done.get("rounds", []))
         run.partial["rounds"] = rounds
-        follow: str | None = None
-        stopped = "max_rounds"
-        for number in range(1, self.cfg.rounds + 1):
-            unchanged = await self.debate_round(experts, number, follow)
-            score, _ = await self.convergence(experts, number)
-            entry: dict[str, Any] = {
-                "round": number, "convergence": score, "follow_up": follow,
-                "positions": [{"expert": e.persona.name, "model": e.model, "stance": e.stance, "text": e.position,
-                               "error": e.error} for e in experts],
-            }
-            rounds.append(entry)
+        if rounds:
+            _restore(experts, rounds[-1]["positions"])
+        follow: str | None = done.get("follow")
+        stopped: str | None = done.get("stopped")
+        number = len(rounds)
+        while stopped is None and number < self.cfg.rounds:
+            number += 1
+            current = done.get("current")
+            if isinstance(current, dict) and current.get("round") == number:
+                _restore(experts, current["positions"])  # the round was held; its judge may have scored it
+            else:
+                unchanged = await self.debate_round(experts, number, follow)
+                current = {"round": number, "unchanged": unchanged, "positions": _positions(experts)}
+                run.remember(current=current)
+            if "score" not in current:
+                score, _ = await self.convergence(experts, number)
+                current = {**current, "score": score}
+                run.remember(current=current)
+            score = current["score"]
+            rounds.append({"round": number, "convergence": score, "follow_up": follow,
+                           "positions": _positions(experts)})
             if score is not None and score >= self.cfg.convergence:
                 stopped = "converged"
-                break
-            if unchanged:
+            elif current["unchanged"]:
                 stopped = "stable"
-                break
-            if number < self.cfg.rounds and self.cfg.follow_up:
+            elif number < self.cfg.rounds and self.cfg.follow_up:
                 follow = await self.follow_up(experts, number)
+            run.remember(rounds=rounds, follow=follow, current=None,
+                         stopped=stopped or ("max_rounds" if number >= self.cfg.rounds else None))
+        stopped = stopped or "max_rounds"
         run.partial["stopped"] = stopped
-        answer = await self.synthesise(experts, stopped)
+        if "answer" in done:
+            answer = done["answer"]
+        else:
+            answer = await self.synthesise(experts, stopped)
+            run.remember(answer=answer)
         result: dict[str, Any] = {"answer": answer, "analysis": analysis, "panel": [e.public() for e in experts],
                                   "rounds": rounds, "stopped": stopped, "rounds_held": len(rounds)}
         run.partial["answer"] = answer  # kept if planning runs out of budget
@@ -310,13 +352,14 @@ class DebateRunner:
                 "## Risks (each with a mitigation) and ## Milestones (numbered, each with what is done when it is "
                 "reached). Be concrete."
             )
-            plan = await self._document("plan.md", plan_prompt)
+            plan = run.documents.get("plan.md") or await self._document("plan.md", plan_prompt)
             tasks_prompt = (
                 f"The plan:\n<<<\n{plan}\n>>>\n\nWrite the task list in Markdown, titled '# Tasks': numbered, "
                 "actionable tasks. For each give: **Owner role**, **Depends on** (task numbers or 'none') and "
                 "**Acceptance criteria** (how to verify it is done)."
             )
-            await self._document("tasks.md", tasks_prompt)
+            if "tasks.md" not in run.documents:
+                await self._document("tasks.md", tasks_prompt)
 
     async def _document(self, name: str, prompt: str) -> str:
         """One planning document written by the moderator's model, stored with the run and announced."""
@@ -324,4 +367,5 @@ class DebateRunner:
                                     [Message(role="user", content=prompt)], timeout=self.cfg.expert_timeout)
         self.run.documents[name] = reply.text
         self.run.emit("document", name=name, chars=len(reply.text))
+        self.run.remember(documents=dict(self.run.documents))
         return reply.text

@@ -89,8 +89,18 @@ def _block(label: str, text: str) -> str:
 
 
 class EnsembleRunner:
+    """Answers, ranking, synthesis. Each finished step is put on the run's checkpoint (``run.remember``): a run
+    taken up again after its process stopped goes on from there (``seed``: the one ``rng`` was made from, so
+    that a shuffle is the same again)."""
+
     def __init__(self, run: LiveRun, cfg: EnsembleConfig, messages: list[Message], rng: random.Random,
-                 *, arena: bool = False, max_tokens: int | None = None, temperature: float | None = None) -> None:
+                 *, arena: bool = False, max_tokens: int | None = None, temperature: float | None = None,
+                 seed: int | None = None) -> None:
+        saved = (run.state or {}).get("seed")
+        if isinstance(saved, int):
+            rng = random.Random(saved)  # taken up again: the same shuffles as before
+        elif seed is not None:
+            run.remember(seed=seed)
         self.run = run
         self.cfg = cfg
         self.messages = messages
@@ -419,16 +429,43 @@ class EnsembleRunner:
         return {"method": "chairman", "model": self.cfg.chairman, "answer": reply.text,
                 "from": [a.label for a in top]}
 
+    # -- the checkpoint --------------------------------------------------------------------------
+    @staticmethod
+    def _dump(answers: list[Answer], failed: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"answers": [{"label": a.label, "model": a.model, "text": a.text, "latency": a.latency,
+                             "deployment": a.reply.deployment, "prompt_tokens": a.reply.prompt_tokens,
+                             "completion_tokens": a.reply.completion_tokens, "cost": a.reply.cost,
+                             "run_id": a.reply.run_id, "citations": a.reply.citations} for a in answers],
+                "failed": failed}
+
+    def _load(self, saved: dict[str, Any]) -> tuple[list[Answer], list[dict[str, Any]]]:
+        answers = [Answer(a["label"], a["model"], a["text"], a["latency"], Reply(
+            a["text"], a["model"], a["deployment"], a["prompt_tokens"], a["completion_tokens"], a["cost"],
+            a["latency"], a["run_id"], a["citations"])) for a in saved["answers"]]
+        failed: list[dict[str, Any]] = saved["failed"]
+        self.run.partial["answers"] = [self._public(a) for a in answers]
+        self.run.partial["failed"] = failed
+        return answers, failed
+
     # -- the whole run ---------------------------------------------------------------------------
     async def __call__(self) -> dict[str, Any]:
-        answers, failed = await self.answer()
         run = self.run
+        done = run.state or {}
+        if "answers" in done:
+            answers, failed = self._load(done["answers"])
+        else:
+            answers, failed = await self.answer()
+            run.remember(answers=self._dump(answers, failed))
         if self.arena:
             return {
                 "arena": True, "revealed": False, "answers": [self._public(a) for a in answers], "failed": failed,
                 "answer": None,
             }
-        ranking = await self.rank(answers, self.cfg.members)
+        if "ranking" in done:
+            ranking = done["ranking"]
+        else:
+            ranking = await self.rank(answers, self.cfg.members)
+            run.remember(ranking=ranking)
         run.partial["ranking"] = ranking
         synthesis = await self.synthesise(answers, ranking)
         return {

@@ -6,6 +6,7 @@ The deliberation side of the database; the database itself (engine, tables, migr
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -14,17 +15,33 @@ from sqlalchemy.exc import IntegrityError
 
 from ..errors import ConflictError
 from ..store.db import Database
-from ..store.raw import Batch, Insert, write
-from ..store.tables import Comparison, Run, RunCall, RunDocument, RunEvent
+from ..store.raw import Batch, GuardFailed, Insert, write
+from ..store.tables import AgentState, Comparison, Run, RunCall, RunDocument, RunEvent
 from .runs import PAUSED, CallRecord, Event, LiveRun
 
-__all__ = ["RunStore"]
+__all__ = ["RunStore", "RunTakenOver", "StoredRun"]
 
 _RUN: Table = Run.__table__  # type: ignore[assignment]
 _CALLS: Table = RunCall.__table__  # type: ignore[assignment]
 _EVENTS: Table = RunEvent.__table__  # type: ignore[assignment]
 _DOCS: Table = RunDocument.__table__  # type: ignore[assignment]
 _CMP: Table = Comparison.__table__  # type: ignore[assignment]
+_STATES: Table = AgentState.__table__  # type: ignore[assignment]
+
+
+class RunTakenOver(Exception):
+    """Another process has taken the run up (this one stopped saving it for too long): nothing was written."""
+
+
+@dataclass
+class StoredRun:
+    """A run as saved: enough to rebuild it and go on."""
+
+    row: dict[str, Any]
+    events: list[Event]
+    calls: list[CallRecord]
+    state: Any
+    """Its checkpoint (``agent_states.state``: an agent's state, an ensemble's or a debate's steps), or None."""
 
 
 def _json(value: Any) -> str | None:
@@ -36,7 +53,7 @@ def _run_row(run: LiveRun) -> tuple[Any, ...]:
     return (
         run.id, run.user_id, run.key_id, run.kind, run.name, run.status, run.question, _json(run.request),
         _json(run.config), _json(run.result), run.error, _json(run.tags), run.cost, run.prompt_tokens,
-        run.completion_tokens, run.cache_key, run.cached_from, False, run.created_at, run.clock.time(),
+        run.completion_tokens, run.cache_key, run.cached_from, False, run.created_at, run.heartbeat,
         run.finished_at,
     )
 
@@ -57,13 +74,16 @@ _CALL_INSERT = Insert("run_calls", (
 ))
 _EVENT_INSERT = Insert("run_events", ("run_id", "seq", "ts", "type", "data"))
 _DOC_INSERT = Insert("run_documents", ("run_id", "name", "content", "created_at"))
+# Only while the heartbeat is the one this process wrote last: another process that took the run up wrote its own.
 _UPDATE_PROGRESS = (
-    "UPDATE runs SET heartbeat_at = ?, cost_usd = ?, prompt_tokens = ?, completion_tokens = ?, status = ? WHERE id = ?"
+    "UPDATE runs SET heartbeat_at = ?, cost_usd = ?, prompt_tokens = ?, completion_tokens = ?, status = ? "
+    "WHERE id = ? AND heartbeat_at = ?"
 )
 _UPDATE_FINAL = (
     "UPDATE runs SET heartbeat_at = ?, cost_usd = ?, prompt_tokens = ?, completion_tokens = ?, status = ?, "
-    "result = ?, error = ?, finished_at = ? WHERE id = ?"
+    "result = ?, error = ?, finished_at = ? WHERE id = ? AND heartbeat_at = ?"
 )
+_DELETE_STATE = "DELETE FROM agent_states WHERE run_id = ?"
 _SELECT_CANCEL = "SELECT cancel_requested FROM runs WHERE id = ?"
 _UPSERT_STATE = (
     "INSERT INTO agent_states (run_id, state, version, deadline, updated_at) VALUES (?, ?, 1, ?, ?) "
@@ -77,59 +97,80 @@ class RunStore:
         self._db = db
 
     async def create(self, run: LiveRun) -> None:
+        run.heartbeat = run.clock.time()
         batch = Batch()
         batch.insert(_RUN_INSERT, [_run_row(run)])
-        added = self._append(batch, run, len(run.calls))
+        added = self._append(batch, run)
         checkpoint = self._checkpoint(batch, run)
         await write(self._db, batch)
         self._saved(run, added, checkpoint)
 
     async def save(self, run: LiveRun) -> bool:
-        """Write what is new (events, finished calls, totals, and at the end status, result and
-        documents) in one transaction. Returns whether someone asked for the run to be cancelled.
+        """Write what is new (events, finished calls, totals, the checkpoint, and at the end status, result
+        and documents) in one transaction. Returns whether someone asked for the run to be cancelled; raises
+        RunTakenOver, writing nothing, if another process has taken the run up meanwhile.
 
         Through the driver itself (:mod:`..store.raw`): a run's writes are on the path of every
         ensemble, and through SQLAlchemy Core they cost 6 to 7 ms of CPU."""
-        # A call still in flight (no answer, no error) is written once it ends.
-        pending = next((i for i, c in enumerate(run.calls) if c.answer is None and c.error is None), None)
-        limit = len(run.calls) if pending is None or run.finished else pending
+        heartbeat = run.clock.time()
+        totals = (heartbeat, run.cost, run.prompt_tokens, run.completion_tokens, run.status)
         batch = Batch()
-        added = self._append(batch, run, max(limit, run.saved_calls))
+        if run.finished:
+            batch.guard(_UPDATE_FINAL, (*totals, _json(run.result), run.error, run.finished_at, run.id,
+                                        run.heartbeat))
+        else:
+            batch.guard(_UPDATE_PROGRESS, (*totals, run.id, run.heartbeat))
+        added = self._append(batch, run)
         checkpoint = self._checkpoint(batch, run)
-        totals = (run.clock.time(), run.cost, run.prompt_tokens, run.completion_tokens, run.status)
         if run.finished:
             batch.insert(_DOC_INSERT, [(run.id, n, c, run.finished_at) for n, c in run.documents.items()])
-            batch.execute(_UPDATE_FINAL, (*totals, _json(run.result), run.error, run.finished_at, run.id))
         else:
-            batch.execute(_UPDATE_PROGRESS, (*totals, run.id))
             batch.value(_SELECT_CANCEL, (run.id,))
-        values = await write(self._db, batch)
+        try:
+            values = await write(self._db, batch)
+        except GuardFailed:
+            raise RunTakenOver(run.id) from None
+        run.heartbeat = heartbeat
         self._saved(run, added, checkpoint)
         return bool(values and values[0])
 
     @staticmethod
-    def _append(batch: Batch, run: LiveRun, call_limit: int) -> tuple[int, int]:
-        """Events and calls not written yet; how many of each (counted as saved once written)."""
+    def _append(batch: Batch, run: LiveRun) -> tuple[int, list[CallRecord]]:
+        """Events and finished calls not written yet (a call still in flight is written once it ends; all of
+        them once the run has ended)."""
         events = run.events[run.saved_events:]
-        calls = run.calls[run.saved_calls:call_limit]
+        calls = [c for c in run.calls[run.saved_calls:]
+                 if not c.saved and (c.answer is not None or c.error is not None or run.finished)]
         batch.insert(_EVENT_INSERT, [(run.id, e.seq, e.ts, e.type, _json(e.data)) for e in events])
         batch.insert(_CALL_INSERT, [_call_row(run.id, c) for c in calls])
-        return len(events), len(calls)
+        return len(events), calls
 
     @staticmethod
     def _checkpoint(batch: Batch, run: LiveRun) -> tuple[str, float | None] | None:
-        """An agent's state to write with the events it goes with."""
+        """The run's state to write with the events it goes with. An ended ensemble or debate needs none: its
+        result holds everything (one written before is deleted)."""
         checkpoint = run.checkpoint
+        if run.finished and run.kind != "agent":
+            if run.checkpoint_saved:
+                batch.execute(_DELETE_STATE, (run.id,))
+            run.checkpoint = None
+            return None
         if checkpoint is not None:
             batch.execute(_UPSERT_STATE, (run.id, checkpoint[0], checkpoint[1], run.clock.time()))
         return checkpoint
 
     @staticmethod
-    def _saved(run: LiveRun, added: tuple[int, int], checkpoint: tuple[str, float | None] | None = None) -> None:
+    def _saved(run: LiveRun, added: tuple[int, list[CallRecord]],
+               checkpoint: tuple[str, float | None] | None = None) -> None:
         run.saved_events += added[0]
-        run.saved_calls += added[1]
-        if checkpoint is not None and run.checkpoint is checkpoint:
-            run.checkpoint = None  # written (a newer one, set meanwhile, waits for the next save)
+        for call in added[1]:
+            call.saved = True
+        while run.saved_calls < len(run.calls) and run.calls[run.saved_calls].saved:
+            run.saved_calls += 1
+        if checkpoint is not None:
+            run.checkpoint_saved = True
+            if run.checkpoint is checkpoint:
+                run.checkpoint = None  # written (a newer one, set meanwhile, waits for the next save)
 
     # -- reading ---------------------------------------------------------------------------------
     async def get(self, run_id: str) -> dict[str, Any] | None:
@@ -189,8 +230,49 @@ class RunStore:
         async with self._db.engine.connect() as conn:
             return (await conn.execute(q)).scalar()
 
+    async def load(self, run_id: str) -> StoredRun | None:
+        """A run with its events, calls and checkpoint, to take it up again."""
+        async with self._db.engine.connect() as conn:
+            row = (await conn.execute(select(_RUN).where(_RUN.c.id == run_id))).mappings().first()
+            if row is None:
+                return None
+            state = (await conn.execute(select(_STATES.c.state).where(_STATES.c.run_id == run_id))).scalar()
+            events = [Event(r[0], r[1], r[2], r[3]) for r in (await conn.execute(
+                select(_EVENTS.c.seq, _EVENTS.c.ts, _EVENTS.c.type, _EVENTS.c.data)
+                .where(_EVENTS.c.run_id == run_id).order_by(_EVENTS.c.seq))).all()]
+            calls = [CallRecord(
+                seq=c["seq"], stage=c["stage"], role=c["role"], model=c["model"], prompt=c["prompt"] or [], ts=c["ts"],
+                deployment=c["deployment"], answer=c["answer"], prompt_tokens=c["prompt_tokens"],
+                completion_tokens=c["completion_tokens"], cost_usd=c["cost_usd"], latency_ms=c["latency_ms"],
+                error=c["error"], saved=True,
+            ) for c in (await conn.execute(select(_CALLS).where(_CALLS.c.run_id == run_id)
+                                           .order_by(_CALLS.c.seq))).mappings().all()]
+        return StoredRun(dict(row), events, calls, orjson.loads(state) if isinstance(state, str | bytes) else state)
+
+    async def stale(self, now: float, silence: float, limit: int = 50) -> list[str]:
+        """Running runs nobody has saved for ``silence`` seconds (the process running them stopped), oldest
+        silence first."""
+        q = (select(_RUN.c.id).where(and_(_RUN.c.status == "running", _RUN.c.heartbeat_at < now - silence))
+             .order_by(_RUN.c.heartbeat_at).limit(limit))
+        async with self._db.engine.connect() as conn:
+            return [r[0] for r in (await conn.execute(q)).all()]
+
+    async def claim_stale(self, run_id: str, now: float, silence: float) -> bool:
+        """A running run nobody has saved for ``silence`` seconds becomes this process's (its heartbeat is now
+        this process's, so the one that stopped cannot write it any more): False if another process was
+        first, or if it is not stale."""
+        return await self.claim(and_(_RUN.c.id == run_id, _RUN.c.status == "running",
+                                     _RUN.c.heartbeat_at < now - silence), now)
+
+    async def claim(self, where: Any, now: float) -> bool:
+        """The run ``where`` selects becomes running here, by one conditional update (exactly one process wins)."""
+        async with self._db.engine.begin() as conn:
+            result = await conn.execute(update(_RUN).where(where).values(status="running", heartbeat_at=now))
+        return bool(result.rowcount)
+
     async def mark_interrupted(self, now: float, max_silence: float) -> int:
-        """Runs still 'running' whose process stopped saving them (it crashed): failed, interrupted."""
+        """Runs still 'running' whose process stopped saving them (it crashed): failed, interrupted (where no
+        process can take them up: a service built without the means to, in tests)."""
         # Agent runs are resumed from their checkpoint instead (thinktank.agents.service).
         stale = and_(_RUN.c.status == "running", _RUN.c.heartbeat_at < now - max_silence, _RUN.c.kind != "agent")
         async with self._db.engine.begin() as conn:
@@ -213,10 +295,18 @@ class RunStore:
         return True
 
     async def fail(self, run_id: str, now: float, error: str) -> None:
-        """A run that cannot go on (nobody executes it)."""
+        """A run that cannot go on (nobody executes it): failed, saying why (its followers are told)."""
         async with self._db.engine.begin() as conn:
             await conn.execute(update(_RUN).where(_RUN.c.id == run_id)
                                .values(status="failed", finished_at=now, error=error))
+            last = (await conn.execute(select(func.max(_EVENTS.c.seq)).where(_EVENTS.c.run_id == run_id))).scalar()
+            seq = last or 0
+            await conn.execute(insert(_EVENTS), [
+                {"run_id": run_id, "seq": seq + 1, "ts": now, "type": "error",
+                 "data": {"message": error, "status": 502}},
+                {"run_id": run_id, "seq": seq + 2, "ts": now, "type": "done",
+                 "data": {"status": "failed", "cost_usd": None}},
+            ])
 
     async def release(self, run_ids: Sequence[str]) -> None:
         """Runs this process stops executing (a shutdown): free for any process to take up at once."""

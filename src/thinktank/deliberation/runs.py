@@ -28,6 +28,7 @@ from ..types import ChatRequest, Message, ToolCall
 if TYPE_CHECKING:
     from ..observability.tracing import Tracing
     from ..providers.base import ChatModel
+    from .replay import Replay
 
 __all__ = ["FINAL", "PAUSED", "CallRecord", "Event", "EventType", "LiveRun", "Reply", "RunEnded", "RunPaused",
            "RunStatus"]
@@ -88,6 +89,8 @@ class CallRecord:
     cost_usd: float = 0.0
     latency_ms: float = 0.0
     error: str | None = None
+    saved: bool = False
+    """Written to the database (calls are written as they finish, not always in order)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,14 +149,33 @@ class LiveRun:
     """The budget refusal that stopped the run (a parent run stops on its child's)."""
     saved_events: int = 0
     saved_calls: int = 0
+    """Leading calls all written (a later one may be written already: ``CallRecord.saved``)."""
     checkpoint: tuple[str, float | None] | None = None
-    """An agent's state to write with the next save (its JSON, and the approval deadline), then None."""
+    """A state to write with the next save (its JSON, and an agent's approval deadline), then None."""
+    checkpoint_saved: bool = False
+    """A checkpoint of the run is in the database."""
+    state: dict[str, Any] | None = None
+    """An ensemble's or a debate's checkpoint: what its finished steps produced (see :meth:`remember`)."""
+    replay: Replay | None = None
+    """Calls an earlier execution of the run finished: given back instead of made again."""
+    heartbeat: float = 0.0
+    """The ``heartbeat_at`` this process last wrote: its saves change the run only while it is still that
+    (another process that took the run up wrote its own)."""
+    lost: bool = False
+    """Another process took the run up (this one stalled): it stops here, writing nothing more."""
+    reopened: set[str] = field(default_factory=set)
+    """Stages an earlier execution started and did not finish: going on, they are not announced again."""
+    replace_text: bool = False
+    """The next ``synthesis_token`` replaces the text so far (an earlier execution streamed part of it)."""
     tracing: Tracing | None = None
     """Spans for its stages and calls, when tracing is on."""
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     # -- events ----------------------------------------------------------------------------------
     def emit(self, type_: EventType, **data: Any) -> Event:
+        if type_ == "synthesis_token" and self.replace_text:
+            self.replace_text = False
+            data["replace"] = True
         event = Event(len(self.events) + 1, self.clock.time(), type_, data)
         self.events.append(event)
         changed, self._changed = self._changed, asyncio.Event()
@@ -181,15 +203,19 @@ class LiveRun:
             while after < len(self.events):
                 after += 1
                 yield self.events[after - 1]
-            if self.stopped:
+            if self.stopped or self.lost:
                 return
             await waiter.wait()
 
     @contextlib.asynccontextmanager
     async def stage(self, name: str, **data: Any) -> AsyncIterator[None]:
         """``stage_started`` / ``stage_finished`` around a step, with what the step cost."""
-        self.emit("stage_started", stage=name, **data)
-        before = self.stage_costs.get(name, 0.0)
+        if name in self.reopened:  # started before this execution: its cost so far counts, its start is told
+            self.reopened.discard(name)
+            before = 0.0
+        else:
+            self.emit("stage_started", stage=name, **data)
+            before = self.stage_costs.get(name, 0.0)
         started = self.clock.monotonic()
         span = self.tracing.stage(self.kind, self.id, name) if self.tracing is not None else None
         ok = False
@@ -203,6 +229,14 @@ class LiveRun:
                 "stage_finished", stage=name, cost_usd=round(self.stage_costs.get(name, 0.0) - before, 10),
                 seconds=round(self.clock.monotonic() - started, 4), **({} if ok else {"failed": True}),
             )
+
+    def remember(self, **values: Any) -> None:
+        """Put what a finished step produced on the run's checkpoint, written with its next save (with the
+        events and calls that go with it). Call it right after the step, before awaiting anything else."""
+        if self.state is None:
+            self.state = {}
+        self.state.update(values)
+        self.checkpoint = (orjson.dumps(self.state, option=orjson.OPT_NON_STR_KEYS).decode(), None)
 
     # -- model calls -----------------------------------------------------------------------------
     async def call(
@@ -225,6 +259,10 @@ class LiveRun:
         A failure is recorded, announced (``model_failed``) and raised as a ThinktankError; a
         budget refusal is raised as BudgetExceededError so the run stops.
         """
+        if self.replay is not None:
+            done = self.replay.take(stage, role, model, [m.model_dump(exclude_none=True) for m in messages])
+            if done is not None:  # finished before the run was taken up here: not asked (nor paid) again
+                return self.replay.reply(done)
         tracing = self.tracing
         span = None if tracing is None else tracing.call(
             stage, role if label is None else f"{role} {label}", model, messages,
@@ -257,10 +295,8 @@ class LiveRun:
         label: str | None,
         tools: list[dict[str, Any]] | None,
     ) -> Reply:
-        record = CallRecord(
-            len(self.calls) + 1, stage, role, model,
-            [m.model_dump(exclude_none=True) for m in messages], self.clock.time(),
-        )
+        record = CallRecord(self.calls[-1].seq + 1 if self.calls else 1, stage, role, model,
+                            [m.model_dump(exclude_none=True) for m in messages], self.clock.time())
         self.calls.append(record)
         request = ChatRequest(model=model, messages=messages, max_tokens=max_tokens or self.default_max_tokens,
                               temperature=temperature, stream=on_text is not None, tools=tools or None)
@@ -311,6 +347,8 @@ class LiveRun:
         record.answer = text
         record.latency_ms = round(latency * 1000, 3)
         child = child or ctx.run_id
+        if citations is not None and self.state is not None:  # a replayed call gives them back
+            self.remember(citations={**self.state.get("citations", {}), str(record.seq): citations})
         if announce:
             self.emit("model_answered", stage=stage, **who, latency_ms=record.latency_ms,
                       tokens=record.prompt_tokens + record.completion_tokens, cost_usd=record.cost_usd,

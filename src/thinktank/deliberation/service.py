@@ -46,10 +46,13 @@ from .arena import redact, secret_names
 from .debate import DebateRunner
 from .ensemble import EnsembleRunner, last_question
 from .experts import Persona, load_library
-from .run_store import RunStore
-from .runs import PAUSED, Event, LiveRun, RunEnded, RunPaused
+from .resume import AgentResume, Resumption
+from .run_store import RunStore, RunTakenOver
+from .runs import PAUSED, CallRecord, Event, LiveRun, RunEnded, RunPaused
 
 if TYPE_CHECKING:
+    from ..accounts.governance import Admission, Gate
+    from ..accounts.principal import Authenticator
     from ..catalog import Catalog
     from ..observability.tracing import Tracing
 
@@ -63,8 +66,10 @@ RunConfig = EnsembleConfig | DebateConfig | AgentConfig
 Runner = Callable[[], Awaitable[dict[str, Any]]]
 AgentRunners = Callable[[LiveRun, AgentConfig, list[Message], "RunOptions"], Runner]
 """Makes the runner of an agent run (bound by the agents service)."""
-#: Seconds without a save after which a 'running' run counts as interrupted (saves come every 0.5 s).
-STALE_AFTER = 30.0
+#: Seconds without a save after which a 'running' run counts as interrupted and is taken up by another
+#: process (saves come every 0.5 s, the first one by 2 s: five seconds is ten missed saves; a process that
+#: only stalled finds at its next save that its run went on elsewhere, and stops it).
+STALE_AFTER = 5.0
 #: A run younger than this is not saved mid-way (most ensembles finish before; one write is cheaper).
 FIRST_SAVE_AFTER = 2.0
 _STATUS_CODE = {"completed": 200, "failed": 502, "budget_exceeded": 429, "cancelled": 499, "step_limit": 200,
@@ -131,10 +136,12 @@ class Deliberation:
     def __init__(
         self, config: GatewayConfig, catalog: Catalog, store: RunStore, clock: Clock, *,
         rng: random.Random | None = None, save_interval: float = 0.5, default_output_tokens: int = 1024,
-        metrics: MetricsSink | None = None,
+        metrics: MetricsSink | None = None, auth: Authenticator | None = None, gate: Gate | None = None,
+        stale_after: float = STALE_AFTER,
     ) -> None:
         """Binds itself to ``catalog``: ``ensemble/...`` and ``debate/...`` resolve to its runs, and every
-        call of a run reaches its model through the catalog."""
+        call of a run reaches its model through the catalog. With ``auth`` and ``gate`` it takes up runs
+        interrupted for ``stale_after`` seconds (without, it marks them failed)."""
         self.catalog = catalog
         self.metrics = metrics or MetricsSink()
         self.store = store
@@ -160,6 +167,9 @@ class Deliberation:
         self.tracing: Tracing | None = None
         """Spans for each run, its stages and calls, when tracing is on (the app factory sets it)."""
         """Told the id of a paused run cancelled while nobody executed it (a thread shows it ended)."""
+        self.resumption = (Resumption(self, auth, gate, stale_after=stale_after)
+                           if auth is not None and gate is not None else None)
+        self._first_save = min(FIRST_SAVE_AFTER, stale_after / 2)
         catalog.bind_runs(self)
 
     # -- configuration ---------------------------------------------------------------------------
@@ -171,8 +181,11 @@ class Deliberation:
             *((f"agent/{n}", "agent", a.description) for n, a in self.agents.items()),
         ]
 
-    def bind_agents(self, runners: AgentRunners) -> None:
+    def bind_agents(self, runners: AgentRunners, resume: AgentResume | None = None) -> None:
+        """Agent runs: their runners, and how a claimed, interrupted one is taken up again."""
         self._agent_runners = runners
+        if self.resumption is not None:
+            self.resumption.agents = resume
 
     def table(self, kind: Kind) -> Mapping[str, RunConfig]:
         """The configured runs of ``kind``, by name."""
@@ -291,18 +304,45 @@ class Deliberation:
             run.default_max_tokens = options.max_tokens  # a child run keeps within what its parent's hold assumes
         run.emit("run_started", kind=kind, name=cfg.name, run_id=run.id)
         await self.store.create(run)
-        runner: Runner
+        self.launch(run, self.runner_for(run, cfg, messages, options), on_end)
+        return run
+
+    def runner_for(self, run: LiveRun, cfg: RunConfig, messages: list[Message], options: RunOptions) -> Runner:
+        """What executes ``run`` (a new one, or one taken up again: from its checkpoint)."""
         if isinstance(cfg, AgentConfig):
             if self._agent_runners is None:
                 raise InvalidRequestError("Agents are not available in this server.", param="model")
-            runner = self._agent_runners(run, cfg, messages, options)
-        elif isinstance(cfg, EnsembleConfig):
-            runner = EnsembleRunner(run, cfg, messages, random.Random(self._rng.getrandbits(64)), arena=options.arena,
-                                    max_tokens=options.max_tokens, temperature=options.temperature)
-        else:
-            runner = DebateRunner(run, cfg, messages, self.library, max_tokens=options.max_tokens)
-        self.launch(run, runner, on_end)
-        return run
+            return self._agent_runners(run, cfg, messages, options)
+        if isinstance(cfg, EnsembleConfig):
+            seed = self._rng.getrandbits(64)  # (one taken up again keeps the seed on its checkpoint)
+            return EnsembleRunner(run, cfg, messages, random.Random(seed), seed=seed, arena=options.arena,
+                                  max_tokens=options.max_tokens, temperature=options.temperature)
+        return DebateRunner(run, cfg, messages, self.library, max_tokens=options.max_tokens)
+
+    @staticmethod
+    def options_of(request: Mapping[str, Any]) -> RunOptions:
+        """A run's options as its stored request holds them."""
+        cap = request.get("max_cost_usd")
+        return RunOptions(cache=bool(request.get("cache")), tags=list(request.get("tags") or []),
+                          arena=bool(request.get("arena")), max_cost_usd=None if cap is None else float(cap),
+                          max_tokens=request.get("max_tokens"), temperature=request.get("temperature"))
+
+    # -- taking interrupted runs up (see .resume) ------------------------------------------------
+    async def take_up(self, run_id: str, *, silence: float | None = None) -> bool:
+        """Claim ``run_id`` if no process has saved it for ``stale_after`` s (or ``silence``) and go on with it
+        here; whether this process took it. For a job queue; each process also sweeps by itself."""
+        return self.resumption is not None and await self.resumption.take_up(run_id, silence=silence)
+
+    async def stale(self, now: float | None = None) -> list[str]:
+        """The ids of runs interrupted (no save for ``stale_after`` s): to be taken up."""
+        return [] if self.resumption is None else await self.resumption.stale(now)
+
+    async def revive(self, row: dict[str, Any], events: list[Event], calls: list[CallRecord]
+                     ) -> tuple[LiveRun, Admission] | None:
+        """A claimed run rebuilt here under its principal as it is now (None, and the run failed, if revoked)."""
+        if self.resumption is None:
+            raise InvalidRequestError("This server does not take runs up again.")
+        return await self.resumption.revive(row, events, calls)
 
     def cap(self, run: LiveRun, max_cost_usd: float, max_tokens: int | None) -> None:
         """Hold ``run`` to ``max_cost_usd`` (what it has spent already counts): every call is capped at the
@@ -379,8 +419,10 @@ class Deliberation:
         except Exception:
             log.exception("run %s failed", run.id)
             status, error = "failed", "Internal error; see the server log."
+        if run.lost:  # another process took it up: it goes on there, nothing more is written from here
+            status, error = "running", None
         code = _STATUS_CODE[status]
-        if run.result is None and run.partial and status != "awaiting_approval":
+        if run.result is None and run.partial and status not in ("awaiting_approval", "running"):
             run.result = {**run.partial, "answer": None, "partial": True}
         run.error = error
         run.status = status
@@ -396,9 +438,12 @@ class Deliberation:
             run.emit("done", status=status, cost_usd=round(run.cost, 10),
                      answer=(run.result or {}).get("answer") if not (run.result or {}).get("arena") else None)
         try:
-            await asyncio.shield(self._save(run))
-            if status == "running":
+            if not run.lost:
+                await asyncio.shield(self._save(run))
+            if status == "running" and not run.lost:
                 await asyncio.shield(self.store.release([run.id]))
+        except RunTakenOver:
+            log.warning("run %s was taken up by another process; it stops here", run.id)
         except Exception:
             log.exception("saving run %s failed", run.id)
         finally:
@@ -417,10 +462,17 @@ class Deliberation:
 
     async def _save(self, run: LiveRun) -> bool:
         lock = self._locks.get(run.id)
-        if lock is None:
+        if lock is None or run.lost:
             return False
         async with lock:
-            return await self.store.save(run)
+            try:
+                return await self.store.save(run)
+            except RunTakenOver:
+                run.lost = True  # the process that took it up goes on with it: this one stops it
+                task = self._tasks.get(run.id)
+                if task is not None and task is not asyncio.current_task():
+                    task.cancel()
+                raise
 
     async def wait(self, run: LiveRun) -> None:
         task = self._tasks.get(run.id)
@@ -432,10 +484,14 @@ class Deliberation:
         return self._tasks.get(run.id)
 
     async def start_background(self) -> None:
-        """Start saving live runs; runs a crashed process left 'running' are marked interrupted."""
-        stale = await self.store.mark_interrupted(self.clock.time(), STALE_AFTER)
-        if stale:
-            log.warning("%d run(s) were interrupted by a stop of the server that ran them", stale)
+        """Start saving live runs, and taking up the runs a stopped process left 'running' (or, without the
+        means to take them up, marking them interrupted)."""
+        if self.resumption is not None:
+            await self.resumption.start()
+        else:
+            stale = await self.store.mark_interrupted(self.clock.time(), STALE_AFTER)
+            if stale:
+                log.warning("%d run(s) were interrupted by a stop of the server that ran them", stale)
         if self._saver is None:
             self._saver = asyncio.get_running_loop().create_task(self._save_loop())
 
@@ -444,10 +500,14 @@ class Deliberation:
             await self.clock.sleep(self._save_interval)
             now = self.clock.time()
             for run in list(self.live.values()):
-                if now - run.created_at < FIRST_SAVE_AFTER:
+                if now - run.created_at < self._first_save:
                     continue  # a short run is written once, when it ends
                 try:
                     cancel = await asyncio.shield(self._save(run))
+                except RunTakenOver:
+                    log.warning("run %s was taken up by another process (this one stopped saving it for "
+                                "too long); it stops here", run.id)
+                    continue
                 except Exception:
                     log.exception("saving run %s failed; trying again", run.id)
                     continue
@@ -457,6 +517,8 @@ class Deliberation:
 
     async def close(self) -> None:
         """Shutdown: stop the saver; runs still going are cancelled and saved as cancelled."""
+        if self.resumption is not None:
+            await self.resumption.close()
         if self._saver is not None:
             self._saver.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -506,19 +568,23 @@ class Deliberation:
         if arena_hidden:  # what the events must not name: the members (the record above is already redacted)
             raw = run.record() if run is not None else await self.store.get(run_id)
             names = secret_names(raw or {})
-        if run is not None:
-            async for event in run.follow(after) if follow else _aiter(run.events[after:]):
-                yield _hide(event, names) if arena_hidden else event
-            return
         while True:
+            if run is not None and not run.lost:
+                async for event in run.follow(after) if follow else _aiter(run.events[after:]):
+                    after = event.seq
+                    yield _hide(event, names) if arena_hidden else event
+                if not run.lost:
+                    return
             for event in await self.store.events(run_id, after):
                 after = event.seq
                 yield _hide(event, names) if arena_hidden else event
             found = await self.store.owner(run_id)
             if not follow or found is None or found[1] != "running":
                 return
-            await self.store.mark_interrupted(self.clock.time(), STALE_AFTER)
+            if self.resumption is None:
+                await self.store.mark_interrupted(self.clock.time(), STALE_AFTER)
             await self.clock.sleep(poll)  # another process runs it: poll what it saves
+            run = self.live.get(run_id)  # ... unless this one has taken it up meanwhile
 
     @staticmethod
     async def blind(run: LiveRun, events: AsyncIterator[Event]) -> AsyncIterator[Event]:

@@ -25,9 +25,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .db import Database
 
-__all__ = ["Batch", "Insert", "SqliteWriter", "write"]
+__all__ = ["Batch", "GuardFailed", "Insert", "SqliteWriter", "write"]
 
 _SQLITE_MAX_PARAMS = 32_766  # SQLite >= 3.32
+
+
+class GuardFailed(Exception):
+    """A batch's guard changed no row: nothing of the batch was written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +93,10 @@ class Batch:
     def execute(self, sql: str, params: Sequence[Any]) -> None:
         self.steps.append(("execute", sql, params))
 
+    def guard(self, sql: str, params: Sequence[Any]) -> None:
+        """An UPDATE that must change a row, or :func:`write` raises GuardFailed and writes nothing."""
+        self.steps.append(("guard", sql, params))
+
     def value(self, sql: str, params: Sequence[Any]) -> None:
         """A query whose first column of the first row (or None) is returned by :func:`write`."""
         self.steps.append(("value", sql, params))
@@ -112,6 +120,10 @@ async def write(db: Database, batch: Batch) -> list[Any]:
                     await driver.executemany(a.dollar, b)
                 elif kind == "execute":
                     await driver.execute(_dollars(a), *b)
+                elif kind == "guard":
+                    status = await driver.execute(_dollars(a), *b)  # "UPDATE <rows>"
+                    if status.rsplit(" ", 1)[-1] == "0":
+                        raise GuardFailed(a)
                 else:
                     values.append(await driver.fetchval(_dollars(a), *b))
         return values
@@ -150,6 +162,9 @@ class SqliteWriter:
                         conn.execute(a.sqlite(len(chunk)), [v for r in chunk for v in r])
                 elif kind == "execute":
                     conn.execute(a, b)
+                elif kind == "guard":
+                    if conn.execute(a, b).rowcount == 0:
+                        raise GuardFailed(a)
                 else:
                     row = conn.execute(a, b).fetchone()
                     values.append(None if row is None else row[0])

@@ -168,6 +168,8 @@ def from_events(events: Iterable[Event]) -> dict[str, Any]:
         elif e.type == "stage_started":
             raw["stage"] = _str(d.get("stage"))
         elif e.type == "synthesis_token":
+            if d.get("replace"):  # the answer began again (the run was taken up by another process)
+                live.clear()
             live.append(_str(d.get("text")))
         elif e.type == "document" and d.get("name"):
             raw["documents"].append(_str(d.get("name")))

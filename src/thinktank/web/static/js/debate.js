@@ -80,7 +80,10 @@ function follow(root) {
     }
     source.addEventListener("synthesis_token", (e) => {
       if (!fresh(e)) return;
-      try { synthesis += JSON.parse(e.data).text || ""; } catch (_) { return; }
+      try {
+        const d = JSON.parse(e.data);
+        synthesis = (d.replace ? "" : synthesis) + (d.text || ""); // replace: the answer began again
+      } catch (_) { return; }
       showSynthesis();
     });
     source.addEventListener("done", (e) => { fresh(e); stop(); refresh(); });
