@@ -36,6 +36,8 @@ from ..errors import (
     NotFoundError,
     ThinktankError,
 )
+from ..events.bus import LocalBus
+from ..events.feed import FeedPublisher
 from ..gateway.context import CallContext, Hold, Meter
 from ..gateway.strategies import Deployment
 from ..metrics.sink import MetricsSink
@@ -46,6 +48,7 @@ from .arena import redact, secret_names
 from .debate import DebateRunner
 from .ensemble import EnsembleRunner, last_question
 from .experts import Persona, load_library
+from .run_feed import RunFeed
 from .run_store import RunStore
 from .runs import PAUSED, Event, LiveRun, RunEnded, RunPaused
 
@@ -131,7 +134,7 @@ class Deliberation:
     def __init__(
         self, config: GatewayConfig, catalog: Catalog, store: RunStore, clock: Clock, *,
         rng: random.Random | None = None, save_interval: float = 0.5, default_output_tokens: int = 1024,
-        metrics: MetricsSink | None = None,
+        metrics: MetricsSink | None = None, publisher: FeedPublisher | None = None,
     ) -> None:
         """Binds itself to ``catalog``: ``ensemble/...`` and ``debate/...`` resolve to its runs, and every
         call of a run reaches its model through the catalog."""
@@ -157,6 +160,8 @@ class Deliberation:
         self._saver: asyncio.Task[None] | None = None
         self._closing = False
         self.paused_cancelled: list[Callable[[str], Awaitable[None]]] = []
+        self.feed = RunFeed(publisher or FeedPublisher(LocalBus()), store, clock, self._save, stale_after=STALE_AFTER)
+        """Events to and from other processes (the event bus)."""
         self.tracing: Tracing | None = None
         """Spans for each run, its stages and calls, when tracing is on (the app factory sets it)."""
         """Told the id of a paused run cancelled while nobody executed it (a thread shows it ended)."""
@@ -318,6 +323,7 @@ class Deliberation:
         self.live[run.id] = run
         run.tracing = self.tracing
         self._locks[run.id] = asyncio.Lock()
+        self.feed.attach(run)
         self._tasks[run.id] = asyncio.get_running_loop().create_task(self._execute(run, runner, on_end))
 
     async def _from_cache(self, run: LiveRun, hit: dict[str, Any], on_end: OnEnd | None) -> LiveRun:
@@ -510,15 +516,11 @@ class Deliberation:
             async for event in run.follow(after) if follow else _aiter(run.events[after:]):
                 yield _hide(event, names) if arena_hidden else event
             return
-        while True:
-            for event in await self.store.events(run_id, after):
-                after = event.seq
-                yield _hide(event, names) if arena_hidden else event
-            found = await self.store.owner(run_id)
-            if not follow or found is None or found[1] != "running":
-                return
-            await self.store.mark_interrupted(self.clock.time(), STALE_AFTER)
-            await self.clock.sleep(poll)  # another process runs it: poll what it saves
+        # Another process runs it (or ran it): what it saved, then what it publishes on the event bus.
+        stored = self.feed.follow(run_id, after, local_poll=poll) if follow else _aiter(
+            await self.store.events(run_id, after))
+        async for event in stored:
+            yield _hide(event, names) if arena_hidden else event
 
     @staticmethod
     async def blind(run: LiveRun, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
