@@ -26,7 +26,8 @@ __all__ = ["PostgresBus", "asyncpg_dsn", "pg_channel"]
 log = logging.getLogger("thinktank.events")
 
 APPLICATION_NAME = "thinktank-events"
-"""The listening connection's ``application_name`` (it shows in ``pg_stat_activity``)."""
+"""The listening connection's ``application_name`` (it shows in ``pg_stat_activity``); the sending one's
+has ``-send`` added."""
 _PLAIN = re.compile(r"^[A-Za-z0-9_.:-]{1,60}$")
 
 
@@ -81,8 +82,9 @@ class PostgresBus(Hub):
                     await asyncio.wait_for(conn.close(), 2)
         self._conn = self._sender = None
 
-    async def _connect(self) -> Any:
-        return await asyncpg.connect(self._dsn, timeout=10, server_settings={"application_name": APPLICATION_NAME})
+    async def _connect(self, role: str = "") -> Any:
+        return await asyncpg.connect(self._dsn, timeout=10,
+                                     server_settings={"application_name": APPLICATION_NAME + role})
 
     # -- listening -------------------------------------------------------------------------------
     def _on_notify(self, _conn: Any, _pid: int, name: str, payload: str) -> None:
@@ -168,7 +170,7 @@ class PostgresBus(Hub):
             for attempt in range(2):
                 try:
                     if self._sender is None or self._sender.is_closed():
-                        self._sender = await self._connect()
+                        self._sender = await self._connect("-send")
                     if len(rows) == 1:
                         await self._sender.execute("SELECT pg_notify($1, $2)", *rows[0])
                     else:

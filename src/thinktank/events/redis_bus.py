@@ -28,8 +28,10 @@ class RedisBus(Hub):
     shared = True
     limit = None
 
-    def __init__(self, url: str, *, prefix: str = "tt:", keepalive: float = 5.0, retry_max: float = 5.0) -> None:
+    def __init__(self, url: str, *, prefix: str = "tt:", keepalive: float = 5.0, retry_max: float = 5.0,
+                 client_name: str = CLIENT_NAME) -> None:
         super().__init__()
+        self.client_name = client_name
         self._url = url
         self._prefix = prefix
         self._keepalive = keepalive
@@ -50,7 +52,7 @@ class RedisBus(Hub):
 
         publisher = aioredis.from_url(self._url)
         # No retries of its own: a lost connection is noticed here, and subscribers are told.
-        subscriber = aioredis.from_url(self._url, retry=Retry(NoBackoff(), 0), client_name=CLIENT_NAME,
+        subscriber = aioredis.from_url(self._url, retry=Retry(NoBackoff(), 0), client_name=self.client_name,
                                        socket_keepalive=True)
         return publisher, subscriber
 
