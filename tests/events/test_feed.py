@@ -138,3 +138,32 @@ async def test_a_follower_stops_when_the_feed_stops_without_its_last_event(bus: 
     producer.ended = True  # (a producer that died: its record says so, no last event)
     assert await follower == [1, 2]
     await publisher.close()
+
+
+async def test_a_follower_that_joins_mid_way_has_the_producer_store_what_it_missed(bus: EventBus) -> None:
+    publisher = FeedPublisher(bus)
+    await publisher.start()  # it takes flush requests
+    producer = Producer(publisher, "feed.d")
+    producer.emit("first")
+    producer.save()
+    for i in range(20):
+        producer.emit(f"not stored {i}")  # published before anyone listened, and not stored
+    await asyncio.sleep(0.1)
+    got: list[int] = []
+
+    async def follow() -> None:
+        async for event in follow_feed(bus, producer.channel, 0, read=producer.read, seq_of=lambda e: e["seq"],
+                                       decode=lambda d: d, is_last=lambda e: e["body"] == "last",
+                                       running=producer.running, clock=SystemClock(), poll=60, gap_poll=0.05):
+            got.append(event["seq"])
+
+    follower = asyncio.create_task(follow())
+    async with asyncio.timeout(DEADLINE):
+        while len(got) < 31:  # only a write of the producer's can fill 2..21: it was asked to flush
+            producer.emit("live")
+            await asyncio.sleep(0.02)
+        producer.end()
+        await follower
+    assert got == list(range(1, len(producer.emitted) + 1))
+    assert producer.flushes >= 1
+    await publisher.close()

@@ -153,7 +153,7 @@ async def start(state: AppState) -> None:
     state.usage_writer.start()
     state.ledger.start()
     await state.response_cache.start()
-    await state.deliberation.feed.publisher.bus.start()  # the event bus (runs' and turns' events)
+    await state.deliberation.feed.publisher.start()  # the event bus (runs' and turns' events)
     await state.deliberation.start_background()
     await state.agents.start_background()  # interrupted agent runs go on; overdue approvals are denied
     if state.metrics_endpoint is not None:
@@ -170,8 +170,7 @@ async def stop(state: AppState) -> None:
     await state.deliberation.close()
     await state.agents.close_tools()
     await state.conversations.close()  # turns and memory extractions still going are cancelled
-    await state.deliberation.feed.publisher.close()  # their last events published
-    await state.deliberation.feed.publisher.bus.close()
+    await state.deliberation.feed.publisher.close()  # their last events published; the bus closed
     await state.gate.drain()  # requests whose runs went on after their client left are recorded
     await state.knowledge.close()  # HNSW index builds still going are cancelled
     await state.response_cache.close()

@@ -8,8 +8,13 @@ down, or an event too big for the bus, which is announced as saved instead), it 
 and keeps doing so every ``gap_poll`` seconds until the gap is filled: storing is the producer's job. A slow
 ``poll`` tells it when the feed has ended without its last event (a producer that died).
 
+A follower that finds a gap also asks, on the bus's ``flush`` channel, that the feed be stored now: the
+process producing it (if it still does) writes what it has and says so (``{"stored": true}``), so a
+follower that joins mid-way does not wait for the next periodic write.
+
 Messages, JSON: ``{"events": [...]}``; ``{"saved": n}`` (event ``n`` is stored, read it there);
-``{"ended": true}`` (the stream stopped: look at its record).
+``{"stored": true}`` (everything so far is stored); ``{"ended": true}`` (the stream stopped: look at its
+record).
 """
 
 from __future__ import annotations
@@ -27,13 +32,16 @@ import orjson
 from ..clock import Clock
 from .bus import MAYBE_LOST, TICK, EventBus, Subscription
 
-__all__ = ["ENDED", "FeedPublisher", "Flush", "follow_feed"]
+__all__ = ["ENDED", "FLUSH_CHANNEL", "STORED", "FeedPublisher", "Flush", "follow_feed"]
 
 log = logging.getLogger("thinktank.events")
 
 Flush = Callable[[], Awaitable[None]]
 """Stores a feed's events emitted so far (called before an event too big for the bus is announced)."""
 ENDED = b'{"ended":true}'
+STORED = b'{"stored":true}'
+FLUSH_CHANNEL = "flush"
+"""Where followers ask for a feed (its channel, the message) to be stored now."""
 _HEAD, _TAIL = b'{"events":[', b"]}"
 T = TypeVar("T")
 
@@ -42,6 +50,7 @@ T = TypeVar("T")
 class _Pending:
     flush: Flush
     events: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    stored: bool = False
     ended: bool = False
 
 
@@ -60,16 +69,50 @@ class FeedPublisher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
+        self._live: dict[str, Flush] = {}
+        """The feeds produced here, for flush requests."""
+        self._flushing: set[str] = set()
+        self._requests: asyncio.Task[None] | None = None
         self.failures = 0
         """Sends that failed (their followers read the database instead)."""
 
+    async def start(self) -> None:
+        """Start the bus, and take flush requests for the feeds produced here."""
+        await self.bus.start()
+        if self.enabled and self._requests is None:
+            ready = asyncio.get_running_loop().create_future()
+            self._requests = asyncio.get_running_loop().create_task(self._take_requests(ready))
+            await ready
+
+    async def _take_requests(self, ready: asyncio.Future[None]) -> None:
+        async with self.bus.subscribe(FLUSH_CHANNEL) as sub:
+            ready.set_result(None)
+            async for message in sub:
+                channel = message.decode(errors="replace")
+                flush = self._live.get(channel)
+                if flush is not None and channel not in self._flushing:
+                    self._flushing.add(channel)
+                    asyncio.get_running_loop().create_task(self._flush(channel, flush))
+
+    async def _flush(self, channel: str, flush: Flush) -> None:
+        try:
+            await flush()
+            if channel in self._live:
+                self._entry(channel, flush).stored = True
+        except Exception:
+            log.warning("events: storing %s on request failed", channel, exc_info=True)
+        finally:
+            self._flushing.discard(channel)
+
     def event(self, channel: str, seq: int, event: dict[str, Any], flush: Flush) -> None:
         if self.enabled:
+            self._live[channel] = flush
             self._entry(channel, flush).events.append((seq, event))
 
     def ended(self, channel: str, flush: Flush) -> None:
         """The feed stopped (after its events so far): followers look at its record."""
         if self.enabled:
+            self._live.pop(channel, None)
             self._entry(channel, flush).ended = True
 
     def _entry(self, channel: str, flush: Flush) -> _Pending:
@@ -115,6 +158,8 @@ class FeedPublisher:
                     out.append((channel, whole))
                 else:
                     await self._split(channel, entry, limit, out)
+            if entry.stored:
+                out.append((channel, STORED))
             if entry.ended:
                 out.append((channel, ENDED))
         if out:
@@ -146,7 +191,12 @@ class FeedPublisher:
             out.append((channel, _HEAD + b",".join(parts) + _TAIL))
 
     async def close(self) -> None:
-        """Send what is waiting, then stop."""
+        """Send what is waiting, then stop (the bus too)."""
+        if self._requests is not None:
+            self._requests.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._requests
+            self._requests = None
         if self._scheduled:
             self._tick()
         if self._task is not None:
@@ -156,6 +206,7 @@ class FeedPublisher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self.bus.close()
 
 
 class _Order(Generic[T]):
@@ -242,6 +293,8 @@ async def follow_feed(
                         order.take([decode(e) for e in message["events"]])
                     elif "saved" in message:
                         reread = message["saved"] >= order.next
+                    elif "stored" in message:
+                        reread = order.gap
                     elif message.get("ended"):
                         reread = check = True
                 for event in order.ready():
@@ -250,6 +303,9 @@ async def follow_feed(
                         return
                 if order.gap and not gap_read:
                     reread = gap_read = True  # seen now: read at once, then every gap_poll
+                    if bus.shared:  # and ask its producer to store what it has
+                        with contextlib.suppress(Exception):
+                            await bus.publish(FLUSH_CHANNEL, channel.encode())
                 if reread:
                     order.take(await read(order.next - 1))
                     for event in order.ready():
