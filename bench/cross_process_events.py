@@ -114,6 +114,9 @@ async def one_run(client: httpx.AsyncClient, a: str, b: str) -> tuple[list[float
             types[event["seq"]] = event["type"]
         await follower
     live = [s for s, ts in emitted.items() if ts > b_since[0] and s in on_b]
+    if os.environ.get("BENCH_DEBUG"):
+        worst = sorted(live, key=lambda s: -on_b[s])[:3]
+        print([(s, types[s], round(on_b[s] * 1000, 1), round(on_a[s] * 1000, 1)) for s in worst], file=sys.stderr)
     return [on_b[s] for s in live], [on_b[s] - on_a[s] for s in live]
 
 

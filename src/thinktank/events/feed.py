@@ -8,9 +8,9 @@ down, or an event too big for the bus, which is announced as saved instead), it 
 and keeps doing so every ``gap_poll`` seconds until the gap is filled: storing is the producer's job. A slow
 ``poll`` tells it when the feed has ended without its last event (a producer that died).
 
-A follower that finds a gap also asks, on the bus's ``flush`` channel, that the feed be stored now: the
-process producing it (if it still does) writes what it has and says so (``{"stored": true}``), so a
-follower that joins mid-way does not wait for the next periodic write.
+A follower that joins (and one that finds a gap) also asks, on the bus's ``flush`` channel, that the feed
+be stored now: the process producing it (if it still does) writes what it has and says so
+(``{"stored": true}``), so a follower that joins mid-way does not wait for the next periodic write.
 
 Messages, JSON: ``{"events": [...]}``; ``{"saved": n}`` (event ``n`` is stored, read it there);
 ``{"stored": true}`` (everything so far is stored); ``{"ended": true}`` (the stream stopped: look at its
@@ -273,6 +273,9 @@ async def follow_feed(
             for event in order.ready():
                 yield event
             return
+        if bus.shared:  # what was emitted before we listened and is not stored yet: have it stored now
+            with contextlib.suppress(Exception):
+                await bus.publish(FLUSH_CHANNEL, channel.encode())
         base = every = poll if bus.shared else gap_poll
         ticker = asyncio.get_running_loop().create_task(_ticks(sub, clock, every))
         checked = clock.monotonic()
@@ -294,7 +297,7 @@ async def follow_feed(
                     elif "saved" in message:
                         reread = message["saved"] >= order.next
                     elif "stored" in message:
-                        reread = order.gap
+                        reread = True
                     elif message.get("ended"):
                         reread = check = True
                 for event in order.ready():
