@@ -122,7 +122,7 @@ async def one_run(client: httpx.AsyncClient, a: str, b: str) -> tuple[list[float
 
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 async def main_async(args: argparse.Namespace, pairs: dict[str, tuple[Server, Server]], key: str) -> None:

@@ -38,9 +38,10 @@ class Producer:
         self.stored = list(self.emitted)
 
     def emit(self, body: str) -> None:
-        event = {"seq": len(self.emitted) + 1, "body": body}
+        seq = len(self.emitted) + 1
+        event = {"seq": seq, "body": body}
         self.emitted.append(event)
-        self.publisher.event(self.channel, event["seq"], event, self.flush)
+        self.publisher.event(self.channel, seq, event, self.flush)
 
     def end(self) -> None:
         self.emit("last")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ async def pg_database(pg_template: str) -> AsyncIterator[str]:
 
 @pytest.fixture(params=["postgres", "redis"])
 def pair(request: pytest.FixtureRequest, server: type[Server], env: dict[str, str], tmp_path: Path,
-         pg_database: str) -> Iterator[tuple[Server, Server, str]]:
+         pg_database: str) -> tuple[Server, Server, str]:
     """Servers A and B and a key of a user of theirs."""
     cfg = tmp_path / "c.yaml"
     cfg.write_text(CONFIG)
@@ -50,7 +50,7 @@ def pair(request: pytest.FixtureRequest, server: type[Server], env: dict[str, st
         shared["THINKTANK_REDIS_URL"] = request.getfixturevalue("redis_url")
     key = run(["keys", "create", "--name", "events"], shared).stdout.strip()
     assert key.startswith("tt-")
-    yield server([], shared), server([], shared), key
+    return server([], shared), server([], shared), key
 
 
 async def sse(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:

@@ -140,34 +140,20 @@ class Hub:
         sub = Subscription(channel)
         subs = self._subscribers.get(channel)
         if subs is None:
-            subs = self._subscribers[channel] = []
+            subs = self._subscribers[channel] = [sub]
             pending = self._pending[channel] = asyncio.get_running_loop().create_future()
-            subs.append(sub)
             try:
                 await self._listen(channel)
-            except BaseException as exc:
-                subs.remove(sub)
-                if not subs and self._subscribers.get(channel) is subs:
-                    del self._subscribers[channel]
-                if not pending.done():
-                    pending.set_exception(exc)
-                    pending.exception()  # (retrieved: others waiting get it too)
-                raise
+            except Exception:  # a connection lost meanwhile: the next one listens to it, and says so
+                log.warning("events: could not listen to %s yet", channel, exc_info=True)
             finally:
                 self._pending.pop(channel, None)
-            if not pending.done():
                 pending.set_result(None)
         else:
             subs.append(sub)
-            pending_other = self._pending.get(channel)
-            if pending_other is not None:  # another subscriber's LISTEN is on its way: wait for it
-                try:
-                    await asyncio.shield(pending_other)
-                except BaseException:
-                    subs.remove(sub)
-                    if not subs and self._subscribers.get(channel) is subs:
-                        del self._subscribers[channel]
-                    raise
+            listening = self._pending.get(channel)
+            if listening is not None:  # another subscriber's LISTEN is on its way: wait for it
+                await asyncio.shield(listening)
         try:
             yield sub
         finally:
