@@ -146,6 +146,11 @@ class Hub:
                 await self._listen(channel)
             except Exception:  # a connection lost meanwhile: the next one listens to it, and says so
                 log.warning("events: could not listen to %s yet", channel, exc_info=True)
+            except BaseException:  # cancelled: not a subscriber after all
+                subs.remove(sub)
+                if not subs and self._subscribers.get(channel) is subs:
+                    del self._subscribers[channel]
+                raise
             finally:
                 self._pending.pop(channel, None)
                 pending.set_result(None)
@@ -153,7 +158,13 @@ class Hub:
             subs.append(sub)
             listening = self._pending.get(channel)
             if listening is not None:  # another subscriber's LISTEN is on its way: wait for it
-                await asyncio.shield(listening)
+                try:
+                    await asyncio.shield(listening)
+                except BaseException:
+                    subs.remove(sub)
+                    if not subs and self._subscribers.get(channel) is subs:
+                        del self._subscribers[channel]
+                    raise
         try:
             yield sub
         finally:

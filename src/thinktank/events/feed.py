@@ -40,6 +40,8 @@ Flush = Callable[[], Awaitable[None]]
 """Stores a feed's events emitted so far (called before an event too big for the bus is announced)."""
 ENDED = b'{"ended":true}'
 STORED = b'{"stored":true}'
+SEND_TIMEOUT = 10.0
+"""Seconds a send may take (a bus that hangs holds up no feed longer: their followers read the database)."""
 FLUSH_CHANNEL = "flush"
 """Where followers ask for a feed (its channel, the message) to be stored now."""
 _HEAD, _TAIL = b'{"events":[', b"]}"
@@ -141,7 +143,8 @@ class FeedPublisher:
                 batch = list(self._queue)
                 self._queue.clear()
                 try:
-                    await self._publish(batch)
+                    async with asyncio.timeout(SEND_TIMEOUT):
+                        await self._publish(batch)
                 except Exception:
                     self.failures += 1
                     log.warning("events: publishing %d feed(s) failed; followers read them from the database",

@@ -99,14 +99,14 @@ class RedisBus(Hub):
             pubsub = self._subscriber.pubsub()
             try:
                 await pubsub.connect()
+                # From here on a new subscriber subscribes by itself; those before are subscribed here.
+                self._pubsub = pubsub
                 channels = [self._prefix + c for c in self._subscribers]
                 if channels:
                     waits = [self._confirm.setdefault(n, asyncio.get_running_loop().create_future())
                              for n in channels]
                     await pubsub.execute_command("SUBSCRIBE", *channels)
-                    self._pubsub = pubsub
                     await self._read_until(pubsub, lambda waits=waits: all(w.done() for w in waits))
-                self._pubsub = pubsub
             except (OSError, ConnectionError, TimeoutError, _redis_errors()) as exc:
                 self._pubsub = None
                 with contextlib.suppress(Exception):
@@ -128,9 +128,9 @@ class RedisBus(Hub):
                 log.warning("events: the Redis subscribing connection was lost (%s); connecting again",
                             type(exc).__name__)
             self._pubsub = None
-            for future in self._confirm.values():
+            for future in self._confirm.values():  # (their channels are subscribed again with the others)
                 if not future.done():
-                    future.cancel()
+                    future.set_result(None)
             self._confirm.clear()
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
