@@ -73,7 +73,8 @@ class FeedPublisher:
         self._task: asyncio.Task[None] | None = None
         self._live: dict[str, Flush] = {}
         """The feeds produced here, for flush requests."""
-        self._flushing: set[str] = set()
+        self._flushing: dict[str, asyncio.Task[None]] = {}
+        """Flushes asked for and under way, by channel."""
         self._requests: asyncio.Task[None] | None = None
         self.failures = 0
         """Sends that failed (their followers read the database instead)."""
@@ -93,8 +94,7 @@ class FeedPublisher:
                 channel = message.decode(errors="replace")
                 flush = self._live.get(channel)
                 if flush is not None and channel not in self._flushing:
-                    self._flushing.add(channel)
-                    asyncio.get_running_loop().create_task(self._flush(channel, flush))
+                    self._flushing[channel] = asyncio.get_running_loop().create_task(self._flush(channel, flush))
 
     async def _flush(self, channel: str, flush: Flush) -> None:
         try:
@@ -104,7 +104,7 @@ class FeedPublisher:
         except Exception:
             log.warning("events: storing %s on request failed", channel, exc_info=True)
         finally:
-            self._flushing.discard(channel)
+            self._flushing.pop(channel, None)
 
     def event(self, channel: str, seq: int, event: dict[str, Any], flush: Flush) -> None:
         if self.enabled:
