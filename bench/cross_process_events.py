@@ -15,6 +15,7 @@ machine's): its delay is when this script read it from the SSE stream minus ``ts
 and on A (the run's own stream, in-process). Only the events emitted after B's stream had started count
 (``synthesis_token``, ``stage_*``, ``cost``, ``model_answered``, ``done``). Reported per bus: the median,
 90th and 99th percentile and maximum delay on B, and the added delay of B (B minus A, event by event).
+``BENCH_DEBUG=1`` prints the three slowest events of each run (seq, type, delay on B, delay on A).
 """
 
 from __future__ import annotations
