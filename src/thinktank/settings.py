@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     """Default: a SQLite file in the data directory. PostgreSQL: postgresql://user@host/db."""
     redis_url: str | None = None
     """Shared rate-limit (and budget) counters for several workers or hosts."""
+    event_bus: Literal["auto", "local", "postgres", "redis"] = "auto"
+    """How run and thread-turn events reach clients of other processes: ``redis`` (pub/sub), ``postgres``
+    (LISTEN/NOTIFY), ``local`` (none: they poll the database). ``auto``: Redis if set, else PostgreSQL if it is
+    the database, else local."""
     auth_cache_ttl: float = Field(default=5.0, ge=0)
     """Seconds a resolved key or session is trusted before it is looked up again."""
     global_daily_budget_usd: float | None = Field(default=None, ge=0)

@@ -74,9 +74,11 @@ def build_state(
                 metrics=metrics)
     from ..deliberation.run_store import RunStore
     from ..deliberation.service import Deliberation
+    from ..events import FeedPublisher, build_bus
 
+    publisher = FeedPublisher(build_bus(settings.event_bus, database_url=db.url, redis_url=settings.redis_url))
     deliberation = Deliberation(router.config, catalog, RunStore(db), clock, metrics=metrics, auth=auth, gate=gate,
-                                stale_after=settings.run_stale_after)
+                                stale_after=settings.run_stale_after, publisher=publisher)
     from ..knowledge.embedders import Embedders
     from ..knowledge.service import KnowledgeService
 
@@ -85,7 +87,8 @@ def build_state(
     catalog.bind_knowledge(knowledge)
     from ..conversations.service import Conversations
 
-    conversations = Conversations(db, clock, router.config, catalog, gate, knowledge, embedders.local)
+    conversations = Conversations(db, clock, router.config, catalog, gate, knowledge, embedders.local,
+                                  publisher=publisher)
     from ..agents.builtin import BuiltinTools
     from ..agents.service import Agents
     from ..agents.store import AgentStore
@@ -151,6 +154,7 @@ async def start(state: AppState) -> None:
     state.usage_writer.start()
     state.ledger.start()
     await state.response_cache.start()
+    await state.deliberation.feed.publisher.start()  # the event bus (runs' and turns' events)
     await state.deliberation.start_background()
     await state.agents.start_background()  # interrupted agent runs go on; overdue approvals are denied
     if state.metrics_endpoint is not None:
@@ -167,6 +171,7 @@ async def stop(state: AppState) -> None:
     await state.deliberation.close()
     await state.agents.close_tools()
     await state.conversations.close()  # turns and memory extractions still going are cancelled
+    await state.deliberation.feed.publisher.close()  # their last events published; the bus closed
     await state.gate.drain()  # requests whose runs went on after their client left are recorded
     await state.knowledge.close()  # HNSW index builds still going are cancelled
     await state.response_cache.close()

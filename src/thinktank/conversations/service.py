@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,8 @@ from ..clock import Clock
 from ..config import GatewayConfig
 from ..deliberation.runs import PAUSED, LiveRun
 from ..errors import ConflictError, InvalidRequestError, NotFoundError, ThinktankError
+from ..events.bus import LocalBus
+from ..events.feed import FeedPublisher
 from ..gateway.tokens import estimate_text_tokens
 from ..knowledge.embeddings import Embedder
 from ..knowledge.grounding import Grounder, Grounding
@@ -36,6 +38,7 @@ from . import context as cx
 from .memory import KNOWN_IN_PROMPT, MemoryService, extraction_messages, known_labels, memory_block, parse_extraction
 from .personas import PersonaService
 from .threads import NewMessage, ThreadService, message_public, summary_public
+from .turn_log import StoredTurn, TurnLog
 
 __all__ = ["MAX_CONTENT", "TURN_KEPT", "TURN_LEASE", "Conversations", "Turn", "TurnEvent", "TurnOptions"]
 
@@ -103,11 +106,17 @@ class Turn:
     """The seq of the first message this turn replaces (``TurnOptions.replaces``)."""
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
     """Set by ``Conversations.stop``: the reply ends where it is, and what was written so far is stored."""
+    id: str = field(default_factory=lambda: new_id("turn"))
+    publish: Callable[[TurnEvent], None] | None = None
+    """Told each event as it is emitted (stored and published for other processes: ``TurnLog``)."""
     _moved: asyncio.Event = field(default_factory=asyncio.Event)
 
     def emit(self, type_: str, **data: Any) -> None:
-        self.log.append(TurnEvent(type_, data, len(self.log) + 1))
+        event = TurnEvent(type_, data, len(self.log) + 1)
+        self.log.append(event)
         self._moved.set()
+        if self.publish is not None:
+            self.publish(event)
 
     def close(self) -> None:
         self.closed = True
@@ -168,7 +177,7 @@ class Conversations:
 
     def __init__(
         self, db: Database, clock: Clock, config: GatewayConfig, catalog: Catalog, gate: Gate,
-        knowledge: KnowledgeService, embedder: Embedder | None,
+        knowledge: KnowledgeService, embedder: Embedder | None, *, publisher: FeedPublisher | None = None,
     ) -> None:
         self.config = config
         self.catalog = catalog
@@ -184,6 +193,8 @@ class Conversations:
         self._turns: dict[str, Turn] = {}
         """Each thread's last turn in this process, while it runs and ``TURN_KEPT`` seconds after."""
         self._tasks: set[asyncio.Task[None]] = set()
+        self.turn_log = TurnLog(db, clock, publisher or FeedPublisher(LocalBus()), kept=TURN_KEPT)
+        """Turns' events stored and published, for clients of other processes (and after a turn)."""
 
     # -- background work -------------------------------------------------------------------------
 
@@ -205,6 +216,7 @@ class Conversations:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        await self.turn_log.close()
 
     # -- a turn ----------------------------------------------------------------------------------
 
@@ -301,6 +313,10 @@ class Conversations:
         stored: list[ThreadMessage] = []
         admission.stream = options.stream
         try:
+            await self.turn_log.started(turn)
+        except Exception:  # followed here only, then
+            log.exception("could not record turn %s of thread %s", turn.id, thread.id)
+        try:
             async with self.gate.recording(admission):
                 try:
                     stored = await self._turn(turn, principal, thread, content, model, options, admission)
@@ -320,6 +336,10 @@ class Conversations:
             turn.emit("error", **turn.error.to_body())
         else:
             turn.emit("message", **(turn.result or {}))
+        try:
+            await self.turn_log.ended(turn)  # stored before its outcome is known
+        except Exception:
+            log.exception("could not store the events of turn %s", turn.id)
         turn.ended_at = self.clock.monotonic()
         turn.close()
         turn.done.set()
@@ -337,17 +357,24 @@ class Conversations:
         while len(self._turns) > _TURNS_KEPT:
             del self._turns[next(iter(self._turns))]
 
-    async def follow(self, principal: Principal, thread_id: str) -> Turn:
-        """The thread's turn under way, or the last one if it ended less than ``TURN_KEPT`` seconds ago,
-        as this process ran it: its events can be read again from any point (a client that lost its
-        stream reconnects with ``Last-Event-ID``). 404 if there is none here."""
+    async def follow(self, principal: Principal, thread_id: str) -> Turn | StoredTurn:
+        """The thread's turn under way, or the last one if it ended less than ``TURN_KEPT`` seconds ago: its
+        events can be read again from any point (a client that lost its stream reconnects with
+        ``Last-Event-ID``), from this process's memory if it runs (or ran) it, else as stored by the process
+        that runs it (then live over the event bus). 404 if there is none."""
         thread = await self.threads.get(principal, thread_id)  # 404 for another user's thread
         turn = self._turns.get(thread.id)
-        if turn is None or (turn.ended_at is not None and self.clock.monotonic() - turn.ended_at > TURN_KEPT):
-            raise NotFoundError(
-                f"No turn of thread '{thread_id}' is under way here or ended in the last {int(TURN_KEPT)} seconds; "
-                "its stored messages are at GET /api/v1/threads/{id}/messages.", param="thread_id")
-        return turn
+        if turn is not None and not turn.closed:
+            return turn  # under way here
+        last = await self.turn_log.latest(thread.id)  # (another process may have run a later one)
+        expired = turn is None or (turn.ended_at is not None and self.clock.monotonic() - turn.ended_at > TURN_KEPT)
+        if turn is not None and not expired and (last is None or last[0] == turn.id):
+            return turn
+        if last is not None and (last[1] is None or self.clock.time() - last[1] <= TURN_KEPT):
+            return self.turn_log.stored(thread.id, last[0])
+        raise NotFoundError(
+            f"No turn of thread '{thread_id}' is under way or ended in the last {int(TURN_KEPT)} seconds; "
+            "its stored messages are at GET /api/v1/threads/{id}/messages.", param="thread_id")
 
     async def _release(self, thread_id: str) -> None:
         self._busy.discard(thread_id)

@@ -169,6 +169,9 @@ class LiveRun:
     """The next ``synthesis_token`` replaces the text so far (an earlier execution streamed part of it)."""
     tracing: Tracing | None = None
     """Spans for its stages and calls, when tracing is on."""
+    publish: Callable[[Event | None], None] | None = None
+    """Told each event as it is emitted, and None once the run stopped here (followers in other processes
+    get them over the event bus; set by the process that executes the run)."""
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     # -- events ----------------------------------------------------------------------------------
@@ -180,12 +183,16 @@ class LiveRun:
         self.events.append(event)
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+        if self.publish is not None:
+            self.publish(event)
         return event
 
     def wake(self) -> None:
         """Let followers look again (the run paused: nothing more comes, their streams end)."""
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+        if self.publish is not None:
+            self.publish(None)
 
     @property
     def finished(self) -> bool:

@@ -36,6 +36,8 @@ from ..errors import (
     NotFoundError,
     ThinktankError,
 )
+from ..events.bus import LocalBus
+from ..events.feed import FeedPublisher
 from ..gateway.context import CallContext, Hold, Meter
 from ..gateway.strategies import Deployment
 from ..metrics.sink import MetricsSink
@@ -47,6 +49,7 @@ from .debate import DebateRunner
 from .ensemble import EnsembleRunner, last_question
 from .experts import Persona, load_library
 from .resume import AgentResume, Resumption
+from .run_feed import RunFeed
 from .run_store import RunStore, RunTakenOver
 from .runs import PAUSED, CallRecord, Event, LiveRun, RunEnded, RunPaused
 
@@ -137,7 +140,7 @@ class Deliberation:
         self, config: GatewayConfig, catalog: Catalog, store: RunStore, clock: Clock, *,
         rng: random.Random | None = None, save_interval: float = 0.5, default_output_tokens: int = 1024,
         metrics: MetricsSink | None = None, auth: Authenticator | None = None, gate: Gate | None = None,
-        stale_after: float = STALE_AFTER,
+        stale_after: float = STALE_AFTER, publisher: FeedPublisher | None = None,
     ) -> None:
         """Binds itself to ``catalog``: ``ensemble/...`` and ``debate/...`` resolve to its runs, and every
         call of a run reaches its model through the catalog. With ``auth`` and ``gate`` it takes up runs
@@ -164,11 +167,15 @@ class Deliberation:
         self._saver: asyncio.Task[None] | None = None
         self._closing = False
         self.paused_cancelled: list[Callable[[str], Awaitable[None]]] = []
+        """Told the id of a paused run cancelled while nobody executed it (a thread shows it ended)."""
         self.tracing: Tracing | None = None
         """Spans for each run, its stages and calls, when tracing is on (the app factory sets it)."""
-        """Told the id of a paused run cancelled while nobody executed it (a thread shows it ended)."""
         self.resumption = (Resumption(self, auth, gate, stale_after=stale_after)
                            if auth is not None and gate is not None else None)
+        # A run whose process died is taken up elsewhere (resumption): its followers wait for that, on the bus.
+        self.feed = RunFeed(publisher or FeedPublisher(LocalBus()), store, clock, self._save, stale_after=STALE_AFTER,
+                            interrupt=self.resumption is None)
+        """Events to and from other processes (the event bus)."""
         self._first_save = min(FIRST_SAVE_AFTER, stale_after / 2)
         catalog.bind_runs(self)
 
@@ -358,6 +365,7 @@ class Deliberation:
         self.live[run.id] = run
         run.tracing = self.tracing
         self._locks[run.id] = asyncio.Lock()
+        self.feed.attach(run)
         self._tasks[run.id] = asyncio.get_running_loop().create_task(self._execute(run, runner, on_end))
 
     async def _from_cache(self, run: LiveRun, hit: dict[str, Any], on_end: OnEnd | None) -> LiveRun:
@@ -575,16 +583,17 @@ class Deliberation:
                     yield _hide(event, names) if arena_hidden else event
                 if not run.lost:
                     return
-            for event in await self.store.events(run_id, after):
+            if not follow:
+                for event in await self.store.events(run_id, after):
+                    yield _hide(event, names) if arena_hidden else event
+                return
+            # Another process runs it (or ran it): what it saved, then what it publishes on the event bus.
+            async for event in self.feed.follow(run_id, after, local_poll=poll):
                 after = event.seq
                 yield _hide(event, names) if arena_hidden else event
-            found = await self.store.owner(run_id)
-            if not follow or found is None or found[1] != "running":
+            run = self.live.get(run_id)  # this process took it up meanwhile: follow it here
+            if run is None:
                 return
-            if self.resumption is None:
-                await self.store.mark_interrupted(self.clock.time(), STALE_AFTER)
-            await self.clock.sleep(poll)  # another process runs it: poll what it saves
-            run = self.live.get(run_id)  # ... unless this one has taken it up meanwhile
 
     @staticmethod
     async def blind(run: LiveRun, events: AsyncIterator[Event]) -> AsyncIterator[Event]:

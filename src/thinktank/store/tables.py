@@ -432,6 +432,30 @@ class ThreadMessage(Base):
     created_at: Mapped[float] = mapped_column(Float)
 
 
+class ThreadTurn(Base):
+    """A thread's turn as every process can follow it: its events are stored as it runs (``thread_turn_events``)
+    and kept a while after it ends. Only a thread's last turn is kept."""
+
+    __tablename__ = "thread_turns"
+    __table_args__ = (Index("ix_thread_turns_thread", "thread_id", "started_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    thread_id: Mapped[str] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"))
+    started_at: Mapped[float] = mapped_column(Float)
+    ended_at: Mapped[float | None] = mapped_column(Float)
+
+
+class ThreadTurnEvent(Base):
+    """The events of a turn, in order (``seq`` from 1, the SSE id a client resumes after)."""
+
+    __tablename__ = "thread_turn_events"
+
+    turn_id: Mapped[str] = mapped_column(ForeignKey("thread_turns.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    type: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
 class ThreadSummary(Base):
     """A rolling summary of a thread's messages up to ``through_seq``; the newest one stands in for them
     in prompts (the messages themselves stay)."""

@@ -176,13 +176,14 @@ async def send_message(
 
 
 @router.get("/threads/{thread_id}/turn/events",
-            responses={200: {"description": "SSE: the events of the thread's turn under way (or just ended) here"}})
+            responses={200: {"description": "SSE: the events of the thread's turn under way (or just ended)"}})
 async def turn_events(
     thread_id: str, principal: PrincipalDep, state: StateDep, start: ResumeDep,
 ) -> Response:
-    """Follow the thread's current turn again (a client whose stream broke): every event after
-    ``Last-Event-ID`` (or ``after``), then the rest live until the turn ends. 404 when no turn of the thread
-    is under way on this server or ended in the last ten minutes (the stored messages are the record)."""
+    """Follow the thread's current turn again (a client whose stream broke), through any server that shares
+    the database: every event after ``Last-Event-ID`` (or ``after``), then the rest live until the turn ends.
+    404 when no turn of the thread is under way or ended in the last ten minutes (the stored messages are the
+    record)."""
     turn = await state.conversations.follow(principal, thread_id)
     events = turn.events(start)
 
