@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ async def test_a_job_runs_once_its_status_and_retries_follow_its_policy(pg_url: 
     once = await queue.defer("t.once", {"n": 3})
     assert echo is not None and flaky is not None and once is not None
     for job_id, end in ((echo, "succeeded"), (flaky, "succeeded"), (once, "failed")):
-        await eventually(lambda j=job_id, e=end: _is(queue, j, e), what=f"{job_id} {end}")
+        await eventually(partial(_is, queue, job_id, end), what=f"{job_id} {end}")
     assert {"kb_id": "kb_1", "nested": {"n": [1, 2]}} in seen
     info = await queue.get(flaky)
     assert info is not None and (info.name, info.attempts) == ("t.flaky", 3)
@@ -291,3 +292,40 @@ def test_database_urls_become_libpq_connection_strings() -> None:
     assert libpq_conninfo("postgresql:///tt?host=/var/run/postgresql") == "postgresql:///tt?host=%2Fvar%2Frun%2Fpostgresql"
     with pytest.raises(ValueError, match="not a PostgreSQL URL"):
         libpq_conninfo("sqlite:///x.db")
+
+
+async def test_a_worker_whose_connections_are_cut_comes_back(pg_url: str, queues: list[PgQueue]) -> None:
+    ran: list[int] = []
+
+    async def job(payload: dict[str, Any]) -> None:
+        ran.append(int(payload["n"]))
+
+    queue = worker(pg_url)
+    queue.register("t.job", job)
+    queues.append(queue)
+    await queue.start()
+    first = await queue.defer("t.job", {"n": 1})
+    assert first is not None
+    await eventually(lambda: _is(queue, first, "succeeded"), what="the first job")
+    db = Database(pg_url)
+    try:
+        async with db.engine.connect() as conn:  # every other connection to the database is cut (a restart, a proxy)
+            cut = (await conn.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                           "WHERE datname = current_database() AND pid <> pg_backend_pid()"))).scalar()
+    finally:
+        await db.close()
+    assert cut
+    second: str | None = None
+
+    async def deferred() -> bool:
+        nonlocal second
+        try:
+            second = second or await queue.defer("t.job", {"n": 2})
+        except Exception:  # the pool notices its dead connections as it hands them out
+            return False
+        return second is not None
+
+    await eventually(deferred, what="a job deferred again")
+    assert second is not None
+    await eventually(lambda: _is(queue, second, "succeeded"), what="the job after the cut")
+    assert ran == [1, 2]

@@ -116,6 +116,7 @@ class PgQueue(JobQueue):
         self.worker_name = name or f"thinktank@{socket.gethostname()}:{os.getpid()}"
         self.app: App | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._stopping = False
         self.every(STALLED_JOB, stall_check_every, self._retry_stalled)
         self.every(CLEANUP_JOB, cleanup_every, self._cleanup)
 
@@ -123,7 +124,7 @@ class PgQueue(JobQueue):
 
     def _build(self) -> App:
         connector = PsycopgConnector(conninfo=self.conninfo, min_size=1, max_size=2 + self.concurrency // 2,
-                                     name="thinktank-jobs")
+                                     name="thinktank-jobs", timeout=5.0)
         app = App(connector=connector)
         app.job_manager = _Jobs(connector)
         for name, (handler, policy) in self.handlers.items():
@@ -209,6 +210,7 @@ class PgQueue(JobQueue):
     # -- the worker ------------------------------------------------------------------------------
 
     async def start(self, *, worker: bool = True) -> None:
+        self._stopping = False
         app = self._build()
         await app.open_async()
         self.app = app
@@ -224,7 +226,7 @@ class PgQueue(JobQueue):
             self._worker = asyncio.get_running_loop().create_task(self._supervise(), name="job-worker")
 
     async def _supervise(self) -> None:
-        """Run the worker; if it stops on an error (the database went away), start it again."""
+        """Run the worker; if it stops before it is told to (the database went away), start it again."""
         app = self._open()
         while True:
             try:
@@ -232,19 +234,30 @@ class PgQueue(JobQueue):
                     concurrency=self.concurrency, name=self.worker_name, install_signal_handlers=False,
                     update_heartbeat_interval=self.heartbeat, stalled_worker_timeout=self.stall_after,
                     fetch_job_polling_interval=self.poll, shutdown_graceful_timeout=self.grace, listen_notify=True)
-                return
+                if self._stopping:
+                    return
+                # It stops by itself when one of its side tasks fails (its LISTEN connection lost, say).
+                log.warning("the job worker stopped; it starts again in a second")
+                await asyncio.sleep(1.0)
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if self._stopping:  # its shutdown failed (the database is gone): stopping it is all that was asked
+                    log.warning("the job worker stopped uncleanly", exc_info=True)
+                    return
                 log.exception("the job worker stopped on an error; it starts again in a second")
                 await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
         """The worker lets its jobs end for ``grace`` seconds, then cancels them (to run again elsewhere, where
         their policy allows), then the connections close."""
+        self._stopping = True
         if self._worker is not None:
             self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
+            # Bounded: with the database gone, the worker's last writes would wait for a connection for ever.
+            done, _ = await asyncio.wait({self._worker}, timeout=self.grace + 5.0)
+            if not done:
+                log.warning("the job worker did not stop within %.0f s; leaving it", self.grace + 5.0)
             self._worker = None
         if self.app is not None:
             await self.app.close_async()
