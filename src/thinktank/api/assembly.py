@@ -179,7 +179,7 @@ async def stop(state: AppState) -> None:
     await state.conversations.close()  # turns still going are cancelled
     await state.queue.stop()  # jobs under way get a short grace, then are cancelled (to run again elsewhere)
     await state.gate.drain()  # requests whose runs went on after their client left are recorded
-    await state.knowledge.close()  # HNSW index builds still going are cancelled
+    await state.knowledge.close()  # (its index builds are jobs of the queue, stopped above)
     await state.response_cache.close()
     await state.ledger.close()
     if state.alerts is not None:
