@@ -22,6 +22,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 PG_ADMIN = os.environ.get("THINKTANK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -34,7 +36,15 @@ def spawn(*args: str) -> subprocess.Popen[str]:
 
 
 def ready(proc: subprocess.Popen[str]) -> None:
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+
+
+async def until(check: Callable[[], Awaitable[bool]]) -> None:
+    while True:
+        if await check():
+            return
+        await asyncio.sleep(0.02)
 
 
 # -- procrastinate (thinktank.jobs.postgres) ----------------------------------------------------------
@@ -92,15 +102,13 @@ async def pg_runs(runs: int) -> list[float]:
             ready(a)
             job_id = await deferring.defer("bench.job", {"key": f"k{run}"})
             assert job_id is not None
-            while not (await _pg_started(db, f"k{run}")):
-                await asyncio.sleep(0.02)
+            await until(partial(_pg_started, db, f"k{run}"))
             b = spawn("_pg", url, "finish")
             ready(b)
             a.send_signal(signal.SIGKILL)
             killed = time.monotonic()
             a.wait()
-            while (info := await deferring.get(job_id)) is None or info.status != "succeeded":
-                await asyncio.sleep(0.02)
+            await until(partial(_succeeded, deferring, job_id))
             took.append(time.monotonic() - killed)
             b.terminate()
             b.wait()
@@ -113,6 +121,11 @@ async def pg_runs(runs: int) -> list[float]:
     return took
 
 
+async def _succeeded(queue: Any, job_id: str) -> bool:
+    info = await queue.get(job_id)
+    return info is not None and bool(info.status == "succeeded")
+
+
 async def _pg_started(db: Any, key: str) -> bool:
     from sqlalchemy import text
 
@@ -123,8 +136,8 @@ async def _pg_started(db: Any, key: str) -> bool:
 # -- arq ----------------------------------------------------------------------------------------------
 
 async def arq_worker(queue_name: str, hang: bool, job_timeout: int) -> None:
-    from arq.connections import RedisSettings
-    from arq.worker import Worker, func
+    from arq.connections import RedisSettings  # type: ignore[import-not-found,unused-ignore]
+    from arq.worker import Worker, func  # type: ignore[import-not-found,unused-ignore]
 
     async def job(ctx: dict[str, Any], key: str) -> str:
         await ctx["redis"].set(f"{queue_name}:started:{key}", os.getpid())
@@ -139,8 +152,8 @@ async def arq_worker(queue_name: str, hang: bool, job_timeout: int) -> None:
 
 
 async def arq_runs(runs: int, job_timeout: int) -> list[float]:
-    from arq import create_pool
-    from arq.connections import RedisSettings
+    from arq import create_pool  # type: ignore[import-not-found,unused-ignore]
+    from arq.connections import RedisSettings  # type: ignore[import-not-found,unused-ignore]
 
     pool = await create_pool(RedisSettings.from_dsn(REDIS))
     took: list[float] = []
@@ -151,8 +164,7 @@ async def arq_runs(runs: int, job_timeout: int) -> list[float]:
             ready(a)
             job = await pool.enqueue_job("job", f"k{run}", _queue_name=queue_name)
             assert job is not None
-            while not await pool.get(f"{queue_name}:started:k{run}"):
-                await asyncio.sleep(0.02)
+            await until(partial(_arq_started, pool, f"{queue_name}:started:k{run}"))
             b = spawn("_arq", queue_name, "finish", str(job_timeout))
             ready(b)
             a.send_signal(signal.SIGKILL)
@@ -166,6 +178,10 @@ async def arq_runs(runs: int, job_timeout: int) -> list[float]:
     finally:
         await pool.aclose()
     return took
+
+
+async def _arq_started(pool: Any, key: str) -> bool:
+    return bool(await pool.get(key))
 
 
 def main() -> None:
