@@ -65,6 +65,17 @@ class Settings(BaseSettings):
     run_stale_after: float = Field(default=5.0, gt=0, le=86_400)
     """Seconds without a save after which a running run (ensemble, debate, agent) counts as interrupted and is
     taken up by another process (or this one, restarted). Runs are saved every 0.5 s (the first time by 2 s)."""
+    queue: Literal["auto", "local", "postgres"] = "auto"
+    """The job queue for long work (``thinktank.jobs``): ``local`` runs jobs as tasks of the process that queued them;
+    ``postgres`` keeps them in the database, for every worker to take (a killed one's jobs go on elsewhere);
+    ``auto``: ``postgres`` when the database is PostgreSQL."""
+    worker: bool = True
+    """This server also runs queued jobs (``thinktank worker`` runs only them)."""
+    worker_concurrency: int = Field(default=8, ge=1, le=256)
+    """Jobs a worker runs at once."""
+    job_stall_after: float = Field(default=5.0, ge=2.0, le=3600)
+    """Seconds without a heartbeat (sent every second) after which a worker counts as dead and its jobs run
+    elsewhere (PostgreSQL queue)."""
     metrics: bool = True
     """Prometheus metrics at ``GET /metrics`` (see ``thinktank.metrics``); recording them costs a few µs a request."""
     metrics_token: SecretStr | None = None

@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
+from thinktank.accounts.admin_key import AdminKey
 from thinktank.accounts.budget_backends import SqlBudgetStore
 from thinktank.accounts.budgets import BudgetLedger
 from thinktank.accounts.governance import Gate
-from thinktank.accounts.principal import Principal
+from thinktank.accounts.principal import Authenticator, Principal
 from thinktank.accounts.ratelimit import RateLimiter
 from thinktank.accounts.usage import UsageWriter
 from thinktank.catalog import Catalog
@@ -117,7 +118,9 @@ async def build(tmp_path: Path, ctx: ProviderContext, clock: FakeClock,
         gate = Gate(RateLimiter("memory://"), BudgetLedger(SqlBudgetStore(db, clock), clock), usage, clock)
         chosen = local_embedder if embedder == "local" else embedder
         assert not isinstance(chosen, str)
-        conv = Conversations(db, clock, config, Catalog(router), gate, knowledge, chosen)
+        auth = Authenticator(db, AdminKey.of("test-admin-key"), clock)
+        conv = Conversations(db, clock, config, Catalog(router), gate, knowledge, chosen,
+                             principals=auth.principal_for)
         world = World(db, clock, router, conv, knowledge, usage)
         made.append(world)
         return world

@@ -107,7 +107,7 @@ async def test_vectors_go_to_pgvector_and_a_large_knowledge_base_is_searched_thr
 
     pg.ann_min_chunks = chunks + 1  # the next upload crosses the threshold
     await kb_service.add(OWNER, "notes", [Source(n, b.encode()) for n, b in list(DOCS.items())[2:]])
-    assert set(kb_service._builds) == {kb.id}  # the upload did not wait for the index: it is built after
+    assert await kb_service.queue.active("kb.index") == 1  # the upload did not wait for the index: a job builds it
     await kb_service.settle()
     assert await pg.indexed([kb.id]) == {kb.id}
     async with pg_db.engine.connect() as conn:  # the query's shape can use the index (tiny tables are scanned)

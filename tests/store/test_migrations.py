@@ -76,8 +76,9 @@ async def test_every_migrated_table_matches_the_models(db: Database) -> None:
 
 
 def _models_only(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
-    """Tables made by hand at run time (pgvector's ``kb_vectors``) are not the models'."""
-    return not (type_ == "table" and name is not None and name.startswith("kb_vectors"))
+    """Tables made by hand at run time (pgvector's ``kb_vectors``) and procrastinate's (the job queue) are not
+    the models'."""
+    return not (type_ == "table" and name is not None and name.startswith(("kb_vectors", "procrastinate_")))
 
 
 def test_migrations_import_no_thinktank_code() -> None:

@@ -167,9 +167,9 @@ def _fastapi_app(state: AppState, outages: OutageLog) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.state.thinktank = state
-    from .routes import accounts, admin, agents, keys, knowledge, memory, runs, threads, usage
+    from .routes import accounts, admin, agents, keys, knowledge, knowledge_jobs, memory, runs, threads, usage
 
-    for module in (accounts, keys, usage, admin, runs, agents, knowledge, threads, memory):
+    for module in (accounts, keys, usage, admin, runs, agents, knowledge, knowledge_jobs, threads, memory):
         app.include_router(module.router)
     from sqlalchemy.exc import DBAPIError, IntegrityError
 

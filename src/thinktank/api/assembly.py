@@ -43,6 +43,9 @@ def build_state(
     from .readiness import Readiness
 
     db = Database(settings.database_url or default_database_url(settings.data_dir))
+    from ..jobs import build_queue
+
+    queue = build_queue(settings, db.url)
     auth = Authenticator(db, admin_key, clock, cache_ttl=settings.auth_cache_ttl)
     limiter = RateLimiter(settings.redis_url, router.config.tiers, ip_rpm=router.config.ip_rpm)
     store: BudgetStore
@@ -83,12 +86,15 @@ def build_state(
     from ..knowledge.service import KnowledgeService
 
     embedders = Embedders(router, settings.data_dir / "models", local=local_embedder)
-    knowledge = KnowledgeService(db, clock, embedders.get, metrics=metrics)
+    knowledge = KnowledgeService(db, clock, embedders.get, metrics=metrics, queue=queue)
     catalog.bind_knowledge(knowledge)
+    from ..knowledge.ingestions import Ingestions, gate_admission
+
+    ingestions = Ingestions(db, clock, knowledge, queue, auth.principal_for, gate_admission(gate, catalog))
     from ..conversations.service import Conversations
 
     conversations = Conversations(db, clock, router.config, catalog, gate, knowledge, embedders.local,
-                                  publisher=publisher)
+                                  publisher=publisher, queue=queue, principals=auth.principal_for)
     from ..agents.builtin import BuiltinTools
     from ..agents.service import Agents
     from ..agents.store import AgentStore
@@ -119,6 +125,8 @@ def build_state(
         alerts=alerts,
         response_cache=response_cache,
         metrics=metrics,
+        queue=queue,
+        ingestions=ingestions,
     )
     if metrics.enabled:  # prometheus_client is imported only then
         from ..metrics.prometheus import PrometheusMetrics
@@ -157,6 +165,8 @@ async def start(state: AppState) -> None:
     await state.deliberation.feed.publisher.start()  # the event bus (runs' and turns' events)
     await state.deliberation.start_background()
     await state.agents.start_background()  # interrupted agent runs go on; overdue approvals are denied
+    await state.queue.start(worker=s.worker)  # this process runs queued jobs too, unless THINKTANK_WORKER=false
+    await state.ingestions.resume()  # ingestions a dead process left (in-process queue) are queued again
     if state.metrics_endpoint is not None:
         await state.metrics_endpoint.start()  # the metrics port, if one is set
     # Everything loaded so far lives as long as the process: keep it out of the garbage
@@ -170,10 +180,11 @@ async def stop(state: AppState) -> None:
     # (or on another worker) from their checkpoint.
     await state.deliberation.close()
     await state.agents.close_tools()
-    await state.conversations.close()  # turns and memory extractions still going are cancelled
+    await state.conversations.close()  # turns still going are cancelled
     await state.deliberation.feed.publisher.close()  # their last events published; the bus closed
+    await state.queue.stop()  # jobs under way get a short grace, then are cancelled (to run again elsewhere)
     await state.gate.drain()  # requests whose runs went on after their client left are recorded
-    await state.knowledge.close()  # HNSW index builds still going are cancelled
+    await state.knowledge.close()  # (its index builds are jobs of the queue, stopped above)
     await state.response_cache.close()
     await state.ledger.close()
     if state.alerts is not None:

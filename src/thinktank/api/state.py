@@ -26,7 +26,9 @@ if TYPE_CHECKING:
     from ..catalog import Catalog
     from ..conversations.service import Conversations
     from ..deliberation.service import Deliberation
+    from ..jobs import JobQueue
     from ..knowledge.embedders import Embedders
+    from ..knowledge.ingestions import Ingestions
     from ..knowledge.service import KnowledgeService
     from ..knowledge.urls import UrlFetcher
     from ..observability.tracing import Tracing
@@ -65,6 +67,9 @@ class AppState:
     catalog: Catalog
     agents: Agents
     response_cache: ResponseCache
+    queue: JobQueue
+    """Long work that outlives its request (``thinktank.jobs``): register handlers on it when building."""
+    ingestions: Ingestions
     clock: Clock = field(default_factory=SystemClock)
     started_at: float = 0.0
     ready: bool = False

@@ -1,8 +1,8 @@
 """The ``thinktank`` command: one module per command group.
 
 Commands that use models (``chat``, ``ask``, ``debate``, ``models``, ``leaderboard``, ``usage``,
-``kb``) are clients of a server (see :mod:`.client`); ``serve`` runs one and ``mcp`` runs the app behind an MCP
-stdio session; ``users``, ``keys``,
+``kb``) are clients of a server (see :mod:`.client`); ``serve`` runs one, ``worker`` runs its queued jobs only
+and ``mcp`` runs the app behind an MCP stdio session; ``users``, ``keys``,
 ``teams``, ``db`` and ``admin-key`` work on the server's data directly, where it runs.
 """
 
@@ -22,6 +22,7 @@ from .models import chat_command, models_command
 from .runs import ask_command, debate_command, leaderboard_command
 from .serve import serve
 from .usage import usage_command
+from .worker import worker_command
 
 __all__ = ["app", "main"]
 
@@ -34,6 +35,7 @@ app = typer.Typer(
 )
 
 app.command("serve")(serve)
+app.command("worker")(worker_command)
 app.command("models")(models_command)
 app.command("chat")(chat_command)
 app.command("ask")(ask_command)

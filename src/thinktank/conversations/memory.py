@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -301,11 +301,13 @@ class MemoryService:
     async def remember(
         self, user_id: str, candidates: Sequence[Candidate], *, source_message_id: str | None,
         source_thread_id: str | None, labels: dict[str, MemoryFact] | None = None,
+        claim: Callable[[AsyncSession], Awaitable[bool]] | None = None,
     ) -> list[MemoryFact]:
         """Keep what is new among ``candidates``; a duplicate confirms the memory it repeats. A candidate
         that ``replaces`` one of ``labels`` (the user's memories shown to the extractor) supersedes it: the
         old one is deleted, whatever the new one turns out to be. A label not shown, or naming another
-        user's memory, is ignored. Returns the memories written or confirmed."""
+        user's memory, is ignored. Returns the memories written or confirmed. ``claim`` runs first in the
+        transaction that writes them: if it says False (this was stored already), nothing is written."""
         superseded = {fact.id for c in candidates if c.replaces and (fact := (labels or {}).get(c.replaces))
                       is not None and fact.user_id == user_id}
         fresh: list[Candidate] = []
@@ -315,7 +317,7 @@ class MemoryService:
             if key and key not in seen and c.kind in KINDS and len(c.text) <= MAX_TEXT:
                 seen.add(key)
                 fresh.append(c)
-        if not fresh and not superseded:
+        if not fresh and not superseded and claim is None:
             return []
         vectors = await self._vectors([c.text for c in fresh])
         blobs = vectors_to_bytes(vectors) if vectors is not None else [None] * len(fresh)
@@ -323,6 +325,8 @@ class MemoryService:
         touched: list[MemoryFact] = []
         try:
             async with self.db.session() as s:
+                if claim is not None and not await claim(s):
+                    return []
                 if superseded:
                     await s.execute(delete(MemoryFact).where(MemoryFact.user_id == user_id,
                                                              MemoryFact.id.in_(sorted(superseded))))

@@ -3,9 +3,9 @@
 A turn is admitted by the gate (rate limits, budgets; one admission pays for the turn's summary, search
 embeddings and reply), then runs as a task of its own, so it ends and is stored even if the client that
 sent it goes away. Its events (``summary``, ``delta``, then ``message`` or ``error``) go to whoever follows
-it. Once the reply is stored, the memory extraction runs in the background under an admission of its own;
-it never fails the turn. Shutdown (``close``) cancels what is still running: a cancelled turn stores
-nothing.
+it. Once the reply is stored, the memory extraction is queued as a job (``memory.extract``, a payload of ids)
+that runs under an admission of its own; it never fails the turn, and a retried one stores nothing twice.
+Shutdown (``close``) cancels the turns still running: a cancelled turn stores nothing.
 """
 
 from __future__ import annotations
@@ -28,19 +28,23 @@ from ..errors import ConflictError, InvalidRequestError, NotFoundError, Thinktan
 from ..events.bus import LocalBus
 from ..events.feed import FeedPublisher
 from ..gateway.tokens import estimate_text_tokens
+from ..jobs import JobQueue, LocalQueue
 from ..knowledge.embeddings import Embedder
 from ..knowledge.grounding import Grounder, Grounding
+from ..knowledge.ingestions import PrincipalLookup
 from ..knowledge.service import KnowledgeService
 from ..store.db import Database
 from ..store.tables import MemoryFact, Thread, ThreadMessage, ThreadSummary, new_id
 from ..types import ChatRequest, Message, Usage, message_text
 from . import context as cx
-from .memory import KNOWN_IN_PROMPT, MemoryService, extraction_messages, known_labels, memory_block, parse_extraction
+from .learning import EXTRACT_JOB, Learner
+from .memory import MemoryService, memory_block
 from .personas import PersonaService
 from .threads import NewMessage, ThreadService, message_public, summary_public
 from .turn_log import StoredTurn, TurnLog
 
-__all__ = ["MAX_CONTENT", "TURN_KEPT", "TURN_LEASE", "Conversations", "Turn", "TurnEvent", "TurnOptions"]
+__all__ = ["EXTRACT_JOB", "MAX_CONTENT", "TURN_KEPT", "TURN_LEASE", "Conversations", "Turn", "TurnEvent",
+           "TurnOptions"]
 
 TURN_LEASE = 300.0
 """Seconds a turn holds its thread (``threads.busy_until``) without showing progress: renewed at most
@@ -56,7 +60,6 @@ log = logging.getLogger("thinktank.conversations")
 
 MAX_CONTENT = 200_000
 """The longest user message, in characters."""
-_EXTRACTION_TOKENS = 400
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,8 +180,11 @@ class Conversations:
 
     def __init__(
         self, db: Database, clock: Clock, config: GatewayConfig, catalog: Catalog, gate: Gate,
-        knowledge: KnowledgeService, embedder: Embedder | None, *, publisher: FeedPublisher | None = None,
+        knowledge: KnowledgeService, embedder: Embedder | None, *, principals: PrincipalLookup,
+        queue: JobQueue | None = None, publisher: FeedPublisher | None = None,
     ) -> None:
+        """``principals``: who a queued extraction acts as (its user, and key, as they are when it runs);
+        ``queue``: where extractions run (default: a local queue of this service's own)."""
         self.config = config
         self.catalog = catalog
         self.gate = gate
@@ -195,6 +201,9 @@ class Conversations:
         self._tasks: set[asyncio.Task[None]] = set()
         self.turn_log = TurnLog(db, clock, publisher or FeedPublisher(LocalBus()), kept=TURN_KEPT)
         """Turns' events stored and published, for clients of other processes (and after a turn)."""
+        self._own_queue = queue is None
+        self.queue: JobQueue = queue or LocalQueue()
+        self.learner = Learner(self.threads, self.memory, catalog, gate, self.queue, principals)
 
     # -- background work -------------------------------------------------------------------------
 
@@ -206,17 +215,21 @@ class Conversations:
 
     async def drain(self) -> None:
         """Wait for every turn and extraction under way (and those they start) to end."""
-        while self._tasks:
+        while self._tasks or await self.queue.active(EXTRACT_JOB):
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            await self.queue.settle(EXTRACT_JOB)
 
     async def close(self) -> None:
-        """Shutdown: cancel turns and extractions still running and wait for them to settle."""
+        """Shutdown: cancel turns still running and wait for them to settle (and stop a queue of this service's
+        own, its extractions with it; a shared queue is stopped by its owner)."""
         while self._tasks:
             tasks = list(self._tasks)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         await self.turn_log.close()
+        if self._own_queue:
+            await self.queue.stop()
 
     # -- a turn ----------------------------------------------------------------------------------
 
@@ -344,7 +357,7 @@ class Conversations:
         turn.close()
         turn.done.set()
         if stored and turn.error is None and await self.memory.enabled(principal.user_id):
-            self._spawn(self._extract(principal, ip, thread, model, stored))
+            await self._learn_later(principal, thread, model, stored)
 
     def _keep(self, turn: Turn) -> None:
         """Keep ``turn`` as its thread's last, for ``follow``; forget turns that ended long enough ago."""
@@ -588,36 +601,10 @@ class Conversations:
 
     # -- learning about the user -----------------------------------------------------------------
 
-    async def _extract(
-        self, principal: Principal, ip: str | None, thread: Thread, model: str, stored: list[ThreadMessage],
-    ) -> None:
-        """Learn from the user's message of a stored turn. Never raises: a failure is logged and forgotten."""
+    async def _learn_later(self, principal: Principal, thread: Thread, model: str, stored: list[ThreadMessage]) -> None:
+        """Queue learning from the user's message of a stored turn (the extractor chosen now, with the rights of
+        the caller as they are now)."""
         user = next((m for m in stored if m.role == "user"), None)
-        if user is None:
-            return
-        extractor = self._helper_model(self.config.memory.model, principal, model)
-        try:
-            before = await self.threads.messages_of(thread.id, after=max(user.seq - 2, 0), limit=1)
-            previous = before[0].content if before and before[0].role == "assistant" and before[0].seq < user.seq \
-                else None
-            known = await self.memory.relevant(principal.user_id, user.content, KNOWN_IN_PROMPT)
-            messages = extraction_messages(user.content, previous, known)
-            estimate = sum(cx.message_tokens(str(m.content)) for m in messages) + _EXTRACTION_TOKENS
-            async with self.gate.admitted(principal, ip, extractor, estimate) as admission:
-                request = ChatRequest(model=extractor, messages=messages, max_tokens=_EXTRACTION_TOKENS,
-                                      temperature=0)
-                response = await self.catalog.complete(request, admission.ctx)
-            reply = message_text(response.choices[0].message) if response.choices else ""
-            found = parse_extraction(reply)
-            if found is None:
-                log.warning("memory: '%s' gave an unusable extraction (%d characters) for message %s; ignored",
-                            extractor, len(reply), user.id)
-                return
-            await self.memory.remember(principal.user_id, found, source_message_id=user.id, source_thread_id=thread.id,
-                                       labels=known_labels(known))
-        except ThinktankError as exc:
-            log.warning("memory: extraction for message %s failed (%s: %s)", user.id, type(exc).__name__, exc.message)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("memory: extraction for message %s failed", user.id)
+        if user is not None:
+            extractor = self._helper_model(self.config.memory.model, principal, model)
+            await self.learner.later(principal, thread.id, user, extractor)

@@ -7,7 +7,7 @@ transaction, when the reply is complete: a failed or cancelled turn leaves the t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -233,6 +233,18 @@ class ThreadService:
         async with self.db.session() as s:
             found = await s.get(ThreadMessage, message_id)
         return found if found is not None and found.thread_id == thread_id else None
+
+    def extraction_claim(self, message_id: str) -> Callable[[AsyncSession], Awaitable[bool]]:
+        """Marks the user message ``message_id`` as learned from, in the transaction that stores what was learned;
+        False if it was already (an earlier run of the same extraction stored it: nothing is stored twice)."""
+
+        async def claim(s: AsyncSession) -> bool:
+            marked = await s.execute(update(ThreadMessage).where(
+                ThreadMessage.id == message_id, ThreadMessage.memory_extracted_at.is_(None),
+            ).values(memory_extracted_at=self.clock.time()))
+            return bool(marked.rowcount)  # type: ignore[attr-defined]
+
+        return claim
 
     async def summaries_of(self, thread_id: str) -> list[ThreadSummary]:
         async with self.db.session() as s:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,7 +39,8 @@ from .parsers import Limits, detect_kind, extract
 from .pgvector import PgVectors
 
 __all__ = [
-    "IngestResult", "Ingestor", "Progress", "Source", "bump_version", "remove_document", "remove_knowledge_base",
+    "IngestResult", "Ingestor", "Progress", "Source", "Written", "bump_version", "remove_document",
+    "remove_knowledge_base",
 ]
 
 Status = Literal["added", "replaced", "unchanged", "duplicate", "failed"]
@@ -75,6 +76,11 @@ class Progress:
     total: int
     chunks: int
     """Chunks written so far."""
+
+
+Written = Callable[[AsyncSession, Sequence[tuple[int, IngestResult]]], Awaitable[None]]
+"""Told, inside the transaction that writes them, the results of the sources written (by their index in the
+batch): what it records commits with the documents, or neither does."""
 
 
 @dataclass(slots=True)
@@ -189,7 +195,7 @@ class Ingestor:
 
     async def ingest(
         self, kb: KnowledgeBase, sources: Iterable[Source], *, submitted_by: str, status: str = "approved",
-        progress: Callable[[Progress], None] | None = None,
+        progress: Callable[[Progress], None] | None = None, written: Written | None = None,
     ) -> list[IngestResult]:
         if kb.embedding_model != self.embedder.name:
             raise InvalidRequestError(
@@ -208,7 +214,7 @@ class Ingestor:
         async def flush() -> None:
             nonlocal group, group_size, written_chunks
             if group:
-                for p, result in zip(group, await self._write(kb, group, submitted_by, status), strict=True):
+                for p, result in zip(group, await self._write(kb, group, submitted_by, status, written), strict=True):
                     results[p.index] = result
                 written_chunks += sum(len(p.chunks) for p in group)
                 group, group_size = [], 0
@@ -283,12 +289,12 @@ class Ingestor:
                          terms=self.analyzer.count(title, body))
 
     async def _write(
-        self, kb: KnowledgeBase, group: list[_Prepared], submitted_by: str, status: str,
+        self, kb: KnowledgeBase, group: list[_Prepared], submitted_by: str, status: str, written: Written | None,
     ) -> list[IngestResult]:
         texts = [embedding_text(ctx, c.text) for p in group for ctx, c in zip(p.contexts, p.chunks, strict=True)]
         vectors = await self.embedder.embed(texts)
         try:
-            return await self._store(kb, group, vectors, submitted_by, status)
+            return await self._store(kb, group, vectors, submitted_by, status, written)
         except IntegrityError:
             # Another upload wrote one of these sources (or the same bytes) since they were looked up: nothing
             # of this group was written. Look again (a source now there is replaced, the same bytes are
@@ -308,7 +314,8 @@ class Ingestor:
             starts = np.cumsum([0, *(len(p.chunks) for p in group)])
             rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in kept]).astype(np.int64)
             try:
-                stored = await self._store(kb, [group[i] for i in kept], vectors[rows], submitted_by, status)
+                stored = await self._store(kb, [group[i] for i in kept], vectors[rows], submitted_by, status,
+                                           written)
             except IntegrityError:
                 raise ConflictError("Another upload wrote the same documents at the same time; send them again.",
                                     code="upload_conflict") from None
@@ -318,6 +325,7 @@ class Ingestor:
 
     async def _store(
         self, kb: KnowledgeBase, group: Sequence[_Prepared], vectors: np.ndarray, submitted_by: str, status: str,
+        written: Written | None = None,
     ) -> list[IngestResult]:
         """Write a group in one transaction (its vectors in chunk order)."""
         blobs = vectors_to_bytes(vectors)
@@ -370,4 +378,6 @@ class Ingestor:
                 await bump_version(s, kb.id, now, dimension=dimension)
             else:
                 await bump_version(s, kb.id, now)
+            if written is not None:
+                await written(s, [(p.index, r) for p, r in zip(group, results, strict=True)])
         return results

@@ -10,7 +10,6 @@ for them (404), whatever they try to do with it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -25,6 +24,7 @@ from ..accounts.principal import Principal
 from ..clock import Clock
 from ..errors import ConflictError, InvalidRequestError, NotFoundError, PermissionDeniedError
 from ..gateway.context import CallContext
+from ..jobs import JobQueue, LocalQueue, RetryPolicy
 from ..metrics.sink import MetricsSink
 from ..store.db import Database
 from ..store.tables import KbChunk, KbDocument, KbShare, KnowledgeBase, Team, User, new_id
@@ -34,6 +34,7 @@ from .ingest import (
     IngestResult,
     Progress,
     Source,
+    Written,
     bump_version,
     embedding_text,
     remove_document,
@@ -45,7 +46,7 @@ from .retrieval import Retrieved, Retriever, SearchOptions
 if TYPE_CHECKING:
     from ..observability.tracing import Tracing
 
-__all__ = ["Access", "EmbedderFor", "KbView", "KnowledgeService"]
+__all__ = ["INDEX_JOB", "Access", "EmbedderFor", "KbView", "KnowledgeService"]
 
 Access = Literal["read", "write", "admin"]
 _RANK: dict[str, int] = {"read": 1, "write": 2, "admin": 3}
@@ -74,13 +75,19 @@ log = logging.getLogger("thinktank.knowledge")
 EmbedderFor = Callable[[str, CallContext | None], Embedder]
 """The embedder of a model name, accounting any cost to the context's caller (raises if unknown)."""
 
+INDEX_JOB = "kb.index"
+"""The job that builds a knowledge base's HNSW index (payload ``{"kb_id"}``); one at a time per knowledge base,
+at most one more waiting. Building again is harmless (an interrupted build leaves an invalid index, which is
+never used and is dropped by the next build): retried."""
+
 
 class KnowledgeService:
     def __init__(
         self, db: Database, clock: Clock, embedder_for: EmbedderFor, *,
         retriever: Retriever | None = None, default_chunk_tokens: int = 200, default_chunk_overlap: int = 40,
-        metrics: MetricsSink | None = None,
+        metrics: MetricsSink | None = None, queue: JobQueue | None = None,
     ) -> None:
+        """``queue``: where index builds run (default: a local queue of this service's own)."""
         self.db = db
         self.metrics = metrics or MetricsSink()
         self.clock = clock
@@ -88,26 +95,22 @@ class KnowledgeService:
         self.retriever = retriever or Retriever(db)
         self.default_chunk_tokens = default_chunk_tokens
         self.default_chunk_overlap = default_chunk_overlap
-        self._builds: dict[str, asyncio.Task[None]] = {}
-        """HNSW index builds under way, by knowledge base (at most one each)."""
-        self._again: set[str] = set()
-        """Knowledge bases that changed while their build (or check) ran: looked at again after it."""
-        self._closing = False
+        self._own_queue = queue is None
+        self.queue: JobQueue = queue or LocalQueue()
+        self.queue.register(INDEX_JOB, self._index_job, retry=RetryPolicy(attempts=3, wait=5.0))
         self.tracing: Tracing | None = None
         """A span for each search, when tracing is on (the app factory sets it)."""
 
     async def settle(self) -> None:
-        """Wait for the index builds under way."""
-        while self._builds:
-            await asyncio.gather(*list(self._builds.values()), return_exceptions=True)
+        """Wait for the index builds queued or under way."""
+        await self.queue.settle(INDEX_JOB)
 
     async def close(self) -> None:
-        """Shutdown: builds under way are cancelled (an interrupted build leaves an invalid index, which
-        is never used and is dropped by the next build)."""
-        self._closing = True
-        for task in list(self._builds.values()):
-            task.cancel()
-        await self.settle()
+        """Shutdown: a queue of this service's own stops, its builds under way cancelled (an interrupted
+        build leaves an invalid index, which is never used and is dropped by the next build); a shared
+        queue is stopped by its owner."""
+        if self._own_queue:
+            await self.queue.stop()
 
     # -- access ----------------------------------------------------------------------------------
 
@@ -302,16 +305,19 @@ class KnowledgeService:
     async def add(
         self, principal: Principal, kb_ref: str, sources: Iterable[Source],
         progress: Callable[[Progress], None] | None = None, ctx: CallContext | None = None,
+        written: Written | None = None,
     ) -> list[IngestResult]:
-        """Writers add documents; readers submit them as contributions, searchable once approved."""
+        """Writers add documents; readers submit them as contributions, searchable once approved. ``written``
+        records the results of the documents written in the transactions that write them."""
         kb, access = await self.get(principal, kb_ref)
         status = "approved" if _RANK[access] >= _RANK["write"] else "pending"
         pg = self.retriever.cache.pg
         ingestor = Ingestor(self.db, self.embedder_for(kb.embedding_model, ctx), self.clock, pg_vectors=pg)
-        results = await ingestor.ingest(kb, sources, submitted_by=principal.user_id, status=status, progress=progress)
+        results = await ingestor.ingest(kb, sources, submitted_by=principal.user_id, status=status, progress=progress,
+                                        written=written)
         self._count(results)
         if pg is not None and await pg.available() and any(r.status in ("added", "replaced") for r in results):
-            self._index_later(pg, kb.id)
+            await self._index_later(kb.id)
         return results
 
     def _count(self, results: Sequence[IngestResult]) -> None:
@@ -327,26 +333,21 @@ class KnowledgeService:
         for outcome, (documents, chunks) in outcomes.items():
             self.metrics.ingested(outcome, documents, chunks)
 
-    def _index_later(self, pg: PgVectors, kb_id: str) -> None:
-        """Build the knowledge base's HNSW index in the background if it has grown large enough: minutes
-        for a large one, which no upload should wait for (searches stay exact until it is ready)."""
-        if self._closing:
-            return
-        if kb_id in self._builds:
-            self._again.add(kb_id)
-            return
-        task = asyncio.get_running_loop().create_task(self._index_if_large(pg, kb_id))
-        self._builds[kb_id] = task
+    async def _index_later(self, kb_id: str) -> None:
+        """Build the knowledge base's HNSW index as a job if it has grown large enough: minutes for a large
+        one, which no upload should wait for (searches stay exact until it is ready). A change while a build
+        runs queues one more, which runs after it (the lock) and sees the change; more changes meanwhile
+        add nothing (the queueing lock)."""
+        key = f"{INDEX_JOB}:{kb_id}"
+        try:
+            await self.queue.defer(INDEX_JOB, {"kb_id": kb_id}, lock=key, queueing_lock=key)
+        except Exception:  # the upload stands; the next one queues the build again
+            log.exception("could not queue the HNSW index build of %s", kb_id)
 
-        def done(finished: asyncio.Task[None]) -> None:
-            self._builds.pop(kb_id, None)
-            if not finished.cancelled() and finished.exception() is not None:
-                log.error("building the HNSW index of %s failed", kb_id, exc_info=finished.exception())
-            if kb_id in self._again:
-                self._again.discard(kb_id)
-                self._index_later(pg, kb_id)
-
-        task.add_done_callback(done)
+    async def _index_job(self, payload: dict[str, object]) -> None:
+        pg = self.retriever.cache.pg
+        if pg is not None and await pg.available():
+            await self._index_if_large(pg, str(payload["kb_id"]))
 
     async def _index_if_large(self, pg: PgVectors, kb_id: str) -> None:
         """A knowledge base that has grown past ``pg.ann_min_chunks`` gets its HNSW index (built
@@ -432,7 +433,7 @@ class KnowledgeService:
                 await pg.replace(s, kb.id, [r[0] for r in rows], vectors)
             await bump_version(s, kb.id, self.clock.time(), embedding_model=model, dimension=dimension)
         if pg is not None and ann:
-            self._index_later(pg, kb.id)  # ``replace`` dropped the old vectors' index
+            await self._index_later(kb.id)  # ``replace`` dropped the old vectors' index
         self.retriever.cache.forget(kb.id)
         return await self.view(principal, kb.id)
 

@@ -92,6 +92,9 @@ class JsonFormatter(logging.Formatter):
 QUIET = {"aiosqlite": "INFO"}
 """Libraries whose debug lines hold what thinktank never logs (aiosqlite's: every statement with its parameters,
 so the prompts and answers written): no lower than this, whatever the level."""
+TERSE = {"procrastinate": "WARNING"}
+"""Libraries that say too much at info (the job queue: two lines for every job, periodic ticks every second
+included): no lower than this, unless the level is debug."""
 
 
 def logging_config(level: str, fmt: Literal["text", "json"], *, content: bool = False) -> dict[str, Any]:
@@ -114,6 +117,9 @@ def logging_config(level: str, fmt: Literal["text", "json"], *, content: bool = 
             "uvicorn.access": {"level": level.upper(), "handlers": [], "propagate": True},
             **({} if content else {name: {"level": _higher(level, floor), "handlers": [], "propagate": True}
                                    for name, floor in QUIET.items()}),
+            **({} if level.upper() == "DEBUG" else {
+                name: {"level": _higher(level, floor), "handlers": [], "propagate": True}
+                for name, floor in TERSE.items()}),
         },
     }
 

@@ -25,7 +25,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
-    "ApiKey", "Base", "BudgetRow", "Comparison", "KbChunk", "KbDocument", "KbDocumentText", "KbShare", "KnowledgeBase",
+    "ApiKey", "Base", "BudgetRow", "Comparison", "KbChunk", "KbDocument", "KbDocumentText", "KbIngestion",
+    "KbIngestionItem", "KbShare", "KnowledgeBase",
     "ResponseCacheRow", "Run", "RunCall", "RunDocument", "RunEvent", "Session", "Team", "UsageRow", "User", "new_id",
 ]
 
@@ -346,6 +347,52 @@ class KbDocumentText(Base):
     length: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class KbIngestion(Base):
+    """An ingestion run as a job (``POST …/documents?async=true``): its sources are staged in
+    ``kb_ingestion_items`` first, then a job ingests those without a result yet, so a retried job (after a
+    crash) goes on where the last one stopped."""
+
+    __tablename__ = "kb_ingestions"
+    __table_args__ = (Index("ix_kb_ingestions_status", "status", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kb_id: Mapped[str] = mapped_column(ForeignKey("knowledge_bases.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[str] = mapped_column(String(32))
+    """Who submitted it: the only one who sees it."""
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    """The API key it was submitted with (the job acts with that key's rights as they are when it runs)."""
+    status: Mapped[str] = mapped_column(String(10))
+    """``queued``, ``doing``, ``succeeded`` or ``failed``."""
+    pending: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Submitted with read access: the documents are contributions waiting for review."""
+    total: Mapped[int] = mapped_column(Integer)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    job_id: Mapped[str | None] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+
+
+class KbIngestionItem(Base):
+    """One staged source of an ingestion, and its result once ingested (written in the transaction that wrote
+    the document, so a document is ingested and counted exactly once)."""
+
+    __tablename__ = "kb_ingestion_items"
+
+    ingestion_id: Mapped[str] = mapped_column(ForeignKey("kb_ingestions.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(String(1024))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    """The uploaded bytes, emptied once the ingestion has ended."""
+    content_type: Mapped[str | None] = mapped_column(String(255))
+    title: Mapped[str | None] = mapped_column(String(500))
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    status: Mapped[str | None] = mapped_column(String(10))
+    """The result: ``added``, ``replaced``, ``unchanged``, ``duplicate`` or ``failed``; None: not yet ingested."""
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
 class KbChunk(Base):
     """A passage of a document with its place and its vector (float32 bytes)."""
 
@@ -430,6 +477,9 @@ class ThreadMessage(Base):
     finish_reason: Mapped[str | None] = mapped_column(String(32))
     context: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[float] = mapped_column(Float)
+    memory_extracted_at: Mapped[float | None] = mapped_column(Float)
+    """When what a user message taught about its user was stored (set in that transaction: a retried
+    extraction job stores nothing twice); None: not yet, or never (an assistant message)."""
 
 
 class ThreadTurn(Base):

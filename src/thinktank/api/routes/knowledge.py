@@ -27,6 +27,7 @@ from ...knowledge.embeddings import LOCAL_MODEL
 from ...knowledge.explain import Parts, score_parts
 from ...knowledge.index import Filters
 from ...knowledge.ingest import IngestResult, Progress, Source
+from ...knowledge.ingestions import estimate_tokens
 from ...knowledge.retrieval import Retrieved, SearchOptions
 from ...store.tables import KbChunk
 from .. import sse
@@ -34,18 +35,19 @@ from ..deps import PrincipalDep, StateDep, client_ip
 from ..routing import StrictJSONRoute
 from ..state import AppState
 from ..uploads import MAX_FILE_BYTES, Item, Scalar, metadata_of, read_items, source_name
+from .knowledge_jobs import ASYNC_HELP, submit_job, wants_job
 
 if TYPE_CHECKING:
     from ...accounts.governance import Admission
     from ...knowledge.service import KbView
     from ...store.tables import KbDocument, KbShare, KnowledgeBase
 
-__all__ = ["MAX_FILE_BYTES", "SearchOneIn", "router", "run_search", "source_name"]
+__all__ = ["MAX_FILE_BYTES", "STATUSES", "SearchOneIn", "document_result", "router", "run_search", "source_name"]
 
 router = APIRouter(prefix="/api/v1", tags=["knowledge"], route_class=StrictJSONRoute)
 T = TypeVar("T")
 
-_STATUSES = ("added", "replaced", "unchanged", "duplicate", "failed")
+STATUSES = ("added", "replaced", "unchanged", "duplicate", "failed")
 _MAX_WEIGHT = 1000.0
 """Search weights are relative: a larger one only risks arithmetic that overflows."""
 
@@ -219,16 +221,6 @@ async def unshare_kb(kb: str, share_id: Annotated[int, Path(ge=1, le=MAX_INT64)]
 
 # -- documents -------------------------------------------------------------------------------------
 
-def _estimate_tokens(sources: Sequence[Source]) -> int:
-    """Tokens the embeddings may take, for the rate limits: about 4 bytes a token in text, far more in a
-    compressed PDF or DOCX (the real count is recorded afterwards)."""
-    total = 0
-    for s in sources:
-        packed = s.name.lower().endswith((".pdf", ".docx"))
-        total += len(s.data) // (16 if packed else 4)
-    return total + 1
-
-
 async def _admit(
     state: AppState, principal: Principal, request: Request, model: str, tokens: int,
 ) -> Admission | None:
@@ -245,7 +237,7 @@ async def _settled(state: AppState, admission: Admission | None, work: Awaitable
         return await work
 
 
-def _result(index: int, r: IngestResult, pending: bool) -> dict[str, Any]:
+def document_result(index: int, r: IngestResult, pending: bool) -> dict[str, Any]:
     out: dict[str, Any] = {
         "object": "document_result", "index": index, "source": r.source, "status": r.status,
         "document_id": r.document_id, "chunks": r.chunks, "warnings": list(r.warnings),
@@ -269,9 +261,10 @@ def _status(results: Sequence[IngestResult]) -> int:
 
 
 def _answer(kb: KnowledgeBase, results: Sequence[IngestResult], pending: bool) -> tuple[int, dict[str, Any]]:
-    counts = {s: sum(1 for r in results if r.status == s) for s in _STATUSES}
+    counts = {s: sum(1 for r in results if r.status == s) for s in STATUSES}
     body: dict[str, Any] = {
-        "object": "list", "knowledge_base_id": kb.id, "data": [_result(i, r, pending) for i, r in enumerate(results)],
+        "object": "list", "knowledge_base_id": kb.id,
+        "data": [document_result(i, r, pending) for i, r in enumerate(results)],
         "counts": counts, "pending_review": pending and (counts["added"] + counts["replaced"]) > 0,
     }
     if body["pending_review"]:
@@ -298,25 +291,29 @@ def _merge(items: Sequence[Item], ingested: Sequence[IngestResult]) -> list[Inge
 async def add_documents(
     kb: str, request: Request, principal: PrincipalDep, state: StateDep,
     stream: Annotated[bool, Query(description="Answer with progress events and the results over SSE.")] = False,
+    as_job: Annotated[bool, Query(alias="async", description=ASYNC_HELP)] = False,
 ) -> Response:
     """Add documents: ``multipart/form-data`` with ``files`` parts (and an optional ``metadata`` JSON
     object for all), or JSON ``{"documents": [{"name", "text", "content_type"?, "title"?, "metadata"?}]}``.
     Writers add them; a reader's documents wait for review. The same name again replaces a changed
     document and leaves an unchanged one alone."""
     found, access = await state.knowledge.get(principal, kb)  # 404 before the body is read
-    return await _ingest(found, access, await read_items(request), request, principal, state, stream)
+    asynchronous = wants_job(request, as_job, stream)
+    return await _ingest(found, access, await read_items(request), request, principal, state, stream, asynchronous)
 
 
 async def _ingest(
     found: KnowledgeBase, access: str, items: Sequence[Item], request: Request, principal: Principal,
-    state: AppState, stream: bool,
+    state: AppState, stream: bool, asynchronous: bool = False,
 ) -> Response:
-    """Ingest what was read (or answer for what was refused already), as JSON or as SSE."""
+    """Ingest what was read (or answer for what was refused already), as JSON or as SSE, or queue it as a job."""
+    if asynchronous:
+        return await submit_job(found, access, items, request, principal, state)
     sources = [i for i in items if isinstance(i, Source)]
     pending = access == "read"
     admission = None
     if sources:
-        admission = await _admit(state, principal, request, found.embedding_model, _estimate_tokens(sources))
+        admission = await _admit(state, principal, request, found.embedding_model, estimate_tokens(sources))
 
     async def ingest(progress: Callable[[Progress], None] | None) -> list[IngestResult]:
         if not sources:
@@ -345,11 +342,13 @@ class UrlsIn(_In):
 async def add_urls(
     kb: str, body: UrlsIn, request: Request, principal: PrincipalDep, state: StateDep,
     stream: Annotated[bool, Query(description="Answer with progress events and the results over SSE.")] = False,
+    as_job: Annotated[bool, Query(alias="async", description=ASYNC_HELP)] = False,
 ) -> Response:
     """Fetch public web pages or files and add them, each under its URL (fetching the same URL again
     replaces a changed document). URLs to loopback, private, link-local or metadata addresses, in any
     spelling, before or after a redirect, are refused (400); one that cannot be fetched fails alone."""
     found, access = await state.knowledge.get(principal, kb)
+    asynchronous = wants_job(request, as_job, stream)
     metadata = metadata_of(body.metadata, "metadata")
     fetched = await asyncio.gather(*(state.url_fetcher.fetch(url) for url in body.urls), return_exceptions=True)
     items: list[Item] = []
@@ -361,7 +360,7 @@ async def add_urls(
         else:
             items.append(Source(name=got.name, data=got.data, content_type=got.content_type, title=got.title,
                                 metadata={**(metadata or {}), **(got.metadata or {})}))
-    return await _ingest(found, access, items, request, principal, state, stream)
+    return await _ingest(found, access, items, request, principal, state, stream, asynchronous)
 
 
 def _event(kind: str, data: dict[str, Any]) -> bytes:

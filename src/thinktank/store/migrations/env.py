@@ -27,9 +27,10 @@ def _url() -> str:
 
 def _include(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
     """Autogenerate compares the ORM tables only. Made by hand: ``kb_vectors`` (at run time, where
-    pgvector is available) and, below revision 0005, SQLite's FTS5 tables with their shadow tables."""
+    pgvector is available), procrastinate's job queue (0011, on PostgreSQL) and, below revision 0005, SQLite's
+    FTS5 tables with their shadow tables."""
     return not (type_ == "table" and name is not None
-                and name.startswith(("kb_vectors", "kb_chunks_fts", "kb_documents_fts")))
+                and name.startswith(("kb_vectors", "kb_chunks_fts", "kb_documents_fts", "procrastinate_")))
 
 
 def _run(connection: Connection) -> None:
