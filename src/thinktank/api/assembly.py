@@ -82,6 +82,8 @@ def build_state(
     publisher = FeedPublisher(build_bus(settings.event_bus, database_url=db.url, redis_url=settings.redis_url))
     deliberation = Deliberation(router.config, catalog, RunStore(db), clock, metrics=metrics, auth=auth, gate=gate,
                                 stale_after=settings.run_stale_after, publisher=publisher)
+    if deliberation.resumption is not None:
+        deliberation.resumption.on_queue(queue)  # interrupted runs are taken up by the queue's workers
     from ..knowledge.embedders import Embedders
     from ..knowledge.service import KnowledgeService
 
