@@ -70,7 +70,9 @@ def build_state(
     if metrics.enabled:
         router.metrics = metrics
         router.cooldowns.listeners.append(metrics.cooldown)
+    pricing = router.config.pricing
     gate = Gate(limiter, ledger, usage_writer, clock, global_daily_budget=settings.global_daily_budget_usd,
+                default_output_tokens=pricing.default_output_tokens, min_output_tokens=pricing.min_output_tokens,
                 metrics=metrics)
     from ..deliberation.run_store import RunStore
     from ..deliberation.service import Deliberation
