@@ -22,6 +22,7 @@ from thinktank.accounts.budgets import (
     BudgetLedger,
     BudgetSpec,
     BudgetStore,
+    Holder,
     RedisBudgetStore,
     Reservation,
     SqlBudgetStore,
@@ -300,13 +301,24 @@ async def test_reserving_several_budgets_is_all_or_nothing(backend: Backend) -> 
 
 async def test_zero_amounts_and_unlimited_budgets_never_touch_the_store(clock: FakeClock) -> None:
     class Exploding:
-        async def acquire(self, spec: BudgetSpec, period_key: str, amount: float) -> bool:
+        async def acquire(self, spec: BudgetSpec, period_key: str, amount: float, holder: Holder | None = None
+                          ) -> bool:
             raise AssertionError("the store was used")
 
-        async def commit(self, spec: BudgetSpec, period_key: str, spent_delta: float, lease_delta: float) -> None:
+        async def commit(self, spec: BudgetSpec, period_key: str, spent_delta: float, lease_delta: float,
+                         holder: Holder | None = None) -> None:
             raise AssertionError("the store was used")
 
         async def read(self, spec: BudgetSpec, period_key: str) -> tuple[float, float, float]:
+            raise AssertionError("the store was used")
+
+        async def renew(self, holder: Holder) -> None:
+            raise AssertionError("the store was used")
+
+        async def reclaim_expired(self, now: float | None = None) -> float:
+            raise AssertionError("the store was used")
+
+        async def drop(self, holder: Holder) -> float:
             raise AssertionError("the store was used")
 
     ledger = BudgetLedger(Exploding(), clock)
@@ -508,17 +520,27 @@ class GatedStore:
         self.committing = asyncio.Event()
         self.acquires = 0
 
-    async def acquire(self, spec: BudgetSpec, period_key: str, amount: float) -> bool:
+    async def acquire(self, spec: BudgetSpec, period_key: str, amount: float, holder: Holder | None = None) -> bool:
         self.acquires += 1
-        return await self.store.acquire(spec, period_key, amount)
+        return await self.store.acquire(spec, period_key, amount, holder)
 
-    async def commit(self, spec: BudgetSpec, period_key: str, spent_delta: float, lease_delta: float) -> None:
+    async def commit(self, spec: BudgetSpec, period_key: str, spent_delta: float, lease_delta: float,
+                     holder: Holder | None = None) -> None:
         self.committing.set()
         await self.gate.wait()
-        await self.store.commit(spec, period_key, spent_delta, lease_delta)
+        await self.store.commit(spec, period_key, spent_delta, lease_delta, holder)
 
     async def read(self, spec: BudgetSpec, period_key: str) -> tuple[float, float, float]:
         return await self.store.read(spec, period_key)
+
+    async def renew(self, holder: Holder) -> None:
+        await self.store.renew(holder)
+
+    async def reclaim_expired(self, now: float | None = None) -> float:
+        return await self.store.reclaim_expired(now)
+
+    async def drop(self, holder: Holder) -> float:
+        return await self.store.drop(holder)
 
 
 async def test_reservations_go_on_while_a_flush_is_being_written(backend: Backend) -> None:

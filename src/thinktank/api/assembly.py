@@ -30,8 +30,7 @@ def build_state(
     settings: Settings, router: Router, admin_key: AdminKey, http: HttpClient, clock: Clock,
     local_embedder: LocalEmbedder | None = None,
 ) -> AppState:
-    from ..accounts.budget_backends import BudgetStore, RedisBudgetStore, SqlBudgetStore
-    from ..accounts.budgets import BudgetLedger
+    from ..accounts.budgets import BudgetLedger, BudgetStore, RedisBudgetStore, SqlBudgetStore
     from ..accounts.governance import Gate
     from ..accounts.keys import KeyService
     from ..accounts.principal import Authenticator
@@ -54,7 +53,7 @@ def build_state(
         store = RedisBudgetStore(redis_client, clock)
     else:
         store = SqlBudgetStore(db, clock)
-    ledger = BudgetLedger(store, clock)
+    ledger = BudgetLedger(store, clock, lease_ttl=settings.budget_lease_ttl)
     alerts = None
     if router.config.alerts is not None:
         from ..alerts.service import build_alerts
