@@ -43,7 +43,8 @@ def build_state(
 
     db = Database(settings.database_url or default_database_url(settings.data_dir))
     auth = Authenticator(db, admin_key, clock, cache_ttl=settings.auth_cache_ttl)
-    limiter = RateLimiter(settings.redis_url, router.config.tiers, ip_rpm=router.config.ip_rpm)
+    limiter = RateLimiter(settings.redis_url, router.config.tiers, ip_rpm=router.config.ip_rpm,
+                          window=router.config.rate_limits.window)
     store: BudgetStore
     redis_client = None
     if settings.redis_url:
