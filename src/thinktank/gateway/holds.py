@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 __all__ = ["PROMPT_SAFETY", "UnpricedModelError", "capped", "held_prompt", "longest_fitting", "worst_case"]
 
+#: USD of float rounding forgiven, as the budget stores forgive it (``spent + leased + amount <= limit + 1e-9``).
+_SLACK = 1e-9
+
 #: The prompt estimate (about 4 characters a token) is inflated for holds, so that a text that
 #: tokenizes badly still fits inside what was reserved.
 PROMPT_SAFETY = 1.5
@@ -58,6 +61,7 @@ def longest_fitting(price: Price, prompt_tokens: int, choices: int, room: float,
     """The longest answer (tokens per choice, at most ``wanted``) whose worst case fits in ``room`` USD; None
     when not even ``min(minimum, wanted)`` tokens fit."""
     floor = min(minimum, wanted)
+    room += _SLACK
     prompt_cost = price.cost(held_prompt(prompt_tokens), 0)
     if price.output <= 0:
         return wanted if prompt_cost <= room else None

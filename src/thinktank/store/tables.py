@@ -25,7 +25,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
-    "ApiKey", "Base", "BudgetLeaseRow", "BudgetRow", "Comparison", "KbChunk", "KbDocument", "KbDocumentText", "KbShare", "KnowledgeBase",
+    "ApiKey", "Base", "BudgetLeaseRow", "BudgetRow", "Comparison", "KbChunk", "KbDocument", "KbDocumentText",
+    "KbShare", "KnowledgeBase",
     "ResponseCacheRow", "Run", "RunCall", "RunDocument", "RunEvent", "Session", "Team", "UsageRow", "User", "new_id",
 ]
 
