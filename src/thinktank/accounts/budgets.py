@@ -284,8 +284,8 @@ class BudgetLedger:
         if self._closed:
             raise RuntimeError("the budget ledger is closed")
         now = self._clock.time()
-        now_mono = self._clock.monotonic()
         keeper = self.keeper
+        live = now < keeper.serve_until  # the leases may be spent from
         done: list[_Budget] = []
         try:
             for spec in specs:
@@ -294,12 +294,13 @@ class BudgetLedger:
                 budget = self._entry(spec, period_key(spec.period, now))
                 budget.spec = spec  # the newest limit wins
                 budget.touched = True
-                if amount <= budget.free + EPSILON and now_mono < keeper.live_until:
+                if amount <= budget.free + EPSILON and live:
                     budget.reserved += amount  # the lease covers it: no await, nothing in between
                     budget.holds += 1
                 else:
-                    if amount > 0 and self._clock.monotonic() >= keeper.live_until:
+                    if amount > 0 and not live:
                         await keeper.keep_alive()  # not under a budget's lock: a new holder flushes them all
+                        live = True
                         budget = self._entry(spec, budget.pkey)  # which may have forgotten this one
                         budget.spec, budget.touched = spec, True
                     async with self._using(budget):

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -84,7 +85,8 @@ class BudgetMeter:
             self._metrics.refused("unpriced_model", "model")
             raise UnpricedModelError(deployment)
         wanted = self._default_output if output_tokens is None else output_tokens
-        worst = worst_case(price, prompt_tokens, wanted, choices)
+        # worst_case(), inlined: this runs for every priced request.
+        worst = price.cost(math.ceil(prompt_tokens * PROMPT_SAFETY), wanted * choices)
         if worst <= 0:
             return _NO_HOLD
         try:
