@@ -40,7 +40,7 @@ SLICES = 10
 
 
 def _slice(now: float, window: int) -> int:
-    return math.floor(now * SLICES / window)
+    return int(now * SLICES // window)
 
 
 def _slice_end(index: int, window: int) -> float:
@@ -51,12 +51,13 @@ def _slice_end(index: int, window: int) -> float:
 class _Slide:
     """One limit's slices in memory: a ring of ``SLICES + 1`` counts, the newest at ``last``."""
 
-    __slots__ = ("counts", "last", "total")
+    __slots__ = ("counts", "last", "total", "window")
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, window: int) -> None:
         self.counts = [0.0] * (SLICES + 1)
         self.last = index
         self.total = 0.0
+        self.window = window
 
     def at(self, index: int) -> None:
         """Move to slice ``index``: the slices that left the span are emptied (a clock gone back moves nothing)."""
@@ -66,9 +67,10 @@ class _Slide:
             self.counts = [0.0] * (SLICES + 1)
             self.total = 0.0
         else:
+            counts = self.counts
             for i in range(self.last + 1, index + 1):
-                self.total -= self.counts[i % (SLICES + 1)]
-                self.counts[i % (SLICES + 1)] = 0.0
+                self.total -= counts[i % (SLICES + 1)]
+                counts[i % (SLICES + 1)] = 0.0
         self.last = index
 
     def add(self, cost: float) -> None:
@@ -95,34 +97,35 @@ class LocalSlidingWindows:
 
     def __init__(self, now: Callable[[], float] = time.time) -> None:
         self._now = now
-        self._slides: dict[str, tuple[_Slide, int]] = {}  # key -> (slices, window)
+        self._slides: dict[str, _Slide] = {}
         self._sweep_at = 0.0
 
     def _sweep(self, now: float) -> None:
         self._sweep_at = now + self.SWEEP_EVERY
-        for key in [k for k, (s, w) in self._slides.items() if _slice(now, w) - s.last > SLICES]:
+        for key in [k for k, s in self._slides.items() if _slice(now, s.window) - s.last > SLICES]:
             del self._slides[key]
 
     def _slide(self, limit: Limit, now: float) -> _Slide:
         index = _slice(now, limit.window)
-        known = self._slides.get(limit.key)
-        if known is None:
-            slide = _Slide(index)
-            self._slides[limit.key] = (slide, limit.window)
-            return slide
-        known[0].at(index)
-        return known[0]
+        slide = self._slides.get(limit.key)
+        if slide is None:
+            slide = self._slides[limit.key] = _Slide(index, limit.window)
+        elif index > slide.last:
+            slide.at(index)
+        return slide
 
     def admit_now(self, limits: Sequence[Limit], tokens: int) -> Limit | None:
         now = self._now()
         if now >= self._sweep_at:
             self._sweep(now)
-        slides = [self._slide(limit, now) for limit in limits]
-        for limit, slide in zip(limits, slides, strict=True):
-            if slide.total + _cost(limit, tokens) > limit.amount:
+        slides = []
+        for limit in limits:
+            slide = self._slide(limit, now)
+            if slide.total + (tokens if limit.tokens else 1) > limit.amount:
                 return limit
+            slides.append(slide)
         for limit, slide in zip(limits, slides, strict=True):
-            slide.add(_cost(limit, tokens))
+            slide.add(tokens if limit.tokens else 1)
         return None
 
     def fill_now(self, limits: Sequence[Limit], tokens: int) -> None:
