@@ -228,6 +228,40 @@ def test_a_turn_whose_key_was_revoked_meanwhile_ends_with_an_error(
     assert again.status_code == 200, again.text  # the thread is free again
 
 
+def test_a_server_that_only_stalled_finds_its_turn_taken_up_and_stores_nothing(
+    server: type[Server], turn_env: dict[str, str], upstream: TurnUpstream,
+) -> None:
+    key, _ = _key(turn_env, "chat")
+    headers = {"Authorization": f"Bearer {key}"}
+    b = server([], turn_env)
+    a = server([], turn_env)
+    thread = httpx.post(f"{a.url}/api/v1/threads", headers=headers, timeout=10, json={"model": "writer"}).json()
+    upstream.slow_next = True
+    seen: list[Sse] = []
+    with httpx.stream("POST", f"{a.url}/api/v1/threads/{thread['id']}/messages", headers=headers, timeout=30,
+                      json={"content": "And where is the bridge?", "stream": True}) as r:
+        for event in _events(r.iter_lines()):
+            seen.append(event)
+            if sum(e.event == "delta" for e in seen) >= 3:
+                break
+        a.proc.send_signal(signal.SIGSTOP)  # frozen: it shows no sign of life, and its turn looks dead
+    try:
+        rest = _follow(b, thread["id"], headers, seen[-1].id)
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    assert rest[-1].event == "message" and rest[-1].data["message"]["content"] == ANSWER
+    # Woken up, it finds at its next sign of life that the turn is another's: it lets go of its upstream call.
+    _wait("the stalled server to drop its call", lambda: upstream.fake is not None and upstream.fake.cancelled >= 1)
+    assert [(m["role"], m["content"]) for m in _messages(a, thread["id"], headers)] == [
+        ("user", "And where is the bridge?"), ("assistant", ANSWER)]
+    on_a = _follow(a, thread["id"], headers, seen[-1].id)  # (its own copy of the turn is gone: the stored one)
+    assert [(e.id, e.event) for e in on_a] == [(e.id, e.event) for e in rest]
+    err = a.stop()
+    assert "was taken up by another process" in err
+    assert [(m["role"], m["content"]) for m in _messages(b, thread["id"], headers)] == [
+        ("user", "And where is the bridge?"), ("assistant", ANSWER)]
+
+
 @pytest.fixture
 def panel() -> Iterator[PanelUpstream]:
     with panel_upstream() as fake:

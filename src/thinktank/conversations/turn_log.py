@@ -73,6 +73,10 @@ def follows(event: TurnEvent) -> int:
     return event.id - 1
 
 
+async def _never(_s: AsyncSession) -> bool:
+    return False
+
+
 class TurnTakenOver(Exception):
     """Another process took the turn up (this one had stopped showing it was alive): it writes nothing more."""
 
@@ -202,6 +206,7 @@ class TurnLog:
             del self._open[state.turn.id]
         turn = state.turn
         turn.publish = None
+        turn.taken_over = True
         log.warning("turn %s of thread %s was taken up by another process (this one stopped showing it was alive "
                     "for too long); it stops here", turn.id, turn.thread_id)
         if self.on_lost is not None:
@@ -228,6 +233,8 @@ class TurnLog:
     def guard(self, turn: Turn) -> Callable[[AsyncSession], Awaitable[bool]] | None:
         """For the transaction that stores ``turn``'s messages: False if the turn is no longer this process's
         (then nothing is stored); None if it was never recorded (it is followed here only)."""
+        if turn.taken_over:
+            return _never
         if turn.id not in self._open:
             return None
         now, owner = self._clock.time(), self.owner
