@@ -194,3 +194,17 @@ async def test_a_turn_nobody_can_finish_ends_with_an_error(build: Build, left: s
     assert events[1].data["error"]["code"] == "turn_interrupted"
     assert await _messages(world, thread.id) == [] and len(world.requests("chat")) == 0
     assert await b.resumption.stale() == []  # ended: nobody takes it up again
+
+
+async def test_a_turn_answered_just_before_its_process_died_is_not_taken_up(build: Build) -> None:
+    """Its messages stored (the turn's end not yet written): there is nothing left to answer."""
+    world = await _world(build)
+    thread = await world.conv.threads.create(ALICE, model="chat")
+    turn, dead = await _dead_turn(world, thread.id, "And the bridge?")
+    answered = [NewMessage("user", "And the bridge?"), NewMessage("assistant", "Here.")]
+    await world.conv.threads.append(thread.id, answered, guard=dead.guard(turn))
+    world.clock.advance(STALE + 1)
+    b = _peer(world)
+    assert await b.resumption.stale() == []
+    assert await b.resumption.take_up(turn.id) is False
+    assert await _messages(world, thread.id) == [("user", "And the bridge?"), ("assistant", "Here.")]

@@ -5,7 +5,8 @@ embeddings and reply), then runs as a task of its own, so it ends and is stored 
 sent it goes away. Its events (``summary``, ``delta``, then ``message`` or ``error``) go to whoever follows
 it. Once the reply is stored, the memory extraction is queued as a job (``memory.extract``, a payload of ids)
 that runs under an admission of its own; it never fails the turn, and a retried one stores nothing twice.
-Shutdown (``close``) cancels the turns still running: a cancelled turn stores nothing.
+Shutdown (``close``) cancels the turns still running: a cancelled turn stores nothing. A turn whose process
+dies (killed, or silent for ``stale_after`` seconds) is taken up by another process (:mod:`.turn_resume`).
 """
 
 from __future__ import annotations

@@ -232,7 +232,9 @@ class TurnLog:
 
     def guard(self, turn: Turn) -> Callable[[AsyncSession], Awaitable[bool]] | None:
         """For the transaction that stores ``turn``'s messages: False if the turn is no longer this process's
-        (then nothing is stored); None if it was never recorded (it is followed here only)."""
+        (then nothing is stored); None if it was never recorded (it is followed here only). Its user message
+        leaves the turn's row then: answered, it is not taken up again even if this process dies before the
+        turn's end is written."""
         if turn.taken_over:
             return _never
         if turn.id not in self._open:
@@ -241,7 +243,7 @@ class TurnLog:
 
         async def owned(s: AsyncSession) -> bool:
             result = await s.execute(update(_TURNS).where(_TURNS.c.id == turn.id, _TURNS.c.owner == owner)
-                                     .values(heartbeat_at=now))
+                                     .values(heartbeat_at=now, content=None))
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
         return owned

@@ -130,6 +130,7 @@ class TurnResumption:
         async with self.conv.threads.db.engine.begin() as conn:
             taken = await conn.execute(update(_TURNS).where(and_(
                 _TURNS.c.id == turn_id, _TURNS.c.ended_at.is_(None), _TURNS.c.heartbeat_at < now - log_.stale_after,
+                _TURNS.c.content.is_not(None),  # (answered: its messages are stored)
             )).values(owner=log_.owner, heartbeat_at=now, attempts=_TURNS.c.attempts + 1))
             if not taken.rowcount:
                 return None
