@@ -67,7 +67,8 @@ class Settings(BaseSettings):
     """When upstreams make ``/ready`` fail: ``any`` when none is reachable, ``all`` when one is not, ``none`` never."""
     run_stale_after: float = Field(default=5.0, gt=0, le=86_400)
     """Seconds without a save after which a running run (ensemble, debate, agent) counts as interrupted and is
-    taken up by another process (or this one, restarted). Runs are saved every 0.5 s (the first time by 2 s)."""
+    taken up by another process (or this one, restarted). Runs are saved every 0.5 s (the first time by 2 s).
+    Thread turns likewise, after this long without a heartbeat (every second)."""
     queue: Literal["auto", "local", "postgres"] = "auto"
     """The job queue for long work (``thinktank.jobs``): ``local`` runs jobs as tasks of the process that queued them;
     ``postgres`` keeps them in the database, for every worker to take (a killed one's jobs go on elsewhere);

@@ -168,3 +168,54 @@ async def test_a_follower_that_joins_mid_way_has_the_producer_store_what_it_miss
     assert got == list(range(1, len(producer.emitted) + 1))
     assert producer.flushes >= 1
     await publisher.close()
+
+
+async def test_a_feed_taken_over_by_another_producer_jumps_to_its_restart(bus: EventBus) -> None:
+    """A producer dies after publishing events 1-8, having stored 1-5; another takes over from what is stored:
+    its first event is numbered far past anything the first may have sent and names event 5 as the one it
+    follows. A follower that got 1-8 live, one that reconnects after 7 and one from the start each get every
+    event once: what they had, then the restart and what follows it."""
+    publisher = FeedPublisher(bus)
+    dead = Producer(publisher, "feed.e")
+    for i in range(5):
+        dead.emit(f"stored {i}")
+    dead.save()
+    live: list[int] = []
+
+    async def follow(after: int, into: list[int]) -> None:
+        async for event in follow_feed(bus, dead.channel, after, read=heir.read, seq_of=lambda e: e["seq"],
+                                       decode=lambda d: d, is_last=lambda e: e["body"] == "last",
+                                       running=heir.running, clock=SystemClock(), poll=0.5, gap_poll=0.05,
+                                       follows=lambda e: int(e.get("follows", e["seq"] - 1))):
+            into.append(event["seq"])
+
+    heir = Producer(publisher, "feed.e", stored=list(dead.stored))
+    follower = asyncio.create_task(follow(0, live))
+    await asyncio.sleep(0.2)
+    for i in range(3):
+        dead.emit(f"lost {i}")  # published, never stored
+    async with asyncio.timeout(DEADLINE):
+        while len(live) < 8:
+            await asyncio.sleep(0.01)
+    restart: dict[str, Any] = {"seq": 1000006, "body": "restart", "follows": 5}
+    heir.emitted = [*dead.stored, restart]
+    heir.save()
+    publisher.event(heir.channel, 1000006, restart, heir.flush)
+    for i in range(3):
+        seq = 1000007 + i
+        event = {"seq": seq, "body": f"new {i}"}
+        heir.emitted.append(event)
+        publisher.event(heir.channel, seq, event, heir.flush)
+    await asyncio.sleep(0.1)
+    heir.emitted.append({"seq": 1000010, "body": "last"})
+    heir.save()
+    publisher.event(heir.channel, 1000010, heir.emitted[-1], heir.flush)
+    rejoined: list[int] = []
+    from_start: list[int] = []
+    async with asyncio.timeout(DEADLINE):
+        await asyncio.gather(follower, follow(7, rejoined), follow(0, from_start))
+    new = list(range(1000006, 1000011))
+    assert live == [*range(1, 9), *new]
+    assert rejoined == new
+    assert from_start == [*range(1, 6), *new]
+    await publisher.close()

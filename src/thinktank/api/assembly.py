@@ -98,7 +98,8 @@ def build_state(
     from ..conversations.service import Conversations
 
     conversations = Conversations(db, clock, router.config, catalog, gate, knowledge, embedders.local,
-                                  publisher=publisher, queue=queue, principals=auth.principal_for)
+                                  publisher=publisher, queue=queue, principals=auth.principal_for,
+                                  stale_after=settings.run_stale_after, runs=deliberation)
     from ..agents.builtin import BuiltinTools
     from ..agents.service import Agents
     from ..agents.store import AgentStore
@@ -169,6 +170,7 @@ async def start(state: AppState) -> None:
     await state.deliberation.feed.publisher.start()  # the event bus (runs' and turns' events)
     await state.deliberation.start_background()
     await state.agents.start_background()  # interrupted agent runs go on; overdue approvals are denied
+    state.conversations.start_background()  # turns show they are alive; those of a dead process are taken up
     await state.queue.start(worker=s.worker)  # this process runs queued jobs too, unless THINKTANK_WORKER=false
     await state.ingestions.resume()  # ingestions a dead process left (in-process queue) are queued again
     if state.metrics_endpoint is not None:

@@ -5,14 +5,16 @@ embeddings and reply), then runs as a task of its own, so it ends and is stored 
 sent it goes away. Its events (``summary``, ``delta``, then ``message`` or ``error``) go to whoever follows
 it. Once the reply is stored, the memory extraction is queued as a job (``memory.extract``, a payload of ids)
 that runs under an admission of its own; it never fails the turn, and a retried one stores nothing twice.
-Shutdown (``close``) cancels the turns still running: a cancelled turn stores nothing.
+Shutdown (``close``) cancels the turns still running: a cancelled turn stores nothing. A turn whose process
+dies (killed, or silent for ``stale_after`` seconds) is taken up by another process (:mod:`.turn_resume`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +29,7 @@ from ..deliberation.runs import PAUSED, LiveRun
 from ..errors import ConflictError, InvalidRequestError, NotFoundError, ThinktankError
 from ..events.bus import LocalBus
 from ..events.feed import FeedPublisher
+from ..gateway.context import CallContext
 from ..gateway.tokens import estimate_text_tokens
 from ..jobs import JobQueue, LocalQueue
 from ..knowledge.embeddings import Embedder
@@ -41,7 +44,8 @@ from .learning import EXTRACT_JOB, Learner
 from .memory import MemoryService, memory_block
 from .personas import PersonaService
 from .threads import NewMessage, ThreadService, message_public, summary_public
-from .turn_log import StoredTurn, TurnLog
+from .turn_log import StoredTurn, TurnLog, TurnSpec, TurnTakenOver
+from .turn_resume import RunReader, TurnResumption
 
 __all__ = ["EXTRACT_JOB", "MAX_CONTENT", "TURN_KEPT", "TURN_LEASE", "Conversations", "Turn", "TurnEvent",
            "TurnOptions"]
@@ -112,10 +116,28 @@ class Turn:
     id: str = field(default_factory=lambda: new_id("turn"))
     publish: Callable[[TurnEvent], None] | None = None
     """Told each event as it is emitted (stored and published for other processes: ``TurnLog``)."""
+    next_id: int = 1
+    """The number of the next event (a turn taken up elsewhere jumps: ``turn_resume``)."""
+    taken_over: bool = False
+    """Another process took it up (this one had stopped showing it was alive): it stops here."""
     _moved: asyncio.Event = field(default_factory=asyncio.Event)
+    _answering: tuple[CallContext, str | None] | None = None
+
+    def answering_under(self, ctx: CallContext) -> None:
+        """The answer is asked for under ``ctx`` now: the first run started under it answers this turn."""
+        self._answering = (ctx, ctx.run_id)
+
+    @property
+    def run_id(self) -> str | None:
+        """The run answering it, when its model is a run (stored, so that another process can wait for it)."""
+        if self._answering is None:
+            return None
+        ctx, before = self._answering
+        return ctx.run_id if ctx.run_id != before else None
 
     def emit(self, type_: str, **data: Any) -> None:
-        event = TurnEvent(type_, data, len(self.log) + 1)
+        event = TurnEvent(type_, data, self.next_id)
+        self.next_id += 1
         self.log.append(event)
         self._moved.set()
         if self.publish is not None:
@@ -126,8 +148,9 @@ class Turn:
         self._moved.set()
 
     async def events(self, after: int = 0) -> AsyncIterator[TurnEvent]:
-        """Every event after number ``after``, in order, until the turn ends."""
-        at = max(after, 0)
+        """Every event after number ``after``, in order, until the turn ends (after a number the turn skipped,
+        from the next it has: the restart of a turn taken up here)."""
+        at = bisect.bisect_right(self.log, max(after, 0), key=lambda e: e.id)
         while True:
             while at < len(self.log):
                 at += 1
@@ -181,10 +204,13 @@ class Conversations:
     def __init__(
         self, db: Database, clock: Clock, config: GatewayConfig, catalog: Catalog, gate: Gate,
         knowledge: KnowledgeService, embedder: Embedder | None, *, principals: PrincipalLookup,
-        queue: JobQueue | None = None, publisher: FeedPublisher | None = None,
+        queue: JobQueue | None = None, publisher: FeedPublisher | None = None, stale_after: float = 5.0,
+        runs: RunReader | None = None,
     ) -> None:
-        """``principals``: who a queued extraction acts as (its user, and key, as they are when it runs);
-        ``queue``: where extractions run (default: a local queue of this service's own)."""
+        """``principals``: who a queued extraction (or a turn taken up again) acts as (its user, and key, as they
+        are when it runs); ``queue``: where extractions and take-ups run (default: a local queue of this
+        service's own); ``stale_after``: seconds a turn's process may show no sign of life before another
+        takes the turn up; ``runs``: where a turn answered by a run waits for that run when taken up."""
         self.config = config
         self.catalog = catalog
         self.gate = gate
@@ -199,11 +225,18 @@ class Conversations:
         self._turns: dict[str, Turn] = {}
         """Each thread's last turn in this process, while it runs and ``TURN_KEPT`` seconds after."""
         self._tasks: set[asyncio.Task[None]] = set()
-        self.turn_log = TurnLog(db, clock, publisher or FeedPublisher(LocalBus()), kept=TURN_KEPT)
+        self._running: dict[str, asyncio.Task[None]] = {}
+        """The task of each turn running here, by turn id."""
+        self.turn_log = TurnLog(db, clock, publisher or FeedPublisher(LocalBus()), kept=TURN_KEPT,
+                                stale_after=stale_after)
         """Turns' events stored and published, for clients of other processes (and after a turn)."""
+        self.turn_log.on_lost = self._lost
         self._own_queue = queue is None
         self.queue: JobQueue = queue or LocalQueue()
         self.learner = Learner(self.threads, self.memory, catalog, gate, self.queue, principals)
+        self.resumption = TurnResumption(self, principals, runs=runs)
+        """Takes up the turns whose process died (jobs of ``queue``)."""
+        self.resumption.register(self.queue)
 
     # -- background work -------------------------------------------------------------------------
 
@@ -218,6 +251,19 @@ class Conversations:
         while self._tasks or await self.queue.active(EXTRACT_JOB):
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
             await self.queue.settle(EXTRACT_JOB)
+
+    def start_background(self) -> None:
+        """A server: show that the turns running here are alive, and wait for a turn whose process died to be
+        taken up (by the queue's periodic sweep) when following it."""
+        self.turn_log.resumable = True
+        self.turn_log.start(min(1.0, self.turn_log.stale_after / 4))
+
+    def _lost(self, turn: Turn) -> None:
+        """Another process took ``turn`` up: it stops here, storing nothing."""
+        turn.taken_over = True
+        task = self._running.get(turn.id)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
 
     async def close(self) -> None:
         """Shutdown: cancel turns still running and wait for them to settle (and stop a queue of this service's
@@ -249,8 +295,7 @@ class Conversations:
         if thread.id in self._busy or not await self.threads.claim(thread.id, TURN_LEASE):
             raise ConflictError("A reply is still being written in this thread; wait for it to end.",
                                 code="thread_busy")
-        self._busy.add(thread.id)
-        self._renewed[thread.id] = self.clock.monotonic()
+        self._hold(thread.id)
         reply = options.max_tokens or self.config.conversations.reply_tokens
         try:
             admission = await self.gate.admit(principal, ip, model, estimate_text_tokens(content) + reply)
@@ -258,25 +303,41 @@ class Conversations:
             await self._release(thread.id)
             raise
         turn = Turn(thread.id, replace_from=replace_from)
-        self._keep(turn)
+        spec = TurnSpec(principal.user_id, principal.key_id, content, model, options.stream, options.max_tokens,
+                        options.temperature, replace_from)
+        admission.stream = options.stream
         try:
-            task = self._spawn(self._run(turn, principal, ip, thread, content, model, options, admission))
+            self._launch(turn, self._run(
+                turn, principal, thread, model, admission,
+                lambda: self._turn(turn, principal, thread, content, model, options, admission), spec))
         except BaseException:
             await self._release(thread.id)
             await admission.finish(500)
             raise
+        return turn
+
+    def _hold(self, thread_id: str) -> None:
+        """This process runs a turn of the thread (whose lease it holds)."""
+        self._busy.add(thread_id)
+        self._renewed[thread_id] = self.clock.monotonic()
+
+    def _launch(self, turn: Turn, run: Coroutine[Any, Any, None]) -> None:
+        """Run a turn (``_run``) as a task of its own; the thread is held here already."""
+        self._keep(turn)
+        task = self._spawn(run)
+        self._running[turn.id] = task
 
         def settled(_task: asyncio.Task[None]) -> None:
             # A task cancelled before its first step never runs its own clean-up (a shutdown right away);
             # its lease then lapses by itself. One that ran has cleaned up, and a next turn may be under way.
+            self._running.pop(turn.id, None)
             if not turn.done.is_set():
-                self._busy.discard(thread.id)
-                self._renewed.pop(thread.id, None)
+                self._busy.discard(turn.thread_id)
+                self._renewed.pop(turn.thread_id, None)
                 turn.ended_at = self.clock.monotonic()
             turn.abandon()
 
         task.add_done_callback(settled)
-        return turn
 
     async def paused_run_cancelled(self, run_id: str) -> None:
         """An agent run that paused a thread's turn was cancelled while it waited: its message says so."""
@@ -320,21 +381,29 @@ class Conversations:
         return True
 
     async def _run(
-        self, turn: Turn, principal: Principal, ip: str | None, thread: Thread, content: str, model: str,
-        options: TurnOptions, admission: Admission,
+        self, turn: Turn, principal: Principal, thread: Thread, model: str, admission: Admission | None,
+        work: Callable[[], Awaitable[list[ThreadMessage]]], spec: TurnSpec | None,
     ) -> None:
+        """Run a turn to its end: ``work`` answers and stores it (paid under ``admission``, if any). ``spec``:
+        record it first (a turn taken up here from a process that died is recorded already)."""
         stored: list[ThreadMessage] = []
-        admission.stream = options.stream
-        try:
-            await self.turn_log.started(turn)
-        except Exception:  # followed here only, then
-            log.exception("could not record turn %s of thread %s", turn.id, thread.id)
+        if spec is not None:
+            try:
+                await self.turn_log.started(turn, spec)
+            except Exception:  # followed here only, then
+                log.exception("could not record turn %s of thread %s", turn.id, thread.id)
         try:
             async with self.gate.recording(admission):
                 try:
-                    stored = await self._turn(turn, principal, thread, content, model, options, admission)
+                    stored = await work()
                 finally:
-                    await self._release(thread.id)
+                    if turn.taken_over:  # the thread's lease is the other process's now
+                        self._busy.discard(thread.id)
+                        self._renewed.pop(thread.id, None)
+                    else:
+                        await self._release(thread.id)
+        except TurnTakenOver:
+            turn.taken_over = True
         except ThinktankError as exc:
             turn.error = exc
         except asyncio.CancelledError:
@@ -345,12 +414,18 @@ class Conversations:
         except Exception:
             log.exception("turn in thread %s failed", thread.id)
             turn.error = ThinktankError("Internal error; see the server log.")
+        if turn.taken_over:
+            self._handed_over(turn)
+            return
         if turn.error is not None:
             turn.emit("error", **turn.error.to_body())
         else:
             turn.emit("message", **(turn.result or {}))
         try:
             await self.turn_log.ended(turn)  # stored before its outcome is known
+        except TurnTakenOver:
+            self._handed_over(turn)
+            return
         except Exception:
             log.exception("could not store the events of turn %s", turn.id)
         turn.ended_at = self.clock.monotonic()
@@ -358,6 +433,17 @@ class Conversations:
         turn.done.set()
         if stored and turn.error is None and await self.memory.enabled(principal.user_id):
             await self._learn_later(principal, thread, model, stored)
+
+    def _handed_over(self, turn: Turn) -> None:
+        """End ``turn`` here without a last event: another process answers it (its followers here are sent to
+        that process's events, ``follow``)."""
+        turn.error = ConflictError("The reply is being written by another server (this one stopped answering for "
+                                   "a while); follow it at GET /api/v1/threads/{id}/turn/events.",
+                                   code="turn_taken_over")
+        turn.result = None
+        turn.ended_at = self.clock.monotonic()
+        turn.close()
+        turn.done.set()
 
     def _keep(self, turn: Turn) -> None:
         """Keep ``turn`` as its thread's last, for ``follow``; forget turns that ended long enough ago."""
@@ -377,6 +463,8 @@ class Conversations:
         that runs it (then live over the event bus). 404 if there is none."""
         thread = await self.threads.get(principal, thread_id)  # 404 for another user's thread
         turn = self._turns.get(thread.id)
+        if turn is not None and turn.taken_over:
+            turn = None  # another process answers it
         if turn is not None and not turn.closed:
             return turn  # under way here
         last = await self.turn_log.latest(thread.id)  # (another process may have run a later one)
@@ -414,6 +502,7 @@ class Conversations:
         request = ChatRequest(model=model, messages=prompt.messages, stream=options.stream,
                               max_tokens=options.max_tokens, temperature=options.temperature)
         mark = len(ctx.records)
+        turn.answering_under(ctx)
         answer = await self._call(turn, request, admission, thread.knowledge_bases)
         text, usage, finish = answer.text, answer.usage, answer.finish
         answered = ctx.records[mark:]
@@ -436,7 +525,7 @@ class Conversations:
             cost_usd=float(usage.cost or 0.0), finish_reason=finish, context=context,
         )
         rows = await self.threads.append(thread.id, [NewMessage(role="user", content=content), reply],
-                                         replace_from=turn.replace_from)
+                                         replace_from=turn.replace_from, guard=self.turn_log.guard(turn))
         turn.result = {"user_message": message_public(rows[0]), "message": message_public(rows[1]),
                        "turn_cost_usd": round(sum(r.cost for r in ctx.records), 10)}
         return rows

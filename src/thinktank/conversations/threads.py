@@ -22,6 +22,7 @@ from ..errors import ConflictError, InvalidRequestError, NotFoundError
 from ..knowledge.service import KnowledgeService
 from ..store.db import Database
 from ..store.tables import ChatPersona, Thread, ThreadMessage, ThreadSummary, new_id
+from .turn_log import TurnTakenOver
 
 __all__ = [
     "MAX_KNOWLEDGE_BASES", "MAX_TITLE", "NewMessage", "ThreadService", "message_public", "summary_public",
@@ -284,16 +285,20 @@ class ThreadService:
         async with self.db.session() as s:
             await s.execute(update(Thread).where(Thread.id == thread_id).values(busy_until=None))
 
-    async def append(self, thread_id: str, messages: Sequence[NewMessage], *,
-                     replace_from: int | None = None) -> list[ThreadMessage]:
+    async def append(self, thread_id: str, messages: Sequence[NewMessage], *, replace_from: int | None = None,
+                     guard: Callable[[AsyncSession], Awaitable[bool]] | None = None) -> list[ThreadMessage]:
         """Add messages after the last one, together (409 if another turn wrote in between); with
-        ``replace_from``, the messages from that seq on (and summaries reaching them) are deleted first."""
+        ``replace_from``, the messages from that seq on (and summaries reaching them) are deleted first.
+        ``guard``: checked in the same transaction; when it says no (the turn is another process's now),
+        nothing is written and :class:`~.turn_log.TurnTakenOver` is raised."""
         now = self.clock.time()
         try:
             async with self.db.session() as s:
                 thread = await s.get(Thread, thread_id)
                 if thread is None:
                     raise NotFoundError(f"There is no thread '{thread_id}'.", param="thread_id")
+                if guard is not None and not await guard(s):
+                    raise TurnTakenOver(thread_id)
                 if replace_from is not None:
                     await s.execute(delete(ThreadSummary).where(ThreadSummary.thread_id == thread_id,
                                                                 ThreadSummary.through_seq >= replace_from))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -26,10 +26,10 @@ from ..accounts.principal import Principal
 from ..errors import ConflictError, InvalidRequestError, RateLimitError, RunFailedError, ThinktankError
 from ..gateway.context import CallContext
 from ..types import ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, ResponseMessage, Usage
-from .runs import PAUSED, LiveRun
+from .runs import PAUSED, Event, LiveRun
 from .service import Deliberation, Kind, RunOptions
 
-__all__ = ["ANSWERED", "FINISH_REASON", "RunModel", "awaiting_notice", "run_error", "run_usage"]
+__all__ = ["ANSWERED", "FINISH_REASON", "RunModel", "awaiting_notice", "notice_for", "run_error", "run_usage"]
 
 
 class _RunFields(BaseModel):
@@ -190,11 +190,16 @@ FINISH_REASON = {"completed": "stop", "step_limit": "length", "time_limit": "len
 
 def awaiting_notice(run: LiveRun) -> str:
     """What a chat answer says while its agent run waits for a person's decision."""
-    calls = next((e.data.get("calls") for e in reversed(run.events) if e.type == "approval_requested"), None) or []
+    return notice_for(run.id, run.events)
+
+
+def notice_for(run_id: str, events: Sequence[Event]) -> str:
+    """:func:`awaiting_notice` of run ``run_id`` from its events."""
+    calls = next((e.data.get("calls") for e in reversed(events) if e.type == "approval_requested"), None) or []
     tools = ", ".join(sorted({str(c.get("tool")) for c in calls if isinstance(c, dict)})) or "a tool"
     return (f"[Waiting for approval: this agent wants to call {tools}. Approve or deny it in the web app, or with "
-            f"POST /api/v1/runs/{run.id}/approve or /deny; the answer then continues in the run "
-            f"(GET /api/v1/runs/{run.id}).]")
+            f"POST /api/v1/runs/{run_id}/approve or /deny; the answer then continues in the run "
+            f"(GET /api/v1/runs/{run_id}).]")
 
 
 def _text(value: Any) -> str:

@@ -213,12 +213,13 @@ class FeedPublisher:
 
 
 class _Order(Generic[T]):
-    """Events held until the one before them has been given out."""
+    """Events held until the one before them has been given out (with ``follows``: until the one it names)."""
 
-    def __init__(self, after: int, seq_of: Callable[[T], int]) -> None:
+    def __init__(self, after: int, seq_of: Callable[[T], int], follows: Callable[[T], int] | None = None) -> None:
         self.next = after + 1
         self.held: dict[int, T] = {}
         self._seq_of = seq_of
+        self._follows = follows
 
     def take(self, events: Sequence[T]) -> None:
         for event in events:
@@ -227,11 +228,25 @@ class _Order(Generic[T]):
                 self.held.setdefault(seq, event)
 
     def ready(self) -> list[T]:
-        out = []
-        while self.next in self.held:
-            out.append(self.held.pop(self.next))
-            self.next += 1
-        return out
+        out: list[T] = []
+        while True:
+            event = self.held.pop(self.next, None)
+            if event is None and self._follows is not None:
+                event = self._jump()
+            if event is None:
+                return out
+            out.append(event)
+            self.next = self._seq_of(event) + 1
+            if self._follows is not None:  # what it jumped over is void
+                for seq in [s for s in self.held if s < self.next]:
+                    del self.held[seq]
+
+    def _jump(self) -> T | None:
+        """The first held event that follows one already given out (its number jumps over a gap)."""
+        assert self._follows is not None
+        given = self.next - 1
+        seqs = [seq for seq, event in self.held.items() if self._follows(event) <= given]
+        return self.held.pop(min(seqs)) if seqs else None
 
     @property
     def gap(self) -> bool:
@@ -259,12 +274,16 @@ async def follow_feed(
     clock: Clock,
     poll: float = 2.0,
     gap_poll: float = 0.25,
+    follows: Callable[[T], int] | None = None,
 ) -> AsyncIterator[T]:
     """The feed's events after ``after``, each once and in order, until its last (``is_last``) or until it
     is no longer ``running()`` (checked every ``poll`` seconds, and at once when told it ended). ``read(n)``
     gives the stored events after number ``n``. On a bus that reaches no other process, the database is
-    read every ``gap_poll`` seconds."""
-    order: _Order[T] = _Order(after, seq_of)
+    read every ``gap_poll`` seconds. ``follows(event)``: the number of the event it comes after (default:
+    the one before its own), for a feed whose numbers may jump (a producer that took over from one that
+    died starts after everything the dead one may have sent: its first event names the last one stored,
+    and a follower that got further than that gets it next)."""
+    order: _Order[T] = _Order(after, seq_of, follows)
     async with bus.subscribe(channel) if bus.shared else _alone() as sub:
         order.take(await read(after))
         for event in order.ready():

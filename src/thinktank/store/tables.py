@@ -503,12 +503,27 @@ class ThreadTurn(Base):
     and kept a while after it ends. Only a thread's last turn is kept."""
 
     __tablename__ = "thread_turns"
-    __table_args__ = (Index("ix_thread_turns_thread", "thread_id", "started_at"),)
+    __table_args__ = (Index("ix_thread_turns_thread", "thread_id", "started_at"),
+                      Index("ix_thread_turns_open", "ended_at", "heartbeat_at"))
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     thread_id: Mapped[str] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"))
     started_at: Mapped[float] = mapped_column(Float)
     ended_at: Mapped[float | None] = mapped_column(Float)
+    # What another process needs to answer it when the one running it dies (conversations.turn_resume):
+    user_id: Mapped[str | None] = mapped_column(String(32))
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    content: Mapped[str | None] = mapped_column(Text)
+    """The user's message."""
+    request: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """model, stream, max_tokens, temperature, replace_from."""
+    owner: Mapped[str | None] = mapped_column(String(32))
+    """The token of the process running it (the one that took it up last)."""
+    heartbeat_at: Mapped[float | None] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """How often it was taken up by another process."""
+    run_id: Mapped[str | None] = mapped_column(String(32))
+    """The run answering it (a run model)."""
 
 
 class ThreadTurnEvent(Base):

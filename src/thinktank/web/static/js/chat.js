@@ -295,6 +295,12 @@ class ThreadPage {
       turn.progress.textContent = data.text || "";
       const run = /^run ([A-Za-z0-9_-]+)$/.exec(data.text || "");
       if (run) this.watchRun(turn, run[1]);
+    } else if (ev.event === "restart") {
+      // The answer starts again (the server writing it stopped and another took it up, or the run behind it
+      // began its answer anew): what was shown of it is void.
+      turn.live.textContent = "";
+      turn.progress.textContent = data.reason === "interrupted"
+        ? "The server writing the answer stopped; another one writes it again." : "The answer starts again.";
     } else if (ev.event === "summary") {
       turn.progress.textContent = "Summarised the earlier conversation.";
     } else if (ev.event === "message") {
