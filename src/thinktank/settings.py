@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     auth_cache_ttl: float = Field(default=5.0, ge=0)
     """Seconds a resolved key or session is trusted before it is looked up again."""
     global_daily_budget_usd: float | None = Field(default=None, ge=0)
+    journal: bool = True
+    """Write every charge and usage row to a journal in the data directory before the answer leaves (one
+    ``os.write`` each), so that a process killed with SIGKILL loses none (``thinktank.accounts.journal``)."""
     demo: bool = False
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_upload_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)

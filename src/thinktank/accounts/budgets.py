@@ -126,6 +126,11 @@ class Reservation:
     def specs(self) -> tuple[BudgetSpec, ...]:
         return tuple(b.spec for b in self._budgets)
 
+    @property
+    def budget_keys(self) -> tuple[tuple[str, str, str], ...]:
+        """(scope, scope id, period key) of each budget it holds money in."""
+        return tuple((b.spec.scope, b.spec.scope_id, b.pkey) for b in self._budgets)
+
     def __repr__(self) -> str:
         return f"Reservation(amount={self.amount!r}, state={self.state!r}, budgets={len(self._budgets)})"
 

@@ -12,7 +12,7 @@ import math
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..clock import Clock
 from ..errors import RateLimitError, ThinktankError
@@ -21,9 +21,13 @@ from ..gateway.strategies import Deployment
 from ..metrics.sink import MetricsSink
 from ..observability import request_ids
 from .budgets import BudgetExceededError, BudgetLedger, BudgetSpec, Reservation
+from .journal import Journal, budget_keys
 from .principal import Principal
 from .ratelimit import RateLimiter, RateLimitRefusal, RatePlan, Subject
 from .usage import UsageEvent, UsageWriter
+
+if TYPE_CHECKING:
+    from ..gateway.router import UsageRecord
 
 __all__ = ["Admission", "BudgetMeter", "Gate"]
 
@@ -38,6 +42,11 @@ class _LedgerHold:
     def __init__(self, ledger: BudgetLedger, reservation: Reservation) -> None:
         self._ledger = ledger
         self._reservation = reservation
+
+    @property
+    def budget_keys(self) -> tuple[tuple[str, str, str], ...]:
+        """The budgets it is settled on (the journal's charge line names them)."""
+        return self._reservation.budget_keys
 
     async def settle(self, cost: float) -> None:
         await self._ledger.settle(self._reservation, cost)
@@ -97,17 +106,37 @@ class Admission:
     first_token: float | None = None
     """A stream: seconds from admission to its first chunk (:meth:`first_chunk` sets it)."""
     _finished: bool = field(default=False, repr=False)
+    _tokens: int = field(default=-1, repr=False)
+    """Tokens used, once recorded (-1 before)."""
 
     def first_chunk(self) -> None:
         """A stream's first chunk is ready to go: its time to first token is now (once)."""
         if self.first_token is None:
             self.first_token = self.gate.clock.monotonic() - self.started
 
+    def charged(self, record: UsageRecord, hold: Hold | None) -> None:
+        """A call was accounted under this admission: journaled at once (before its hold is settled)."""
+        journal = self.gate.journal
+        if journal is not None:
+            principal = self.principal
+            journal.charge(self.request_id, principal.user_id, principal.key_id, self.model, record,
+                           budget_keys(hold) if hold is not None else ())
+
     async def finish(self, status: int, *, stream: bool = False, cache_hit: bool = False) -> None:
-        """Record the request once (an ensemble or debate: all its calls together)."""
+        """Record the request once (an ensemble or debate: all its calls together), if :meth:`record` has not."""
         if self._finished:
             return
         self._finished = True
+        self.record(status, stream=stream, cache_hit=cache_hit)
+        if self._tokens > self.estimated_tokens:
+            await self.gate.limiter.add_tokens(self.subject, self._tokens - self.estimated_tokens)
+
+    def record(self, status: int, *, stream: bool = False, cache_hit: bool = False) -> None:
+        """Record the usage row now (once), with no await: before an answer that is complete is sent, so that
+        it is in the journal before the client has it. :meth:`finish` still follows (it counts the tokens
+        beyond the estimate against the rate limits)."""
+        if self._tokens >= 0:
+            return
         gate = self.gate
         records = self.ctx.records
         if len(records) == 1:
@@ -125,8 +154,7 @@ class Admission:
             cache_hit=cache_hit,
         ))
         gate.metrics.request_finished(self.model, records, status, latency, self.first_token)
-        if tokens > self.estimated_tokens:
-            await gate.limiter.add_tokens(self.subject, tokens - self.estimated_tokens)
+        self._tokens = tokens
 
 
 class _Governance(NamedTuple):
@@ -148,9 +176,11 @@ class Gate:
     def __init__(
         self, limiter: RateLimiter, ledger: BudgetLedger, usage: UsageWriter, clock: Clock,
         *, global_daily_budget: float | None = None, default_output_tokens: int = 4096,
-        metrics: MetricsSink | None = None,
+        metrics: MetricsSink | None = None, journal: Journal | None = None,
     ) -> None:
         self.limiter = limiter
+        self.journal = journal
+        """Where each call accounted is written at once (the admissions are their contexts' accounts)."""
         self.metrics = metrics or MetricsSink()
         self.ledger = ledger
         self.usage = usage
@@ -201,23 +231,29 @@ class Gate:
             self.metrics.refused("request_too_large" if exc.code == "request_too_large" else "rate_limit",
                                  exc.scope if isinstance(exc, RateLimitRefusal) else "other")
             raise
-        return Admission(
+        admission = Admission(
             gate=self, principal=principal, subject=governance.subject, model=model,
             estimated_tokens=estimated_tokens, ctx=CallContext(meter=governance.meter, principal=principal),
             started=self.clock.monotonic(),
             # The HTTP request's own id when it was made here (the x-request-id its client and logs see).
             request_id=request_ids.claim() or f"{self._id_prefix}{next(self._ids):x}",
         )
+        if self.journal is not None:
+            admission.ctx.account = admission
+        return admission
 
     def resumed(self, principal: Principal, model: str) -> Admission:
         """Work taken up again without a request (a paused or interrupted run going on): its budgets apply
         as ever; the rate limits were passed when it was asked for."""
         governance = self._governance_of(principal, None)
-        return Admission(
+        admission = Admission(
             gate=self, principal=principal, subject=governance.subject, model=model, estimated_tokens=0,
             ctx=CallContext(meter=governance.meter, principal=principal), started=self.clock.monotonic(),
             request_id=f"{self._id_prefix}{next(self._ids):x}",
         )
+        if self.journal is not None:
+            admission.ctx.account = admission
+        return admission
 
     @contextlib.asynccontextmanager
     async def admitted(

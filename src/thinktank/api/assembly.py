@@ -64,7 +64,14 @@ def build_state(
 
         alerts = build_alerts(router.config.alerts, clock, db=db, redis=redis_client)
         alerts.watch(ledger, router.cooldowns, router.config.router.allowed_fails)
-    usage_writer = UsageWriter(db, clock)
+    journal = None
+    if settings.journal:
+        from ..accounts.journal import Journal
+        from ..accounts.recovery import store_id
+
+        journal = Journal(settings.data_dir / "journal", clock, database=store_id(db.url),
+                          budgets=store_id(settings.redis_url or db.url))
+    usage_writer = UsageWriter(db, clock, journal=journal)
     from ..catalog import Catalog
     from ..metrics import make_metrics
 
@@ -74,7 +81,7 @@ def build_state(
         router.metrics = metrics
         router.cooldowns.listeners.append(metrics.cooldown)
     gate = Gate(limiter, ledger, usage_writer, clock, global_daily_budget=settings.global_daily_budget_usd,
-                metrics=metrics)
+                metrics=metrics, journal=journal)
     from ..deliberation.run_store import RunStore
     from ..deliberation.service import Deliberation
     from ..events import FeedPublisher, build_bus
@@ -128,6 +135,10 @@ def build_state(
         queue=queue,
         ingestions=ingestions,
     )
+    if journal is not None:
+        from ..accounts.recovery import Recovery
+
+        state.recovery = Recovery(journal, db, usage_writer, clock)
     if metrics.enabled:  # prometheus_client is imported only then
         from ..metrics.prometheus import PrometheusMetrics
         from .routes.metrics import MetricsEndpoint
@@ -159,6 +170,8 @@ async def start(state: AppState) -> None:
         s.admin_email, s.admin_password.get_secret_value()
     ):
         log.info("created the admin user %s", s.admin_email)
+    if state.recovery is not None:  # before anything spends: the journal open, dead processes' replayed
+        await state.recovery.start()
     state.usage_writer.start()
     state.ledger.start()
     await state.response_cache.start()
@@ -190,6 +203,8 @@ async def stop(state: AppState) -> None:
     if state.alerts is not None:
         await state.alerts.close()  # after the ledger's last write, which may cross a threshold
     await state.usage_writer.close()
+    if state.recovery is not None:  # everything written: the journal goes (or stays, if the database was down)
+        await state.recovery.close()
     await state.limiter.close()
     await state.auth.close()  # background lookups of cached keys
     state.embedders.close()
