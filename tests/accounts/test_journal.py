@@ -9,10 +9,11 @@ import shutil
 from pathlib import Path
 
 import orjson
+import pytest
 from sqlalchemy import func, select
 
 from thinktank.accounts.journal import Journal
-from thinktank.accounts.journal_replay import INTERRUPTED, claim_dead, read
+from thinktank.accounts.journal_replay import INTERRUPTED, claim_dead, read, segment_lines
 from thinktank.accounts.recovery import Recovery, store_id
 from thinktank.accounts.usage import UsageEvent, UsageWriter
 from thinktank.gateway.router import UsageRecord
@@ -30,6 +31,13 @@ def event(request_id: str, cost: float = 0.25) -> UsageEvent:
 
 def call(cost: float, prompt: int = 5, completion: int = 7, deployment: str = "d1") -> UsageRecord:
     return UsageRecord("m", deployment, prompt, completion, cost, 0.1, 200, False, 1)
+
+
+class Held:
+    """A hold as the journal sees one: the budgets it is settled on."""
+
+    def __init__(self, *budget_keys: list[str]) -> None:
+        self.budget_keys = list(budget_keys)
 
 
 def journal(directory: Path, clock: FakeClock, db: Database, **kw: float) -> Journal:
@@ -59,8 +67,9 @@ async def test_rows_a_killed_process_had_not_written_are_replayed_once(
     await writer.flush()  # three written ...
     for i in range(3, 8):
         writer.record(event(f"req-{i}"))  # ... five only buffered when the process dies
-    dead.charge("run-1", "u1", "k1", "ensemble/council", call(0.5), [["key", "k1", "total"]])
-    dead.charge("run-1", "u1", "k1", "ensemble/council", call(0.25, deployment="d2"), [["key", "k1", "total"]])
+    run = dead.account("run-1", "u1", "k1", "ensemble/council")
+    run.charged(call(0.5), Held(["key", "k1", "total"]), True)
+    run.charged(call(0.25, deployment="d2"), Held(["key", "k1", "total"]), True)
     dead.close(committed=0)  # what SIGKILL leaves: the files, unlocked
 
     live = journal(directory, clock, db)
@@ -105,19 +114,20 @@ async def test_segments_go_once_committed_and_open_records_are_carried_forward(
     j = journal(directory, clock, db, rotate_every=10.0)
     j.open()
     writer = UsageWriter(db, clock, journal=j)
-    j.charge("run-9", "u1", None, "debate/panel", call(0.125), [])
+    run = j.account("run-9", "u1", None, "debate/panel")
+    run.charged(call(0.125), None, True)
     writer.record(event("req-a"))
     first = j.segments[0]
     clock.advance(11)
     j.tidy(writer.committed_seq)  # due: a new segment begins; the first holds a row not yet written
     assert len(j.segments) == 2
-    j.charge("run-9", "u1", None, "debate/panel", call(0.5), [])
+    run.charged(call(0.5), None, True)
     j.tidy(writer.committed_seq)
     assert first.exists()
     await writer.flush()
     j.tidy(writer.committed_seq)  # the row is in the database: the first segment goes
     assert not first.exists() and len(j.segments) == 1
-    head = [orjson.loads(line) for line in j.segments[0].read_bytes().splitlines()]
+    head = [orjson.loads(line) for line in segment_lines(j.segments[0])]
     assert [line[0] for line in head] == ["v", "a", "c"]
     assert head[1][3] == "run-9" and head[1][10] == 0.125  # the charges before the new segment, summed
     j.close(committed=0)
@@ -142,7 +152,7 @@ async def test_an_idle_process_keeps_one_small_segment(db: Database, clock: Fake
         clock.advance(6)
         j.tidy(writer.committed_seq)
     assert len(j.segments) == 1
-    assert [orjson.loads(line)[0] for line in j.segments[0].read_bytes().splitlines()] == ["v"]
+    assert [orjson.loads(line)[0] for line in segment_lines(j.segments[0])] == ["v"]
     j.close(writer.committed_seq)
     assert list(directory.iterdir()) == []
 
@@ -157,7 +167,8 @@ async def test_a_line_cut_short_is_skipped_and_the_rest_replayed(
     path = dead.segments[0]
     dead.close(committed=0)
     with path.open("ab") as f:
-        f.write(b'["u", 4, "req-3", 1700000000.0, "u1"')  # a write cut short (no newline)
+        f.write(b'["u", 4, "req-3", 1700000000.0, "u1"')  # a line cut short (no newline), zeros after it
+        f.write(bytes(100))
     other = journal(directory, clock, db)
     recovery = Recovery(other, db, UsageWriter(db, clock, journal=other), clock)
     await recovery.start()
@@ -215,14 +226,47 @@ async def test_a_usage_row_recorded_through_the_gate_is_journaled_before_it_is_w
     writer = UsageWriter(db, clock, journal=j)
     gate = Gate(RateLimiter(None, {}), BudgetLedger(SqlBudgetStore(db, clock), clock), writer, clock, journal=j)
     principal = Principal(user_id="u1", key_id="k1", role="member", is_admin_key=False)
-    async with gate.admitted(principal, "127.0.0.1", "m", 10) as admission:
-        assert admission.ctx.account is admission and admission.ctx.child("run-x").account is admission
-        admission.charged(call(0.3), None)
-        admission.ctx.records.append(call(0.3))
-        admission.record(200)  # before the answer is sent
-        lines = [orjson.loads(line) for line in j.segments[0].read_bytes().splitlines()]
-        assert [line[0] for line in lines] == ["v", "c", "u"]
-        assert lines[2][2] == admission.request_id and lines[2][10] == 0.3
-    assert writer.pending == 1  # recorded once, though the block's end finished it again
-    j.close(committed=0)
-    shutil.rmtree(directory)
+
+    async def answer(cost: float, status: int) -> str:
+        async with gate.admitted(principal, "127.0.0.1", "m", 10) as admission:
+            account = admission.ctx.account
+            assert account is not None and admission.ctx.child("run-x").account is account
+            account.charged(call(cost), None, False)
+            admission.ctx.records.append(call(cost))
+            admission.record(status)  # before the answer is sent
+        return admission.request_id
+
+    answered = await answer(0.3, 200)
+    failed = await answer(0.2, 502)
+    lines = [orjson.loads(line) for line in segment_lines(j.segments[0])]
+    # One direct charge answered with 200: its charge line is its row. Another status: a row line too.
+    assert [(line[0], line[2] if line[0] == "u" else line[3]) for line in lines[1:]] == [
+        ("c", answered), ("c", failed), ("u", failed)]
+    assert writer.pending == 2  # each recorded once, though the block's end finished it again
+    j.close(committed=0)  # killed before the writer ran
+    other = journal(directory, clock, db)
+    recovery = Recovery(other, db, UsageWriter(db, clock, journal=other), clock)
+    await recovery.start()
+    assert await rows(db) == {answered: (0.3, 200, 5, 7), failed: (0.2, 502, 5, 7)}
+    await recovery.close()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_a_full_segment_is_followed_at_once_and_nothing_counts_twice(
+        db: Database, clock: FakeClock, tmp_path: Path) -> None:
+    directory = tmp_path / "journal"
+    dead = journal(directory, clock, db, capacity=4096)  # at least 64 KiB: a few hundred lines a segment
+    dead.open()
+    run = dead.account("run-1", "u1", "k1", "ensemble/council")
+    for i in range(2000):
+        run.charged(call(0.01, prompt=1, completion=2), None, True)
+        dead.usage(event(f"req-{i}", cost=0.5))
+    assert len(dead.segments) >= 4
+    dead.close(committed=0)
+    live = journal(directory, clock, db)
+    recovery = Recovery(live, db, UsageWriter(db, clock, journal=live), clock)
+    await recovery.start()
+    found = await rows(db)
+    assert len(found) == 2001
+    assert found["run-1"] == (pytest.approx(20.0), INTERRUPTED, 2000, 4000)  # every charge once
+    await recovery.close()

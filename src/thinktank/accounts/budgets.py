@@ -105,6 +105,11 @@ class _Budget:
     touched: bool = False
     """Reserved from since the background flush last looked (its lease is then kept)."""
 
+    @functools.cached_property
+    def key(self) -> tuple[str, str, str]:
+        """(scope, scope id, period key): how the journal names it."""
+        return (self.spec.scope, self.spec.scope_id, self.pkey)
+
     @property
     def free(self) -> float:
         """What a new reservation may take: the lease left once the writes in flight are done."""
@@ -114,22 +119,19 @@ class _Budget:
 class Reservation:
     """Money set aside for one request in each of its budgets. Settle or release it exactly once."""
 
-    __slots__ = ("_budgets", "amount", "charged", "state")
+    __slots__ = ("_budgets", "amount", "budget_keys", "charged", "state")
 
-    def __init__(self, amount: float, budgets: tuple[_Budget, ...]) -> None:
+    def __init__(self, amount: float, budgets: tuple[_Budget, ...], keys: list[tuple[str, str, str]]) -> None:
         self.amount = amount
         self._budgets = budgets
+        self.budget_keys = keys
+        """(scope, scope id, period key) of each budget it holds money in (how the journal names them)."""
         self.state: Literal["active", "settled", "released"] = "active"
         self.charged = 0.0
 
     @property
     def specs(self) -> tuple[BudgetSpec, ...]:
         return tuple(b.spec for b in self._budgets)
-
-    @property
-    def budget_keys(self) -> tuple[tuple[str, str, str], ...]:
-        """(scope, scope id, period key) of each budget it holds money in."""
-        return tuple((b.spec.scope, b.spec.scope_id, b.pkey) for b in self._budgets)
 
     def __repr__(self) -> str:
         return f"Reservation(amount={self.amount!r}, state={self.state!r}, budgets={len(self._budgets)})"
@@ -270,6 +272,7 @@ class BudgetLedger:
             raise RuntimeError("the budget ledger is closed")
         now = self._clock.time()
         done: list[_Budget] = []
+        keys: list[tuple[str, str, str]] = []
         try:
             for spec in specs:
                 if spec.limit_usd is None:
@@ -286,10 +289,11 @@ class BudgetLedger:
                             raise await self._exceeded(budget, amount, now)
                         budget.holds += 1
                 done.append(budget)
+                keys.append(budget.key)
         except BaseException:
             self._give_back(done, amount)
             raise
-        return Reservation(amount, tuple(done))
+        return Reservation(amount, tuple(done), keys)
 
     async def settle(self, reservation: Reservation, actual_cost: float) -> None:
         """Free the reservation and charge ``actual_cost`` to each of its budgets (once).

@@ -12,7 +12,7 @@ import math
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from ..clock import Clock
 from ..errors import RateLimitError, ThinktankError
@@ -21,13 +21,10 @@ from ..gateway.strategies import Deployment
 from ..metrics.sink import MetricsSink
 from ..observability import request_ids
 from .budgets import BudgetExceededError, BudgetLedger, BudgetSpec, Reservation
-from .journal import Journal, budget_keys
+from .journal import Journal, JournalAccount
 from .principal import Principal
 from .ratelimit import RateLimiter, RateLimitRefusal, RatePlan, Subject
 from .usage import UsageEvent, UsageWriter
-
-if TYPE_CHECKING:
-    from ..gateway.router import UsageRecord
 
 __all__ = ["Admission", "BudgetMeter", "Gate"]
 
@@ -39,14 +36,13 @@ PROMPT_SAFETY = 1.5
 
 
 class _LedgerHold:
+    __slots__ = ("_ledger", "_reservation", "budget_keys")
+
     def __init__(self, ledger: BudgetLedger, reservation: Reservation) -> None:
         self._ledger = ledger
         self._reservation = reservation
-
-    @property
-    def budget_keys(self) -> tuple[tuple[str, str, str], ...]:
+        self.budget_keys = reservation.budget_keys
         """The budgets it is settled on (the journal's charge line names them)."""
-        return self._reservation.budget_keys
 
     async def settle(self, cost: float) -> None:
         await self._ledger.settle(self._reservation, cost)
@@ -113,14 +109,6 @@ class Admission:
         """A stream's first chunk is ready to go: its time to first token is now (once)."""
         if self.first_token is None:
             self.first_token = self.gate.clock.monotonic() - self.started
-
-    def charged(self, record: UsageRecord, hold: Hold | None) -> None:
-        """A call was accounted under this admission: journaled at once (before its hold is settled)."""
-        journal = self.gate.journal
-        if journal is not None:
-            principal = self.principal
-            journal.charge(self.request_id, principal.user_id, principal.key_id, self.model, record,
-                           budget_keys(hold) if hold is not None else ())
 
     async def finish(self, status: int, *, stream: bool = False, cache_hit: bool = False) -> None:
         """Record the request once (an ensemble or debate: all its calls together), if :meth:`record` has not."""
@@ -231,29 +219,29 @@ class Gate:
             self.metrics.refused("request_too_large" if exc.code == "request_too_large" else "rate_limit",
                                  exc.scope if isinstance(exc, RateLimitRefusal) else "other")
             raise
-        admission = Admission(
+        # The HTTP request's own id when it was made here (the x-request-id its client and logs see).
+        request_id = request_ids.claim() or f"{self._id_prefix}{next(self._ids):x}"
+        return Admission(
             gate=self, principal=principal, subject=governance.subject, model=model,
-            estimated_tokens=estimated_tokens, ctx=CallContext(meter=governance.meter, principal=principal),
-            started=self.clock.monotonic(),
-            # The HTTP request's own id when it was made here (the x-request-id its client and logs see).
-            request_id=request_ids.claim() or f"{self._id_prefix}{next(self._ids):x}",
+            estimated_tokens=estimated_tokens, ctx=self._context(governance, principal, model, request_id),
+            started=self.clock.monotonic(), request_id=request_id,
         )
-        if self.journal is not None:
-            admission.ctx.account = admission
-        return admission
+
+    def _context(self, governance: _Governance, principal: Principal, model: str, request_id: str) -> CallContext:
+        journal = self.journal
+        account = JournalAccount(journal, request_id, principal.user_id, principal.key_id, model) if journal else None
+        return CallContext(meter=governance.meter, principal=principal, account=account)
 
     def resumed(self, principal: Principal, model: str) -> Admission:
         """Work taken up again without a request (a paused or interrupted run going on): its budgets apply
         as ever; the rate limits were passed when it was asked for."""
         governance = self._governance_of(principal, None)
-        admission = Admission(
+        request_id = f"{self._id_prefix}{next(self._ids):x}"
+        return Admission(
             gate=self, principal=principal, subject=governance.subject, model=model, estimated_tokens=0,
-            ctx=CallContext(meter=governance.meter, principal=principal), started=self.clock.monotonic(),
-            request_id=f"{self._id_prefix}{next(self._ids):x}",
+            ctx=self._context(governance, principal, model, request_id), started=self.clock.monotonic(),
+            request_id=request_id,
         )
-        if self.journal is not None:
-            admission.ctx.account = admission
-        return admission
 
     @contextlib.asynccontextmanager
     async def admitted(

@@ -10,9 +10,12 @@ journal position it covers.
 What the lines make:
 
 - every ``u`` line is a usage row;
-- a usage record with charges (``c``, ``a`` lines) and no ``u`` line was under way when its process died (a run
-  going on, a stream, an answer sent in the instant before its row was recorded): its row is rebuilt from its
-  charges, with status 499 (as a request cut short by a shutdown) and no latency;
+- a usage record with one direct charge (a ``c`` line made under the request's own context) and no ``u`` line
+  is that charge's row, with status 200: it was recorded so (its ``u`` line left out as the same), or it was
+  about to be when its process died, its answer complete;
+- any other usage record with charges (``c``, ``a`` lines) and no ``u`` line was under way when its process
+  died (a run going on, a request with several calls): its row is rebuilt from its charges, with status 499 (as
+  a request cut short by a shutdown) and no latency;
 - every ``c`` line is spend on its budgets (:class:`Charge`), under the holders the ``h`` lines name.
 """
 
@@ -30,7 +33,7 @@ import orjson
 from .journal import NEW, lock, segment_owner
 from .usage import UsageEvent
 
-__all__ = ["INTERRUPTED", "Charge", "Claim", "Contents", "claim_dead", "read"]
+__all__ = ["INTERRUPTED", "Charge", "Claim", "Contents", "claim_dead", "read", "segment_lines"]
 
 log = logging.getLogger("thinktank.journal")
 
@@ -124,7 +127,7 @@ class Contents:
     """(database, budget store) of each segment's head: where its lines belong."""
     rows: list[UsageEvent] = field(default_factory=list)
     rebuilt: int = 0
-    """Of ``rows``, those rebuilt from charges (their record was never written)."""
+    """Of ``rows``, those rebuilt from the charges of a request under way (status 499)."""
     charges: list[Charge] = field(default_factory=list)
     holders: list[str] = field(default_factory=list)
     """The budget lease holders it used, in order."""
@@ -134,7 +137,8 @@ class Contents:
 
 
 class _Summed:
-    __slots__ = ("completion", "cost", "deployment", "key_id", "model", "prompt", "ts", "user_id")
+    __slots__ = ("answered", "completion", "cost", "deployment", "key_id", "latency", "model", "prompt", "stream",
+                 "ts", "user_id")
 
     def __init__(self, line: list[Any]) -> None:
         self.ts: float = float(line[2])
@@ -145,6 +149,18 @@ class _Summed:
         self.prompt = int(line[8])
         self.completion = int(line[9])
         self.cost = float(line[10])
+        direct = line[0] == "c" and bool(line[12])
+        self.answered = direct
+        """One direct charge so far: it is the request's answer."""
+        self.latency = float(line[13]) if direct else 0.0
+        self.stream = bool(line[14]) if direct else False
+
+
+def segment_lines(path: Path) -> list[bytes]:
+    """The lines of a segment file (the space after them, never written, is zeros)."""
+    data = path.read_bytes()
+    end = data.find(b"\0")
+    return [line for line in (data if end < 0 else data[:end]).split(b"\n") if line]
 
 
 def read(claim: Claim) -> Contents:
@@ -153,9 +169,7 @@ def read(claim: Claim) -> Contents:
     written: dict[str, UsageEvent] = {}
     charged: dict[str, _Summed] = {}
     for path, _ in claim.files:
-        for raw in path.read_bytes().split(b"\n"):
-            if not raw:
-                continue
+        for raw in segment_lines(path):
             try:
                 line = orjson.loads(raw)
                 _apply(line, contents, written, charged)
@@ -167,9 +181,10 @@ def read(claim: Claim) -> Contents:
             continue
         contents.rows.append(UsageEvent(
             request_id=usage_id, ts=s.ts, user_id=s.user_id, key_id=s.key_id, model=s.model, deployment=s.deployment,
-            prompt_tokens=s.prompt, completion_tokens=s.completion, cost_usd=s.cost, latency_ms=0.0,
-            status=INTERRUPTED))
-        contents.rebuilt += 1
+            prompt_tokens=s.prompt, completion_tokens=s.completion, cost_usd=s.cost, latency_ms=s.latency * 1000,
+            status=200 if s.answered else INTERRUPTED, stream=s.stream))
+        if not s.answered:
+            contents.rebuilt += 1
     if contents.skipped:
         log.warning("%d lines of the journal of process %s could not be read (a line cut short)", contents.skipped,
                     claim.owner)
@@ -190,6 +205,7 @@ def _apply(line: Any, contents: Contents, written: dict[str, UsageEvent], charge
         if summed is None:
             charged[usage_id] = _Summed(line)
         else:
+            summed.answered = False  # a second charge: a run's, or a request's of several calls
             summed.ts = float(line[2])
             summed.deployment = line[7]
             summed.prompt += int(line[8])

@@ -32,9 +32,10 @@ class Meter(Protocol):
 
 
 class Account(Protocol):
-    def charged(self, record: UsageRecord, hold: Hold | None) -> None:
-        """``record`` was accounted under the usage record this account is (an admission): told before its hold
-        is settled and before anything of its answer leaves, with no await (the usage journal writes it)."""
+    def charged(self, record: UsageRecord, hold: Hold | None, nested: bool) -> None:
+        """``record`` was accounted under the usage record this account is (an admission; ``nested``: in a child
+        context, a step of a run): told before its hold is settled and before anything of its answer leaves,
+        with no await (the usage journal writes it)."""
         ...
 
 

@@ -397,7 +397,8 @@ class Router:
         )
         if ctx is not None and ctx.account is not None and not attempt.charged:
             attempt.charged = True
-            ctx.account.charged(record, attempt.hold)  # journaled before the settle and before any answer leaves
+            # Journaled before the settle and before any of the answer leaves.
+            ctx.account.charged(record, attempt.hold, ctx.depth > 0)
         await attempt.settle(usage.cost)
         if attempt.span is not None and self.tracing is not None:
             self.tracing.accounted(attempt.span, usage)
