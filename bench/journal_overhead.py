@@ -38,7 +38,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from metrics_overhead import ADMIN, ROOT, api, cpu_seconds, start_upstream, stop_upstream, usage_rows, wrk
 
@@ -97,7 +99,7 @@ def micro(rounds: int) -> int:
         from thinktank.gateway.pricing import Price
         from thinktank.gateway.strategies import Deployment
 
-        dep = Deployment(MODEL, None, None, Price(2.5, 10.0), 30.0)  # type: ignore[arg-type]  (never called)
+        dep = Deployment(MODEL, None, None, Price(2.5, 10.0), 30.0)  # type: ignore[arg-type]  # (never called)
         record = UsageRecord(MODEL, MODEL, 25, 12, 0.000183, 0.0012, 200, False, 1)
         cpu: dict[str, list[float]] = {"on": [], "off": []}
 
@@ -138,7 +140,7 @@ def micro(rounds: int) -> int:
     return 0
 
 
-async def inproc(config: Path, rounds: int, batch: int, conc: int, same: str | None) -> dict[str, object]:
+async def inproc(config: Path, rounds: int, batch: int, conc: int, same: str | None) -> dict[str, Any]:
     """One app in this process; between batches its journal is attached (the gate's and the usage writer's) or
     detached, so the two modes share everything else: the same database, caches, memory and moment."""
     sys.path.insert(0, str(ROOT / "src"))
@@ -224,7 +226,7 @@ async def _call(app: object, method: str, path: str, key: str, body: object) -> 
     return status[0], b"".join(chunks)  # type: ignore[arg-type]
 
 
-async def _lifespan(app: object) -> object:
+async def _lifespan(app: object) -> Callable[[], Awaitable[None]]:
     """Start ``app``'s lifespan; returns the coroutine function that ends it."""
     inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
     outbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
@@ -267,7 +269,7 @@ def main() -> int:
         finally:
             stop_upstream(work)
         print(json.dumps(result))
-        print(f"journal on {result['cpu_us']['on']} us CPU/request, off {result['cpu_us']['off']} "  # type: ignore[index]
+        print(f"journal on {result['cpu_us']['on']} us CPU/request, off {result['cpu_us']['off']} "
               f"(median of per-round ratios {result['ratio_cpu']}, of differences {result['diff_us']} us)")
         return 0
     pin_server = ["taskset", "-c", "1"] if a.pin else []

@@ -268,5 +268,6 @@ async def test_a_full_segment_is_followed_at_once_and_nothing_counts_twice(
     await recovery.start()
     found = await rows(db)
     assert len(found) == 2001
-    assert found["run-1"] == (pytest.approx(20.0), INTERRUPTED, 2000, 4000)  # every charge once
+    cost, status, prompt, completion = found["run-1"]
+    assert cost == pytest.approx(20.0) and (status, prompt, completion) == (INTERRUPTED, 2000, 4000)  # each once
     await recovery.close()

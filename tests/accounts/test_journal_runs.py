@@ -72,5 +72,5 @@ def test_a_taken_up_run_is_paid_once_by_the_dead_servers_journal_and_the_taker(
     again = upstream.count("alpha") - 1
     assert again == 0 if saved else again in (0, 1)
     assert [upstream.count(m) for m in ("alpha", "beta", "gamma")] == [1 + again, 1 + again, 2]
-    run_cost = float(done["cost_usd"])  # type: ignore[arg-type]
+    run_cost = float(done["cost_usd"])
     assert sum(cost for cost, _ in rows.values()) == pytest.approx(run_cost + again * 0.1)

@@ -214,12 +214,11 @@ class Journal:
         try:
             active.map.write(orjson.dumps(line, option=_NEWLINE))
         except ValueError:  # full: the next segment, and the line numbered after its head
-            if not self._next():
+            if not self._next() or self._active is None:
                 return
-            active = self._active
             line[1] = self.seq + 1
             try:
-                active.map.write(orjson.dumps(line, option=_NEWLINE))
+                self._active.map.write(orjson.dumps(line, option=_NEWLINE))
             except ValueError:  # a line larger than a segment's room: not written (no such line is made)
                 log.error("a line of %d bytes does not fit in a journal segment", len(orjson.dumps(line)))
                 return
