@@ -8,10 +8,11 @@ usage row (and every cent) arrives.
     python bench/governance.py --peers             # the admin key and the key side by side with Portkey
 
 Four cases per server: the admin key and the virtual key, each on a model without a price
-(``fake-model``: a hold would cost 0, so none is taken) and on the same upstream with list prices
-(``fake-priced``: every request reserves its worst-case cost against the key's budget and
-settles it). The nginx fake upstream of ../shared/bench/gateway_bench.py answers at once; wrk
-drives c=32. The cases alternate so that drift of the machine hits all alike, and each round
+(``fake-model``) and on the same upstream with list prices (``fake-priced``: every request reserves
+its worst-case cost against the key's budget and settles it). A caller with a budget is refused a
+model without a price (issue 17), so ``vkey/unpriced`` uses a second key with the same rate limits
+and no budget: governance without a hold. The nginx fake upstream of ../shared/bench/gateway_bench.py
+answers at once; wrk drives c=32. The cases alternate so that drift of the machine hits all alike, and each round
 starts one case later than the one before (A B C D, B C D A, ...): on a shared machine the place
 of a run in the round moved its result by up to 15 %. Medians are reported; the governed/admin
 ratio is the median of the per-round ratios, per model. Besides requests per
@@ -162,8 +163,10 @@ def run_backend(
             "name": "bench", "budget_usd": 1_000_000, "budget_period": "day", "rpm": 100_000_000,
             "tpm": 1_000_000_000})
         key, key_id = str(made["key"]), str(made["id"])
-        luas = {c: shared.lua_script([f"Authorization: Bearer {ADMIN if CASES[c][0] else key}"], CASES[c][1], False)
-                for c in cases}
+        unbudgeted = str(api("POST", "/api/v1/keys", {"name": "bench-nobudget", "rpm": 100_000_000,
+                                                      "tpm": 1_000_000_000})["key"])
+        keys = {c: ADMIN if CASES[c][0] else unbudgeted if CASES[c][1] == "fake-model" else key for c in cases}
+        luas = {c: shared.lua_script([f"Authorization: Bearer {keys[c]}"], CASES[c][1], False) for c in cases}
         rps: dict[str, list[float]] = {k: [] for k in luas}
         cpu: dict[str, list[float]] = {k: [] for k in luas}
         bad = 0

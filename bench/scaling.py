@@ -92,10 +92,26 @@ def pg_counts(name: str) -> dict[str, int]:
     return dict(zip(keys, (int(x) for x in row.split("|")), strict=True))
 
 
-def governed_lua(shared: Any, port: int) -> Path:
-    key = api(port, "POST", "/api/v1/keys", {"name": "bench", "budget_usd": 1_000_000, "budget_period": "day",
-                                             "rpm": 100_000_000, "tpm": 1_000_000_000})["key"]
-    return shared.lua_script([f"Authorization: Bearer {key}"], MODEL, False)  # type: ignore[no-any-return]
+def governed_lua(shared: Any, port: int, keys: int = 1) -> Path:
+    """wrk's script: every request through a virtual key with a budget and rate limits; with ``keys`` > 1, each
+    request through the next of that many keys (each its own budget and limits: callers that share nothing)."""
+    made = [api(port, "POST", "/api/v1/keys", {"name": f"bench-{i}", "budget_usd": 1_000_000, "budget_period": "day",
+                                               "rpm": 100_000_000, "tpm": 1_000_000_000})["key"] for i in range(keys)]
+    if keys == 1:
+        return shared.lua_script([f"Authorization: Bearer {made[0]}"], MODEL, False)  # type: ignore[no-any-return]
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "What is the capital of France?"}],
+                       "max_tokens": 16})
+    lua = Path(tempfile.mkstemp(suffix=".lua", dir="/tmp/gateway_bench")[1])
+    lua.write_text("\n".join([
+        "local keys = {" + ",".join(json.dumps(f"Bearer {k}") for k in made) + "}",
+        "local n = 0",
+        f"local body = {json.dumps(body)}",
+        "request = function()",
+        "  n = n % #keys + 1",
+        '  return wrk.format("POST", nil, {["Content-Type"] = "application/json", ["Authorization"] = keys[n]}, body)',
+        "end",
+    ]) + "\n")
+    return lua
 
 
 def costs(a: argparse.Namespace, shared: Any, config: Path, work: Path) -> dict[str, Any]:
@@ -109,7 +125,7 @@ def costs(a: argparse.Namespace, shared: Any, config: Path, work: Path) -> dict[
             env["THINKTANK_REDIS_URL"] = stack.enter_context(private_redis(work))
         server = start_server(18440, work / "costs", config, env=env)
         try:
-            lua = governed_lua(shared, 18440)
+            lua = governed_lua(shared, 18440, a.keys)
             wrk(18440, lua, 2, a.conc)  # warm-up
             time.sleep(1.5)  # the warm-up's usage batch
             pg0 = pg_counts(dbname) if dbname else None
@@ -122,7 +138,8 @@ def costs(a: argparse.Namespace, shared: Any, config: Path, work: Path) -> dict[
             r1 = redis_calls() if a.redis else 0
         finally:
             server.stop()
-    result: dict[str, Any] = {"backend": a.backend, "redis": a.redis, "conc": a.conc, "seconds": a.seconds,
+    result: dict[str, Any] = {"backend": a.backend, "redis": a.redis, "keys": a.keys, "conc": a.conc,
+                              "seconds": a.seconds,
                               "rps": round(rps), "requests": total, "non2xx": bad,
                               "cpu_us_per_request": round(cpu / total * 1e6)}
     if pg0 is not None and pg1 is not None:
@@ -175,6 +192,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=8)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--conc", type=int, default=64)
+    ap.add_argument("--keys", type=int, default=1, help="costs: spread the requests over this many keys (budgets)")
     a = ap.parse_args()
     shared = shared_module()
     shared.need("wrk", "wrk")

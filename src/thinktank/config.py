@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from .accounts.config import PricingConfig, RateLimitsConfig
 from .agents.config import AgentConfig, McpServerConfig, unknown_tool
 from .alerts.config import AlertsConfig
 from .bounds import OutputTokens
@@ -311,6 +312,10 @@ class GatewayConfig(_In):
     tiers: dict[str, TierConfig] = Field(default_factory=dict)
     ip_rpm: int | None = Field(default=None, ge=1)
     """Requests per minute from one client address (all credentials together)."""
+    rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig)
+    """How the request and token limits count: fixed or sliding windows."""
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
+    """A default price for models without one, and the answer length budget holds assume."""
     groups: list[GroupConfig] = Field(default_factory=list)
     aliases: dict[str, str] = Field(default_factory=dict)
     router: RouterConfig = Field(default_factory=RouterConfig)

@@ -21,7 +21,7 @@ Hold = Callable[[str, str], bool]
 """(model, prompt) -> whether this request is held (asked once: the first request it matches)."""
 
 
-def _prompt(body: dict[str, Any]) -> str:
+def prompt_of(body: dict[str, Any]) -> str:
     parts = []
     for m in body.get("messages") or []:
         content = m.get("content")
@@ -29,7 +29,7 @@ def _prompt(body: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _answer(model: str, prompt: str, stream: bool) -> str:
+def answer(model: str, prompt: str, stream: bool) -> str:
     if model in ("alpha", "beta", "gamma"):
         return f"{model.title()} answers: the river crosses the valley at its {model} bend, {len(prompt)} steps."
     if model == "judge" and "Score the answer" in prompt:
@@ -67,13 +67,13 @@ class PanelUpstream:
     def handle(self, rec: Recorded) -> Reply:
         body = rec.json if isinstance(rec.json, dict) else {}
         model, stream = str(body.get("model")), bool(body.get("stream"))
-        asked = Asked(model, _prompt(body), stream)
+        asked = Asked(model, prompt_of(body), stream)
         with self._lock:
             self.asked.append(asked)
             if self.hold is not None and not self.held and self.hold(model, asked.prompt):
                 self.held.append(asked)
                 return Reply(hang=True)
-        text = _answer(model, asked.prompt, stream)
+        text = answer(model, asked.prompt, stream)
         if stream:
             return Reply(sse=openai_fmt.stream_events(re.findall(r"\S+\s*", text), completion_tokens=20))
         return Reply(json=openai_fmt.completion(text, model=model, prompt_tokens=30, completion_tokens=20))

@@ -415,11 +415,13 @@ class RecordingMeter:
     def __init__(self) -> None:
         self.events: list[tuple[str, str, float]] = []
 
-    async def reserve(self, deployment: Any, prompt_tokens: int, output_tokens: int | None) -> Any:
+    async def reserve(self, deployment: Any, prompt_tokens: int, output_tokens: int | None, choices: int = 1) -> Any:
         meter, dep = self, deployment.id
         meter.events.append(("reserve", dep, 0.0))
 
         class Hold:
+            output_tokens = None
+
             async def settle(self, cost: float) -> None:
                 meter.events.append(("settle", dep, cost))
 

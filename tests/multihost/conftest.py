@@ -22,18 +22,32 @@ from typing import Any
 import pytest
 from deploy.multihost.fleet import Fleet, fleet
 
+from ..deliberation.resume_upstream import answer as panel_answer
+from ..deliberation.resume_upstream import prompt_of as panel_prompt
 from ..fakes import openai as openai_fmt
 from ..fakes.upstream import FakeUpstream, Recorded, Reply
 
+PANEL = {"alpha", "beta", "gamma", "judge", "chair", "analyst", "moderator", "expert-a", "expert-b"}
+"""The parts of the ensemble and the debate: each answers in its part (tests/deliberation/resume_upstream.py);
+``slow:<seconds>`` anywhere in the prompt makes it take that long."""
+
 #: The hosts' config: "priced" costs only its output ($1000 per million tokens: $0.001 a token), "free" nothing.
-CONFIG = """
+CONFIG = ("""
 models:
   - {name: priced, provider: openai, model: fake-model, base_url: '$upstream/v1', api_key: x,
      input_price: 0, output_price: 1000}
   - {name: free, provider: openai, model: fake-model, base_url: '$upstream/v1', api_key: x,
      input_price: 0, output_price: 0}
-router: {num_retries: 0}
-"""
+$panelrouter: {num_retries: 0}
+ensembles:
+  - {name: council, members: [alpha, beta, gamma], strategy: rubric, judge: judge, chairman: chair}
+debates:
+  - {name: panel, models: [expert-a, expert-b], moderator: moderator, analyst: analyst, judge: judge, experts: 2,
+     rounds: 2, personas: [Priya Raman, Marcus Hale]}
+""").replace("$panel", "".join(
+    f"  - {{name: {m}, provider: openai, model: {m}, base_url: '$upstream/v1', api_key: x, input_price: 0, "
+    "output_price: 1000}\n" for m in sorted(PANEL)))
+
 
 _SLOW = re.compile(r"slow:([0-9.]+)")
 WORDS = 10
@@ -44,6 +58,17 @@ def _answer(rec: Recorded) -> Reply:
     body: dict[str, Any] = rec.json if isinstance(rec.json, dict) else {}
     if not rec.path.endswith("/chat/completions"):
         return openai_fmt.default_handler(rec)
+    if body.get("model") in PANEL:
+        model, prompt, stream = str(body["model"]), panel_prompt(body), bool(body.get("stream"))
+        found = _SLOW.search(prompt)
+        wait = float(found.group(1)) if found else 0.0
+        text = panel_answer(model, prompt, stream)
+        if stream:
+            pieces = re.findall(r"\S+\s*", text)
+            return Reply(sse=openai_fmt.stream_events(pieces, completion_tokens=20),
+                         chunk_delay=wait / (len(pieces) + 3))
+        return Reply(json=openai_fmt.completion(text, model=model, prompt_tokens=30, completion_tokens=20),
+                     delay=wait)
     tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 8)
     last = str((body.get("messages") or [{}])[-1].get("content", ""))
     slow = _SLOW.search(last)

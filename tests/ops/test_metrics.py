@@ -38,7 +38,9 @@ def config(url: str) -> dict[str, Any]:
         return {"name": name, "provider": "openai", "base_url": url + "/v1", "api_key": "sk-x", **extra}
 
     return {
-        "models": [model("priced", input_price=2.5, output_price=10), model("free"), model("down")],
+        # "free" and "down" cost nothing (a price of 0: a model without any price is refused to a key with a budget)
+        "models": [model("priced", input_price=2.5, output_price=10), model("free", input_price=0, output_price=0),
+                   model("down", input_price=0, output_price=0)],
         "groups": [{"name": "safe", "models": ["down"], "fallbacks": ["priced"]}],
         "router": {"num_retries": 0, "allowed_fails": 1, "cooldown": 60},
         "ensembles": [{"name": "pair", "members": ["priced", "free"], "strategy": "heuristic"}],
@@ -160,7 +162,7 @@ async def test_refusals_are_counted_by_reason(env: Env) -> None:
     poor = await env.key(budget_usd=0.000001, budget_period="day")
     refused = await env.chat(poor, "priced")
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded"
-    assert (await env.chat(poor, "free")).status_code == 200  # no price: no hold, no refusal
+    assert (await env.chat(poor, "free")).status_code == 200  # it costs nothing: no hold, no refusal
     capped = await env.http.post(env.url + "/api/v1/ensembles", headers=AUTH, json={
         "ensemble": "pair", "question": "q", "max_cost_usd": 0.0000001})
     assert capped.status_code == 429 and capped.json()["error"]["code"] == "budget_exceeded"

@@ -1,8 +1,15 @@
-"""Budget backends, where budgets live: one row (SQL) or one hash (Redis) per budget and period.
+"""Budget backends, where budgets live: one row (SQL) or one hash (Redis, :mod:`.budget_redis`) per budget
+and period.
 
 A store keeps ``spent + leased <= limit`` with single atomic steps: ``acquire`` leases money only
 if it fits, ``commit`` records spend and hands leases back. Nothing here caches; the per-process
 fast path is :class:`thinktank.accounts.budgets.BudgetLedger`.
+
+A lease taken for a :class:`Holder` (one per process) is also recorded per holder, with the time it runs out
+unless the holder renews it (``renew``). Any process hands the leases of holders that ran out back to their
+budgets (``reclaim_expired``): a process killed while holding a lease leaves it only until then. The sum stays
+in the budget's own row, so the check that admits a lease reads one row. Expiry times are the store's own
+clock (the database server's, Redis's), so the processes' clocks need not agree.
 """
 
 from __future__ import annotations
@@ -12,23 +19,20 @@ import functools
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
-from sqlalchemy import and_, case, select, update
+from sqlalchemy import Float, and_, case, cast, delete, func, select, update
 
 from ..clock import Clock
 from ..store.db import Database
-from ..store.tables import BudgetRow
-
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
+from ..store.tables import BudgetLeaseRow, BudgetRow
 
 __all__ = [
     "EPSILON",
     "BudgetSpec",
     "BudgetStore",
+    "Holder",
     "Period",
-    "RedisBudgetStore",
     "Scope",
     "SqlBudgetStore",
     "period_key",
@@ -58,6 +62,14 @@ class BudgetSpec:
     period: Period
     label: str
     """A human name for messages: "key 'ci-bot' (tt-abcd…)", "team 'ml'", "the global daily cap"."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    """One process's name for its leases, and how long they outlive its last renewal (seconds)."""
+
+    id: str
+    ttl: float
 
 
 def period_key(period: Period, now_wall: float) -> str:
@@ -94,18 +106,35 @@ def _check_amount(name: str, value: float) -> None:
 
 
 class BudgetStore(Protocol):
-    async def acquire(self, spec: BudgetSpec, period_key: str, amount: float) -> bool:
-        """Lease ``amount`` if ``spent + leased + amount <= limit``; create the budget if missing."""
+    async def acquire(self, spec: BudgetSpec, period_key: str, amount: float, holder: Holder | None = None
+                      ) -> bool:
+        """Lease ``amount`` if ``spent + leased + amount <= limit``; create the budget if missing. With a
+        ``holder``, the lease is recorded as its (and runs out ``holder.ttl`` seconds from now unless renewed)."""
         ...
 
-    async def commit(self, spec: BudgetSpec, period_key: str, spent_delta: float, lease_delta: float
-                     ) -> float | None:
-        """In one step: ``spent += spent_delta`` and ``leased -= lease_delta`` (never below 0). Returns the
-        budget's spent after the step (what every process has written; None if nothing was to write)."""
+    async def commit(self, spec: BudgetSpec, period_key: str, spent_delta: float, lease_delta: float,
+                     holder: Holder | None = None) -> float | None:
+        """In one step: ``spent += spent_delta`` and ``leased -= lease_delta`` (never below 0; with a ``holder``,
+        never more than it holds). Returns the budget's spent after the step (what every process has written;
+        None if nothing was to write)."""
         ...
 
     async def read(self, spec: BudgetSpec, period_key: str) -> tuple[float, float, float]:
         """(limit, spent, leased); a budget never charged reads as (spec limit, 0, 0)."""
+        ...
+
+    async def renew(self, holder: Holder) -> None:
+        """Every lease of ``holder`` now runs out ``holder.ttl`` seconds from now."""
+        ...
+
+    async def reclaim_expired(self, now: float | None = None) -> float:
+        """Hand every lease that ran out before ``now`` back to its budget; returns the USD. ``now`` defaults
+        to the store's own clock (the database's or Redis's), the one lease expiries are written with: best,
+        as no process's clock then matters."""
+        ...
+
+    async def drop(self, holder: Holder) -> float:
+        """Hand every lease of ``holder`` back to its budget now (it gave them up); returns the USD."""
         ...
 
 
@@ -147,7 +176,34 @@ class SqlBudgetStore:
     def _row(spec: BudgetSpec, pkey: str) -> Any:
         return and_(BudgetRow.scope == spec.scope, BudgetRow.scope_id == spec.scope_id, BudgetRow.period == pkey)
 
-    async def acquire(self, spec: BudgetSpec, period_key: str, amount: float) -> bool:
+    def _now(self) -> Any:
+        """The database's clock, in Unix seconds (lease expiries are written and compared with it)."""
+        if self._db.dialect == "postgresql":
+            return cast(func.extract("epoch", func.clock_timestamp()), Float)
+        return (func.julianday("now") - 2440587.5) * 86400.0
+
+    def _add_lease(self, spec: BudgetSpec, pkey: str, holder: Holder, amount: float) -> Any:
+        """The holder's lease row, created with ``amount`` or grown by it; renewed either way."""
+        values = {"scope": spec.scope, "scope_id": spec.scope_id, "period": pkey, "holder": holder.id,
+                  "leased_usd": amount, "expires_at": self._now() + holder.ttl}
+        index = [BudgetLeaseRow.scope, BudgetLeaseRow.scope_id, BudgetLeaseRow.period, BudgetLeaseRow.holder]
+        insert: Any
+        if self._db.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = insert(BudgetLeaseRow).values(**values)
+        return stmt.on_conflict_do_update(index_elements=index, set_={
+            "leased_usd": BudgetLeaseRow.leased_usd + stmt.excluded.leased_usd,
+            "expires_at": stmt.excluded.expires_at})
+
+    @staticmethod
+    def _lease_row(scope: str, scope_id: str, pkey: str, holder: str) -> Any:
+        return and_(BudgetLeaseRow.scope == scope, BudgetLeaseRow.scope_id == scope_id,
+                    BudgetLeaseRow.period == pkey, BudgetLeaseRow.holder == holder)
+
+    async def acquire(self, spec: BudgetSpec, period_key: str, amount: float, holder: Holder | None = None
+                      ) -> bool:
         _check_amount("amount", amount)
         stmt = (
             update(BudgetRow)
@@ -157,29 +213,77 @@ class SqlBudgetStore:
         )
         async with self._db.session() as session:
             conn = await session.connection()
-            await conn.execute(self._upsert(spec, period_key))
-            result = await conn.execute(stmt)
-            return result.rowcount == 1
+            await conn.execute(self._upsert(spec, period_key))  # locks the budget's row first, always
+            granted = (await conn.execute(stmt)).rowcount == 1
+            if granted and holder is not None:
+                await conn.execute(self._add_lease(spec, period_key, holder, amount))
+            return granted
 
-    async def commit(self, spec: BudgetSpec, period_key: str, spent_delta: float, lease_delta: float
-                     ) -> float | None:
+    async def commit(self, spec: BudgetSpec, period_key: str, spent_delta: float, lease_delta: float,
+                     holder: Holder | None = None) -> float | None:
         _check_amount("spent_delta", spent_delta)
         _check_amount("lease_delta", lease_delta)
         if spent_delta == 0 and lease_delta == 0:
             return None
-        left = BudgetRow.leased_usd - lease_delta
-        stmt = (
-            update(BudgetRow)
-            .where(self._row(spec, period_key))
-            .values(spent_usd=BudgetRow.spent_usd + spent_delta,
-                    leased_usd=case((left > EPSILON, left), else_=0.0),
-                    updated_at=self._clock.time())
-            .returning(BudgetRow.spent_usd)
-        )
         async with self._db.session() as session:
             conn = await session.connection()
-            await conn.execute(self._upsert(spec, period_key))
+            await conn.execute(self._upsert(spec, period_key))  # the budget's row is locked from here on
+            if holder is not None and lease_delta > 0:
+                lease = self._lease_row(spec.scope, spec.scope_id, period_key, holder.id)
+                held = (await conn.execute(select(BudgetLeaseRow.leased_usd).where(lease))).scalar_one_or_none()
+                held = float(held or 0.0)
+                if held - lease_delta > EPSILON:
+                    await conn.execute(update(BudgetLeaseRow).where(lease).values(
+                        leased_usd=held - lease_delta, expires_at=self._now() + holder.ttl))
+                else:  # all of it back (never more than it holds: a lease reclaimed meanwhile is gone already)
+                    await conn.execute(delete(BudgetLeaseRow).where(lease))
+                    lease_delta = held
+            left = BudgetRow.leased_usd - lease_delta
+            stmt = (
+                update(BudgetRow)
+                .where(self._row(spec, period_key))
+                .values(spent_usd=BudgetRow.spent_usd + spent_delta,
+                        leased_usd=case((left > EPSILON, left), else_=0.0),
+                        updated_at=self._clock.time())
+                .returning(BudgetRow.spent_usd)
+            )
             return float((await conn.execute(stmt)).scalar_one())
+
+    async def renew(self, holder: Holder) -> None:
+        async with self._db.session() as session:
+            await session.execute(update(BudgetLeaseRow).where(BudgetLeaseRow.holder == holder.id).values(
+                expires_at=self._now() + holder.ttl))
+
+    async def reclaim_expired(self, now: float | None = None) -> float:
+        return await self._give_back(BudgetLeaseRow.expires_at < (self._now() if now is None else now))
+
+    async def drop(self, holder: Holder) -> float:
+        return await self._give_back(BudgetLeaseRow.holder == holder.id)
+
+    async def _give_back(self, which: Any) -> float:
+        """Delete the lease rows ``which`` selects and take their amounts off their budgets' leased, one budget
+        (one short transaction) at a time; a row renewed meanwhile stays (``which`` is checked again)."""
+        found = select(BudgetLeaseRow.scope, BudgetLeaseRow.scope_id, BudgetLeaseRow.period).where(which).distinct()
+        async with self._db.session() as session:
+            budgets = (await session.execute(found.limit(1000))).all()
+        total = 0.0
+        for scope, scope_id, pkey in budgets:
+            budget = and_(BudgetRow.scope == scope, BudgetRow.scope_id == scope_id, BudgetRow.period == pkey)
+            lease = and_(BudgetLeaseRow.scope == scope, BudgetLeaseRow.scope_id == scope_id,
+                         BudgetLeaseRow.period == pkey, which)
+            async with self._db.session() as session:
+                conn = await session.connection()
+                # The budget's row first (a write: SQLite takes its lock at once), as acquire and commit do.
+                await conn.execute(update(BudgetRow).where(budget).values(updated_at=self._clock.time()))
+                amounts = (await conn.execute(delete(BudgetLeaseRow).where(lease).returning(
+                    BudgetLeaseRow.leased_usd))).scalars().all()
+                back = float(sum(amounts))
+                if back > 0:
+                    left = BudgetRow.leased_usd - back
+                    await conn.execute(update(BudgetRow).where(budget).values(
+                        leased_usd=case((left > EPSILON, left), else_=0.0)))
+                total += back
+        return total
 
     async def read(self, spec: BudgetSpec, period_key: str) -> tuple[float, float, float]:
         stmt = select(BudgetRow.limit_usd, BudgetRow.spent_usd, BudgetRow.leased_usd).where(
@@ -189,80 +293,3 @@ class SqlBudgetStore:
         if row is None:
             return (_limit(spec), 0.0, 0.0)
         return (float(row[0]), float(row[1]), float(row[2]))
-
-
-# KEYS[1] the budget hash; ARGV: limit, amount, eps, ttl seconds (0: none).
-_ACQUIRE_LUA = """
-local key = KEYS[1]
-redis.call('HSET', key, 'limit', ARGV[1])
-local spent = tonumber(redis.call('HGET', key, 'spent') or '0')
-local leased = tonumber(redis.call('HGET', key, 'leased') or '0')
-if spent == nil then spent = 0 end
-if leased == nil then leased = 0 end
-local ttl = tonumber(ARGV[4])
-if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-if spent + leased + tonumber(ARGV[2]) <= tonumber(ARGV[1]) + tonumber(ARGV[3]) then
-  redis.call('HINCRBYFLOAT', key, 'leased', ARGV[2])
-  return 1
-end
-return 0
-"""
-
-# KEYS[1] the budget hash; ARGV: limit, spent_delta, lease_delta, minus lease_delta, eps, ttl seconds (0: none).
-# Returns the spent after the step (HINCRBYFLOAT's string: a Lua number would come back truncated to an integer).
-_COMMIT_LUA = """
-local key = KEYS[1]
-if redis.call('HEXISTS', key, 'limit') == 0 then redis.call('HSET', key, 'limit', ARGV[1]) end
-local spent = redis.call('HINCRBYFLOAT', key, 'spent', ARGV[2])
-local leased = tonumber(redis.call('HGET', key, 'leased') or '0')
-if leased == nil then leased = 0 end
-if leased - tonumber(ARGV[3]) > tonumber(ARGV[5]) then
-  redis.call('HINCRBYFLOAT', key, 'leased', ARGV[4])
-else
-  redis.call('HSET', key, 'leased', '0')
-end
-local ttl = tonumber(ARGV[6])
-if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-return spent
-"""
-
-
-class RedisBudgetStore:
-    """One hash per budget and period (fields limit, spent, leased), changed only by Lua scripts."""
-
-    def __init__(self, redis_client: Redis, clock: Clock, prefix: str = "tt:budget") -> None:
-        self._redis = redis_client
-        self._clock = clock
-        self._prefix = prefix
-        self._acquire = redis_client.register_script(_ACQUIRE_LUA)
-        self._commit = redis_client.register_script(_COMMIT_LUA)
-
-    def key(self, spec: BudgetSpec, period_key: str) -> str:
-        return f"{self._prefix}:{spec.scope}:{spec.scope_id}:{period_key}"
-
-    def _ttl(self, spec: BudgetSpec) -> int:
-        if spec.period == "total":
-            return 0
-        # Relative to the injected clock: the Redis server's own clock plays no part.
-        return math.ceil(period_reset_in(spec.period, self._clock.time()) + EXPIRY_GRACE)
-
-    async def acquire(self, spec: BudgetSpec, period_key: str, amount: float) -> bool:
-        _check_amount("amount", amount)
-        args: list[str | int] = [repr(_limit(spec)), repr(float(amount)), repr(EPSILON), self._ttl(spec)]
-        result = await self._acquire(keys=[self.key(spec, period_key)], args=args)
-        return int(result) == 1
-
-    async def commit(self, spec: BudgetSpec, period_key: str, spent_delta: float, lease_delta: float
-                     ) -> float | None:
-        _check_amount("spent_delta", spent_delta)
-        _check_amount("lease_delta", lease_delta)
-        if spent_delta == 0 and lease_delta == 0:
-            return None
-        args: list[str | int] = [repr(_limit(spec)), repr(float(spent_delta)), repr(float(lease_delta)),
-                                 repr(-float(lease_delta)), repr(EPSILON), self._ttl(spec)]
-        return float(await self._commit(keys=[self.key(spec, period_key)], args=args))
-
-    async def read(self, spec: BudgetSpec, period_key: str) -> tuple[float, float, float]:
-        raw = await self._redis.hmget(self.key(spec, period_key), ["limit", "spent", "leased"])
-        limit, spent, leased = (None if v is None else float(v) for v in raw)
-        return (_limit(spec) if limit is None else limit, spent or 0.0, leased or 0.0)

@@ -13,7 +13,12 @@ write in flight will take away (spend recorded, lease handed back) is counted as
 Only leasing more and writing to the store take the budget's lock.
 
 Only a settle whose actual cost exceeds what was reserved can push a budget past its limit (the
-money was spent; it is charged, never dropped).
+money was spent; it is charged, never dropped; later requests are then refused). The router caps every
+attempt's ``max_tokens`` at the answer its hold covers, so that takes an upstream that ignores
+``max_tokens`` or a prompt that tokenizes to more than 1.5 times its estimate.
+
+Each ledger leases under a holder name of its own, which it keeps renewing (:mod:`.budget_leases`); the
+leases of a process that died are handed back by the others within ``ttl * 1.5`` seconds (15 s by default).
 """
 
 from __future__ import annotations
@@ -33,19 +38,22 @@ from .budget_backends import (
     EPSILON,
     BudgetSpec,
     BudgetStore,
+    Holder,
     Period,
-    RedisBudgetStore,
     Scope,
     SqlBudgetStore,
     period_key,
     period_reset_in,
 )
+from .budget_leases import DEFAULT_LEASE_TTL, LeaseKeeper
+from .budget_redis import RedisBudgetStore
 
 __all__ = [
     "BudgetExceededError",
     "BudgetLedger",
     "BudgetSpec",
     "BudgetStore",
+    "Holder",
     "Period",
     "RedisBudgetStore",
     "Reservation",
@@ -146,15 +154,20 @@ class BudgetLedger:
 
     ``lease_fraction`` of a budget's limit is leased at a time (at least what a request needs);
     ``flush_interval`` is how often :meth:`start`'s background task writes spend and hands back
-    idle leases. Other processes see this process's unspent lease as used until then.
+    idle leases. Other processes see this process's unspent lease as used until then. ``lease_ttl``:
+    seconds the leases outlive the last renewal (see :mod:`.budget_leases`).
     """
 
     def __init__(self, store: BudgetStore, clock: Clock, *, lease_fraction: float = 0.05,
-                 flush_interval: float = 1.0) -> None:
+                 flush_interval: float = 1.0, lease_ttl: float = DEFAULT_LEASE_TTL,
+                 holder_id: str | None = None) -> None:
         if not 0 <= lease_fraction <= 1:
             raise ValueError("lease_fraction must be between 0 and 1")
         self._store = store
         self._clock = clock
+        self.keeper = LeaseKeeper(store, clock, self._lapsed, ttl=lease_ttl, holder_id=holder_id)
+        """This ledger's holder name and the renewal of its leases."""
+        self._keeping: asyncio.Task[None] | None = None
         self._lease_fraction = lease_fraction
         self._flush_interval = flush_interval
         self._budgets: dict[_BudgetId, _Budget] = {}
@@ -195,6 +208,7 @@ class BudgetLedger:
             budget.reserved += amount
             return True
         limit = budget.spec.limit_usd or 0.0
+        reclaimed = False
         while amount > budget.free + EPSILON:
             shortfall = amount - budget.free
             want = max(shortfall, limit * self._lease_fraction)
@@ -202,28 +216,36 @@ class BudgetLedger:
                 if await self._lease(budget, ask):
                     break
             else:
-                return False
+                # Before refusing: leases of processes that died may be due back.
+                if reclaimed or not await self.keeper.reclaim_on_refusal():
+                    return False
+                reclaimed = True
             # Reservations served from the lease meanwhile may have taken some of it: look again.
         budget.reserved += amount
         return True
 
     async def _lease(self, budget: _Budget, ask: float) -> bool:
         """Lease ``ask`` from the store. If the caller is cancelled meanwhile, a grant still counts."""
-        task = asyncio.ensure_future(self._store.acquire(budget.spec, budget.pkey, ask))
+        holder = self.keeper.holder
+        task = asyncio.ensure_future(self._store.acquire(budget.spec, budget.pkey, ask, holder))
         try:
             granted = await asyncio.shield(task)
         except asyncio.CancelledError:
-            task.add_done_callback(functools.partial(self._late_lease, budget, ask))
+            task.add_done_callback(functools.partial(self._late_lease, budget, ask, holder))
             raise
+        if granted and holder is not self.keeper.holder:
+            # Granted to a holder given up meanwhile (its leases may run out): back, and lease as the new one.
+            self._background(self._store.commit(budget.spec, budget.pkey, 0.0, ask, holder))
+            return await self._lease(budget, ask)
         if granted:
             budget.leased += ask
         return granted
 
-    def _late_lease(self, budget: _Budget, ask: float, task: asyncio.Future[bool]) -> None:
+    def _late_lease(self, budget: _Budget, ask: float, holder: Holder, task: asyncio.Future[bool]) -> None:
         if task.cancelled() or task.exception() is not None or not task.result():
             return
-        if self._closed:  # nobody will flush it: hand it straight back
-            self._background(self._store.commit(budget.spec, budget.pkey, 0.0, ask))
+        if self._closed or holder is not self.keeper.holder:  # nobody will flush it: hand it straight back
+            self._background(self._store.commit(budget.spec, budget.pkey, 0.0, ask, holder))
             return
         self._budgets.setdefault(_budget_id(budget.spec, budget.pkey), budget).leased += ask
 
@@ -271,6 +293,8 @@ class BudgetLedger:
         if self._closed:
             raise RuntimeError("the budget ledger is closed")
         now = self._clock.time()
+        keeper = self.keeper
+        live = now < keeper.serve_until  # the leases may be spent from
         done: list[_Budget] = []
         keys: list[tuple[str, str, str]] = []
         try:
@@ -280,10 +304,15 @@ class BudgetLedger:
                 budget = self._entry(spec, period_key(spec.period, now))
                 budget.spec = spec  # the newest limit wins
                 budget.touched = True
-                if amount <= budget.free + EPSILON:  # the lease covers it: no await, nothing in between
-                    budget.reserved += amount
+                if amount <= budget.free + EPSILON and live:
+                    budget.reserved += amount  # the lease covers it: no await, nothing in between
                     budget.holds += 1
                 else:
+                    if amount > 0 and not live:
+                        await keeper.keep_alive()  # not under a budget's lock: a new holder flushes them all
+                        live = True
+                        budget = self._entry(spec, budget.pkey)  # which may have forgotten this one
+                        budget.spec, budget.touched = spec, True
                     async with self._using(budget):
                         if not await self._take(budget, amount):
                             raise await self._exceeded(budget, amount, now)
@@ -358,7 +387,8 @@ class BudgetLedger:
 
     # -- flushing -------------------------------------------------------------------------------
 
-    async def _flush_one(self, budget: _Budget, *, return_all: bool, keep_used: bool = False) -> None:
+    async def _flush_one(self, budget: _Budget, *, return_all: bool, keep_used: bool = False,
+                         holder: Holder | None = None) -> None:
         """Under the budget's lock: write pending spend, hand back the lease it used and idle lease.
 
         ``keep_used``: a budget reserved from since the last such flush keeps its lease (the
@@ -377,7 +407,7 @@ class BudgetLedger:
         budget.committing += spent
         budget.returning += give
         task: asyncio.Future[float | None] = asyncio.ensure_future(
-            self._store.commit(budget.spec, budget.pkey, spent, give))
+            self._store.commit(budget.spec, budget.pkey, spent, give, holder or self.keeper.holder))
         apply = functools.partial(self._committed, budget, spent, give)
         try:
             await asyncio.shield(task)
@@ -409,19 +439,21 @@ class BudgetLedger:
                 except Exception:
                     log.exception("a budget listener failed")
 
-    async def flush(self, *, return_all: bool = False, keep_used: bool = False) -> None:
+    async def flush(self, *, return_all: bool = False, keep_used: bool = False, holder: Holder | None = None
+                    ) -> None:
         """Write accumulated spend to the store and hand back leases no reservation is using.
 
         ``return_all`` hands back every lease, even those backing outstanding reservations (their
         settles are then written by later flushes); ``keep_used`` keeps the lease of a budget
         reserved from since the last ``keep_used`` flush (the background flush does this). Every
-        budget is tried; the first failure is raised after the others were flushed.
+        budget is tried; the first failure is raised after the others were flushed. ``holder``: the
+        holder the leases are written for (default: this ledger's).
         """
         error: Exception | None = None
         for bid, budget in list(self._budgets.items()):
             async with self._using(budget):
                 try:
-                    await self._flush_one(budget, return_all=return_all, keep_used=keep_used)
+                    await self._flush_one(budget, return_all=return_all, keep_used=keep_used, holder=holder)
                 except Exception as exc:
                     error = error or exc
                     continue
@@ -431,6 +463,18 @@ class BudgetLedger:
                     del self._budgets[bid]  # nobody refers to it: forget it (old periods go this way)
         if error is not None:
             raise error
+
+    async def _lapsed(self, old: Holder) -> None:
+        """The leases of ``old`` may have run out (the keeper took a new holder): write what was spent against
+        them and hand them back, all of them (those backing reservations still out too: their settles lease
+        anew)."""
+        await self.flush(return_all=True, holder=old)
+
+    async def reclaim_expired(self, now: float | None = None) -> float:
+        """Hand the leases of every process that stopped renewing them (died) back to their budgets: the USD.
+        ``now`` defaults to the store's own clock. :meth:`start` does this every ``lease_ttl / 2`` seconds; a
+        job queue may call it too."""
+        return await self.keeper.reclaim_expired(now)
 
     async def _run(self) -> None:
         while True:
@@ -448,9 +492,12 @@ class BudgetLedger:
                     self._outages.failed(down, "flushing budgets")
 
     def start(self) -> None:
-        """Flush every ``flush_interval`` seconds (on the injected clock) in the background until :meth:`close`."""
+        """Flush every ``flush_interval`` seconds (on the injected clock) in the background until :meth:`close`,
+        renew this process's leases and reclaim those of processes that died (:mod:`.budget_leases`)."""
         if self._task is None and not self._closed:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="budget-flush")
+            loop = asyncio.get_running_loop()
+            self._task = loop.create_task(self._run(), name="budget-flush")
+            self._keeping = loop.create_task(self.keeper.run(), name="budget-leases")
 
     async def close(self) -> None:
         """Stop the background flush, write all spend and hand back every lease.
@@ -459,13 +506,15 @@ class BudgetLedger:
         to the store at once.
         """
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._keeping):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._keeping = None
         if self._flushing is not None:
             with contextlib.suppress(Exception):
                 await self._flushing  # a flush the cancel interrupted finishes first
             self._flushing = None
         await self.flush(return_all=True)
+        await self.keeper.close()

@@ -17,6 +17,8 @@ from typing import NamedTuple
 from ..clock import Clock
 from ..errors import RateLimitError, ThinktankError
 from ..gateway.context import CallContext, Hold
+from ..gateway.holds import PROMPT_SAFETY, UnpricedModelError, longest_fitting, worst_case
+from ..gateway.pricing import Price
 from ..gateway.strategies import Deployment
 from ..metrics.sink import MetricsSink
 from ..observability import request_ids
@@ -26,21 +28,17 @@ from .principal import Principal
 from .ratelimit import RateLimiter, RateLimitRefusal, RatePlan, Subject
 from .usage import UsageEvent, UsageWriter
 
-__all__ = ["Admission", "BudgetMeter", "Gate"]
+__all__ = ["PROMPT_SAFETY", "Admission", "BudgetMeter", "Gate"]
 
 log = logging.getLogger("thinktank.governance")
 
-#: The prompt estimate (about 4 characters a token) is inflated for holds, so that a text that
-#: tokenizes badly still fits inside what was reserved.
-PROMPT_SAFETY = 1.5
-
-
 class _LedgerHold:
-    __slots__ = ("_ledger", "_reservation", "budget_keys")
+    __slots__ = ("_ledger", "_reservation", "budget_keys", "output_tokens")
 
-    def __init__(self, ledger: BudgetLedger, reservation: Reservation) -> None:
+    def __init__(self, ledger: BudgetLedger, reservation: Reservation, output_tokens: int | None) -> None:
         self._ledger = ledger
         self._reservation = reservation
+        self.output_tokens = output_tokens
         self.budget_keys = reservation.budget_keys
         """The budgets it is settled on (the journal's charge line names them)."""
 
@@ -52,6 +50,8 @@ class _LedgerHold:
 
 
 class _NoHold:
+    output_tokens = None
+
     async def settle(self, cost: float) -> None:
         return None
 
@@ -59,28 +59,59 @@ class _NoHold:
         return None
 
 
+_NO_HOLD = _NoHold()
+
+#: Tries at a shorter answer after a refusal (each may meet another budget, or a process that took the room).
+_SHORTER_TRIES = 3
+
+
 class BudgetMeter:
-    """Holds the worst-case cost of an attempt on every budget that applies to the caller."""
+    """Holds the worst-case cost of an attempt on every budget that applies to the caller.
+
+    The hold covers the answer asked for (``max_tokens``, else ``default_output``), or the longest one the
+    budgets can still hold if at least ``min_output`` tokens (the request goes upstream capped at it); a model
+    without a price is refused (:class:`UnpricedModelError`).
+    """
 
     def __init__(self, ledger: BudgetLedger, specs: Sequence[BudgetSpec], default_output: int,
-                 metrics: MetricsSink | None = None) -> None:
+                 metrics: MetricsSink | None = None, min_output: int = 64) -> None:
         self._ledger = ledger
         self._specs = list(specs)
         self._default_output = default_output
+        self._min_output = min_output
         self._metrics = metrics or MetricsSink()
 
-    async def reserve(self, deployment: Deployment, prompt_tokens: int, output_tokens: int | None) -> Hold:
-        worst = deployment.price.cost(
-            math.ceil(prompt_tokens * PROMPT_SAFETY), output_tokens or self._default_output
-        )
+    async def reserve(self, deployment: Deployment, prompt_tokens: int, output_tokens: int | None,
+                      choices: int = 1) -> Hold:
+        price = deployment.price
+        if not price.known:
+            self._metrics.refused("unpriced_model", "model")
+            raise UnpricedModelError(deployment)
+        wanted = self._default_output if output_tokens is None else output_tokens
+        # worst_case(), inlined: this runs for every priced request.
+        worst = price.cost(math.ceil(prompt_tokens * PROMPT_SAFETY), wanted * choices)
         if worst <= 0:
-            return _NoHold()
+            return _NO_HOLD
         try:
             reservation = await self._ledger.reserve(self._specs, worst)
         except BudgetExceededError as exc:
-            self._metrics.refused("budget", exc.spec.scope)
-            raise
-        return _LedgerHold(self._ledger, reservation)
+            reservation, wanted = await self._shorter(exc, price, prompt_tokens, wanted, choices)
+        return _LedgerHold(self._ledger, reservation, wanted if price.output > 0 else None)
+
+    async def _shorter(self, refusal: BudgetExceededError, price: Price, prompt_tokens: int, wanted: int,
+                       choices: int) -> tuple[Reservation, int]:
+        """After ``refusal``: a hold of the longest answer that fits, or ``refusal`` raised."""
+        seen = refusal
+        for _ in range(_SHORTER_TRIES):
+            out = longest_fitting(price, prompt_tokens, choices, seen.remaining, wanted, self._min_output)
+            if out is None or out >= wanted:
+                break
+            try:
+                return await self._ledger.reserve(self._specs, worst_case(price, prompt_tokens, out, choices)), out
+            except BudgetExceededError as exc:
+                seen, wanted = exc, out
+        self._metrics.refused("budget", seen.spec.scope)
+        raise refusal  # names the whole answer's worst case, as asked
 
 
 @dataclass
@@ -164,7 +195,7 @@ class Gate:
     def __init__(
         self, limiter: RateLimiter, ledger: BudgetLedger, usage: UsageWriter, clock: Clock,
         *, global_daily_budget: float | None = None, default_output_tokens: int = 4096,
-        metrics: MetricsSink | None = None, journal: Journal | None = None,
+        min_output_tokens: int = 64, metrics: MetricsSink | None = None, journal: Journal | None = None,
     ) -> None:
         self.limiter = limiter
         self.journal = journal
@@ -178,6 +209,7 @@ class Gate:
             if global_daily_budget is not None else None
         )
         self._default_output = default_output_tokens
+        self._min_output = min_output_tokens
         # Request ids: a random prefix per process and a counter (os.urandom per request is a
         # system call, which measured at ~20 µs in a sandboxed kernel).
         self._id_prefix = secrets.token_hex(6) + "-"
@@ -203,7 +235,8 @@ class Gate:
             user_tpm=principal.user_tpm, tier=principal.tier,
         )
         specs = self._specs(principal)
-        meter = BudgetMeter(self.ledger, specs, self._default_output, self.metrics) if specs else None
+        meter = (BudgetMeter(self.ledger, specs, self._default_output, self.metrics, self._min_output)
+                 if specs else None)
         if len(self._governance) >= self.CACHE:
             self._governance.clear()
         plan = self.limiter.plan(subject)

@@ -1,11 +1,14 @@
 """Request and token rate limits, shared by every process through Redis (or in memory for one process).
 
 * **request and token counts** (key/user/ip requests per minute, key/user tokens per minute, tier
-  requests and tokens per minute/day) use *fixed windows* (:mod:`.windows`): one counter per
+  requests and tokens per minute/day) use *fixed windows* (:mod:`.windows`) by default: one counter per
   limit and window, cost-aware (a request adds its tokens), the cheapest check — it runs on every
   request. A window never admits more than its limit, though a burst can straddle two windows (up
   to twice the limit across a boundary). In memory a check is a few dictionary operations; with
-  Redis, one script call per request tests and charges every counter.
+  Redis, one script call per request tests and charges every counter (large limits are leased).
+  ``rate_limits: {window: sliding}`` uses *sliding windows* instead (:mod:`.sliding`): never more
+  than the limit within any span of one window's length, for 11 counters a limit; with Redis, one
+  script call per request whatever the limit (memory or a single Redis server: not Sentinel or Cluster).
 * **failed authentications** use the ``limits`` library's *moving window*: exact, one timestamp
   per failure (rare).
 
@@ -25,9 +28,9 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from limits import RateLimitItem, RateLimitItemPerDay, RateLimitItemPerMinute, RateLimitItemPerSecond
 from limits.aio import strategies
@@ -37,6 +40,7 @@ from limits.storage import storage_from_string
 
 from ..config import TierConfig
 from ..errors import ConfigError, RateLimitError
+from .sliding import LocalSlidingWindows, RedisSlidingWindows
 from .windows import LibraryWindows, Limit, LocalWindows, RatePlan, RedisWindows, Windows
 
 __all__ = ["RateLimitRefusal", "RateLimiter", "RatePlan", "Subject", "TierConfig"]
@@ -119,23 +123,35 @@ class RateLimiter:
         key_prefix: str = "tt",
         auth_max_failures: int = 10,
         auth_window_seconds: int = 300,
+        window: Literal["fixed", "sliding"] = "fixed",
+        now: Callable[[], float] = time.time,
     ) -> None:
+        """``window``: how request and token limits count (see the module); ``now``: their clock."""
         if auth_max_failures < 1 or auth_window_seconds < 1:
             raise ConfigError("rate limits: auth_max_failures and auth_window_seconds must be at least 1")
         self._storage, self._pool = _open_storage(storage_uri)
         self._moving = strategies.MovingWindowRateLimiter(self._storage)
-        self._local: LocalWindows | None = None
+        self._local: LocalWindows | LocalSlidingWindows | None = None
         self._shared: RedisWindows | None = None
         self._windows: Windows
+        sliding = window == "sliding"
+        self.window = window
+        self._now = now
         if self._pool is not None:
             from redis.asyncio import Redis
 
             self._redis: Redis | None = Redis(connection_pool=self._pool)
-            self._windows = self._shared = RedisWindows(self._redis)
+            if sliding:
+                self._windows = RedisSlidingWindows(self._redis, now)
+            else:
+                self._windows = self._shared = RedisWindows(self._redis, now)
         else:
             self._redis = None
             if (storage_uri or "memory://").startswith(("memory://", "async+memory://")):
-                self._windows = self._local = LocalWindows()
+                self._windows = self._local = LocalSlidingWindows(now) if sliding else LocalWindows(now)
+            elif sliding:
+                raise ConfigError("rate_limits: window: sliding needs memory:// or a single Redis server "
+                                  "(redis://, rediss://, redis+unix://); use window: fixed with Sentinel or Cluster")
             else:
                 self._windows = LibraryWindows(strategies.FixedWindowRateLimiter(self._storage))
         self._items: dict[tuple[type[RateLimitItem], int], RateLimitItem] = {}
@@ -196,7 +212,7 @@ class RateLimiter:
 
     async def _refusal(self, limit: Limit) -> RateLimitRefusal:
         _, reset = await self._windows.stats(limit)
-        retry = _retry_after(reset)
+        retry = max(1.0, reset - self._now())
         message = f"Rate limit: {limit.describe()}; try again in {math.ceil(retry)}s"
         return RateLimitRefusal(message, retry_after=retry, code="rate_limit_exceeded", limit=limit)
 

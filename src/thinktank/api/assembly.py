@@ -30,8 +30,7 @@ def build_state(
     settings: Settings, router: Router, admin_key: AdminKey, http: HttpClient, clock: Clock,
     local_embedder: LocalEmbedder | None = None,
 ) -> AppState:
-    from ..accounts.budget_backends import BudgetStore, RedisBudgetStore, SqlBudgetStore
-    from ..accounts.budgets import BudgetLedger
+    from ..accounts.budgets import BudgetLedger, BudgetStore, RedisBudgetStore, SqlBudgetStore
     from ..accounts.governance import Gate
     from ..accounts.keys import KeyService
     from ..accounts.principal import Authenticator
@@ -47,7 +46,8 @@ def build_state(
 
     queue = build_queue(settings, db.url)
     auth = Authenticator(db, admin_key, clock, cache_ttl=settings.auth_cache_ttl)
-    limiter = RateLimiter(settings.redis_url, router.config.tiers, ip_rpm=router.config.ip_rpm)
+    limiter = RateLimiter(settings.redis_url, router.config.tiers, ip_rpm=router.config.ip_rpm,
+                          window=router.config.rate_limits.window)
     store: BudgetStore
     redis_client = None
     if settings.redis_url:
@@ -57,7 +57,7 @@ def build_state(
         store = RedisBudgetStore(redis_client, clock)
     else:
         store = SqlBudgetStore(db, clock)
-    ledger = BudgetLedger(store, clock)
+    ledger = BudgetLedger(store, clock, lease_ttl=settings.budget_lease_ttl)
     alerts = None
     if router.config.alerts is not None:
         from ..alerts.service import build_alerts
@@ -80,7 +80,9 @@ def build_state(
     if metrics.enabled:
         router.metrics = metrics
         router.cooldowns.listeners.append(metrics.cooldown)
+    pricing = router.config.pricing
     gate = Gate(limiter, ledger, usage_writer, clock, global_daily_budget=settings.global_daily_budget_usd,
+                default_output_tokens=pricing.default_output_tokens, min_output_tokens=pricing.min_output_tokens,
                 metrics=metrics, journal=journal)
     from ..deliberation.run_store import RunStore
     from ..deliberation.service import Deliberation
@@ -89,6 +91,8 @@ def build_state(
     publisher = FeedPublisher(build_bus(settings.event_bus, database_url=db.url, redis_url=settings.redis_url))
     deliberation = Deliberation(router.config, catalog, RunStore(db), clock, metrics=metrics, auth=auth, gate=gate,
                                 stale_after=settings.run_stale_after, publisher=publisher)
+    if deliberation.resumption is not None:
+        deliberation.resumption.on_queue(queue)  # interrupted runs are taken up by the queue's workers
     from ..knowledge.embedders import Embedders
     from ..knowledge.service import KnowledgeService
 

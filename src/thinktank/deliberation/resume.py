@@ -33,6 +33,7 @@ from .runs import CallRecord, Event, LiveRun
 if TYPE_CHECKING:
     from ..accounts.governance import Admission, Gate
     from ..accounts.principal import Authenticator
+    from ..jobs.base import JobQueue
     from .service import Deliberation
 
 __all__ = ["REVOKED", "Resumption"]
@@ -59,6 +60,26 @@ class Resumption:
         self.sweep_every = sweep_every if sweep_every is not None else min(2.0, stale_after / 2)
         self.agents: AgentResume | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._queue: JobQueue | None = None
+
+    def on_queue(self, queue: JobQueue) -> None:
+        """Find interrupted runs with a periodic job of ``queue`` (one worker at a time across every process that
+        shares it) and take each up with a ``run.resume`` job, in whichever worker gets it (at most one waits per
+        run). Instead of this process's own sweep loop; a process that runs no jobs then takes no run up."""
+        queue.register("run.resume", self._resume_job)
+        every = max((n for n in (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30) if n <= self.sweep_every), default=1)
+        queue.every("runs.sweep", every, self._sweep_job)
+        self._queue = queue
+
+    async def _sweep_job(self) -> None:
+        assert self._queue is not None
+        for run_id in await self.stale():
+            await self._queue.defer("run.resume", {"run_id": run_id}, queueing_lock=f"run:{run_id}")
+
+    async def _resume_job(self, payload: dict[str, Any]) -> None:
+        run_id = payload.get("run_id")
+        if isinstance(run_id, str):
+            await self.take_up(run_id)  # claimed first: a run another worker took already is left alone
 
     # -- what a job queue calls ------------------------------------------------------------------
     async def stale(self, now: float | None = None) -> list[str]:
@@ -151,6 +172,8 @@ class Resumption:
 
     # -- the sweeper -----------------------------------------------------------------------------
     async def start(self) -> None:
+        if self._queue is not None:
+            return  # the queue's periodic job looks for them
         await self._sweep_safely()
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import math
 import random
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -24,7 +23,6 @@ from pydantic import ValidationError
 
 from ..accounts.budget_backends import BudgetSpec
 from ..accounts.budgets import BudgetExceededError
-from ..accounts.governance import PROMPT_SAFETY
 from ..accounts.journal import budget_keys
 from ..accounts.principal import Principal
 from ..agents.config import AgentConfig, unknown_tool
@@ -40,6 +38,7 @@ from ..errors import (
 from ..events.bus import LocalBus
 from ..events.feed import FeedPublisher
 from ..gateway.context import CallContext, Hold, Meter
+from ..gateway.holds import UnpricedModelError, longest_fitting, worst_case
 from ..gateway.strategies import Deployment
 from ..metrics.sink import MetricsSink
 from ..store.tables import new_id
@@ -95,8 +94,9 @@ class RunOptions:
 
 
 class _CapHold:
-    def __init__(self, cap: _RunCap, amount: float, inner: Hold | None) -> None:
+    def __init__(self, cap: _RunCap, amount: float, inner: Hold | None, output_tokens: int | None) -> None:
         self._cap, self._amount, self._inner = cap, amount, inner
+        self.output_tokens = output_tokens
 
     @property
     def budget_keys(self) -> Sequence[Sequence[str]]:
@@ -116,29 +116,45 @@ class _CapHold:
 
 
 class _RunCap:
-    """The run's own ``max_cost_usd``, checked before every call like any budget, then the caller's."""
+    """The run's own ``max_cost_usd``, checked before every call like any budget, then the caller's: the
+    answer held is the one asked for, or the longest that fits (at least ``min_output`` tokens)."""
 
     def __init__(self, inner: Meter | None, limit: float, run: LiveRun, default_output: int,
-                 metrics: MetricsSink | None = None) -> None:
+                 metrics: MetricsSink | None = None, min_output: int = 64) -> None:
         self._inner, self._limit, self._run, self._default_output = inner, limit, run, default_output
+        self._min_output = min_output
         self._metrics = metrics or MetricsSink()
         self.held = 0.0
         self.spent = 0.0
 
-    async def reserve(self, deployment: Deployment, prompt_tokens: int, output_tokens: int | None) -> Hold:
-        worst = deployment.price.cost(math.ceil(prompt_tokens * PROMPT_SAFETY), output_tokens or self._default_output)
+    async def reserve(self, deployment: Deployment, prompt_tokens: int, output_tokens: int | None,
+                      choices: int = 1) -> Hold:
+        price = deployment.price
+        if not price.known:  # the cap could not be kept
+            self._metrics.refused("unpriced_model", "model")
+            raise UnpricedModelError(deployment)
+        out = self._default_output if output_tokens is None else output_tokens
+        worst = worst_case(price, prompt_tokens, out, choices)
         remaining = self._limit - self.spent - self.held
         if worst > remaining:
-            spec = BudgetSpec("run", self._run.id, self._limit, "total", f"run {self._run.id} (max_cost_usd)")
-            self._metrics.refused("budget", "run")
-            raise BudgetExceededError(spec, amount=worst, remaining=remaining, retry_after=0)
+            shorter = longest_fitting(price, prompt_tokens, choices, remaining, out, self._min_output)
+            if shorter is None:
+                spec = BudgetSpec("run", self._run.id, self._limit, "total", f"run {self._run.id} (max_cost_usd)")
+                self._metrics.refused("budget", "run")
+                raise BudgetExceededError(spec, amount=worst, remaining=remaining, retry_after=0)
+            out, worst = shorter, worst_case(price, prompt_tokens, shorter, choices)
         self.held += worst
         try:
-            inner = await self._inner.reserve(deployment, prompt_tokens, output_tokens) if self._inner else None
+            inner = await self._inner.reserve(deployment, prompt_tokens, out, choices) if self._inner else None
         except BaseException:
             self.held -= worst
             raise
-        return _CapHold(self, worst, inner)
+        if inner is not None and inner.output_tokens is not None and inner.output_tokens < out:
+            out = inner.output_tokens  # the caller's budget holds a shorter answer: so does the run
+            smaller = worst_case(price, prompt_tokens, out, choices)
+            self.held -= worst - smaller
+            worst = smaller
+        return _CapHold(self, worst, inner, out if price.output > 0 else None)
 
 
 class Deliberation:
@@ -158,6 +174,7 @@ class Deliberation:
         self._rng = rng or random.Random(secrets.randbits(64))
         self._save_interval = save_interval
         self._default_output = default_output_tokens
+        self._min_output = config.pricing.min_output_tokens
         self.ensembles = {e.name: e for e in config.ensembles}
         self.debates = {d.name: d for d in config.debates}
         self.agents = {a.name: a for a in config.agents}
@@ -362,7 +379,7 @@ class Deliberation:
         output its hold assumes."""
         cap = max_tokens or self._default_output
         run.default_max_tokens = cap
-        meter = _RunCap(run.ctx.meter, max_cost_usd, run, cap, self.metrics)
+        meter = _RunCap(run.ctx.meter, max_cost_usd, run, cap, self.metrics, self._min_output)
         meter.spent = run.cost
         run.ctx.meter = meter
 

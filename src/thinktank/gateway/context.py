@@ -20,14 +20,23 @@ __all__ = ["Account", "CallContext", "Hold", "Meter"]
 
 
 class Hold(Protocol):
+    @property
+    def output_tokens(self) -> int | None:
+        """The answer (tokens per choice) the hold covers: the attempt goes upstream with ``max_tokens`` at most
+        this. None: any length (the answer costs nothing, or nothing is held)."""
+        ...
+
     async def settle(self, cost: float) -> None: ...
 
     async def release(self) -> None: ...
 
 
 class Meter(Protocol):
-    async def reserve(self, deployment: Deployment, prompt_tokens: int, output_tokens: int | None) -> Hold:
-        """Hold the worst-case cost of one attempt, or raise (e.g. a budget is exhausted)."""
+    async def reserve(self, deployment: Deployment, prompt_tokens: int, output_tokens: int | None,
+                      choices: int = 1) -> Hold:
+        """Hold the worst-case cost of one attempt (``choices`` answers of ``output_tokens``, or of a default
+        length when None; a shorter answer when only that fits), or raise (a budget is exhausted, the model
+        has no price)."""
         ...
 
 

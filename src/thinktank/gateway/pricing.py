@@ -2,13 +2,15 @@
 
 A deployment's configured ``input_price``/``output_price`` (USD per million tokens) win; else a
 shipped table of list prices for popular models (checked 2025; edit the config to override);
-else local providers are free and anything else costs 0 with ``known=False``.
+else local providers are free; else the config's ``pricing.default``; else the model costs 0 with
+``known=False`` (a caller with a budget is refused it: its cost could not be held).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..accounts.config import DefaultPrice
 from ..config import DeploymentConfig
 
 __all__ = ["PRICES", "Price", "price_for"]
@@ -99,12 +101,15 @@ def _lookup(model: str) -> tuple[float, float] | None:
     return PRICES[best] if best else None
 
 
-def price_for(deployment: DeploymentConfig) -> Price:
+def price_for(deployment: DeploymentConfig, default: DefaultPrice | None = None) -> Price:
+    """``deployment``'s price; ``default`` (the config's ``pricing.default``) for one nothing else prices."""
     if deployment.input_price is not None or deployment.output_price is not None:
         return Price(deployment.input_price or 0.0, deployment.output_price or 0.0)
     if deployment.provider in _FREE_PROVIDERS:
         return _FREE
     found = _lookup(deployment.upstream_model)
-    if found is None:
-        return _UNKNOWN
-    return Price(*found)
+    if found is not None:
+        return Price(*found)
+    if default is not None:
+        return Price(default.input_price, default.output_price)
+    return _UNKNOWN

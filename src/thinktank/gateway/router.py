@@ -47,6 +47,7 @@ from ..types import (
 )
 from .context import CallContext, Hold
 from .health import Cooldowns, FailureLog, scrub_message
+from .holds import UnpricedModelError, capped
 from .pricing import price_for
 from .retry import Backoff
 from .strategies import Deployment, pick
@@ -150,7 +151,7 @@ class Router:
             dep_id = d.id or (d.name if count == 0 else f"{d.name}#{count + 1}")
             model = self._build(i, d.model_copy(update={"id": dep_id}), ctx)
             self.deployments.append(
-                Deployment(dep_id, d, model, price_for(d), d.timeout or rc.timeout)
+                Deployment(dep_id, d, model, price_for(d, config.pricing.default), d.timeout or rc.timeout)
             )
         self._groups: dict[str, Group] = {}
         by_name: dict[str, list[Deployment]] = {}
@@ -248,9 +249,10 @@ class Router:
         request_model: str,
         prompt_tokens: int,
         output_tokens: int | None,
-        call: Callable[[Deployment, float], Awaitable[T]],
+        call: Callable[[Deployment, float, int | None], Awaitable[T]],
         ctx: CallContext | None = None,
         trace: AttemptTrace | None = None,
+        choices: int = 1,
     ) -> tuple[T, _Attempt, int]:
         deadline = self._clock.monotonic() + self.config.router.deadline
         queue: list[str] = [request_model]
@@ -269,7 +271,7 @@ class Router:
             visited.add(group.name)
             try:
                 result, attempt = await self._try_group(
-                    group, prompt_tokens, output_tokens, deadline, call, counter, ctx, trace
+                    group, prompt_tokens, output_tokens, deadline, call, counter, ctx, trace, choices
                 )
                 return result, attempt, counter[0]
             except ContextWindowExceededError as exc:
@@ -291,10 +293,11 @@ class Router:
         prompt_tokens: int,
         output_tokens: int | None,
         deadline: float,
-        call: Callable[[Deployment, float], Awaitable[T]],
+        call: Callable[[Deployment, float, int | None], Awaitable[T]],
         counter: list[int],
         ctx: CallContext | None = None,
         trace: AttemptTrace | None = None,
+        choices: int = 1,
     ) -> tuple[T, _Attempt]:
         needed = prompt_tokens + (output_tokens or 0)
         fitting = [d for d in group.deployments if d.fits(needed)]
@@ -318,8 +321,18 @@ class Router:
                     deployment=dep.id,
                 )
             timeout = min(dep.timeout, remaining)
-            # Budgets see the worst case of this attempt before any money is spent (may raise).
-            hold = await ctx.meter.reserve(dep, prompt_tokens, output_tokens) if ctx and ctx.meter else None
+            # Budgets see the worst case of this attempt before any money is spent (may raise); the attempt
+            # then asks for no longer an answer than the hold covers.
+            hold: Hold | None = None
+            if ctx is not None and ctx.meter is not None:
+                try:
+                    hold = await ctx.meter.reserve(dep, prompt_tokens, output_tokens, choices)
+                except UnpricedModelError:
+                    tried.add(dep.id)
+                    if any(d.id not in tried for d in fitting):
+                        continue  # a sibling with a price may answer
+                    raise
+            cap = hold.output_tokens if hold is not None else None
             started = self._clock.monotonic()
             if attempt_no:
                 self.metrics.retried(group.name)
@@ -329,7 +342,7 @@ class Router:
             span = trace.start(dep, attempt_no) if trace is not None else None
             try:
                 async with asyncio.timeout(timeout):
-                    result = await call(dep, timeout)
+                    result = await call(dep, timeout, cap)
             except TimeoutError:
                 if timeout < dep.timeout:
                     raise DeadlineExceededError(
@@ -410,12 +423,13 @@ class Router:
         return usage
 
     async def complete(self, request: ChatRequest, ctx: CallContext | None = None) -> ChatResponse:
-        async def call(dep: Deployment, _timeout: float) -> ChatResponse:
-            return await dep.model.complete(request)
+        async def call(dep: Deployment, _timeout: float, cap: int | None) -> ChatResponse:
+            return await dep.model.complete(capped(request, cap, dep.model))
 
         prompt = estimate_request_tokens(request)
         trace = self.tracing.attempts("chat", request, request.model) if self.tracing is not None else None
-        response, attempt, n = await self._run(request.model, prompt, request.output_limit(), call, ctx, trace)
+        response, attempt, n = await self._run(request.model, prompt, request.output_limit(), call, ctx, trace,
+                                               request.n or 1)
         if attempt.span is not None:
             trace.answered(attempt.span, response)  # type: ignore[union-attr]
         if response.usage is None:
@@ -425,8 +439,9 @@ class Router:
         return response
 
     async def stream(self, request: ChatRequest, ctx: CallContext | None = None) -> AsyncGenerator[ChatChunk, None]:
-        async def call(dep: Deployment, _timeout: float) -> tuple[AsyncIterator[ChatChunk], ChatChunk]:
-            it = aiter(dep.model.stream(request))
+        async def call(dep: Deployment, _timeout: float, cap: int | None
+                       ) -> tuple[AsyncIterator[ChatChunk], ChatChunk]:
+            it = aiter(dep.model.stream(capped(request, cap, dep.model)))
             try:
                 first = await anext(it)
             except StopAsyncIteration:
@@ -443,7 +458,8 @@ class Router:
 
         prompt = estimate_request_tokens(request)
         trace = self.tracing.attempts("chat", request, request.model) if self.tracing is not None else None
-        (it, first), attempt, n = await self._run(request.model, prompt, request.output_limit(), call, ctx, trace)
+        (it, first), attempt, n = await self._run(request.model, prompt, request.output_limit(), call, ctx, trace,
+                                                  request.n or 1)
         span = attempt.span
         reasons: list[str] = []
         dep = attempt.deployment
@@ -500,7 +516,7 @@ class Router:
     async def embed(self, request: EmbeddingRequest, ctx: CallContext | None = None) -> EmbeddingResponse:
         """One embedding per input, in input order, floats or base64 as asked, whatever the upstream sent."""
 
-        async def call(dep: Deployment, _timeout: float) -> EmbeddingResponse:
+        async def call(dep: Deployment, _timeout: float, _cap: int | None) -> EmbeddingResponse:
             if not isinstance(dep.model, EmbeddingModel):
                 raise InvalidRequestError(f"'{dep.name}' cannot make embeddings", param="model")
             return _in_order(await dep.model.embed(request), request, dep.id)
@@ -508,7 +524,7 @@ class Router:
         ids = request.token_ids()
         prompt = sum(map(len, ids)) if ids is not None else sum(map(estimate_text_tokens, request.texts()))
         trace = self.tracing.attempts("embeddings", None, request.model) if self.tracing is not None else None
-        response, attempt, n = await self._run(request.model, prompt, None, call, ctx, trace)
+        response, attempt, n = await self._run(request.model, prompt, 0, call, ctx, trace)  # no answer to hold
         if attempt.span is not None:
             attempt.span.set_attribute("gen_ai.response.model", response.model)
         usage = Usage(prompt_tokens=response.usage.prompt_tokens or prompt)

@@ -48,7 +48,8 @@ class MetricsSink:
 
     def refused(self, reason: str, scope: str) -> None:
         """A request was refused by a rate limit (``rate_limit``, ``request_too_large``) or a budget
-        (``budget``); ``scope`` says which kind of limit: key, user, ip, tier, team, global or run."""
+        (``budget``; ``unpriced_model``: a model without a price, scope ``model``); ``scope`` says which kind
+        of limit: key, user, ip, tier, team, global or run."""
 
     def cache_hit(self, model: str, kind: str) -> None:
         """An answer came from a cache (``kind``: ``run`` for the deliberation run cache, ``response`` ...)."""

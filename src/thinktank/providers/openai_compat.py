@@ -35,10 +35,13 @@ __all__ = [
 ]
 
 
+_OPENAI_API = "https://api.openai.com/v1"
+
+
 class OpenAIProvider:
     """Any OpenAI-compatible endpoint, chosen by ``base_url``."""
 
-    default_base_url: ClassVar[str | None] = "https://api.openai.com/v1"
+    default_base_url: ClassVar[str | None] = _OPENAI_API
     needs_key: ClassVar[bool] = True
     key_env_hint: ClassVar[str] = "OPENAI_API_KEY"
 
@@ -50,6 +53,9 @@ class OpenAIProvider:
         if not base:
             raise ConfigError(f"model '{deployment.name}': base_url is required for provider '{deployment.provider}'")
         self.base_url = base.rstrip("/")
+        # Where a cap on the answer goes when the request carries none (a budget hold sets one): OpenAI's own
+        # API refuses max_tokens for its reasoning models; other OpenAI-compatible servers know max_tokens.
+        self.output_limit_field = "max_completion_tokens" if self.base_url == _OPENAI_API else "max_tokens"
         self._key = deployment.resolve_api_key()
         if self._key is None and self.needs_key:
             raise ConfigError(

@@ -25,8 +25,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
-    "ApiKey", "Base", "BudgetRow", "Comparison", "KbChunk", "KbDocument", "KbDocumentText", "KbIngestion",
-    "KbIngestionItem", "KbShare", "KnowledgeBase",
+    "ApiKey", "Base", "BudgetLeaseRow", "BudgetRow", "Comparison", "KbChunk", "KbDocument", "KbDocumentText",
+    "KbIngestion", "KbIngestionItem", "KbShare", "KnowledgeBase",
     "ResponseCacheRow", "Run", "RunCall", "RunDocument", "RunEvent", "Session", "Team", "UsageRow", "User", "new_id",
 ]
 
@@ -124,6 +124,22 @@ class BudgetRow(Base):
     spent_usd: Mapped[float] = mapped_column(Float, default=0.0)
     leased_usd: Mapped[float] = mapped_column(Float, default=0.0)
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+class BudgetLeaseRow(Base):
+    """What one process (``holder``) has leased of one budget in one period: ``budgets.leased_usd`` is the sum of
+    these (and of leases taken before holders were recorded). A holder renews ``expires_at`` while it lives;
+    any process hands an expired holder's lease back to its budget (``SqlBudgetStore.reclaim_expired``)."""
+
+    __tablename__ = "budget_leases"
+    __table_args__ = (Index("ix_budget_leases_holder", "holder"), Index("ix_budget_leases_expires", "expires_at"))
+
+    scope: Mapped[str] = mapped_column(String(8), primary_key=True)
+    scope_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    period: Mapped[str] = mapped_column(String(16), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64), primary_key=True)
+    leased_usd: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
 
 
 class UsageRow(Base):
