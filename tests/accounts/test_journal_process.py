@@ -1,7 +1,9 @@
 """Real ``thinktank serve`` processes killed with SIGKILL right after answering, before their usage writer's next
-batch (0.5 s): restarted on the same data directory, every answered request has exactly one usage row, with the
-cost its client was told. On SQLite, PostgreSQL, and with budgets in Redis. Several servers sharing one data
-directory leave each other's live journals alone."""
+batch (0.5 s) and budget flush (1 s): restarted on the same data directory, every answered request has exactly
+one usage row, with the cost its client was told, and the budget's spend is the sum of those costs. A server
+killed while it holds a budget lease: another spends the rest and the budget is never overspent; once the killed
+one's data directory is replayed, the spend is exact again. On SQLite, PostgreSQL, and with budgets in Redis.
+Several servers sharing one data directory leave each other's live journals alone."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ..fakes.process import Server
-from .journal_env import ADMIN, PRICE_CONFIG, Answer, Upstream, ask, make_key, usage_rows, wait_for
+from .journal_env import ADMIN, PRICE_CONFIG, Answer, Upstream, ask, budget, make_key, usage_rows, wait_for
 
 
 @pytest.fixture(params=["sqlite", "postgres", "redis"])
@@ -81,6 +83,8 @@ def test_answers_of_a_killed_server_each_have_one_usage_row_after_its_restart(
         assert (cost, status) == (a.cost, 200) or (cost == pytest.approx(a.cost) and status == 200)  # as told
     second.stop()
     assert list((Path(served["THINKTANK_DATA_DIR"]) / "journal").iterdir()) == []
+    spent, leased = budget(served, key_id)
+    assert spent == pytest.approx(sum(a.cost for a in answers)) and leased == pytest.approx(0.0, abs=1e-9)
 
 
 def test_servers_sharing_a_data_directory_replay_only_the_dead_ones_journal(
@@ -104,3 +108,48 @@ def test_servers_sharing_a_data_directory_replay_only_the_dead_ones_journal(
     assert sorted(rows) == sorted(x.request_id for x in answers)
     assert sum(cost for cost, _ in rows.values()) == pytest.approx(sum(x.cost for x in answers))
     assert list(journal.iterdir()) == []
+    assert budget(served, key_id) == pytest.approx((sum(x.cost for x in answers), 0.0), abs=1e-9)
+
+
+def test_a_server_killed_holding_a_lease_never_lets_the_budget_be_overspent(
+    server: type[Server], served: dict[str, str], tmp_path: Path,
+) -> None:
+    """A answers five requests ($0.05 each, not yet written) and holds $0.40 for a sixth when it is killed; B, with
+    a data directory of its own, spends all it can. Reclaimed, A's lease counts as spent: B gets $0.35, not the
+    $1.00 a lease handed back would have let it spend (A's $0.25 were spent). A restarted on its data directory
+    replays its journal: the spend becomes the $0.60 of the usage rows, and B may spend the last $0.40."""
+    fast = {**served, "THINKTANK_BUDGET_LEASE_TTL": "2"}
+    a = server([], fast)
+    key_id, key = make_key(a.url, 1.0)
+    answers = [ask(a.url, key, f"fast {i}", 50) for i in range(5)]
+    held = ThreadPoolExecutor(1)
+    held.submit(ask, a.url, key, "slow, please", 400)  # $0.40 held while the upstream takes a minute
+    wait_for("A's lease", lambda: budget(fast, key_id)[1] >= 0.65 - 1e-9)
+    kill(a)
+    held.shutdown(wait=True, cancel_futures=True)
+    assert all(x is not None for x in answers)
+
+    b = server([], {**fast, "THINKTANK_DATA_DIR": str(tmp_path / "b-data")})
+    wait_for("A's lease reclaimed, as spent", lambda: budget(fast, key_id) == pytest.approx((0.65, 0.0), abs=1e-9))
+    spent_by_b = []
+    while (got := ask(b.url, key, "from b", 50)) is not None:
+        spent_by_b.append(got)
+        assert budget(fast, key_id)[0] <= 1.0 + 1e-9
+    assert len(spent_by_b) == 7  # $0.35: what A neither spent nor held ($0.65 counted while A's journal is away)
+
+    a2 = server([], fast)  # A's data directory again: its journal says $0.25 (the held $0.40 was never spent)
+    rows = usage_rows(fast["THINKTANK_DATABASE_URL"], key_id)
+    answered = sorted(rid for rid, (_, status) in rows.items() if status == 200)
+    assert answered == sorted(x.request_id for x in [*answers, *spent_by_b] if x is not None)
+    assert {cost for cost, status in rows.values() if status != 200} == {0.0}  # B's refusals (429) cost nothing
+    assert budget(fast, key_id)[0] == pytest.approx(0.6)
+    more = []
+    while (got := ask(b.url, key, "from b again", 50)) is not None:
+        more.append(got)
+    assert len(more) == 8  # the last $0.40
+    b.stop()
+    a2.stop()
+    rows = usage_rows(fast["THINKTANK_DATABASE_URL"], key_id)
+    assert len([1 for _, status in rows.values() if status == 200]) == 20
+    assert sum(cost for cost, _ in rows.values()) == pytest.approx(1.0)
+    assert budget(fast, key_id) == pytest.approx((1.0, 0.0), abs=1e-9)

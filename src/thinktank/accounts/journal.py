@@ -33,7 +33,6 @@ Lines are JSON arrays; ``seq`` grows by one a line across the process's segments
   call's seconds;
 - ``["a", seq, ts, usage_id, user_id, key_id, model, deployment, prompt, completion, cost, charges]``: the sum
   of the earlier charges of a usage record still open when the segment began;
-- ``["h", seq, holder]``: budget leases are taken under ``holder`` from now on;
 - ``["u", seq, request_id, ts, user_id, key_id, model, deployment, prompt, completion, cost, latency_ms,
   status, cache_hit, stream]``: a usage row as recorded (but the one of a request whose one direct charge says
   it all).
@@ -45,7 +44,9 @@ import fcntl
 import logging
 import mmap
 import os
+import re
 import secrets
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
     from ..gateway.router import UsageRecord
     from .usage import UsageEvent
 
-__all__ = ["FORMAT", "SUFFIX", "Journal", "JournalAccount", "budget_keys", "lock", "segment_owner"]
+__all__ = ["FORMAT", "SUFFIX", "Journal", "JournalAccount", "budget_keys", "lock", "new_owner", "segment_owner"]
 
 log = logging.getLogger("thinktank.journal")
 
@@ -68,6 +69,13 @@ NEW = ".new"
 FORMAT = 1
 """The version of the lines, in each segment's head."""
 _NEWLINE = orjson.OPT_APPEND_NEWLINE
+
+
+def new_owner() -> str:
+    """``<host>-<pid>-<random>``: unique, and it says which process it was (the host's name lowercased, letters,
+    digits and dashes only: it names files, and is matched as a prefix of holder names)."""
+    host = re.sub(r"[^a-z0-9]+", "-", socket.gethostname().lower()).strip("-")[:24] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def lock(fd: int) -> bool:
@@ -188,7 +196,8 @@ class Journal:
     def __init__(self, directory: Path, clock: Clock, *, database: str = "", budgets: str = "",
                  owner: str | None = None, rotate_every: float = 10.0, capacity: int = 2 << 20) -> None:
         self.directory = directory
-        self.owner = owner or f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.owner = owner or new_owner()
+        """This journal's name: its segments' and its budget lease holders' (``<owner>/<n>``)."""
         self.database = database
         self.budgets = budgets
         self.rotate_every = rotate_every
@@ -202,7 +211,6 @@ class Journal:
         self._index = 0
         self._open: dict[str, JournalAccount] = {}
         """Usage records charged and not yet recorded."""
-        self.holder: str | None = None
         self._failed_at = -1e18
 
     # -- writing ---------------------------------------------------------------------------------
@@ -260,11 +268,6 @@ class Journal:
         except ValueError:
             self._write(line)
 
-    def leasing_as(self, holder: str) -> None:
-        """Budget leases are taken under ``holder`` from now on."""
-        self.holder = holder
-        self._write(["h", self.seq + 1, holder])
-
     # -- segments --------------------------------------------------------------------------------
     def open(self) -> None:
         """Make the journal's directory and first segment."""
@@ -273,13 +276,11 @@ class Journal:
             self._begin()
 
     def _begin(self) -> None:
-        """A new segment, locked before it has its name, with its head: the stores, the holder, and the sum of each
-        record still open."""
+        """A new segment, locked before it has its name, with its head: the stores, and the sum of each record still
+        open."""
         now = self._clock.time()
         seq = self.seq
         lines = [["v", seq + 1, FORMAT, self.owner, self.database, self.budgets]]
-        if self.holder is not None:
-            lines.append(["h", seq + len(lines) + 1, self.holder])
         for usage_id, s in self._open.items():
             s.carried = True
             lines.append(["a", seq + len(lines) + 1, now, usage_id, s.user_id, s.key_id, s.model, s.deployment,
@@ -326,14 +327,15 @@ class Journal:
         while len(self._segments) > 1 and self._segments[0].last_seq <= committed:  # (not the one in use)
             self._segments.pop(0).close(delete=True)
 
-    def close(self, committed: int) -> None:
-        """Stop writing. The segments go if everything in them is committed and no record is open; otherwise they
-        stay, for a process to replay (unlocked from now on)."""
+    def close(self, committed: int) -> bool:
+        """Stop writing. The segments go if everything in them is committed and no record is open (True);
+        otherwise they stay, for a process to replay (unlocked from now on)."""
         done = committed >= self.seq and not self._open
         self._active = None
         segments, self._segments = self._segments, []
         for segment in segments:
             segment.close(delete=done)
+        return done
 
 
 def _allocate(fd: int, size: int) -> None:

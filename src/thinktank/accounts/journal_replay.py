@@ -16,7 +16,7 @@ What the lines make:
 - any other usage record with charges (``c``, ``a`` lines) and no ``u`` line was under way when its process
   died (a run going on, a request with several calls): its row is rebuilt from its charges, with status 499 (as
   a request cut short by a shutdown) and no latency;
-- every ``c`` line is spend on its budgets (:class:`Charge`), under the holders the ``h`` lines name.
+- every ``c`` line is spend on its budgets (:class:`Charge`); the budget store's marks say which of it is in.
 """
 
 from __future__ import annotations
@@ -129,8 +129,6 @@ class Contents:
     rebuilt: int = 0
     """Of ``rows``, those rebuilt from the charges of a request under way (status 499)."""
     charges: list[Charge] = field(default_factory=list)
-    holders: list[str] = field(default_factory=list)
-    """The budget lease holders it used, in order."""
     last_seq: int = 0
     skipped: int = 0
     """Lines that could not be read (a last line cut short)."""
@@ -164,7 +162,7 @@ def segment_lines(path: Path) -> list[bytes]:
 
 
 def read(claim: Claim) -> Contents:
-    """The usage rows (written and rebuilt), charges and holders of a claimed owner's segments."""
+    """The usage rows (written and rebuilt) and charges of a claimed owner's segments."""
     contents = Contents()
     written: dict[str, UsageEvent] = {}
     charged: dict[str, _Summed] = {}
@@ -216,9 +214,5 @@ def _apply(line: Any, contents: Contents, written: dict[str, UsageEvent], charge
             contents.charges.append(Charge(seq, float(line[10]), budgets))
     elif kind == "a":  # the sum of every earlier charge of a record still open: replaces what was summed so far
         charged[str(line[3])] = _Summed(line)
-    elif kind == "h":
-        holder = str(line[2])
-        if holder not in contents.holders:
-            contents.holders.append(holder)
     elif kind == "v":
         contents.stores.add((str(line[4]), str(line[5])))

@@ -57,13 +57,6 @@ def build_state(
         store = RedisBudgetStore(redis_client, clock)
     else:
         store = SqlBudgetStore(db, clock)
-    ledger = BudgetLedger(store, clock, lease_ttl=settings.budget_lease_ttl)
-    alerts = None
-    if router.config.alerts is not None:
-        from ..alerts.service import build_alerts
-
-        alerts = build_alerts(router.config.alerts, clock, db=db, redis=redis_client)
-        alerts.watch(ledger, router.cooldowns, router.config.router.allowed_fails)
     journal = None
     if settings.journal:
         from ..accounts.journal import Journal
@@ -71,6 +64,13 @@ def build_state(
 
         journal = Journal(settings.data_dir / "journal", clock, database=store_id(db.url),
                           budgets=store_id(settings.redis_url or db.url))
+    ledger = BudgetLedger(store, clock, lease_ttl=settings.budget_lease_ttl, journal=journal)
+    alerts = None
+    if router.config.alerts is not None:
+        from ..alerts.service import build_alerts
+
+        alerts = build_alerts(router.config.alerts, clock, db=db, redis=redis_client)
+        alerts.watch(ledger, router.cooldowns, router.config.router.allowed_fails)
     usage_writer = UsageWriter(db, clock, journal=journal)
     from ..catalog import Catalog
     from ..metrics import make_metrics
@@ -142,7 +142,7 @@ def build_state(
     if journal is not None:
         from ..accounts.recovery import Recovery
 
-        state.recovery = Recovery(journal, db, usage_writer, clock)
+        state.recovery = Recovery(journal, db, usage_writer, clock, ledger=ledger)
     if metrics.enabled:  # prometheus_client is imported only then
         from ..metrics.prometheus import PrometheusMetrics
         from .routes.metrics import MetricsEndpoint
