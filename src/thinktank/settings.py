@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     budget_lease_ttl: float = Field(default=10.0, ge=0.5, le=3600)
     """Seconds a process's budget leases outlive its last renewal (it renews every fifth of that): the leases
     of a process that died are back in their budgets within 1.5 times this."""
+    journal: bool = True
+    """Write every charge and usage row to a journal in the data directory before the answer leaves (a copy into
+    a mapped file each), so that a process killed with SIGKILL loses none (``thinktank.accounts.journal``)."""
     demo: bool = False
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_upload_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)

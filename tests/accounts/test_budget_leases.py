@@ -1,5 +1,6 @@
-"""Budget leases of a process that died come back: per-holder leases, renewal, reclaiming, on SQLite, PostgreSQL
-and Redis (the ``backend`` fixture). Expiry is the store's own clock: a test that wants a lease expired asks
+"""Budget leases of a process that died: per-holder leases, renewal, reclaiming (a dead holder's lease counts as
+spent until its journal's replay gives back what it did not spend), on SQLite, PostgreSQL and Redis (the
+``backend`` fixture). Expiry is the store's own clock: a test that wants a lease expired asks
 ``reclaim_expired`` for a time past it instead of waiting, or gives the holder a short ttl and waits for it
 with a deadline."""
 
@@ -29,9 +30,9 @@ def later(seconds: float) -> float:
     return time.time() + seconds
 
 
-async def test_a_dead_ledgers_lease_comes_back_and_another_can_spend_all(backend: Backend) -> None:
-    s = spec(1.0)
-    dead = BudgetLedger(backend.store, backend.clock, lease_fraction=0.5, lease_ttl=10)
+async def test_a_dead_ledgers_lease_is_reclaimed_as_spent_and_its_journal_gives_back_the_rest(backend: Backend) -> None:
+    s, pk = spec(1.0), period_key("day", backend.clock.time())
+    dead = BudgetLedger(backend.store, backend.clock, lease_fraction=0.5, lease_ttl=10, holder_id="p-1-ab/1")
     await dead.reserve([s], 0.1)  # leases 0.5, then "dies": never settles, flushes or closes
     assert (await backend.check_invariant(s))[2] == pytest.approx(0.5)
     alive = BudgetLedger(backend.other_store(), backend.clock, lease_ttl=10)
@@ -40,7 +41,13 @@ async def test_a_dead_ledgers_lease_comes_back_and_another_can_spend_all(backend
     assert await alive.reclaim_expired() == 0.0  # not run out yet (the store's clock)
     assert (await backend.check_invariant(s))[2] == pytest.approx(0.5)
     assert await alive.reclaim_expired(later(11)) == pytest.approx(0.5)  # 11 s on: it has
-    assert (await backend.check_invariant(s))[1:] == pytest.approx((0.0, 0.0), abs=TOL)
+    # It may have spent all of it: counted as spent, against its journal ("p-1-ab"), never beyond the limit.
+    assert (await backend.check_invariant(s))[1:] == pytest.approx((0.5, 0.0), abs=TOL)
+    with pytest.raises(BudgetExceededError):
+        await alive.reserve([s], 0.6)
+    # Its journal's replay says it spent nothing (see test_journal_budgets.py): all of it comes back.
+    assert await backend.store.journal_budgets("p-1-ab") == {("key", "k1", pk): 0}
+    assert await backend.store.settle_journal("p-1-ab", ("key", "k1", pk), 0.0, 0, 3) == pytest.approx(-0.5)
     everything = await alive.reserve([s], 1.0)  # the whole budget
     await alive.settle(everything, 1.0)
     await alive.close()
@@ -128,17 +135,17 @@ async def test_a_ledger_renews_in_the_background_and_close_forgets_its_holder(ba
 
 async def test_a_refused_reservation_reclaims_expired_leases_first(backend: Backend) -> None:
     s, pk = spec(1.0), period_key("day", backend.clock.time())
-    assert await backend.store.acquire(s, pk, 0.9, Holder("gone", 0.2))  # a process that died holding 0.9
+    assert await backend.store.acquire(s, pk, 0.9, Holder("gone/1", 0.2))  # a process that died holding 0.9
     ledger = BudgetLedger(backend.store, backend.clock, lease_ttl=10)
     deadline = time.monotonic() + 10
-    admitted = None
-    while admitted is None and time.monotonic() < deadline:
-        try:
-            admitted = await ledger.reserve([s], 0.5)  # refused until 0.2 s have passed, then reclaimed
-        except BudgetExceededError:
-            await asyncio.sleep(0.1)
-            backend.clock.advance(1.0)  # the refusal path reclaims at most once a second (the ledger's clock)
-    assert admitted is not None
+    while (await backend.read(s))[2] > TOL and time.monotonic() < deadline:
+        with pytest.raises(BudgetExceededError):  # refused: reclaiming makes the dead lease spent, not free
+            await ledger.reserve([s], 0.5)
+        await asyncio.sleep(0.1)
+        backend.clock.advance(1.0)  # the refusal path reclaims at most once a second (the ledger's clock)
+    assert await backend.read(s) == pytest.approx((1.0, 0.9, 0.0), abs=TOL)
+    await backend.store.settle_journal("gone", ("key", "k1", pk), 0.0, 0, 1)  # its journal: it spent nothing
+    admitted = await ledger.reserve([s], 0.5)
     await ledger.settle(admitted, 0.5)
     await ledger.close()
     assert await backend.read(s) == pytest.approx((1.0, 0.5, 0.0), abs=TOL)

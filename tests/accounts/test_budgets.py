@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import pytest
 import redis.asyncio as aioredis
 
+from thinktank.accounts.budget_backends import BudgetKey, Mark
 from thinktank.accounts.budgets import (
     BudgetExceededError,
     BudgetLedger,
@@ -213,7 +214,7 @@ async def test_zero_amounts_and_unlimited_budgets_never_touch_the_store(clock: F
             raise AssertionError("the store was used")
 
         async def commit(self, spec: BudgetSpec, period_key: str, spent_delta: float, lease_delta: float,
-                         holder: Holder | None = None) -> None:
+                         holder: Holder | None = None, mark: Mark | None = None) -> None:
             raise AssertionError("the store was used")
 
         async def read(self, spec: BudgetSpec, period_key: str) -> tuple[float, float, float]:
@@ -226,6 +227,16 @@ async def test_zero_amounts_and_unlimited_budgets_never_touch_the_store(clock: F
             raise AssertionError("the store was used")
 
         async def drop(self, holder: Holder) -> float:
+            raise AssertionError("the store was used")
+
+        async def journal_budgets(self, journal: str) -> dict[BudgetKey, int]:
+            raise AssertionError("the store was used")
+
+        async def settle_journal(self, journal: str, key: BudgetKey, unflushed: float, expected: int, last: int
+                                 ) -> float | None:
+            raise AssertionError("the store was used")
+
+        async def forget_journal(self, journal: str) -> None:
             raise AssertionError("the store was used")
 
     ledger = BudgetLedger(Exploding(), clock)
@@ -432,10 +443,10 @@ class GatedStore:
         return await self.store.acquire(spec, period_key, amount, holder)
 
     async def commit(self, spec: BudgetSpec, period_key: str, spent_delta: float, lease_delta: float,
-                     holder: Holder | None = None) -> None:
+                     holder: Holder | None = None, mark: Mark | None = None) -> None:
         self.committing.set()
         await self.gate.wait()
-        await self.store.commit(spec, period_key, spent_delta, lease_delta, holder)
+        await self.store.commit(spec, period_key, spent_delta, lease_delta, holder, mark)
 
     async def read(self, spec: BudgetSpec, period_key: str) -> tuple[float, float, float]:
         return await self.store.read(spec, period_key)
@@ -448,6 +459,16 @@ class GatedStore:
 
     async def drop(self, holder: Holder) -> float:
         return await self.store.drop(holder)
+
+    async def journal_budgets(self, journal: str) -> dict[BudgetKey, int]:
+        return await self.store.journal_budgets(journal)
+
+    async def settle_journal(self, journal: str, key: BudgetKey, unflushed: float, expected: int, last: int
+                             ) -> float | None:
+        return await self.store.settle_journal(journal, key, unflushed, expected, last)
+
+    async def forget_journal(self, journal: str) -> None:
+        await self.store.forget_journal(journal)
 
 
 async def test_reservations_go_on_while_a_flush_is_being_written(backend: Backend) -> None:

@@ -29,12 +29,15 @@ from ..store.tables import BudgetLeaseRow, BudgetRow
 
 __all__ = [
     "EPSILON",
+    "BudgetKey",
     "BudgetSpec",
     "BudgetStore",
     "Holder",
+    "Mark",
     "Period",
     "Scope",
     "SqlBudgetStore",
+    "journal_of",
     "period_key",
     "period_reset_in",
 ]
@@ -62,6 +65,19 @@ class BudgetSpec:
     period: Period
     label: str
     """A human name for messages: "key 'ci-bot' (tt-abcd…)", "team 'ml'", "the global daily cap"."""
+
+
+BudgetKey = tuple[str, str, str]
+"""(scope, scope id, period key): one budget in one period, as the journal names it."""
+
+Mark = tuple[str, int]
+"""(journal, position): a write of spend covers what that process's journal says up to that position."""
+
+
+def journal_of(holder_id: str) -> str | None:
+    """The journal a holder of leases belongs to (its id is ``<journal>/<n>``); None: a process with no journal."""
+    journal, slash, n = holder_id.rpartition("/")
+    return journal if slash and journal and n.isdigit() else None
 
 
 @dataclass(frozen=True)
@@ -113,10 +129,11 @@ class BudgetStore(Protocol):
         ...
 
     async def commit(self, spec: BudgetSpec, period_key: str, spent_delta: float, lease_delta: float,
-                     holder: Holder | None = None) -> float | None:
+                     holder: Holder | None = None, mark: Mark | None = None) -> float | None:
         """In one step: ``spent += spent_delta`` and ``leased -= lease_delta`` (never below 0; with a ``holder``,
-        never more than it holds). Returns the budget's spent after the step (what every process has written;
-        None if nothing was to write)."""
+        never more than it holds); with a ``mark``, the journal's mark on the budget moves to its position (the
+        spend written covers the journal up to there). Returns the budget's spent after the step (what every
+        process has written; None if nothing was to write)."""
         ...
 
     async def read(self, spec: BudgetSpec, period_key: str) -> tuple[float, float, float]:
@@ -128,13 +145,31 @@ class BudgetStore(Protocol):
         ...
 
     async def reclaim_expired(self, now: float | None = None) -> float:
-        """Hand every lease that ran out before ``now`` back to its budget; returns the USD. ``now`` defaults
-        to the store's own clock (the database's or Redis's), the one lease expiries are written with: best,
-        as no process's clock then matters."""
+        """End every lease that ran out before ``now``: its holder died (or stalled) and may have spent all of it,
+        so all of it counts as spent (never more than the limit: it was leased), and as reclaimed on the mark of
+        the holder's journal, whose replay sets the exact figure (:meth:`settle_journal`). Returns the USD.
+        ``now`` defaults to the store's own clock (the database's or Redis's), the one lease expiries are written
+        with: best, as no process's clock then matters."""
         ...
 
     async def drop(self, holder: Holder) -> float:
-        """Hand every lease of ``holder`` back to its budget now (it gave them up); returns the USD."""
+        """Hand every lease of ``holder`` back to its budget now (it gave them up, its spend written); the USD."""
+        ...
+
+    async def journal_budgets(self, journal: str) -> dict[BudgetKey, int]:
+        """The budgets ``journal`` has a mark on or its holders a lease of, with the mark's position (0: none)."""
+        ...
+
+    async def settle_journal(self, journal: str, key: BudgetKey, unflushed: float, expected: int, last: int
+                             ) -> float | None:
+        """In one step: budget ``key`` gets ``unflushed`` (the journal's spend past its mark) minus what was
+        reclaimed of the journal's leases, its holders' leases still there are handed back, and the mark moves
+        to ``last`` with nothing reclaimed. Refused (``StaleMarkError``) if the mark is not at ``expected``.
+        Returns the change of spent (None: no such budget)."""
+        ...
+
+    async def forget_journal(self, journal: str) -> None:
+        """Drop the marks of a journal that is gone (replayed, or its process stopped with everything written)."""
         ...
 
 
@@ -220,7 +255,7 @@ class SqlBudgetStore:
             return granted
 
     async def commit(self, spec: BudgetSpec, period_key: str, spent_delta: float, lease_delta: float,
-                     holder: Holder | None = None) -> float | None:
+                     holder: Holder | None = None, mark: Mark | None = None) -> float | None:
         _check_amount("spent_delta", spent_delta)
         _check_amount("lease_delta", lease_delta)
         if spent_delta == 0 and lease_delta == 0:
@@ -228,6 +263,11 @@ class SqlBudgetStore:
         async with self._db.session() as session:
             conn = await session.connection()
             await conn.execute(self._upsert(spec, period_key))  # the budget's row is locked from here on
+            if mark is not None:
+                from . import budget_marks
+
+                await conn.execute(budget_marks.advance(self._db.dialect, mark[0], (spec.scope, spec.scope_id,
+                                                                                     period_key), mark[1]))
             if holder is not None and lease_delta > 0:
                 lease = self._lease_row(spec.scope, spec.scope_id, period_key, holder.id)
                 held = (await conn.execute(select(BudgetLeaseRow.leased_usd).where(lease))).scalar_one_or_none()
@@ -255,14 +295,17 @@ class SqlBudgetStore:
                 expires_at=self._now() + holder.ttl))
 
     async def reclaim_expired(self, now: float | None = None) -> float:
-        return await self._give_back(BudgetLeaseRow.expires_at < (self._now() if now is None else now))
+        return await self._give_back(BudgetLeaseRow.expires_at < (self._now() if now is None else now), spent=True)
 
     async def drop(self, holder: Holder) -> float:
-        return await self._give_back(BudgetLeaseRow.holder == holder.id)
+        return await self._give_back(BudgetLeaseRow.holder == holder.id, spent=False)
 
-    async def _give_back(self, which: Any) -> float:
-        """Delete the lease rows ``which`` selects and take their amounts off their budgets' leased, one budget
-        (one short transaction) at a time; a row renewed meanwhile stays (``which`` is checked again)."""
+    async def _give_back(self, which: Any, *, spent: bool) -> float:
+        """Delete the lease rows ``which`` selects and take their amounts off their budgets' leased (``spent``:
+        onto their spent, and their journals' marks), one budget (one short transaction) at a time; a row renewed
+        meanwhile stays (``which`` is checked again)."""
+        from . import budget_marks
+
         found = select(BudgetLeaseRow.scope, BudgetLeaseRow.scope_id, BudgetLeaseRow.period).where(which).distinct()
         async with self._db.session() as session:
             budgets = (await session.execute(found.limit(1000))).all()
@@ -275,15 +318,38 @@ class SqlBudgetStore:
                 conn = await session.connection()
                 # The budget's row first (a write: SQLite takes its lock at once), as acquire and commit do.
                 await conn.execute(update(BudgetRow).where(budget).values(updated_at=self._clock.time()))
-                amounts = (await conn.execute(delete(BudgetLeaseRow).where(lease).returning(
-                    BudgetLeaseRow.leased_usd))).scalars().all()
-                back = float(sum(amounts))
+                rows = [(str(h), float(a)) for h, a in (await conn.execute(delete(BudgetLeaseRow).where(
+                    lease).returning(BudgetLeaseRow.holder, BudgetLeaseRow.leased_usd))).all()]
+                back = sum(a for _, a in rows)
                 if back > 0:
                     left = BudgetRow.leased_usd - back
                     await conn.execute(update(BudgetRow).where(budget).values(
-                        leased_usd=case((left > EPSILON, left), else_=0.0)))
+                        leased_usd=case((left > EPSILON, left), else_=0.0),
+                        spent_usd=BudgetRow.spent_usd + (back if spent else 0.0)))
+                    if spent:
+                        await budget_marks.add_reclaimed(conn, self._db.dialect, rows, (scope, scope_id, pkey))
                 total += back
         return total
+
+    async def journal_budgets(self, journal: str) -> dict[BudgetKey, int]:
+        from . import budget_marks
+
+        async with self._db.session() as session:
+            return await budget_marks.budgets_of(await session.connection(), journal)
+
+    async def settle_journal(self, journal: str, key: BudgetKey, unflushed: float, expected: int, last: int
+                             ) -> float | None:
+        from . import budget_marks
+
+        async with self._db.session() as session:
+            return await budget_marks.settle(await session.connection(), self._db.dialect, self._clock.time(),
+                                             journal, key, unflushed, expected, last)
+
+    async def forget_journal(self, journal: str) -> None:
+        from . import budget_marks
+
+        async with self._db.session() as session:
+            await budget_marks.forget(await session.connection(), journal)
 
     async def read(self, spec: BudgetSpec, period_key: str) -> tuple[float, float, float]:
         stmt = select(BudgetRow.limit_usd, BudgetRow.spent_usd, BudgetRow.leased_usd).where(

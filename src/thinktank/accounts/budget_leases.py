@@ -53,7 +53,7 @@ class LeaseKeeper:
     them back (the leases ``old`` still has are then handed back by the store too)."""
 
     def __init__(self, store: BudgetStore, clock: Clock, on_lapse: Callable[[Holder], Awaitable[None]], *,
-                 ttl: float = DEFAULT_LEASE_TTL, holder_id: str | None = None) -> None:
+                 ttl: float = DEFAULT_LEASE_TTL, holder_id: str | None = None, journal: str | None = None) -> None:
         if not (ttl > 0 and math.isfinite(ttl)):
             raise ValueError(f"a lease ttl must be a positive number of seconds, not {ttl!r}")
         self._store = store
@@ -64,7 +64,9 @@ class LeaseKeeper:
         self.margin = ttl / 5
         """Spending from the leases stops this long before they could run out (the store's clock may run ahead)."""
         self.reclaim_every = ttl / 2
-        self.holder = Holder(holder_id or new_holder_id(), ttl)
+        self._journal = journal
+        self._holders = 0
+        self.holder = Holder(holder_id or self._new_id(), ttl)
         self.live_until = -math.inf
         """Monotonic time until which the leases may be spent from."""
         self.serve_until = -math.inf
@@ -104,13 +106,21 @@ class LeaseKeeper:
         await self._new_holder()
         self._live_from(self._clock.monotonic(), self._clock.time())
 
+    def _new_id(self) -> str:
+        """A new holder name: ``<journal>/<n>`` for a process with a journal (whose replay settles what reclaiming
+        its leases counted as spent), else :func:`new_holder_id`."""
+        if self._journal is None:
+            return new_holder_id()
+        self._holders += 1
+        return f"{self._journal}/{self._holders}"
+
     def _live_from(self, mono: float, wall: float) -> None:
         self.live_until = mono + self.ttl - self.margin
         self.serve_until = wall + self.ttl - self.margin
 
     async def _new_holder(self) -> None:
         old = self.holder
-        self.holder = Holder(new_holder_id(), self.ttl)  # from now on every lease is the new holder's
+        self.holder = Holder(self._new_id(), self.ttl)  # from now on every lease is the new holder's
         log.warning("budget leases of %s were not renewed in time (%.0f s); handing them back and leasing as %s",
                     old.id, self.ttl - self.margin, self.holder.id)
         try:
@@ -121,7 +131,8 @@ class LeaseKeeper:
                         old.id, self.bound, exc_info=True)
 
     async def reclaim_expired(self, now: float | None = None) -> float:
-        """Hand every lease that ran out back to its budget (``now``: the store's clock by default); the USD."""
+        """End every lease that ran out, counted as spent until its journal is replayed (``now``: the store's clock
+        by default); the USD."""
         return await self._store.reclaim_expired(now)
 
     async def reclaim_on_refusal(self) -> bool:

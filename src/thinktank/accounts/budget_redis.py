@@ -5,8 +5,11 @@ whatever the number of processes.
 Holders: a sorted set ``<prefix>:holders`` scores each holder by the time (Redis's own clock, so the
 processes' clocks need not agree) its leases run out unless renewed; ``<prefix>:holder:<id>`` lists the budget
 hashes it holds leases in.
-Reclaiming a holder that ran out takes its fields off those hashes and their amounts off ``leased``, in one
-script. The scripts touch keys they find in those sets: a single Redis server (not Cluster).
+Reclaiming a holder that ran out takes its fields off those hashes and their amounts from ``leased`` to ``spent``
+(it may have spent them), and onto ``r:<journal>`` of its journal, in one script. Journal marks
+(:mod:`.budget_marks` says what they are): ``m:<journal>`` (position) and ``r:<journal>`` (reclaimed) in the
+budget's hash; ``<prefix>:journal:<journal>`` lists the hashes with a mark of that journal. The scripts touch keys
+they find in those sets: a single Redis server (not Cluster).
 """
 
 from __future__ import annotations
@@ -15,7 +18,17 @@ import math
 from typing import TYPE_CHECKING
 
 from ..clock import Clock
-from .budget_backends import EPSILON, EXPIRY_GRACE, BudgetSpec, Holder, _check_amount, _limit, period_reset_in
+from .budget_backends import (
+    EPSILON,
+    EXPIRY_GRACE,
+    BudgetKey,
+    BudgetSpec,
+    Holder,
+    Mark,
+    _check_amount,
+    _limit,
+    period_reset_in,
+)
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -52,14 +65,22 @@ end
 return 0
 """
 
-# KEYS[1] the budget hash, KEYS[2] the holder's set of budgets (unused without a holder);
-# ARGV: limit, spent_delta, lease_delta, minus lease_delta, eps, ttl seconds (0: none), holder field ('': none).
+# KEYS[1] the budget hash, KEYS[2] the holder's set of budgets (unused without a holder), KEYS[3] the journal's set
+# of budgets (unused without a journal); ARGV: limit, spent_delta, lease_delta, minus lease_delta, eps, ttl seconds
+# (0: none), holder field ('': none), journal ('': none), its position.
 # With a holder, never more lease goes back than it holds (a lease reclaimed meanwhile is gone already).
 # Returns the spent after the step (HINCRBYFLOAT's string: a Lua number would come back truncated to an integer).
 _COMMIT_LUA = """
 local key = KEYS[1]
 if redis.call('HEXISTS', key, 'limit') == 0 then redis.call('HSET', key, 'limit', ARGV[1]) end
 local spent = redis.call('HINCRBYFLOAT', key, 'spent', ARGV[2])
+if ARGV[8] ~= '' then
+  local mark = 'm:' .. ARGV[8]
+  if tonumber(ARGV[9]) > (tonumber(redis.call('HGET', key, mark) or '0') or 0) then
+    redis.call('HSET', key, mark, ARGV[9])
+  end
+  redis.call('SADD', KEYS[3], key)
+end
 local back, minus = tonumber(ARGV[3]), ARGV[4]
 if ARGV[7] ~= '' and back > 0 then
   local raw = redis.call('HGET', key, ARGV[7]) or '0'
@@ -87,10 +108,13 @@ return spent
 """
 
 # KEYS[1] the holders' sorted set; ARGV: the prefix of the holders' sets of budgets, eps, now ('': Redis's clock),
-# the holder to give up ('': every holder whose leases ran out before now). Returns the USD handed back.
+# the holder to give up ('': every holder whose leases ran out before now), the prefix of the journals' sets of
+# budgets. A holder given up hands its leases back; one that ran out has them counted as spent (and as reclaimed on
+# its journal's mark: a holder <journal>/<n>). Returns the USD.
 _RECLAIM_LUA = _NOW_LUA + """
-local function give_back(holder)
+local function give_back(holder, spend)
   local field, budgets, total = 'h:' .. holder, ARGV[1] .. holder, 0
+  local journal = string.match(holder, '^(.+)/%d+$')
   for _, budget in ipairs(redis.call('SMEMBERS', budgets)) do
     local raw = redis.call('HGET', budget, field)
     local held = tonumber(raw or '0') or 0
@@ -102,6 +126,13 @@ local function give_back(holder)
       else
         redis.call('HSET', budget, 'leased', '0')
       end
+      if spend then
+        redis.call('HINCRBYFLOAT', budget, 'spent', raw)
+        if journal then
+          redis.call('HINCRBYFLOAT', budget, 'r:' .. journal, raw)
+          redis.call('SADD', ARGV[5] .. journal, budget)
+        end
+      end
       total = total + held
     end
   end
@@ -109,14 +140,47 @@ local function give_back(holder)
   redis.call('ZREM', KEYS[1], holder)
   return total
 end
-if ARGV[4] ~= '' then return tostring(give_back(ARGV[4])) end
+if ARGV[4] ~= '' then return tostring(give_back(ARGV[4], false)) end
 local t = now()
 if ARGV[3] ~= '' then t = tonumber(ARGV[3]) end
 local total = 0
 for _, holder in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. t, 'LIMIT', 0, 100)) do
-  total = total + give_back(holder)
+  total = total + give_back(holder, true)
 end
 return tostring(total)
+"""
+
+# KEYS[1] the budget hash, KEYS[2] the journal's set of budgets; ARGV: journal, unflushed, expected position, last
+# position, eps, the prefix of the holders' sets of budgets. See BudgetStore.settle_journal. Returns the change of
+# spent ('none': no such budget, 'stale': the mark is not where expected).
+_SETTLE_LUA = """
+local key, journal = KEYS[1], ARGV[1]
+if redis.call('EXISTS', key) == 0 then return 'none' end
+local mark, reclaimed_field = 'm:' .. journal, 'r:' .. journal
+if (tonumber(redis.call('HGET', key, mark) or '0') or 0) ~= tonumber(ARGV[3]) then return 'stale' end
+local reclaimed = tonumber(redis.call('HGET', key, reclaimed_field) or '0') or 0
+local prefix, back = 'h:' .. journal .. '/', 0
+for _, field in ipairs(redis.call('HKEYS', key)) do
+  if string.sub(field, 1, #prefix) == prefix then
+    back = back + (tonumber(redis.call('HGET', key, field)) or 0)
+    redis.call('HDEL', key, field)
+    redis.call('SREM', ARGV[6] .. string.sub(field, 3), key)
+  end
+end
+local delta = string.format('%.17g', tonumber(ARGV[2]) - reclaimed)
+if tonumber(redis.call('HINCRBYFLOAT', key, 'spent', delta)) < 0 then redis.call('HSET', key, 'spent', '0') end
+if back > 0 then
+  local leased = tonumber(redis.call('HGET', key, 'leased') or '0') or 0
+  if leased - back > tonumber(ARGV[5]) then
+    redis.call('HINCRBYFLOAT', key, 'leased', string.format('%.17g', -back))
+  else
+    redis.call('HSET', key, 'leased', '0')
+  end
+end
+redis.call('HSET', key, mark, ARGV[4])
+redis.call('HDEL', key, reclaimed_field)
+redis.call('SADD', KEYS[2], key)
+return delta
 """
 
 # KEYS[1] the holders' sorted set; ARGV: the holder, its lease ttl (s).
@@ -138,12 +202,26 @@ class RedisBudgetStore:
         self._commit = redis_client.register_script(_COMMIT_LUA)
         self._reclaim = redis_client.register_script(_RECLAIM_LUA)
         self._renew = redis_client.register_script(_RENEW_LUA)
+        self._settle = redis_client.register_script(_SETTLE_LUA)
 
     def key(self, spec: BudgetSpec, period_key: str) -> str:
         return f"{self._prefix}:{spec.scope}:{spec.scope_id}:{period_key}"
 
     def _holder_key(self, holder_id: str) -> str:
         return f"{self._prefix}:holder:{holder_id}"
+
+    def _journal_key(self, journal: str) -> str:
+        return f"{self._prefix}:journal:{journal}"
+
+    def _budget_key(self, key: BudgetKey) -> str:
+        return f"{self._prefix}:{key[0]}:{key[1]}:{key[2]}"
+
+    def _key_of(self, hash_key: str) -> BudgetKey | None:
+        """The budget of a hash's key (``<prefix>:<scope>:<scope id>:<period key>``)."""
+        rest = hash_key.removeprefix(f"{self._prefix}:")
+        scope, _, tail = rest.partition(":")
+        scope_id, _, pkey = tail.rpartition(":")
+        return (scope, scope_id, pkey) if scope and scope_id and pkey else None
 
     def _ttl(self, spec: BudgetSpec) -> int:
         if spec.period == "total":
@@ -161,15 +239,18 @@ class RedisBudgetStore:
         return int(await self._acquire(keys=keys, args=args)) == 1
 
     async def commit(self, spec: BudgetSpec, period_key: str, spent_delta: float, lease_delta: float,
-                     holder: Holder | None = None) -> float | None:
+                     holder: Holder | None = None, mark: Mark | None = None) -> float | None:
         _check_amount("spent_delta", spent_delta)
         _check_amount("lease_delta", lease_delta)
         if spent_delta == 0 and lease_delta == 0:
             return None
         hid = "" if holder is None else holder.id
+        journal, seq = mark if mark is not None else ("", 0)
         args: list[str | int] = [repr(_limit(spec)), repr(float(spent_delta)), repr(float(lease_delta)),
-                                 repr(-float(lease_delta)), repr(EPSILON), self._ttl(spec), f"h:{hid}" if hid else ""]
-        return float(await self._commit(keys=[self.key(spec, period_key), self._holder_key(hid)], args=args))
+                                 repr(-float(lease_delta)), repr(EPSILON), self._ttl(spec), f"h:{hid}" if hid else "",
+                                 journal, seq]
+        keys = [self.key(spec, period_key), self._holder_key(hid), self._journal_key(journal)]
+        return float(await self._commit(keys=keys, args=args))
 
     async def read(self, spec: BudgetSpec, period_key: str) -> tuple[float, float, float]:
         raw = await self._redis.hmget(self.key(spec, period_key), ["limit", "spent", "leased"])
@@ -186,5 +267,38 @@ class RedisBudgetStore:
         return await self._give_back("", holder.id)
 
     async def _give_back(self, now: str, holder_id: str) -> float:
-        args = [f"{self._prefix}:holder:", repr(EPSILON), now, holder_id]
+        args = [f"{self._prefix}:holder:", repr(EPSILON), now, holder_id, f"{self._prefix}:journal:"]
         return float(await self._reclaim(keys=[self._holders], args=args))
+
+    async def journal_budgets(self, journal: str) -> dict[BudgetKey, int]:
+        hashes = {_text(h) for h in await self._redis.smembers(self._journal_key(journal))}
+        async for member, _ in self._redis.zscan_iter(self._holders, match=f"{journal}/*"):
+            hashes.update(_text(h) for h in await self._redis.smembers(self._holder_key(_text(member))))
+        found: dict[BudgetKey, int] = {}
+        for hash_key in sorted(hashes):
+            key = self._key_of(hash_key)
+            if key is not None:
+                raw = await self._redis.hget(hash_key, f"m:{journal}")
+                found[key] = int(raw) if raw is not None else 0
+        return found
+
+    async def settle_journal(self, journal: str, key: BudgetKey, unflushed: float, expected: int, last: int
+                             ) -> float | None:
+        from .budget_marks import StaleMarkError
+
+        args: list[str | int] = [journal, repr(float(unflushed)), expected, last, repr(EPSILON),
+                                 f"{self._prefix}:holder:"]
+        got = _text(await self._settle(keys=[self._budget_key(key), self._journal_key(journal)], args=args))
+        if got == "stale":
+            raise StaleMarkError(f"the mark of journal {journal} on {key} moved")
+        return None if got == "none" else float(got)
+
+    async def forget_journal(self, journal: str) -> None:
+        index = self._journal_key(journal)
+        for hash_key in await self._redis.smembers(index):
+            await self._redis.hdel(_text(hash_key), f"m:{journal}", f"r:{journal}")
+        await self._redis.delete(index)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -29,7 +29,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..clock import Clock
 from ..errors import RateLimitError
@@ -47,6 +47,9 @@ from .budget_backends import (
 )
 from .budget_leases import DEFAULT_LEASE_TTL, LeaseKeeper
 from .budget_redis import RedisBudgetStore
+
+if TYPE_CHECKING:
+    from .journal import Journal
 
 __all__ = [
     "BudgetExceededError",
@@ -112,6 +115,13 @@ class _Budget:
     """Coroutines working on this entry under its lock; flush forgets an entry only when none is."""
     touched: bool = False
     """Reserved from since the background flush last looked (its lease is then kept)."""
+    committed_seq: int = 0
+    """The journal's charges on this budget up to this position are in the store (the ledger's journal)."""
+
+    @functools.cached_property
+    def key(self) -> tuple[str, str, str]:
+        """(scope, scope id, period key): how the journal names it."""
+        return (self.spec.scope, self.spec.scope_id, self.pkey)
 
     @property
     def free(self) -> float:
@@ -122,11 +132,13 @@ class _Budget:
 class Reservation:
     """Money set aside for one request in each of its budgets. Settle or release it exactly once."""
 
-    __slots__ = ("_budgets", "amount", "charged", "state")
+    __slots__ = ("_budgets", "amount", "budget_keys", "charged", "state")
 
-    def __init__(self, amount: float, budgets: tuple[_Budget, ...]) -> None:
+    def __init__(self, amount: float, budgets: tuple[_Budget, ...], keys: list[tuple[str, str, str]]) -> None:
         self.amount = amount
         self._budgets = budgets
+        self.budget_keys = keys
+        """(scope, scope id, period key) of each budget it holds money in (how the journal names them)."""
         self.state: Literal["active", "settled", "released"] = "active"
         self.charged = 0.0
 
@@ -153,12 +165,17 @@ class BudgetLedger:
 
     def __init__(self, store: BudgetStore, clock: Clock, *, lease_fraction: float = 0.05,
                  flush_interval: float = 1.0, lease_ttl: float = DEFAULT_LEASE_TTL,
-                 holder_id: str | None = None) -> None:
+                 holder_id: str | None = None, journal: Journal | None = None) -> None:
         if not 0 <= lease_fraction <= 1:
             raise ValueError("lease_fraction must be between 0 and 1")
+        self.store = store
         self._store = store
         self._clock = clock
-        self.keeper = LeaseKeeper(store, clock, self._lapsed, ttl=lease_ttl, holder_id=holder_id)
+        self.journal = journal
+        """Where each settle's charge line is (``thinktank.accounts.journal``): every write of spend carries the
+        journal position it covers, and the holders are named after it."""
+        self.keeper = LeaseKeeper(store, clock, self._lapsed, ttl=lease_ttl, holder_id=holder_id,
+                                  journal=journal.owner if journal is not None else None)
         """This ledger's holder name and the renewal of its leases."""
         self._keeping: asyncio.Task[None] | None = None
         self._lease_fraction = lease_fraction
@@ -289,6 +306,7 @@ class BudgetLedger:
         keeper = self.keeper
         live = now < keeper.serve_until  # the leases may be spent from
         done: list[_Budget] = []
+        keys: list[tuple[str, str, str]] = []
         try:
             for spec in specs:
                 if spec.limit_usd is None:
@@ -310,10 +328,11 @@ class BudgetLedger:
                             raise await self._exceeded(budget, amount, now)
                         budget.holds += 1
                 done.append(budget)
+                keys.append(budget.key)
         except BaseException:
             self._give_back(done, amount)
             raise
-        return Reservation(amount, tuple(done))
+        return Reservation(amount, tuple(done), keys)
 
     async def settle(self, reservation: Reservation, actual_cost: float) -> None:
         """Free the reservation and charge ``actual_cost`` to each of its budgets (once).
@@ -328,7 +347,10 @@ class BudgetLedger:
         reservation.state = "settled"
         reservation.charged = actual_cost
         amount = reservation.amount
+        journal = self.journal
         for budget in reservation._budgets:
+            if journal is not None and budget.pending <= EPSILON and not budget.committing:
+                budget.committed_seq = journal.seq - 1  # nothing unwritten before this settle's charge line
             budget.reserved -= amount
             budget.holds -= 1
             budget.pending += actual_cost
@@ -392,14 +414,19 @@ class BudgetLedger:
             budget.touched = False
         give = leased if return_all or idle else min(spent, leased - budget.reserved)
         spent, give = max(spent, 0.0), max(give, 0.0)
+        journal = self.journal
+        upto = journal.seq if journal is not None else 0  # every charge line settled so far is in ``spent``
         if spent <= 0 and give <= 0:
+            if budget.pending <= EPSILON and not budget.committing:
+                budget.committed_seq = upto
             return
         # Counted as done from now on: reservations served meanwhile see the lease that will be left.
         budget.committing += spent
         budget.returning += give
+        mark = (journal.owner, upto) if journal is not None else None
         task: asyncio.Future[float | None] = asyncio.ensure_future(
-            self._store.commit(budget.spec, budget.pkey, spent, give, holder or self.keeper.holder))
-        apply = functools.partial(self._committed, budget, spent, give)
+            self._store.commit(budget.spec, budget.pkey, spent, give, holder or self.keeper.holder, mark))
+        apply = functools.partial(self._committed, budget, spent, give, upto)
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -407,7 +434,8 @@ class BudgetLedger:
             raise
         apply(task)
 
-    def _committed(self, budget: _Budget, spent: float, give: float, task: asyncio.Future[float | None]) -> None:
+    def _committed(self, budget: _Budget, spent: float, give: float, upto: int,
+                   task: asyncio.Future[float | None]) -> None:
         budget.committing -= spent
         budget.returning -= give
         if abs(budget.committing) <= EPSILON:
@@ -416,6 +444,7 @@ class BudgetLedger:
             budget.returning = 0.0
         if task.cancelled() or task.exception() is not None:
             return
+        budget.committed_seq = max(budget.committed_seq, upto)
         budget.pending -= spent
         budget.leased -= give
         if abs(budget.leased) <= EPSILON:
@@ -454,6 +483,24 @@ class BudgetLedger:
                     del self._budgets[bid]  # nobody refers to it: forget it (old periods go this way)
         if error is not None:
             raise error
+
+    def committed_seq(self) -> int:
+        """The journal's charge lines up to this position are all in the store (0 without a journal)."""
+        journal = self.journal
+        if journal is None:
+            return 0
+        low = journal.seq
+        for budget in self._budgets.values():
+            if budget.pending > EPSILON or budget.committing:
+                low = min(low, budget.committed_seq)
+        return low
+
+    def settled(self, key: tuple[str, str, str]) -> bool:
+        """Nothing of budget ``key`` (scope, scope id, period key) is unwritten or held here."""
+        for budget in self._budgets.values():
+            if budget.key == key:
+                return budget.pending <= EPSILON and not budget.committing and budget.holds <= 0
+        return True
 
     async def _lapsed(self, old: Holder) -> None:
         """The leases of ``old`` may have run out (the keeper took a new holder): write what was spent against

@@ -23,6 +23,7 @@ from ..gateway.strategies import Deployment
 from ..metrics.sink import MetricsSink
 from ..observability import request_ids
 from .budgets import BudgetExceededError, BudgetLedger, BudgetSpec, Reservation
+from .journal import Journal, JournalAccount
 from .principal import Principal
 from .ratelimit import RateLimiter, RateLimitRefusal, RatePlan, Subject
 from .usage import UsageEvent, UsageWriter
@@ -32,12 +33,14 @@ __all__ = ["PROMPT_SAFETY", "Admission", "BudgetMeter", "Gate"]
 log = logging.getLogger("thinktank.governance")
 
 class _LedgerHold:
-    __slots__ = ("_ledger", "_reservation", "output_tokens")
+    __slots__ = ("_ledger", "_reservation", "budget_keys", "output_tokens")
 
     def __init__(self, ledger: BudgetLedger, reservation: Reservation, output_tokens: int | None) -> None:
         self._ledger = ledger
         self._reservation = reservation
         self.output_tokens = output_tokens
+        self.budget_keys = reservation.budget_keys
+        """The budgets it is settled on (the journal's charge line names them)."""
 
     async def settle(self, cost: float) -> None:
         await self._ledger.settle(self._reservation, cost)
@@ -130,6 +133,8 @@ class Admission:
     first_token: float | None = None
     """A stream: seconds from admission to its first chunk (:meth:`first_chunk` sets it)."""
     _finished: bool = field(default=False, repr=False)
+    _tokens: int = field(default=-1, repr=False)
+    """Tokens used, once recorded (-1 before)."""
 
     def first_chunk(self) -> None:
         """A stream's first chunk is ready to go: its time to first token is now (once)."""
@@ -137,10 +142,20 @@ class Admission:
             self.first_token = self.gate.clock.monotonic() - self.started
 
     async def finish(self, status: int, *, stream: bool = False, cache_hit: bool = False) -> None:
-        """Record the request once (an ensemble or debate: all its calls together)."""
+        """Record the request once (an ensemble or debate: all its calls together), if :meth:`record` has not."""
         if self._finished:
             return
         self._finished = True
+        self.record(status, stream=stream, cache_hit=cache_hit)
+        if self._tokens > self.estimated_tokens:
+            await self.gate.limiter.add_tokens(self.subject, self._tokens - self.estimated_tokens)
+
+    def record(self, status: int, *, stream: bool = False, cache_hit: bool = False) -> None:
+        """Record the usage row now (once), with no await: before an answer that is complete is sent, so that
+        it is in the journal before the client has it. :meth:`finish` still follows (it counts the tokens
+        beyond the estimate against the rate limits)."""
+        if self._tokens >= 0:
+            return
         gate = self.gate
         records = self.ctx.records
         if len(records) == 1:
@@ -158,8 +173,7 @@ class Admission:
             cache_hit=cache_hit,
         ))
         gate.metrics.request_finished(self.model, records, status, latency, self.first_token)
-        if tokens > self.estimated_tokens:
-            await gate.limiter.add_tokens(self.subject, tokens - self.estimated_tokens)
+        self._tokens = tokens
 
 
 class _Governance(NamedTuple):
@@ -181,9 +195,11 @@ class Gate:
     def __init__(
         self, limiter: RateLimiter, ledger: BudgetLedger, usage: UsageWriter, clock: Clock,
         *, global_daily_budget: float | None = None, default_output_tokens: int = 4096,
-        min_output_tokens: int = 64, metrics: MetricsSink | None = None,
+        min_output_tokens: int = 64, metrics: MetricsSink | None = None, journal: Journal | None = None,
     ) -> None:
         self.limiter = limiter
+        self.journal = journal
+        """Where each call accounted is written at once (the admissions are their contexts' accounts)."""
         self.metrics = metrics or MetricsSink()
         self.ledger = ledger
         self.usage = usage
@@ -236,22 +252,28 @@ class Gate:
             self.metrics.refused("request_too_large" if exc.code == "request_too_large" else "rate_limit",
                                  exc.scope if isinstance(exc, RateLimitRefusal) else "other")
             raise
+        # The HTTP request's own id when it was made here (the x-request-id its client and logs see).
+        request_id = request_ids.claim() or f"{self._id_prefix}{next(self._ids):x}"
         return Admission(
             gate=self, principal=principal, subject=governance.subject, model=model,
-            estimated_tokens=estimated_tokens, ctx=CallContext(meter=governance.meter, principal=principal),
-            started=self.clock.monotonic(),
-            # The HTTP request's own id when it was made here (the x-request-id its client and logs see).
-            request_id=request_ids.claim() or f"{self._id_prefix}{next(self._ids):x}",
+            estimated_tokens=estimated_tokens, ctx=self._context(governance, principal, model, request_id),
+            started=self.clock.monotonic(), request_id=request_id,
         )
+
+    def _context(self, governance: _Governance, principal: Principal, model: str, request_id: str) -> CallContext:
+        journal = self.journal
+        account = JournalAccount(journal, request_id, principal.user_id, principal.key_id, model) if journal else None
+        return CallContext(meter=governance.meter, principal=principal, account=account)
 
     def resumed(self, principal: Principal, model: str) -> Admission:
         """Work taken up again without a request (a paused or interrupted run going on): its budgets apply
         as ever; the rate limits were passed when it was asked for."""
         governance = self._governance_of(principal, None)
+        request_id = f"{self._id_prefix}{next(self._ids):x}"
         return Admission(
             gate=self, principal=principal, subject=governance.subject, model=model, estimated_tokens=0,
-            ctx=CallContext(meter=governance.meter, principal=principal), started=self.clock.monotonic(),
-            request_id=f"{self._id_prefix}{next(self._ids):x}",
+            ctx=self._context(governance, principal, model, request_id), started=self.clock.monotonic(),
+            request_id=request_id,
         )
 
     @contextlib.asynccontextmanager

@@ -1,8 +1,10 @@
 """Usage: every request recorded (buffered, never lost) and aggregated for reports.
 
-``UsageWriter.record`` only appends to a buffer (no I/O on the request path); a background task
-writes the buffer in batches. A failed write keeps the rows for the next attempt, and ``close``
-writes whatever is left, so rows are delayed at worst, not lost.
+``UsageWriter.record`` appends to a buffer and to the process's journal (one ``os.write``, see
+:mod:`.journal`); a background task writes the buffer in batches. A failed write keeps the rows for the
+next attempt, and ``close`` writes whatever is left, so rows are delayed at worst, not lost; a process
+killed before that leaves them in its journal, which another process replays (:func:`insert_rows`: a row
+already there is skipped).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from sqlalchemy import Integer, case, func, select
 
@@ -23,7 +25,10 @@ from . import usage_reports
 from .principal import Principal
 from .usage_reports import LatencyBy, SeriesBy
 
-__all__ = ["GroupBy", "LatencyBy", "SeriesBy", "UsageEvent", "UsageQuery", "UsageWriter"]
+if TYPE_CHECKING:
+    from .journal import Journal
+
+__all__ = ["GroupBy", "LatencyBy", "SeriesBy", "UsageEvent", "UsageQuery", "UsageWriter", "insert_rows"]
 
 log = logging.getLogger("thinktank.usage")
 
@@ -51,7 +56,8 @@ class UsageEvent(NamedTuple):
 
 
 class UsageWriter:
-    def __init__(self, db: Database, clock: Clock, *, interval: float = 0.5, batch: int = 2000) -> None:
+    def __init__(self, db: Database, clock: Clock, *, interval: float = 0.5, batch: int = 2000,
+                 journal: Journal | None = None) -> None:
         self._db = db
         self._clock = clock
         self._interval = interval
@@ -60,10 +66,26 @@ class UsageWriter:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._outages = OutageLog(clock)
+        self._journal = journal
+        self._drained = 0
+        """The journal's sequence number when the last batch that emptied the buffer was taken (and written)."""
         self.written = 0
 
     def record(self, event: UsageEvent) -> None:
+        journal = self._journal
+        if journal is not None:
+            journal.usage(event)
         self._buffer.append(event)
+
+    @property
+    def committed_seq(self) -> int:
+        """The journal's lines up to this sequence number hold no usage row that is not in the database."""
+        journal = self._journal
+        if journal is None:
+            return 0
+        if not self._buffer and not self._lock.locked():
+            return journal.seq
+        return self._drained
 
     @property
     def pending(self) -> int:
@@ -94,21 +116,20 @@ class UsageWriter:
             written = 0
             while self._buffer:
                 rows, self._buffer = self._buffer[: self._batch], self._buffer[self._batch:]
+                drained = self._journal.seq if self._journal is not None and not self._buffer else None
                 try:
                     await self._insert(rows)
                 except BaseException:
                     self._buffer = rows + self._buffer
                     raise
+                if drained is not None:
+                    self._drained = drained
                 written += len(rows)
             self.written += written
             return written
 
     async def _insert(self, rows: list[UsageEvent]) -> None:
-        """Insert through the driver itself (SQLAlchemy's per-row parameter handling measured at
-        ~40 µs a row on the request thread). Inserting a row twice (a retried batch) is a no-op."""
-        batch = Batch()
-        batch.insert(_INSERT, [_row(e) for e in rows])
-        await write(self._db, batch)
+        await insert_rows(self._db, rows)
 
     async def close(self) -> None:
         """Stop the background writer (letting a write in progress finish) and write the rest."""
@@ -118,6 +139,15 @@ class UsageWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.flush()
+
+
+async def insert_rows(db: Database, rows: list[UsageEvent]) -> None:
+    """Insert usage rows in one transaction, through the driver itself (SQLAlchemy's per-row parameter handling
+    measured at ~40 µs a row on the request thread). A row whose request id is there already is skipped (a
+    retried batch, a journal replayed twice)."""
+    batch = Batch()
+    batch.insert(_INSERT, [_row(e) for e in rows])
+    await write(db, batch)
 
 
 _INSERT = Insert("usage", (

@@ -57,14 +57,21 @@ def build_state(
         store = RedisBudgetStore(redis_client, clock)
     else:
         store = SqlBudgetStore(db, clock)
-    ledger = BudgetLedger(store, clock, lease_ttl=settings.budget_lease_ttl)
+    journal = None
+    if settings.journal:
+        from ..accounts.journal import Journal
+        from ..accounts.recovery import store_id
+
+        journal = Journal(settings.data_dir / "journal", clock, database=store_id(db.url),
+                          budgets=store_id(settings.redis_url or db.url))
+    ledger = BudgetLedger(store, clock, lease_ttl=settings.budget_lease_ttl, journal=journal)
     alerts = None
     if router.config.alerts is not None:
         from ..alerts.service import build_alerts
 
         alerts = build_alerts(router.config.alerts, clock, db=db, redis=redis_client)
         alerts.watch(ledger, router.cooldowns, router.config.router.allowed_fails)
-    usage_writer = UsageWriter(db, clock)
+    usage_writer = UsageWriter(db, clock, journal=journal)
     from ..catalog import Catalog
     from ..metrics import make_metrics
 
@@ -76,7 +83,7 @@ def build_state(
     pricing = router.config.pricing
     gate = Gate(limiter, ledger, usage_writer, clock, global_daily_budget=settings.global_daily_budget_usd,
                 default_output_tokens=pricing.default_output_tokens, min_output_tokens=pricing.min_output_tokens,
-                metrics=metrics)
+                metrics=metrics, journal=journal)
     from ..deliberation.run_store import RunStore
     from ..deliberation.service import Deliberation
     from ..events import FeedPublisher, build_bus
@@ -133,6 +140,10 @@ def build_state(
         queue=queue,
         ingestions=ingestions,
     )
+    if journal is not None:
+        from ..accounts.recovery import Recovery
+
+        state.recovery = Recovery(journal, db, usage_writer, clock, ledger=ledger)
     if metrics.enabled:  # prometheus_client is imported only then
         from ..metrics.prometheus import PrometheusMetrics
         from .routes.metrics import MetricsEndpoint
@@ -164,6 +175,8 @@ async def start(state: AppState) -> None:
         s.admin_email, s.admin_password.get_secret_value()
     ):
         log.info("created the admin user %s", s.admin_email)
+    if state.recovery is not None:  # before anything spends: the journal open, dead processes' replayed
+        await state.recovery.start()
     state.usage_writer.start()
     state.ledger.start()
     await state.response_cache.start()
@@ -196,6 +209,8 @@ async def stop(state: AppState) -> None:
     if state.alerts is not None:
         await state.alerts.close()  # after the ledger's last write, which may cross a threshold
     await state.usage_writer.close()
+    if state.recovery is not None:  # everything written: the journal goes (or stays, if the database was down)
+        await state.recovery.close()
     await state.limiter.close()
     await state.auth.close()  # background lookups of cached keys
     state.embedders.close()

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ..accounts.keys import KeyService
     from ..accounts.principal import Authenticator, Principal
     from ..accounts.ratelimit import RateLimiter
+    from ..accounts.recovery import Recovery
     from ..accounts.usage import UsageQuery, UsageWriter
     from ..accounts.users import UserService
     from ..agents.service import Agents
@@ -84,6 +85,8 @@ class AppState:
     """What the accounting code records into (does nothing when metrics are off)."""
     metrics_endpoint: MetricsEndpoint | None = None
     """Reads the metrics for a scrape (None when metrics are off)."""
+    recovery: Recovery | None = None
+    """This process's accounting journal and the replay of dead processes' (None when the journal is off)."""
 
     async def check_auth_allowed(self, ip: str, account: str | None = None) -> None:
         """429 with Retry-After after too many failed logins or keys from this address."""

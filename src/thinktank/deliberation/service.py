@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from ..accounts.budget_backends import BudgetSpec
 from ..accounts.budgets import BudgetExceededError
+from ..accounts.journal import budget_keys
 from ..accounts.principal import Principal
 from ..agents.config import AgentConfig, unknown_tool
 from ..clock import Clock
@@ -96,6 +97,11 @@ class _CapHold:
     def __init__(self, cap: _RunCap, amount: float, inner: Hold | None, output_tokens: int | None) -> None:
         self._cap, self._amount, self._inner = cap, amount, inner
         self.output_tokens = output_tokens
+
+    @property
+    def budget_keys(self) -> Sequence[Sequence[str]]:
+        """The caller's budgets it is settled on (the run's own cap is not stored)."""
+        return budget_keys(self._inner)
 
     async def settle(self, cost: float) -> None:
         self._cap.held -= self._amount

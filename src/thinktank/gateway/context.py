@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .router import UsageRecord
     from .strategies import Deployment
 
-__all__ = ["CallContext", "Hold", "Meter"]
+__all__ = ["Account", "CallContext", "Hold", "Meter"]
 
 
 class Hold(Protocol):
@@ -40,6 +40,14 @@ class Meter(Protocol):
         ...
 
 
+class Account(Protocol):
+    def charged(self, record: UsageRecord, hold: Hold | None, nested: bool) -> None:
+        """``record`` was accounted under the usage record this account is (an admission; ``nested``: in a child
+        context, a step of a run): told before its hold is settled and before anything of its answer leaves,
+        with no await (the usage journal writes it)."""
+        ...
+
+
 @dataclass
 class CallContext:
     """``meter`` holds the cost of every upstream attempt on the budgets that apply (a run's own cap
@@ -57,6 +65,9 @@ class CallContext:
     """Set by the first run started under this context: the run that answers the request."""
     cache_allowed: bool = False
     """The caller allows an earlier identical answer to be reused (``x-thinktank-cache: allow``)."""
+    account: Account | None = None
+    """The usage record that pays for everything under this context (its admission), told of each accounted call
+    as it happens; child contexts share it."""
     background: set[asyncio.Task[None]] = field(default_factory=set)
     """Work that goes on spending under this context after its answer was sent (a run whose streaming
     client went away): whoever records the request waits for it first."""
@@ -64,7 +75,7 @@ class CallContext:
     def child(self, run_id: str) -> CallContext:
         """The context of one step of run ``run_id``: same payer and meter, its own records."""
         return CallContext(meter=self.meter, principal=self.principal, parent_run=run_id, depth=self.depth + 1,
-                           cache_allowed=self.cache_allowed)
+                           cache_allowed=self.cache_allowed, account=self.account)
 
     def cost(self) -> float:
         """What everything accounted under this context cost, in USD."""

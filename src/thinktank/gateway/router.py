@@ -106,6 +106,8 @@ class _Attempt:
     started: float
     hold: Hold | None = None
     settled: bool = False
+    charged: bool = False
+    """Told to the context's account (once, even if accounting is tried again)."""
     span: Span | None = None
     """The attempt's span, when tracing: ended once its usage is accounted."""
 
@@ -402,14 +404,18 @@ class Router:
             usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
         latency = self._clock.monotonic() - attempt.started
         attempt.deployment.stats.observe(latency)
-        await attempt.settle(usage.cost)
-        if attempt.span is not None and self.tracing is not None:
-            self.tracing.accounted(attempt.span, usage)
-            attempt.span = None
         record = UsageRecord(
             model, attempt.deployment.id, usage.prompt_tokens, usage.completion_tokens, usage.cost,
             latency, 200, stream, n,
         )
+        if ctx is not None and ctx.account is not None and not attempt.charged:
+            attempt.charged = True
+            # Journaled before the settle and before any of the answer leaves.
+            ctx.account.charged(record, attempt.hold, ctx.depth > 0)
+        await attempt.settle(usage.cost)
+        if attempt.span is not None and self.tracing is not None:
+            self.tracing.accounted(attempt.span, usage)
+            attempt.span = None
         if ctx is not None:
             ctx.records.append(record)
         for observe in self.observers:

@@ -25,8 +25,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
-    "ApiKey", "Base", "BudgetLeaseRow", "BudgetRow", "Comparison", "KbChunk", "KbDocument", "KbDocumentText",
-    "KbIngestion", "KbIngestionItem", "KbShare", "KnowledgeBase",
+    "ApiKey", "Base", "BudgetJournalMark", "BudgetLeaseRow", "BudgetRow", "Comparison", "KbChunk", "KbDocument",
+    "KbDocumentText", "KbIngestion", "KbIngestionItem", "KbShare", "KnowledgeBase",
     "ResponseCacheRow", "Run", "RunCall", "RunDocument", "RunEvent", "Session", "Team", "UsageRow", "User", "new_id",
 ]
 
@@ -140,6 +140,21 @@ class BudgetLeaseRow(Base):
     holder: Mapped[str] = mapped_column(String(64), primary_key=True)
     leased_usd: Mapped[float] = mapped_column(Float)
     expires_at: Mapped[float] = mapped_column(Float)
+
+
+class BudgetJournalMark(Base):
+    """How far one process journal's spend on one budget and period is in ``budgets.spent_usd`` (``seq``: its
+    position in that journal, written with the spend) and what reclaiming that process's expired leases counted as
+    spent (``reclaimed_usd``), until the journal's replay (or the process's clean stop) sets the exact figure."""
+
+    __tablename__ = "budget_journal_marks"
+
+    journal: Mapped[str] = mapped_column(String(64), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(8), primary_key=True)
+    scope_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    period: Mapped[str] = mapped_column(String(16), primary_key=True)
+    seq: Mapped[int] = mapped_column(_BIG_INT)
+    reclaimed_usd: Mapped[float] = mapped_column(Float)
 
 
 class UsageRow(Base):

@@ -155,6 +155,7 @@ class OpenAIHandlers:
                     admission.status = await self._stream(cache.replay(hit), request, admission, receive, send,
                                                           hit.headers(run_id))
                 else:
+                    _record_before_send(admission)
                     await send_bytes(send, 200, hit.answer.body, [(b"x-thinktank-cost-usd", b"0.0000000000"),
                                                                   *hit.headers(run_id)])
         except ThinktankError as exc:
@@ -184,6 +185,7 @@ class OpenAIHandlers:
                 [c.message.model_dump(mode="json", exclude_none=True) for c in response.choices]).decode())
         if plan is not None:
             await self.state.response_cache.store_response(plan, response)
+        _record_before_send(admission)
         await self._send_response(response, admission, send, headers)
 
     async def _send_response(self, response: ChatResponse, admission: Admission, send: Send,
@@ -271,6 +273,8 @@ class OpenAIHandlers:
                         "more_body": True})
         finally:
             await _close(chunks)
+        if failed is None:
+            _record_before_send(admission)
         await send({"type": "http.response.body", "body": sse.DONE, "more_body": False})
         return failed
 
@@ -290,6 +294,7 @@ class OpenAIHandlers:
                 if tracing is not None:
                     tracing.describe_usage(admission.ctx.records)
                 cost = response.usage.cost or 0.0
+                _record_before_send(admission)
                 await send_bytes(send, 200, response.__pydantic_serializer__.to_json(response),
                                  [(b"x-thinktank-cost-usd", f"{cost:.10f}".encode())])
         except ThinktankError as exc:
@@ -318,6 +323,15 @@ class OpenAIHandlers:
             await send_json(send, 200, found)
         except ThinktankError as exc:
             await send_error(send, exc)
+
+
+def _record_before_send(admission: Admission) -> None:
+    """The answer is complete and about to leave: its usage row is recorded (journaled) first, so that a process
+    killed right after sending it loses nothing (the admission's end then only counts its tokens). Not while work
+    under it goes on in the background (its cost is not all known yet)."""
+    background = admission.ctx.background
+    if not background or all(t.done() for t in background):
+        admission.record(admission.status, stream=admission.stream, cache_hit=admission.cache_hit)
 
 
 async def _close(chunks: AsyncIterator[ChatChunk]) -> None:
