@@ -5,8 +5,8 @@ journal's spend on the budget is in ``budgets.spent_usd`` (``seq``, a position i
 reclaim of that process's expired leases counted as spent for it (``reclaimed_usd``) until the journal's
 replay sets the exact figure.
 
-Revision ID: 0014
-Revises: 0013
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-12-11 09:00:00
 """
 
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0014'
-down_revision: str | None = '0013'
+revision: str = '0015'
+down_revision: str | None = '0014'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
