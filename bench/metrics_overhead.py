@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import re
 import signal
 import statistics
 import subprocess
@@ -34,6 +32,9 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+import harness  # bench/harness.py, beside this script
+from harness import api, cpu_seconds, stop_upstream, wrk
 
 from gateway import shared_module  # bench/gateway.py, beside this script
 
@@ -47,48 +48,7 @@ MODEL = "fake-priced"
 
 def start_upstream(shared: Any, work: Path) -> Path:
     """nginx answering the shared benchmark's completion on UPSTREAM_PORT; the thinktank config pointing there."""
-    conf = work / "nginx.conf"
-    conf.write_text(f"""
-worker_processes 1;
-daemon on;
-pid {work}/nginx.pid;
-error_log {work}/nginx.err warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_buffer_size 64k;
-  client_body_temp_path {work}/body;
-  proxy_temp_path {work}/proxy;
-  fastcgi_temp_path {work}/fastcgi;
-  uwsgi_temp_path {work}/uwsgi;
-  scgi_temp_path {work}/scgi;
-  server {{
-    listen 127.0.0.1:{UPSTREAM_PORT};
-    default_type application/json;
-    location = /v1/chat/completions {{ return 200 '{json.dumps(shared.COMPLETION, separators=(",", ":"))}'; }}
-  }}
-}}
-""")
-    subprocess.run(["nginx", "-c", str(conf)], check=True)
-    config = work / "thinktank-bench.yaml"
-    config.write_text(CONFIG.read_text().replace("127.0.0.1:18080", f"127.0.0.1:{UPSTREAM_PORT}"))
-    return config
-
-
-def stop_upstream(work: Path) -> None:
-    with contextlib.suppress(OSError, ValueError):
-        os.kill(int((work / "nginx.pid").read_text().strip()), signal.SIGQUIT)
-
-
-def api(port: int, method: str, path: str, body: object | None = None) -> Any:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}", method=method, data=json.dumps(body).encode() if body is not None else None,
-        headers={"Authorization": f"Bearer {ADMIN}", "content-type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        raw = resp.read()
-        return json.loads(raw) if resp.headers.get_content_type() == "application/json" else raw.decode()
+    return harness.start_upstream(shared.COMPLETION, work, UPSTREAM_PORT)
 
 
 def start(name: str, port: int, data_dir: Path, workers: int, metrics: bool, config: Path,
@@ -109,37 +69,6 @@ def start(name: str, port: int, data_dir: Path, workers: int, metrics: bool, con
         except OSError:
             time.sleep(0.05)
     raise SystemExit(f"thinktank ({name}) did not start; see {data_dir / 'server.log'}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time of ``pid`` and its children (the workers)."""
-    total = 0.0
-    pids = [pid]
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            pids.append(int(stat.parent.name))
-    for p in pids:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
-def wrk(port: int, lua: Path, seconds: int, conc: int, pin: list[str]) -> tuple[float, int, int]:
-    out = subprocess.run(
-        [*pin, "wrk", "-t1", f"-c{conc}", f"-d{seconds}s", "-s", str(lua), f"http://127.0.0.1:{port}/v1/chat/completions"],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return rps, total, int(bad.group(1)) if bad else 0
 
 
 async def usage_rows(data_dir: Path) -> int:
