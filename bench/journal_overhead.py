@@ -121,6 +121,7 @@ def micro(rounds: int) -> int:
         for r in range(rounds):
             for name in (("on", "off") if r % 2 == 0 else ("off", "on")):
                 gate = gates[name]
+                ledger.journal = journal if name == "on" else None
                 t = time.process_time()
                 for _ in range(n):
                     await one(gate)
@@ -165,6 +166,7 @@ async def inproc(config: Path, rounds: int, batch: int, conc: int, same: str | N
         on = (same or name) == "on"
         state.gate.journal = journal if on else None
         state.usage_writer._journal = journal if on else None
+        state.ledger.journal = journal if on else None
 
     async def load(name: str, n: int) -> None:
         left = [n]
