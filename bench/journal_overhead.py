@@ -42,7 +42,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from metrics_overhead import ADMIN, ROOT, api, cpu_seconds, start_upstream, stop_upstream, usage_rows, wrk
+from harness import api, cpu_seconds, stop_upstream, wrk
+from metrics_overhead import ADMIN, ROOT, start_upstream, usage_rows
 
 from gateway import shared_module  # bench/gateway.py, beside this script
 
@@ -121,6 +122,7 @@ def micro(rounds: int) -> int:
         for r in range(rounds):
             for name in (("on", "off") if r % 2 == 0 else ("off", "on")):
                 gate = gates[name]
+                ledger.journal = journal if name == "on" else None
                 t = time.process_time()
                 for _ in range(n):
                     await one(gate)
@@ -165,6 +167,7 @@ async def inproc(config: Path, rounds: int, batch: int, conc: int, same: str | N
         on = (same or name) == "on"
         state.gate.journal = journal if on else None
         state.usage_writer._journal = journal if on else None
+        state.ledger.journal = journal if on else None
 
     async def load(name: str, n: int) -> None:
         left = [n]

@@ -103,8 +103,9 @@ class BudgetMeter:
         """After ``refusal``: a hold of the longest answer that fits, or ``refusal`` raised."""
         seen = refusal
         for _ in range(_SHORTER_TRIES):
+            # (The whole answer again if room came free meanwhile: a sibling call settled below its hold.)
             out = longest_fitting(price, prompt_tokens, choices, seen.remaining, wanted, self._min_output)
-            if out is None or out >= wanted:
+            if out is None:
                 break
             try:
                 return await self._ledger.reserve(self._specs, worst_case(price, prompt_tokens, out, choices)), out

@@ -4,10 +4,10 @@ Usage rows reach the database in batches (every 0.5 s) and budget spend reaches 
 a process killed with SIGKILL in between would lose both. So every process also appends, at once, one compact
 line for each charge (an upstream call accounted: its cost, tokens and the budgets it is settled on) and for
 each usage row, to segment files of its own in ``<data dir>/journal``. A segment's space is allocated when it
-is made and the file is mapped (``MAP_SHARED``): a line is a copy into the kernel's page cache, ~0.4 µs with
-no system call (an ``os.write`` measured at ~1.2 µs alone, and it lets go of the GIL: with the database threads
-of a busy server it cost ~20 µs a request), no fsync. A process crash loses nothing written so (the pages are
-the kernel's); a crash of the host or a lost disk can.
+is made and the file is mapped (``MAP_SHARED``): a line is a copy into the kernel's page cache (``mmap.write``,
+~0.1 µs, and a page fault every few kilobytes), no system call and no fsync (an ``os.write`` measured at ~1.2 µs
+in a loop, and it lets go of the GIL: in a busy server, with its database threads, it cost several µs more). A
+process crash loses nothing written so (the pages are the kernel's); a crash of the host or a lost disk can.
 
 A charge is written before its hold is settled and before anything of its answer is sent (the router tells the
 request's :class:`~thinktank.gateway.context.Account` first); the usage row of an answer sent in one piece is

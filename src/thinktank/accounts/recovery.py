@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import make_url
 
 from ..clock import Clock
+from ..errors import ConfigError
 from ..outages import OutageLog, unavailable
 from ..store.db import Database
 from .budget_marks import StaleMarkError
@@ -77,7 +78,14 @@ class Recovery:
 
     async def start(self) -> None:
         """Open this process's journal and replay the dead ones; then keep at it in the background."""
-        self.journal.open()
+        try:
+            self.journal.open()
+        except OSError as exc:
+            raise ConfigError(
+                f"The accounting journal cannot be written in {self.journal.directory} ({exc}). Make the data "
+                "directory writable (THINKTANK_DATA_DIR), or turn the journal off with THINKTANK_JOURNAL=false "
+                "(usage rows and budget spend of answered requests are then lost if a process is killed)."
+            ) from exc
         await self.replay()
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="journal")
