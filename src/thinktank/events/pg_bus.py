@@ -43,6 +43,10 @@ def asyncpg_dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+#: Seconds a start waits for the first connection: a server starting while the bus's server is down starts
+#: anyway (and answers 503 for what needs it) and goes on trying in the background.
+START_WAIT = 1.0
+
 class PostgresBus(Hub):
     shared = True
     limit = 7900
@@ -68,7 +72,7 @@ class PostgresBus(Hub):
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._supervise())
         with contextlib.suppress(TimeoutError):  # still down: it goes on trying, followers poll meanwhile
-            await asyncio.wait_for(self._ready.wait(), 10)
+            await asyncio.wait_for(self._ready.wait(), START_WAIT)
 
     async def close(self) -> None:
         if self._task is not None:

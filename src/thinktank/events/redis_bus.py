@@ -24,6 +24,10 @@ CLIENT_NAME = "thinktank-events"
 """The subscribing connection's name (it shows in ``CLIENT LIST``)."""
 
 
+#: Seconds a start waits for the first connection: a server starting while the bus's server is down starts
+#: anyway (and answers 503 for what needs it) and goes on trying in the background.
+START_WAIT = 1.0
+
 class RedisBus(Hub):
     shared = True
     limit = None
@@ -61,7 +65,7 @@ class RedisBus(Hub):
             self._client, self._subscriber = self._clients()
             self._task = asyncio.get_running_loop().create_task(self._supervise())
         with contextlib.suppress(TimeoutError):  # still down: it goes on trying, followers poll meanwhile
-            await asyncio.wait_for(self._ready.wait(), 10)
+            await asyncio.wait_for(self._ready.wait(), START_WAIT)
 
     async def close(self) -> None:
         if self._task is not None:
