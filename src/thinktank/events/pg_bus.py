@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from .bus import Hub
+from .bus import START_WAIT, Hub
 
 __all__ = ["PostgresBus", "asyncpg_dsn", "pg_channel"]
 
@@ -43,9 +43,6 @@ def asyncpg_dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-#: Seconds a start waits for the first connection: a server starting while the bus's server is down starts
-#: anyway (and answers 503 for what needs it) and goes on trying in the background.
-START_WAIT = 1.0
 
 class PostgresBus(Hub):
     shared = True

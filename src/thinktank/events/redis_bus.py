@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from .bus import Hub
+from .bus import START_WAIT, Hub
 
 __all__ = ["RedisBus"]
 
@@ -24,9 +24,6 @@ CLIENT_NAME = "thinktank-events"
 """The subscribing connection's name (it shows in ``CLIENT LIST``)."""
 
 
-#: Seconds a start waits for the first connection: a server starting while the bus's server is down starts
-#: anyway (and answers 503 for what needs it) and goes on trying in the background.
-START_WAIT = 1.0
 
 class RedisBus(Hub):
     shared = True
