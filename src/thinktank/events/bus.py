@@ -29,6 +29,7 @@ TICK = None
 
 QUEUE_LIMIT = 10_000
 """Messages a subscriber may have waiting; past it they are dropped and it is told :data:`MAYBE_LOST`."""
+
 #: Seconds a bus's start waits for its first connection (PostgreSQL or Redis): a server starting while that
 #: server is down starts anyway (and answers 503 for what needs it), the bus going on trying in the background.
 START_WAIT = 1.0
