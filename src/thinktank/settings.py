@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     ``auto``: ``postgres`` when the database is PostgreSQL."""
     worker: bool = True
     """This server also runs queued jobs (``thinktank worker`` runs only them)."""
+    run_placement: Literal["auto", "queue", "local"] = "auto"
+    """Where a new ensemble or debate executes: ``queue``, as a job of the PostgreSQL queue, by any worker (the
+    process that took the request follows it); ``local``, in the process that took the request; ``auto``: ``queue``
+    in a server that runs no jobs (``THINKTANK_WORKER=false``), else ``local``. Interrupted runs are taken up by
+    the queue's workers in every case."""
     worker_concurrency: int = Field(default=8, ge=1, le=256)
     """Jobs a worker runs at once."""
     job_stall_after: float = Field(default=5.0, ge=2.0, le=3600)

@@ -1,11 +1,16 @@
-"""``kill -9`` of one of three hosts while it executes ensembles, debates and ingestions (issue 17).
+"""``kill -9`` of one of three hosts while it executes ensembles, debates, ingestions and streamed thread turns
+(issue 17).
 
 Runs are streamed through HAProxy, so round robin spreads them over the hosts; the host executing the most of
-them is killed once each has answered a few events. Then:
+them is chosen, six thread turns are streamed through HAProxy too (two a host), and the host is killed once each
+turn has streamed a few words. Then:
 
 - every run finishes (``completed``) on another host, from where it was (resumption through the job queue);
 - every client whose stream was cut reconnects through the load balancer with ``Last-Event-ID`` and gets the
   rest: each event once, seqs going on from the last one it had, ending with ``done``;
+- every thread turn that host was streaming is finished by another: its client reconnects through the load
+  balancer with ``Last-Event-ID`` and gets what the dead host stored after its last event, one ``restart``, the
+  whole answer and the stored message, each event once; every thread holds exactly one answer;
 - every ingestion job (a few hundred documents in all, on whichever workers took them) ends ``succeeded`` with
   each document exactly once;
 - the runs' costs are the sums of their calls, and the dead host's budget leases come back within the bound.
@@ -25,8 +30,11 @@ from deploy.multihost.fleet import Fleet, Host
 
 from .helpers import make_key
 
-QUESTION = "Where should the bridge cross the river? slow:2"
-"""Each member, expert and judge takes 2 s: the runs are still going when the host dies."""
+QUESTION = "Where should the bridge cross the river? slow:3"
+"""Each member, expert and judge takes 3 s: the runs are still going when the host dies."""
+TURN = "Tell me about the valley. slow:8"
+"""A turn's answer ("priced"): ten words over 8 s."""
+TURN_ANSWER = "".join(f"w{i} " for i in range(10))
 DOCS_PER_JOB = 100
 
 
@@ -96,6 +104,64 @@ async def _rest(c: httpx.AsyncClient, f: Fleet, auth: dict[str, str], out: Strea
         await _read(r, out)
 
 
+@dataclass
+class Turn:
+    thread_id: str
+    host: Host | None = None
+    events: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
+    cut: bool = False
+    enough: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def _read_turn(response: httpx.Response, out: Turn) -> None:
+    seq, name = 0, ""
+    async for line in response.aiter_lines():
+        if line.startswith("id: "):
+            seq = int(line[4:])
+        elif line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            out.events.append((seq, name, json.loads(line[6:])))
+            if sum(e[1] == "delta" for e in out.events) >= 3:
+                out.enough.set()
+
+
+async def _turn(c: httpx.AsyncClient, f: Fleet, auth: dict[str, str], out: Turn) -> None:
+    try:
+        async with c.stream("POST", f"{f.url}/api/v1/threads/{out.thread_id}/messages", headers=auth,
+                            json={"content": TURN, "stream": True}) as r:
+            assert r.status_code == 200, await r.aread()
+            out.host = f.served_by(r)
+            await _read_turn(r, out)
+    except httpx.TransportError:
+        out.cut = True
+    finally:
+        out.enough.set()
+
+
+async def _turn_rest(c: httpx.AsyncClient, f: Fleet, auth: dict[str, str], out: Turn) -> None:
+    headers = {**auth, "Last-Event-ID": str(out.events[-1][0])}
+    async with c.stream("GET", f"{f.url}/api/v1/threads/{out.thread_id}/turn/events", headers=headers) as r:
+        assert r.status_code == 200, await r.aread()
+        await _read_turn(r, out)
+
+
+def _check_turn(t: Turn, seen: int) -> None:
+    """A turn's whole stream: seqs 1..n up to the cut (and what the dead host stored after it), then one
+    ``restart`` past all of them and the new answer in order, ending with the stored message."""
+    ids, kinds = [e[0] for e in t.events], [e[1] for e in t.events]
+    assert kinds[-1] == "message", kinds
+    assert t.events[-1][2]["message"]["content"].strip() == TURN_ANSWER.strip()
+    if not t.cut:
+        assert ids == list(range(1, len(ids) + 1)) and "restart" not in kinds, kinds
+        return
+    assert kinds.count("restart") == 1, kinds
+    at = kinds.index("restart")
+    assert ids[:at] == list(range(1, at + 1)) and at >= seen, ids  # the cut stream, then what was stored after it
+    assert ids[at:] == list(range(ids[at], ids[at] + len(ids) - at)) and ids[at] > ids[at - 1], ids
+    assert "".join(e[2]["content"] for e in t.events[at:] if e[1] == "delta") == TURN_ANSWER
+
+
 async def _ingest(c: httpx.AsyncClient, f: Fleet, auth: dict[str, str], n: int) -> tuple[str, str]:
     kb = await c.post(f"{f.url}/api/v1/knowledge-bases", headers=auth, json={"name": f"kb-{n}"})
     assert kb.status_code == 201, kb.text
@@ -133,9 +199,26 @@ async def test_kill_9_of_a_host_mid_work_every_run_and_job_finishes_elsewhere(ho
         victim_name = max(by_host, key=lambda name: len(by_host[name]))
         victim = next(h for h in hosts.hosts if h.name == victim_name)
         index = hosts.hosts.index(victim)
+        # Six thread turns through the load balancer: round robin gives each host two of them.
+        threads = [await c.post(f"{hosts.url}/api/v1/threads", headers=auth, json={"model": "priced"})
+                   for _ in range(6)]
+        assert all(t.status_code == 201 for t in threads), [t.text for t in threads]
+        turns = [Turn(t.json()["id"]) for t in threads]
+        turn_tasks = [asyncio.create_task(_turn(c, hosts, auth, t)) for t in turns]
+        await asyncio.wait_for(asyncio.gather(*(t.enough.wait() for t in turns)), 60)
         await asyncio.to_thread(hosts.kill, index, wait_lb=False)
         killed_at = time.monotonic()
-        await asyncio.gather(*tasks)
+        await asyncio.gather(*tasks, *turn_tasks)
+        cut_turns = [t for t in turns if t.host is victim]
+        assert cut_turns and all(t.cut for t in cut_turns), [(t.host, t.cut) for t in turns]
+        assert all(not t.cut for t in turns if t.host is not victim)
+        turn_seen = {id(t): len(t.events) for t in cut_turns}
+        await asyncio.gather(*(_turn_rest(c, hosts, auth, t) for t in cut_turns))
+        for t in turns:
+            _check_turn(t, turn_seen.get(id(t), 0))
+            messages = (await c.get(f"{hosts.url}/api/v1/threads/{t.thread_id}/messages", headers=auth)).json()
+            assert [(m["role"], m["content"].strip()) for m in messages["data"]] == [
+                ("user", TURN), ("assistant", TURN_ANSWER.strip())], messages
 
         assert not [s.errors for s in streams if s.errors], [s.errors for s in streams]
         cut = [s for s in streams if s.host is victim]

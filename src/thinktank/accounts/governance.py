@@ -157,6 +157,9 @@ class Admission:
         beyond the estimate against the rate limits)."""
         if self._tokens >= 0:
             return
+        if self.ctx.handed_over:  # a worker executes it and records it (see Gate.resumed)
+            self._tokens = 0
+            return
         gate = self.gate
         records = self.ctx.records
         if len(records) == 1:
@@ -257,23 +260,30 @@ class Gate:
         request_id = request_ids.claim() or f"{self._id_prefix}{next(self._ids):x}"
         return Admission(
             gate=self, principal=principal, subject=governance.subject, model=model,
-            estimated_tokens=estimated_tokens, ctx=self._context(governance, principal, model, request_id),
+            estimated_tokens=estimated_tokens,
+            ctx=self._context(governance, principal, model, request_id, estimated_tokens),
             started=self.clock.monotonic(), request_id=request_id,
         )
 
-    def _context(self, governance: _Governance, principal: Principal, model: str, request_id: str) -> CallContext:
+    def _context(self, governance: _Governance, principal: Principal, model: str, request_id: str,
+                 estimated_tokens: int = 0) -> CallContext:
         journal = self.journal
         account = JournalAccount(journal, request_id, principal.user_id, principal.key_id, model) if journal else None
-        return CallContext(meter=governance.meter, principal=principal, account=account)
+        return CallContext(meter=governance.meter, principal=principal, account=account, request_id=request_id,
+                           estimated_tokens=estimated_tokens)
 
-    def resumed(self, principal: Principal, model: str) -> Admission:
-        """Work taken up again without a request (a paused or interrupted run going on): its budgets apply
-        as ever; the rate limits were passed when it was asked for."""
+    def resumed(self, principal: Principal, model: str, *, request_id: str | None = None,
+                estimated_tokens: int = 0) -> Admission:
+        """Work taken up again without a request (a paused or interrupted run going on), or a request's work
+        handed over by the process that admitted it (its ``request_id`` and ``estimated_tokens``: recorded once,
+        here): its budgets apply as ever; the rate limits were passed when it was asked for."""
         governance = self._governance_of(principal, None)
-        request_id = f"{self._id_prefix}{next(self._ids):x}"
+        request_id = request_id or f"{self._id_prefix}{next(self._ids):x}"
         return Admission(
-            gate=self, principal=principal, subject=governance.subject, model=model, estimated_tokens=0,
-            ctx=self._context(governance, principal, model, request_id), started=self.clock.monotonic(),
+            gate=self, principal=principal, subject=governance.subject, model=model,
+            estimated_tokens=estimated_tokens,
+            ctx=self._context(governance, principal, model, request_id, estimated_tokens),
+            started=self.clock.monotonic(),
             request_id=request_id,
         )
 

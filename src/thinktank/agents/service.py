@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ..accounts.governance import Gate
     from ..accounts.principal import Authenticator, Principal
     from ..deliberation.service import Deliberation, RunOptions
+    from ..jobs.base import JobQueue
 
 __all__ = ["DATA_RULE", "Agents"]
 
@@ -59,6 +60,7 @@ class Agents:
         self.stale_after = stale_after
         self.sweep_every = sweep_every
         self._sweeper: asyncio.Task[None] | None = None
+        self._queued = False
         self._ended: list[Callable[[LiveRun], Awaitable[None]]] = []
         runs.bind_agents(self._new_runner, self.take_up_claimed)
 
@@ -243,7 +245,15 @@ class Agents:
             await self.runs.store.fail(run_id, self.clock.time(), "The run could not be resumed (see the server log).")
             return 0
 
+    def on_queue(self, queue: JobQueue) -> None:
+        """Deny overdue approvals with a periodic job of ``queue`` (one worker at a time across every process that
+        shares it) instead of this process's own sweep loop."""
+        queue.every("agents.overdue", max(1.0, round(self.sweep_every)), self._sweep_safely)
+        self._queued = True
+
     async def start_background(self) -> None:
+        if self._queued:
+            return  # the queue's periodic job sweeps
         await self._sweep_safely()
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())

@@ -91,8 +91,8 @@ def build_state(
     publisher = FeedPublisher(build_bus(settings.event_bus, database_url=db.url, redis_url=settings.redis_url))
     deliberation = Deliberation(router.config, catalog, RunStore(db), clock, metrics=metrics, auth=auth, gate=gate,
                                 stale_after=settings.run_stale_after, publisher=publisher)
-    if deliberation.resumption is not None:
-        deliberation.resumption.on_queue(queue)  # interrupted runs are taken up by the queue's workers
+    # Interrupted runs are taken up by the queue's workers; new ones may be executed by them (run_placement).
+    deliberation.on_queue(queue, placement=settings.run_placement, runs_jobs=settings.worker)
     from ..knowledge.embedders import Embedders
     from ..knowledge.service import KnowledgeService
 
@@ -119,6 +119,7 @@ def build_state(
     toolbox = Toolbox(builtin, McpClients(router.config.mcp_servers, clock=clock), router.config.mcp_servers)
     agents = Agents(deliberation, AgentStore(db), toolbox, gate, auth, clock, stale_after=settings.run_stale_after)
     agents.on_resumed_end(conversations.agent_run_ended)
+    agents.on_queue(queue)  # overdue approvals are denied by a periodic job, one worker at a time
     deliberation.paused_cancelled.append(conversations.paused_run_cancelled)
     from ..cache.service import build_cache
 
@@ -195,8 +196,8 @@ async def start(state: AppState) -> None:
 
 async def stop(state: AppState) -> None:
     await state.agents.close()  # the MCP servers' connections and processes too
-    # Runs still going end as cancelled, settled and recorded; agent runs are left to resume at the next start
-    # (or on another worker) from their checkpoint.
+    # Runs still going stop, settled and recorded, and are left to resume from their checkpoint on another worker
+    # (or here at the next start).
     await state.deliberation.close()
     await state.agents.close_tools()
     await state.conversations.close()  # turns still going are cancelled

@@ -103,6 +103,25 @@ class Resumption:
             await store.fail(run_id, self.runs.clock.time(), UNRESUMABLE)
         return True
 
+    async def execute(self, run_id: str, heartbeat: float, *, request_id: str | None = None,
+                      estimated_tokens: int = 0) -> bool:
+        """Execute here a new run another process created and handed over (see :mod:`.dispatch`): claimed only if
+        nobody touched it since (its heartbeat is still ``heartbeat``: otherwise another process took it up
+        meanwhile), paying and recorded under the request's ``request_id``. Whether this process took it."""
+        if run_id in self.runs.live:
+            return False
+        store = self.runs.store
+        if not await store.claim_created(run_id, heartbeat, self.runs.clock.time()):
+            return False
+        try:
+            stored = await store.load(run_id)
+            if stored is not None:
+                await self._go_on(stored, handed=(request_id, estimated_tokens))
+        except Exception:
+            log.exception("run %s could not be executed", run_id)
+            await store.fail(run_id, self.runs.clock.time(), UNRESUMABLE)
+        return True
+
     async def sweep(self) -> int:
         """Take up the interrupted runs this process can claim; how many it took."""
         taken = 0
@@ -111,7 +130,8 @@ class Resumption:
         return taken
 
     # -- rebuilding a run ------------------------------------------------------------------------
-    async def _go_on(self, stored: StoredRun) -> None:
+    async def _go_on(self, stored: StoredRun, *, handed: tuple[str | None, int] | None = None) -> None:
+        """``handed``: a new run handed over with its request's id and estimated tokens (not a resumed one)."""
         row = stored.row
         run_id, now = row["id"], self.runs.clock.time()
         parent = (row["request"] or {}).get("parent_run")
@@ -128,7 +148,9 @@ class Resumption:
         if row["kind"] not in ("ensemble", "debate"):
             await self.runs.store.fail(run_id, now, f"Runs of kind {row['kind']} are not taken up again.")
             return
-        revived = await self.revive(row, stored.events, stored.calls)
+        request_id, estimated = handed if handed is not None else (None, 0)
+        revived = await self.revive(row, stored.events, stored.calls, request_id=request_id,
+                                    estimated_tokens=estimated)
         if revived is None:
             return
         run, admission = revived
@@ -136,8 +158,9 @@ class Resumption:
         run.state = stored.state if isinstance(stored.state, dict) else {}
         run.checkpoint_saved = stored.state is not None
         run.replay = Replay.of(stored.calls, stored.events, run.state)
-        run.emit("resumed", reason="interrupted", steps=sorted(k for k in run.state if k not in ("seed", "citations")),
-                 calls_reused=len(run.replay))
+        if handed is None:
+            run.emit("resumed", reason="interrupted",
+                     steps=sorted(k for k in run.state if k not in ("seed", "citations")), calls_reused=len(run.replay))
         request = run.request
         cfg = (EnsembleConfig if run.kind == "ensemble" else DebateConfig).model_validate(run.config)
         messages = [Message.model_validate(m) for m in request.get("messages") or []]
@@ -148,15 +171,16 @@ class Resumption:
 
         self.runs.launch(run, runner, recorded)
 
-    async def revive(self, row: dict[str, Any], events: list[Event], calls: list[CallRecord]
-                     ) -> tuple[LiveRun, Admission] | None:
+    async def revive(self, row: dict[str, Any], events: list[Event], calls: list[CallRecord], *,
+                     request_id: str | None = None, estimated_tokens: int = 0) -> tuple[LiveRun, Admission] | None:
         """A claimed run as a live run here, paying under a new admission of its principal as it is now (None,
-        and the run failed, if that key or account was revoked)."""
+        and the run failed, if that key or account was revoked); a handed-over run's under its request's id."""
         principal = await self.auth.principal_for(row["user_id"], row["key_id"])
         if principal is None:
             await self.runs.store.fail(row["id"], self.runs.clock.time(), REVOKED)
             return None
-        admission = self.gate.resumed(principal, f"{row['kind']}/{row['name']}")
+        admission = self.gate.resumed(principal, f"{row['kind']}/{row['name']}", request_id=request_id,
+                                      estimated_tokens=estimated_tokens)
         run = LiveRun(
             id=row["id"], user_id=row["user_id"], key_id=row["key_id"], kind=row["kind"], name=row["name"],
             question=row["question"], request=row["request"] or {}, config=row["config"] or {}, ctx=admission.ctx,

@@ -264,6 +264,12 @@ class RunStore:
         return await self.claim(and_(_RUN.c.id == run_id, _RUN.c.status == "running",
                                      _RUN.c.heartbeat_at < now - silence), now)
 
+    async def claim_created(self, run_id: str, heartbeat: float, now: float) -> bool:
+        """A new run handed over by the process that created it becomes this process's, unless another took it
+        up meanwhile (its heartbeat is no longer the one written when it was created)."""
+        return await self.claim(and_(_RUN.c.id == run_id, _RUN.c.status == "running",
+                                     _RUN.c.heartbeat_at == heartbeat), now)
+
     async def claim(self, where: Any, now: float) -> bool:
         """The run ``where`` selects becomes running here, by one conditional update (exactly one process wins)."""
         async with self._db.engine.begin() as conn:

@@ -172,6 +172,8 @@ class LiveRun:
     publish: Callable[[Event | None], None] | None = None
     """Told each event as it is emitted, and None once the run stopped here (followers in other processes
     get them over the event bus; set by the process that executes the run)."""
+    final: dict[str, Any] | None = None
+    """Its saved record, once it ended in the process that executed it (this one followed it)."""
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     # -- events ----------------------------------------------------------------------------------
@@ -186,6 +188,21 @@ class LiveRun:
         if self.publish is not None:
             self.publish(event)
         return event
+
+    def add(self, event: Event) -> None:
+        """An event of this run emitted by the process that executes it (this one only follows it)."""
+        self.events.append(event)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def ended_elsewhere(self, record: dict[str, Any]) -> None:
+        """The run, executed by another process, is saved as ``record`` (as ``GET /api/v1/runs/{id}`` shows it):
+        this copy now says the same."""
+        self.final = record
+        self.status, self.result, self.error = record["status"], record["result"], record["error"]
+        self.cost, self.finished_at = float(record["cost_usd"] or 0.0), record["finished_at"]
+        self.prompt_tokens, self.completion_tokens = record["prompt_tokens"] or 0, record["completion_tokens"] or 0
+        self.stage_costs = dict(record.get("cost_by_stage") or {})
 
     def wake(self) -> None:
         """Let followers look again (the run paused: nothing more comes, their streams end)."""
@@ -416,6 +433,8 @@ class LiveRun:
     # -- the record ------------------------------------------------------------------------------
     def record(self) -> dict[str, Any]:
         """The whole run as ``GET /api/v1/runs/{id}`` shows it."""
+        if self.final is not None:
+            return {**self.final, "events": len(self.events)}
         return {
             "id": self.id, "user_id": self.user_id, "kind": self.kind, "name": self.name, "status": self.status,
             "question": self.question, "request": self.request, "config": self.config, "tags": self.tags,

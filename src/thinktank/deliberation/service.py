@@ -46,6 +46,7 @@ from ..types import Message
 from .arena import hide as _hide
 from .arena import redact, secret_names
 from .debate import DebateRunner
+from .dispatch import Placement, RunDispatch
 from .ensemble import EnsembleRunner, last_question
 from .experts import Persona, load_library
 from .resume import AgentResume, Resumption
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     from ..accounts.governance import Admission, Gate
     from ..accounts.principal import Authenticator
     from ..catalog import Catalog
+    from ..jobs.base import JobQueue
     from ..observability.tracing import Tracing
 
 __all__ = ["Deliberation", "Kind", "OnEnd", "RunConfig", "RunOptions", "Runner", "kind_of", "redact"]
@@ -186,6 +188,9 @@ class Deliberation:
         self.library: list[Persona] = [*own, *(p for p in load_library() if p.name not in names)]
         self.live: dict[str, LiveRun] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._mirrors: dict[str, asyncio.Task[None]] = {}
+        """Runs started here and executed by a queue's worker: the tasks that follow them (see .dispatch)."""
+        self._dispatch: RunDispatch | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._saver: asyncio.Task[None] | None = None
         self._closing = False
@@ -201,6 +206,17 @@ class Deliberation:
         """Events to and from other processes (the event bus)."""
         self._first_save = min(FIRST_SAVE_AFTER, stale_after / 2)
         catalog.bind_runs(self)
+
+    def on_queue(self, queue: JobQueue, *, placement: Placement = "auto", runs_jobs: bool = True) -> None:
+        """Interrupted runs are taken up by ``queue``'s workers; new ensembles and debates are executed by them too
+        (:mod:`.dispatch`) with a shared queue where ``placement`` is ``queue``, or ``auto`` in a process that runs
+        no jobs (``runs_jobs``). Without the means to take runs up, nothing moves."""
+        if self.resumption is None:
+            return
+        self.resumption.on_queue(queue)
+        dispatch = RunDispatch(self, self.resumption, queue)
+        if queue.shared and (placement == "queue" or (placement == "auto" and not runs_jobs)):
+            self._dispatch = dispatch
 
     # -- configuration ---------------------------------------------------------------------------
     def models(self) -> list[tuple[str, str, str | None]]:
@@ -334,6 +350,10 @@ class Deliberation:
             run.default_max_tokens = options.max_tokens  # a child run keeps within what its parent's hold assumes
         run.emit("run_started", kind=kind, name=cfg.name, run_id=run.id)
         await self.store.create(run)
+        if self._dispatch is not None and RunDispatch.moves(run):
+            self._mirrors[run.id] = task = await self._dispatch.hand_over(run, on_end)
+            task.add_done_callback(lambda _: self._mirrors.pop(run.id, None))
+            return run
         self.launch(run, self.runner_for(run, cfg, messages, options), on_end)
         return run
 
@@ -439,9 +459,10 @@ class Deliberation:
             status, error = "budget_exceeded", exc.message
             run.refusal = exc
         except asyncio.CancelledError:
-            # An agent run stopped by a shutdown is resumed from its checkpoint (here or by another process).
-            status, error = ("running", None) if self._closing and run.kind == "agent" else (
-                "cancelled", "The run was cancelled.")
+            # A run stopped by a shutdown is taken up from its checkpoint (by another process, or this one when it
+            # starts again), where something takes runs up; else it ends cancelled.
+            handed = self._closing and (run.kind == "agent" or self.resumption is not None)
+            status, error = ("running", None) if handed else ("cancelled", "The run was cancelled.")
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
@@ -506,9 +527,14 @@ class Deliberation:
                 raise
 
     async def wait(self, run: LiveRun) -> None:
-        task = self._tasks.get(run.id)
+        task = self._tasks.get(run.id) or self._mirrors.get(run.id)
         if task is not None:
             await asyncio.shield(task)
+
+    @staticmethod
+    def status_code(status: str) -> int:
+        """The HTTP-like status a run's admission is recorded with when it ends so."""
+        return _STATUS_CODE.get(status, 500)
 
     def task_of(self, run: LiveRun) -> asyncio.Task[None] | None:
         """The task executing ``run`` here, while it runs."""
@@ -547,7 +573,8 @@ class Deliberation:
                     task.cancel()
 
     async def close(self) -> None:
-        """Shutdown: stop the saver; runs still going are cancelled and saved as cancelled."""
+        """Shutdown: stop the saver; runs still going are stopped and saved as they are, to be taken up from their
+        checkpoint by another process (or this one, started again): cancelled where nothing takes runs up."""
         if self.resumption is not None:
             await self.resumption.close()
         if self._saver is not None:
@@ -556,7 +583,7 @@ class Deliberation:
                 await self._saver
             self._saver = None
         self._closing = True
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *self._mirrors.values()]
         for task in tasks:
             task.cancel()
         if tasks:

@@ -71,6 +71,13 @@ class CallContext:
     background: set[asyncio.Task[None]] = field(default_factory=set)
     """Work that goes on spending under this context after its answer was sent (a run whose streaming
     client went away): whoever records the request waits for it first."""
+    request_id: str | None = None
+    """The id its admission records it under; with ``estimated_tokens`` (what the rate limits counted when it was
+    admitted), what a worker taking the request's work over records it with."""
+    estimated_tokens: int = 0
+    handed_over: bool = False
+    """The request's work went to a queue's worker, which records it (under the request's id): its admission here
+    records nothing."""
 
     def child(self, run_id: str) -> CallContext:
         """The context of one step of run ``run_id``: same payer and meter, its own records."""
