@@ -52,7 +52,7 @@ def _json(value: Any) -> str | None:
 def _run_row(run: LiveRun) -> tuple[Any, ...]:
     return (
         run.id, run.user_id, run.key_id, run.kind, run.name, run.status, run.question, _json(run.request),
-        _json(run.config), _json(run.result), run.error, _json(run.tags), run.cost, run.prompt_tokens,
+        _json(run.config), _json(run.result), run.error, _json(run.tags), round(run.cost, 10), run.prompt_tokens,
         run.completion_tokens, run.cache_key, run.cached_from, False, run.created_at, run.heartbeat,
         run.finished_at,
     )
@@ -113,7 +113,7 @@ class RunStore:
         Through the driver itself (:mod:`..store.raw`): a run's writes are on the path of every
         ensemble, and through SQLAlchemy Core they cost 6 to 7 ms of CPU."""
         heartbeat = run.clock.time()
-        totals = (heartbeat, run.cost, run.prompt_tokens, run.completion_tokens, run.status)
+        totals = (heartbeat, round(run.cost, 10), run.prompt_tokens, run.completion_tokens, run.status)
         batch = Batch()
         if run.finished:
             batch.guard(_UPDATE_FINAL, (*totals, _json(run.result), run.error, run.finished_at, run.id,
