@@ -57,9 +57,10 @@ def until_passes(check: list[str], proc: subprocess.Popen[str], log: Path, *, ti
     assert proc.poll() is None, log.read_text()
 
 
-def stop(proc: subprocess.Popen[str], log: Path, grace: float) -> str:
+def stop(proc: subprocess.Popen[str], log: Path, grace: float, *, server: bool = False) -> str:
     """SIGTERM, as the runtime stops a container: the process must end cleanly before the runtime would kill it
-    (``grace`` seconds). Returns what it wrote to standard error."""
+    (``grace`` seconds). Returns what it wrote to standard error. A ``server`` (uvicorn) raises the signal again
+    once it has shut down, so that its parent sees why it ended: its end is then that signal's, not 0."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -69,6 +70,6 @@ def stop(proc: subprocess.Popen[str], log: Path, grace: float) -> str:
             proc.wait()
             raise AssertionError(f"still running {grace} s after SIGTERM: {log.read_text()}") from None
     err = log.read_text()
-    assert proc.returncode == 0, f"exited with {proc.returncode}: {err}"
+    assert proc.returncode == (-signal.SIGTERM if server else 0), f"exited with {proc.returncode}: {err}"
     assert "Traceback" not in err, err
     return err
