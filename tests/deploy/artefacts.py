@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
@@ -23,6 +24,7 @@ DOCKERFILE = DEPLOY / "Dockerfile"
 COMPOSE = DEPLOY / "compose.yaml"
 K8S_BASE = DEPLOY / "k8s" / "base"
 K8S_OVERLAY = DEPLOY / "k8s" / "overlays" / "example"
+K8S_WORKERS = DEPLOY / "k8s" / "overlays" / "workers"
 
 SETTINGS_NAMES = frozenset(f"THINKTANK_{name.upper()}" for name in Settings.model_fields)
 """Every THINKTANK_* variable thinktank reads."""
@@ -49,6 +51,22 @@ def unknown_settings(names: set[str]) -> set[str]:
 def thinktank_names(text: str) -> set[str]:
     """Every THINKTANK_* name a text mentions."""
     return set(_THINKTANK_NAME.findall(text))
+
+
+def thinktank_command(argv: list[str]) -> tuple[str, dict[str, Any]]:
+    """``argv`` (``["thinktank", "worker", "--metrics-port", "9100"]``) parsed as the ``thinktank`` command parses
+    it: (the subcommand, its parameters); an unknown subcommand or option, or a value out of range, raises the
+    command line's usage error."""
+    import typer.main
+
+    from thinktank.cli import app
+
+    assert argv[0] == "thinktank", argv
+    group = typer.main.get_command(app)  # (its click: typer carries its own)
+    command = group.get_command(group.make_context("thinktank", [argv[1]]), argv[1])  # type: ignore[attr-defined]
+    assert command is not None, f"thinktank has no command {argv[1]!r}"
+    params: dict[str, Any] = command.make_context(argv[1], list(argv[2:])).params
+    return argv[1], params
 
 
 # -- the Dockerfile ---------------------------------------------------------------------------------------------
@@ -137,11 +155,12 @@ def interpolate(text: str, values: dict[str, str]) -> str:
     return re.sub(r"\$\{([A-Z0-9_]+)(?:(:-|:\?)([^}]*))?\}", one, text)
 
 
-def env_example() -> dict[str, str]:
-    """deploy/env.example's variables (commented-out ones too, with their example values)."""
+def env_example(*, commented: bool = True) -> dict[str, str]:
+    """deploy/env.example's variables (commented-out ones too, with their example values, unless not
+    ``commented``: then those a copy of the file sets)."""
     out: dict[str, str] = {}
     for line in (DEPLOY / "env.example").read_text().splitlines():
-        m = re.match(r"^#?\s*([A-Z][A-Z0-9_]*)=(.*)$", line)
+        m = re.match(r"^#?\s*([A-Z][A-Z0-9_]*)=(.*)$" if commented else r"^([A-Z][A-Z0-9_]*)=(.*)$", line)
         if m:
             out[m.group(1)] = m.group(2)
     return out
@@ -173,6 +192,25 @@ def render(folder: Path) -> list[dict[str, Any]]:
     assert done.returncode == 0, done.stderr
     assert not done.stderr.strip(), f"kustomize warned: {done.stderr}"
     return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+KUBERNETES_VERSIONS = ("1.25.0", kubernetes_validate.latest_version())
+"""The oldest and the newest release kubernetes-validate has schemas for."""
+
+
+def validate(manifest: dict[str, Any], version: str) -> None:
+    """Fails unless ``manifest`` is valid by Kubernetes ``version``'s schema, strictly (no unknown field)."""
+    try:
+        kubernetes_validate.validate(manifest, version, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        path = ".".join(str(p) for p in exc.path)
+        pytest.fail(f"{manifest['kind']}/{manifest['metadata']['name']} (Kubernetes {version}): {path}: {exc.message}")
+
+
+def named(manifests: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [m for m in manifests if m["kind"] == kind and m["metadata"]["name"] == name]
+    assert len(found) == 1, f"{len(found)} {kind} named {name}"
+    return found[0]
 
 
 def one(manifests: list[dict[str, Any]], kind: str, name_prefix: str = "thinktank") -> dict[str, Any]:

@@ -4,6 +4,9 @@ checks behind every depends_on, settings that exist, mounts where the configs sa
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +15,10 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from thinktank.jobs.postgres import PgQueue
+
+from ..fakes.databases import clone_pg, drop_pg
+from ..fakes.process import clean_env, free_port
 from .artefacts import (
     COMPOSE,
     DEPLOY,
@@ -22,10 +29,12 @@ from .artefacts import (
     env_of,
     final_stage,
     interpolate,
+    thinktank_command,
     thinktank_names,
     tool,
     unknown_settings,
 )
+from .checks import on_port, passes, start, stop, until_passes
 
 
 def _check_jsonschema(path: Path) -> subprocess.CompletedProcess[str]:
@@ -75,11 +84,15 @@ def test_thinktank_is_built_from_the_repository_with_the_dockerfile() -> None:
     assert (ROOT / build["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
 
 
-def _thinktank_environment() -> dict[str, str]:
-    values = {name: f"value-of-{name.lower()}" for name in env_example()}
-    text = interpolate(COMPOSE.read_text(), values)
-    env: dict[str, str] = yaml.safe_load(text)["services"]["thinktank"]["environment"]
-    return {k: str(v) for k, v in env.items()}
+def _environment(service: str, values: dict[str, str]) -> dict[str, str]:
+    """A service's ``environment``, interpolated with ``values`` as Compose does with deploy/.env's (value by value,
+    once the file is read)."""
+    env: dict[str, Any] = _services()[service]["environment"]
+    return {k: interpolate(str(v), values) for k, v in env.items()}
+
+
+def _thinktank_environment(service: str = "thinktank") -> dict[str, str]:
+    return _environment(service, {name: f"value-of-{name.lower()}" for name in env_example()})
 
 
 def test_the_urls_name_the_services_as_they_are_configured() -> None:
@@ -99,15 +112,13 @@ def test_the_urls_name_the_services_as_they_are_configured() -> None:
 
 def test_every_variable_it_reads_is_in_the_example_env_file() -> None:
     """Copying env.example to .env gives every variable the file uses (Compose refuses a missing :? one)."""
-    import re
-
     used = set(re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE.read_text()))
     used |= {s["environment"] for s in compose()["secrets"].values() if "environment" in s}
     assert used <= set(env_example())
 
 
 def test_settings_it_names_are_real() -> None:
-    names = set(_thinktank_environment()) | set(env_example())
+    names = set(_thinktank_environment()) | set(_thinktank_environment("worker")) | set(env_example())
     names |= thinktank_names(COMPOSE.read_text()) | thinktank_names((DEPLOY / "env.example").read_text())
     assert {"THINKTANK_DATABASE_URL", "THINKTANK_REDIS_URL", "THINKTANK_ADMIN_KEY"} <= names
     assert unknown_settings(names) == set()
@@ -136,6 +147,7 @@ def test_monitoring_is_a_profile_of_its_own() -> None:
     services = _services()
     assert services["prometheus"]["profiles"] == ["monitoring"]
     assert services["grafana"]["profiles"] == ["monitoring"]
+    assert services["worker"]["profiles"] == ["workers"]
     assert all("profiles" not in services[s] for s in ("thinktank", "postgres", "redis"))
 
 
@@ -178,3 +190,76 @@ def test_grafana_is_provisioned_with_prometheus_and_the_dashboards_folder() -> N
     (provider,) = yaml.safe_load((provisioning / "dashboards" / "thinktank.yaml").read_text())["providers"]
     assert provider["type"] == "file"
     assert provider["options"]["path"] == _mount(grafana, "./grafana")
+
+
+# -- dedicated job workers (profile workers) --------------------------------------------------------------------
+
+
+def _metrics_port(command: list[str]) -> int:
+    """The port `thinktank worker` serves its metrics on, as the CLI parses its command."""
+    name, params = thinktank_command(command)
+    assert name == "worker"
+    port = params["metrics_port"]
+    assert isinstance(port, int)
+    return port
+
+
+def test_the_worker_is_thinktanks_image_running_jobs_with_its_settings() -> None:
+    services = _services()
+    thinktank, worker = services["thinktank"], services["worker"]
+    assert worker["command"][:2] == ["thinktank", "worker"]
+    assert (worker["build"], worker["image"]) == (thinktank["build"], thinktank["image"])
+    assert worker["env_file"] == thinktank["env_file"]
+    env, server_env = _thinktank_environment("worker"), _thinktank_environment()
+    for name in ("THINKTANK_DATABASE_URL", "THINKTANK_REDIS_URL"):
+        assert env[name] == server_env[name], name
+    assert worker["volumes"] == [v for v in thinktank["volumes"] if str(v).startswith("thinktank-data:")]
+    assert worker["depends_on"] == {"postgres": {"condition": "service_healthy"},
+                                    "redis": {"condition": "service_healthy"}}
+    assert worker["restart"] == thinktank["restart"]
+    assert "ports" not in worker  # it serves no API
+
+
+def _seconds(duration: str) -> float:
+    match = re.fullmatch(r"(\d+)(s|m)", duration)
+    assert match, duration
+    return int(match[1]) * (60 if match[2] == "m" else 1)
+
+
+def test_the_workers_health_check_asks_its_metrics_port() -> None:
+    worker = _services()["worker"]
+    check = worker["healthcheck"]["test"]
+    assert check[:3] == ["CMD", "python", "-c"]
+    assert "/ready" not in check[3] and "8000" not in check[3]  # not the image's check of the API
+    assert f"'127.0.0.1', {_metrics_port(worker['command'])}," in check[3]
+    # Docker's SIGKILL comes after the queue's own allowance for the jobs under way.
+    grace = inspect.signature(PgQueue.__init__).parameters["grace"].default
+    assert _seconds(worker["stop_grace_period"]) > grace + 5
+
+
+def test_a_started_worker_passes_its_health_check_and_a_stopped_one_fails_it(
+    tmp_path: Path, redis_url: str, pg_template: str,
+) -> None:
+    """`thinktank worker` started as the service starts it: deploy/.env filled in, the service's environment, a
+    real PostgreSQL and Redis; the health check, run as Docker runs it, passes within what Docker grants before
+    it calls the container unhealthy, and fails once the worker is stopped."""
+    worker = _services()["worker"]
+    health = worker["healthcheck"]
+    port, free = _metrics_port(worker["command"]), free_port()
+    check = on_port(health["test"][1:], port, free)
+    dotenv = {name: f"made-up-{name.lower().replace('_', '-')}" for name in env_example(commented=False)}
+    name, database_url = asyncio.run(clone_pg(pg_template))
+    env = {**clean_env(tmp_path), **dotenv, **_environment("worker", dotenv),
+           "THINKTANK_DATABASE_URL": database_url, "THINKTANK_REDIS_URL": redis_url}
+    log = tmp_path / "worker.log"
+    proc = start(on_port(worker["command"], port, free), env, log)
+    try:
+        allowance = _seconds(health["start_period"]) + _seconds(health["interval"]) * health["retries"]
+        until_passes(check, proc, log, timeout=_seconds(health["timeout"]), allowance=allowance)
+        err = stop(proc, log, _seconds(worker["stop_grace_period"]))
+        assert "thinktank worker: running jobs from the postgres queue, 8 at once" in err
+        assert not passes(check, _seconds(health["timeout"]))
+    finally:
+        proc.kill()
+        proc.wait()
+        asyncio.run(drop_pg(name))

@@ -27,6 +27,7 @@ from ..fakes.process import clean_env, free_port
 from .artefacts import (
     K8S_BASE,
     K8S_OVERLAY,
+    KUBERNETES_VERSIONS,
     configmap_named_by,
     container,
     dockerfile,
@@ -35,10 +36,8 @@ from .artefacts import (
     one,
     render,
     unknown_settings,
+    validate,
 )
-
-KUBERNETES_VERSIONS = ("1.25.0", kubernetes_validate.latest_version())
-"""The oldest and the newest release kubernetes-validate has schemas for."""
 
 
 @pytest.fixture(scope="module")
@@ -51,21 +50,13 @@ def overlay() -> list[dict[str, Any]]:
     return render(K8S_OVERLAY)
 
 
-def _validate(manifest: dict[str, Any], version: str) -> None:
-    try:
-        kubernetes_validate.validate(manifest, version, strict=True)
-    except kubernetes_validate.ValidationError as exc:
-        path = ".".join(str(p) for p in exc.path)
-        pytest.fail(f"{manifest['kind']}/{manifest['metadata']['name']} (Kubernetes {version}): {path}: {exc.message}")
-
-
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_every_manifest_is_valid_kubernetes(base: list[dict[str, Any]], overlay: list[dict[str, Any]],
                                             version: str) -> None:
     example_secret = yaml.safe_load((K8S_OVERLAY / "secret.example.yaml").read_text())
     kinds = set()
     for manifest in [*base, *overlay, example_secret]:
-        _validate(manifest, version)  # an unknown kind or apiVersion raises SchemaNotFoundError: a failure too
+        validate(manifest, version)  # an unknown kind or apiVersion raises SchemaNotFoundError: a failure too
         kinds.add(manifest["kind"])
     assert kinds == {"ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
                      "Namespace", "Secret"}
