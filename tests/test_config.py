@@ -100,6 +100,17 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert (s.data_dir, s.port, s.max_body_bytes, s.host) == (tmp_path, 9999, 2048, "127.0.0.1")
 
 
+def test_an_empty_metrics_token_sets_none(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("THINKTANK_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("THINKTANK_METRICS_TOKEN", "")
+    assert Settings().metrics_token is None
+    monkeypatch.setenv("THINKTANK_METRICS_TOKEN", "  ")
+    assert Settings().metrics_token is None
+    monkeypatch.setenv("THINKTANK_METRICS_TOKEN", "scrape-me")
+    token = Settings().metrics_token
+    assert token is not None and token.get_secret_value() == "scrape-me"
+
+
 def test_discovery_from_environment() -> None:
     env = {"OPENAI_API_KEY": "a", "ANTHROPIC_API_KEY": "b", "GOOGLE_API_KEY": "c", "OLLAMA_HOST": "127.0.0.1:9"}
     cfg = discover(env)

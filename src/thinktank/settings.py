@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "default_data_dir"]
@@ -93,6 +93,13 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = None
     """A bearer token that alone opens ``/metrics`` (for Prometheus). Without one (and without a metrics port),
     ``/metrics`` on the main port asks for admin credentials."""
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        """``THINKTANK_METRICS_TOKEN=`` (left empty, as deploy/env.example has it) sets no token: an empty one would
+        be a token nobody can send, and ``/metrics`` would refuse everyone."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     """Serve the metrics on this port instead of the main one (open there unless a token is set)."""
     metrics_host: str | None = None
