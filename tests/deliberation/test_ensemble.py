@@ -13,8 +13,8 @@ from thinktank.accounts.budgets import BudgetExceededError
 from thinktank.clock import SystemClock
 from thinktank.config import EnsembleConfig
 from thinktank.deliberation.ensemble import EnsembleRunner
+from thinktank.deliberation.run_cap import RunCap
 from thinktank.deliberation.runs import LiveRun
-from thinktank.deliberation.service import _RunCap
 from thinktank.errors import RunFailedError
 from thinktank.gateway.router import Router
 from thinktank.providers._http import HttpClient
@@ -535,7 +535,7 @@ def priced_fan_out(ctx: ProviderContext, clock: FakeClock) -> tuple[Router, Live
     router = make_router(ctx, [mock(n, replies=[t], latency=0.1, input_price=0.0, output_price=1_000_000.0)
                                for n, t in (("m1", ALPHA), ("m2", BETA), ("m3", GAMMA))])
     run = make_run(router, clock)
-    run.ctx.meter = _RunCap(None, 25.0, run, 10)
+    run.ctx.meter = RunCap(None, 25.0, run, 10)
     return router, run
 
 
@@ -562,7 +562,7 @@ async def test_calls_cancelled_by_a_budget_stop_are_marked_on_their_records(http
         mock(n, replies=[t], latency=lat, input_price=0.0, output_price=1_000_000.0)
         for n, t, lat in (("m1", ALPHA, 30.0), ("m2", BETA, 30.0), ("m3", GAMMA, 0.0))])
     run = make_run(router, real)
-    run.ctx.meter = _RunCap(None, 25.0, run, 10)
+    run.ctx.meter = RunCap(None, 25.0, run, 10)
     with pytest.raises(BudgetExceededError):
         await runner(run, ens(strategy="heuristic"))()
     assert [(c.model, c.answer) for c in run.calls] == [("m1", None), ("m2", None), ("m3", None)]
@@ -579,7 +579,7 @@ async def test_budget_refusal_of_the_chairman_propagates_and_answers_keep_their_
         mock("chair", replies=[CHAIR], input_price=0.0, output_price=1_000_000.0),
     ])
     run = make_run(router, clock)
-    run.ctx.meter = _RunCap(None, 1.0, run, 100)
+    run.ctx.meter = RunCap(None, 1.0, run, 100)
     cfg = EnsembleConfig.model_validate({"name": "t", "members": ["m1", "m2"], "strategy": "heuristic",
                                          "chairman": "chair"})
     with pytest.raises(BudgetExceededError):

@@ -21,9 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 from pydantic import ValidationError
 
-from ..accounts.budget_backends import BudgetSpec
 from ..accounts.budgets import BudgetExceededError
-from ..accounts.journal import budget_keys
 from ..accounts.principal import Principal
 from ..agents.config import AgentConfig, unknown_tool
 from ..clock import Clock
@@ -37,9 +35,7 @@ from ..errors import (
 )
 from ..events.bus import LocalBus
 from ..events.feed import FeedPublisher
-from ..gateway.context import CallContext, Hold, Meter
-from ..gateway.holds import UnpricedModelError, longest_fitting, worst_case
-from ..gateway.strategies import Deployment
+from ..gateway.context import CallContext
 from ..metrics.sink import MetricsSink
 from ..store.tables import new_id
 from ..types import Message
@@ -50,6 +46,7 @@ from .dispatch import Placement, RunDispatch
 from .ensemble import EnsembleRunner, last_question
 from .experts import Persona, load_library
 from .resume import AgentResume, Resumption
+from .run_cap import RunCap
 from .run_feed import RunFeed
 from .run_store import RunStore, RunTakenOver
 from .runs import PAUSED, CallRecord, Event, LiveRun, RunEnded, RunPaused
@@ -93,70 +90,6 @@ class RunOptions:
     max_cost_usd: float | None = None
     max_tokens: int | None = None
     temperature: float | None = None
-
-
-class _CapHold:
-    def __init__(self, cap: _RunCap, amount: float, inner: Hold | None, output_tokens: int | None) -> None:
-        self._cap, self._amount, self._inner = cap, amount, inner
-        self.output_tokens = output_tokens
-
-    @property
-    def budget_keys(self) -> Sequence[Sequence[str]]:
-        """The caller's budgets it is settled on (the run's own cap is not stored)."""
-        return budget_keys(self._inner)
-
-    async def settle(self, cost: float) -> None:
-        self._cap.held -= self._amount
-        self._cap.spent += cost  # at once: a sibling call reserving now must see it
-        if self._inner is not None:
-            await self._inner.settle(cost)
-
-    async def release(self) -> None:
-        self._cap.held -= self._amount
-        if self._inner is not None:
-            await self._inner.release()
-
-
-class _RunCap:
-    """The run's own ``max_cost_usd``, checked before every call like any budget, then the caller's: the
-    answer held is the one asked for, or the longest that fits (at least ``min_output`` tokens)."""
-
-    def __init__(self, inner: Meter | None, limit: float, run: LiveRun, default_output: int,
-                 metrics: MetricsSink | None = None, min_output: int = 64) -> None:
-        self._inner, self._limit, self._run, self._default_output = inner, limit, run, default_output
-        self._min_output = min_output
-        self._metrics = metrics or MetricsSink()
-        self.held = 0.0
-        self.spent = 0.0
-
-    async def reserve(self, deployment: Deployment, prompt_tokens: int, output_tokens: int | None,
-                      choices: int = 1) -> Hold:
-        price = deployment.price
-        if not price.known:  # the cap could not be kept
-            self._metrics.refused("unpriced_model", "model")
-            raise UnpricedModelError(deployment)
-        out = self._default_output if output_tokens is None else output_tokens
-        worst = worst_case(price, prompt_tokens, out, choices)
-        remaining = self._limit - self.spent - self.held
-        if worst > remaining:
-            shorter = longest_fitting(price, prompt_tokens, choices, remaining, out, self._min_output)
-            if shorter is None:
-                spec = BudgetSpec("run", self._run.id, self._limit, "total", f"run {self._run.id} (max_cost_usd)")
-                self._metrics.refused("budget", "run")
-                raise BudgetExceededError(spec, amount=worst, remaining=remaining, retry_after=0)
-            out, worst = shorter, worst_case(price, prompt_tokens, shorter, choices)
-        self.held += worst
-        try:
-            inner = await self._inner.reserve(deployment, prompt_tokens, out, choices) if self._inner else None
-        except BaseException:
-            self.held -= worst
-            raise
-        if inner is not None and inner.output_tokens is not None and inner.output_tokens < out:
-            out = inner.output_tokens  # the caller's budget holds a shorter answer: so does the run
-            smaller = worst_case(price, prompt_tokens, out, choices)
-            self.held -= worst - smaller
-            worst = smaller
-        return _CapHold(self, worst, inner, out if price.output > 0 else None)
 
 
 class Deliberation:
@@ -399,7 +332,7 @@ class Deliberation:
         output its hold assumes."""
         cap = max_tokens or self._default_output
         run.default_max_tokens = cap
-        meter = _RunCap(run.ctx.meter, max_cost_usd, run, cap, self.metrics, self._min_output)
+        meter = RunCap(run.ctx.meter, max_cost_usd, run, cap, self.metrics, self._min_output)
         meter.spent = run.cost
         run.ctx.meter = meter
 
