@@ -272,6 +272,8 @@ async def test_rubric_asks_the_judge_and_reads_its_verdict() -> None:
     ('```json\n{"verdict": "FAIL", "reason": "off topic"}\n```', False, "off topic"),
     ("Fine.\nverdict - pass.", True, "Fine."),
     ("PASS", True, "the judge said PASS"),
+    ("It uses snake_case **as asked**.\n\n**VERDICT:** PASS\n\n", True, "It uses snake_case **as asked**."),
+    ("## Final verdict: FAILED", False, "the judge said FAIL"),
 ])
 async def test_rubric_reply_forms(reply: str, passed: bool, reason: str) -> None:
     result = await check({"type": "rubric", "criterion": "c", "judge": "judge/own"}, "x", judge=Judge(reply))

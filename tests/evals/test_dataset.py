@@ -313,6 +313,12 @@ def test_item_key_question_and_json_round_trip() -> None:
     parsed = parse_dataset(JSONL)
     again = items_from_json([item.to_json() for item in parsed.items])
     assert again.items == parsed.items and again.errors == []
+    for item in parsed.items:  # as a store keeps them
+        assert EvalItem.model_validate_json(item.model_dump_json()) == item
+    schema_item = items_from_json([{"question": "q", "checks": [
+        {"type": "not", "check": {"type": "json_schema", "schema": {"type": "array"}}}]}]).items[0]
+    assert schema_item.model_dump(mode="json")["checks"][0]["check"]["schema"] == {"type": "array"}
+    assert EvalItem.model_validate_json(schema_item.model_dump_json()) == schema_item
     first = parsed.items[0]
     assert first.key() == EvalItem(id="other", messages=first.messages).key()  # the id is not part of it
     assert first.key() != parsed.items[1].key()

@@ -268,6 +268,15 @@ def _json_kind(value: Any) -> str:
     return "a number" if isinstance(value, int | float) else type(value).__name__
 
 
+def _unencodable(why: str) -> str:
+    """Why an item handed over as objects cannot be written as JSON (``orjson.dumps``'s complaint)."""
+    if "surrogate" in why or "UTF-8" in why:
+        return "the item holds text that is not valid Unicode (a lone surrogate)"
+    if "64-bit" in why:
+        return "the item holds an integer too large (beyond 64 bits)"
+    return f"the item is not JSON: {why}"
+
+
 def _too_many() -> InvalidRequestError:
     return InvalidRequestError(f"The dataset has more than {MAX_ITEMS:,} items; split it.", code="dataset_too_large")
 
@@ -383,9 +392,7 @@ def items_from_json(objects: Sequence[Any]) -> ParsedDataset:
         try:
             size = len(orjson.dumps(obj))
         except (orjson.JSONEncodeError, TypeError) as exc:
-            unicode = "surrogate" in str(exc) or "UTF-8" in str(exc)
-            builder.error(index + 1, "the item holds text that is not valid Unicode (a lone surrogate)" if unicode
-                          else f"the item is not JSON: {exc}")
+            builder.error(index + 1, _unencodable(str(exc)))
             continue
         total += size
         if total > MAX_BYTES:
