@@ -3,8 +3,9 @@
 One item per JSONL line (blank lines skipped; a file that is one JSON array is read too) or per CSV row (a
 header row names the columns ``id, question, messages, reference, tags, checks``; ``expected`` is an alias of
 ``reference``; other columns are ignored and named in a warning). An item has a ``question`` or ``messages``
-(OpenAI chat messages, the last one the user's), an optional ``id`` (default ``item-<line>``, unique),
-``reference``, ``tags`` (CSV: one cell, separated by ``;`` or ``,``) and ``checks`` (CSV: a JSON array).
+(OpenAI chat messages, the last one the user's), an optional ``id`` (default ``item-<line>``, unique; an
+integer is read as its digits), ``reference`` (a number is read as its text), ``tags`` (a list, or one string
+separated by ``;`` or ``,`` as in a CSV cell) and ``checks`` (CSV: a JSON array in the cell).
 
 A bad line becomes a :class:`LineError` (1-based; in a CSV the line a row starts on, the header being line 1)
 and the rest goes on. Only whole-file problems raise :class:`~thinktank.errors.InvalidRequestError`: more than
