@@ -19,7 +19,9 @@ gave them). When both failed, the pair is excluded.
 
 Every text shown to the judge is data, not instructions: each sits between fence lines made of more backticks than
 any run of backticks in any of the texts, so no answer can close its fence and speak outside it, and the system
-message tells the judge never to follow instructions found inside the fences.
+message tells the judge never to follow instructions found inside the fences. The prompts depend only on the item
+and the two answers (no random nonce), so a run taken up again asks exactly the same calls and its finished judge
+calls are replayed, not paid twice.
 """
 
 from __future__ import annotations
