@@ -223,7 +223,8 @@ def _bootstrap(units: _Units, candidates: Sequence[str], pairs: Sequence[_Pair],
         first[column, index[a]] = 1.0
         second[column, index[b]] = 1.0
     generator = np.random.default_rng(rng.getrandbits(64))
-    counts = generator.multinomial(n, np.full(n, 1.0 / n), size=rounds).astype(np.float64)  # times each item drawn
+    draws = generator.integers(0, n, size=(rounds, n)) + np.arange(rounds)[:, None] * n
+    counts = np.bincount(draws.ravel(), minlength=rounds * n).reshape(rounds, n).astype(np.float64)  # times drawn
     pair_won, pair_played = counts @ won, counts @ played  # (rounds, p)
     with np.errstate(divide="ignore", invalid="ignore"):
         pair_rates = np.where(pair_played > 0, pair_won / pair_played, np.nan)
