@@ -61,18 +61,21 @@ class RunDispatch:
         """Whether a new run of this kind may go to a worker."""
         return run.kind in ("ensemble", "debate") and not run.ctx.parent_run
 
-    async def hand_over(self, run: LiveRun, on_end: OnEnd | None) -> asyncio.Task[None]:
-        """Queue ``run`` (created and saved) for a worker; the task that follows it here until it ends (then
-        ``on_end`` is told how, recording nothing: the worker records the request)."""
+    def hand_over(self, run: LiveRun, on_end: OnEnd | None) -> asyncio.Task[None]:
+        """The task that queues ``run`` (created and saved) for a worker and follows it here until it ends (then
+        ``on_end`` is told how, recording nothing: the worker records the request). The job is queued by that
+        task, off the request's path (the response starts meanwhile), once it listens to the run's channel."""
+        run.ctx.handed_over = True
+        return asyncio.get_running_loop().create_task(self._follow(run, on_end))
+
+    async def _defer(self, run: LiveRun) -> None:
         ctx = run.ctx
-        ctx.handed_over = True
         payload = {"run_id": run.id, "heartbeat": run.heartbeat, "request_id": ctx.request_id,
                    "estimated_tokens": ctx.estimated_tokens}
         try:
             await self._queue.defer(EXECUTE_JOB, payload)
         except Exception:  # (the database is down): the runs' sweep takes it up within stale_after seconds
             log.warning("queueing run %s failed; the runs' sweep takes it up", run.id, exc_info=True)
-        return asyncio.get_running_loop().create_task(self._follow(run, on_end))
 
     async def _execute_job(self, payload: dict[str, Any]) -> None:
         run_id, heartbeat = payload.get("run_id"), payload.get("heartbeat")
@@ -95,6 +98,7 @@ class RunDispatch:
             async with bus.subscribe(channel_of(run.id)) as sub:
                 watch = asyncio.get_running_loop().create_task(_watch_end(sub, ended)) if bus.shared else None
                 try:
+                    await self._defer(run)  # (a stop cancelling it first leaves the run to the runs' sweep)
                     while True:
                         try:
                             async for event in runs.feed.follow(run.id, len(run.events)):
