@@ -2,8 +2,10 @@
 
 With a shared queue (PostgreSQL), a process that runs no jobs (``THINKTANK_WORKER=false``: an API node), or any
 process with ``THINKTANK_RUN_PLACEMENT=queue``, creates the run (its first event saved), queues a ``run.execute``
-job and follows the run like any other process would (the event bus, then its saved record): the route, the chat
-endpoint or the thread that asked gets a :class:`~.runs.LiveRun` that mirrors it, and answers as it would have.
+job and follows the run like any other process would (the event bus, then its saved record, read when the worker
+says on the bus that it saved it): the route, the chat endpoint or the thread that asked gets a
+:class:`~.runs.LiveRun` that mirrors it, and answers as it would have. The job is queued by the task that follows
+the run, once it listens, while the response starts (``bench/run_handover.py`` measures what all this costs).
 
 The worker that gets the job claims the run with one conditional update (its heartbeat must still be the one
 written when it was created) and executes it from the start under the request's own id and rate-limit
