@@ -3,7 +3,7 @@
 against one that an API server (``THINKTANK_WORKER=false``) queues as ``run.execute`` and follows while a
 separate worker executes it (Q).
 
-    PYTHONPATH=src python bench/run_handover.py              # L, Q, L': 32 rounds, about 4 minutes
+    PYTHONPATH=src python bench/run_handover.py              # L, Q, L': 32 rounds, about 3 minutes
     PYTHONPATH=src python bench/run_handover.py --rounds 8 --delay 0.1 --json samples.json
     PYTHONPATH=src python bench/run_handover.py --arms Q,Qb,L --ref Qb --base-src /tmp/old/src  # a change to Q
 
