@@ -4,8 +4,8 @@ With a shared queue (PostgreSQL), a process that runs no jobs (``THINKTANK_WORKE
 process with ``THINKTANK_RUN_PLACEMENT=queue``, creates the run (its first event saved), queues a ``run.execute``
 job and follows the run like any other process would (the event bus, then its saved record, read when the worker
 says on the bus that it saved it): the route, the chat endpoint or the thread that asked gets a
-:class:`~.runs.LiveRun` that mirrors it, and answers as it would have. The job is queued by the task that follows
-the run, once it listens, while the response starts (``bench/run_handover.py`` measures what all this costs).
+:class:`~.runs.LiveRun` that mirrors it, and answers as it would have. The job is queued while the response starts
+(``bench/run_handover.py`` measures what all this costs).
 
 The worker that gets the job claims the run with one conditional update (its heartbeat must still be the one
 written when it was created) and executes it from the start under the request's own id and rate-limit
@@ -56,6 +56,8 @@ class RunDispatch:
         self._runs = runs
         self._resumption = resumption
         self._queue = queue
+        self._queueing: set[asyncio.Task[None]] = set()
+        """Jobs being queued (kept until they are)."""
         queue.register(EXECUTE_JOB, self._execute_job)
 
     @staticmethod
@@ -64,11 +66,15 @@ class RunDispatch:
         return run.kind in ("ensemble", "debate") and not run.ctx.parent_run
 
     def hand_over(self, run: LiveRun, on_end: OnEnd | None) -> asyncio.Task[None]:
-        """The task that queues ``run`` (created and saved) for a worker and follows it here until it ends (then
-        ``on_end`` is told how, recording nothing: the worker records the request). The job is queued by that
-        task, off the request's path (the response starts meanwhile), once it listens to the run's channel."""
+        """Queue ``run`` (created and saved) for a worker, off the request's path (the response starts meanwhile),
+        and follow it here; the task that follows it until it ends (then ``on_end`` is told how, recording
+        nothing: the worker records the request)."""
         run.ctx.handed_over = True
-        return asyncio.get_running_loop().create_task(self._follow(run, on_end))
+        loop = asyncio.get_running_loop()
+        queueing = loop.create_task(self._defer(run))
+        self._queueing.add(queueing)
+        queueing.add_done_callback(self._queueing.discard)
+        return loop.create_task(self._follow(run, on_end))
 
     async def _defer(self, run: LiveRun) -> None:
         ctx = run.ctx
@@ -100,7 +106,6 @@ class RunDispatch:
             async with bus.subscribe(channel_of(run.id)) as sub:
                 watch = asyncio.get_running_loop().create_task(_watch_end(sub, ended)) if bus.shared else None
                 try:
-                    await self._defer(run)  # (a stop cancelling it first leaves the run to the runs' sweep)
                     while True:
                         try:
                             async for event in runs.feed.follow(run.id, len(run.events)):
