@@ -191,7 +191,8 @@ async def run_sse(client: httpx.AsyncClient, arm: Arm) -> dict[str, float]:
     async with client.stream("POST", f"http://127.0.0.1:{arm.entry.port}/api/v1/ensembles", json=body(True),
                              headers={"Authorization": f"Bearer {arm.key}"}) as resp:
         if resp.status_code != 200:
-            raise SystemExit(f"{arm.name}: a streamed run was refused: {resp.status_code}")
+            await resp.aread()
+            raise SystemExit(f"{arm.name}: a streamed run was refused: {resp.status_code} {resp.text[:300]}")
         async for at, event in sse(resp):
             kind = event["type"]
             if kind == "run_started":
@@ -231,7 +232,7 @@ async def batch(client: httpx.AsyncClient, arm: Arm, mode: str, n: int) -> None:
         arm.json.setdefault(mode, []).extend(results)
 
 
-async def measure(arms: list[Arm], rounds: int, seq: int, conc: int, warmup: int) -> None:
+async def measure(arms: list[Arm], modes: list[str], rounds: int, seq: int, conc: int, warmup: int) -> None:
     limits = httpx.Limits(max_connections=4 * conc, max_keepalive_connections=4 * conc)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
         for arm in arms:  # warm-up (not counted): connections, caches, budget leases
@@ -242,7 +243,7 @@ async def measure(arms: list[Arm], rounds: int, seq: int, conc: int, warmup: int
         started = time.monotonic()
         for r in range(rounds):
             order = arms[r % len(arms):] + arms[:r % len(arms)]
-            for mode in MODES:
+            for mode in modes:
                 for arm in order:
                     await batch(client, arm, mode, seq if mode.startswith("seq") else conc)
             print(f"round {r + 1}/{rounds} ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
@@ -267,7 +268,7 @@ def samples(arm: Arm, mode: str, metric: str) -> list[float]:
     return [s[metric] for s in arm.sse.get(mode, [])]
 
 
-def report(arms: list[Arm], ref: str) -> list[str]:
+def report(arms: list[Arm], modes: list[str], ref: str) -> list[str]:
     """A Markdown table: each measure's median and 90th percentile (ms) in each arm, and the difference of
     medians from arm ``ref`` with its 95 % bootstrap interval; then CPU per run."""
     base = next(a for a in arms if a.name == ref)
@@ -276,7 +277,7 @@ def report(arms: list[Arm], ref: str) -> list[str]:
              + " | ".join(f"{a.name} − {ref} p50 (95 % CI)" for a in others) + " |",
              "|---|---|---|" + "---|" * (len(arms) + len(others))]
     metrics = {"json": ("total",), "sse": ("first", "token", "done", "end", "start", "bus", "tail")}
-    for mode in MODES:
+    for mode in modes:
         for metric in metrics[mode.split("-")[1]]:
             values = {a.name: [v * 1000 for v in samples(a, mode, metric)] for a in arms}
             if not values[ref]:
@@ -292,7 +293,7 @@ def report(arms: list[Arm], ref: str) -> list[str]:
     lines += ["", "CPU ms per run (all batches):", "",
               "| mode | " + " | ".join(f"{a.name} {role}" for a, role in roles) + " |",
               "|---|" + "---|" * len(roles)]
-    for mode in MODES:
+    for mode in modes:
         cells = [f"{statistics.mean(a.cpu[(mode, role)]) * 1000:.1f}" for a, role in roles]
         lines.append(f"| {mode} | " + " | ".join(cells) + " |")
     return lines
@@ -318,6 +319,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--arms", default="L,Q,L'",
                     help="L (local), Q (handed over), L' (a second L: the A/A check), Qb (Q on --base-src)")
+    ap.add_argument("--modes", default=",".join(MODES), help="among " + ", ".join(MODES))
     ap.add_argument("--ref", default="L", help="the arm the others are compared with")
     ap.add_argument("--base-src", type=Path, help="the source tree of arm Qb (another commit's src/)")
     ap.add_argument("--json", type=Path, help="write every sample here")
@@ -325,6 +327,9 @@ def main() -> int:
     names = [n for n in a.arms.split(",") if n]
     if a.ref not in names or any(n[0] not in "LQ" for n in names) or len(set(names)) != len(names):
         raise SystemExit("--arms: distinct names starting with L (local) or Q (handed over), --ref among them")
+    modes = [m for m in a.modes.split(",") if m]
+    if not modes or any(m not in MODES for m in modes):
+        raise SystemExit(f"--modes: among {', '.join(MODES)}")
     if any(n.endswith("b") for n in names) and a.base_src is None:
         raise SystemExit("an arm ending in b runs the code of --base-src: give it")
     tag = secrets.token_hex(3)
@@ -350,10 +355,10 @@ def main() -> int:
                 arm.key = api(arm.entry.port, "POST", "/api/v1/keys",
                               {"name": "bench", "budget_usd": 1_000_000, "budget_period": "day"})["key"]
             print(f"load before: {os.getloadavg()}", file=sys.stderr)
-            asyncio.run(measure(arms, a.rounds, a.seq, a.conc, a.warmup))
+            asyncio.run(measure(arms, modes, a.rounds, a.seq, a.conc, a.warmup))
             print(f"load after: {os.getloadavg()}", file=sys.stderr)
             ended = {f"{arm.name} {role}": runs_ended(p.port) for arm in arms for role, p in arm.procs.items()}
-            for line in report(arms, a.ref):
+            for line in report(arms, modes, a.ref):
                 print(line)
             print(f"\nruns ended, by process (/metrics): {ended}")
             for arm in arms:
