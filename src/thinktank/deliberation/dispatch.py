@@ -2,8 +2,10 @@
 
 With a shared queue (PostgreSQL), a process that runs no jobs (``THINKTANK_WORKER=false``: an API node), or any
 process with ``THINKTANK_RUN_PLACEMENT=queue``, creates the run (its first event saved), queues a ``run.execute``
-job and follows the run like any other process would (the event bus, then its saved record): the route, the chat
-endpoint or the thread that asked gets a :class:`~.runs.LiveRun` that mirrors it, and answers as it would have.
+job and follows the run like any other process would (the event bus, then its saved record, read when the worker
+says on the bus that it saved it): the route, the chat endpoint or the thread that asked gets a
+:class:`~.runs.LiveRun` that mirrors it, and answers as it would have. The job is queued while the response starts
+(``bench/run_handover.py`` measures what all this costs).
 
 The worker that gets the job claims the run with one conditional update (its heartbeat must still be the one
 written when it was created) and executes it from the start under the request's own id and rate-limit
@@ -19,10 +21,15 @@ taken up elsewhere from its checkpoint if that process dies).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..clock import Clock
+from ..events.bus import MAYBE_LOST, Subscription
+from ..events.feed import ENDED
 from ..jobs.base import JobQueue
+from .run_feed import channel_of
 from .runs import LiveRun
 
 if TYPE_CHECKING:
@@ -38,6 +45,9 @@ Placement = Literal["auto", "queue", "local"]
 #: How long a follower waits, after the run's ``done`` event, for the worker's final save before it follows the
 #: run's events again (a worker that died between the two: the run is taken up and ends again).
 _FINAL_SAVE_WAIT = 10.0
+#: How long a follower waits, after the run's ``done`` event, for its executor's word (on the bus) that the final
+#: save is in, before it looks for the final record by itself.
+_ENDED_WAIT = 2.0
 
 
 class RunDispatch:
@@ -46,6 +56,8 @@ class RunDispatch:
         self._runs = runs
         self._resumption = resumption
         self._queue = queue
+        self._queueing: set[asyncio.Task[None]] = set()
+        """Jobs being queued (kept until they are)."""
         queue.register(EXECUTE_JOB, self._execute_job)
 
     @staticmethod
@@ -53,18 +65,25 @@ class RunDispatch:
         """Whether a new run of this kind may go to a worker."""
         return run.kind in ("ensemble", "debate") and not run.ctx.parent_run
 
-    async def hand_over(self, run: LiveRun, on_end: OnEnd | None) -> asyncio.Task[None]:
-        """Queue ``run`` (created and saved) for a worker; the task that follows it here until it ends (then
-        ``on_end`` is told how, recording nothing: the worker records the request)."""
+    def hand_over(self, run: LiveRun, on_end: OnEnd | None) -> asyncio.Task[None]:
+        """Queue ``run`` (created and saved) for a worker, off the request's path (the response starts meanwhile),
+        and follow it here; the task that follows it until it ends (then ``on_end`` is told how, recording
+        nothing: the worker records the request)."""
+        run.ctx.handed_over = True
+        loop = asyncio.get_running_loop()
+        queueing = loop.create_task(self._defer(run))
+        self._queueing.add(queueing)
+        queueing.add_done_callback(self._queueing.discard)
+        return loop.create_task(self._follow(run, on_end))
+
+    async def _defer(self, run: LiveRun) -> None:
         ctx = run.ctx
-        ctx.handed_over = True
         payload = {"run_id": run.id, "heartbeat": run.heartbeat, "request_id": ctx.request_id,
                    "estimated_tokens": ctx.estimated_tokens}
         try:
             await self._queue.defer(EXECUTE_JOB, payload)
         except Exception:  # (the database is down): the runs' sweep takes it up within stale_after seconds
             log.warning("queueing run %s failed; the runs' sweep takes it up", run.id, exc_info=True)
-        return asyncio.get_running_loop().create_task(self._follow(run, on_end))
 
     async def _execute_job(self, payload: dict[str, Any]) -> None:
         run_id, heartbeat = payload.get("run_id"), payload.get("heartbeat")
@@ -78,23 +97,35 @@ class RunDispatch:
 
     async def _follow(self, run: LiveRun, on_end: OnEnd | None) -> None:
         runs, clock = self._runs, self._runs.clock
+        bus = runs.feed.publisher.bus
+        ended = asyncio.Event()
         code = 499
         try:
-            while True:
+            # Listening to the run's channel for as long as it is followed: the executor says there when it
+            # stopped, after its final save (``ended``), so the final record is read then instead of polled for.
+            async with bus.subscribe(channel_of(run.id)) as sub:
+                watch = asyncio.get_running_loop().create_task(_watch_end(sub, ended)) if bus.shared else None
                 try:
-                    async for event in runs.feed.follow(run.id, len(run.events)):
-                        run.add(event)
-                    record = await self._final_record(run.id)
-                except _GoneError:
-                    run.status, run.error = "failed", "The run was deleted."
-                    break
-                except Exception:  # the database or the bus is down: the run goes on; follow it when they are back
-                    log.warning("following run %s failed; trying again", run.id, exc_info=True)
-                    await clock.sleep(1.0)
-                    continue
-                if record is not None:
-                    run.ended_elsewhere(record)
-                    break
+                    while True:
+                        try:
+                            async for event in runs.feed.follow(run.id, len(run.events)):
+                                run.add(event)
+                            record = await self._final_record(run, ended if watch is not None else None)
+                        except _GoneError:
+                            run.status, run.error = "failed", "The run was deleted."
+                            break
+                        except Exception:  # the database or the bus is down: the run goes on; follow it later
+                            log.warning("following run %s failed; trying again", run.id, exc_info=True)
+                            await clock.sleep(1.0)
+                            continue
+                        if record is not None:
+                            run.ended_elsewhere(record)
+                            break
+                finally:
+                    if watch is not None:
+                        watch.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await watch
             code = runs.status_code(run.status)
         finally:
             if not run.stopped:  # (this process is stopping) the run goes on in its worker
@@ -103,15 +134,18 @@ class RunDispatch:
             if on_end is not None:
                 await on_end(code, False)
 
-    async def _final_record(self, run_id: str) -> dict[str, Any] | None:
+    async def _final_record(self, run: LiveRun, ended: asyncio.Event | None) -> dict[str, Any] | None:
         """The run's record once its executor saved how it ended or that it paused (None: still running after a
-        while, follow it again)."""
+        while, follow it again). After a ``done`` event it is read once the executor has said it stopped
+        (``ended``; at most ``_ENDED_WAIT`` s), then polled for."""
         clock = self._runs.clock
         waited, pause = 0.0, 0.01
+        if ended is not None and run.events and run.events[-1].type == "done":
+            waited = await _at_most(ended, clock, _ENDED_WAIT)
         while True:
-            record = await self._runs.store.get(run_id)
+            record = await self._runs.store.get(run.id)
             if record is None:
-                raise _GoneError(run_id)
+                raise _GoneError(run.id)
             if record["status"] != "running":
                 return record
             if waited >= _FINAL_SAVE_WAIT:
@@ -119,6 +153,27 @@ class RunDispatch:
             await clock.sleep(pause)
             waited += pause
             pause = min(pause * 2, 0.25)
+
+
+async def _watch_end(sub: Subscription, ended: asyncio.Event) -> None:
+    """Set ``ended`` when the run's executor says it stopped, or when that word may have been lost."""
+    async for message in sub:
+        if message in (ENDED, MAYBE_LOST):
+            ended.set()
+
+
+async def _at_most(event: asyncio.Event, clock: Clock, seconds: float) -> float:
+    """Wait for ``event``, ``seconds`` at most (on ``clock``); the seconds waited."""
+    if event.is_set():
+        return 0.0
+    started = clock.monotonic()
+    waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(clock.sleep(seconds))]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+    return clock.monotonic() - started
 
 
 class _GoneError(LookupError):

@@ -284,7 +284,7 @@ class Deliberation:
         run.emit("run_started", kind=kind, name=cfg.name, run_id=run.id)
         await self.store.create(run)
         if self._dispatch is not None and RunDispatch.moves(run):
-            self._mirrors[run.id] = task = await self._dispatch.hand_over(run, on_end)
+            self._mirrors[run.id] = task = self._dispatch.hand_over(run, on_end)
             task.add_done_callback(lambda _: self._mirrors.pop(run.id, None))
             return run
         self.launch(run, self.runner_for(run, cfg, messages, options), on_end)
