@@ -288,6 +288,10 @@ class ConversationsConfig(_In):
     """The model that writes rolling summaries (default: the thread's model)."""
     summary_tokens: int = Field(default=512, ge=32, le=8192)
     """The longest summary."""
+    summary_ahead: float = Field(default=0.9, ge=0.0, le=1.0)
+    """After a turn, the rolling summary is written ahead of need (a ``thread.summarise`` job) once the history
+    not yet summarised passes this share of the room the next turn is expected to have (the room this turn had,
+    for a message of the thread's average size); 0: never ahead, the turn that needs a summary writes it."""
     persona_tokens: int = Field(default=2000, ge=64)
     """A persona's text is cut to this many tokens (a persona document can be long)."""
 

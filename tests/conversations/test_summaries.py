@@ -1,5 +1,6 @@
 """Long threads: older turns fold into a rolling summary so prompts fit the model's context window, and
-nothing said is lost from the record."""
+nothing said is lost from the record. Here the turn that needs a summary writes it (``summary_ahead: 0``, as
+when the summary job is not done in time); written ahead by the job: ``test_summary_jobs``."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def content(i: int) -> str:
 
 
 def config(summary_model: str | None = "summ") -> dict[str, object]:
-    return {"conversations": {"reply_tokens": 40, "summary_tokens": 60,
+    return {"conversations": {"reply_tokens": 40, "summary_tokens": 60, "summary_ahead": 0,
                               **({"summary_model": summary_model} if summary_model else {})},
             "memory": {"enabled": False}}
 

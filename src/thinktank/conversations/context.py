@@ -76,13 +76,13 @@ def system_message(parts: Sequence[str | None]) -> Message | None:
     return Message(role="system", content=text) if text else None
 
 
-def fold_count(history: Sequence[ThreadMessage], room: int) -> int:
+def fold_count(history: Sequence[ThreadMessage], room: int, *, above: int | None = None) -> int:
     """How many of the oldest ``history`` messages to fold into the summary so the rest fits ``room``
-    tokens: none if all fit, else enough that the rest takes at most half of ``room`` and starts with a
-    user message."""
+    tokens: none if all fit (in ``above`` tokens, when given: a summary written ahead of need), else enough
+    that the rest takes at most half of ``room`` and starts with a user message."""
     sizes = [message_tokens(m.content) for m in history]
     total = sum(sizes)
-    if total <= room:
+    if total <= (room if above is None else min(above, room)):
         return 0
     target = max(room // 2, 0)
     n = 0

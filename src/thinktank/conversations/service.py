@@ -1,10 +1,12 @@
 """Turns: a user message in, a reply out, both stored, and what the reply taught about the user learned.
 
-A turn is admitted by the gate (rate limits, budgets; one admission pays for the turn's summary, search
-embeddings and reply), then runs as a task of its own, so it ends and is stored even if the client that
-sent it goes away. Its events (``summary``, ``delta``, then ``message`` or ``error``) go to whoever follows
-it. Once the reply is stored, the memory extraction is queued as a job (``memory.extract``, a payload of ids)
-that runs under an admission of its own; it never fails the turn, and a retried one stores nothing twice.
+A turn is admitted by the gate (rate limits, budgets; one admission pays for the turn's summary if it must
+write one, search embeddings and reply), then runs as a task of its own, so it ends and is stored even if the
+client that sent it goes away. Its events (``summary``, ``delta``, then ``message`` or ``error``) go to whoever
+follows it. Once the reply is stored, the memory extraction is queued as a job (``memory.extract``, a payload of
+ids), and so is the thread's next rolling summary when the next turn is expected to need one
+(``thread.summarise``, :mod:`.summaries`); each runs under an admission of its own, never fails the turn, and
+stores nothing twice when retried.
 Shutdown (``close``) cancels the turns still running: a cancelled turn stores nothing. A turn whose process
 dies (killed, or silent for ``stale_after`` seconds) is taken up by another process (:mod:`.turn_resume`).
 """
@@ -37,12 +39,13 @@ from ..knowledge.grounding import Grounder, Grounding
 from ..knowledge.ingestions import PrincipalLookup
 from ..knowledge.service import KnowledgeService
 from ..store.db import Database
-from ..store.tables import MemoryFact, Thread, ThreadMessage, ThreadSummary, new_id
+from ..store.tables import MemoryFact, Thread, ThreadMessage, new_id
 from ..types import ChatRequest, Message, Usage, message_text
 from . import context as cx
 from .learning import EXTRACT_JOB, Learner
 from .memory import MemoryService, memory_block
 from .personas import PersonaService
+from .summaries import SUMMARY_JOB, Outlook, Summaries, helper_model
 from .threads import NewMessage, ThreadService, message_public, summary_public
 from .turn_log import StoredTurn, TurnLog, TurnSpec, TurnTakenOver
 from .turn_resume import RunReader, TurnResumption
@@ -120,6 +123,8 @@ class Turn:
     """The number of the next event (a turn taken up elsewhere jumps: ``turn_resume``)."""
     taken_over: bool = False
     """Another process took it up (this one had stopped showing it was alive): it stops here."""
+    outlook: Outlook | None = None
+    """What its prompt says about the next turn (whether to write the summary ahead of it)."""
     _moved: asyncio.Event = field(default_factory=asyncio.Event)
     _answering: tuple[CallContext, str | None] | None = None
 
@@ -234,6 +239,8 @@ class Conversations:
         self._own_queue = queue is None
         self.queue: JobQueue = queue or LocalQueue()
         self.learner = Learner(self.threads, self.memory, catalog, gate, self.queue, principals)
+        self.summaries = Summaries(self.threads, catalog, gate, clock, config.conversations, self.queue, principals)
+        """Rolling summaries, written ahead of need by jobs of ``queue`` (or by the turn that needs one)."""
         self.resumption = TurnResumption(self, principals, runs=runs)
         """Takes up the turns whose process died (jobs of ``queue``)."""
         self.resumption.register(self.queue)
@@ -247,10 +254,11 @@ class Conversations:
         return task
 
     async def drain(self) -> None:
-        """Wait for every turn and extraction under way (and those they start) to end."""
-        while self._tasks or await self.queue.active(EXTRACT_JOB):
+        """Wait for every turn, extraction and summary job under way (and those they start) to end."""
+        while self._tasks or await self.queue.active(EXTRACT_JOB) or await self.queue.active(SUMMARY_JOB):
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
             await self.queue.settle(EXTRACT_JOB)
+            await self.queue.settle(SUMMARY_JOB)
 
     def start_background(self) -> None:
         """A server: show that the turns running here are alive, and wait for a turn whose process died to be
@@ -431,8 +439,10 @@ class Conversations:
         turn.ended_at = self.clock.monotonic()
         turn.close()
         turn.done.set()
-        if stored and turn.error is None and await self.memory.enabled(principal.user_id):
-            await self._learn_later(principal, thread, model, stored)
+        if stored and turn.error is None:
+            await self.summaries.later(principal, thread.id, model, turn.outlook, stored)
+            if await self.memory.enabled(principal.user_id):
+                await self._learn_later(principal, thread, model, stored)
 
     def _handed_over(self, turn: Turn) -> None:
         """End ``turn`` here without a last event: another process answers it (its followers here are sent to
@@ -611,7 +621,8 @@ class Conversations:
             grounding_room = min(self.config.knowledge.max_context_tokens, max(budget.prompt // 3, 100)) + 400
         fixed = (cx.FRAME_TOKENS + cx.message_tokens(content) + grounding_room
                  + cx.message_tokens("\n\n".join(p for p in (persona_text, memory_text) if p)))
-        summary = await self.threads.latest_summary(thread.id)
+        # (an edit: the newest summary that folds none of the messages it replaces)
+        summary = await self.threads.latest_summary(thread.id, before=turn.replace_from)
         through = summary.through_seq if summary is not None else 0
         history = await self.threads.messages_of(thread.id, after=through)
         if turn.replace_from is not None:
@@ -620,11 +631,14 @@ class Conversations:
         room = budget.prompt - fixed - summary_room
         cx.check_room(room, fixed + summary_room, model, budget)
         fold = cx.fold_count(history, room)
-        if fold:
-            summary = await self._summarise(thread, summary, history[:fold], model, admission, principal)
+        if fold:  # not written ahead (or not in time): written now, the answer waits for it
+            summary_model = self.summaries.model_for(principal, model)
+            summary, _stored = await self.summaries.write(thread.id, summary, history[:fold], summary_model,
+                                                          admission.ctx)
             through = summary.through_seq
             history = history[fold:]
             turn.emit("summary", summary=summary_public(summary))
+        turn.outlook = Outlook.of(room, content, history)
         context["summary_through"] = through
         system = cx.system_message([
             persona_text, memory_text, cx.summary_block(summary.content, through) if summary is not None else None,
@@ -643,51 +657,6 @@ class Conversations:
                                           ctx=admission.ctx, rerank_model=rerank)
         return _Prompt(grounding.messages, context, grounding)
 
-    def _helper_model(self, configured: str | None, principal: Principal, fallback: str) -> str:
-        """A configured helper model (summaries, extraction) if the caller may use it, else the turn's."""
-        if configured and self.catalog.allows(principal, configured):
-            return configured
-        # An agent would run tools (and may wait for approvals) to write a summary: its brain writes it.
-        seen: set[str] = set()
-        while fallback.startswith("agent/") and fallback not in seen:
-            seen.add(fallback)
-            brain = self.catalog.uses(fallback)[:1]
-            if not brain:
-                break
-            fallback = brain[0]
-        return fallback
-
-    async def _summarise(
-        self, thread: Thread, prior: ThreadSummary | None, folded: list[ThreadMessage], model: str,
-        admission: Admission, principal: Principal,
-    ) -> ThreadSummary:
-        conv = self.config.conversations
-        summary_model = self._helper_model(conv.summary_model, principal, model)
-        window = cx.window_of(self.catalog, summary_model, conv.context_window)
-        text = prior.content if prior is not None else None
-        prompt_tokens = completion_tokens = 0
-        cost = 0.0
-        for transcript, _last in cx.summary_batches(folded, window, conv.summary_tokens):
-            prompt = cx.summary_prompt(text, transcript, conv.summary_tokens)
-            request = ChatRequest(model=summary_model, messages=prompt, max_tokens=conv.summary_tokens, temperature=0)
-            response = await self.catalog.complete(request, admission.ctx)
-            written = message_text(response.choices[0].message).strip() if response.choices else ""
-            if not written:
-                raise ThinktankError(f"The summary model '{summary_model}' answered nothing; try again.")
-            text = written
-            usage = response.usage or Usage()
-            prompt_tokens += usage.prompt_tokens
-            completion_tokens += usage.completion_tokens
-            cost += float(usage.cost or 0.0)
-        assert text is not None
-        summary = ThreadSummary(
-            id=new_id("sum"), thread_id=thread.id, through_seq=folded[-1].seq, content=text, model=summary_model,
-            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost,
-            created_at=self.clock.time(),
-        )
-        await self.threads.add_summary(summary)
-        return summary
-
     # -- learning about the user -----------------------------------------------------------------
 
     async def _learn_later(self, principal: Principal, thread: Thread, model: str, stored: list[ThreadMessage]) -> None:
@@ -695,5 +664,5 @@ class Conversations:
         the caller as they are now)."""
         user = next((m for m in stored if m.role == "user"), None)
         if user is not None:
-            extractor = self._helper_model(self.config.memory.model, principal, model)
+            extractor = helper_model(self.catalog, self.config.memory.model, principal, model)
             await self.learner.later(principal, thread.id, user, extractor)

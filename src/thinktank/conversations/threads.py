@@ -253,15 +253,34 @@ class ThreadService:
                                          .order_by(ThreadSummary.through_seq, ThreadSummary.created_at))
                          ).scalars().all())
 
-    async def latest_summary(self, thread_id: str) -> ThreadSummary | None:
+    async def latest_summary(self, thread_id: str, *, before: int | None = None) -> ThreadSummary | None:
+        """The thread's newest rolling summary (``before``: the newest that folds no message from that seq on)."""
+        query = select(ThreadSummary).where(ThreadSummary.thread_id == thread_id)
+        if before is not None:
+            query = query.where(ThreadSummary.through_seq < before)
         async with self.db.session() as s:
-            return (await s.execute(select(ThreadSummary).where(ThreadSummary.thread_id == thread_id)
-                                    .order_by(ThreadSummary.through_seq.desc(), ThreadSummary.created_at.desc())
-                                    .limit(1))).scalar_one_or_none()
+            return (await s.execute(query.order_by(ThreadSummary.through_seq.desc(),
+                                                   ThreadSummary.created_at.desc()).limit(1))).scalar_one_or_none()
 
-    async def add_summary(self, summary: ThreadSummary) -> None:
+    async def add_summary(self, summary: ThreadSummary, *, last_id: str) -> bool:
+        """Store ``summary`` if it folds more than the thread's newest one and the message it folds last
+        (``last_id``) is still the thread's (not replaced by an edit since it was read); False, storing nothing,
+        otherwise. The writers of a thread's summaries (its turns, its summary jobs, an edit) take its row
+        first, so each sees what the one before wrote: ``through_seq`` only grows."""
         async with self.db.session() as s:
+            held = await s.execute(update(Thread).where(Thread.id == summary.thread_id)
+                                   .values(busy_until=Thread.busy_until))
+            if not held.rowcount:  # type: ignore[attr-defined]
+                return False  # deleted
+            newest = (await s.execute(select(func.max(ThreadSummary.through_seq))
+                                      .where(ThreadSummary.thread_id == summary.thread_id))).scalar_one_or_none()
+            if newest is not None and newest >= summary.through_seq:
+                return False
+            last = await s.get(ThreadMessage, last_id)
+            if last is None or last.thread_id != summary.thread_id or last.seq != summary.through_seq:
+                return False
             s.add(summary)
+        return True
 
     # -- the turn lease: one turn at a time per thread, across every process sharing the database --
 
@@ -300,6 +319,8 @@ class ThreadService:
                 if guard is not None and not await guard(s):
                     raise TurnTakenOver(thread_id)
                 if replace_from is not None:
+                    # (after the guard: a turn's row, then its thread's, as a take-up takes them)
+                    await s.execute(select(Thread.id).where(Thread.id == thread_id).with_for_update())
                     await s.execute(delete(ThreadSummary).where(ThreadSummary.thread_id == thread_id,
                                                                 ThreadSummary.through_seq >= replace_from))
                     await s.execute(delete(ThreadMessage).where(ThreadMessage.thread_id == thread_id,
