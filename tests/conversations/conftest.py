@@ -66,6 +66,7 @@ class World:
     conv: Conversations
     knowledge: KnowledgeService
     usage: UsageWriter
+    auth: Authenticator
 
     def requests(self, model: str) -> list[ChatRequest]:
         """Every request the named mock model received, in order."""
@@ -97,11 +98,15 @@ Build = Callable[..., Awaitable[World]]
 @pytest.fixture
 async def build(tmp_path: Path, ctx: ProviderContext, clock: FakeClock,
                 local_embedder: LocalEmbedder) -> AsyncIterator[Build]:
-    """``world = await build(models=[...], conversations={...}, memory={...})``; one per test."""
+    """``world = await build(models=[...], conversations={...}, memory={...})``; one per test (on a SQLite file of
+    its own, or on the migrated, empty database ``database``)."""
     made: list[World] = []
 
-    async def make(models: list[dict[str, Any]], embedder: Embedder | str | None = "local", **sections: Any) -> World:
-        db = Database(await asyncio.to_thread(make_sqlite, tmp_path / f"w{len(made)}"))
+    async def make(models: list[dict[str, Any]], embedder: Embedder | str | None = "local", *,
+                   database: str | None = None, **sections: Any) -> World:
+        if database is None:
+            database = await asyncio.to_thread(make_sqlite, tmp_path / f"w{len(made)}")
+        db = Database(database)
         async with db.session() as s:
             for p in (ALICE, BOB, ADMIN):
                 s.add(User(id=p.user_id, email=p.email, role=p.role, created_at=1.0))
@@ -121,7 +126,7 @@ async def build(tmp_path: Path, ctx: ProviderContext, clock: FakeClock,
         auth = Authenticator(db, AdminKey.of("test-admin-key"), clock)
         conv = Conversations(db, clock, config, Catalog(router), gate, knowledge, chosen,
                              principals=auth.principal_for)
-        world = World(db, clock, router, conv, knowledge, usage)
+        world = World(db, clock, router, conv, knowledge, usage, auth)
         made.append(world)
         return world
 
