@@ -5,7 +5,8 @@ The budget is the model's context window (the smallest ``context_window`` among 
 ``conversations.context_window``) less the room kept for the reply. When the conversation no longer fits,
 the oldest messages not yet summarised are folded into the rolling summary (a model call, see
 :func:`summary_prompt`) until the rest takes at most half of the room left, so a summary is not needed
-again at the very next turn. Messages are never deleted: the summary records up to which one it covers.
+again at the very next turn (or earlier, between turns, by a job: :mod:`.summaries`). Messages are never
+deleted: the summary records up to which one it covers.
 Token counts are estimates (``gateway.tokens``: about four characters a token).
 """
 
