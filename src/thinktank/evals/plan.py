@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .checks import AnswerRecord, CheckResult
 from .dataset import EvalItem
 from .pairwise import PairVerdict
+from .stats import disagreement
 
 __all__ = ["DEFAULT_CONCURRENCY", "EvalPlan", "ItemResult", "params_key"]
 
@@ -73,16 +74,7 @@ class ItemResult:
     def disagreement(self) -> bool:
         """The candidates differ on the item's checks, or its verdicts on a pair are not all the same (judges
         disagree, or a verdict depended on the order)."""
-        passed = {all(r.passed is True for r in results) for c, results in self.checks.items() if results}
-        if len(passed) > 1:
-            return True
-        by_pair: dict[tuple[str, str], set[float]] = {}
-        for v in self.verdicts:
-            if v.order_dependent:
-                return True
-            if v.outcome is not None:
-                by_pair.setdefault((v.a, v.b), set()).add(v.outcome)
-        return any(len(outcomes) > 1 for outcomes in by_pair.values())
+        return disagreement(self.checks, self.verdicts)
 
     def to_json(self, candidates: Sequence[str]) -> dict[str, Any]:
         answers: dict[str, Any] = {}
