@@ -114,7 +114,7 @@ Start = Callable[..., Any]
 
 @pytest.fixture
 async def start_env(tmp_path: Path, db_url: str) -> AsyncIterator[Start]:
-    """``env = await start_env(models, **settings)``: thinktank on loopback over the test's database."""
+    """``api = await start_env(models, **settings)``: thinktank on loopback over the test's database."""
     stack: list[Any] = []
 
     async def start(cast: list[dict[str, Any]], **overrides: Any) -> EvalEnv:
@@ -136,7 +136,7 @@ async def start_env(tmp_path: Path, db_url: str) -> AsyncIterator[Start]:
 
 
 @pytest.fixture
-async def env(start_env: Start) -> EvalEnv:
+async def api(start_env: Start) -> EvalEnv:
     return await start_env(models())  # type: ignore[no-any-return]
 
 
