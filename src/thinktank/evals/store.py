@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Table, and_, delete, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from ..clock import Clock
 from ..store.db import Database
@@ -125,6 +124,8 @@ class EvalStore:
         now = self._clock.time()
         values = [{**dataclasses.asdict(r), "citations": list(r.citations) if r.citations else None,
                    "created_at": now} for r in rows]
+        from sqlalchemy.dialects import postgresql, sqlite
+
         dialect = postgresql if self._db.dialect == "postgresql" else sqlite
         keys = ["user_id", "candidate", "item_key", "params"]
         stmt = dialect.insert(_ANSWERS)
