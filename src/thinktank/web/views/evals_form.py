@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from fastapi import Request
@@ -42,7 +42,8 @@ _MAX_FIELDS = 400
 _MAX_PART = 128 * 1024
 """The largest text field (the checks)."""
 
-_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
+Format = Literal["jsonl", "csv"]
+_FORMATS: dict[str, Format] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class Upload:
     data: bytes
 
     @property
-    def format(self) -> str | None:
+    def format(self) -> Format | None:
         return dataset_format(self.filename)
 
     @property
@@ -64,7 +65,7 @@ class Upload:
         return stem.strip()[:MAX_NAME] or "dataset"
 
 
-def dataset_format(filename: str) -> str | None:
+def dataset_format(filename: str) -> Format | None:
     """``jsonl`` or ``csv`` by the file's extension; None to let the parser tell from the content."""
     lower = filename.lower()
     for ext, fmt in _FORMATS.items():
