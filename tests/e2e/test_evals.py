@@ -151,7 +151,10 @@ def test_an_evaluation_runs_live_to_its_summary_and_matrix_and_hostile_answers_s
 
     # The hostile answer is text on the page: nothing it describes exists or ran.
     markup = page.locator('tr[data-item="markup"] td[data-candidate="evalweb/good"]')
+    expect(markup.locator(".answer-text")).to_be_hidden()  # a long answer is collapsed to its first line
+    expect(markup.locator("details.answer summary")).to_contain_text("Here is the markup: <script>")
     markup.locator("details.answer summary").click()
+    expect(markup.locator(".answer-text")).to_be_visible()
     expect(markup.locator(".answer-text")).to_contain_text('<script>window.__xss=1</script><img src=x onerror=')
     page.mouse.move(300, 400)
     page.locator('tr[data-item="markup"]').hover()

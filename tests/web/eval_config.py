@@ -20,7 +20,7 @@ _GOOD_RULES = [
     {"match": r"capital of France", "reply": "Paris (checked)"},
     {"match": r"capital of Germany", "reply": "Berlin (checked)"},
     {"match": r"2 \+ 2", "reply": "It is 4 (checked)"},
-    {"match": r"show the markup", "reply": f"{HOSTILE} (checked)"},
+    {"match": r"show the markup", "reply": f"Here is the markup:\n{HOSTILE}\n(checked)"},
     {"match": r"colour of the sky", "reply": "Blue (checked)"},
 ]
 _WEAK_RULES = [

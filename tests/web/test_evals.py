@@ -271,3 +271,24 @@ async def test_someone_elses_evaluation_is_not_found_on_every_page(web: WebEnv) 
     anonymous = await web.browser()
     r = await anonymous.http.get(f"/evals/{run_id}")
     assert r.status_code == 303 and r.headers["location"].startswith("/login?next=")
+
+
+async def test_a_dataset_larger_than_a_request_body_is_taken_and_one_over_its_limit_refused(web: WebEnv) -> None:
+    """The form carries a dataset file of up to 10 MB (more than the 4 MB a page's request body may have)."""
+    b = await web.member("evals-big@example.com")
+    assert web.app.state.settings.max_body_bytes < 5_000_000
+    padding = "x" * 2600
+    lines = [f'{{"id": "q{i}", "question": "Question {i} {padding}"}}' for i in range(1999)] + ["{broken"]
+    data = ("\n".join(lines) + "\n").encode()
+    assert 5_000_000 < len(data) < 10 * 1024 * 1024
+    index = await b.get("/evals")
+    page = await _post(b, _form(index), ("big.jsonl", data))
+    assert page.status == 200, page.response.text[:500]
+    assert "with 1999 items" in " ".join(page.one("#dataset-report").text().split())
+    assert [_sub(li, ".line-no").text() for li in page.all("#dataset-errors li")] == ["line 2000"]
+
+    too_big = b"{}\n" * (10 * 1024 * 1024 // 3 + 1)
+    page = await _post(b, _form(page), ("huge.jsonl", too_big))
+    assert page.status == 400
+    assert "larger than 10,485,760 bytes" in page.one("#eval-error").text()
+    assert {n.attributes["value"] for n in page.all('#eval-candidates input[checked]')} == {GOOD, WEAK}
