@@ -292,3 +292,64 @@ async def test_a_dataset_larger_than_a_request_body_is_taken_and_one_over_its_li
     assert page.status == 400
     assert "larger than 10,485,760 bytes" in page.one("#eval-error").text()
     assert {n.attributes["value"] for n in page.all('#eval-candidates input[checked]')} == {GOOD, WEAK}
+
+
+async def test_the_result_downloads_from_the_links_on_the_page(web: WebEnv) -> None:
+    b = await web.member("evals-export@example.com")
+    run_id = await _run(b)
+    await _finished(b, run_id)
+    page = await b.get(f"/evals/{run_id}")
+    links = {a.text(): a.attributes["href"] for a in page.all("#eval-downloads a")}
+    assert set(links) == {"JSON", "CSV", "Markdown"}
+    csv = await b.http.get(str(links["CSV"]))  # with the session's cookie, as a click sends it
+    assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
+    assert "Munich" in csv.text
+    other = await web.member("evals-export-other@example.com")
+    assert (await other.http.get(str(links["JSON"]))).status_code == 404
+
+
+@pytest.mark.parametrize("latency", [1.0])
+async def test_an_evaluation_cancelled_from_the_page_keeps_what_was_done(
+        tmp_path: Path, local_embedder: LocalEmbedder, latency: float) -> None:
+    async with web_env(tmp_path, local_embedder, eval_config(latency=latency)) as env:
+        b = await env.member("evals-cancel@example.com")
+        run_id = await _run(b)
+        page = await b.get(f"/evals/{run_id}")
+        assert page.one("#eval-status").text() == "running"
+        assert page.one("#eval-progress") and page.one("#eval-total").text() == str(len(ITEMS))
+        assert not page.all("#eval-downloads")
+        form = page.one("form.cancel-form")
+        r = await b.http.post(str(form.attributes["action"]), data={"csrf": page.csrf})
+        assert r.status_code == 303 and r.headers["location"] == f"/evals/{run_id}"
+        record = await _finished(b, run_id)
+        assert record["status"] == "cancelled"
+        page = await b.get(f"/evals/{run_id}")
+        assert page.one("#eval-status").text() == "cancelled"
+        assert not page.all("#eval-progress") and not page.all("form.cancel-form")
+        # Cancelled again (it has ended): the page says how it ended, no error.
+        r = await b.http.post(f"/evals/{run_id}/cancel", data={"csrf": page.csrf})
+        assert r.status_code == 303
+
+
+async def test_an_evaluation_stopped_by_its_cost_limit_shows_its_partial_result(web: WebEnv) -> None:
+    b = await web.member("evals-budget@example.com")
+    index = await b.get("/evals")
+    page = await _post(b, _form(index, max_cost_usd="0.00003", concurrency="1"), ("qa.jsonl", DATASET))
+    chosen = page.one("#eval-dataset option[selected]").attributes["value"]
+    r = await b.http.post("/evals", data=_form(page, dataset_id=chosen, max_cost_usd="0.00003", concurrency="1"),
+                          files={"file": ("", b"", "application/octet-stream")})
+    assert r.status_code == 303, r.text
+    run_id = r.headers["location"].removeprefix("/evals/")
+    record = await _finished(b, run_id)
+    assert record["status"] == "budget_exceeded"
+    page = await b.get(f"/evals/{run_id}")
+    assert page.one("#eval-status").text() == "budget_exceeded"
+    assert "reached its cost limit" in page.one(".status-line").text()
+    done = record["result"]["items"]
+    assert len(done) < len(ITEMS)  # the limit stopped it before the end
+    partial = " ".join(page.one("#eval-partial").text().split())
+    assert partial == f"{len(done)} of {len(ITEMS)} items were evaluated before it stopped."
+    rows = page.all("#eval-matrix tr.item-row")
+    assert [r.attributes["data-item"] for r in rows] == ITEMS  # every item, those not evaluated marked so
+    waiting = [r.attributes["data-item"] for r in rows if r.css("td.cell-pending")]
+    assert waiting == ITEMS[len(done):] and all("not answered" in _sub(r, "td").text() for r in rows[len(done):])

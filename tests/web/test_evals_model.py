@@ -110,3 +110,20 @@ def test_numbers_read_as_the_table_shows_them() -> None:
     assert interval((0.52, 0.7), as_percent=True) == "[52 – 70 %]"
     assert interval((1000.06, 1070.33)) == "[1000.1 – 1070.3]" and interval(None) == ""
     assert preview("a\n  b\tc") == "a b c"
+
+
+def test_the_items_not_finished_are_listed_waiting_in_the_datasets_order() -> None:
+    planned = [{"id": "q0", "messages": [{"role": "system", "content": "Be brief."},
+                                         {"role": "user", "content": [{"type": "text", "text": "First?"}]}],
+                "tags": ["t"]},
+               {"id": "q1", "messages": [{"role": "user", "content": "ignored: finished"}]},
+               {"id": "q9", "messages": [{"role": "user", "content": "Last?"}], "reference": "yes"}]
+    record = {**_record(items=ITEMS[:1], total_items=3), "status": "running",
+              "config": {"candidates": [A, B], "judges": ["j1"], "items": 3}, "request": {"items": planned}}
+    e = build_evaluation(record)
+    assert [r.id for r in e.rows] == ["q0", "q1", "q9"]
+    first, done, last = e.rows
+    assert (first.question, first.tags, [c.state for c in first.cells]) == ("First?", ["t"], ["pending", "pending"])
+    assert done.question == "Capital of France?" and done.cells[0].state == "fail"
+    assert (last.question, last.reference) == ("Last?", "yes")
+    assert (e.items_total, e.done_items, e.judges, e.tags) == (3, 1, ["j1"], ["easy", "geo", "t"])

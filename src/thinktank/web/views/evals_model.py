@@ -347,14 +347,42 @@ def _row(item: Mapping[str, Any], candidates: Sequence[str]) -> ItemRow:
                    disagreement=item.get("disagreement") is True)
 
 
+def _question(messages: object) -> str:
+    """The text of the last user message of an item's ``messages`` (a string, or text parts)."""
+    for message in reversed(_dicts(messages)):
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            return content
+        return "\n".join(_str(part.get("text")) for part in _dicts(content) if part.get("type") == "text")
+    return ""
+
+
+def _waiting(item: Mapping[str, Any], candidates: Sequence[str]) -> ItemRow:
+    """An item of the evaluation not finished (yet): its cells pending."""
+    return ItemRow(id=_str(item.get("id")), question=_str(item.get("question")) or _question(item.get("messages")),
+                   reference=_opt_str(item.get("reference")), tags=_strings(item.get("tags")),
+                   cells=[Cell(candidate=c) for c in candidates], verdicts=[], disagreement=False)
+
+
+def _rows(finished: Sequence[Mapping[str, Any]], planned: Sequence[Mapping[str, Any]],
+          candidates: Sequence[str]) -> list[ItemRow]:
+    """Every item in the dataset's order: finished ones from the result, the others waiting."""
+    done: dict[str, ItemRow | None] = {r.id: r for r in (_row(i, candidates) for i in finished)}
+    rows = [done.pop(_str(i.get("id")), None) or _waiting(i, candidates) for i in planned]
+    return rows + [r for r in done.values() if r is not None]
+
+
 def _candidates(record: Mapping[str, Any], summary: Mapping[str, Any], items: Iterable[Mapping[str, Any]]) -> list[str]:
     """The candidates in the evaluation's order: the summary's, else the request's, else as the answers name them."""
     names = _strings(summary.get("candidates"))
     if names:
         return names
-    request = record.get("request")
-    if isinstance(request, Mapping) and _strings(request.get("candidates")):
-        return _strings(request.get("candidates"))
+    for where in ("config", "request"):  # an evaluation's plan (its config), or what was asked for
+        asked = record.get(where)
+        if isinstance(asked, Mapping) and _strings(asked.get("candidates")):
+            return _strings(asked.get("candidates"))
     seen: dict[str, None] = {}
     for item in items:
         answers = item.get("answers")
@@ -373,8 +401,11 @@ def build_evaluation(record: Mapping[str, Any]) -> Evaluation:
     candidates = _candidates(record, summary, items)
     request = record.get("request")
     request = request if isinstance(request, Mapping) else {}
-    judges = _strings(summary.get("judges")) or _strings(request.get("judges"))
-    rows = [_row(i, candidates) for i in items]
+    config = record.get("config")
+    config = config if isinstance(config, Mapping) else {}
+    judges = _strings(summary.get("judges")) or _strings(config.get("judges")) or _strings(request.get("judges"))
+    rows = _rows(items, _dicts(request.get("items")), candidates)
+    total = _int(result.get("total_items")) or _int(config.get("items")) or _int(summary.get("items")) or len(rows)
     tags = sorted({t for r in rows for t in r.tags}, key=str.casefold)
     excluded = [Excluded(item=_str(x.get("item")), a=_str(x.get("a")), b=_str(x.get("b")), judge=_str(x.get("judge")),
                          reason=_str(x.get("reason"))) for x in _dicts(summary.get("excluded"))]
@@ -384,7 +415,7 @@ def build_evaluation(record: Mapping[str, Any]) -> Evaluation:
         id=_str(record.get("id")), status=_str(record.get("status")) or "unknown", name=_str(record.get("name")),
         created_at=_num(record.get("created_at")), finished_at=_num(record.get("finished_at")),
         cost_usd=_num(record.get("cost_usd")), error=_opt_str(record.get("error")), candidates=candidates,
-        judges=judges, items_total=_int(summary.get("items")) or len(rows), candidates_summary=per_candidate,
+        judges=judges, items_total=total, candidates_summary=per_candidate,
         pairs=[Pair.of(p) for p in _dicts(summary.get("pairs"))], agreement=_agreement(summary.get("judge_agreement")),
         excluded=excluded, order_dependent=_int(summary.get("order_dependent")), rows=rows, tags=tags,
     )
