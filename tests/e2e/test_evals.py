@@ -31,7 +31,7 @@ from .test_pages_a11y import OVERFLOW, UNNAMED_CONTROLS
 
 AT_EVAL = re.compile(r"/evals/run_[0-9a-f]+(?:\?.*)?$")
 RUN_MS = 60_000
-WEAK_LATENCY = 0.4
+WEAK_LATENCY = 0.6
 """The weak candidate answers after this long (one answer at a time), so the evaluation is still running when
 its page opens and the page's live progress is what shows it finishing."""
 
@@ -104,6 +104,8 @@ def test_an_evaluation_runs_live_to_its_summary_and_matrix_and_hostile_answers_s
     # Live: the progress of the running evaluation, then the finished page swapped in by its script.
     expect(page.locator("#eval-progress")).to_be_visible()
     expect(page.locator("#eval-total")).to_have_text(str(len(ITEMS)))
+    expect(page.locator("#eval-log li").first).to_be_visible()  # the run's events, as the page follows them
+    expect(page.locator("#eval-done")).to_have_text(re.compile(rf"^[1-{len(ITEMS)}]$"))
     expect(page.locator("#eval-status")).to_have_text("completed", timeout=RUN_MS)
     expect(page.locator("#eval-progress")).to_have_count(0)
     expect(page.locator("#eval-announce")).to_have_text("The evaluation completed.")
