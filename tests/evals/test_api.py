@@ -19,28 +19,28 @@ ITEMS: list[dict[str, Any]] = [
 ]
 
 
-async def test_a_dataset_is_stored_with_its_bad_lines_reported(env: EvalEnv) -> None:
+async def test_a_dataset_is_stored_with_its_bad_lines_reported(api: EvalEnv) -> None:
     content = "\n".join([
         '{"id": "fr", "question": "What is the capital of France?", "reference": "Paris", "tags": ["geo"]}',
         '{"id": "broken", "question": ',
         "",
         '{"id": "it", "question": "What is the capital of Italy?"}',
     ])
-    r = await env.post("/api/v1/eval/datasets", {"name": "capitals", "format": "jsonl", "content": content})
+    r = await api.post("/api/v1/eval/datasets", {"name": "capitals", "format": "jsonl", "content": content})
     assert r.status_code == 201, r.text
     made = r.json()
     assert made["items"] == 2 and made["name"] == "capitals" and made["tags"] == ["geo"]
     assert [e["line"] for e in made["errors"]] == [2]
-    listed = (await env.get("/api/v1/eval/datasets")).json()["data"]
+    listed = (await api.get("/api/v1/eval/datasets")).json()["data"]
     assert [(d["id"], d["items"]) for d in listed] == [(made["id"], 2)]
-    one = (await env.get(f"/api/v1/eval/datasets/{made['id']}")).json()
+    one = (await api.get(f"/api/v1/eval/datasets/{made['id']}")).json()
     assert [i["id"] for i in one["data"]] == ["fr", "it"]
     assert one["errors"] == made["errors"]
 
 
-async def test_an_evaluation_of_two_candidates_with_a_judge_and_checks(env: EvalEnv) -> None:
-    dataset = await env.dataset(ITEMS)
-    record = await env.evaluate({"dataset_id": dataset, "candidates": ["quick", "wrong"], "judges": ["judge"]})
+async def test_an_evaluation_of_two_candidates_with_a_judge_and_checks(api: EvalEnv) -> None:
+    dataset = await api.dataset(ITEMS)
+    record = await api.evaluate({"dataset_id": dataset, "candidates": ["quick", "wrong"], "judges": ["judge"]})
     assert record["kind"] == "evaluation" and record["status"] == "completed", record["error"]
     result = record["result"]
     summary = result["summary"]
@@ -59,16 +59,16 @@ async def test_an_evaluation_of_two_candidates_with_a_judge_and_checks(env: Eval
     assert fr["disagreement"] is True
     stages = [c["stage"] for c in record["calls"]]
     assert stages.count("answer") == 6 and stages.count("judge") == 6  # each pair judged in both orders
-    listed = (await env.get("/api/v1/eval/runs")).json()["data"]
+    listed = (await api.get("/api/v1/eval/runs")).json()["data"]
     assert [(r["id"], r["status"], r["candidates"], r["judges"], r["items"]) for r in listed] == [
         (record["id"], "completed", ["quick", "wrong"], ["judge"], 3)]
-    assert (await env.get("/api/v1/runs", kind="evaluation")).json()["data"][0]["id"] == record["id"]
+    assert (await api.get("/api/v1/runs", kind="evaluation")).json()["data"][0]["id"] == record["id"]
 
 
 @pytest.mark.parametrize("fmt", ["csv", "markdown", "json"])
-async def test_export(env: EvalEnv, fmt: str) -> None:
-    record = await env.evaluate({"items": ITEMS, "candidates": ["quick", "wrong"], "judges": ["judge"]})
-    r = await env.get(f"/api/v1/eval/runs/{record['id']}/export", format=fmt)
+async def test_export(api: EvalEnv, fmt: str) -> None:
+    record = await api.evaluate({"items": ITEMS, "candidates": ["quick", "wrong"], "judges": ["judge"]})
+    r = await api.get(f"/api/v1/eval/runs/{record['id']}/export", format=fmt)
     assert r.status_code == 200, r.text
     if fmt == "csv":
         lines = r.text.splitlines()
