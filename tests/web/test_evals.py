@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from selectolax.lexbor import LexborNode as Node
 
@@ -353,3 +354,95 @@ async def test_an_evaluation_stopped_by_its_cost_limit_shows_its_partial_result(
     assert [r.attributes["data-item"] for r in rows] == ITEMS  # every item, those not evaluated marked so
     waiting = [r.attributes["data-item"] for r in rows if r.css("td.cell-pending")]
     assert waiting == ITEMS[len(done):] and all("not answered" in _sub(r, "td").text() for r in rows[len(done):])
+
+
+async def test_hostile_dataset_text_is_escaped_everywhere_it_is_shown(web: WebEnv) -> None:
+    b = await web.member("evals-hostile-data@example.com")
+    tag = "<img src=x onerror=alert(1)>'\""
+    line = {"id": "<b onmouseover=alert(2)>id</b>", "question": f"What is the capital of France? {HOSTILE}",
+            "reference": HOSTILE, "tags": [tag],
+            "checks": [{"type": "contains", "value": "Paris", "name": f"named {HOSTILE}"}]}
+    data = (orjson.dumps(line) + b"\n")
+    index = await b.get("/evals")
+    page = await _post(b, _form(index, name=HOSTILE[:200], candidate=[GOOD], judge=[]), ("x.jsonl", data))
+    assert page.status == 303, page.response.text
+    run_id = page.response.headers["location"].removeprefix("/evals/")
+    await _finished(b, run_id)
+    for path in ("/evals", f"/evals/{run_id}", f"/evals/{run_id}/fragment"):
+        shown = Page(await b.http.get(path))
+        assert shown.status == 200
+        root = shown.tree.css_first("main") or shown.tree.body
+        assert root is not None
+        assert root.css("script") == [] and root.css("img") == [] and root.css("b") == [], path
+        for node in root.css("*"):
+            for attr, value in node.attributes.items():
+                assert not attr.lower().startswith("on"), (path, node.tag, attr)
+        assert "<script>window.__xss" not in shown.response.text, path
+    page = await b.get(f"/evals/{run_id}")
+    assert HOSTILE[:100] in page.one("h1").text()
+    (row,) = page.all("#eval-matrix tr.item-row")
+    assert orjson.loads(row.attributes["data-tags"] or "") == [tag]
+    assert row.attributes["data-item"] == line["id"]
+    assert _sub(row, ".check-name").text() == f"named {HOSTILE}"
+    assert [o.text() for o in page.all("#filter-tag option")] == ["all items", tag]
+    shown = Page(await b.http.get(f"/evals/{run_id}", params={"tag": tag}))
+    assert "hidden" not in shown.one("#eval-matrix tr.item-row").attributes
+
+
+async def test_one_candidate_without_judges_has_pass_rates_and_no_win_rates(web: WebEnv) -> None:
+    b = await web.member("evals-solo@example.com")
+    index = await b.get("/evals")
+    good_only = b"\n".join(DATASET.splitlines()[:2])
+    page = await _post(b, _form(index, candidate=[WEAK], judge=[]), ("two.jsonl", good_only))
+    assert page.response.status_code == 303, page.response.text
+    run_id = page.response.headers["location"].removeprefix("/evals/")
+    record = await _finished(b, run_id)
+    assert record["status"] == "completed"
+    page = await b.get(f"/evals/{run_id}")
+    (row,) = page.all("#eval-summary tbody tr")
+    assert _sub(row, ".pass").text(strip=True).startswith("50 %")
+    assert _sub(row, ".win").text(strip=True) == "—" and _sub(row, ".rating").text(strip=True) == "—"
+    assert not page.all("#win-chart") and not page.all("#eval-pairs") and not page.all("#eval-agreement")
+    assert [h.text(strip=True) for h in page.all("#eval-matrix thead th")] == ["Item", WEAK]
+    assert "judges: none" in " ".join(page.one(".facts-line").text().split())
+
+
+async def test_judging_again_reuses_the_answers_and_refuses_what_it_cannot_run(web: WebEnv) -> None:
+    b = await web.member("evals-rejudge@example.com")
+    run_id = await _run(b)
+    first = await _finished(b, run_id)
+    page = await b.get(f"/evals/{run_id}")
+    form = page.one("#rejudge-form")
+    assert form.attributes["action"] == f"/evals/{run_id}/rejudge"
+    # Refusals shown in the page, the choices kept, nothing started.
+    for judges, message, status in (([], "Choose at least one judge.", 400),
+                                    (["nobody/judge"], "the model 'nobody/judge' does not exist", 400),
+                                    (["j1", "j2", "j3", "j4"], "Choose at most 3 judges (you chose 4).", 400)):
+        refused = Page(await b.http.post(f"/evals/{run_id}/rejudge", data={"csrf": page.csrf, "judge": judges}))
+        assert refused.status == status
+        assert message in refused.one("#rejudge-error").text()
+        assert "open" in refused.one("#rejudge").attributes
+        assert {n.attributes["value"] for n in refused.all("#rejudge-form input[checked]")} == \
+            set(judges) & {n.attributes["value"] for n in refused.all("#rejudge-form input")}
+    assert len((await b.get("/evals")).all("#eval-runs tbody tr")) == 1
+    forged = await b.http.post(f"/evals/{run_id}/rejudge", data={"csrf": "forged", "judge": [GOOD]})
+    assert forged.status_code == 403
+    other = await web.member("evals-rejudge-other@example.com")
+    other_page = await other.get("/evals")
+    r = await other.http.post(f"/evals/{run_id}/rejudge", data={"csrf": other_page.csrf, "judge": [JUDGE]})
+    assert r.status_code == 404
+
+    r = await b.http.post(f"/evals/{run_id}/rejudge", data={"csrf": page.csrf, "judge": [GOOD]})
+    assert r.status_code == 303, r.text
+    again_id = r.headers["location"].removeprefix("/evals/")
+    assert again_id != run_id
+    again = await _finished(b, again_id)
+    assert again["status"] == "completed"
+    page = await b.get(f"/evals/{again_id}")
+    assert "judges: evalweb/good" in " ".join(page.one(".facts-line").text().split())
+    cells = page.all("#eval-matrix td.cell")
+    assert len(cells) == 2 * len(ITEMS) and all(c.css(".badge.cached") for c in cells)  # no candidate asked again
+    answers = sum(c["cost_usd"] for c in first["calls"] if c["stage"] == "answer")
+    assert answers > 0 and not [c for c in again["calls"] if c["stage"] == "answer"]
+    # The every-item check of the first evaluation applies again.
+    assert all("does not contain 'sorry'" in [n.text() for n in c.css(".check-name")] for c in cells)

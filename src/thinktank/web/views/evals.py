@@ -10,6 +10,7 @@ body the server renders (``/evals/{run_id}/fragment``), so every user's and mode
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -18,7 +19,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from ...api.credentials import CSRF_FIELD
 from ...api.deps import StateDep
 from ...api.state import AppState
-from ...errors import ConflictError, NotFoundError, ThinktankError
+from ...errors import ConflictError, InvalidRequestError, NotFoundError, ThinktankError
 from ..charts import interval_chart
 from ..session import UserPage, WebUser, check_form_csrf
 from . import evals_api
@@ -95,15 +96,21 @@ async def start_evaluation(request: Request, user: UserPage, state: StateDep) ->
     return RedirectResponse(f"/evals/{run_id}", status_code=303)
 
 
-async def _load(state: AppState, user: WebUser, run_id: str) -> Evaluation:
-    """The evaluation, if it is this user's (anyone else's, or a run that is not an evaluation: 404)."""
+async def _record(state: AppState, user: WebUser, run_id: str) -> dict[str, Any]:
+    """The evaluation's record, if it is this user's (anyone else's, or a run that is not an evaluation: 404;
+    an admin, who may read every run through the API, sees only their own here too)."""
     record = await evals_api.get(state, user, run_id)
     if record.get("kind") != "evaluation" or record.get("user_id") != user.id:
         raise NotFoundError(f"There is no evaluation '{run_id}'.")
-    return build_evaluation(record)
+    return record
 
 
-def _context(e: Evaluation, tag: str, disagreements: bool) -> dict[str, Any]:
+async def _load(state: AppState, user: WebUser, run_id: str) -> Evaluation:
+    return build_evaluation(await _record(state, user, run_id))
+
+
+async def _context(state: AppState, user: WebUser, e: Evaluation, tag: str = "", disagreements: bool = False,
+                   *, rejudge_error: str = "", rejudge_judges: Sequence[str] = ()) -> dict[str, Any]:
     tag = tag if tag in e.tags else ""
 
     def visible(row: ItemRow) -> bool:
@@ -113,9 +120,11 @@ def _context(e: Evaluation, tag: str, disagreements: bool) -> dict[str, Any]:
              if c.win_rate is not None and c.win_ci is not None]
     chart = interval_chart([(str(n), float(w) * 100, lo * 100, hi * 100) for n, w, lo, hi in rates],
                            title="Win rate with 95 % interval (%)") if rates else None
+    models = [] if e.running else await chat_models(state, user)  # to judge again with
     return {"e": e, "chart": chart, "filter_tag": tag, "filter_disagreements": disagreements, "visible": visible,
             "shown": sum(1 for r in e.rows if visible(r)), "done": e.done_items, "pct": percent, "ci": interval,
-            "ms": ms}
+            "ms": ms, "models": models, "max_judges": MAX_JUDGES, "rejudge_error": rejudge_error,
+            "rejudge_judges": list(rejudge_judges)}
 
 
 Tag = Annotated[str, Query(max_length=200)]
@@ -126,14 +135,14 @@ async def evaluation_page(run_id: str, request: Request, user: UserPage, state: 
                           disagreements: Annotated[str, Query(max_length=8)] = "") -> Response:
     e = await _load(state, user, run_id)
     return pages(request).render(request, "evals/run.html", user, title=f"Evaluation {e.name}".strip(),
-                                 **_context(e, tag, disagreements == "1"))
+                                 **await _context(state, user, e, tag, disagreements == "1"))
 
 
 @router.get("/evals/{run_id}/fragment")
 async def evaluation_fragment(run_id: str, request: Request, user: UserPage, state: StateDep) -> Response:
     """The page's body alone, for its script to swap in as the evaluation goes on and when it ends."""
     e = await _load(state, user, run_id)
-    html = pages(request).fragment("evals/_body.html", csrf=user.csrf, **_context(e, "", False))
+    html = pages(request).fragment("evals/_body.html", csrf=user.csrf, **await _context(state, user, e))
     return HTMLResponse(html, headers={"cache-control": "no-store"})
 
 
@@ -146,3 +155,33 @@ async def cancel_evaluation(run_id: str, request: Request, user: UserPage, state
     with contextlib.suppress(ConflictError):  # it ended meanwhile: the page shows how
         await state.deliberation.cancel(run_id, user.principal)
     return RedirectResponse(f"/evals/{run_id}", status_code=303)
+
+
+@router.post("/evals/{run_id}/rejudge")
+async def rejudge_evaluation(run_id: str, request: Request, user: UserPage, state: StateDep) -> Response:
+    """Judge a finished evaluation again with other judges (its checks too): a new evaluation reusing its answers."""
+    async with request.form(max_files=0, max_fields=200, max_part_size=4096) as form:
+        check_form_csrf(request, user, form.get(CSRF_FIELD))
+        judges = list(dict.fromkeys(j.strip() for j in form.getlist("judge") if isinstance(j, str) and j.strip()))
+    record = await _record(state, user, run_id)
+    raw = record.get("config")
+    config: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    concurrency = config.get("concurrency")
+    try:
+        if not judges:
+            raise InvalidRequestError("Choose at least one judge.", param="judge")
+        if len(judges) > MAX_JUDGES:
+            raise InvalidRequestError(f"Choose at most {MAX_JUDGES} judges (you chose {len(judges)}).", param="judge")
+        new_id = await evals_api.rejudge(request, state, user, run_id, judges=judges,
+                                         checks=list(config.get("checks") or []),
+                                         concurrency=concurrency if isinstance(concurrency, int) else 4)
+    except ThinktankError as exc:
+        if exc.status >= 500:
+            raise
+        e = build_evaluation(record)
+        response = pages(request).render(
+            request, "evals/run.html", user, title=f"Evaluation {e.name}".strip(), status=exc.status,
+            **await _context(state, user, e, rejudge_error=exc.message, rejudge_judges=judges))
+        response.headers.update(exc.headers())
+        return response
+    return RedirectResponse(f"/evals/{new_id}", status_code=303)

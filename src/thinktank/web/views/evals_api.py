@@ -20,7 +20,7 @@ from ..session import WebUser
 from .evals_form import Upload
 from .forms import first_error
 
-__all__ = ["create_dataset", "get", "list_datasets", "list_runs", "start"]
+__all__ = ["create_dataset", "get", "list_datasets", "list_runs", "rejudge", "start"]
 
 DATASETS_LISTED = 200
 
@@ -73,3 +73,15 @@ async def start(request: Request, state: AppState, user: WebUser, *, dataset_id:
 async def get(state: AppState, user: WebUser, run_id: str) -> dict[str, Any]:
     """The evaluation's run record (404 if it is not an evaluation the user may read)."""
     return await _service(state).get(user.principal, run_id)
+
+
+async def rejudge(request: Request, state: AppState, user: WebUser, run_id: str, *, judges: list[str],
+                  checks: list[Any], concurrency: int) -> str:
+    """A new evaluation of the same items and candidates with other judges: the answers are reused (asked again
+    of no candidate, paid again by nobody); its run id."""
+    try:
+        body = EvalRequest(rejudge_of=run_id, judges=judges, checks=checks, concurrency=concurrency)
+    except ValidationError as exc:
+        raise InvalidRequestError(first_error(exc)) from None
+    run = await _service(state).start(user.principal, body, client_ip(request))
+    return str(run.id)
