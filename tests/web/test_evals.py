@@ -446,3 +446,24 @@ async def test_judging_again_reuses_the_answers_and_refuses_what_it_cannot_run(w
     assert answers > 0 and not [c for c in again["calls"] if c["stage"] == "answer"]
     # The every-item check of the first evaluation applies again.
     assert all("does not contain 'sorry'" in [n.text() for n in c.css(".check-name")] for c in cells)
+
+
+@pytest.mark.parametrize("raw", [b"\xed\xa0\x80", b"\xff\xfe", "\u00e9".encode("latin-1")])
+async def test_bytes_that_are_not_utf8_in_the_form_are_a_clear_error_or_ignored(web: WebEnv, raw: bytes) -> None:
+    b = await web.member("evals-bytes@example.com")
+    index = await b.get("/evals")
+    boundary = "tt-boundary"
+    parts = [("csrf", index.csrf.encode()), ("candidate", b"evalweb/" + raw), ("judge", raw), ("checks", raw),
+             ("max_cost_usd", b"1" + b"0" * 400), ("concurrency", b"9" * 50), ("name", raw)]
+    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n'.encode() + v + b"\r\n"
+                    for k, v in parts)
+    body += (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="q.jsonl"\r\n'
+             "Content-Type: application/octet-stream\r\n\r\n").encode() + b'{"question": "' + raw + b'"}\r\n'
+    body += f"--{boundary}--\r\n".encode()
+    r = await b.http.post("/evals", content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert 400 <= r.status_code < 500, r.text
+    page = Page(r)
+    assert page.one("#eval-error").text().startswith("Checks: not valid JSON")
+    r = await b.http.post("/evals", content=b"csrf=" + index.csrf.encode() + b"&candidate=%ED%A0%80&dataset_id=%FF",
+                          headers={"content-type": "application/x-www-form-urlencoded"})
+    assert 400 <= r.status_code < 500, r.text
