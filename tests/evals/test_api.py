@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import EvalEnv
+from .conftest import AUTH, EvalEnv
 
 ITEMS: list[dict[str, Any]] = [
     {"id": "fr", "question": "What is the capital of France?", "reference": "Paris", "tags": ["geo"],
@@ -79,3 +79,21 @@ async def test_export(api: EvalEnv, fmt: str) -> None:
         assert "| quick | 100.0 % | 100.0 %" in r.text and "| quick | wrong | 3 | 3 | 0 | 0 |" in r.text
     else:
         assert r.json() == record["result"]
+
+
+async def test_a_dataset_larger_than_an_ordinary_body_is_taken_and_deleted(api: EvalEnv) -> None:
+    # 2,000 lines of 2.6 KB: over the 4 MB limit of other bodies, under the 10 MB of a dataset.
+    line = '{"id": "q%d", "question": "%s?"}'
+    content = "\n".join(line % (i, "x" * 2600) for i in range(2000))
+    assert 4 * 1024 * 1024 < len(content) < 10 * 1024 * 1024
+    r = await api.post("/api/v1/eval/datasets", {"name": "big", "content": content})
+    assert r.status_code == 201, r.text[:300]
+    assert r.json()["items"] == 2000 and r.json()["errors"] == []
+    too_big = "\n".join(line % (i, "y" * 250_000) for i in range(45))  # 11 MB
+    r = await api.post("/api/v1/eval/datasets", {"name": "too big", "content": too_big})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "dataset_too_large", r.text[:300]
+    [stored] = (await api.get("/api/v1/eval/datasets")).json()["data"]
+    r = await api.http.delete(f"{api.url}/api/v1/eval/datasets/{stored['id']}", headers=AUTH)
+    assert r.status_code == 204
+    assert (await api.get(f"/api/v1/eval/datasets/{stored['id']}")).status_code == 404
+    assert (await api.get("/api/v1/eval/datasets")).json()["data"] == []

@@ -13,7 +13,6 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..accounts.principal import Principal
@@ -304,6 +303,8 @@ class Evaluations:
         return seeds
 
     async def _similarity(self, a: str, b: str) -> float:
+        import numpy as np
+
         vectors = await self._embedder().embed([a, b])
         return float(np.clip(np.dot(vectors[0], vectors[1]), -1.0, 1.0))
 
