@@ -53,12 +53,11 @@ async def _index(request: Request, user: WebUser, state: AppState, *, form: Eval
         errors = list(uploaded.get("errors") or [])
         uploaded = {**uploaded, "errors": errors[:MAX_LINE_ERRORS],
                     "more_errors": max(0, len(errors) - MAX_LINE_ERRORS)}
-    response = pages(request).render(
+    return pages(request).render(
         request, "evals/index.html", user, title="Evaluations", status=status, runs=runs, datasets=datasets,
         models=await chat_models(state, user), form=values, error=error, uploaded=uploaded,
         max_candidates=MAX_CANDIDATES, max_judges=MAX_JUDGES, max_bytes=MAX_DATASET_BYTES,
     )
-    return response
 
 
 @router.get("/evals")
@@ -153,7 +152,7 @@ async def cancel_evaluation(run_id: str, request: Request, user: UserPage, state
     check_form_csrf(request, user, form.get(CSRF_FIELD))
     await _load(state, user, run_id)  # 404 unless it is this user's evaluation
     with contextlib.suppress(ConflictError):  # it ended meanwhile: the page shows how
-        await state.deliberation.cancel(run_id, user.principal)
+        await evals_api.cancel(state, user, run_id)
     return RedirectResponse(f"/evals/{run_id}", status_code=303)
 
 

@@ -20,7 +20,7 @@ from ..session import WebUser
 from .evals_form import Upload
 from .forms import first_error
 
-__all__ = ["create_dataset", "get", "list_datasets", "list_runs", "rejudge", "start"]
+__all__ = ["cancel", "create_dataset", "get", "list_datasets", "list_runs", "rejudge", "start"]
 
 DATASETS_LISTED = 200
 
@@ -85,3 +85,8 @@ async def rejudge(request: Request, state: AppState, user: WebUser, run_id: str,
         raise InvalidRequestError(first_error(exc)) from None
     run = await _service(state).start(user.principal, body, client_ip(request))
     return str(run.id)
+
+
+async def cancel(state: AppState, user: WebUser, run_id: str) -> str:
+    """Stop the evaluation (409 once it has ended); what it finished is its result."""
+    return await _service(state).cancel(user.principal, run_id)
