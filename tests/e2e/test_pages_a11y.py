@@ -11,7 +11,7 @@ from playwright.sync_api import Page
 
 from .harness import E2EServer, login
 
-PAGES = ("/chat", "/compare", "/arena", "/leaderboard", "/debate", "/knowledge", "/me", "/admin")
+PAGES = ("/chat", "/compare", "/arena", "/leaderboard", "/debate", "/evals", "/knowledge", "/me", "/admin")
 
 UNNAMED_CONTROLS = """() => {
   const named = (el) => {

@@ -8,7 +8,7 @@ from playwright.sync_api import Page, expect
 
 from .harness import E2EServer, login, screenshot
 
-NAV_LINKS = ("Chat", "Compare", "Arena", "Leaderboard", "Debate", "Knowledge", "Me", "Admin")
+NAV_LINKS = ("Chat", "Compare", "Arena", "Leaderboard", "Debate", "Evaluations", "Knowledge", "Me", "Admin")
 AT_LOGIN = re.compile(r"/login(?:[?#].*)?$")
 AT_CHAT = re.compile(r"/chat(?:[?#].*)?$")
 

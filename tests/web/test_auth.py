@@ -70,7 +70,8 @@ async def test_sign_in_sets_an_httponly_lax_cookie_and_shows_the_navigation(web:
     assert cookie["samesite"].lower() == "lax"
     assert "secure" not in cookie  # plain HTTP on loopback; behind HTTPS it is Secure
     chat = await b.get("/chat")
-    assert chat.texts("nav a") == ["Chat", "Compare", "Arena", "Leaderboard", "Debate", "Knowledge", "Me", "Admin"]
+    assert chat.texts("nav a") == ["Chat", "Compare", "Arena", "Leaderboard", "Debate", "Evaluations", "Knowledge",
+                                   "Me", "Admin"]
     assert chat.one('nav a[aria-current="page"]').text() == "Chat"
     assert chat.one("form.signout button").text(strip=True) == "Sign out"
 

@@ -245,8 +245,9 @@ def _fastapi_app(state: AppState, outages: OutageLog) -> FastAPI:
     return app
 
 
-_UPLOAD_PATH = re.compile(r"^/api/v1/(knowledge-bases/[^/]+/documents|eval/datasets)/?$")
-"""Document and dataset uploads: limited by ``max_upload_bytes`` rather than ``max_body_bytes``."""
+_UPLOAD_PATH = re.compile(r"^/(api/v1/(knowledge-bases/[^/]+/documents|eval/datasets)|evals)/?$")
+"""Document and dataset uploads (the Evaluations page's form too): limited by ``max_upload_bytes`` rather than
+``max_body_bytes``."""
 
 
 def _limited(receive: Receive, limit: int) -> Receive:

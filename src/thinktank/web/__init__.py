@@ -10,7 +10,7 @@ __all__ = ["PAGE_SEGMENTS", "is_page"]
 
 PAGE_SEGMENTS = frozenset({
     "", "login", "logout", "setup", "chat", "compare", "arena", "leaderboard", "debate", "runs", "knowledge", "me",
-    "admin", "static", "favicon.ico",
+    "admin", "evals", "static", "favicon.ico",
 })
 """The first path segments the web app answers (the API lives under ``/v1``, ``/api`` and the ops routes)."""
 

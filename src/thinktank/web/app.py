@@ -37,13 +37,13 @@ def render_css() -> str:
 
 def build_web(state: AppState) -> ASGIApp:
     """The pages, as an ASGI app sharing ``state`` with the API (its lifespan is the API's)."""
-    from .views import admin, agents, auth, chat, compare, debate, knowledge, me, runs
+    from .views import admin, agents, auth, chat, compare, debate, evals, knowledge, me, runs
 
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None, redirect_slashes=False)
     app.state.thinktank = state
     pages = Pages()
     app.state.pages = pages
-    for module in (auth, chat, compare, runs, agents, debate, knowledge, me, admin):
+    for module in (auth, chat, compare, runs, agents, debate, evals, knowledge, me, admin):
         app.include_router(module.router)
     rendered_css = Response(render_css(), media_type="text/css")
 

@@ -27,6 +27,7 @@ NAV: tuple[tuple[str, str, bool], ...] = (
     ("Arena", "/arena", False),
     ("Leaderboard", "/leaderboard", False),
     ("Debate", "/debate", False),
+    ("Evaluations", "/evals", False),
     ("Knowledge", "/knowledge", False),
     ("Me", "/me", False),
     ("Admin", "/admin", True),

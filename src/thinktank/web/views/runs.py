@@ -100,6 +100,8 @@ async def run_page(request: Request, run_id: str, user: UserPage, state: StateDe
     record = await _record(state, run_id, user)
     if record.get("kind") == "debate":  # a debate has its own page (the timeline, the plan)
         return RedirectResponse(f"/debate/{run_id}", status_code=303)
+    if record.get("kind") == "evaluation":  # its summary and matrix
+        return RedirectResponse(f"/evals/{run_id}", status_code=303)
     if record.get("kind") == "agent":  # its steps, its answer, the approval card while it waits
         return agents.render_page(request, user, await agents.agent_context(state, user, record))
     view = run_view(record, user)
