@@ -167,9 +167,9 @@ def _fastapi_app(state: AppState, outages: OutageLog) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.state.thinktank = state
-    from .routes import accounts, admin, agents, keys, knowledge, knowledge_jobs, memory, runs, threads, usage
+    from .routes import accounts, admin, agents, evals, keys, knowledge, knowledge_jobs, memory, runs, threads, usage
 
-    for module in (accounts, keys, usage, admin, runs, agents, knowledge, knowledge_jobs, threads, memory):
+    for module in (accounts, keys, usage, admin, runs, agents, knowledge, knowledge_jobs, threads, memory, evals):
         app.include_router(module.router)
     from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -245,8 +245,8 @@ def _fastapi_app(state: AppState, outages: OutageLog) -> FastAPI:
     return app
 
 
-_UPLOAD_PATH = re.compile(r"^/api/v1/knowledge-bases/[^/]+/documents/?$")
-"""Document uploads: limited by ``max_upload_bytes`` rather than ``max_body_bytes``."""
+_UPLOAD_PATH = re.compile(r"^/api/v1/(knowledge-bases/[^/]+/documents|eval/datasets)/?$")
+"""Document and dataset uploads: limited by ``max_upload_bytes`` rather than ``max_body_bytes``."""
 
 
 def _limited(receive: Receive, limit: int) -> Receive:

@@ -141,6 +141,10 @@ def build_state(
         queue=queue,
         ingestions=ingestions,
     )
+    from ..evals.service import Evaluations
+    from ..evals.store import EvalStore
+
+    state.evals = Evaluations(EvalStore(db, clock), deliberation, catalog, gate, clock, lambda: embedders.local)
     if journal is not None:
         from ..accounts.recovery import Recovery
 

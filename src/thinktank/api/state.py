@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ..catalog import Catalog
     from ..conversations.service import Conversations
     from ..deliberation.service import Deliberation
+    from ..evals.service import Evaluations
     from ..jobs import JobQueue
     from ..knowledge.embedders import Embedders
     from ..knowledge.ingestions import Ingestions
@@ -87,6 +88,8 @@ class AppState:
     """Reads the metrics for a scrape (None when metrics are off)."""
     recovery: Recovery | None = None
     """This process's accounting journal and the replay of dead processes' (None when the journal is off)."""
+    evals: Evaluations | None = None
+    """Evaluations of models on datasets (``thinktank.evals``)."""
 
     async def check_auth_allowed(self, ip: str, account: str | None = None) -> None:
         """429 with Retry-After after too many failed logins or keys from this address."""

@@ -13,7 +13,9 @@ backlog) is taken up by the runs' sweep like an interrupted one, and runs exactl
 
 Only top-level ensembles and debates move: a child run (an ensemble member that is a debate) runs beside its
 parent, and a new agent run stays where it was asked for (its MCP connections and approvals live there; it is
-taken up elsewhere from its checkpoint if that process dies).
+taken up elsewhere from its checkpoint if that process dies). So does a new evaluation (started by the evaluations
+service, not through :meth:`Deliberation.start`; its calls are the work, each of them possibly a run that moves):
+if its process dies, the runs' sweep takes it up elsewhere from its record like any interrupted run.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ and executes its runner again:
 
 - an ensemble or a debate from its checkpoint (:meth:`LiveRun.remember`): finished steps are not done again,
   and the calls the unfinished step had finished are answered from their records (:mod:`.replay`);
+- an evaluation likewise: its finished items (on its record as ``eval_item`` events) are not asked again, the
+  calls of the unfinished ones are replayed (:mod:`thinktank.evals.runner`);
 - an agent from its own checkpoint (:mod:`thinktank.agents.service`).
 
 The caller's key is checked again (a revoked key ends the run, saying so); what the resumed part spends is
@@ -145,7 +147,7 @@ class Resumption:
                 return
             await self.agents(run_id)
             return
-        if row["kind"] not in ("ensemble", "debate"):
+        if row["kind"] not in ("ensemble", "debate", "evaluation"):
             await self.runs.store.fail(run_id, now, f"Runs of kind {row['kind']} are not taken up again.")
             return
         request_id, estimated = handed if handed is not None else (None, 0)
@@ -162,7 +164,9 @@ class Resumption:
             run.emit("resumed", reason="interrupted",
                      steps=sorted(k for k in run.state if k not in ("seed", "citations")), calls_reused=len(run.replay))
         request = run.request
-        cfg = (EnsembleConfig if run.kind == "ensemble" else DebateConfig).model_validate(run.config)
+        # (An evaluation's runner finds its configuration, its items and the items already finished on the run.)
+        cfg = None if run.kind == "evaluation" else (
+            EnsembleConfig if run.kind == "ensemble" else DebateConfig).model_validate(run.config)
         messages = [Message.model_validate(m) for m in request.get("messages") or []]
         runner = self.runs.runner_for(run, cfg, messages, self.runs.options_of(request))
 

@@ -37,7 +37,8 @@ EventType = Literal[
     "run_started", "stage_started", "stage_finished", "model_answered", "model_failed", "review",
     "ranking", "round", "convergence", "follow_up", "panel", "analysis", "synthesis_token", "document",
     "cost", "cache_hit", "done", "error", "child_run", "step", "tool_call", "tool_result", "approval_requested",
-    "approval_decided", "resumed",
+    "approval_decided", "resumed", "eval_started", "eval_answer", "eval_checked", "eval_judged", "eval_item",
+    "eval_progress",
 ]
 RunStatus = Literal["running", "completed", "failed", "cancelled", "budget_exceeded", "step_limit", "time_limit",
                     "awaiting_approval"]

@@ -66,11 +66,13 @@ __all__ = ["Deliberation", "Kind", "OnEnd", "RunConfig", "RunOptions", "Runner",
 
 log = logging.getLogger("thinktank.deliberation")
 
-Kind = Literal["ensemble", "debate", "agent"]
+Kind = Literal["ensemble", "debate", "agent", "evaluation"]
 RunConfig = EnsembleConfig | DebateConfig | AgentConfig
 Runner = Callable[[], Awaitable[dict[str, Any]]]
 AgentRunners = Callable[[LiveRun, AgentConfig, list[Message], "RunOptions"], Runner]
 """Makes the runner of an agent run (bound by the agents service)."""
+EvalRunners = Callable[[LiveRun], Runner]
+"""Makes the runner of an evaluation's run, new or taken up again (bound by the evaluations service)."""
 #: Seconds without a save after which a 'running' run counts as interrupted and is taken up by another
 #: process (saves come every 0.5 s, the first one by 2 s: five seconds is ten missed saves; a process that
 #: only stalled finds at its next save that its run went on elsewhere, and stops it).
@@ -182,6 +184,7 @@ class Deliberation:
         self.agents = {a.name: a for a in config.agents}
         self.mcp_servers = frozenset(m.name for m in config.mcp_servers)
         self._agent_runners: AgentRunners | None = None
+        self._eval_runners: EvalRunners | None = None
         own = [Persona(p.name, p.domain, p.backstory, p.stance, p.model, tuple(k.lower() for k in p.keywords))
                for p in config.personas]
         names = {p.name for p in own}
@@ -233,9 +236,15 @@ class Deliberation:
         if self.resumption is not None:
             self.resumption.agents = resume
 
+    def bind_evaluations(self, runners: EvalRunners) -> None:
+        """Evaluations (:mod:`thinktank.evals`): the runner of each, new or taken up again."""
+        self._eval_runners = runners
+
     def table(self, kind: Kind) -> Mapping[str, RunConfig]:
-        """The configured runs of ``kind``, by name."""
-        return self.ensembles if kind == "ensemble" else self.debates if kind == "debate" else self.agents
+        """The configured runs of ``kind``, by name (none of an evaluation: it is made by its request)."""
+        tables: dict[str, Mapping[str, RunConfig]] = {
+            "ensemble": self.ensembles, "debate": self.debates, "agent": self.agents}
+        return tables.get(kind, {})
 
     def resolve(self, kind: Kind, name: str | None, overrides: Mapping[str, Any]) -> RunConfig:
         """The configuration of a run: the named one with the request's overrides (400 if invalid)."""
@@ -357,8 +366,16 @@ class Deliberation:
         self.launch(run, self.runner_for(run, cfg, messages, options), on_end)
         return run
 
-    def runner_for(self, run: LiveRun, cfg: RunConfig, messages: list[Message], options: RunOptions) -> Runner:
-        """What executes ``run`` (a new one, or one taken up again: from its checkpoint)."""
+    def runner_for(self, run: LiveRun, cfg: RunConfig | None, messages: list[Message], options: RunOptions
+                   ) -> Runner:
+        """What executes ``run`` (a new one, or one taken up again: from its checkpoint). An evaluation's comes
+        from the evaluations service (``cfg`` None: its configuration is on the run)."""
+        if run.kind == "evaluation":
+            if self._eval_runners is None:
+                raise InvalidRequestError("Evaluations are not available in this server.")
+            return self._eval_runners(run)
+        if cfg is None:
+            raise InvalidRequestError(f"A run of kind {run.kind} needs its configuration.")
         if isinstance(cfg, AgentConfig):
             if self._agent_runners is None:
                 raise InvalidRequestError("Agents are not available in this server.", param="model")

@@ -25,7 +25,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
-    "ApiKey", "Base", "BudgetJournalMark", "BudgetLeaseRow", "BudgetRow", "Comparison", "KbChunk", "KbDocument",
+    "ApiKey", "Base", "BudgetJournalMark", "BudgetLeaseRow", "BudgetRow", "Comparison", "EvalAnswer", "EvalDataset",
+    "KbChunk", "KbDocument",
     "KbDocumentText", "KbIngestion", "KbIngestionItem", "KbShare", "KnowledgeBase",
     "ResponseCacheRow", "Run", "RunCall", "RunDocument", "RunEvent", "Session", "Team", "UsageRow", "User", "new_id",
 ]
@@ -645,3 +646,7 @@ class ResponseCacheRow(Base):
     body: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[float] = mapped_column(Float)
     expires_at: Mapped[float] = mapped_column(Float)
+
+
+# The evaluations' tables live in a module of their own; imported here so that Base.metadata has them.
+from .eval_tables import EvalAnswer, EvalDataset  # noqa: E402

@@ -184,7 +184,7 @@ async def run_debate(body: DebateIn, request: Request, principal: PrincipalDep, 
 
 @router.get("/runs")
 async def list_runs(
-    principal: PrincipalDep, state: StateDep, kind: Literal["ensemble", "debate", "agent"] | None = None,
+    principal: PrincipalDep, state: StateDep, kind: Literal["ensemble", "debate", "agent", "evaluation"] | None = None,
     status: Literal["running", "completed", "failed", "cancelled", "budget_exceeded", "step_limit", "time_limit",
                     "awaiting_approval"] | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,

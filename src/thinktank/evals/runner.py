@@ -1,0 +1,275 @@
+"""The evaluation runner: every candidate answers every item, the answers are checked, the judges compare them
+pair by pair, and a summary says who did better (:func:`.stats.summarize`).
+
+It is the runner of a run of kind ``evaluation`` (:mod:`thinktank.deliberation.service`): every model call goes
+through :meth:`LiveRun.call` (stages ``answer``, ``check``, ``judge``), so the run's ``max_cost_usd``, the caller's
+budgets, cost accounting, tracing and the replay of finished calls apply as for any run. At most ``concurrency``
+calls are under way at once, and as many items.
+
+A finished item goes to the run's record as an ``eval_item`` event (its whole result): an evaluation taken up
+again after its process died rebuilds its finished items from those events and does not ask them again; the
+calls the unfinished items had finished are answered from their records (:mod:`thinktank.deliberation.replay`).
+
+Answers are also kept in the answer cache (``eval_answers``, per user, candidate, question and parameters): an
+answer found there, or in the evaluation this one re-judges (``rejudge_of``), is not asked again; it is marked
+``cached`` and keeps the cost and latency it had when it was asked (what the candidate costs), while the run's
+own cost is what it paid.
+
+A candidate that fails on an item is that item's error (its checks fail, its pairs are won by walkover); a budget
+refusal stops the evaluation (``budget_exceeded``) and a cancel stops it too, each keeping the items finished so
+far as the partial result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ..accounts.budgets import BudgetExceededError
+from ..deliberation.runs import LiveRun
+from ..errors import ThinktankError
+from ..types import Message
+from .checks import AnswerRecord, Check, CheckList, run_checks
+from .dataset import EvalItem
+from .pairwise import judge_pair
+from .plan import EvalPlan, ItemResult, params_key
+from .stats import summarize
+from .store import EvalStore
+
+__all__ = ["ANSWER_TIMEOUT", "JUDGE_TIMEOUT", "EvalRunner", "Similarity"]
+
+log = logging.getLogger("thinktank.evals")
+
+T = TypeVar("T")
+
+ANSWER_TIMEOUT = 600.0
+"""Seconds a candidate may take for one answer (an ensemble or a debate takes a while)."""
+JUDGE_TIMEOUT = 120.0
+"""Seconds a judge may take for one verdict (a pair's order, a rubric)."""
+PARTIAL_ROUNDS = 200
+"""Bootstrap rounds of a partial result's summary (while it runs, or when it stopped early)."""
+FINAL_ROUNDS = 1000
+_PARTIAL_EVERY = 1.0
+"""Seconds between two summaries of the items finished so far, while it runs."""
+
+Similarity = Callable[[str, str], Awaitable[float]]
+"""The cosine of two texts' embeddings (the local model)."""
+
+
+@dataclass
+class _Env:
+    """What the checks use: the local embeddings, and a judge to ask (a ``check`` call of the run)."""
+
+    similar: Similarity
+    ask: Callable[[str, list[Message]], Awaitable[str]]
+
+    async def similarity(self, a: str, b: str) -> float:
+        return await self.similar(a, b)
+
+
+class EvalRunner:
+    def __init__(self, run: LiveRun, plan: EvalPlan, items: Sequence[EvalItem], store: EvalStore,
+                 similarity: Similarity, *, seeds: Callable[[], Awaitable[Mapping[tuple[str, str], AnswerRecord]]]
+                 | None = None) -> None:
+        """``seeds``: the answers of the evaluation this one re-judges, by (candidate, item key), loaded when it
+        starts."""
+        self.run = run
+        self.plan = plan
+        self.items = list(items)
+        self.store = store
+        self._seeds_of = seeds
+        self._seeds: Mapping[tuple[str, str], AnswerRecord] = {}
+        self._similarity = similarity
+        self._checks: list[Check] = CheckList.validate_python(plan.checks)
+        self._params = params_key(plan.max_tokens, plan.temperature)
+        self._calls = asyncio.Semaphore(plan.concurrency)
+        self._done: dict[str, ItemResult] = {}
+        self._refused: BudgetExceededError | None = None
+        self._asked: set[tuple[str, str]] = set()
+        self._summarized = float("-inf")
+        self._env = _Env(similarity, self._ask_check)
+
+    # -- the whole run ---------------------------------------------------------------------------
+    async def __call__(self) -> dict[str, Any]:
+        run, plan = self.run, self.plan
+        if run.state is None:
+            run.state = {}  # (the citations of its grounded candidates' calls go on its checkpoint, for a replay)
+        self._restore()
+        if not any(e.type == "eval_started" for e in run.events):
+            run.emit("eval_started", items=len(self.items), candidates=plan.candidates, judges=plan.judges)
+        if self._seeds_of is not None:
+            self._seeds = await self._seeds_of()
+        todo = iter([item for item in self.items if item.id not in self._done])
+        self._publish(force=True)
+        try:
+            await _all([self._worker(todo) for _ in range(min(plan.concurrency, len(self.items)) or 1)])
+        except (BudgetExceededError, asyncio.CancelledError):
+            # What finished is kept: the run's result when it stops here (budget_exceeded, cancelled).
+            run.partial = await self._result(PARTIAL_ROUNDS)
+            raise
+        return await self._result(FINAL_ROUNDS)
+
+    async def _worker(self, todo: Any) -> None:
+        for item in todo:
+            result = await self._item(item)
+            self._done[item.id] = result
+            self.run.emit("eval_item", **result.to_json(self.plan.candidates))
+            self.run.emit("eval_progress", done=len(self._done), total=len(self.items),
+                          cost_usd=round(self.run.cost, 10))
+            self._publish()
+
+    def _restore(self) -> None:
+        """The items an earlier execution finished (taken up after its process died): from their events."""
+        by_id = {item.id: item for item in self.items}
+        for event in self.run.events:
+            if event.type == "eval_item":
+                item = by_id.get(str(event.data.get("id")))
+                if item is not None:
+                    self._done[item.id] = ItemResult.from_json(item, event.data)
+
+    # -- one item --------------------------------------------------------------------------------
+    async def _item(self, item: EvalItem) -> ItemResult:
+        plan, result = self.plan, ItemResult(item)
+        answered = await _all([self._answer(item, c) for c in plan.candidates])
+        for c, (record, cached) in zip(plan.candidates, answered, strict=True):
+            result.answers[c], result.cached[c] = record, cached
+        checks: list[Check] = [*item.checks, *self._checks]
+        default_judge = plan.judges[0] if plan.judges else None
+        checked = await _all([self._check(checks, item, result.answers[c], default_judge) for c in plan.candidates])
+        for c, results in zip(plan.candidates, checked, strict=True):
+            result.checks[c] = results
+            self.run.emit("eval_checked", item=item.id, candidate=c, total=len(results),
+                          passed=sum(1 for r in results if r.passed is True))
+        jobs = [(judge, a, b) for judge in plan.judges for a, b in plan.pairs()]
+        verdicts = await _all([self._judge(item, judge, a, b, result.answers) for judge, a, b in jobs])
+        for v in verdicts:
+            self.run.emit("eval_judged", item=item.id, a=v.a, b=v.b, judge=v.judge, outcome=v.outcome)
+        result.verdicts = list(verdicts)
+        return result
+
+    async def _answer(self, item: EvalItem, candidate: str) -> tuple[AnswerRecord, bool]:
+        """The candidate's answer to the item: re-judged, cached, or asked now (a failure is an answer too)."""
+        key = item.key()
+        record, cached = self._seeds.get((candidate, key)), True
+        if record is None:
+            hit = await self.store.cached(self.run.user_id, candidate, key, self._params)
+            if hit is not None:
+                record = AnswerRecord(hit.text, None, hit.cost_usd, hit.latency_ms, hit.citations,
+                                      hit.prompt_tokens, hit.completion_tokens)
+                # This run's own answer, asked before it was taken up again, was paid by this run.
+                cached = hit.run_id != self.run.id or (candidate, key) in self._asked
+        if record is None:
+            record, cached = await self._ask_candidate(item, candidate, key), False
+        self.run.emit("eval_answer", item=item.id, candidate=candidate, ok=record.text is not None,
+                      cost_usd=round(record.cost_usd, 10), latency_ms=round(record.latency_ms, 3), cached=cached)
+        return record, cached
+
+    async def _ask_candidate(self, item: EvalItem, candidate: str, key: str) -> AnswerRecord:
+        plan = self.plan
+        self._asked.add((candidate, key))
+        try:
+            async with self._calls:
+                reply = await self.run.call("answer", "candidate", candidate, list(item.messages),
+                                            timeout=ANSWER_TIMEOUT, max_tokens=plan.max_tokens,
+                                            temperature=plan.temperature, announce=False)
+        except BudgetExceededError:
+            raise
+        except ThinktankError as exc:
+            return AnswerRecord(None, exc.message, 0.0, 0.0, [])
+        if not reply.text.strip():
+            record = AnswerRecord(None, "the answer was empty", reply.cost, reply.latency * 1000, [],
+                                  reply.prompt_tokens, reply.completion_tokens)
+        else:
+            record = AnswerRecord(reply.text, None, reply.cost, round(reply.latency * 1000, 3),
+                                  list(reply.citations or []), reply.prompt_tokens, reply.completion_tokens)
+        try:
+            await self.store.remember(
+                self.run.user_id, candidate, key, self._params, text=record.text, error=record.error,
+                cost_usd=record.cost_usd, latency_ms=record.latency_ms, citations=record.citations,
+                prompt_tokens=record.prompt_tokens, completion_tokens=record.completion_tokens, run_id=self.run.id)
+        except Exception:  # the cache is a saving, not a part of the result
+            log.warning("keeping an answer of %s in the answer cache failed", candidate, exc_info=True)
+        return record
+
+    async def _check(self, checks: list[Check], item: EvalItem, answer: AnswerRecord,
+                     default_judge: str | None) -> list[Any]:
+        results = await run_checks(checks, item, answer, self._env, default_judge=default_judge)
+        self._raise_refusal()
+        return list(results)
+
+    async def _judge(self, item: EvalItem, judge: str, a: str, b: str, answers: Mapping[str, AnswerRecord]) -> Any:
+        verdict = await judge_pair(self._ask_judge, judge, item, a, answers[a].text, b, answers[b].text)
+        self._raise_refusal()
+        return verdict
+
+    # -- the judges' calls -----------------------------------------------------------------------
+    async def _ask_check(self, model: str, messages: list[Message]) -> str:
+        return await self._ask("check", "rubric", model, messages)
+
+    async def _ask_judge(self, model: str, messages: list[Message]) -> str:
+        return await self._ask("judge", "judge", model, messages)
+
+    async def _ask(self, stage: str, role: str, model: str, messages: list[Message]) -> str:
+        try:
+            async with self._calls:
+                reply = await self.run.call(stage, role, model, messages, timeout=JUDGE_TIMEOUT, announce=False)
+        except BudgetExceededError as exc:
+            self._refused = self._refused or exc  # raised again after the check (which may catch it)
+            raise
+        return reply.text
+
+    def _raise_refusal(self) -> None:
+        if self._refused is not None:
+            raise self._refused
+
+    # -- the result ------------------------------------------------------------------------------
+    def _ordered(self) -> list[ItemResult]:
+        return [self._done[item.id] for item in self.items if item.id in self._done]
+
+    def _publish(self, *, force: bool = False) -> None:
+        """The items finished so far as the run's partial result (what ``GET`` shows while it runs), with their
+        summary at most every second."""
+        done = self._ordered()
+        partial: dict[str, Any] = {"summary": self.run.partial.get("summary"),
+                                   "items": [r.to_json(self.plan.candidates) for r in done],
+                                   "total_items": len(self.items)}
+        now = self.run.clock.monotonic()
+        if done and (force or now - self._summarized >= _PARTIAL_EVERY or len(done) == len(self.items)):
+            self._summarized = now
+            partial["summary"] = self._summary(done, PARTIAL_ROUNDS)
+        self.run.partial = partial
+
+    async def _result(self, rounds: int) -> dict[str, Any]:
+        done = self._ordered()
+        summary = await asyncio.to_thread(self._summary, done, rounds)
+        return {"summary": summary, "items": [r.to_json(self.plan.candidates) for r in done],
+                "total_items": len(self.items)}
+
+    def _summary(self, done: Sequence[ItemResult], rounds: int) -> dict[str, Any]:
+        plan = self.plan
+        answers = {(r.item.id, c): a for r in done for c, a in r.answers.items()}
+        checks = {(r.item.id, c): results for r in done for c, results in r.checks.items()}
+        verdicts = [v for r in done for v in r.verdicts]
+        return summarize([r.item for r in done], plan.candidates, plan.judges, answers, checks, verdicts,
+                         rng=random.Random(plan.seed), rounds=rounds)
+
+
+async def _all(jobs: Sequence[Awaitable[T]]) -> list[T]:
+    """Every job at once; the first error (a budget refusal, a cancel) stops the others and is raised."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_coro(job)) for job in jobs]
+    except BaseExceptionGroup as eg:
+        first: BaseException = eg
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+    return [t.result() for t in tasks]
+
+
+async def _coro(job: Awaitable[T]) -> T:
+    return await job

@@ -1,0 +1,135 @@
+"""thinktank served on loopback with scripted mock candidates and judges, on SQLite and PostgreSQL, for the
+evaluations' API tests; and helpers to read its SSE streams."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from thinktank.api.app import ThinktankApp, create_app
+from thinktank.config import Settings, parse_config
+
+from ..api.conftest import ADMIN, AUTH
+from ..fakes.server import serving
+
+__all__ = ["ADMIN", "AUTH", "EvalEnv", "judge_preferring", "mock", "sse_events"]
+
+PRICE = 1000.0
+"""USD per million tokens, in and out, of the priced mocks: a token costs $0.001."""
+
+
+def mock(name: str, *, price: float | None = None, **options: Any) -> dict[str, Any]:
+    dep: dict[str, Any] = {"name": name, "provider": "mock", "options": options}
+    if price is not None:
+        dep.update(input_price=price, output_price=price)
+    return dep
+
+
+def judge_preferring(text: str) -> list[dict[str, str]]:
+    """Rules of a pairwise judge that prefers the response containing ``text`` (in either position)."""
+    return [
+        {"match": rf"Response A:\s*`{{3,}}\s*[^`]*(?:{text})", "reply": '{"reason": "A is right", "winner": "A"}'},
+        {"match": rf"Response B:\s*`{{3,}}\s*[^`]*(?:{text})", "reply": '{"reason": "B is right", "winner": "B"}'},
+        {"match": "Response A", "reply": '{"reason": "the same", "winner": "tie"}'},
+    ]
+
+
+CANDIDATE_RULES = [
+    {"match": "capital of France", "reply": "The capital of France is Paris."},
+    {"match": "capital of Italy", "reply": "Rome is the capital of Italy."},
+    {"match": "2 \\+ 2", "reply": "2 + 2 = 4"},
+]
+
+
+def models(**extra: dict[str, Any]) -> list[dict[str, Any]]:
+    """The default cast: two candidates, judges of each kind."""
+    cast = {
+        "quick": mock("quick", rules=CANDIDATE_RULES, replies=["I do not know."]),
+        "wrong": mock("wrong", replies=["London, I believe."]),
+        "judge": mock("judge", rules=judge_preferring("Paris|Rome|= 4"), replies=["PASS"]),
+        "first-judge": mock("first-judge", replies=['{"winner": "A"}']),
+        "garbled-judge": mock("garbled-judge", replies=["Both are fine, hard to say."]),
+    }
+    cast.update({k: {**v, "name": k} for k, v in extra.items()})
+    return list(cast.values())
+
+
+@dataclass
+class EvalEnv:
+    url: str
+    app: ThinktankApp
+    http: httpx.AsyncClient
+
+    async def post(self, path: str, body: Any, headers: dict[str, str] = AUTH) -> httpx.Response:
+        return await self.http.post(self.url + path, json=body, headers=headers)
+
+    async def get(self, path: str, headers: dict[str, str] = AUTH, **params: Any) -> httpx.Response:
+        return await self.http.get(self.url + path, params=params, headers=headers)
+
+    async def dataset(self, items: list[dict[str, Any]], name: str = "qa") -> str:
+        r = await self.post("/api/v1/eval/datasets", {"name": name, "items": items})
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    async def evaluate(self, body: dict[str, Any], headers: dict[str, str] = AUTH) -> dict[str, Any]:
+        """An evaluation started and waited for: its record."""
+        r = await self.post("/api/v1/eval/runs", {**body, "wait": True}, headers)
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    async def rows(self, table: str) -> int:
+        from sqlalchemy import text
+
+        async with self.app.state.db.engine.connect() as conn:
+            return int((await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one())
+
+
+Start = Callable[..., Any]
+
+
+@pytest.fixture
+async def start_env(tmp_path: Path, db_url: str) -> AsyncIterator[Start]:
+    """``env = await start_env(models, **settings)``: thinktank on loopback over the test's database."""
+    stack: list[Any] = []
+
+    async def start(cast: list[dict[str, Any]], **overrides: Any) -> EvalEnv:
+        settings = Settings(data_dir=tmp_path / "data", admin_key=ADMIN, database_url=db_url, **overrides)
+        app = create_app(settings, parse_config({"models": cast, "router": {"num_retries": 0}}))
+        cm = serving(app)
+        url = await cm.__aenter__()
+        stack.append(cm)
+        http = httpx.AsyncClient(timeout=60)
+        stack.append(http)
+        return EvalEnv(url, app, http)
+
+    yield start
+    for item in reversed(stack):
+        if isinstance(item, httpx.AsyncClient):
+            await item.aclose()
+        else:
+            await item.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def env(start_env: Start) -> EvalEnv:
+    return await start_env(models())  # type: ignore[no-any-return]
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    event: dict[str, Any] = {}
+    async for line in response.aiter_lines():
+        if line.startswith("id: "):
+            event["id"] = int(line[4:])
+        elif line.startswith("event: "):
+            event["event"] = line[7:]
+        elif line.startswith("data: "):
+            event["data"] = orjson.loads(line[6:])
+        elif line == "" and event:
+            yield event
+            event = {}
