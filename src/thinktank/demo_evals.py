@@ -92,16 +92,15 @@ def _winner(winner: str, reason: str) -> str:
     return f'{{"reason": "MOCK demo judge: {reason}", "winner": "{winner}"}}'
 
 
-# A rubric prompt (thinktank.evals.checks): the reference's key fact in the answer graded PASS.
-_RUBRIC: Final = r"(?s)^(?=.*\bPASS\b)(?=.*\bFAIL\b)(?!.*\nResponse B:)"
+# A rubric prompt (thinktank.evals.rubric): <answer>, then <reference>, then "Criterion: ...".
+_RUBRIC: Final = r"\A(?=.*\nDoes the answer meet the criterion\?)"
+_ANSWER: Final = r".*?<answer>\n(?:(?!\n</answer>).)*?"
 GRADER_RULES: Final[list[dict[str, Any]]] = [
-    {"match": _RUBRIC + r".*Reference answer[^\n]*\n(?P<f>`{3,})\n\s*" + _KEY + r".*?Answer[^\n]*:\n(?P=g)\n"
-              r"(?:(?!\n(?P=g)\n).)*?(?P=key)".replace("(?P=g)", "(?P=f)"),
-     "reply": "The answer states the reference's key fact.\nPASS"},
-    {"match": _RUBRIC + r".*Criterion[^\n]*\n(?P<f>`{3,})\n[^\n`]*\bdeclin.*?Answer[^\n]*:\n(?P=f)\n"
-              r"(?:(?!\n(?P=f)\n).)*?\b(?:declin|can't|cannot|won't|will not)",
-     "reply": "The answer declines.\nPASS"},
-    {"match": _RUBRIC, "reply": "The answer does not state the reference's key fact.\nFAIL"},
+    {"match": _RUBRIC + r"(?=.*<reference>\n\s*" + _KEY + ")" + _ANSWER + r"(?P=key)",
+     "reply": "MOCK demo grader: the answer states the reference's key fact.\nVERDICT: PASS"},
+    {"match": _RUBRIC + r"(?=.*\nCriterion: [^\n]*\bdeclin)" + _ANSWER + r"\b(?:declin|can't|cannot|won't|will not)",
+     "reply": "MOCK demo grader: the answer declines.\nVERDICT: PASS"},
+    {"match": _RUBRIC, "reply": "MOCK demo grader: the answer does not state the reference's key fact.\nVERDICT: FAIL"},
 ]
 """demo/grader's rules (rubric checks): PASS or FAIL on the last line."""
 

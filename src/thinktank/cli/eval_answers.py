@@ -8,6 +8,7 @@ JSON, CSV or Markdown. Ctrl-C cancels the run on the server (``POST .../cancel``
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 from pathlib import Path
@@ -46,22 +47,17 @@ def _names(value: str | None) -> list[str]:
     return [n.strip() for n in (value or "").split(",") if n.strip()]
 
 
-def _read_dataset(path: Path) -> tuple[str, str]:
-    """The file's format (``jsonl`` or ``csv``, from its name, else from its first character) and its text."""
+def _read_dataset(path: Path) -> str:
+    """The dataset file's text (UTF-8, a BOM allowed); the server reads it as JSONL or CSV (from its name, else
+    from its content)."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
         fail(f"{path}: {exc.strerror or exc}")
     try:
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         fail(f"{path}: not UTF-8 text (byte {exc.start + 1}); save the dataset as UTF-8")
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        return "jsonl", text
-    if suffix == ".csv":
-        return "csv", text
-    return ("jsonl" if text.lstrip().startswith("{") else "csv"), text
 
 
 def _read_checks(path: Path) -> list[Any]:
@@ -79,9 +75,9 @@ def _read_checks(path: Path) -> list[Any]:
     return data
 
 
-def _upload(client: Client, name: str, fmt: str, text: str, err: Console) -> str:
+def _upload(client: Client, name: str, text: str, err: Console) -> str:
     """``POST /api/v1/eval/datasets``; the refused lines and the warnings on stderr; the dataset's id."""
-    stored = client.call("POST", "/api/v1/eval/datasets", json={"name": name, "format": fmt, "content": text})
+    stored = client.call("POST", "/api/v1/eval/datasets", json={"name": name, "filename": name, "content": text})
     for e in stored.get("errors") or []:
         err.print(f"{name}:{e.get('line')}: {e.get('message')}", highlight=False, markup=False, style="yellow")
     for w in stored.get("warnings") or []:
@@ -111,6 +107,11 @@ def _evaluate(client: Client, body: dict[str, Any], err: Console, quiet: bool) -
     if not run_id:
         raise ApiError("the server did not say which run it started (no x-thinktank-run-id header)")
     return client.call("GET", f"/api/v1/eval/runs/{quote(run_id, safe='')}"), view.error
+
+
+def _forget(client: Client, dataset_id: str) -> None:
+    with contextlib.suppress(ApiError):  # the refusal is what the user needs to see
+        client.call("DELETE", f"/api/v1/eval/datasets/{quote(dataset_id, safe='')}")
 
 
 def _cancel(client: Client, run_id: str, err: Console) -> None:
@@ -149,7 +150,9 @@ def _write(record: dict[str, Any], fmt: OutputFormat, output: Path | None) -> No
         elif fmt is OutputFormat.csv:
             text = eval_report.to_csv(result)
         else:
-            text = eval_report.to_markdown(result)
+            from ..evals.export import to_markdown
+
+            text = to_markdown(result, title=str(record.get("name") or "") or None)
         if output is None:
             typer.echo(text, nl=False)
             return
@@ -205,10 +208,9 @@ def eval_answers_command(
         raise typer.BadParameter("name the models to compare: --candidates a,b (or try --demo)",
                                  param_hint="--candidates")
     if dataset is not None:
-        name, (fmt, text) = dataset.name, _read_dataset(dataset)
+        name, text = dataset.name, _read_dataset(dataset)
     elif demo:
         name, text = sample_dataset()
-        fmt = "jsonl"
     else:
         raise typer.BadParameter("give the questions with --dataset FILE (or try --demo)", param_hint="--dataset")
     extra = _read_checks(checks) if checks is not None else []
@@ -219,8 +221,13 @@ def eval_answers_command(
             body[key] = value
     err = Console(stderr=True, highlight=False)
     with connect(Target(url, api_key, local, config, demo)) as client:
-        body["dataset_id"] = _upload(client, name, fmt, text, err)
-        record, error = _evaluate(client, body, err, quiet)
+        body["dataset_id"] = _upload(client, name, text, err)
+        try:
+            record, error = _evaluate(client, body, err, quiet)
+        except ApiError as exc:
+            if exc.status is not None and 400 <= exc.status < 500:  # refused: the upload was for nothing
+                _forget(client, body["dataset_id"])
+            raise
     if record.get("result"):
         _write(record, output_format, output)
     status = str(record.get("status"))

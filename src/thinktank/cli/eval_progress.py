@@ -3,7 +3,7 @@
 candidate the answers, failures and items whose checks all passed.
 
 On a terminal it is a rich ``Live`` view redrawn in place; elsewhere (a pipe, a CI log) a plain line is printed
-as items finish (every item up to 50, then about every 5 %).
+as items finish (every item up to 10, then about every 10 %).
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ class EvalProgress:
         """A plain progress line (not on a terminal) when enough items finished since the last one."""
         if not self.enabled or self.live_view:
             return
-        step = 1 if self.items <= 50 else max(1, self.items // 20)
+        step = 1 if self.items <= 10 else max(1, self.items // 10)
         if self.done != self.items and self.done - self._printed < step:
             return
         self._printed = self.done

@@ -1,5 +1,5 @@
-"""An evaluation's result for people and programs: the summary table and the pairs, as a rich table, CSV,
-Markdown or JSON.
+"""An evaluation's result for people and programs: the summary table and the pairs, as a rich table or CSV
+(Markdown is :func:`thinktank.evals.export.to_markdown`, the API's export).
 
 The input is the ``result`` of ``GET /api/v1/eval/runs/{id}`` (``{"summary": {...}, "items": [...]}``, see
 docs/evals.md): the per-candidate rows (pass rate, win rate with its 95 % interval, Bradley-Terry rating with its
@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rich.console import Console, JustifyMethod
+    from rich.table import Table
 
 __all__ = [
     "CANDIDATE_FIELDS", "PAIR_FIELDS", "candidate_rows", "footer_lines", "pair_rows", "print_tables", "to_csv",
-    "to_markdown",
 ]
 
 CANDIDATE_FIELDS = (
@@ -74,18 +74,19 @@ def _ms(x: Any) -> str:
 
 
 def _usd(x: Any) -> str:
+    """Dollars to the cent from $1, to four places from a cent, else to two significant digits ($0.00034)."""
     if not isinstance(x, int | float):
         return "–"
-    return f"${x:.4f}" if x >= 0.01 else f"${x:.6f}"
+    if x == 0 or x >= 1:
+        return f"${x:,.2f}" if x else "$0"
+    return f"${x:.4f}" if x >= 0.01 else f"${x:.2g}" if x >= 1e-4 else f"${x:.6f}"
 
 
 def _pass(c: dict[str, Any]) -> str:
-    answered = c.get("answered") or 0
+    """The pass rate, with the items the candidate failed to answer (the rate is over those it answered)."""
     rate = c.get("pass_rate")
-    if not isinstance(rate, int | float):
-        return "–"
-    text = f"{rate:.0%} ({round(rate * answered)}/{answered})"
-    return text + (f", {c['failed']} failed" if c.get("failed") else "")
+    text = f"{rate:.0%}" if isinstance(rate, int | float) else "–"
+    return text + (f" ({c['failed']} failed)" if c.get("failed") else "")
 
 
 def candidate_cells(c: dict[str, Any]) -> list[str]:
@@ -96,7 +97,7 @@ def candidate_cells(c: dict[str, Any]) -> list[str]:
         "" if c.get("rank") is None else str(c["rank"]),
         str(c.get("candidate", "")),
         _pass(c),
-        _with_ci(_pct(win), c.get("win_ci"), ".0%") if isinstance(win, int | float) else "–",
+        _with_ci(_pct(win), c.get("win_ci"), ".0%").replace("%–", "–") if isinstance(win, int | float) else "–",
         _with_ci(f"{rating:.0f}", c.get("rating_ci"), ".0f") if isinstance(rating, int | float) else "–",
         f"{_ms(c.get('latency_mean_ms'))} / {_ms(c.get('latency_p95_ms'))}",
         _usd(c.get("cost_total_usd")),
@@ -105,16 +106,31 @@ def candidate_cells(c: dict[str, Any]) -> list[str]:
 
 
 _CANDIDATE_HEADERS: list[tuple[str, JustifyMethod]] = [
-    ("rank", "right"), ("candidate", "left"), ("pass rate", "right"), ("win rate [95% CI]", "right"),
-    ("rating [95% CI]", "right"), ("latency ms mean / p95", "right"), ("cost", "right"), ("per answer", "right"),
+    ("#", "right"), ("candidate", "left"), ("pass rate", "right"), ("win rate [95% CI]", "right"),
+    ("rating [95% CI]", "right"), ("latency ms mean / p95", "right"), ("cost", "right"), ("cost per answer", "right"),
 ]
+
+
+def _table(title: str, headers: list[tuple[str, JustifyMethod]], rows: list[list[str]]) -> Table:
+    """A rich table of ``rows`` under ``headers``."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for header, justify in headers:
+        # Headers on two lines when they are longer than the column's cells ("win rate" over "[95% CI]").
+        wide = header.replace("pass rate", "pass\nrate").replace(" [", "\n[").replace(" mean", "\nmean")
+        wide = wide.replace(" per ", "\nper ")
+        table.add_column(wide, justify=justify)
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def pair_cells(p: dict[str, Any]) -> list[str]:
     win = p.get("win_rate")
     return [str(p.get("a", "")), str(p.get("b", "")), str(p.get("n", "")),
             f"{p.get('wins', 0)} / {p.get('losses', 0)} / {p.get('ties', 0)}",
-            _with_ci(_pct(win), p.get("ci"), ".0%") if isinstance(win, int | float) else "–"]
+            _with_ci(_pct(win), p.get("ci"), ".0%").replace("%–", "–") if isinstance(win, int | float) else "–"]
 
 
 _PAIR_HEADERS: list[tuple[str, JustifyMethod]] = [
@@ -149,23 +165,13 @@ def footer_lines(record: dict[str, Any]) -> list[str]:
 
 def print_tables(record: dict[str, Any], console: Console) -> None:
     """The summary table, the pairs table (with two or more candidates judged), and the footer lines."""
-    from rich.table import Table
-
     summary: dict[str, Any] = (record.get("result") or {}).get("summary") or {}
-    table = Table(title=f"Evaluation of {summary.get('items', 0)} items", title_justify="left")
-    for header, justify in _CANDIDATE_HEADERS:
-        table.add_column(header, justify=justify)
-    for c in sorted(summary.get("per_candidate") or [], key=lambda c: (c.get("rank") is None, c.get("rank") or 0)):
-        table.add_row(*candidate_cells(c))
-    console.print(table)
+    ranked = sorted(summary.get("per_candidate") or [], key=lambda c: (c.get("rank") is None, c.get("rank") or 0))
+    console.print(_table(f"Evaluation of {summary.get('items', 0)} items", _CANDIDATE_HEADERS,
+                         [candidate_cells(c) for c in ranked]))
     pairs = summary.get("pairs") or []
     if pairs:
-        table = Table(title="Pairs", title_justify="left")
-        for header, justify in _PAIR_HEADERS:
-            table.add_column(header, justify=justify)
-        for p in pairs:
-            table.add_row(*pair_cells(p))
-        console.print(table)
+        console.print(_table("Pairs", _PAIR_HEADERS, [pair_cells(p) for p in pairs]))
     for line in footer_lines(record):
         console.print(line, highlight=False, markup=False)
 
@@ -187,27 +193,3 @@ def to_csv(result: dict[str, Any]) -> str:
         out.write("\n")
         _csv_block(PAIR_FIELDS, pairs, out)
     return out.getvalue()
-
-
-def _md_cell(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
-def _md_table(headers: Sequence[str], rows: list[list[str]]) -> list[str]:
-    right = [h not in ("candidate", "a", "b") for h in headers]
-    lines = ["| " + " | ".join(_md_cell(h) for h in headers) + " |",
-             "|" + "|".join("---:" if r else "---" for r in right) + "|"]
-    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
-    return lines
-
-
-def to_markdown(result: dict[str, Any]) -> str:
-    """``## Candidates`` and ``## Pairs``: the tables as printed, in GitHub Markdown."""
-    summary: dict[str, Any] = result.get("summary") or {}
-    ranked = sorted(summary.get("per_candidate") or [], key=lambda c: (c.get("rank") is None, c.get("rank") or 0))
-    lines = [f"## Candidates ({summary.get('items', 0)} items)", "",
-             *_md_table([h for h, _ in _CANDIDATE_HEADERS], [candidate_cells(c) for c in ranked])]
-    pairs = summary.get("pairs") or []
-    if pairs:
-        lines += ["", "## Pairs", "", *_md_table([h for h, _ in _PAIR_HEADERS], [pair_cells(p) for p in pairs])]
-    return "\n".join(lines) + "\n"
