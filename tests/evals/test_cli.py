@@ -119,6 +119,19 @@ def test_json_is_the_whole_result_and_the_bad_line_is_left_out(here: Path) -> No
     assert answers["wrong"]["text"] == "London, I believe." and answers["wrong"]["checks"][0]["passed"] is False
 
 
+def test_rejudge_reuses_the_answers_without_asking_again(here: Path) -> None:
+    first = json.loads(evaluate(here, "--format", "json", "--candidates", "pricey,wrong")[0])
+    assert first["cost_usd"] > 0
+    r = cli("eval", "answers", "--config", str(here / "c.yaml"), "--rejudge", first["id"], "--judge", "judge",
+            "--format", "json")
+    again = json.loads(ok(r))
+    assert "dataset" not in r.stderr  # nothing uploaded
+    assert again["id"] != first["id"] and again["summary"]["candidates"] == ["pricey", "wrong"]
+    assert all(a["cached"] for item in again["items"] for a in item["answers"].values())
+    assert [item["answers"]["pricey"]["text"] for item in again["items"]] == ["Paris"] * 3
+    assert again["cost_usd"] == 0  # only the judge (a free mock) was asked: no answer is paid twice
+
+
 def test_csv_holds_the_candidates_then_the_pairs(here: Path) -> None:
     out, _ = evaluate(here, "--format", "csv")
     rows = list(csv.reader(io.StringIO(out)))

@@ -189,6 +189,10 @@ def eval_answers_command(
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="Write the result to this file instead of stdout.", dir_okay=False,
         show_default=False)] = None,
+    rejudge: Annotated[str | None, typer.Option(
+        "--rejudge", help="An earlier evaluation's run id: judge (and check) its answers again, e.g. with another "
+        "--judge, without asking the candidates again (its dataset and candidates unless given).",
+        show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
     url: UrlOpt = DEFAULT_URL,
     api_key: KeyOpt = None,
@@ -202,31 +206,34 @@ def eval_answers_command(
     """
     from rich.console import Console
 
-    chosen = _names(candidates) or (list(DEMO_CANDIDATES) if demo else [])
+    chosen = _names(candidates) or (list(DEMO_CANDIDATES) if demo and rejudge is None else [])
     judges = _names(judge) if judge is not None else (list(DEMO_JUDGES) if demo and not candidates else [])
-    if not chosen:
+    if not chosen and rejudge is None:
         raise typer.BadParameter("name the models to compare: --candidates a,b (or try --demo)",
                                  param_hint="--candidates")
+    upload: tuple[str, str] | None = None
     if dataset is not None:
-        name, text = dataset.name, _read_dataset(dataset)
-    elif demo:
-        name, text = sample_dataset()
-    else:
+        upload = dataset.name, _read_dataset(dataset)
+    elif demo and rejudge is None:
+        upload = sample_dataset()
+    elif rejudge is None:
         raise typer.BadParameter("give the questions with --dataset FILE (or try --demo)", param_hint="--dataset")
     extra = _read_checks(checks) if checks is not None else []
     body: dict[str, Any] = {"candidates": chosen, "judges": judges, "checks": extra, "concurrency": concurrency,
                             "tags": list(tag or [])}
-    for key, value in (("max_cost_usd", max_cost), ("max_tokens", max_tokens), ("temperature", temperature)):
+    for key, value in (("max_cost_usd", max_cost), ("max_tokens", max_tokens), ("temperature", temperature),
+                       ("rejudge_of", rejudge)):
         if value is not None:
             body[key] = value
     err = Console(stderr=True, highlight=False)
     with connect(Target(url, api_key, local, config, demo)) as client:
-        body["dataset_id"] = _upload(client, name, text, err)
+        if upload is not None:
+            body["dataset_id"] = _upload(client, *upload, err)
         try:
             record, error = _evaluate(client, body, err, quiet)
         except ApiError as exc:
-            if exc.status is not None and 400 <= exc.status < 500:  # refused: the upload was for nothing
-                _forget(client, body["dataset_id"])
+            if "dataset_id" in body and exc.status is not None and 400 <= exc.status < 500:
+                _forget(client, body["dataset_id"])  # refused: the upload was for nothing
             raise
     if record.get("result"):
         _write(record, output_format, output)
