@@ -15,10 +15,11 @@ import pytest
 from thinktank.api.app import ThinktankApp, create_app
 from thinktank.config import Settings, parse_config
 
+from ..api.apps import PASSWORD
 from ..api.conftest import ADMIN, AUTH
 from ..fakes.server import serving
 
-__all__ = ["ADMIN", "AUTH", "EvalEnv", "judge_preferring", "mock", "sse_events"]
+__all__ = ["ADMIN", "AUTH", "PRICE", "EvalEnv", "Start", "judge_preferring", "mock", "models", "sse_events"]
 
 PRICE = 1000.0
 """USD per million tokens, in and out, of the priced mocks: a token costs $0.001."""
@@ -82,6 +83,24 @@ class EvalEnv:
         r = await self.post("/api/v1/eval/runs", {**body, "wait": True}, headers)
         assert r.status_code == 200, r.text
         return dict(r.json())
+
+    async def user(self, email: str) -> dict[str, str]:
+        """A member made with the admin API: headers with their session."""
+        r = await self.post("/api/v1/users", {"email": email, "password": PASSWORD})
+        assert r.status_code == 201, r.text
+        login = await self.http.post(self.url + "/api/v1/auth/login", json={"email": email, "password": PASSWORD})
+        return {"Authorization": f"Bearer {login.json()['token']}"}
+
+    def asked(self, model: str) -> list[str]:
+        """The prompts the mock model ``model`` was sent (its last 100), each as its messages' text joined."""
+        from thinktank.providers.mock import MockProvider
+        from thinktank.types import message_text
+
+        for dep in self.app.state.router.deployments:
+            if dep.name == model:
+                assert isinstance(dep.model, MockProvider)
+                return ["\n".join(message_text(m) for m in r.messages) for r in dep.model.requests]
+        raise KeyError(model)
 
     async def rows(self, table: str) -> int:
         from sqlalchemy import text

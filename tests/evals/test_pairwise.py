@@ -39,6 +39,17 @@ async def test_a_judge_preferring_one_answer_gives_it_the_win_in_both_orders(
     assert len(judge.calls) == 2
     assert verdict.to_dict() == {"item": "q1", "a": "x", "b": "y", "judge": "j", "outcome": outcome,
                                  "order_dependent": False, "error": None, "walkover": None}
+    assert PairVerdict.from_dict(verdict.to_dict()) == verdict
+
+
+def test_a_verdict_round_trips_through_its_dict() -> None:
+    verdicts = [PairVerdict("q", "a", "b", "j", None, False, "the judge failed: boom"),
+                PairVerdict("q", "a", "b", "j", 0.0, False, None, "a gave no answer"),
+                PairVerdict("q", "a", "b", "j", 0.5, True, None)]
+    for verdict in verdicts:
+        assert PairVerdict.from_dict(verdict.to_dict()) == verdict
+    old_style = {k: v for k, v in verdicts[2].to_dict().items() if k != "walkover"}
+    assert PairVerdict.from_dict(old_style) == verdicts[2]
 
 
 async def test_the_prompt_is_anonymised_fenced_and_carries_the_reference() -> None:

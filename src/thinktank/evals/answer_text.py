@@ -16,7 +16,6 @@ _NUMBER: Final = re.compile(
     r"(?P<digits>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
     r"(?P<exponent>[eE][-+]?\d+)?"
 )
-_FENCE: Final = re.compile(r"```[ \t]*(?P<info>[A-Za-z0-9_+-]*)[^\n]*\n(?P<body>.*?)```", re.DOTALL)
 _MARKER: Final = re.compile(r"\[(\d{1,4}(?:\s*[,;]\s*\d{1,4})*)\]")
 
 
@@ -51,11 +50,13 @@ def answer_json(text: str) -> Any:
         return orjson.loads(text.strip())
     except orjson.JSONDecodeError as exc:
         whole = str(exc)
-    for fence in _FENCE.finditer(text):
-        if fence["info"].lower() not in ("json", ""):
+    parts = text.split("```")  # linear, where a lazy regex over unclosed fences is quadratic
+    for i in range(1, len(parts) - 1, 2):  # the odd parts are inside a fence (that is closed)
+        info, _, body = parts[i].partition("\n")
+        if info.strip().lower() not in ("json", ""):
             continue
         try:
-            return orjson.loads(fence["body"].strip())
+            return orjson.loads(body.strip())
         except orjson.JSONDecodeError as exc:
             raise NoJSON(f"the fenced block is not valid JSON: {exc}") from None
     raise NoJSON(f"not valid JSON: {whole}")

@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..accounts.budgets import BudgetExceededError
 from ..errors import ThinktankError
 from ..types import Message
 from .answer_text import NoJSON, answer_json, citation_markers, last_number
@@ -264,9 +263,11 @@ async def _rubric(check: RubricCheck, ctx: _Context) -> CheckResult:
     for attempt in range(2):
         try:
             reply = await ctx.env.ask(judge, messages)
-        except BudgetExceededError:
-            raise
         except ThinktankError as exc:
+            from ..accounts.budgets import BudgetExceededError  # here: it imports the store (SQLAlchemy)
+
+            if isinstance(exc, BudgetExceededError):
+                raise
             return _result(check, None, f"judge {judge} failed: {_quote(exc.message)}")
         try:
             verdict = parse_rubric_reply(reply)

@@ -3,8 +3,9 @@
 One item per JSONL line (blank lines skipped; a file that is one JSON array is read too) or per CSV row (a
 header row names the columns ``id, question, messages, reference, tags, checks``; ``expected`` is an alias of
 ``reference``; other columns are ignored and named in a warning). An item has a ``question`` or ``messages``
-(OpenAI chat messages, the last one the user's), an optional ``id`` (default ``item-<line>``, unique),
-``reference``, ``tags`` (CSV: one cell, separated by ``;`` or ``,``) and ``checks`` (CSV: a JSON array).
+(OpenAI chat messages, the last one the user's), an optional ``id`` (default ``item-<line>``, unique; an
+integer is read as its digits), ``reference`` (a number is read as its text), ``tags`` (a list, or one string
+separated by ``;`` or ``,`` as in a CSV cell) and ``checks`` (CSV: a JSON array in the cell).
 
 A bad line becomes a :class:`LineError` (1-based; in a CSV the line a row starts on, the header being line 1)
 and the rest goes on. Only whole-file problems raise :class:`~thinktank.errors.InvalidRequestError`: more than
@@ -268,6 +269,15 @@ def _json_kind(value: Any) -> str:
     return "a number" if isinstance(value, int | float) else type(value).__name__
 
 
+def _unencodable(why: str) -> str:
+    """Why an item handed over as objects cannot be written as JSON (``orjson.dumps``'s complaint)."""
+    if "surrogate" in why or "UTF-8" in why:
+        return "the item holds text that is not valid Unicode (a lone surrogate)"
+    if "64-bit" in why:
+        return "the item holds an integer too large (beyond 64 bits)"
+    return f"the item is not JSON: {why}"
+
+
 def _too_many() -> InvalidRequestError:
     return InvalidRequestError(f"The dataset has more than {MAX_ITEMS:,} items; split it.", code="dataset_too_large")
 
@@ -383,9 +393,7 @@ def items_from_json(objects: Sequence[Any]) -> ParsedDataset:
         try:
             size = len(orjson.dumps(obj))
         except (orjson.JSONEncodeError, TypeError) as exc:
-            unicode = "surrogate" in str(exc) or "UTF-8" in str(exc)
-            builder.error(index + 1, "the item holds text that is not valid Unicode (a lone surrogate)" if unicode
-                          else f"the item is not JSON: {exc}")
+            builder.error(index + 1, _unencodable(str(exc)))
             continue
         total += size
         if total > MAX_BYTES:

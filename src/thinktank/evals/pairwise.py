@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -77,6 +78,15 @@ class PairVerdict:
     def to_dict(self) -> dict[str, Any]:
         return {"item": self.item, "a": self.a, "b": self.b, "judge": self.judge, "outcome": self.outcome,
                 "order_dependent": self.order_dependent, "error": self.error, "walkover": self.walkover}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PairVerdict:
+        """The verdict :meth:`to_dict` gave (a run's checkpoint read back); ``walkover`` may be absent."""
+        outcome = data["outcome"]
+        return cls(str(data["item"]), str(data["a"]), str(data["b"]), str(data["judge"]),
+                   None if outcome is None else float(outcome), bool(data["order_dependent"]),
+                   None if data.get("error") is None else str(data["error"]),
+                   None if data.get("walkover") is None else str(data["walkover"]))
 
 
 def _fence(texts: list[str]) -> str:

@@ -33,9 +33,9 @@ _SYSTEM: Final = (
 RETRY_HINT: Final = ("Your reply could not be read. Reply with one or two sentences of reasoning and then a last "
                      "line that is exactly VERDICT: PASS or VERDICT: FAIL.")
 
-_VERDICT_LINE: Final = re.compile(r"^verdict\s*[:=\-–]?\s*(?P<v>pass|fail)(?:ed)?[.!]?$", re.IGNORECASE)
+_VERDICT_LINE: Final = re.compile(r"^(?:final\s+)?verdict\s*[:=\-–]?\s*(?P<v>pass|fail)(?:ed)?[.!]?$", re.IGNORECASE)
 _BARE_LINE: Final = re.compile(r"^(?P<v>pass|fail)(?:ed)?[.!]?$", re.IGNORECASE)
-_MARKDOWN: Final = "*_`#> \t"
+_MARKDOWN: Final = re.compile(r"[*_`#>]+")
 
 
 class RubricParseError(ValueError):
@@ -66,22 +66,18 @@ def rubric_messages(question: str, answer: str, reference: str | None, criterion
 
 def _line_verdict(text: str) -> tuple[bool, str] | None:
     """The verdict of the reply's last non-empty line, with the text before it as the reason."""
-    lines = [line.strip(_MARKDOWN) for line in text.strip().splitlines()]
-    while lines and not lines[-1]:
-        lines.pop()
-    if not lines:
+    raw = [line for line in text.strip().splitlines() if line.strip()]
+    plain = [_MARKDOWN.sub("", line).strip() for line in raw]  # "**VERDICT:** PASS" reads as "VERDICT: PASS"
+    if not plain:
         return None
-    last = lines[-1]
-    match = _VERDICT_LINE.match(last) or _BARE_LINE.match(last)
+    match = _VERDICT_LINE.match(plain[-1]) or _BARE_LINE.match(plain[-1])
     if match is None:
         return None
     passed = match["v"].lower() == "pass"
-    before = "\n".join(lines[:-1])
-    contrary = re.search(rf"^verdict\s*[:=\-–]?\s*{'fail' if passed else 'pass'}\b", before,
-                         re.IGNORECASE | re.MULTILINE)
-    if contrary is not None:
+    contrary = re.compile(rf"^(?:final\s+)?verdict\s*[:=\-–]?\s*{'fail' if passed else 'pass'}", re.IGNORECASE)
+    if any(contrary.match(line) for line in plain[:-1]):
         raise RubricParseError("the reply gives both verdicts")
-    return passed, before
+    return passed, "\n".join(raw[:-1])
 
 
 def _json_verdict(text: str) -> tuple[bool, str] | None:

@@ -23,6 +23,7 @@ far as the partial result.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -53,8 +54,6 @@ JUDGE_TIMEOUT = 120.0
 PARTIAL_ROUNDS = 200
 """Bootstrap rounds of a partial result's summary (while it runs, or when it stopped early)."""
 FINAL_ROUNDS = 1000
-_PARTIAL_EVERY = 1.0
-"""Seconds between two summaries of the items finished so far, while it runs."""
 
 Similarity = Callable[[str, str], Awaitable[float]]
 """The cosine of two texts' embeddings (the local model)."""
@@ -90,7 +89,8 @@ class EvalRunner:
         self._done: dict[str, ItemResult] = {}
         self._refused: BudgetExceededError | None = None
         self._asked: set[tuple[str, str]] = set()
-        self._summarized = float("-inf")
+        self._stale = False
+        self._summarizer: asyncio.Task[None] | None = None
         self._env = _Env(similarity, self._ask_check)
 
     # -- the whole run ---------------------------------------------------------------------------
@@ -104,13 +104,15 @@ class EvalRunner:
         if self._seeds_of is not None:
             self._seeds = await self._seeds_of()
         todo = iter([item for item in self.items if item.id not in self._done])
-        self._publish(force=True)
+        self._publish()
         try:
             await _all([self._worker(todo) for _ in range(min(plan.concurrency, len(self.items)) or 1)])
         except (BudgetExceededError, asyncio.CancelledError):
             # What finished is kept: the run's result when it stops here (budget_exceeded, cancelled).
+            await self._stop_summarizer()
             run.partial = await self._result(PARTIAL_ROUNDS)
             raise
+        await self._stop_summarizer()
         return await self._result(FINAL_ROUNDS)
 
     async def _worker(self, todo: Any) -> None:
@@ -230,18 +232,30 @@ class EvalRunner:
     def _ordered(self) -> list[ItemResult]:
         return [self._done[item.id] for item in self.items if item.id in self._done]
 
-    def _publish(self, *, force: bool = False) -> None:
-        """The items finished so far as the run's partial result (what ``GET`` shows while it runs), with their
-        summary at most every second."""
-        done = self._ordered()
-        partial: dict[str, Any] = {"summary": self.run.partial.get("summary"),
-                                   "items": [r.to_json(self.plan.candidates) for r in done],
-                                   "total_items": len(self.items)}
-        now = self.run.clock.monotonic()
-        if done and (force or now - self._summarized >= _PARTIAL_EVERY or len(done) == len(self.items)):
-            self._summarized = now
-            partial["summary"] = self._summary(done, PARTIAL_ROUNDS)
-        self.run.partial = partial
+    def _publish(self) -> None:
+        """The items finished so far as the run's partial result (what ``GET`` shows while it runs); their summary
+        is made again in the background (a thread), so it may lag them by the time one summary takes."""
+        self.run.partial = {"summary": self.run.partial.get("summary"),
+                            "items": [r.to_json(self.plan.candidates) for r in self._ordered()],
+                            "total_items": len(self.items)}
+        if not self._done:
+            return
+        self._stale = True
+        if self._summarizer is None or self._summarizer.done():
+            self._summarizer = asyncio.get_running_loop().create_task(self._summarize())
+
+    async def _summarize(self) -> None:
+        while self._stale:
+            self._stale = False
+            summary = await asyncio.to_thread(self._summary, self._ordered(), PARTIAL_ROUNDS)
+            self.run.partial = {**self.run.partial, "summary": summary}
+
+    async def _stop_summarizer(self) -> None:
+        task, self._summarizer = self._summarizer, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _result(self, rounds: int) -> dict[str, Any]:
         done = self._ordered()

@@ -10,7 +10,7 @@ runner (:class:`.runner.EvalRunner`), which it also makes for a run taken up aga
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
@@ -79,7 +79,16 @@ class EvalRequest(BaseModel):
 
 
 def _item_json(item: EvalItem) -> dict[str, Any]:
-    return item.model_dump(mode="json", exclude_none=True)
+    return item.to_json()
+
+
+def stored_items(objects: Sequence[Any]) -> list[EvalItem]:
+    """Items stored as dataset lines (a dataset's, an evaluation's), read back."""
+    parsed = items_from_json(objects)
+    if parsed.errors:
+        first = parsed.errors[0]
+        raise ConflictError(f"A stored item no longer reads as one (item {first.line}: {first.message}).")
+    return parsed.items
 
 
 def _errors(parsed: ParsedDataset) -> list[dict[str, Any]]:
@@ -227,14 +236,14 @@ class Evaluations:
             row = await self.store.dataset(principal.user_id, body.dataset_id)
             if row is None:
                 raise NotFoundError(f"There is no dataset '{body.dataset_id}'.", param="dataset_id")
-            return [EvalItem.model_validate(i) for i in row["items"]], [], str(row["name"])
+            return stored_items(row["items"]), [], str(row["name"])
         if body.items is not None:
             parsed = items_from_json(body.items)
             if not parsed.items:
                 raise InvalidRequestError(f"items: no valid item{_first_errors(parsed)}.", param="items")
             return parsed.items, _errors(parsed), None
         if previous is not None:
-            return [EvalItem.model_validate(i) for i in previous["request"]["items"]], [], None
+            return stored_items(previous["request"]["items"]), [], None
         raise InvalidRequestError("Send 'dataset_id' (a stored dataset) or 'items'.", param="dataset_id")
 
     def _check_model(self, principal: Principal, name: str, param: str) -> None:
@@ -253,7 +262,7 @@ class Evaluations:
     def runner_for(self, run: LiveRun) -> Runner:
         """What executes an evaluation's run: a new one, or one taken up again (from its record)."""
         plan = EvalPlan.model_validate(run.config)
-        items = [EvalItem.model_validate(i) for i in run.request.get("items") or []]
+        items = stored_items(run.request.get("items") or [])
         previous = plan.rejudge_of
 
         async def seeds() -> Mapping[tuple[str, str], AnswerRecord]:
@@ -266,7 +275,7 @@ class Evaluations:
         row = await self.store.run(run_id)
         if row is None or row["user_id"] != user_id or not row["result"]:
             return {}
-        items = {str(i.get("id")): EvalItem.model_validate(i) for i in row["request"].get("items") or []}
+        items = {item.id: item for item in stored_items(row["request"].get("items") or [])}
         seeds: dict[tuple[str, str], AnswerRecord] = {}
         for data in row["result"].get("items") or []:
             item = items.get(str(data.get("id")))
