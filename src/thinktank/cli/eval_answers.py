@@ -225,7 +225,7 @@ def eval_answers_command(
                        ("rejudge_of", rejudge)):
         if value is not None:
             body[key] = value
-    err = Console(stderr=True, highlight=False)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     with connect(Target(url, api_key, local, config, demo)) as client:
         if upload is not None:
             body["dataset_id"] = _upload(client, *upload, err)
