@@ -106,7 +106,8 @@ def _evaluate(client: Client, body: dict[str, Any], err: Console, quiet: bool) -
         raise typer.Exit(130) from None
     if not run_id:
         raise ApiError("the server did not say which run it started (no x-thinktank-run-id header)")
-    return client.call("GET", f"/api/v1/eval/runs/{quote(run_id, safe='')}"), view.error
+    record = client.call("GET", f"/api/v1/eval/runs/{quote(run_id, safe='')}", params={"calls": "false"})
+    return record, view.error
 
 
 def _forget(client: Client, dataset_id: str) -> None:
@@ -207,7 +208,7 @@ def eval_answers_command(
     from rich.console import Console
 
     chosen = _names(candidates) or (list(DEMO_CANDIDATES) if demo and rejudge is None else [])
-    judges = _names(judge) if judge is not None else (list(DEMO_JUDGES) if demo and not candidates else [])
+    judges = _names(judge) if judge is not None else (list(DEMO_JUDGES) if demo else [])
     if not chosen and rejudge is None:
         raise typer.BadParameter("name the models to compare: --candidates a,b (or try --demo)",
                                  param_hint="--candidates")
@@ -226,18 +227,26 @@ def eval_answers_command(
         if value is not None:
             body[key] = value
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    with connect(Target(url, api_key, local, config, demo)) as client:
-        if upload is not None:
-            body["dataset_id"] = _upload(client, *upload, err)
-        try:
-            record, error = _evaluate(client, body, err, quiet)
-        except ApiError as exc:
-            if "dataset_id" in body and exc.status is not None and 400 <= exc.status < 500:
-                _forget(client, body["dataset_id"])  # refused: the upload was for nothing
-            raise
+    try:
+        with connect(Target(url, api_key, local, config, demo)) as client:
+            if upload is not None:
+                body["dataset_id"] = _upload(client, *upload, err)
+            try:
+                record, error = _evaluate(client, body, err, quiet)
+            except ApiError as exc:
+                if "dataset_id" in body and exc.status is not None and 400 <= exc.status < 500:
+                    _forget(client, body["dataset_id"])  # refused: the upload was for nothing
+                raise
+    except KeyboardInterrupt:  # before the run started (a run under way is cancelled by _evaluate)
+        err.print("interrupted", highlight=False, markup=False)
+        raise typer.Exit(130) from None
     if record.get("result"):
         _write(record, output_format, output)
     status = str(record.get("status"))
+    if status == "running":  # the stream broke off (a server restarting); the evaluation goes on there
+        typer.secho(f"error: the event stream ended before the evaluation did; it goes on on the server: "
+                    f"GET /api/v1/eval/runs/{record.get('id')}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
     if status != "completed":
         message = error or record.get("error") or status
         kept = " (what finished is kept in the result)" if record.get("result") else ""
