@@ -14,6 +14,7 @@ import pytest
 
 from thinktank.api.app import ThinktankApp, create_app
 from thinktank.config import Settings, parse_config
+from thinktank.knowledge.embeddings import LocalEmbedder
 
 from ..api.apps import PASSWORD
 from ..api.conftest import ADMIN, AUTH
@@ -114,12 +115,15 @@ Start = Callable[..., Any]
 
 @pytest.fixture
 async def start_env(tmp_path: Path, db_url: str) -> AsyncIterator[Start]:
-    """``env = await start_env(models, **settings)``: thinktank on loopback over the test's database."""
+    """``api = await start_env(models, **settings)``: thinktank on loopback over the test's database."""
     stack: list[Any] = []
 
-    async def start(cast: list[dict[str, Any]], **overrides: Any) -> EvalEnv:
+    async def start(cast: list[dict[str, Any]], *, config: dict[str, Any] | None = None,
+                    local_embedder: LocalEmbedder | None = None, **overrides: Any) -> EvalEnv:
+        """``config``: more of the gateway's configuration (ensembles, debates)."""
         settings = Settings(data_dir=tmp_path / "data", admin_key=ADMIN, database_url=db_url, **overrides)
-        app = create_app(settings, parse_config({"models": cast, "router": {"num_retries": 0}}))
+        app = create_app(settings, parse_config({"models": cast, "router": {"num_retries": 0}, **(config or {})}),
+                         local_embedder=local_embedder)
         cm = serving(app)
         url = await cm.__aenter__()
         stack.append(cm)
@@ -136,7 +140,7 @@ async def start_env(tmp_path: Path, db_url: str) -> AsyncIterator[Start]:
 
 
 @pytest.fixture
-async def env(start_env: Start) -> EvalEnv:
+async def api(start_env: Start) -> EvalEnv:
     return await start_env(models())  # type: ignore[no-any-return]
 
 

@@ -13,25 +13,25 @@ from .conftest import AUTH, PRICE, EvalEnv, Start, mock, models
 from .test_api import ITEMS
 
 
-async def test_a_csv_with_a_bad_row_is_stored_without_it(env: EvalEnv) -> None:
+async def test_a_csv_with_a_bad_row_is_stored_without_it(api: EvalEnv) -> None:
     content = 'id,question,reference,tags\nfr,What is the capital of France?,Paris,geo;easy\nempty,,x,\n' \
               'it,What is the capital of Italy?,Rome,geo\n'
-    r = await env.post("/api/v1/eval/datasets", {"name": "capitals", "content": content, "filename": "qa.csv"})
+    r = await api.post("/api/v1/eval/datasets", {"name": "capitals", "content": content, "filename": "qa.csv"})
     assert r.status_code == 201, r.text
     made = r.json()
     assert made["items"] == 2 and made["tags"] == ["easy", "geo"]
     assert [e["line"] for e in made["errors"]] == [3]
 
 
-async def test_a_dataset_without_a_valid_line_is_refused_naming_the_first_errors(env: EvalEnv) -> None:
-    r = await env.post("/api/v1/eval/datasets", {"name": "bad", "format": "jsonl",
+async def test_a_dataset_without_a_valid_line_is_refused_naming_the_first_errors(api: EvalEnv) -> None:
+    r = await api.post("/api/v1/eval/datasets", {"name": "bad", "format": "jsonl",
                                                  "content": '{"question": 1}\nnot json\n'})
     assert r.status_code == 400
     message = r.json()["error"]["message"]
     assert "line 1" in message and "line 2" in message
-    r = await env.post("/api/v1/eval/datasets", {"name": "bad", "items": [{"reference": "no question"}]})
+    r = await api.post("/api/v1/eval/datasets", {"name": "bad", "items": [{"reference": "no question"}]})
     assert r.status_code == 400 and "line 1" in r.json()["error"]["message"]
-    assert await env.rows("eval_datasets") == 0
+    assert await api.rows("eval_datasets") == 0
 
 
 @pytest.mark.parametrize(("body", "param"), [
@@ -45,18 +45,18 @@ async def test_a_dataset_without_a_valid_line_is_refused_naming_the_first_errors
     ({"candidates": []}, "candidates"),
 ])
 async def test_an_unknown_candidate_or_judge_is_refused_before_anything_is_spent(
-    env: EvalEnv, body: dict[str, Any], param: str,
+    api: EvalEnv, body: dict[str, Any], param: str,
 ) -> None:
-    r = await env.post("/api/v1/eval/runs", {"items": ITEMS, **body})
+    r = await api.post("/api/v1/eval/runs", {"items": ITEMS, **body})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
-    await env.app.state.usage_writer.flush()
-    assert await env.rows("runs") == 0 and await env.rows("usage") == 0
-    assert env.asked("quick") == [] and env.asked("judge") == []
+    await api.app.state.usage_writer.flush()
+    assert await api.rows("runs") == 0 and await api.rows("usage") == 0
+    assert api.asked("quick") == [] and api.asked("judge") == []
 
 
-async def test_a_judge_whose_replies_cannot_be_read_is_asked_again_once_then_excluded(env: EvalEnv) -> None:
-    record = await env.evaluate({"items": ITEMS[:2], "candidates": ["quick", "wrong"], "judges": ["garbled-judge"]})
+async def test_a_judge_whose_replies_cannot_be_read_is_asked_again_once_then_excluded(api: EvalEnv) -> None:
+    record = await api.evaluate({"items": ITEMS[:2], "candidates": ["quick", "wrong"], "judges": ["garbled-judge"]})
     assert record["status"] == "completed"
     summary = record["result"]["summary"]
     assert len(summary["excluded"]) == 2
@@ -65,12 +65,12 @@ async def test_a_judge_whose_replies_cannot_be_read_is_asked_again_once_then_exc
     verdict = record["result"]["items"][0]["verdicts"][0]
     assert verdict["outcome"] is None and "unreadable" in verdict["error"]
     # each item's pair: two orders, each asked twice
-    assert len(env.asked("garbled-judge")) == 2 * 2 * 2
+    assert len(api.asked("garbled-judge")) == 2 * 2 * 2
     assert all(c["win_rate"] is None for c in summary["per_candidate"])
 
 
-async def test_a_judge_preferring_the_first_position_yields_ties(env: EvalEnv) -> None:
-    record = await env.evaluate({"items": ITEMS, "candidates": ["quick", "wrong"], "judges": ["first-judge"]})
+async def test_a_judge_preferring_the_first_position_yields_ties(api: EvalEnv) -> None:
+    record = await api.evaluate({"items": ITEMS, "candidates": ["quick", "wrong"], "judges": ["first-judge"]})
     summary = record["result"]["summary"]
     assert summary["order_dependent"] == 3
     assert summary["pairs"][0]["ties"] == 3 and summary["pairs"][0]["win_rate"] == 0.5
@@ -78,9 +78,9 @@ async def test_a_judge_preferring_the_first_position_yields_ties(env: EvalEnv) -
 
 
 async def test_a_candidate_failing_on_some_items_is_reported_per_item(start_env: Start) -> None:
-    env: EvalEnv = await start_env(models(flaky=mock("flaky", fail_first=1, fail_status=500,
+    api: EvalEnv = await start_env(models(flaky=mock("flaky", fail_first=1, fail_status=500,
                                                      replies=["The capital is Paris, or Rome, or 4."])))
-    record = await env.evaluate({"items": ITEMS, "candidates": ["flaky", "quick"], "judges": ["judge"],
+    record = await api.evaluate({"items": ITEMS, "candidates": ["flaky", "quick"], "judges": ["judge"],
                                  "concurrency": 1})
     assert record["status"] == "completed", record["error"]
     first = record["result"]["items"][0]["answers"]["flaky"]
@@ -95,10 +95,10 @@ async def test_a_candidate_failing_on_some_items_is_reported_per_item(start_env:
 
 
 async def test_a_budget_reached_midway_keeps_the_partial_result(start_env: Start) -> None:
-    env: EvalEnv = await start_env(models(quick=mock("quick", price=PRICE, replies=["Paris, I think."]),
+    api: EvalEnv = await start_env(models(quick=mock("quick", price=PRICE, replies=["Paris, I think."]),
                                           wrong=mock("wrong", price=PRICE, replies=["London."])))
     items = [{"id": f"q{i}", "question": f"Question number {i}?"} for i in range(8)]
-    r = await env.post("/api/v1/eval/runs", {"items": items, "candidates": ["quick", "wrong"], "max_cost_usd": 0.2,
+    r = await api.post("/api/v1/eval/runs", {"items": items, "candidates": ["quick", "wrong"], "max_cost_usd": 0.2,
                                              "max_tokens": 20, "concurrency": 1, "wait": True})
     assert r.status_code == 200, r.text
     record = r.json()
@@ -114,23 +114,23 @@ async def test_a_budget_reached_midway_keeps_the_partial_result(start_env: Start
     assert 0 < paid <= record["cost_usd"]
 
 
-async def test_someone_elses_datasets_and_evaluations_are_404(env: EvalEnv) -> None:
-    mine = await env.dataset(ITEMS)
-    record = await env.evaluate({"dataset_id": mine, "candidates": ["quick"]})
-    other = await env.user("other@example.com")
+async def test_someone_elses_datasets_and_evaluations_are_404(api: EvalEnv) -> None:
+    mine = await api.dataset(ITEMS)
+    record = await api.evaluate({"dataset_id": mine, "candidates": ["quick"]})
+    other = await api.user("other@example.com")
     for path in (f"/api/v1/eval/datasets/{mine}", f"/api/v1/eval/runs/{record['id']}",
                  f"/api/v1/eval/runs/{record['id']}/export"):
-        assert (await env.get(path, other)).status_code == 404, path
-    assert (await env.http.delete(f"{env.url}/api/v1/eval/datasets/{mine}", headers=other)).status_code == 404
-    assert (await env.post(f"/api/v1/eval/runs/{record['id']}/cancel", {}, other)).status_code == 404
-    r = await env.post("/api/v1/eval/runs", {"dataset_id": mine, "candidates": ["quick"]}, other)
+        assert (await api.get(path, other)).status_code == 404, path
+    assert (await api.http.delete(f"{api.url}/api/v1/eval/datasets/{mine}", headers=other)).status_code == 404
+    assert (await api.post(f"/api/v1/eval/runs/{record['id']}/cancel", {}, other)).status_code == 404
+    r = await api.post("/api/v1/eval/runs", {"dataset_id": mine, "candidates": ["quick"]}, other)
     assert r.status_code == 404 and r.json()["error"]["param"] == "dataset_id"
-    r = await env.post("/api/v1/eval/runs", {"rejudge_of": record["id"], "judges": ["judge"]}, other)
+    r = await api.post("/api/v1/eval/runs", {"rejudge_of": record["id"], "judges": ["judge"]}, other)
     assert r.status_code == 404 and r.json()["error"]["param"] == "rejudge_of"
-    assert (await env.get("/api/v1/eval/datasets", other)).json()["data"] == []
-    assert (await env.get("/api/v1/eval/runs", other)).json()["data"] == []
-    assert (await env.get(f"/api/v1/eval/datasets/{mine}")).status_code == 200  # still there, and still mine
-    assert (await env.get(f"/api/v1/eval/runs/{record['id']}")).status_code == 200
+    assert (await api.get("/api/v1/eval/datasets", other)).json()["data"] == []
+    assert (await api.get("/api/v1/eval/runs", other)).json()["data"] == []
+    assert (await api.get(f"/api/v1/eval/datasets/{mine}")).status_code == 200  # still there, and still mine
+    assert (await api.get(f"/api/v1/eval/runs/{record['id']}")).status_code == 200
 
 
 @pytest.mark.parametrize("raw", [
@@ -144,21 +144,21 @@ async def test_someone_elses_datasets_and_evaluations_are_404(env: EvalEnv) -> N
     b'{"name": "x", "items": [{"question": "q"}], "extra": 1}',
     b'\xff\xfe{"name": "x"}',
 ])
-async def test_bad_dataset_bodies_are_4xx_never_500(env: EvalEnv, raw: bytes) -> None:
-    r = await env.http.post(env.url + "/api/v1/eval/datasets", content=raw,
+async def test_bad_dataset_bodies_are_4xx_never_500(api: EvalEnv, raw: bytes) -> None:
+    r = await api.http.post(api.url + "/api/v1/eval/datasets", content=raw,
                             headers={**AUTH, "content-type": "application/json"})
     assert 400 <= r.status_code < 500, (r.status_code, r.text)
-    assert await env.rows("eval_datasets") == 0
+    assert await api.rows("eval_datasets") == 0
 
 
-async def test_a_huge_integer_id_is_kept_as_text(env: EvalEnv) -> None:
+async def test_a_huge_integer_id_is_kept_as_text(api: EvalEnv) -> None:
     raw = b'{"name": "x", "items": [{"id": 18446744073709551615, "question": "What is the capital of France?"}]}'
-    r = await env.http.post(env.url + "/api/v1/eval/datasets", content=raw,
+    r = await api.http.post(api.url + "/api/v1/eval/datasets", content=raw,
                             headers={**AUTH, "content-type": "application/json"})
     assert r.status_code == 201, r.text
-    stored = (await env.get(f"/api/v1/eval/datasets/{r.json()['id']}")).json()["data"]
+    stored = (await api.get(f"/api/v1/eval/datasets/{r.json()['id']}")).json()["data"]
     assert stored == [{"id": "18446744073709551615", "question": "What is the capital of France?"}]
-    record = await env.evaluate({"dataset_id": r.json()["id"], "candidates": ["quick"]})
+    record = await api.evaluate({"dataset_id": r.json()["id"], "candidates": ["quick"]})
     assert record["result"]["items"][0]["id"] == "18446744073709551615"
 
 
@@ -179,11 +179,11 @@ async def test_a_huge_integer_id_is_kept_as_text(env: EvalEnv) -> None:
     {"candidates": "quick"},
     {"candidates": ["quick"], "checks": [{"type": "numeric", "value": 10**30, "tolerance": -1}]},
 ])
-async def test_bad_evaluation_bodies_are_4xx_and_start_nothing(env: EvalEnv, body: dict[str, Any]) -> None:
+async def test_bad_evaluation_bodies_are_4xx_and_start_nothing(api: EvalEnv, body: dict[str, Any]) -> None:
     full = {"items": ITEMS, **body} if "dataset_id" not in body and "items" not in body else body
-    r = await env.post("/api/v1/eval/runs", full)
+    r = await api.post("/api/v1/eval/runs", full)
     assert 400 <= r.status_code < 500, (r.status_code, r.text)
-    assert await env.rows("runs") == 0
+    assert await api.rows("runs") == 0
 
 
 @pytest.mark.parametrize("raw", [
@@ -191,20 +191,20 @@ async def test_bad_evaluation_bodies_are_4xx_and_start_nothing(env: EvalEnv, bod
     b'{"items": [{"question": "q"}], "candidates": ["qu\\udc00ick"]}',
     b'{"items": [{"question": "q"}], "candidates": ["quick"], "max_cost_usd": 1e400}',
 ])
-async def test_bad_evaluation_bytes_are_4xx(env: EvalEnv, raw: bytes) -> None:
-    r = await env.http.post(env.url + "/api/v1/eval/runs", content=raw,
+async def test_bad_evaluation_bytes_are_4xx(api: EvalEnv, raw: bytes) -> None:
+    r = await api.http.post(api.url + "/api/v1/eval/runs", content=raw,
                             headers={**AUTH, "content-type": "application/json"})
     assert 400 <= r.status_code < 500, (r.status_code, r.text)
-    assert await env.rows("runs") == 0
+    assert await api.rows("runs") == 0
 
 
-async def test_unknown_ids_and_formats_are_4xx(env: EvalEnv) -> None:
-    assert (await env.get("/api/v1/eval/datasets/eds_nope")).status_code == 404
-    assert (await env.get("/api/v1/eval/runs/run_nope")).status_code == 404
-    assert (await env.post("/api/v1/eval/runs/run_nope/cancel", {})).status_code == 404
-    record = await env.evaluate({"items": ITEMS[:1], "candidates": ["quick"]})
-    assert (await env.get(f"/api/v1/eval/runs/{record['id']}/export", format="xlsx")).status_code == 422
-    assert (await env.post(f"/api/v1/eval/runs/{record['id']}/cancel", {})).status_code == 409
-    assert (await env.get("/api/v1/eval/runs", limit=10**30)).status_code == 422
-    ensemble_like = (await env.get("/api/v1/runs", kind="evaluation")).json()["data"]
+async def test_unknown_ids_and_formats_are_4xx(api: EvalEnv) -> None:
+    assert (await api.get("/api/v1/eval/datasets/eds_nope")).status_code == 404
+    assert (await api.get("/api/v1/eval/runs/run_nope")).status_code == 404
+    assert (await api.post("/api/v1/eval/runs/run_nope/cancel", {})).status_code == 404
+    record = await api.evaluate({"items": ITEMS[:1], "candidates": ["quick"]})
+    assert (await api.get(f"/api/v1/eval/runs/{record['id']}/export", format="xlsx")).status_code == 422
+    assert (await api.post(f"/api/v1/eval/runs/{record['id']}/cancel", {})).status_code == 409
+    assert (await api.get("/api/v1/eval/runs", limit=10**30)).status_code == 422
+    ensemble_like = (await api.get("/api/v1/runs", kind="evaluation")).json()["data"]
     assert [r["id"] for r in ensemble_like] == [record["id"]]

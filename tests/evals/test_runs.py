@@ -16,8 +16,8 @@ from .conftest import AUTH, PRICE, EvalEnv, Start, judge_preferring, mock, model
 from .test_api import ITEMS
 
 
-async def test_events_stream_and_resume_after_the_last_event_id(env: EvalEnv) -> None:
-    async with env.http.stream("POST", env.url + "/api/v1/eval/runs", headers=AUTH, json={
+async def test_events_stream_and_resume_after_the_last_event_id(api: EvalEnv) -> None:
+    async with api.http.stream("POST", api.url + "/api/v1/eval/runs", headers=AUTH, json={
             "items": ITEMS, "candidates": ["quick", "wrong"], "judges": ["judge"], "stream": True}) as r:
         assert r.status_code == 200
         run_id = r.headers["x-thinktank-run-id"]
@@ -34,12 +34,12 @@ async def test_events_stream_and_resume_after_the_last_event_id(env: EvalEnv) ->
     assert set(answer) >= {"item", "candidate", "ok", "cost_usd", "latency_ms", "cached"}
     judged = next(e["data"] for e in events if e["event"] == "eval_judged")
     assert (judged["a"], judged["b"], judged["judge"], judged["outcome"]) == ("quick", "wrong", "judge", 1.0)
-    record = (await env.get(f"/api/v1/eval/runs/{run_id}")).json()
+    record = (await api.get(f"/api/v1/eval/runs/{run_id}")).json()
     items = [{k: v for k, v in e["data"].items() if k not in ("seq", "ts", "type")}
              for e in events if e["event"] == "eval_item"]
     assert sorted(items, key=lambda i: str(i["id"])) == record["result"]["items"]  # (ids sorted: fr, it, sum)
     # Taken up again after event 5: exactly the rest, once.
-    async with env.http.stream("GET", f"{env.url}/api/v1/runs/{run_id}/events",
+    async with api.http.stream("GET", f"{api.url}/api/v1/runs/{run_id}/events",
                                headers={**AUTH, "Last-Event-ID": "5"}) as r:
         rest = [e async for e in sse_events(r)]
     assert [(e["id"], e["event"]) for e in rest] == [(e["id"], e["event"]) for e in events[5:]]
@@ -79,28 +79,28 @@ async def _until(what: str, check: Any, timeout: float = 20) -> None:
 
 
 async def test_a_cancelled_evaluation_keeps_the_items_it_finished(start_env: Start, hanging: FakeUpstream) -> None:
-    env: EvalEnv = await start_env(_remote(hanging.url, "alpha", "beta"))
+    api: EvalEnv = await start_env(_remote(hanging.url, "alpha", "beta"))
     items = [{"id": f"q{i}", "question": f"Question {i}?"} for i in range(6)]
-    r = await env.post("/api/v1/eval/runs", {"items": items, "candidates": ["alpha", "beta"], "concurrency": 1})
+    r = await api.post("/api/v1/eval/runs", {"items": items, "candidates": ["alpha", "beta"], "concurrency": 1})
     assert r.status_code == 202 and r.json()["status"] == "running"
     run_id = r.json()["id"]
     assert r.headers["location"] == f"/api/v1/eval/runs/{run_id}"
     await _until("the fourth question asked", lambda: len(hanging.requests) == 7)
-    running = (await env.get(f"/api/v1/eval/runs/{run_id}", calls="false")).json()
+    running = (await api.get(f"/api/v1/eval/runs/{run_id}", calls="false")).json()
     assert running["status"] == "running" and [i["id"] for i in running["result"]["items"]] == ["q0", "q1", "q2"]
     assert "calls" not in running
     summaries: list[Any] = []
 
     async def summarized() -> bool:  # (made in the background after each item: it may lag a moment)
-        summaries.append((await env.get(f"/api/v1/eval/runs/{run_id}")).json()["result"]["summary"])
+        summaries.append((await api.get(f"/api/v1/eval/runs/{run_id}")).json()["result"]["summary"])
         return bool(summaries[-1] and summaries[-1]["items"] == 3)
 
     async with asyncio.timeout(20):
         while not await summarized():
             await asyncio.sleep(0.05)
-    r = await env.post(f"/api/v1/eval/runs/{run_id}/cancel", {})
+    r = await api.post(f"/api/v1/eval/runs/{run_id}/cancel", {})
     assert r.status_code == 202 and r.json() == {"id": run_id, "status": "cancelled"}
-    record = (await env.get(f"/api/v1/eval/runs/{run_id}")).json()
+    record = (await api.get(f"/api/v1/eval/runs/{run_id}")).json()
     assert record["status"] == "cancelled"
     result = record["result"]
     assert result["partial"] is True and result["total_items"] == 6
@@ -108,7 +108,7 @@ async def test_a_cancelled_evaluation_keeps_the_items_it_finished(start_env: Sta
     assert [c["candidate"] for c in result["summary"]["per_candidate"]] == ["alpha", "beta"]
     assert len(hanging.requests) == 7  # one call at a time: the held one was the last asked
     assert record["cost_usd"] == pytest.approx(sum(c["cost_usd"] for c in record["calls"]))
-    listed = (await env.get("/api/v1/eval/runs", status="cancelled")).json()["data"]
+    listed = (await api.get("/api/v1/eval/runs", status="cancelled")).json()["data"]
     assert [r["id"] for r in listed] == [run_id]
 
 
@@ -117,12 +117,12 @@ async def test_at_most_concurrency_calls_are_under_way(start_env: Start, concurr
     fake = _upstream("Question")  # nothing is ever answered
     await fake.start()
     try:
-        env: EvalEnv = await start_env(_remote(fake.url, "alpha", "beta"))
+        api: EvalEnv = await start_env(_remote(fake.url, "alpha", "beta"))
         items = [{"id": f"q{i}", "question": f"Question {i}?"} for i in range(6)]
-        r = await env.post("/api/v1/eval/runs", {"items": items, "candidates": ["alpha", "beta"],
+        r = await api.post("/api/v1/eval/runs", {"items": items, "candidates": ["alpha", "beta"],
                                                  "concurrency": concurrency})
         await _until("the calls under way", lambda: len(fake.requests) == concurrency)
-        r = await env.post(f"/api/v1/eval/runs/{r.json()['id']}/cancel", {})
+        r = await api.post(f"/api/v1/eval/runs/{r.json()['id']}/cancel", {})
         assert r.json()["status"] == "cancelled"
         # Nothing finished, so nothing more was asked than the calls a limit of `concurrency` lets through.
         assert len(fake.requests) == concurrency
@@ -131,21 +131,21 @@ async def test_at_most_concurrency_calls_are_under_way(start_env: Start, concurr
 
 
 async def test_the_answer_cache_spares_the_candidates_a_second_time(start_env: Start) -> None:
-    env: EvalEnv = await start_env(models(
+    api: EvalEnv = await start_env(models(
         quick=mock("quick", price=PRICE, rules=[{"match": "France", "reply": "Paris."},
                                                 {"match": "Italy", "reply": "Rome."}], replies=["4"]),
         wrong=mock("wrong", price=PRICE, replies=["London."]),
         judge=mock("judge", price=PRICE, rules=judge_preferring("Paris|Rome|4"))))
-    first = await env.evaluate({"items": ITEMS, "candidates": ["quick", "wrong"], "judges": ["judge"]})
-    asked = (len(env.asked("quick")), len(env.asked("wrong")))
+    first = await api.evaluate({"items": ITEMS, "candidates": ["quick", "wrong"], "judges": ["judge"]})
+    asked = (len(api.asked("quick")), len(api.asked("wrong")))
     assert asked == (3, 3)
     answer_cost = sum(c["cost_usd"] for c in first["calls"] if c["stage"] == "answer")
     assert answer_cost > 0
 
     # The same questions, another judge: no candidate is asked again; the answers are marked cached, keep the
     # cost they had, and this run pays only for its judge.
-    second = await env.evaluate({"items": ITEMS, "candidates": ["quick", "wrong"], "judges": ["first-judge"]})
-    assert (len(env.asked("quick")), len(env.asked("wrong"))) == asked
+    second = await api.evaluate({"items": ITEMS, "candidates": ["quick", "wrong"], "judges": ["first-judge"]})
+    assert (len(api.asked("quick")), len(api.asked("wrong"))) == asked
     assert [c["stage"] for c in second["calls"]] == ["judge"] * 6
     answers = [a for i in second["result"]["items"] for a in i["answers"].values()]
     assert all(a["cached"] for a in answers)
@@ -153,21 +153,21 @@ async def test_the_answer_cache_spares_the_candidates_a_second_time(start_env: S
     assert {(i["id"], c): a["text"] for i in second["result"]["items"] for c, a in i["answers"].items()} == before
     assert sum(a["cost_usd"] for a in answers) == pytest.approx(answer_cost)
     assert second["cost_usd"] == 0.0  # (the first-position judge is not priced)
-    events = (await env.get(f"/api/v1/runs/{second['id']}/events", format="json")).json()["data"]
+    events = (await api.get(f"/api/v1/runs/{second['id']}/events", format="json")).json()["data"]
     assert all(e["data"]["cached"] for e in events if e["type"] == "eval_answer")
 
     # Other answer parameters: asked again.
-    third = await env.evaluate({"items": ITEMS[:1], "candidates": ["quick"], "max_tokens": 50})
-    assert len(env.asked("quick")) == 4 and third["result"]["items"][0]["answers"]["quick"]["cached"] is False
+    third = await api.evaluate({"items": ITEMS[:1], "candidates": ["quick"], "max_tokens": 50})
+    assert len(api.asked("quick")) == 4 and third["result"]["items"][0]["answers"]["quick"]["cached"] is False
 
 
-async def test_rejudging_an_evaluation_reuses_its_answers(env: EvalEnv) -> None:
-    first = await env.evaluate({"items": ITEMS, "candidates": ["quick", "wrong"], "judges": ["first-judge"],
+async def test_rejudging_an_evaluation_reuses_its_answers(api: EvalEnv) -> None:
+    first = await api.evaluate({"items": ITEMS, "candidates": ["quick", "wrong"], "judges": ["first-judge"],
                                 "max_tokens": 64, "name": "capitals"})
-    asked = (len(env.asked("quick")), len(env.asked("wrong")))
-    again = await env.evaluate({"rejudge_of": first["id"], "judges": ["judge"]})
+    asked = (len(api.asked("quick")), len(api.asked("wrong")))
+    again = await api.evaluate({"rejudge_of": first["id"], "judges": ["judge"]})
     assert again["status"] == "completed", again["error"]
-    assert (len(env.asked("quick")), len(env.asked("wrong"))) == asked
+    assert (len(api.asked("quick")), len(api.asked("wrong"))) == asked
     assert again["config"]["candidates"] == ["quick", "wrong"] and again["config"]["rejudge_of"] == first["id"]
     assert again["config"]["max_tokens"] == 64
     summary = again["result"]["summary"]
@@ -175,6 +175,6 @@ async def test_rejudging_an_evaluation_reuses_its_answers(env: EvalEnv) -> None:
     assert first["result"]["summary"]["order_dependent"] == 3 and summary["order_dependent"] == 0
     assert all(a["cached"] for i in again["result"]["items"] for a in i["answers"].values())
     # A candidate the first evaluation did not have is asked.
-    third = await env.evaluate({"rejudge_of": first["id"], "candidates": ["quick", "first-judge"]})
-    assert len(env.asked("quick")) == asked[0]
+    third = await api.evaluate({"rejudge_of": first["id"], "candidates": ["quick", "first-judge"]})
+    assert len(api.asked("quick")) == asked[0]
     assert not any(i["answers"]["first-judge"]["cached"] for i in third["result"]["items"])

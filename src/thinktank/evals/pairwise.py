@@ -32,7 +32,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from ..accounts.budgets import BudgetExceededError
 from ..deliberation.judging import JudgeParseError, parse_verdict
 from ..errors import ThinktankError
 from ..types import Message, message_text
@@ -131,9 +130,11 @@ async def _verdict(ask: Ask, judge: str, messages: list[Message]) -> tuple[Liter
     for attempt in range(2):
         try:
             reply = await ask(judge, messages)
-        except BudgetExceededError:
-            raise
         except ThinktankError as exc:
+            from ..accounts.budgets import BudgetExceededError  # here: it imports the store (SQLAlchemy)
+
+            if isinstance(exc, BudgetExceededError):
+                raise
             return None, f"the judge failed: {exc.message}"
         try:
             return parse_verdict(reply), None

@@ -39,7 +39,7 @@ from .dataset import EvalItem
 from .pairwise import judge_pair
 from .plan import EvalPlan, ItemResult, params_key
 from .stats import summarize
-from .store import EvalStore
+from .store import CachedAnswer, EvalStore, KeptAnswer
 
 __all__ = ["ANSWER_TIMEOUT", "JUDGE_TIMEOUT", "EvalRunner", "Similarity"]
 
@@ -54,6 +54,11 @@ JUDGE_TIMEOUT = 120.0
 PARTIAL_ROUNDS = 200
 """Bootstrap rounds of a partial result's summary (while it runs, or when it stopped early)."""
 FINAL_ROUNDS = 1000
+_SUMMARY_PAUSE = 4.0
+"""After a partial summary that took t seconds, the next waits this many times t."""
+_KEEP_BATCH = 200
+_KEEP_EVERY = 1.0
+"""Answers are written to the answer cache in batches: this many, or this many seconds after the last batch."""
 
 Similarity = Callable[[str, str], Awaitable[float]]
 """The cosine of two texts' embeddings (the local model)."""
@@ -87,9 +92,15 @@ class EvalRunner:
         self._params = params_key(plan.max_tokens, plan.temperature)
         self._calls = asyncio.Semaphore(plan.concurrency)
         self._done: dict[str, ItemResult] = {}
+        self._json: dict[str, dict[str, Any]] = {}
+        """Each finished item's result as JSON, by item id."""
         self._refused: BudgetExceededError | None = None
         self._asked: set[tuple[str, str]] = set()
         self._stale = False
+        self._cache: Mapping[tuple[str, str], CachedAnswer] = {}
+        self._unkept: list[KeptAnswer] = []
+        self._kept_at = run.clock.monotonic()
+        self._keys: dict[str, str] = {}
         self._summarizer: asyncio.Task[None] | None = None
         self._env = _Env(similarity, self._ask_check)
 
@@ -103,23 +114,29 @@ class EvalRunner:
             run.emit("eval_started", items=len(self.items), candidates=plan.candidates, judges=plan.judges)
         if self._seeds_of is not None:
             self._seeds = await self._seeds_of()
-        todo = iter([item for item in self.items if item.id not in self._done])
+        left = [item for item in self.items if item.id not in self._done]
+        wanted = {(c, self._key(item)) for item in left for c in plan.candidates} - set(self._seeds)
+        self._cache = await self.store.cached(run.user_id, self._params, wanted)
+        todo = iter(left)
         self._publish()
         try:
             await _all([self._worker(todo) for _ in range(min(plan.concurrency, len(self.items)) or 1)])
         except (BudgetExceededError, asyncio.CancelledError):
             # What finished is kept: the run's result when it stops here (budget_exceeded, cancelled).
             await self._stop_summarizer()
+            await asyncio.shield(self._keep_answers())
             run.partial = await self._result(PARTIAL_ROUNDS)
             raise
         await self._stop_summarizer()
+        await self._keep_answers()
         return await self._result(FINAL_ROUNDS)
 
     async def _worker(self, todo: Any) -> None:
         for item in todo:
             result = await self._item(item)
             self._done[item.id] = result
-            self.run.emit("eval_item", **result.to_json(self.plan.candidates))
+            self._json[item.id] = data = result.to_json(self.plan.candidates)
+            self.run.emit("eval_item", **data)
             self.run.emit("eval_progress", done=len(self._done), total=len(self.items),
                           cost_usd=round(self.run.cost, 10))
             self._publish()
@@ -132,6 +149,7 @@ class EvalRunner:
                 item = by_id.get(str(event.data.get("id")))
                 if item is not None:
                     self._done[item.id] = ItemResult.from_json(item, event.data)
+                    self._json[item.id] = dict(event.data)
 
     # -- one item --------------------------------------------------------------------------------
     async def _item(self, item: EvalItem) -> ItemResult:
@@ -155,10 +173,10 @@ class EvalRunner:
 
     async def _answer(self, item: EvalItem, candidate: str) -> tuple[AnswerRecord, bool]:
         """The candidate's answer to the item: re-judged, cached, or asked now (a failure is an answer too)."""
-        key = item.key()
+        key = self._key(item)
         record, cached = self._seeds.get((candidate, key)), True
         if record is None:
-            hit = await self.store.cached(self.run.user_id, candidate, key, self._params)
+            hit = self._cache.get((candidate, key))
             if hit is not None:
                 record = AnswerRecord(hit.text, None, hit.cost_usd, hit.latency_ms, hit.citations,
                                       hit.prompt_tokens, hit.completion_tokens)
@@ -188,14 +206,28 @@ class EvalRunner:
         else:
             record = AnswerRecord(reply.text, None, reply.cost, round(reply.latency * 1000, 3),
                                   list(reply.citations or []), reply.prompt_tokens, reply.completion_tokens)
-        try:
-            await self.store.remember(
-                self.run.user_id, candidate, key, self._params, text=record.text, error=record.error,
-                cost_usd=record.cost_usd, latency_ms=record.latency_ms, citations=record.citations,
-                prompt_tokens=record.prompt_tokens, completion_tokens=record.completion_tokens, run_id=self.run.id)
-        except Exception:  # the cache is a saving, not a part of the result
-            log.warning("keeping an answer of %s in the answer cache failed", candidate, exc_info=True)
+        self._unkept.append(KeptAnswer(
+            self.run.user_id, candidate, key, self._params, text=record.text, error=record.error,
+            cost_usd=record.cost_usd, latency_ms=record.latency_ms, citations=record.citations,
+            prompt_tokens=record.prompt_tokens, completion_tokens=record.completion_tokens, run_id=self.run.id))
+        if len(self._unkept) >= _KEEP_BATCH or self.run.clock.monotonic() - self._kept_at >= _KEEP_EVERY:
+            await self._keep_answers()
         return record
+
+    async def _keep_answers(self) -> None:
+        """Write the answers asked since the last time to the answer cache (in one transaction)."""
+        rows, self._unkept = self._unkept, []
+        self._kept_at = self.run.clock.monotonic()
+        try:
+            await self.store.keep(rows)
+        except Exception:  # the cache is a saving, not a part of the result (a run taken up replays its calls)
+            log.warning("keeping %d answers in the answer cache failed", len(rows), exc_info=True)
+
+    def _key(self, item: EvalItem) -> str:
+        key = self._keys.get(item.id)
+        if key is None:
+            key = self._keys[item.id] = item.key()
+        return key
 
     async def _check(self, checks: list[Check], item: EvalItem, answer: AnswerRecord,
                      default_judge: str | None) -> list[Any]:
@@ -229,6 +261,10 @@ class EvalRunner:
             raise self._refused
 
     # -- the result ------------------------------------------------------------------------------
+    def _items_json(self) -> list[dict[str, Any]]:
+        """The finished items' JSON, in the dataset's order (each made once)."""
+        return [self._json[item.id] for item in self.items if item.id in self._json]
+
     def _ordered(self) -> list[ItemResult]:
         return [self._done[item.id] for item in self.items if item.id in self._done]
 
@@ -236,7 +272,7 @@ class EvalRunner:
         """The items finished so far as the run's partial result (what ``GET`` shows while it runs); their summary
         is made again in the background (a thread), so it may lag them by the time one summary takes."""
         self.run.partial = {"summary": self.run.partial.get("summary"),
-                            "items": [r.to_json(self.plan.candidates) for r in self._ordered()],
+                            "items": self._items_json(),
                             "total_items": len(self.items)}
         if not self._done:
             return
@@ -245,10 +281,14 @@ class EvalRunner:
             self._summarizer = asyncio.get_running_loop().create_task(self._summarize())
 
     async def _summarize(self) -> None:
+        clock = self.run.clock
         while self._stale:
             self._stale = False
+            started = clock.monotonic()
             summary = await asyncio.to_thread(self._summary, self._ordered(), PARTIAL_ROUNDS)
             self.run.partial = {**self.run.partial, "summary": summary}
+            # At most a fifth of the time goes to partial summaries (a large evaluation's take a while).
+            await clock.sleep(_SUMMARY_PAUSE * (clock.monotonic() - started))
 
     async def _stop_summarizer(self) -> None:
         task, self._summarizer = self._summarizer, None
@@ -260,7 +300,7 @@ class EvalRunner:
     async def _result(self, rounds: int) -> dict[str, Any]:
         done = self._ordered()
         summary = await asyncio.to_thread(self._summary, done, rounds)
-        return {"summary": summary, "items": [r.to_json(self.plan.candidates) for r in done],
+        return {"summary": summary, "items": self._items_json(),
                 "total_items": len(self.items)}
 
     def _summary(self, done: Sequence[ItemResult], rounds: int) -> dict[str, Any]:

@@ -13,7 +13,6 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..accounts.principal import Principal
@@ -22,6 +21,7 @@ from ..clock import Clock
 from ..deliberation.runs import LiveRun
 from ..deliberation.service import Deliberation, Runner
 from ..errors import ConflictError, InvalidRequestError, ModelNotFoundError, NotFoundError, ThinktankError
+from ..names import reachable
 from ..store.tables import new_id
 from .checks import AnswerRecord, Check, CheckList, judges_named, needs_judge
 from .dataset import EvalItem, ParsedDataset, items_from_json, parse_dataset
@@ -199,12 +199,12 @@ class Evaluations:
         except ValidationError as exc:
             raise InvalidRequestError(_validation_message("checks", exc), param="checks") from None
         every = [*checks, *(c for item in items for c in item.checks)]
-        for name in candidates:
-            self._check_model(principal, name, "candidates")
-        for name in body.judges:
-            self._check_model(principal, name, "judges")
-        for name in sorted(judges_named(every)):
-            self._check_model(principal, name, "checks")
+        named = [*((n, "candidates") for n in candidates), *((n, "judges") for n in body.judges),
+                 *((n, "checks") for n in sorted(judges_named(every)))]
+        for name, param in named:
+            self._check_model(principal, name, param)
+            if body.max_cost_usd is not None:
+                self._check_priced(name, param)
         if needs_judge(every) and not body.judges:
             raise InvalidRequestError("A rubric check names no judge: name one in 'judges' (or in the check).",
                                       param="judges")
@@ -258,6 +258,22 @@ class Evaluations:
         except (ModelNotFoundError, NotFoundError):
             raise unknown from None
 
+    def _check_priced(self, name: str, param: str) -> None:
+        """400 unless every model ``name`` reaches has a price: ``max_cost_usd`` could not be kept otherwise (and
+        every call to it would fail)."""
+        for current in reachable(name, self.catalog.uses):
+            if self.catalog.uses(current):
+                continue  # a composite: its members are checked
+            try:
+                group = self.catalog.router.resolve(current)
+            except ModelNotFoundError:
+                continue
+            if group.deployments and not any(d.price.known for d in group.deployments):
+                via = "" if current == name else f" (used by '{name}')"
+                raise InvalidRequestError(
+                    f"{param}: the model '{current}'{via} has no known price, so max_cost_usd cannot be kept; leave "
+                    "max_cost_usd out, or ask an administrator to price it.", param=param, code="model_unpriced")
+
     # -- the runner ------------------------------------------------------------------------------
     def runner_for(self, run: LiveRun) -> Runner:
         """What executes an evaluation's run: a new one, or one taken up again (from its record)."""
@@ -287,6 +303,8 @@ class Evaluations:
         return seeds
 
     async def _similarity(self, a: str, b: str) -> float:
+        import numpy as np
+
         vectors = await self._embedder().embed([a, b])
         return float(np.clip(np.dot(vectors[0], vectors[1]), -1.0, 1.0))
 

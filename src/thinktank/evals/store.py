@@ -4,19 +4,19 @@ deliberation's :class:`~thinktank.deliberation.run_store.RunStore`'s)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, and_, delete, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Table, and_, delete, insert, select
 
 from ..clock import Clock
 from ..store.db import Database
 from ..store.eval_tables import EvalAnswer, EvalDataset
 from ..store.tables import Run, new_id
 
-__all__ = ["KIND", "CachedAnswer", "EvalStore"]
+__all__ = ["KIND", "CachedAnswer", "EvalStore", "KeptAnswer"]
 
 KIND = "evaluation"
 """The kind of an evaluation's run."""
@@ -24,6 +24,26 @@ KIND = "evaluation"
 _DATASETS: Table = EvalDataset.__table__  # type: ignore[assignment]
 _ANSWERS: Table = EvalAnswer.__table__  # type: ignore[assignment]
 _RUNS: Table = Run.__table__  # type: ignore[assignment]
+_CHUNK = 500
+"""Item keys per query of the cache."""
+
+
+@dataclass(frozen=True)
+class KeptAnswer:
+    """An answer (or a failure) to keep in the cache."""
+
+    user_id: str
+    candidate: str
+    item_key: str
+    params: str
+    text: str | None
+    error: str | None
+    cost_usd: float
+    latency_ms: float
+    citations: Sequence[Any] | None
+    prompt_tokens: int
+    completion_tokens: int
+    run_id: str
 
 
 @dataclass(frozen=True)
@@ -75,38 +95,45 @@ class EvalStore:
             return bool((await conn.execute(q)).rowcount)
 
     # -- the answer cache ------------------------------------------------------------------------
-    async def cached(self, user_id: str, candidate: str, item_key: str, params: str) -> CachedAnswer | None:
-        """The answer this user's evaluations got from ``candidate`` to the question (None: never, or it failed)."""
-        q = select(_ANSWERS).where(and_(
-            _ANSWERS.c.user_id == user_id, _ANSWERS.c.candidate == candidate, _ANSWERS.c.item_key == item_key,
-            _ANSWERS.c.params == params, _ANSWERS.c.text.is_not(None)))
+    async def cached(self, user_id: str, params: str, wanted: Iterable[tuple[str, str]]
+                     ) -> dict[tuple[str, str], CachedAnswer]:
+        """The answers this user's evaluations got, by (candidate, item key), asked with ``params`` (failures left
+        out)."""
+        by_candidate: dict[str, list[str]] = {}
+        for candidate, key in wanted:
+            by_candidate.setdefault(candidate, []).append(key)
+        out: dict[tuple[str, str], CachedAnswer] = {}
         async with self._db.engine.connect() as conn:
-            row = (await conn.execute(q)).mappings().first()
-        if row is None:
-            return None
-        return CachedAnswer(row["text"], row["cost_usd"], row["latency_ms"], list(row["citations"] or []),
+            for candidate, keys in by_candidate.items():
+                for start in range(0, len(keys), _CHUNK):
+                    q = select(_ANSWERS).where(and_(
+                        _ANSWERS.c.user_id == user_id, _ANSWERS.c.candidate == candidate,
+                        _ANSWERS.c.params == params, _ANSWERS.c.item_key.in_(keys[start:start + _CHUNK]),
+                        _ANSWERS.c.text.is_not(None)))
+                    for row in (await conn.execute(q)).mappings().all():
+                        out[(candidate, row["item_key"])] = CachedAnswer(
+                            row["text"], row["cost_usd"], row["latency_ms"], list(row["citations"] or []),
                             row["prompt_tokens"], row["completion_tokens"], row["run_id"])
+        return out
 
-    async def remember(self, user_id: str, candidate: str, item_key: str, params: str, *, text: str | None,
-                       error: str | None, cost_usd: float, latency_ms: float, citations: Sequence[Any] | None,
-                       prompt_tokens: int, completion_tokens: int, run_id: str) -> None:
-        """Keep an answer (or a failure). An answer already kept stays (the first one wins); a failure kept is
-        replaced by an answer."""
-        values = {"user_id": user_id, "candidate": candidate, "item_key": item_key, "params": params, "text": text,
-                  "error": error, "cost_usd": cost_usd, "latency_ms": latency_ms,
-                  "citations": list(citations) if citations else None, "prompt_tokens": prompt_tokens,
-                  "completion_tokens": completion_tokens, "run_id": run_id, "created_at": self._clock.time()}
+    async def keep(self, rows: Sequence[KeptAnswer]) -> None:
+        """Keep answers (and failures) in the cache, in one transaction. An answer already kept stays (the first
+        one wins); a failure kept is replaced by an answer."""
+        if not rows:
+            return
+        now = self._clock.time()
+        values = [{**dataclasses.asdict(r), "citations": list(r.citations) if r.citations else None,
+                   "created_at": now} for r in rows]
+        from sqlalchemy.dialects import postgresql, sqlite
+
         dialect = postgresql if self._db.dialect == "postgresql" else sqlite
-        stmt = dialect.insert(_ANSWERS).values(**values)
-        keys = ("user_id", "candidate", "item_key", "params")
-        if text is None:
-            stmt = stmt.on_conflict_do_nothing(index_elements=list(keys))
-        else:
-            changed = {k: stmt.excluded[k] for k in values if k not in keys}
-            stmt = stmt.on_conflict_do_update(index_elements=list(keys), set_=changed,
-                                              where=_ANSWERS.c.text.is_(None))
+        keys = ["user_id", "candidate", "item_key", "params"]
+        stmt = dialect.insert(_ANSWERS)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=keys, set_={k: stmt.excluded[k] for k in values[0] if k not in keys},
+            where=and_(_ANSWERS.c.text.is_(None), stmt.excluded["text"].is_not(None)))
         async with self._db.engine.begin() as conn:
-            await conn.execute(stmt)
+            await conn.execute(stmt, values)
 
     # -- evaluation runs -------------------------------------------------------------------------
     async def runs(self, user_id: str, *, limit: int = 50, before: float | None = None,
@@ -136,7 +163,3 @@ class EvalStore:
         async with self._db.engine.connect() as conn:
             row = (await conn.execute(select(*cols).where(_RUNS.c.id == run_id))).mappings().first()
         return dict(row) if row is not None and row["kind"] == KIND else None
-
-    async def set_result(self, run_id: str, result: dict[str, Any]) -> None:
-        async with self._db.engine.begin() as conn:
-            await conn.execute(update(_RUNS).where(_RUNS.c.id == run_id).values(result=result))
