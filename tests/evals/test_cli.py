@@ -17,8 +17,11 @@ from typing import Any
 
 import httpx
 import pytest
+from rich.console import Console
 
+from thinktank.cli.eval_progress import EvalProgress
 from thinktank.cli.eval_report import CANDIDATE_FIELDS, PAIR_FIELDS
+from thinktank.cli.run_views import RunEvent
 
 from ..cli.helpers import ADMIN, cli, client_env, ok, table_rows
 from ..fakes.process import Server, clean_env
@@ -213,6 +216,24 @@ def test_an_unknown_candidate_exits_2_with_the_servers_message_and_nothing_spent
     assert api(server, "/api/v1/eval/runs")["data"] == []
     assert api(server, "/api/v1/eval/datasets")["data"] == []  # the upload made for it is taken back
     assert api(server, "/api/v1/usage")["data"] == []  # no model was asked anything
+
+
+def test_the_live_view_on_a_terminal_follows_a_real_runs_events(server: Server, tmp_path: Path) -> None:
+    (tmp_path / "qa.jsonl").write_text("\n".join(LINES) + "\n", encoding="utf-8")
+    r = cli("eval", "answers", "--dataset", str(tmp_path / "qa.jsonl"), "--candidates", "demo/quick,demo/fast",
+            "--judge", "demo/judge", "--format", "json", env=client_env(server))
+    run_id = json.loads(ok(r))["id"]
+    events = api(server, f"/api/v1/runs/{run_id}/events?format=json")["data"]
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=100, color_system=None)
+    with EvalProgress(console, run_id) as view:
+        assert view.live_view
+        for event in events:
+            view.show(RunEvent(event["seq"], event["type"], event["data"]))
+    last = screen.getvalue().split("evaluation ")[-1]  # the view's last drawing
+    assert last.startswith(f"{run_id}  ·  judged by demo/judge") and "3/3 items" in last and "3 verdicts" in last
+    rows = {line.split()[0]: line.split()[1:] for line in last.splitlines() if line.strip().startswith("demo/")}
+    assert rows == {"demo/quick": ["3", "0"], "demo/fast": ["3", "0"]}  # answered, passed: neither knows these
 
 
 def test_ctrl_c_cancels_the_run_on_the_server_and_exits_130(server: Server, tmp_path: Path) -> None:
