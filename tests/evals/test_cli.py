@@ -46,6 +46,7 @@ models:
         - {match: "Response B:\\\\s*`{3,}\\\\s*[^`]*(?:Paris|Rome|= 4)", reply: '{"reason": "right", "winner": "B"}'}
         - {match: "Response A", reply: '{"winner": "tie"}'}
   - {name: pricey, provider: mock, input_price: 100000, output_price: 100000, options: {replies: ["Paris"]}}
+  - {name: "=[red]odd", provider: mock, options: {replies: ["Paris"]}}
 """
 
 LINES = [
@@ -79,7 +80,7 @@ def evaluate(here: Path, *args: str) -> tuple[str, str]:
     r = cli("eval", "answers", "--config", str(here / "c.yaml"), "--dataset", str(here / "qa.jsonl"),
             "--candidates", "good,wrong", "--judge", "judge", *args)
     out = ok(r)
-    assert "qa.jsonl:2: " in r.stderr and "3 items (1 lines skipped)" in r.stderr
+    assert "qa.jsonl:2: " in r.stderr and "3 items (1 line skipped)" in r.stderr
     return out, r.stderr
 
 
@@ -166,6 +167,16 @@ def test_the_table_goes_to_a_file_with_output(here: Path) -> None:
     rows = table_rows((here / "result.txt").read_text(encoding="utf-8"))
     assert [row[:3] for row in rows[:2]] == [["1", "good", "100%"], ["2", "wrong", "0%"]]
     assert rows[2][:4] == ["good", "wrong", "3", "3 / 0 / 0"]
+
+
+def test_names_are_printed_as_they_are_and_a_csv_cell_is_never_a_formula(here: Path) -> None:
+    args = ("eval", "answers", "--config", str(here / "c.yaml"), "--dataset", str(here / "qa.jsonl"),
+            "--candidates", "=[red]odd,good", "-q")
+    r = cli(*args)
+    assert [row[1] for row in table_rows(ok(r))] == ["=[red]odd", "good"]  # not rich markup
+    assert r.stderr.startswith("qa.jsonl:2: ") and "dataset" not in r.stderr  # -q: the refused line only
+    rows = list(csv.reader(io.StringIO(ok(cli(*args, "--format", "csv")))))
+    assert [row[0] for row in rows[1:]] == ["'=[red]odd", "good"]
 
 
 def test_a_budget_reached_ends_with_status_1_and_says_so(here: Path) -> None:

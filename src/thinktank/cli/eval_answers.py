@@ -75,16 +75,23 @@ def _read_checks(path: Path) -> list[Any]:
     return data
 
 
-def _upload(client: Client, name: str, text: str, err: Console) -> str:
-    """``POST /api/v1/eval/datasets``; the refused lines and the warnings on stderr; the dataset's id."""
+def _plural(n: Any, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
+def _upload(client: Client, name: str, text: str, err: Console, quiet: bool) -> str:
+    """``POST /api/v1/eval/datasets``; the refused lines and the warnings on stderr (and, unless ``quiet``, what
+    was stored); the dataset's id."""
     stored = client.call("POST", "/api/v1/eval/datasets", json={"name": name, "filename": name, "content": text})
     for e in stored.get("errors") or []:
         err.print(f"{name}:{e.get('line')}: {e.get('message')}", highlight=False, markup=False, style="yellow")
     for w in stored.get("warnings") or []:
         err.print(f"{name}: warning: {w}", highlight=False, markup=False, style="yellow")
     skipped = len(stored.get("errors") or [])
-    err.print(f"dataset {stored['id']}: {stored.get('items')} items"
-              + (f" ({skipped} lines skipped)" if skipped else ""), highlight=False, markup=False, style="dim")
+    if not quiet:
+        err.print(f"dataset {stored['id']}: {_plural(stored.get('items'), 'item')}"
+                  + (f" ({_plural(skipped, 'line')} skipped)" if skipped else ""), highlight=False, markup=False,
+                  style="dim")
     return str(stored["id"])
 
 
@@ -230,7 +237,7 @@ def eval_answers_command(
     try:
         with connect(Target(url, api_key, local, config, demo)) as client:
             if upload is not None:
-                body["dataset_id"] = _upload(client, *upload, err)
+                body["dataset_id"] = _upload(client, *upload, err, quiet)
             try:
                 record, error = _evaluate(client, body, err, quiet)
             except ApiError as exc:

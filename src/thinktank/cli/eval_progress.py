@@ -142,5 +142,5 @@ class EvalProgress:
         for header in ("candidate", "answered", "failed", "passed"):
             table.add_column(header, justify="left" if header == "candidate" else "right")
         for name, t in self.tally.items():
-            table.add_row(name, str(t.answered), str(t.failed) if t.failed else "", str(t.passed))
+            table.add_row(Text(name), str(t.answered), str(t.failed) if t.failed else "", str(t.passed))
         return Group(head, bar, table)

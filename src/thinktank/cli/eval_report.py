@@ -114,6 +114,7 @@ _CANDIDATE_HEADERS: list[tuple[str, JustifyMethod]] = [
 def _table(title: str, headers: list[tuple[str, JustifyMethod]], rows: list[list[str]]) -> Table:
     """A rich table of ``rows`` under ``headers``."""
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, title_justify="left")
     for header, justify in headers:
@@ -122,7 +123,7 @@ def _table(title: str, headers: list[tuple[str, JustifyMethod]], rows: list[list
         wide = wide.replace(" per ", "\nper ")
         table.add_column(wide, justify=justify)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))  # text, never rich markup (a model named "[b]x")
     return table
 
 
@@ -167,7 +168,8 @@ def print_tables(record: dict[str, Any], console: Console) -> None:
     """The summary table, the pairs table (with two or more candidates judged), and the footer lines."""
     summary: dict[str, Any] = (record.get("result") or {}).get("summary") or {}
     ranked = sorted(summary.get("per_candidate") or [], key=lambda c: (c.get("rank") is None, c.get("rank") or 0))
-    console.print(_table(f"Evaluation of {summary.get('items', 0)} items", _CANDIDATE_HEADERS,
+    n = summary.get("items", 0)
+    console.print(_table(f"Evaluation of {n} item{'' if n == 1 else 's'}", _CANDIDATE_HEADERS,
                          [candidate_cells(c) for c in ranked]))
     pairs = summary.get("pairs") or []
     if pairs:
@@ -177,10 +179,19 @@ def print_tables(record: dict[str, Any], console: Console) -> None:
 
 
 # -- files -----------------------------------------------------------------------------------------------------
+def _cell(value: Any) -> Any:
+    """A CSV cell; a text a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``) gets a leading quote."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def _csv_block(fields: Sequence[str], rows: list[dict[str, Any]], out: io.StringIO) -> None:
     writer = csv.DictWriter(out, fieldnames=list(fields), lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+    writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
 
 
 def to_csv(result: dict[str, Any]) -> str:
