@@ -26,6 +26,8 @@ async def test_the_answer_cache_keeps_the_first_answer_and_serves_no_failure(db:
     assert (hit.cost_usd, hit.latency_ms, hit.citations, hit.prompt_tokens, hit.completion_tokens, hit.run_id) == (
         0.02, 12.5, [{"n": 1}], 3, 4, "run_a")
     await store.keep([_kept(None, error="down again")])  # a failure never replaces an answer
+    await store.keep([_kept(None, key="k3", error="x"), _kept("first", key="k3"), _kept("second", key="k3")])
+    assert (await store.cached(SYSTEM_USER_ID, "p", {("quick", "k3")}))[("quick", "k3")].text == "first"
     assert (await store.cached(SYSTEM_USER_ID, "p", {("quick", "k1")}))[("quick", "k1")].text == "Paris, France."
     assert await store.cached(SYSTEM_USER_ID, "other-params", {("quick", "k1")}) == {}
     many = {("quick", f"x{i}") for i in range(1200)}  # more keys than one query takes

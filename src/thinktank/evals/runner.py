@@ -34,9 +34,9 @@ from ..accounts.budgets import BudgetExceededError
 from ..deliberation.runs import LiveRun
 from ..errors import ThinktankError
 from ..types import Message
-from .checks import AnswerRecord, Check, CheckList, run_checks
+from .checks import AnswerRecord, Check, CheckList, CheckResult, run_checks
 from .dataset import EvalItem
-from .pairwise import judge_pair
+from .pairwise import PairVerdict, judge_pair
 from .plan import EvalPlan, ItemResult, params_key
 from .stats import summarize
 from .store import CachedAnswer, EvalStore, KeptAnswer
@@ -95,7 +95,6 @@ class EvalRunner:
         self._json: dict[str, dict[str, Any]] = {}
         """Each finished item's result as JSON, by item id."""
         self._refused: BudgetExceededError | None = None
-        self._asked: set[tuple[str, str]] = set()
         self._stale = False
         self._cache: Mapping[tuple[str, str], CachedAnswer] = {}
         self._unkept: list[KeptAnswer] = []
@@ -181,7 +180,7 @@ class EvalRunner:
                 record = AnswerRecord(hit.text, None, hit.cost_usd, hit.latency_ms, hit.citations,
                                       hit.prompt_tokens, hit.completion_tokens)
                 # This run's own answer, asked before it was taken up again, was paid by this run.
-                cached = hit.run_id != self.run.id or (candidate, key) in self._asked
+                cached = hit.run_id != self.run.id
         if record is None:
             record, cached = await self._ask_candidate(item, candidate, key), False
         self.run.emit("eval_answer", item=item.id, candidate=candidate, ok=record.text is not None,
@@ -190,7 +189,6 @@ class EvalRunner:
 
     async def _ask_candidate(self, item: EvalItem, candidate: str, key: str) -> AnswerRecord:
         plan = self.plan
-        self._asked.add((candidate, key))
         try:
             async with self._calls:
                 reply = await self.run.call("answer", "candidate", candidate, list(item.messages),
@@ -230,12 +228,13 @@ class EvalRunner:
         return key
 
     async def _check(self, checks: list[Check], item: EvalItem, answer: AnswerRecord,
-                     default_judge: str | None) -> list[Any]:
+                     default_judge: str | None) -> list[CheckResult]:
         results = await run_checks(checks, item, answer, self._env, default_judge=default_judge)
         self._raise_refusal()
         return list(results)
 
-    async def _judge(self, item: EvalItem, judge: str, a: str, b: str, answers: Mapping[str, AnswerRecord]) -> Any:
+    async def _judge(self, item: EvalItem, judge: str, a: str, b: str, answers: Mapping[str, AnswerRecord]
+                     ) -> PairVerdict:
         verdict = await judge_pair(self._ask_judge, judge, item, a, answers[a].text, b, answers[b].text)
         self._raise_refusal()
         return verdict

@@ -119,11 +119,16 @@ class EvalStore:
     async def keep(self, rows: Sequence[KeptAnswer]) -> None:
         """Keep answers (and failures) in the cache, in one transaction. An answer already kept stays (the first
         one wins); a failure kept is replaced by an answer."""
-        if not rows:
+        unique: dict[tuple[str, str, str, str], KeptAnswer] = {}
+        for r in rows:  # one row per key in a statement (an answer before a failure)
+            key = (r.user_id, r.candidate, r.item_key, r.params)
+            if key not in unique or (unique[key].text is None and r.text is not None):
+                unique[key] = r
+        if not unique:
             return
         now = self._clock.time()
         values = [{**dataclasses.asdict(r), "citations": list(r.citations) if r.citations else None,
-                   "created_at": now} for r in rows]
+                   "created_at": now} for r in unique.values()]
         from sqlalchemy.dialects import postgresql, sqlite
 
         dialect = postgresql if self._db.dialect == "postgresql" else sqlite
