@@ -208,3 +208,33 @@ async def test_unknown_ids_and_formats_are_4xx(api: EvalEnv) -> None:
     assert (await api.get("/api/v1/eval/runs", limit=10**30)).status_code == 422
     ensemble_like = (await api.get("/api/v1/runs", kind="evaluation")).json()["data"]
     assert [r["id"] for r in ensemble_like] == [record["id"]]
+
+
+@pytest.mark.parametrize("raw_id", ["%ED%A0%80", "%FF%FE", "x" * 300, "%00"])
+async def test_odd_ids_in_paths_are_4xx(api: EvalEnv, raw_id: str) -> None:
+    for method, path in (("GET", f"/api/v1/eval/datasets/{raw_id}"), ("DELETE", f"/api/v1/eval/datasets/{raw_id}"),
+                         ("GET", f"/api/v1/eval/runs/{raw_id}"), ("GET", f"/api/v1/eval/runs/{raw_id}/export"),
+                         ("POST", f"/api/v1/eval/runs/{raw_id}/cancel")):
+        r = await api.http.request(method, api.url + path, headers=AUTH)
+        assert 400 <= r.status_code < 500, (method, path, r.status_code, r.text)
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/api/v1/eval/datasets", {"name": "nul\u0000", "items": ITEMS}),
+    ("/api/v1/eval/runs", {"name": "nul\u0000", "items": ITEMS, "candidates": ["quick"]}),
+    ("/api/v1/eval/runs", {"tags": ["nul\u0000"], "items": ITEMS, "candidates": ["quick"]}),
+    ("/api/v1/eval/runs", {"dataset_id": "eds_\u0000", "candidates": ["quick"]}),
+    ("/api/v1/eval/runs", {"items": ITEMS, "candidates": ["quick\u0000"]}),
+])
+async def test_a_nul_character_in_a_name_is_4xx(api: EvalEnv, path: str, body: dict[str, Any]) -> None:
+    r = await api.post(path, body)
+    assert 400 <= r.status_code < 500, r.text
+    assert await api.rows("runs") == 0 and await api.rows("eval_datasets") == 0
+
+
+async def test_a_nul_character_in_a_question_is_stored_and_asked(api: EvalEnv) -> None:
+    items = [{"id": "nul", "question": "What is the capital of France?\u0000", "reference": "Paris\u0000"}]
+    dataset = await api.dataset(items)
+    record = await api.evaluate({"dataset_id": dataset, "candidates": ["quick"]})
+    assert record["status"] == "completed", record["error"]
+    assert record["result"]["items"][0]["question"] == "What is the capital of France?\u0000"

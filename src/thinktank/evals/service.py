@@ -9,11 +9,12 @@ runner (:class:`.runner.EvalRunner`), which it also makes for a run taken up aga
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from ..accounts.principal import Principal
 from ..bounds import MAX_USD, OutputTokens
@@ -36,8 +37,17 @@ if TYPE_CHECKING:
 
 __all__ = ["DatasetIn", "EvalRequest", "Evaluations"]
 
-_Name = Annotated[str, Field(min_length=1, max_length=256)]
-_Tag = Annotated[str, Field(min_length=1, max_length=64)]
+def _printable(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("control characters (a NUL, a line break) are not allowed here")
+    return value
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_Printable = AfterValidator(_printable)
+_Name = Annotated[str, Field(min_length=1, max_length=256), _Printable]
+_Tag = Annotated[str, Field(min_length=1, max_length=64), _Printable]
+_Title = Annotated[str, Field(min_length=1, max_length=200), _Printable]
 MAX_TEXT = 16 * 1024 * 1024
 """The most characters of a dataset sent as text (the parser allows 10 MB of UTF-8 and says so)."""
 MAX_ITEMS = 10_000
@@ -49,7 +59,7 @@ class DatasetIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    name: str = Field(min_length=1, max_length=200)
+    name: _Title
     items: list[Any] | None = Field(default=None, max_length=MAX_ITEMS)
     content: str | None = Field(default=None, max_length=MAX_TEXT, description="A JSONL or CSV file's text.")
     format: Literal["jsonl", "csv"] | None = Field(default=None, description="Of content (default: guessed).")
@@ -61,7 +71,7 @@ class EvalRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: _Title | None = None
     dataset_id: str | None = Field(default=None, min_length=1, max_length=64)
     items: list[Any] | None = Field(default=None, max_length=MAX_ITEMS, description="Items instead of a dataset.")
     candidates: list[_Name] = Field(default_factory=list, max_length=MAX_CANDIDATES)
@@ -89,6 +99,18 @@ def stored_items(objects: Sequence[Any]) -> list[EvalItem]:
         first = parsed.errors[0]
         raise ConflictError(f"A stored item no longer reads as one (item {first.line}: {first.message}).")
     return parsed.items
+
+
+_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+
+
+def _no_such(what: str, value: str, param: str | None = None) -> NotFoundError:
+    return NotFoundError(f"There is no {what} '{value[:64]}'.", param=param)
+
+
+def _plausible(value: str) -> bool:
+    """Whether ``value`` can be an id at all (one that cannot is not looked up: a NUL byte, a lone surrogate)."""
+    return _ID.fullmatch(value) is not None
 
 
 def _errors(parsed: ParsedDataset) -> list[dict[str, Any]]:
@@ -138,17 +160,17 @@ class Evaluations:
                  "created_at": r["created_at"]} for r in rows]
 
     async def dataset(self, principal: Principal, dataset_id: str) -> dict[str, Any]:
-        row = await self.store.dataset(principal.user_id, dataset_id)
+        row = await self.store.dataset(principal.user_id, dataset_id) if _plausible(dataset_id) else None
         if row is None:
-            raise NotFoundError(f"There is no dataset '{dataset_id}'.")
+            raise _no_such("dataset", dataset_id)
         return {"id": row["id"], "name": row["name"], "items": row["item_count"], "tags": row["tags"],
                 "errors": row["errors"], "warnings": row["warnings"], "created_at": row["created_at"],
                 "data": row["items"]}
 
     async def delete_dataset(self, principal: Principal, dataset_id: str) -> None:
         """(The evaluations made of it keep their own copy of its items.)"""
-        if not await self.store.delete_dataset(principal.user_id, dataset_id):
-            raise NotFoundError(f"There is no dataset '{dataset_id}'.")
+        if not _plausible(dataset_id) or not await self.store.delete_dataset(principal.user_id, dataset_id):
+            raise _no_such("dataset", dataset_id)
 
     # -- starting --------------------------------------------------------------------------------
     async def start(self, principal: Principal, body: EvalRequest, ip: str | None) -> LiveRun:
@@ -221,9 +243,9 @@ class Evaluations:
         return plan, items, errors, name
 
     async def _previous(self, principal: Principal, run_id: str) -> dict[str, Any]:
-        row = await self.store.run(run_id)
+        row = await self.store.run(run_id) if _plausible(run_id) else None
         if row is None or row["user_id"] != principal.user_id:
-            raise NotFoundError(f"There is no evaluation '{run_id}'.", param="rejudge_of")
+            raise _no_such("evaluation", run_id, "rejudge_of")
         if row["status"] == "running" or not row["result"]:
             raise ConflictError(f"The evaluation '{run_id}' has no answers to reuse yet ({row['status']}).")
         return row
@@ -233,9 +255,10 @@ class Evaluations:
         if body.dataset_id is not None and body.items is not None:
             raise InvalidRequestError("Send 'dataset_id' or 'items', not both.", param="items")
         if body.dataset_id is not None:
-            row = await self.store.dataset(principal.user_id, body.dataset_id)
+            found = _plausible(body.dataset_id)
+            row = await self.store.dataset(principal.user_id, body.dataset_id) if found else None
             if row is None:
-                raise NotFoundError(f"There is no dataset '{body.dataset_id}'.", param="dataset_id")
+                raise _no_such("dataset", body.dataset_id, "dataset_id")
             return stored_items(row["items"]), [], str(row["name"])
         if body.items is not None:
             parsed = items_from_json(body.items)
@@ -311,9 +334,11 @@ class Evaluations:
     # -- reading, cancelling ---------------------------------------------------------------------
     async def get(self, principal: Principal, run_id: str) -> dict[str, Any]:
         """The evaluation's run record (its result: the summary and the items; partial while it runs)."""
+        if not _plausible(run_id):
+            raise _no_such("evaluation", run_id)
         record = await self.runs.get(run_id, principal)
         if record["kind"] != KIND:
-            raise NotFoundError(f"There is no evaluation '{run_id}'.")
+            raise _no_such("evaluation", run_id)
         return record
 
     async def evaluations(self, principal: Principal, *, limit: int, before: float | None,
@@ -326,9 +351,9 @@ class Evaluations:
         return rows
 
     async def cancel(self, principal: Principal, run_id: str) -> str:
-        row = await self.store.run(run_id)
+        row = await self.store.run(run_id) if _plausible(run_id) else None
         if row is None or (row["user_id"] != principal.user_id and not principal.is_admin):
-            raise NotFoundError(f"There is no evaluation '{run_id}'.")
+            raise _no_such("evaluation", run_id)
         return await self.runs.cancel(run_id, principal)
 
 
