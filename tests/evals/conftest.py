@@ -67,6 +67,13 @@ class EvalEnv:
     url: str
     app: ThinktankApp
     http: httpx.AsyncClient
+    served: Any = None
+    """The server's context (``stop`` leaves it)."""
+
+    async def stop(self) -> None:
+        """Stop the server as a deployment does (its runs are left to be taken up)."""
+        await self.http.aclose()
+        await self.served.__aexit__(None, None, None)
 
     async def post(self, path: str, body: Any, headers: dict[str, str] = AUTH) -> httpx.Response:
         return await self.http.post(self.url + path, json=body, headers=headers)
@@ -126,17 +133,14 @@ async def start_env(tmp_path: Path, db_url: str) -> AsyncIterator[Start]:
                          local_embedder=local_embedder)
         cm = serving(app)
         url = await cm.__aenter__()
-        stack.append(cm)
-        http = httpx.AsyncClient(timeout=60)
-        stack.append(http)
-        return EvalEnv(url, app, http)
+        env = EvalEnv(url, app, httpx.AsyncClient(timeout=60), cm)
+        stack.append(env)
+        return env
 
     yield start
-    for item in reversed(stack):
-        if isinstance(item, httpx.AsyncClient):
-            await item.aclose()
-        else:
-            await item.__aexit__(None, None, None)
+    for env in reversed(stack):
+        if not env.http.is_closed:
+            await env.stop()
 
 
 @pytest.fixture

@@ -45,13 +45,13 @@ async def test_events_stream_and_resume_after_the_last_event_id(api: EvalEnv) ->
     assert [(e["id"], e["event"]) for e in rest] == [(e["id"], e["event"]) for e in events[5:]]
 
 
-def _upstream(hang: str) -> FakeUpstream:
-    """Answers every question at once, except those containing ``hang``: never answered."""
+def _upstream(hang: str, holding: list[bool] | None = None) -> FakeUpstream:
+    """Answers every question at once, except those containing ``hang``: never answered (while ``holding[0]``)."""
 
     def handler(rec: Recorded) -> Reply:
         body = rec.json if isinstance(rec.json, dict) else {}
         prompt = "\n".join(str(m.get("content")) for m in body.get("messages") or [])
-        if hang in prompt:
+        if hang in prompt and (holding is None or holding[0]):
             return Reply(hang=True)
         return Reply(json=completion(f"{body.get('model')} says: it depends.", model=str(body.get("model")),
                                      prompt_tokens=10, completion_tokens=5))
@@ -178,3 +178,41 @@ async def test_rejudging_an_evaluation_reuses_its_answers(api: EvalEnv) -> None:
     third = await api.evaluate({"rejudge_of": first["id"], "candidates": ["quick", "first-judge"]})
     assert len(api.asked("quick")) == asked[0]
     assert not any(i["answers"]["first-judge"]["cached"] for i in third["result"]["items"])
+
+
+async def test_an_evaluation_stopped_with_its_server_goes_on_in_the_next(start_env: Start) -> None:
+    holding = [True]
+    fake = _upstream("Question 3", holding)
+    await fake.start()
+    try:
+        first: EvalEnv = await start_env(_remote(fake.url, "alpha", "beta"))
+        items = [{"id": f"q{i}", "question": f"Question {i}?"} for i in range(6)]
+        r = await first.post("/api/v1/eval/runs", {"items": items, "candidates": ["alpha", "beta"],
+                                                   "concurrency": 1, "max_cost_usd": 10})
+        run_id = r.json()["id"]
+        await _until("the fourth question asked", lambda: len(fake.requests) == 7)
+        await first.stop()  # a deployment: the run is left to be taken up, not cancelled
+        holding[0] = False
+        second: EvalEnv = await start_env(_remote(fake.url, "alpha", "beta"))
+        record: dict[str, Any] = {}
+
+        async def ended() -> bool:
+            record.update((await second.get(f"/api/v1/eval/runs/{run_id}")).json())
+            return bool(record["status"] != "running")
+
+        async with asyncio.timeout(30):
+            while not await ended():
+                await asyncio.sleep(0.05)
+        assert record["status"] == "completed", record["error"]
+        assert [i["id"] for i in record["result"]["items"]] == [f"q{i}" for i in range(6)]
+        asked = [str(rec.json["messages"][-1]["content"]) + " " + str(rec.json["model"]) for rec in fake.requests
+                 if isinstance(rec.json, dict)]
+        # Only the question under way when the server stopped was asked twice (its first answer never came).
+        assert sorted(asked) == sorted([f"Question {i}? {m}" for i in range(6) for m in ("alpha", "beta")]
+                                       + ["Question 3? alpha"])
+        assert record["cost_usd"] == pytest.approx(sum(c["cost_usd"] for c in record["calls"]))
+        events = (await second.get(f"/api/v1/runs/{run_id}/events", format="json")).json()["data"]
+        assert [e["type"] for e in events].count("resumed") == 1
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    finally:
+        await fake.close()

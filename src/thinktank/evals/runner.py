@@ -126,7 +126,8 @@ class EvalRunner:
             await asyncio.shield(self._keep_answers())
             run.partial = await self._result(PARTIAL_ROUNDS)
             raise
-        await self._stop_summarizer()
+        finally:
+            await self._stop_summarizer()
         await self._keep_answers()
         return await self._result(FINAL_ROUNDS)
 
