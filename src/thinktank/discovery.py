@@ -9,6 +9,7 @@ from typing import Any
 
 from .agents.config import AgentConfig, ToolRef
 from .config import DebateConfig, DeploymentConfig, EnsembleConfig, GatewayConfig, GroupConfig, KnowledgeConfig
+from .demo_evals import GRADER_RULES, JUDGE_RULES, PANEL_ANSWERS, QUICK_ANSWERS, QUICK_DEFAULT
 
 __all__ = ["NO_MODELS_HELP", "demo_config", "discover", "merge"]
 
@@ -83,11 +84,19 @@ def demo_config() -> GatewayConfig:
         mock("demo/librarian", "answers kb/<name> questions by quoting the best passage", rules=_LIBRARIAN),
         mock("demo/researcher", "an agent's brain: searches your documents, fetches a URL you name, then answers",
              rules=_RESEARCHER),
+        # The evaluation demo (thinktank eval answers --demo): see demo_evals.py.
+        mock("demo/quick", "answers the sample evaluation's questions at once, mostly right", latency=0.05,
+             rules=QUICK_ANSWERS, replies=[QUICK_DEFAULT]),
+        mock("demo/judge", "a pairwise judge preferring the answer that states the reference's key fact (else the "
+                           "first shown); grades rubrics too", rules=JUDGE_RULES,
+             replies=['{"reason": "MOCK demo/judge: not a judging prompt.", "winner": "tie"}']),
+        mock("demo/grader", "grades rubric checks PASS or FAIL by the reference's key fact", rules=GRADER_RULES,
+             replies=["MOCK demo/grader: not a grading prompt.\nFAIL"]),
     ]
     groups = [GroupConfig(name="demo/auto", models=["demo/flaky"], fallbacks=["demo/fast"])]
     panel = [
         mock(f"demo/{name}", f"a scripted panelist ({view})", latency=latency, chunk_delay=0.01,
-             replies=[answer], rules=_DEMO_RULES)
+             replies=[answer], rules=[*_DEMO_RULES, *PANEL_ANSWERS, _SYNTHESIS])
         for name, view, latency, answer in _DEMO_PANEL
     ]
     ensembles = [EnsembleConfig(
@@ -150,13 +159,12 @@ _RESEARCHER: list[dict[str, Any]] = [
 ]
 
 
-# The demo panel's scripted replies: what each step of an ensemble or a debate asks for.
+# The demo panel's scripted replies: what each step of an ensemble or a debate asks for. The panel also answers the
+# sample evaluation's questions (demo_evals.PANEL_ANSWERS, before the chairman's synthesis rule, so that the council's
+# synthesis of such a question is the panel's answer, and after the debate's steps, which quote the question).
 _DEMO_RULES: list[dict[str, Any]] = [
     {"match": r"FINAL RANKING:", "reply": "Response A is more complete and concrete; Response B is thinner.\n\n"
                                           "FINAL RANKING:\n1. Response A\n2. Response B"},
-    {"match": r"Several anonymous experts answered", "reply":
-        "Start with a managed PostgreSQL database and one well-tested service; add a cache only where "
-        "measurements show it pays. This keeps operations simple while leaving room to scale."},
     {"match": r"Classify this question", "reply":
         '{"domains": ["software architecture", "operations"], "kind": "decision", "needs": ["trade-offs"]}'},
     {"match": r"How much do they agree", "replies": ['{"agreement": 0.55}', '{"agreement": 0.9}']},
@@ -172,6 +180,9 @@ _DEMO_RULES: list[dict[str, Any]] = [
         "# Tasks\n1. Set up the database. **Owner role**: engineer. **Depends on**: none. "
         "**Acceptance criteria**: migrations run."},
 ]
+_SYNTHESIS: dict[str, Any] = {"match": r"Several anonymous experts answered", "reply":
+    "Start with a managed PostgreSQL database and one well-tested service; add a cache only where "
+    "measurements show it pays. This keeps operations simple while leaving room to scale."}
 _DEMO_PANEL = [
     ("alpha", "pragmatic", 0.2, "Use PostgreSQL and a single service first; it is simple to run and to change."),
     ("beta", "cautious", 0.35, "Begin with SQLite for the prototype, then move to PostgreSQL when traffic grows."),

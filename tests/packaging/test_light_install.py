@@ -44,3 +44,9 @@ def test_the_wheel_depends_on_no_heavy_package(wheel: Path) -> None:
     names = {r.split(";")[0].split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip().lower() for r in base}
     assert "onnxruntime" in names and "tokenizers" in names
     assert not names & set(HEAVY), names & set(HEAVY)
+
+
+def test_the_wheel_carries_the_sample_evaluation_dataset(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        sample = archive.read("thinktank/evals/samples/qa.jsonl").decode("utf-8")
+    assert len(sample.splitlines()) >= 30  # what `thinktank eval answers --demo` evaluates

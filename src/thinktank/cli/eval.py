@@ -1,4 +1,5 @@
-"""``thinktank eval retrieval``: retrieval quality on a BEIR-format set."""
+"""``thinktank eval``: answer quality (``eval answers``, in :mod:`.eval_answers`) and retrieval quality
+(``eval retrieval``, on a BEIR-format set)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,16 @@ import typer
 from ..config import Settings
 from ..errors import ThinktankError
 from .common import fail
+from .eval_answers import eval_answers_command
 
 if TYPE_CHECKING:
     from ..knowledge.ingest import Progress
 
 __all__ = ["eval_app", "progress_bar"]
 
-eval_app = typer.Typer(help="Evaluations (retrieval quality).", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluations: compare answers on your own questions, measure retrieval quality.",
+                       no_args_is_help=True)
+eval_app.command("answers")(eval_answers_command)
 
 
 @contextmanager
