@@ -141,11 +141,13 @@ def _write(record: dict[str, Any], fmt: OutputFormat, output: Path | None) -> No
 
     result: dict[str, Any] = record.get("result") or {}
     if fmt is OutputFormat.table:
-        if output is None:
-            eval_report.print_tables(record, console())
-            return
         from rich.console import Console
 
+        if output is None:
+            out = console()
+            # Piped or redirected: as wide as a file gets, not rich's 80 columns (names would be cut).
+            eval_report.print_tables(record, out if out.is_terminal else Console(width=160, highlight=False))
+            return
         with output.open("w", encoding="utf-8") as f:
             eval_report.print_tables(record, Console(file=f, width=160, no_color=True, highlight=False))
     else:
