@@ -137,3 +137,31 @@ async def test_an_unencodable_string_escaping_a_route_is_a_400(env: Env) -> None
         err = _error(r.status_code, r.json())
         assert r.status_code == 400 and err["code"] == "invalid_unicode" and "Unicode" in err["message"], r.text
     assert await env.stored() == before
+
+
+async def test_a_nul_character_is_refused_on_every_route_that_stores_text(env: Env) -> None:
+    """``\\u0000`` is valid JSON, but PostgreSQL cannot store it in text: every ``/api`` route refuses it with a 400
+    naming it (on SQLite too, so that the two behave alike), and nothing is written. The OpenAI endpoint, which
+    stores no text of the request, passes it on."""
+    alice, ids = await _alice_with_one_of_everything(env)
+    before, upstream_calls = await env.stored(), len(env.upstream.requests)
+    for method, path, template in ROUTES:
+        if not path.startswith("/api/"):
+            continue
+        headers = {**(AUTH if path in ADMIN_ONLY else alice), "content-type": "application/json"}
+        body = template.encode().replace(b"@@", b'"a\\u0000b"')
+        r = await env.http.request(method, env.url + path.format(**ids), headers=headers, content=body)
+        if path.endswith("/documents"):  # each document's own result: a NUL is binary data (415), not text
+            assert r.status_code == 415 and r.json()["data"][0]["status"] == "failed", r.text
+            continue
+        err = _error(r.status_code, r.json())
+        assert r.status_code == 400 and "NUL" in err["message"], (method, path, r.text)
+    assert await env.stored() == before
+    assert len(env.upstream.requests) == upstream_calls
+    # An escaped backslash before "u0000" is not a NUL: it is stored as written.
+    r = await env.http.post(env.url + "/api/v1/personas", headers=alice,
+                            json={"name": "slash", "system_prompt": "a\\u0000b"})
+    assert r.status_code == 201, r.text
+    chat = await env.http.post(env.url + "/v1/chat/completions", headers=alice,
+                               json={"model": "gpt", "messages": [{"role": "user", "content": "a\u0000b"}]})
+    assert chat.status_code == 200, chat.text

@@ -5,7 +5,8 @@ response can hold:
 - a lone surrogate, as an escape (``"\\ud800"``) or as the bytes of one (``ED A0 80``): a ``str`` that
   cannot be encoded, so the first write of it failed (a 500);
 - ``NaN``, ``Infinity`` and numbers too large for a double (``1e400``): floats no JSON answer can carry;
-- bytes that are not UTF-8.
+- bytes that are not UTF-8;
+- a NUL character (``"\u0000"``), which PostgreSQL cannot store in text: a 400 naming it.
 
 Each is refused as the body is parsed: a 422 saying where the body is not valid JSON, before any
 route code runs. A ``UnicodeEncodeError`` that escapes a route all the same is answered by
@@ -18,7 +19,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
-from fastapi import Request, Response
+from fastapi import HTTPException, Request, Response
 from fastapi.routing import APIRoute
 
 from ..errors import InvalidRequestError
@@ -30,8 +31,30 @@ class StrictJSONRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             # orjson.JSONDecodeError is a json.JSONDecodeError: FastAPI answers it as invalid JSON.
-            self._json = orjson.loads(await self.body())
+            body = await self.body()
+            parsed = orjson.loads(body)
+            if b"u0000" in body and _holds_nul(parsed):
+                # (An HTTPException: FastAPI passes it on as it is while it reads the body.)
+                raise HTTPException(400, "The request holds a NUL character (\\u0000), which cannot be stored; "
+                                         "remove it.")
+            self._json = parsed
         return self._json
+
+
+def _holds_nul(value: Any) -> bool:
+    """Whether a NUL character is in any string (or key) of parsed JSON."""
+    todo = [value]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, str):
+            if "\x00" in v:
+                return True
+        elif isinstance(v, dict):
+            todo.extend(v.keys())
+            todo.extend(v.values())
+        elif isinstance(v, list):
+            todo.extend(v)
+    return False
 
 
 class StrictJSONRoute(APIRoute):
