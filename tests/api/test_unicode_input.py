@@ -165,3 +165,24 @@ async def test_a_nul_character_is_refused_on_every_route_that_stores_text(env: E
     chat = await env.http.post(env.url + "/v1/chat/completions", headers=alice,
                                json={"model": "gpt", "messages": [{"role": "user", "content": "a\u0000b"}]})
     assert chat.status_code == 200, chat.text
+
+
+async def test_a_nul_character_escaping_a_route_is_a_400_on_postgresql(env: Env) -> None:
+    """The safety net for a NUL that reaches PostgreSQL by a way the JSON guard does not see (a web form, say): the
+    database's refusal is the client's 400, not a 500, and nothing is written. SQLite stores it."""
+    db = env.app.state.db
+
+    async def write_team(request: Request) -> JSONResponse:
+        async with db.session() as s:
+            s.add(Team(id="team_nul", name=(await request.body()).decode(), budget_period="month", created_at=1.0))
+        return JSONResponse({}, 201)
+
+    env.app.fastapi.add_api_route("/api/v1/test-only/nul-teams", write_team, methods=["POST"])
+    before = await env.stored()
+    r = await env.http.post(env.url + "/api/v1/test-only/nul-teams", headers=AUTH, content=b"a\x00b")
+    if db.dialect == "postgresql":
+        err = _error(r.status_code, r.json())
+        assert r.status_code == 400 and err["code"] == "invalid_text" and "NUL" in err["message"], r.text
+        assert await env.stored() == before
+    else:
+        assert r.status_code == 201, r.text

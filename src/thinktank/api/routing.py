@@ -67,9 +67,14 @@ class StrictJSONRoute(APIRoute):
         return strict
 
 
+#: PostgreSQL's errors for text it cannot hold: 22021 (a NUL byte in text), 22P05 (``\u0000`` in JSONB).
+_UNSTORABLE = frozenset({"22021", "22P05"})
+
+
 def unencodable_text(exc: BaseException) -> InvalidRequestError | None:
     """The client's error when ``exc`` comes of text that cannot be encoded as UTF-8 (a lone surrogate),
-    directly (SQLite, password hashing) or as the cause of a driver's error (asyncpg); else None."""
+    directly (SQLite, password hashing) or as the cause of a driver's error (asyncpg), or that PostgreSQL cannot
+    store (a NUL character); else None."""
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
     while todo:
@@ -81,6 +86,9 @@ def unencodable_text(exc: BaseException) -> InvalidRequestError | None:
             return InvalidRequestError(
                 "The request holds text that is not valid Unicode (a lone surrogate such as \\ud800); "
                 "send UTF-8 text.", code="invalid_unicode")
+        if getattr(e, "sqlstate", None) in _UNSTORABLE:  # PostgreSQL: a NUL character in text or JSON
+            return InvalidRequestError("The request holds a character the database cannot store (a NUL, \\u0000); "
+                                       "remove it.", code="invalid_text")
         orig = getattr(e, "orig", None)
         todo += [e.__cause__, e.__context__, orig if isinstance(orig, BaseException) else None]
     return None
