@@ -5,6 +5,7 @@ Unicode (4xx, never 500)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -233,8 +234,14 @@ async def test_a_nul_character_in_a_name_is_4xx(api: EvalEnv, path: str, body: d
 
 
 async def test_a_nul_character_in_a_question_is_stored_and_asked(api: EvalEnv) -> None:
+    """In a JSON body a NUL is refused, as on every /api route (400 naming it); in a dataset file's text, an item's
+    ``\\u0000`` escape is the dataset's own: stored and asked."""
     items = [{"id": "nul", "question": "What is the capital of France?\u0000", "reference": "Paris\u0000"}]
-    dataset = await api.dataset(items)
+    refused = await api.post("/api/v1/eval/datasets", {"name": "qa", "items": items})
+    assert refused.status_code == 400 and "NUL" in refused.json()["error"]["message"], refused.text
+    r = await api.post("/api/v1/eval/datasets", {"name": "qa", "format": "jsonl", "content": json.dumps(items[0])})
+    assert r.status_code == 201, r.text
+    dataset = r.json()["id"]
     record = await api.evaluate({"dataset_id": dataset, "candidates": ["quick"]})
     assert record["status"] == "completed", record["error"]
     assert record["result"]["items"][0]["question"] == "What is the capital of France?\u0000"

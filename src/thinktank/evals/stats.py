@@ -335,15 +335,15 @@ def _agreement(judges: Sequence[str], verdicts: Sequence[PairVerdict]) -> dict[s
 
 
 def disagreement(checks_by_candidate: Mapping[str, Sequence[CheckResult]], verdicts: Sequence[PairVerdict]) -> bool:
-    """An item's ``disagreement`` flag: the candidates' check results differ, or its verdicts are not all the same
-    (judges disagree, or a verdict was order-dependent). Excluded verdicts are ignored."""
+    """An item's ``disagreement`` flag: the candidates' check results differ, or the judges' verdicts on a pair are
+    not all the same. Excluded verdicts are ignored; an order-dependent verdict is one judge's tie, not a
+    disagreement (with one judge and close answers nearly every item would be one, and the filter would show
+    them all)."""
     per_pair: dict[tuple[str, str], set[float]] = {}
     for verdict in verdicts:
         if verdict.outcome is not None:
             per_pair.setdefault((verdict.a, verdict.b), set()).add(verdict.outcome)
     if any(len(values) > 1 for values in per_pair.values()):
-        return True
-    if any(verdict.order_dependent for verdict in verdicts):
         return True
     passed = {tuple(result.passed for result in results) for results in checks_by_candidate.values()}
     return len(passed) > 1
