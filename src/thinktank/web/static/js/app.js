@@ -80,3 +80,23 @@ document.addEventListener("submit", (e) => {
     e.preventDefault();
   }
 });
+
+// A running run's page: its "cancel" form (class cancel-form) posts the cancel through the API (409: it ended
+// meanwhile), shows a refusal in .cancel-error, then calls ``after``.
+export function cancelOnSubmit(root, runId, after) {
+  root.addEventListener("submit", async (e) => {
+    const form = e.target;
+    if (!(form instanceof HTMLFormElement) || !form.classList.contains("cancel-form")) return;
+    e.preventDefault();
+    const button = form.querySelector("button");
+    if (button) button.disabled = true;
+    const response = await api(`/api/v1/runs/${encodeURIComponent(runId)}/cancel`, { method: "POST" });
+    if (!response.ok && response.status !== 409) {
+      const note = root.querySelector(".cancel-error");
+      if (note) { note.textContent = await errorOf(response); note.hidden = false; }
+      if (button) button.disabled = false;
+      return;
+    }
+    after();
+  });
+}

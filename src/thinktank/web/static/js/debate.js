@@ -1,6 +1,6 @@
 // The Debate page: follows a running debate's events and swaps in the server-rendered timeline as it goes.
 // The synthesis is shown as plain text while it streams (textContent), then as the server's Markdown.
-import { api, errorOf } from "./app.js";
+import { api, cancelOnSubmit } from "./app.js";
 
 const REFRESH_ON = ["analysis", "panel", "round", "convergence", "follow_up", "stage_started", "document"];
 const RETRY_MS = 2000;
@@ -95,21 +95,7 @@ function follow(root) {
     });
   }
 
-  root.addEventListener("submit", async (e) => {
-    const form = e.target;
-    if (!(form instanceof HTMLFormElement) || !form.classList.contains("cancel-form")) return;
-    e.preventDefault();
-    const button = form.querySelector("button");
-    if (button) button.disabled = true;
-    const response = await api(`/api/v1/runs/${encodeURIComponent(id)}/cancel`, { method: "POST" });
-    if (!response.ok && response.status !== 409) {
-      const note = root.querySelector(".cancel-error");
-      if (note) { note.textContent = await errorOf(response); note.hidden = false; }
-      if (button) button.disabled = false;
-      return;
-    }
-    refresh();
-  });
+  cancelOnSubmit(root, id, refresh);
 
   connect();
 }

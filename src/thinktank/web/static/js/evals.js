@@ -1,7 +1,7 @@
 // Evaluations: the start form's checks, a running evaluation's progress (its events), the matrix's filters.
 // Everything a user or a model wrote reaches the page through the server's escaped HTML (DOMParser, never run)
 // or textContent: never innerHTML.
-import { api, errorOf, el } from "./app.js";
+import { api, cancelOnSubmit, el } from "./app.js";
 
 const RETRY_MS = 2000;
 const REFRESH_MS = 1500;
@@ -244,21 +244,7 @@ function follow(root) {
     });
   }
 
-  root.addEventListener("submit", async (e) => {
-    const form = e.target;
-    if (!(form instanceof HTMLFormElement) || !form.classList.contains("cancel-form")) return;
-    e.preventDefault();
-    const button = form.querySelector("button");
-    if (button) button.disabled = true;
-    const response = await api(`/api/v1/runs/${encodeURIComponent(id)}/cancel`, { method: "POST" });
-    if (!response.ok && response.status !== 409) {
-      const note = root.querySelector(".cancel-error");
-      if (note) { note.textContent = await errorOf(response); note.hidden = false; }
-      if (button) button.disabled = false;
-      return;
-    }
-    refresh();
-  });
+  cancelOnSubmit(root, id, refresh);
 
   connect();
 }
