@@ -15,7 +15,7 @@ from thinktank.store.db import Database
 from .fakes import openai as openai_fmt
 from .fakes.clock import FakeClock
 from .fakes.process import Server, clean_env
-from .fakes.upstream import FakeUpstream
+from .fakes.upstream import FakeUpstream, served_in_thread
 
 if TYPE_CHECKING:
     from thinktank.knowledge.embeddings import LocalEmbedder
@@ -98,30 +98,8 @@ def fake_ollama_url() -> Iterator[str]:
 @pytest.fixture
 def fake_upstream_thread() -> Iterator[str]:
     """The OpenAI fake served from its own thread and loop, for tests that run thinktank as a process."""
-    import asyncio
-    import threading
-
-    started = threading.Event()
-    holder: dict[str, object] = {}
-
-    def serve() -> None:
-        loop = asyncio.new_event_loop()
-        fake = FakeUpstream(openai_fmt.default_handler)
-        holder["url"] = loop.run_until_complete(fake.start())
-        holder["loop"] = loop
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(fake.close())
-        loop.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    started.wait(10)
-    yield str(holder["url"])
-    loop = holder["loop"]
-    assert isinstance(loop, asyncio.AbstractEventLoop)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with served_in_thread(openai_fmt.default_handler) as fake:
+        yield fake.url
 
 
 def _run_in_thread(coro: Any) -> Any:

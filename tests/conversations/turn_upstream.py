@@ -5,7 +5,6 @@ extraction) learns nothing. Every request is recorded."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..fakes import openai as openai_fmt
-from ..fakes.upstream import FakeUpstream, Recorded, Reply
+from ..fakes.upstream import FakeUpstream, Recorded, Reply, served_in_thread
 
 DRAFT = [f"draft{i} " for i in range(60)]
 """The words of the first (slow) answer: 60 words, 0.15 s apart."""
@@ -63,25 +62,9 @@ class TurnUpstream:
 @contextmanager
 def turn_upstream() -> Iterator[TurnUpstream]:
     fake_upstream = TurnUpstream()
-    started = threading.Event()
-    loop = asyncio.new_event_loop()
-
-    def serve() -> None:
-        fake = fake_upstream.fake = FakeUpstream(fake_upstream.handle)
-        fake_upstream.url = loop.run_until_complete(fake.start())
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(fake.close())
-        loop.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert started.wait(10)
-    try:
+    with served_in_thread(fake_upstream.handle) as fake:
+        fake_upstream.fake, fake_upstream.url = fake, fake.url
         yield fake_upstream
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
 
 
 def config(url: str) -> str:

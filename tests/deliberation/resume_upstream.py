@@ -4,7 +4,6 @@ expert, a moderator), every request is counted by model and by what it asks, and
 
 from __future__ import annotations
 
-import asyncio
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -15,7 +14,7 @@ from typing import Any
 import orjson
 
 from ..fakes import openai as openai_fmt
-from ..fakes.upstream import FakeUpstream, Recorded, Reply
+from ..fakes.upstream import FakeUpstream, Recorded, Reply, served_in_thread
 
 Hold = Callable[[str, str], bool]
 """(model, prompt) -> whether this request is held (asked once: the first request it matches)."""
@@ -92,25 +91,9 @@ class PanelUpstream:
 def panel_upstream() -> Iterator[PanelUpstream]:
     """The fake served from a thread and loop of its own (the servers under test are other processes)."""
     panel = PanelUpstream()
-    started = threading.Event()
-    loop = asyncio.new_event_loop()
-
-    def serve() -> None:
-        fake = panel.fake = FakeUpstream(panel.handle)
-        panel.url = loop.run_until_complete(fake.start())
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(fake.close())
-        loop.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert started.wait(10)
-    try:
+    with served_in_thread(panel.handle) as fake:
+        panel.fake, panel.url = fake, fake.url
         yield panel
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
 
 
 def config(url: str) -> str:

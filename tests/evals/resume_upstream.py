@@ -4,7 +4,6 @@ can be held (never answered) so that the server can be killed while it waits."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,7 +12,7 @@ from typing import Any
 
 from ..deliberation.resume_upstream import prompt_of
 from ..fakes import openai as openai_fmt
-from ..fakes.upstream import FakeUpstream, Recorded, Reply
+from ..fakes.upstream import Recorded, Reply, served_in_thread
 
 Hold = Callable[[str, str], bool]
 
@@ -55,25 +54,9 @@ class EvalUpstream:
 def eval_upstream() -> Iterator[EvalUpstream]:
     """The fake served from a thread and loop of its own (the servers under test are other processes)."""
     upstream = EvalUpstream()
-    started = threading.Event()
-    loop = asyncio.new_event_loop()
-
-    def serve() -> None:
-        fake = FakeUpstream(upstream.handle)
-        upstream.url = loop.run_until_complete(fake.start())
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(fake.close())
-        loop.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert started.wait(10)
-    try:
+    with served_in_thread(upstream.handle) as fake:
+        upstream.url = fake.url
         yield upstream
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
 
 
 def config(url: str) -> str:

@@ -9,8 +9,10 @@ Wire-format helpers for each provider live next to it (``openai.py``, ``anthropi
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,3 +151,28 @@ def sse(*objects: Any, done: bool = True) -> list[str]:
 def named_sse(*pairs: tuple[str, Any]) -> list[str]:
     """``event: NAME`` + ``data: {json}`` events (Anthropic style)."""
     return [f"event: {name}\ndata: {orjson.dumps(obj).decode()}\n\n" for name, obj in pairs]
+
+
+@contextmanager
+def served_in_thread(default: Handler | None = None) -> Iterator[FakeUpstream]:
+    """A ``FakeUpstream(default)`` served from a thread and event loop of its own (its ``url`` set), for tests whose
+    servers under test are other processes; stopped and closed on exit."""
+    fake = FakeUpstream(default)
+    started = threading.Event()
+    loop = asyncio.new_event_loop()
+
+    def serve() -> None:
+        loop.run_until_complete(fake.start())
+        started.set()
+        loop.run_forever()
+        loop.run_until_complete(fake.close())
+        loop.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert started.wait(10), "the fake upstream did not start"
+    try:
+        yield fake
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)

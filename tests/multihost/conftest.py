@@ -11,10 +11,8 @@ long (a stream spreads it over its events).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from deploy.multihost.fleet import Fleet, fleet
 from ..deliberation.resume_upstream import answer as panel_answer
 from ..deliberation.resume_upstream import prompt_of as panel_prompt
 from ..fakes import openai as openai_fmt
-from ..fakes.upstream import FakeUpstream, Recorded, Reply
+from ..fakes.upstream import Recorded, Reply, served_in_thread
 
 PANEL = {"alpha", "beta", "gamma", "judge", "chair", "analyst", "moderator", "expert-a", "expert-b"}
 """The parts of the ensemble and the debate: each answers in its part (tests/deliberation/resume_upstream.py);
@@ -82,26 +80,8 @@ def _answer(rec: Recorded) -> Reply:
 @pytest.fixture(scope="package")
 def upstream_url() -> Iterator[str]:
     """The fake upstream, served from a thread of its own (the hosts are other processes)."""
-    started = threading.Event()
-    holder: dict[str, Any] = {}
-
-    def serve() -> None:
-        loop = asyncio.new_event_loop()
-        fake = FakeUpstream(_answer)
-        holder["url"] = loop.run_until_complete(fake.start())
-        holder["loop"] = loop
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(fake.close())
-        loop.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert started.wait(10), "the fake upstream did not start"
-    yield str(holder["url"])
-    loop: asyncio.AbstractEventLoop = holder["loop"]
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with served_in_thread(_answer) as fake:
+        yield fake.url
 
 
 @pytest.fixture(scope="package")
