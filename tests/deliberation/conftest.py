@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from typing import Any
+
+import pytest
 
 from thinktank.clock import Clock
 from thinktank.config import parse_config
@@ -13,6 +16,8 @@ from thinktank.gateway.router import Router
 from thinktank.providers.base import ProviderContext
 from thinktank.providers.mock import MockProvider
 from thinktank.types import ChatRequest, Message, message_text
+
+from .resume_upstream import PanelUpstream, panel_upstream
 
 
 def mock(name: str, *, input_price: float | None = None, output_price: float | None = None,
@@ -61,3 +66,10 @@ def user(text: str) -> list[Message]:
 
 def of_type(run: LiveRun, type_: str) -> list[Event]:
     return [e for e in run.events if e.type == type_]
+
+
+@pytest.fixture
+def upstream() -> Iterator[PanelUpstream]:
+    """The fake panel upstream (each part answering in its role) for tests that run thinktank as processes."""
+    with panel_upstream() as panel:
+        yield panel

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from ..fakes.process import Server
-from .resume_upstream import PanelUpstream, config, panel_upstream
+from .resume_upstream import PanelUpstream, config
 
 ADMIN = "tt-dispatch-admin-0123456789"
 H = {"Authorization": f"Bearer {ADMIN}"}
@@ -36,12 +36,6 @@ async def pg_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
         yield url
     finally:
         await drop_pg(name)
-
-
-@pytest.fixture
-def upstream() -> Iterator[PanelUpstream]:
-    with panel_upstream() as panel:
-        yield panel
 
 
 @pytest.fixture

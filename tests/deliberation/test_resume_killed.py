@@ -18,16 +18,10 @@ import orjson
 import pytest
 
 from ..fakes.process import Server, run
-from .resume_upstream import PanelUpstream, config, panel_upstream
+from .resume_upstream import PanelUpstream, config
 
 ADMIN = "tt-resume-admin-0123456789"
 H = {"Authorization": f"Bearer {ADMIN}"}
-
-
-@pytest.fixture
-def upstream() -> Iterator[PanelUpstream]:
-    with panel_upstream() as panel:
-        yield panel
 
 
 @pytest.fixture
